@@ -1,0 +1,58 @@
+//! Rampart's configuration model.
+//!
+//! YAML is read into [`raw`] structs (unknown fields rejected), then [`validate()`] checks
+//! references, names, addresses, regexes and durations, reporting every error with its field
+//! path, and produces the [`model`] types the data plane runs on. The shape follows Envoy
+//! (listener → route table → virtual host → route → cluster → endpoints) so xDS resources
+//! can map onto it. This crate does no IO beyond reading a file and never reads the
+//! environment.
+
+pub mod duration;
+mod error;
+pub mod model;
+pub mod raw;
+mod validate;
+
+pub use error::{ConfigError, FieldError};
+pub use model::Config;
+pub use raw::RawConfig;
+pub use validate::{endpoint, validate};
+
+/// Parses YAML into the raw model. An error names the field path where parsing stopped.
+pub fn parse_yaml(text: &str) -> Result<RawConfig, ConfigError> {
+    let mut path = String::new();
+    let result = serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            path = e.path().to_string();
+            e.into_inner()
+        })
+    });
+    result.map_err(|e| ConfigError::Parse {
+        path: if path.is_empty() || path == "." {
+            "(root)".to_owned()
+        } else {
+            path
+        },
+        // saphyr's message may quote a source snippet over several lines; the first says why.
+        message: e
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or("invalid YAML")
+            .to_owned(),
+    })
+}
+
+/// Parses and validates YAML text.
+pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+    validate(parse_yaml(text)?)
+}
+
+/// Reads, parses and validates a YAML file.
+pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    from_yaml(&text)
+}

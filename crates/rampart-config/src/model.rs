@@ -1,0 +1,288 @@
+//! The validated configuration: every name resolved, every address parsed, every regex compiled.
+//!
+//! Holding a [`Config`] is proof that it passed validation; the data plane never re-checks.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use regex::Regex;
+
+use crate::raw::RawConfig;
+
+/// A validated configuration, plus the raw form it came from (for `/config_dump`).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub workers: usize,
+    pub admin: Option<SocketAddr>,
+    pub access_log: AccessLogFormat,
+    pub drain_timeout: Duration,
+    pub listeners: Vec<Listener>,
+    pub route_tables: Vec<RouteTable>,
+    pub clusters: Vec<Cluster>,
+    pub raw: RawConfig,
+}
+
+impl Config {
+    pub fn route_table(&self, name: &str) -> Option<&RouteTable> {
+        self.route_tables.iter().find(|t| t.name == name)
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<&Cluster> {
+        self.clusters.iter().find(|c| c.name == name)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    Off,
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub name: String,
+    pub address: SocketAddr,
+    pub route_table: String,
+    pub filters: Vec<FilterConfig>,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_header_count: usize,
+    pub max_header_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_request_body_bytes: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 100_000,
+            max_header_count: 100,
+            max_header_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_request_body_bytes: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteTable {
+    pub name: String,
+    pub virtual_hosts: Vec<VirtualHost>,
+}
+
+#[derive(Debug, Clone)]
+pub struct VirtualHost {
+    pub name: String,
+    pub domains: Vec<DomainPattern>,
+    pub routes: Vec<Route>,
+}
+
+/// How a virtual host claims an authority. Precedence: exact, then the longest suffix
+/// wildcard, then the longest prefix wildcard, then `*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DomainPattern {
+    /// `api.example.com` (lower-cased; a port in the request's authority is ignored
+    /// unless the pattern itself has one).
+    Exact(String),
+    /// `*.example.com` stored as `.example.com`: matches `a.example.com`, `a.b.example.com`.
+    Suffix(String),
+    /// `api.*` stored as `api.`.
+    Prefix(String),
+    Any,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Name for metrics and logs; `<vhost>/<index>` when the file gives none.
+    pub name: String,
+    pub matcher: RouteMatch,
+    pub action: Action,
+    pub request_headers: HeaderMutation,
+    pub response_headers: HeaderMutation,
+    pub filters: Vec<FilterConfig>,
+    pub max_request_body_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RouteMatch {
+    pub path: Option<PathMatch>,
+    /// Upper-case method names; empty means any.
+    pub methods: Vec<http::Method>,
+    pub headers: Vec<ValueMatch>,
+    pub query: Vec<ValueMatch>,
+}
+
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+    /// Anchored: the whole path must match.
+    Regex(Regex),
+}
+
+#[derive(Debug, Clone)]
+pub struct ValueMatch {
+    /// Header names are lower-cased; query names are kept as written.
+    pub name: String,
+    pub kind: ValueMatchKind,
+    pub invert: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum ValueMatchKind {
+    Present,
+    Exact(String),
+    Prefix(String),
+    /// Anchored: the whole value must match.
+    Regex(Regex),
+}
+
+#[derive(Debug, Clone)]
+pub enum Action {
+    Forward(Forward),
+    DirectResponse(DirectResponse),
+    Redirect(Redirect),
+}
+
+#[derive(Debug, Clone)]
+pub struct Forward {
+    /// One entry with weight 1 for a plain `cluster:`.
+    pub clusters: Vec<WeightedCluster>,
+    pub prefix_rewrite: Option<String>,
+    pub host_rewrite: Option<http::HeaderValue>,
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeightedCluster {
+    pub cluster: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct DirectResponse {
+    pub status: http::StatusCode,
+    pub body: String,
+    pub content_type: http::HeaderValue,
+}
+
+#[derive(Debug, Clone)]
+pub struct Redirect {
+    pub scheme: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<String>,
+    pub prefix_rewrite: Option<String>,
+    pub status: http::StatusCode,
+    pub strip_query: bool,
+}
+
+/// Header edits, applied in the order remove, set, add.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderMutation {
+    pub add: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub set: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub remove: Vec<http::HeaderName>,
+}
+
+impl HeaderMutation {
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.set.is_empty() && self.remove.is_empty()
+    }
+
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum FilterConfig {
+    HeaderMutation {
+        request: HeaderMutation,
+        response: HeaderMutation,
+    },
+    Cors(Cors),
+    RateLimit(RateLimit),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cors {
+    pub allow_any_origin: bool,
+    pub allow_origins: Vec<String>,
+    pub allow_methods: String,
+    pub allow_headers: String,
+    pub expose_headers: String,
+    pub max_age: Option<Duration>,
+    pub allow_credentials: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    pub rate: u32,
+    pub per: Duration,
+    pub burst: u32,
+    pub key: RateLimitKey,
+    pub max_keys: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitKey {
+    /// One bucket for the whole route (or listener).
+    Route,
+    ClientIp,
+    Header(http::HeaderName),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    pub name: String,
+    pub endpoints: Vec<EndpointAddr>,
+    pub lb_policy: LbPolicy,
+    pub connect_timeout: Duration,
+    pub dns_refresh: Duration,
+    pub protocol: UpstreamProtocol,
+    pub idle_timeout: Duration,
+    pub max_idle_per_endpoint: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EndpointAddr {
+    Ip(SocketAddr),
+    Dns { host: String, port: u16 },
+}
+
+impl std::fmt::Display for EndpointAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ip(a) => write!(f, "{a}"),
+            Self::Dns { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbPolicy {
+    RoundRobin,
+    LeastRequest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    Http2,
+}

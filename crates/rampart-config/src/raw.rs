@@ -1,0 +1,273 @@
+//! Raw configuration as written in YAML: plain serde structs that reject unknown fields.
+//!
+//! Nothing here is checked beyond its shape; [`crate::validate`] turns these into the
+//! validated model. The shape follows Envoy: listener → route table → virtual host → route →
+//! cluster → endpoints, so that xDS resources map onto the same model later.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Data-plane worker threads; defaults to the number of CPUs.
+    #[serde(default)]
+    pub workers: Option<usize>,
+    #[serde(default)]
+    pub admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub access_log: Option<RawAccessLog>,
+    /// How long in-flight requests may run after SIGTERM/SIGINT ("10s").
+    #[serde(default)]
+    pub drain_timeout: Option<String>,
+    #[serde(default)]
+    pub listeners: Vec<RawListener>,
+    #[serde(default)]
+    pub route_tables: Vec<RawRouteTable>,
+    #[serde(default)]
+    pub clusters: Vec<RawCluster>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub address: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    /// `text`, `json` or `off`.
+    pub format: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: String,
+    pub address: String,
+    pub route_table: String,
+    #[serde(default)]
+    pub filters: Vec<RawFilter>,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+/// Per-listener protections against slow or abusive clients.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_connections: Option<usize>,
+    pub max_header_count: Option<usize>,
+    pub max_header_bytes: Option<usize>,
+    pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_request_body_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteTable {
+    pub name: String,
+    pub virtual_hosts: Vec<RawVirtualHost>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawVirtualHost {
+    pub name: String,
+    /// Exact names, `*.suffix` / `prefix.*` wildcards, or `*`.
+    pub domains: Vec<String>,
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(rename = "match", default)]
+    pub matcher: RawMatch,
+    #[serde(default)]
+    pub forward: Option<RawForward>,
+    #[serde(default)]
+    pub direct_response: Option<RawDirectResponse>,
+    #[serde(default)]
+    pub redirect: Option<RawRedirect>,
+    #[serde(default)]
+    pub request_headers: Option<RawHeaderMutation>,
+    #[serde(default)]
+    pub response_headers: Option<RawHeaderMutation>,
+    #[serde(default)]
+    pub filters: Vec<RawFilter>,
+    #[serde(default)]
+    pub max_request_body_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    #[serde(default)]
+    pub path: Option<RawPathMatch>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub headers: Vec<RawValueMatch>,
+    #[serde(default)]
+    pub query: Vec<RawValueMatch>,
+}
+
+/// Exactly one of the three must be set.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawPathMatch {
+    pub exact: Option<String>,
+    pub prefix: Option<String>,
+    pub regex: Option<String>,
+}
+
+/// A header or query parameter condition: at most one of `exact`, `prefix`, `regex`;
+/// none means "present". `invert` negates the result.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawValueMatch {
+    pub name: String,
+    pub exact: Option<String>,
+    pub prefix: Option<String>,
+    pub regex: Option<String>,
+    #[serde(default)]
+    pub invert: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawForward {
+    pub cluster: Option<String>,
+    #[serde(default)]
+    pub weighted_clusters: Vec<RawWeightedCluster>,
+    pub prefix_rewrite: Option<String>,
+    pub host_rewrite: Option<String>,
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawWeightedCluster {
+    pub cluster: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawDirectResponse {
+    pub status: u16,
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(default)]
+    pub content_type: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedirect {
+    pub scheme: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<String>,
+    pub prefix_rewrite: Option<String>,
+    /// 301 (default), 302, 303, 307 or 308.
+    pub status: Option<u16>,
+    #[serde(default)]
+    pub strip_query: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderMutation {
+    /// Appended, keeping existing values.
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    /// Replaces any existing values.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// A filter in a chain; written as a one-key map, e.g. `- cors: {...}`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum RawFilter {
+    HeaderMutation(RawHeaderMutationFilter),
+    Cors(RawCors),
+    RateLimit(RawRateLimit),
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderMutationFilter {
+    #[serde(default)]
+    pub request: Option<RawHeaderMutation>,
+    #[serde(default)]
+    pub response: Option<RawHeaderMutation>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    /// Exact origins, or `*`.
+    pub allow_origins: Vec<String>,
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default)]
+    pub max_age: Option<String>,
+    #[serde(default)]
+    pub allow_credentials: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    /// Tokens added per `per` interval.
+    pub rate: u32,
+    /// Refill interval ("1s").
+    pub per: String,
+    /// Bucket size; defaults to `rate`.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// `route`, `client_ip`, or `header:<name>`.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Most distinct keys tracked at once (oldest idle buckets are dropped first).
+    #[serde(default)]
+    pub max_keys: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub name: String,
+    /// `ip:port` or `dns-name:port`.
+    pub endpoints: Vec<String>,
+    /// `round_robin` (default) or `least_request`.
+    #[serde(default)]
+    pub lb_policy: Option<String>,
+    #[serde(default)]
+    pub connect_timeout: Option<String>,
+    /// How often DNS names are re-resolved ("30s").
+    #[serde(default)]
+    pub dns_refresh: Option<String>,
+    /// `http1` (default) or `http2` (prior knowledge).
+    #[serde(default)]
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub idle_timeout: Option<String>,
+    #[serde(default)]
+    pub max_idle_per_endpoint: Option<usize>,
+}

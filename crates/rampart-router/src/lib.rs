@@ -1,0 +1,288 @@
+//! Route matching for Rampart: a pure core with no IO and no async.
+//!
+//! A [`RouteTable`] is compiled from a validated [`rampart_config::model::RouteTable`] and
+//! answers one question per request: which route, if any. It is not for carrying the
+//! request out (that is `rampart-proxy`).
+//!
+//! # Precedence
+//! 1. **Virtual host** by the request's authority (Host header or HTTP/2 `:authority`,
+//!    case-insensitive, port ignored unless the domain names one): an exact domain first,
+//!    then the longest `*.suffix` wildcard, then the longest `prefix.*` wildcard, then `*`.
+//! 2. **Route**: the virtual host's routes in the order written; the first whose every
+//!    condition holds wins (as in Envoy). Conditions: path (exact, prefix, or a regex that must
+//!    match the whole path), method (any listed), headers and query parameters (all listed
+//!    must hold; `invert` negates one).
+//!
+//! Matching allocates nothing unless a query-parameter condition must percent-decode a value.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use http::{HeaderMap, Method};
+use rampart_config::model::{
+    self, DomainPattern, PathMatch, Route, ValueMatch, ValueMatchKind, VirtualHost, WeightedCluster,
+};
+
+/// What the matcher looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    pub method: &'a Method,
+    /// Host header or `:authority`, possibly with a port.
+    pub authority: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+}
+
+/// Why no route was chosen, for a 404 with a short reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoRoute {
+    NoVirtualHost,
+    NoRouteMatched,
+}
+
+impl NoRoute {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::NoVirtualHost => "no virtual host matches the request's host",
+            Self::NoRouteMatched => "no route matches the request",
+        }
+    }
+}
+
+/// A route table compiled for lookup.
+#[derive(Debug, Clone)]
+pub struct RouteTable {
+    pub name: String,
+    virtual_hosts: Vec<VirtualHost>,
+    exact: HashMap<String, usize>,
+    /// (suffix, vhost) longest first.
+    suffixes: Vec<(String, usize)>,
+    /// (prefix, vhost) longest first.
+    prefixes: Vec<(String, usize)>,
+    any: Option<usize>,
+}
+
+impl RouteTable {
+    pub fn new(table: &model::RouteTable) -> Self {
+        let mut exact = HashMap::new();
+        let mut suffixes = Vec::new();
+        let mut prefixes = Vec::new();
+        let mut any = None;
+        for (i, vh) in table.virtual_hosts.iter().enumerate() {
+            for d in &vh.domains {
+                match d {
+                    DomainPattern::Exact(s) => {
+                        exact.entry(s.clone()).or_insert(i);
+                    }
+                    DomainPattern::Suffix(s) => suffixes.push((s.clone(), i)),
+                    DomainPattern::Prefix(s) => prefixes.push((s.clone(), i)),
+                    DomainPattern::Any => {
+                        any.get_or_insert(i);
+                    }
+                }
+            }
+        }
+        // Longest first; stable so that equal lengths keep file order.
+        suffixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        prefixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        Self {
+            name: table.name.clone(),
+            virtual_hosts: table.virtual_hosts.clone(),
+            exact,
+            suffixes,
+            prefixes,
+            any,
+        }
+    }
+
+    pub fn virtual_hosts(&self) -> &[VirtualHost] {
+        &self.virtual_hosts
+    }
+
+    /// The virtual host for an authority.
+    pub fn virtual_host(&self, authority: &str) -> Option<&VirtualHost> {
+        let full = lower(authority);
+        let host = strip_port(&full);
+        let idx = self
+            .exact
+            .get(full.as_ref())
+            .or_else(|| self.exact.get(host))
+            .copied()
+            .or_else(|| {
+                self.suffixes
+                    .iter()
+                    .find(|(s, _)| host.len() > s.len() && host.ends_with(s.as_str()))
+                    .map(|(_, i)| *i)
+            })
+            .or_else(|| {
+                self.prefixes
+                    .iter()
+                    .find(|(p, _)| host.len() > p.len() && host.starts_with(p.as_str()))
+                    .map(|(_, i)| *i)
+            })
+            .or(self.any)?;
+        self.virtual_hosts.get(idx)
+    }
+
+    /// The first matching route.
+    pub fn route(&self, req: &RequestView<'_>) -> Result<(&VirtualHost, &Route), NoRoute> {
+        let vh = self
+            .virtual_host(req.authority)
+            .ok_or(NoRoute::NoVirtualHost)?;
+        vh.routes
+            .iter()
+            .find(|r| route_matches(r, req))
+            .map(|r| (vh, r))
+            .ok_or(NoRoute::NoRouteMatched)
+    }
+}
+
+fn lower(s: &str) -> Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+/// `host:port` → `host`; `[v6]:port` → `[v6]`; a bare IPv6 literal is left alone.
+fn strip_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return match authority.find(']') {
+            Some(end) => &authority[..=end],
+            None => authority,
+        };
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            host
+        }
+        _ => authority,
+    }
+}
+
+/// Whether every condition of a route holds for the request.
+pub fn route_matches(route: &Route, req: &RequestView<'_>) -> bool {
+    let m = &route.matcher;
+    if let Some(p) = &m.path {
+        let ok = match p {
+            PathMatch::Exact(e) => req.path == e,
+            PathMatch::Prefix(pre) => req.path.starts_with(pre.as_str()),
+            PathMatch::Regex(r) => r.is_match(req.path),
+        };
+        if !ok {
+            return false;
+        }
+    }
+    if !m.methods.is_empty() && !m.methods.iter().any(|x| x == req.method) {
+        return false;
+    }
+    m.headers.iter().all(|h| header_matches(h, req.headers))
+        && m.query.iter().all(|q| query_matches(q, req.query))
+}
+
+fn value_kind_matches(kind: &ValueMatchKind, value: &str) -> bool {
+    match kind {
+        ValueMatchKind::Present => true,
+        ValueMatchKind::Exact(e) => value == e,
+        ValueMatchKind::Prefix(p) => value.starts_with(p.as_str()),
+        ValueMatchKind::Regex(r) => r.is_match(value),
+    }
+}
+
+fn header_matches(m: &ValueMatch, headers: &HeaderMap) -> bool {
+    let found = headers
+        .get_all(m.name.as_str())
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|s| value_kind_matches(&m.kind, s)));
+    found != m.invert
+}
+
+fn query_matches(m: &ValueMatch, query: Option<&str>) -> bool {
+    let found = query.is_some_and(|q| {
+        q.split('&').any(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            percent_decode(k) == m.name.as_str() && value_kind_matches(&m.kind, &percent_decode(v))
+        })
+    });
+    found != m.invert
+}
+
+/// Decodes `%XX` and `+` in a query component; invalid escapes are kept as written.
+pub fn percent_decode(s: &str) -> Cow<'_, str> {
+    if !s.bytes().any(|b| b == b'%' || b == b'+') {
+        return Cow::Borrowed(s);
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let escaped = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|pair| Some(hex(pair[0])? << 4 | hex(pair[1])?));
+                if let Some(b) = escaped {
+                    out.push(b);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Picks a cluster from a weighted list given a uniformly random `r`; `None` only if every
+/// weight is zero (validation forbids that).
+pub fn pick_weighted(clusters: &[WeightedCluster], r: u64) -> Option<&str> {
+    if let [only] = clusters {
+        return Some(&only.cluster);
+    }
+    let total: u64 = clusters.iter().map(|c| u64::from(c.weight)).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut point = r % total;
+    for c in clusters {
+        let w = u64::from(c.weight);
+        if point < w {
+            return Some(&c.cluster);
+        }
+        point -= w;
+    }
+    None
+}
+
+/// Rewrites `path` by replacing the matched prefix with `rewrite` (for prefix routes) or the
+/// whole path (for exact and regex routes), keeping the query string.
+pub fn rewrite_path(matched: Option<&PathMatch>, path: &str, rewrite: &str) -> String {
+    match matched {
+        Some(PathMatch::Prefix(p)) if path.starts_with(p.as_str()) => {
+            let rest = &path[p.len()..];
+            if rewrite.ends_with('/') && rest.starts_with('/') {
+                format!("{rewrite}{}", &rest[1..])
+            } else {
+                format!("{rewrite}{rest}")
+            }
+        }
+        _ => rewrite.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,295 @@
+#![allow(clippy::unwrap_used)] // tests
+
+use super::*;
+use proptest::prelude::*;
+
+const YAML: &str = r#"
+listeners:
+  - { name: l, address: "127.0.0.1:1", route_table: t }
+clusters:
+  - { name: c, endpoints: ["127.0.0.1:2"] }
+route_tables:
+  - name: t
+    virtual_hosts:
+      - name: exact
+        domains: ["api.example.com", "api.example.com:8443"]
+        routes:
+          - { name: exact-path, match: { path: { exact: /a } }, forward: { cluster: c } }
+          - { name: post-only, match: { path: { prefix: /m }, methods: [POST, put] }, forward: { cluster: c } }
+          - name: header
+            match:
+              path: { prefix: /h }
+              headers: [{ name: X-Env, exact: canary }, { name: x-debug }]
+            forward: { cluster: c }
+          - name: header-regex
+            match:
+              path: { prefix: /h }
+              headers: [{ name: x-env, regex: "stag(e|ing)" }, { name: x-block, invert: true }]
+            forward: { cluster: c }
+          - name: query
+            match:
+              path: { prefix: /q }
+              query: [{ name: debug, exact: "on now" }, { name: v, prefix: "2" }]
+            forward: { cluster: c }
+          - { name: regex, match: { path: { regex: "/users/[0-9]+" } }, forward: { cluster: c } }
+          - { name: prefix, match: { path: { prefix: /a } }, forward: { cluster: c } }
+      - name: suffix-long
+        domains: ["*.eu.example.com"]
+        routes: [{ name: eu, forward: { cluster: c } }]
+      - name: suffix
+        domains: ["*.example.com"]
+        routes: [{ name: wild, forward: { cluster: c } }]
+      - name: prefix-wild
+        domains: ["shop.*"]
+        routes: [{ name: shop, forward: { cluster: c } }]
+      - name: any
+        domains: ["*"]
+        routes: [{ name: fallback, match: { path: { prefix: /only } }, forward: { cluster: c } }]
+"#;
+
+fn table() -> RouteTable {
+    let cfg = rampart_config::from_yaml(YAML).unwrap();
+    RouteTable::new(&cfg.route_tables[0])
+}
+
+fn route_name(
+    t: &RouteTable,
+    method: &str,
+    host: &str,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+) -> Result<String, NoRoute> {
+    let method = Method::from_bytes(method.as_bytes()).unwrap();
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    let mut map = HeaderMap::new();
+    for (k, v) in headers {
+        map.append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    let req = RequestView {
+        method: &method,
+        authority: host,
+        path,
+        query,
+        headers: &map,
+    };
+    t.route(&req).map(|(_, r)| r.name.clone())
+}
+
+#[test]
+fn virtual_host_precedence() {
+    let t = table();
+    let vh = |h: &str| t.virtual_host(h).map(|v| v.name.clone());
+    assert_eq!(vh("api.example.com").as_deref(), Some("exact"));
+    assert_eq!(
+        vh("API.Example.COM:80").as_deref(),
+        Some("exact"),
+        "case and port ignored"
+    );
+    assert_eq!(
+        vh("x.eu.example.com").as_deref(),
+        Some("suffix-long"),
+        "longest suffix wins"
+    );
+    assert_eq!(vh("a.b.example.com").as_deref(), Some("suffix"));
+    assert_eq!(
+        vh("example.com").as_deref(),
+        Some("any"),
+        "*.example.com needs a label"
+    );
+    assert_eq!(vh("shop.io").as_deref(), Some("prefix-wild"));
+    assert_eq!(
+        vh("shop.example.com").as_deref(),
+        Some("suffix"),
+        "suffix beats prefix"
+    );
+    assert_eq!(vh("[::1]:8080").as_deref(), Some("any"));
+    assert_eq!(vh("other").as_deref(), Some("any"));
+}
+
+#[test]
+fn path_kinds_and_first_match_order() {
+    let t = table();
+    let h = "api.example.com";
+    assert_eq!(route_name(&t, "GET", h, "/a", &[]).unwrap(), "exact-path");
+    assert_eq!(route_name(&t, "GET", h, "/ab", &[]).unwrap(), "prefix");
+    assert_eq!(route_name(&t, "GET", h, "/users/42", &[]).unwrap(), "regex");
+    assert_eq!(
+        route_name(&t, "GET", h, "/users/42/x", &[]),
+        Err(NoRoute::NoRouteMatched),
+        "regex is anchored"
+    );
+    assert_eq!(
+        route_name(&t, "GET", h, "/zzz", &[]),
+        Err(NoRoute::NoRouteMatched)
+    );
+}
+
+#[test]
+fn methods() {
+    let t = table();
+    let h = "api.example.com";
+    assert_eq!(route_name(&t, "POST", h, "/m", &[]).unwrap(), "post-only");
+    assert_eq!(route_name(&t, "PUT", h, "/m", &[]).unwrap(), "post-only");
+    assert_eq!(
+        route_name(&t, "GET", h, "/m", &[]),
+        Err(NoRoute::NoRouteMatched)
+    );
+}
+
+#[test]
+fn headers_exact_present_regex_invert() {
+    let t = table();
+    let h = "api.example.com";
+    let hdr = |hs: &[(&str, &str)]| route_name(&t, "GET", h, "/h", hs);
+    assert_eq!(
+        hdr(&[("x-env", "canary"), ("x-debug", "")]).unwrap(),
+        "header"
+    );
+    assert_eq!(
+        hdr(&[("x-env", "canary")]),
+        Err(NoRoute::NoRouteMatched),
+        "x-debug must be present"
+    );
+    assert_eq!(hdr(&[("x-env", "staging")]).unwrap(), "header-regex");
+    assert_eq!(hdr(&[("x-env", "stage")]).unwrap(), "header-regex");
+    assert_eq!(hdr(&[("x-env", "stagingX")]), Err(NoRoute::NoRouteMatched));
+    assert_eq!(
+        hdr(&[("x-env", "stage"), ("x-block", "1")]),
+        Err(NoRoute::NoRouteMatched),
+        "inverted match"
+    );
+    // Any of several values may match.
+    assert_eq!(
+        hdr(&[("x-env", "prod"), ("x-env", "stage")]).unwrap(),
+        "header-regex"
+    );
+}
+
+#[test]
+fn query_params() {
+    let t = table();
+    let h = "api.example.com";
+    assert_eq!(
+        route_name(&t, "GET", h, "/q?debug=on+now&v=2.1", &[]).unwrap(),
+        "query"
+    );
+    assert_eq!(
+        route_name(&t, "GET", h, "/q?v=20&debug=on%20now", &[]).unwrap(),
+        "query"
+    );
+    assert_eq!(
+        route_name(&t, "GET", h, "/q?debug=on+now&v=3", &[]),
+        Err(NoRoute::NoRouteMatched)
+    );
+    assert_eq!(
+        route_name(&t, "GET", h, "/q", &[]),
+        Err(NoRoute::NoRouteMatched)
+    );
+}
+
+#[test]
+fn no_virtual_host() {
+    let cfg = rampart_config::from_yaml(
+        r#"
+clusters: [{ name: c, endpoints: ["127.0.0.1:2"] }]
+route_tables:
+  - name: t
+    virtual_hosts: [{ name: v, domains: [a.com], routes: [{ forward: { cluster: c } }] }]
+"#,
+    )
+    .unwrap();
+    let t = RouteTable::new(&cfg.route_tables[0]);
+    assert_eq!(
+        route_name(&t, "GET", "b.com", "/", &[]),
+        Err(NoRoute::NoVirtualHost)
+    );
+    assert_eq!(route_name(&t, "GET", "a.com", "/", &[]).unwrap(), "v/0");
+}
+
+#[test]
+fn weighted_pick_follows_weights() {
+    let cs = vec![
+        WeightedCluster {
+            cluster: "a".into(),
+            weight: 3,
+        },
+        WeightedCluster {
+            cluster: "b".into(),
+            weight: 1,
+        },
+    ];
+    let picks: Vec<_> = (0..8).map(|r| pick_weighted(&cs, r).unwrap()).collect();
+    assert_eq!(picks, ["a", "a", "a", "b", "a", "a", "a", "b"]);
+}
+
+#[test]
+fn rewrites() {
+    let p = PathMatch::Prefix("/v1/".into());
+    assert_eq!(rewrite_path(Some(&p), "/v1/users", "/v2/"), "/v2/users");
+    assert_eq!(rewrite_path(Some(&p), "/v1/users", "/"), "/users");
+    let p = PathMatch::Prefix("/api".into());
+    assert_eq!(rewrite_path(Some(&p), "/api/x", "/"), "/x");
+    assert_eq!(rewrite_path(Some(&p), "/api", "/root"), "/root");
+    assert_eq!(rewrite_path(None, "/anything", "/fixed"), "/fixed");
+}
+
+#[test]
+fn percent_decoding() {
+    assert_eq!(percent_decode("a%20b+c"), "a b c");
+    assert_eq!(percent_decode("100%"), "100%");
+    assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    assert_eq!(percent_decode("%C3%A9"), "é");
+}
+
+proptest! {
+    // The matcher must never panic on anything a client can send.
+    #[test]
+    fn matching_never_panics(
+        host in "\\PC{0,40}",
+        path in "/\\PC{0,60}",
+        query in proptest::option::of("\\PC{0,60}"),
+        hv in "[ -~]{0,20}",
+        method in "[A-Z]{1,8}",
+    ) {
+        let t = table();
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let mut headers = HeaderMap::new();
+        if let Ok(v) = http::HeaderValue::from_str(&hv) {
+            headers.insert("x-env", v.clone());
+            headers.insert("x-debug", v);
+        }
+        let req = RequestView { method: &method, authority: &host, path: &path, query: query.as_deref(), headers: &headers };
+        let _ = t.route(&req);
+    }
+
+    // A prefix route matches exactly the paths that start with its prefix.
+    #[test]
+    fn prefix_semantics(suffix in "[a-z/]{0,20}") {
+        let t = table();
+        let path = format!("/only{suffix}");
+        let got = route_name(&t, "GET", "nowhere", &path, &[]);
+        prop_assert_eq!(got.unwrap(), "fallback");
+        let other = format!("/x{suffix}");
+        prop_assert_eq!(route_name(&t, "GET", "nowhere", &other, &[]), Err(NoRoute::NoRouteMatched));
+    }
+
+    #[test]
+    fn weighted_pick_always_some(weights in proptest::collection::vec(0u32..100, 1..6), r in any::<u64>()) {
+        prop_assume!(weights.iter().any(|w| *w > 0));
+        let cs: Vec<_> = weights.iter().enumerate().map(|(i, w)| WeightedCluster { cluster: i.to_string(), weight: *w }).collect();
+        let pick = pick_weighted(&cs, r).unwrap();
+        let idx: usize = pick.parse().unwrap();
+        prop_assert!(weights[idx] > 0 || cs.len() == 1);
+    }
+
+    #[test]
+    fn percent_decode_never_panics(s in "\\PC{0,40}") {
+        let _ = percent_decode(&s);
+    }
+}
