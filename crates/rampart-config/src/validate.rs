@@ -215,11 +215,10 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             listener(&mut cx, &path, l, &table_names, &mut addresses)
         })
         .collect();
-    if let Some(a) = admin {
-        if addresses.contains(&a) {
+    if let Some(a) = admin
+        && addresses.contains(&a) {
             cx.err("admin.address", format!("{a} is also used by a listener"));
         }
-    }
 
     if cx.errors.is_empty() {
         Ok(Config {
@@ -252,14 +251,13 @@ fn listener(
     let address = parse_socket_addr(&l.address)
         .map_err(|rule| cx.err(format!("{path}.address"), rule))
         .ok();
-    if let Some(a) = address {
-        if !addresses.insert(a) {
+    if let Some(a) = address
+        && !addresses.insert(a) {
             cx.err(
                 format!("{path}.address"),
                 format!("{a} is already used by another listener"),
             );
         }
-    }
     if !tables.contains(l.route_table.as_str()) {
         cx.err(
             format!("{path}.route_table"),
@@ -371,14 +369,13 @@ fn route(
             }
         }
     });
-    if let Some(PathMatch::Exact(p) | PathMatch::Prefix(p)) = &path_match {
-        if !p.starts_with('/') {
+    if let Some(PathMatch::Exact(p) | PathMatch::Prefix(p)) = &path_match
+        && !p.starts_with('/') {
             cx.err(
                 format!("{path}.match.path"),
                 format!("{p:?} must start with '/'"),
             );
         }
-    }
     let methods = m
         .methods
         .iter()
@@ -389,7 +386,7 @@ fn route(
                     cx.err(
                         format!("{path}.match.methods[{i}]"),
                         format!("invalid method {s:?}"),
-                    )
+                    );
                 })
                 .ok()
         })
@@ -443,14 +440,13 @@ fn route(
                 format!("{code} is not a redirect status (301, 302, 303, 307, 308)"),
             );
         }
-        if let Some(s) = &rd.scheme {
-            if s != "http" && s != "https" {
+        if let Some(s) = &rd.scheme
+            && s != "http" && s != "https" {
                 cx.err(
                     format!("{rpath}.scheme"),
                     format!("{s:?} must be http or https"),
                 );
             }
-        }
         if rd.path.is_some() && rd.prefix_rewrite.is_some() {
             cx.err(&rpath, "set at most one of path, prefix_rewrite");
         }
@@ -539,14 +535,13 @@ fn forward(cx: &mut Ctx, path: &str, f: &RawForward, clusters: &HashSet<&str>) -
             return None;
         }
     };
-    if let Some(p) = &f.prefix_rewrite {
-        if !p.starts_with('/') {
+    if let Some(p) = &f.prefix_rewrite
+        && !p.starts_with('/') {
             cx.err(
                 format!("{path}.prefix_rewrite"),
                 format!("{p:?} must start with '/'"),
             );
         }
-    }
     let host_rewrite = f
         .host_rewrite
         .as_deref()

@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used)] // tests
 
 use proptest::prelude::*;
 use rampart_config::{ConfigError, from_yaml, parse_yaml};

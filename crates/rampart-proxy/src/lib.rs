@@ -1,1 +1,373 @@
-//! placeholder
+//! Rampart's HTTP data plane.
+//!
+//! A [`Gateway`] runs the listeners of a validated [`Config`] on tokio + hyper 1 (HTTP/1.1
+//! keep-alive and HTTP/2 prior knowledge on the same port), routes with `rampart-router`,
+//! runs the [`filter`] chain, forwards to [`upstream`] clusters, and serves the admin endpoint
+//! on a separate runtime. Config changes are applied with [`Gateway::reload`]: the new config
+//! is compiled into a [`snapshot::Snapshot`] and swapped atomically; requests in flight
+//! finish on the snapshot they started with. This crate does not parse files or handle
+//! signals; the binary does.
+
+pub mod access_log;
+pub mod admin;
+pub mod body;
+pub mod demo;
+pub mod error;
+pub mod filter;
+pub mod metrics;
+mod observe;
+mod proxy;
+mod server;
+pub mod snapshot;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rampart_config::{Config, ConfigError};
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::access_log::AccessLog;
+use crate::metrics::Metrics;
+use crate::snapshot::{ExtraFilter, Snapshot};
+
+pub use crate::filter::{HttpFilter, RequestContext};
+
+/// State shared by every connection and the admin endpoint.
+pub(crate) struct Shared {
+    pub(crate) snapshot: ArcSwap<Snapshot>,
+    pub(crate) metrics: Metrics,
+    pub(crate) access_log: AccessLog,
+    pub(crate) ready: AtomicBool,
+    pub(crate) last_reload_error: std::sync::Mutex<Option<String>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {address} for listener {listener:?}: {source}")]
+    Bind {
+        listener: String,
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {address} for the admin endpoint: {source}")]
+    AdminBind {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where tasks run: data-plane connections on `data`, control work (admin, DNS, file
+/// watching) on `control`, so a stalled control task never holds up a request.
+#[derive(Clone, Debug)]
+pub struct Runtimes {
+    pub data: Handle,
+    pub control: Handle,
+}
+
+impl Runtimes {
+    /// Both roles on the current runtime (tests, small embeddings).
+    pub fn current() -> Self {
+        let h = Handle::current();
+        Self {
+            data: h.clone(),
+            control: h,
+        }
+    }
+}
+
+struct ListenerHandle {
+    address: SocketAddr,
+    local: SocketAddr,
+    stop: CancellationToken,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    runtimes: Runtimes,
+    listeners: tokio::sync::Mutex<HashMap<String, ListenerHandle>>,
+    /// Cancelled at shutdown: connections finish their current request and close.
+    drain: CancellationToken,
+    connections: TaskTracker,
+    extra_filters: Vec<ExtraFilter>,
+    admin_addr: Option<SocketAddr>,
+}
+
+impl Gateway {
+    /// Binds every listener and the admin endpoint, then starts serving.
+    pub async fn start(config: Config, runtimes: Runtimes) -> Result<Arc<Self>, GatewayError> {
+        Self::start_with_filters(config, runtimes, Vec::new()).await
+    }
+
+    /// As [`Gateway::start`], with filters added in code (see [`ExtraFilter`]).
+    pub async fn start_with_filters(
+        config: Config,
+        runtimes: Runtimes,
+        extra_filters: Vec<ExtraFilter>,
+    ) -> Result<Arc<Self>, GatewayError> {
+        let metrics = Metrics::new();
+        let access_log = AccessLog::new(config.access_log);
+        let admin = config.admin;
+        let snap = Snapshot::build(config, 1, None, &metrics, &extra_filters);
+        resolve_dns(&snap, &runtimes).await;
+        metrics.config_version.set(1);
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(snap),
+            metrics,
+            access_log,
+            ready: AtomicBool::new(false),
+            last_reload_error: std::sync::Mutex::new(None),
+        });
+        let admin_addr = match admin {
+            Some(addr) => Some(admin::spawn(addr, shared.clone(), &runtimes.control).await?),
+            None => None,
+        };
+        let gw = Arc::new(Self {
+            shared,
+            runtimes,
+            listeners: tokio::sync::Mutex::new(HashMap::new()),
+            drain: CancellationToken::new(),
+            connections: TaskTracker::new(),
+            extra_filters,
+            admin_addr,
+        });
+        let cfg = gw.shared.snapshot.load().config.clone();
+        gw.sync_listeners(&cfg).await?;
+        gw.shared.ready.store(true, Ordering::Release);
+        Ok(gw)
+    }
+
+    /// The actual address of a listener (useful with port 0).
+    pub async fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners.lock().await.get(name).map(|l| l.local)
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    pub fn config_version(&self) -> u64 {
+        self.shared.snapshot.load().version
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Validates nothing (a [`Config`] is already valid); compiles, binds any new listeners,
+    /// then swaps atomically. On error the running config is untouched.
+    pub async fn reload(&self, config: Config) -> Result<u64, GatewayError> {
+        // Holding the listener lock serializes reloads.
+        let mut listeners = self.listeners.lock().await;
+        let old = self.shared.snapshot.load_full();
+        let version = old.version + 1;
+        let snap = Snapshot::build(
+            config,
+            version,
+            Some(&old),
+            &self.shared.metrics,
+            &self.extra_filters,
+        );
+        resolve_dns(&snap, &self.runtimes).await;
+        let cfg = snap.config.clone();
+        // Bind new listeners before anything changes, so a bind failure rejects the reload.
+        let new_binds = self.bind_new(&listeners, &cfg)?;
+        self.shared.snapshot.store(Arc::new(snap));
+        self.apply_listener_changes(&mut listeners, &cfg, new_binds);
+        self.shared.metrics.config_version.set(version as i64);
+        self.shared.metrics.reload(true);
+        *self.lock_reload_error() = None;
+        tracing::info!(version, "config applied");
+        Ok(version)
+    }
+
+    /// Reads, validates and applies a config file; failures are logged and counted.
+    pub async fn reload_from_file(&self, path: &Path) -> Result<u64, GatewayError> {
+        let result = match rampart_config::load(path) {
+            Ok(cfg) => self.reload(cfg).await,
+            Err(e) => Err(GatewayError::Config(e)),
+        };
+        if let Err(e) = &result {
+            self.shared.metrics.reload(false);
+            *self.lock_reload_error() = Some(e.to_string());
+            tracing::error!(path = %path.display(), error = %e, "config rejected; still serving the previous version");
+        }
+        result
+    }
+
+    fn lock_reload_error(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.shared
+            .last_reload_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Watches a config file (polling its size, mtime and content) and reloads on change.
+    /// Polling survives editors that replace files and Kubernetes' symlink swaps.
+    pub fn watch_file(self: &Arc<Self>, path: PathBuf, every: Duration) {
+        let gw = Arc::downgrade(self);
+        let stop = self.drain.clone();
+        self.runtimes.control.spawn(async move {
+            let mut last = std::fs::read(&path).ok();
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(every) => {}
+                }
+                let now = std::fs::read(&path).ok();
+                if now.is_some() && now != last {
+                    last = now;
+                    let Some(gw) = gw.upgrade() else { return };
+                    tracing::info!(path = %path.display(), "config file changed; reloading");
+                    let _ = gw.reload_from_file(&path).await;
+                }
+            }
+        });
+    }
+
+    /// Stops accepting, lets in-flight requests finish up to `deadline`, then returns.
+    /// Returns true if every connection closed in time.
+    pub async fn shutdown(&self, deadline: Duration) -> bool {
+        self.shared.ready.store(false, Ordering::Release);
+        for (_, l) in self.listeners.lock().await.drain() {
+            l.stop.cancel();
+        }
+        self.drain.cancel();
+        self.connections.close();
+        let drained = tokio::time::timeout(deadline, self.connections.wait())
+            .await
+            .is_ok();
+        if !drained {
+            tracing::warn!(
+                remaining = self.connections.len(),
+                "drain deadline passed; closing remaining connections"
+            );
+        }
+        drained
+    }
+
+    fn bind_new(
+        &self,
+        current: &HashMap<String, ListenerHandle>,
+        cfg: &Config,
+    ) -> Result<Vec<(String, std::net::TcpListener)>, GatewayError> {
+        cfg.listeners
+            .iter()
+            .filter(|l| current.get(&l.name).is_none_or(|h| h.address != l.address))
+            .filter(|l| {
+                // Moving a listener to an address another listener frees in this same
+                // reload is not supported; it is bound after that one stops.
+                !current.values().any(|h| h.address == l.address)
+            })
+            .map(|l| {
+                bind(l.address)
+                    .map(|s| (l.name.clone(), s))
+                    .map_err(|source| GatewayError::Bind {
+                        listener: l.name.clone(),
+                        address: l.address,
+                        source,
+                    })
+            })
+            .collect()
+    }
+
+    fn apply_listener_changes(
+        &self,
+        current: &mut HashMap<String, ListenerHandle>,
+        cfg: &Config,
+        new_binds: Vec<(String, std::net::TcpListener)>,
+    ) {
+        current.retain(|name, h| {
+            let keep = cfg
+                .listeners
+                .iter()
+                .any(|l| &l.name == name && l.address == h.address);
+            if !keep {
+                tracing::info!(listener = %name, "listener removed; draining its connections");
+                h.stop.cancel();
+            }
+            keep
+        });
+        for (name, std_listener) in new_binds {
+            match self.spawn_listener(&name, std_listener) {
+                Ok(h) => {
+                    current.insert(name, h);
+                }
+                Err(e) => tracing::error!(listener = %name, error = %e, "cannot start listener"),
+            }
+        }
+    }
+
+    async fn sync_listeners(&self, cfg: &Config) -> Result<(), GatewayError> {
+        let mut listeners = self.listeners.lock().await;
+        let binds = self.bind_new(&listeners, cfg)?;
+        self.apply_listener_changes(&mut listeners, cfg, binds);
+        Ok(())
+    }
+
+    fn spawn_listener(
+        &self,
+        name: &str,
+        std_listener: std::net::TcpListener,
+    ) -> std::io::Result<ListenerHandle> {
+        let local = std_listener.local_addr()?;
+        let address = self
+            .shared
+            .snapshot
+            .load()
+            .config
+            .listeners
+            .iter()
+            .find(|l| l.name == name)
+            .map_or(local, |l| l.address);
+        let stop = self.drain.child_token();
+        let _guard = self.runtimes.data.enter();
+        let listener = tokio::net::TcpListener::from_std(std_listener)?;
+        self.runtimes.data.spawn(server::accept_loop(
+            listener,
+            name.into(),
+            self.shared.clone(),
+            stop.clone(),
+            self.drain.clone(),
+            self.connections.clone(),
+        ));
+        tracing::info!(listener = %name, %local, "listening");
+        Ok(ListenerHandle {
+            address,
+            local,
+            stop,
+        })
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let l = std::net::TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+/// Resolves the DNS endpoints of new clusters and starts their refresh loops.
+async fn resolve_dns(snap: &Snapshot, runtimes: &Runtimes) {
+    for c in snap.clusters.values() {
+        if c.has_dns() && !c.dns_refresh_started.swap(true, Ordering::AcqRel) {
+            // Bounded so an unreachable resolver cannot stall a reload.
+            let _ = tokio::time::timeout(Duration::from_secs(5), c.refresh_dns()).await;
+            runtimes.control.spawn(upstream::dns_refresh_loop(
+                Arc::downgrade(c),
+                c.config.dns_refresh,
+            ));
+        }
+    }
+}

@@ -102,6 +102,11 @@ impl RouteTable {
 
     /// The virtual host for an authority.
     pub fn virtual_host(&self, authority: &str) -> Option<&VirtualHost> {
+        self.virtual_host_index(authority)
+            .and_then(|i| self.virtual_hosts.get(i))
+    }
+
+    fn virtual_host_index(&self, authority: &str) -> Option<usize> {
         let full = lower(authority);
         let host = strip_port(&full);
         let idx = self
@@ -122,20 +127,37 @@ impl RouteTable {
                     .map(|(_, i)| *i)
             })
             .or(self.any)?;
-        self.virtual_hosts.get(idx)
+        Some(idx)
     }
 
     /// The first matching route.
-    pub fn route(&self, req: &RequestView<'_>) -> Result<(&VirtualHost, &Route), NoRoute> {
-        let vh = self
-            .virtual_host(req.authority)
+    pub fn route(&self, req: &RequestView<'_>) -> Result<Matched<'_>, NoRoute> {
+        let vhost = self
+            .virtual_host_index(req.authority)
             .ok_or(NoRoute::NoVirtualHost)?;
-        vh.routes
+        let virtual_host = &self.virtual_hosts[vhost];
+        virtual_host
+            .routes
             .iter()
-            .find(|r| route_matches(r, req))
-            .map(|r| (vh, r))
+            .enumerate()
+            .find(|(_, r)| route_matches(r, req))
+            .map(|(route, entry)| Matched {
+                vhost,
+                route,
+                virtual_host,
+                entry,
+            })
             .ok_or(NoRoute::NoRouteMatched)
     }
+}
+
+/// A chosen route and where it sits in the table (for per-route state kept by index).
+#[derive(Debug, Clone, Copy)]
+pub struct Matched<'a> {
+    pub vhost: usize,
+    pub route: usize,
+    pub virtual_host: &'a VirtualHost,
+    pub entry: &'a Route,
 }
 
 fn lower(s: &str) -> Cow<'_, str> {

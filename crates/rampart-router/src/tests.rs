@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used)] // tests
 
 use super::*;
 use proptest::prelude::*;
@@ -78,7 +77,7 @@ fn route_name(
         query,
         headers: &map,
     };
-    t.route(&req).map(|(_, r)| r.name.clone())
+    t.route(&req).map(|m| m.entry.name.clone())
 }
 
 #[test]

@@ -1,1 +1,253 @@
-fn main() {}
+//! `rampart`: one binary for the whole edge platform.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use rampart_config::Config;
+use rampart_proxy::{Gateway, Runtimes};
+use tokio_util::sync::CancellationToken;
+
+/// The demo config `rampart up` runs when given no `--config`.
+const DEMO_CONFIG: &str = include_str!("../../../examples/rampart.yaml");
+/// Where `rampart up` starts its built-in upstream (the demo config's `demo` cluster).
+const DEMO_UPSTREAM: &str = "127.0.0.1:8081";
+
+#[derive(Parser)]
+#[command(
+    name = "rampart",
+    version,
+    about = "Rampart: a cloud-native edge platform in one binary"
+)]
+struct Cli {
+    /// Log format for operational logs (stderr).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole stack on embedded defaults: the gateway on 127.0.0.1:8080, admin on
+    /// 127.0.0.1:9901, and a built-in demo upstream on 127.0.0.1:8081.
+    Up {
+        /// Use this gateway config instead of the embedded demo (reloaded on change and SIGHUP).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Do not start the built-in demo upstream.
+        #[arg(long)]
+        no_demo_upstream: bool,
+    },
+    /// Run the gateway from a config file; reloads it on change and on SIGHUP.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// How often to check the config file for changes (0s disables watching).
+        #[arg(long, default_value = "1s")]
+        watch_interval: String,
+    },
+    /// Check a config file; prints every error with its field path, exits non-zero if any.
+    Validate {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the built-in demo upstream alone (for tests and benchmarks).
+    DemoUpstream {
+        #[arg(long, default_value = DEMO_UPSTREAM)]
+        listen: SocketAddr,
+        #[arg(long, default_value = "demo")]
+        name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rampart: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(cmd: Command) -> Result<ExitCode> {
+    match cmd {
+        Command::Validate { config } => Ok(validate(&config)),
+        Command::Serve {
+            config,
+            watch_interval,
+        } => {
+            let every = rampart_config::duration::parse_duration(&watch_interval)
+                .context("--watch-interval")?;
+            let cfg = load(&config)?;
+            serve(cfg, Some(&config), every, None)
+        }
+        Command::Up {
+            config,
+            no_demo_upstream,
+        } => {
+            let cfg = match &config {
+                Some(path) => load(path)?,
+                None => rampart_config::from_yaml(DEMO_CONFIG).context("embedded demo config")?,
+            };
+            let demo =
+                (!no_demo_upstream).then(|| DEMO_UPSTREAM.parse().expect("constant address"));
+            serve(cfg, config.as_deref(), Duration::from_secs(1), demo)
+        }
+        Command::DemoUpstream { listen, name } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let stop = CancellationToken::new();
+                let addr = rampart_proxy::demo::bind_and_serve(listen, name, stop.clone())
+                    .await
+                    .with_context(|| format!("cannot listen on {listen}"))?;
+                tracing::info!(%addr, "demo upstream listening");
+                wait_for_termination().await?;
+                stop.cancel();
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<Config> {
+    rampart_config::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+fn validate(path: &std::path::Path) -> ExitCode {
+    match rampart_config::load(path) {
+        Ok(cfg) => {
+            println!(
+                "{}: ok ({} listener(s), {} route table(s), {} cluster(s))",
+                path.display(),
+                cfg.listeners.len(),
+                cfg.route_tables.len(),
+                cfg.clusters.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let errors = e.field_errors();
+            eprintln!("{}: {} error(s)", path.display(), errors.len());
+            for fe in errors {
+                eprintln!("  {fe}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the gateway until SIGTERM/SIGINT; SIGHUP reloads `path`.
+fn serve(
+    cfg: Config,
+    path: Option<&std::path::Path>,
+    watch_every: Duration,
+    demo_upstream: Option<SocketAddr>,
+) -> Result<ExitCode> {
+    let data = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.workers)
+        .thread_name("rampart-worker")
+        .enable_all()
+        .build()?;
+    // Control work (admin, DNS, file watching) gets its own thread and runtime.
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let control_handle = control.handle().clone();
+    let control_stop = CancellationToken::new();
+    let control_thread = {
+        let stop = control_stop.clone();
+        std::thread::Builder::new()
+            .name("rampart-control".into())
+            .spawn(move || control.block_on(stop.cancelled()))?
+    };
+    let drain = cfg.drain_timeout;
+    let result = data.block_on(async {
+        let stop_demo = CancellationToken::new();
+        if let Some(addr) = demo_upstream {
+            let local = rampart_proxy::demo::bind_and_serve(addr, "demo".into(), stop_demo.clone())
+                .await
+                .with_context(|| format!("cannot start the demo upstream on {addr}"))?;
+            tracing::info!(%local, "demo upstream listening");
+        }
+        let runtimes = Runtimes {
+            data: tokio::runtime::Handle::current(),
+            control: control_handle,
+        };
+        let gw = Gateway::start(cfg, runtimes).await?;
+        if let (Some(p), false) = (path, watch_every.is_zero()) {
+            gw.watch_file(p.to_path_buf(), watch_every);
+        }
+        signal_loop(&gw, path).await?;
+        tracing::info!(deadline = ?drain, "shutting down: draining in-flight requests");
+        let clean = gw.shutdown(drain).await;
+        stop_demo.cancel();
+        tracing::info!(clean, "stopped");
+        anyhow::Ok(ExitCode::SUCCESS)
+    });
+    control_stop.cancel();
+    let _ = control_thread.join();
+    // Connections still open past the drain deadline are dropped with the runtime.
+    data.shutdown_timeout(Duration::from_millis(100));
+    result
+}
+
+async fn signal_loop(gw: &Arc<Gateway>, path: Option<&std::path::Path>) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => match path {
+                Some(p) => {
+                    tracing::info!(path = %p.display(), "SIGHUP: reloading config");
+                    let _ = gw.reload_from_file(p).await;
+                }
+                None => tracing::warn!("SIGHUP ignored: running the embedded config, no file to reload"),
+            },
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+        }
+    }
+}
+
+async fn wait_for_termination() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

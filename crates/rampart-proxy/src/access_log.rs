@@ -1,0 +1,192 @@
+//! Access log: one line per request, text or JSON, written by a dedicated thread so that a
+//! slow stdout never stalls a worker. Lines that do not fit the queue are counted, not blocked on.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderValue, Method, StatusCode, Version, request};
+use rampart_config::model::AccessLogFormat;
+
+/// What one request did.
+pub struct AccessEntry {
+    time: SystemTime,
+    client: SocketAddr,
+    method: Method,
+    uri: http::Uri,
+    version: Version,
+    authority: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
+    pub route: Option<Arc<str>>,
+    pub cluster: Option<Arc<str>>,
+    pub upstream: Option<SocketAddr>,
+    pub request_id: Option<HeaderValue>,
+    status: u16,
+    duration: Duration,
+}
+
+impl AccessEntry {
+    pub fn start(parts: &request::Parts, client: SocketAddr) -> Self {
+        Self {
+            time: SystemTime::now(),
+            client,
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            authority: parts.headers.get(http::header::HOST).cloned(),
+            user_agent: parts.headers.get(http::header::USER_AGENT).cloned(),
+            route: None,
+            cluster: None,
+            upstream: None,
+            request_id: None,
+            status: 0,
+            duration: Duration::ZERO,
+        }
+    }
+
+    pub fn finish(&mut self, status: StatusCode, duration: Duration) {
+        self.status = status.as_u16();
+        self.duration = duration;
+    }
+
+    fn hv(v: Option<&HeaderValue>) -> &str {
+        v.and_then(|v| v.to_str().ok()).unwrap_or("-")
+    }
+
+    fn render(&self, format: AccessLogFormat) -> String {
+        let ts = rfc3339(self.time);
+        let ms = self.duration.as_secs_f64() * 1000.0;
+        let host = self
+            .uri
+            .authority()
+            .map(http::uri::Authority::as_str)
+            .unwrap_or_else(|| Self::hv(self.authority.as_ref()));
+        match format {
+            AccessLogFormat::Json => serde_json::json!({
+                "time": ts,
+                "client": self.client.to_string(),
+                "method": self.method.as_str(),
+                "authority": host,
+                "path": self.uri.path_and_query().map_or("/", http::uri::PathAndQuery::as_str),
+                "protocol": format!("{:?}", self.version),
+                "status": self.status,
+                "duration_ms": (ms * 1000.0).round() / 1000.0,
+                "route": self.route.as_deref(),
+                "cluster": self.cluster.as_deref(),
+                "upstream": self.upstream.map(|u| u.to_string()),
+                "request_id": Self::hv(self.request_id.as_ref()),
+                "user_agent": Self::hv(self.user_agent.as_ref()),
+            })
+            .to_string(),
+            _ => format!(
+                "{ts} {} \"{} {} {:?}\" {} {ms:.3}ms host={host} route={} cluster={} upstream={} rid={} ua=\"{}\"",
+                self.client,
+                self.method,
+                self.uri
+                    .path_and_query()
+                    .map_or("/", http::uri::PathAndQuery::as_str),
+                self.version,
+                self.status,
+                self.route.as_deref().unwrap_or("-"),
+                self.cluster.as_deref().unwrap_or("-"),
+                self.upstream
+                    .map_or_else(|| "-".to_owned(), |u| u.to_string()),
+                Self::hv(self.request_id.as_ref()),
+                Self::hv(self.user_agent.as_ref()),
+            ),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AccessLog {
+    format: AccessLogFormat,
+    tx: Option<SyncSender<String>>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl AccessLog {
+    /// Starts the writer thread (unless the format is `off`).
+    pub fn new(format: AccessLogFormat) -> Self {
+        let tx = (format != AccessLogFormat::Off).then(|| {
+            let (tx, rx) = sync_channel::<String>(16 * 1024);
+            let spawned = std::thread::Builder::new()
+                .name("rampart-access-log".into())
+                .spawn(move || {
+                    let stdout = std::io::stdout();
+                    let mut out = std::io::BufWriter::new(stdout.lock());
+                    while let Ok(line) = rx.recv() {
+                        let _ = writeln!(out, "{line}");
+                        while let Ok(line) = rx.try_recv() {
+                            let _ = writeln!(out, "{line}");
+                        }
+                        let _ = out.flush();
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start the access log thread; access log disabled");
+            }
+            tx
+        });
+        Self {
+            format,
+            tx,
+            dropped: Arc::default(),
+        }
+    }
+
+    pub fn write(&self, entry: &AccessEntry) {
+        let Some(tx) = &self.tx else { return };
+        match tx.try_send(entry.render(self.format)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// `2026-11-28T13:02:09.123Z`
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_dates() {
+        let t = |s: u64| rfc3339(UNIX_EPOCH + Duration::from_secs(s));
+        assert_eq!(t(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(t(951_782_400), "2000-02-29T00:00:00.000Z");
+        assert_eq!(t(1_795_870_929), "2026-11-28T13:02:09.000Z");
+    }
+}

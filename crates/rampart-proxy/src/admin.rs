@@ -1,0 +1,163 @@
+//! The admin endpoint, on its own port and runtime: `/metrics`, `/ready`, `/config_dump`,
+//! `/clusters`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::runtime::Handle;
+
+use crate::{GatewayError, Shared};
+
+/// Binds the admin port and serves it on `rt`; returns the bound address.
+pub(crate) async fn spawn(
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    rt: &Handle,
+) -> Result<SocketAddr, GatewayError> {
+    let std_listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|source| GatewayError::AdminBind {
+            address: addr,
+            source,
+        })?;
+    let local = std_listener
+        .local_addr()
+        .map_err(|source| GatewayError::AdminBind {
+            address: addr,
+            source,
+        })?;
+    let listener = {
+        let _g = rt.enter();
+        tokio::net::TcpListener::from_std(std_listener).map_err(|source| {
+            GatewayError::AdminBind {
+                address: addr,
+                source,
+            }
+        })?
+    };
+    rt.spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let shared = shared.clone();
+                    async move { Ok::<_, std::convert::Infallible>(route(&shared, &req)) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    tracing::info!(%local, "admin endpoint listening");
+    Ok(local)
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+fn json(v: &serde_json::Value) -> Response<Full<Bytes>> {
+    respond(
+        StatusCode::OK,
+        "application/json",
+        serde_json::to_string_pretty(v).unwrap_or_default() + "\n",
+    )
+}
+
+fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return respond(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        );
+    }
+    match req.uri().path() {
+        "/metrics" => respond(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            shared.metrics.encode(),
+        ),
+        "/ready" => {
+            if shared.ready.load(Ordering::Acquire) {
+                respond(StatusCode::OK, "text/plain", "ready\n".into())
+            } else {
+                respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready\n".into(),
+                )
+            }
+        }
+        "/config_dump" => {
+            let snap = shared.snapshot.load();
+            let last_error = shared
+                .last_reload_error
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            json(&serde_json::json!({
+                "version": snap.version,
+                "last_reload_error": last_error,
+                "config": snap.config.raw,
+            }))
+        }
+        "/clusters" => {
+            let snap = shared.snapshot.load();
+            let mut names: Vec<_> = snap.clusters.keys().collect();
+            names.sort();
+            let clusters: Vec<_> = names
+                .into_iter()
+                .map(|name| {
+                    let c = &snap.clusters[name];
+                    let eps: Vec<_> = c
+                        .endpoints()
+                        .iter()
+                        .map(|e| {
+                            serde_json::json!({
+                                "address": e.addr.to_string(),
+                                "source": e.source,
+                                "state": "healthy",
+                                "active_requests": e.active(),
+                                "total_requests": e.total(),
+                                "failures": e.failures(),
+                            })
+                        })
+                        .collect();
+                    serde_json::json!({
+                        "name": name,
+                        "lb_policy": format!("{:?}", c.config.lb_policy),
+                        "protocol": format!("{:?}", c.config.protocol),
+                        "configured_endpoints": c.config.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                        "endpoints": eps,
+                    })
+                })
+                .collect();
+            json(&serde_json::json!({ "clusters": clusters }))
+        }
+        "/" => respond(
+            StatusCode::OK,
+            "text/plain",
+            "rampart admin: /metrics /ready /config_dump /clusters\n".into(),
+        ),
+        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}

@@ -1,0 +1,151 @@
+//! The one body type the proxy moves in both directions.
+//!
+//! An enum rather than a boxed trait object so the common paths (a streamed upstream or
+//! downstream body, a small local response) allocate nothing; only filtered bodies are boxed.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+
+use crate::upstream::InflightGuard;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Set when a request body went over its route's limit, so the handler answers 413.
+#[derive(Debug, Clone, Default)]
+pub struct LimitFlag(Arc<AtomicBool>);
+
+impl LimitFlag {
+    pub fn exceeded(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("body exceeds the limit of {0} bytes")]
+pub struct BodyTooLarge(pub u64);
+
+pub enum ProxyBody {
+    Empty,
+    Full(Option<Bytes>),
+    /// A body streamed from a peer, with an optional byte limit and a guard released when the
+    /// body is done or dropped (used for least-request accounting of in-flight responses).
+    Stream {
+        inner: Incoming,
+        limit: Option<(u64, u64, LimitFlag)>,
+        guard: Option<InflightGuard>,
+    },
+    Boxed(UnsyncBoxBody<Bytes, BoxError>),
+}
+
+impl ProxyBody {
+    pub fn empty() -> Self {
+        Self::Empty
+    }
+
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        Self::Full(Some(b.into()))
+    }
+
+    pub fn stream(inner: Incoming) -> Self {
+        Self::Stream {
+            inner,
+            limit: None,
+            guard: None,
+        }
+    }
+
+    /// Streams `inner`, failing once more than `max` bytes have passed and raising `flag`.
+    pub fn limited(inner: Incoming, max: u64, flag: LimitFlag) -> Self {
+        Self::Stream {
+            inner,
+            limit: Some((max, 0, flag)),
+            guard: None,
+        }
+    }
+
+    pub fn with_guard(inner: Incoming, guard: InflightGuard) -> Self {
+        Self::Stream {
+            inner,
+            limit: None,
+            guard: Some(guard),
+        }
+    }
+
+    pub fn boxed<B>(body: B) -> Self
+    where
+        B: Body<Data = Bytes, Error = BoxError> + Send + 'static,
+    {
+        Self::Boxed(UnsyncBoxBody::new(body))
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Empty => Poll::Ready(None),
+            Self::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Self::Stream {
+                inner,
+                limit,
+                guard,
+            } => {
+                let polled = Pin::new(inner).poll_frame(cx);
+                match polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let (Some((max, seen, flag)), Some(data)) =
+                            (limit.as_mut(), frame.data_ref())
+                        {
+                            *seen += data.len() as u64;
+                            if *seen > *max {
+                                flag.0.store(true, Ordering::Relaxed);
+                                return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*max)))));
+                            }
+                        }
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        guard.take();
+                        Poll::Ready(Some(Err(Box::new(e))))
+                    }
+                    Poll::Ready(None) => {
+                        guard.take();
+                        Poll::Ready(None)
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            Self::Boxed(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Empty => true,
+            Self::Full(d) => d.is_none(),
+            Self::Stream { inner, .. } => inner.is_end_stream(),
+            Self::Boxed(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Empty => SizeHint::with_exact(0),
+            Self::Full(d) => SizeHint::with_exact(d.as_ref().map_or(0, |d| d.len() as u64)),
+            Self::Stream { inner, .. } => inner.size_hint(),
+            Self::Boxed(b) => b.size_hint(),
+        }
+    }
+}

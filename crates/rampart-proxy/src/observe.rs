@@ -1,0 +1,88 @@
+//! A body whose chunks pass through filter observers.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+
+use crate::body::{BoxError, ProxyBody};
+use crate::filter::{BodyObserver, BodyReject};
+
+impl std::fmt::Display for BodyReject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status.as_u16(), self.reason)
+    }
+}
+
+impl std::error::Error for BodyReject {}
+
+pub(crate) struct ObservedBody {
+    inner: ProxyBody,
+    observers: Vec<Box<dyn BodyObserver>>,
+    done: bool,
+}
+
+impl ObservedBody {
+    pub(crate) fn new(inner: ProxyBody, observers: Vec<Box<dyn BodyObserver>>) -> Self {
+        Self {
+            inner,
+            observers,
+            done: false,
+        }
+    }
+}
+
+impl Body for ObservedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(mut data) => {
+                    let eos = this.inner.is_end_stream();
+                    for o in &mut this.observers {
+                        if let Err(reject) = o.on_data(&mut data, eos) {
+                            this.done = true;
+                            return Poll::Ready(Some(Err(Box::new(reject))));
+                        }
+                    }
+                    Poll::Ready(Some(Ok(Frame::data(data))))
+                }
+                Err(frame) => Poll::Ready(Some(Ok(frame))),
+            },
+            Poll::Ready(None) => {
+                this.done = true;
+                // Tell observers the stream ended, with an empty final chunk.
+                let mut empty = Bytes::new();
+                for o in &mut this.observers {
+                    if let Err(reject) = o.on_data(&mut empty, true) {
+                        return Poll::Ready(Some(Err(Box::new(reject))));
+                    }
+                }
+                if empty.is_empty() {
+                    Poll::Ready(None)
+                } else {
+                    Poll::Ready(Some(Ok(Frame::data(empty))))
+                }
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}

@@ -1,0 +1,570 @@
+//! One request's path: route → request filters → action (forward, direct response, redirect)
+//! → response filters → access log and stats.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version, request, response};
+use hyper::body::Incoming;
+use rampart_config::model::{Action, DirectResponse, Forward, Redirect, Route};
+use rampart_router::{RequestView, pick_weighted, rewrite_path};
+
+use crate::Shared;
+use crate::access_log::AccessEntry;
+use crate::body::{LimitFlag, ProxyBody};
+use crate::error::{ProxyError, local_response};
+use crate::filter::{BodyObserver, FilterRef, RequestContext, Verdict};
+use crate::observe::ObservedBody;
+use crate::snapshot::{ListenerSnap, RouteData, Snapshot, Target};
+use crate::upstream::{has_io_kind, root_cause};
+
+/// Default per-route timeout (as Envoy's), until the upstream's response headers arrive.
+const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// State of one downstream connection.
+pub(crate) struct ConnCtx {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) listener: Arc<str>,
+    pub(crate) client: SocketAddr,
+    pub(crate) client_ip: HeaderValue,
+    /// Handler calls in progress, for the idle watchdog.
+    pub(crate) inflight: AtomicUsize,
+    /// Requests served on this connection.
+    pub(crate) requests: AtomicU64,
+}
+
+struct InflightCount<'a>(&'a AtomicUsize);
+
+impl Drop for InflightCount<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub(crate) async fn handle(
+    conn: Arc<ConnCtx>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    conn.inflight.fetch_add(1, Ordering::Relaxed);
+    let _count = InflightCount(&conn.inflight);
+    conn.requests.fetch_add(1, Ordering::Relaxed);
+    let started = Instant::now();
+    let snap = conn.shared.snapshot.load_full();
+    let Some(lsnap) = snap.listeners.get(&*conn.listener).cloned() else {
+        let mut resp = local_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "listener is draining after a config change; reconnect\n",
+        );
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Ok(resp);
+    };
+    let (parts, body) = req.into_parts();
+    let mut log = AccessEntry::start(&parts, conn.client);
+    let resp = route_and_serve(&conn, &snap, &lsnap, parts, body, started, &mut log).await;
+    log.finish(resp.status(), started.elapsed());
+    conn.shared.access_log.write(&log);
+    Ok(resp)
+}
+
+/// The authority a request is for: HTTP/2 `:authority` or absolute-form URI, else Host.
+fn authority(parts: &request::Parts) -> Option<&str> {
+    parts
+        .uri
+        .authority()
+        .map(http::uri::Authority::as_str)
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .filter(|a| !a.is_empty())
+}
+
+async fn route_and_serve(
+    conn: &ConnCtx,
+    snap: &Snapshot,
+    lsnap: &ListenerSnap,
+    mut parts: request::Parts,
+    body: Incoming,
+    started: Instant,
+    log: &mut AccessEntry,
+) -> Response<ProxyBody> {
+    let Some(host) = authority(&parts) else {
+        let resp = ProxyError::MissingHost.to_response();
+        lsnap
+            .no_route_stats
+            .record(resp.status(), started.elapsed().as_secs_f64());
+        return resp;
+    };
+    let view = RequestView {
+        method: &parts.method,
+        authority: host,
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        headers: &parts.headers,
+    };
+    let matched = match lsnap.table.route(&view) {
+        Ok(m) => m,
+        Err(no) => {
+            let resp = ProxyError::NoRoute(no.reason()).to_response();
+            lsnap
+                .no_route_stats
+                .record(resp.status(), started.elapsed().as_secs_f64());
+            return resp;
+        }
+    };
+    let route = matched.entry;
+    let rd = &lsnap.routes[matched.vhost][matched.route];
+    log.route = Some(rd.name.clone());
+
+    let target = match &route.action {
+        Action::Forward(f) if rd.targets.len() > 1 => {
+            let picked = pick_weighted(&f.clusters, fastrand::u64(..));
+            rd.targets.iter().find(|t| Some(&*t.name) == picked)
+        }
+        Action::Forward(_) => rd.targets.first(),
+        _ => None,
+    };
+    let stats = target.map_or(&rd.local_stats, |t| &t.stats);
+    log.cluster = target.map(|t| t.name.clone());
+
+    let limit = route
+        .max_request_body_bytes
+        .or(lsnap.limits.max_request_body_bytes);
+    let resp = serve_route(
+        conn, snap, lsnap, rd, route, target, limit, &mut parts, body, log,
+    )
+    .await;
+    stats.record(resp.status(), started.elapsed().as_secs_f64());
+    resp
+}
+
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename these
+async fn serve_route(
+    conn: &ConnCtx,
+    _snap: &Snapshot,
+    lsnap: &ListenerSnap,
+    rd: &RouteData,
+    route: &Route,
+    target: Option<&Target>,
+    limit: Option<u64>,
+    parts: &mut request::Parts,
+    body: Incoming,
+    log: &mut AccessEntry,
+) -> Response<ProxyBody> {
+    if let (Some(max), Some(len)) = (limit, content_length(&parts.headers))
+        && len > max {
+            return ProxyError::BodyTooLarge { limit: max }.to_response();
+        }
+    let request_id = match parts.headers.get("x-request-id") {
+        Some(v) if !v.is_empty() => v.clone(),
+        _ => {
+            let id = new_request_id();
+            parts.headers.insert("x-request-id", id.clone());
+            id
+        }
+    };
+    log.request_id = Some(request_id.clone());
+    let has_filters = !lsnap.filters.is_empty() || !rd.filters.is_empty();
+    let mut ctx = RequestContext {
+        request_id,
+        client_addr: conn.client,
+        listener: lsnap.name.clone(),
+        route: rd.name.clone(),
+        cluster: target.map(|t| t.name.clone()),
+        started: Instant::now(),
+        extensions: http::Extensions::new(),
+    };
+    let chain = || lsnap.filters.iter().chain(rd.filters.iter());
+
+    if has_filters {
+        for f in chain() {
+            if let Verdict::Respond(resp) = f.on_request_headers(&mut ctx, parts).resolve().await {
+                return finish_response(resp, route, chain(), &mut ctx).await;
+            }
+        }
+    }
+
+    let resp = match &route.action {
+        Action::DirectResponse(d) => direct(d),
+        Action::Redirect(r) => redirect(r, route, parts),
+        Action::Forward(f) => match target {
+            Some(t) => {
+                let observers: Vec<Box<dyn BodyObserver>> = if has_filters {
+                    chain()
+                        .filter_map(|f| f.request_body_observer(&ctx))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                match forward(conn, f, route, t, parts, body, limit, observers, log).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::debug!(error = %e, route = %rd.name, "request failed");
+                        e.to_response()
+                    }
+                }
+            }
+            None => ProxyError::UnknownCluster {
+                cluster: f
+                    .clusters
+                    .first()
+                    .map(|c| c.cluster.clone())
+                    .unwrap_or_default(),
+            }
+            .to_response(),
+        },
+    };
+    if has_filters {
+        finish_response(resp, route, chain(), &mut ctx).await
+    } else {
+        let (mut rparts, rbody) = resp.into_parts();
+        route.response_headers.apply(&mut rparts.headers);
+        Response::from_parts(rparts, rbody)
+    }
+}
+
+/// Applies the route's response header edits and the response filters (innermost first).
+async fn finish_response<'f>(
+    resp: Response<ProxyBody>,
+    route: &Route,
+    chain: impl DoubleEndedIterator<Item = &'f FilterRef> + Clone,
+    ctx: &mut RequestContext,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    route.response_headers.apply(&mut parts.headers);
+    for f in chain.clone().rev() {
+        if let Verdict::Respond(replacement) =
+            f.on_response_headers(ctx, &mut parts).resolve().await
+        {
+            return replacement;
+        }
+    }
+    let observers: Vec<Box<dyn BodyObserver>> = chain
+        .rev()
+        .filter_map(|f| f.response_body_observer(ctx, &parts))
+        .collect();
+    if observers.is_empty() {
+        Response::from_parts(parts, body)
+    } else {
+        // Observers may change chunk sizes: the length is no longer known up front.
+        parts.headers.remove(header::CONTENT_LENGTH);
+        Response::from_parts(parts, ProxyBody::boxed(ObservedBody::new(body, observers)))
+    }
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+fn direct(d: &DirectResponse) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(d.body.clone()));
+    *resp.status_mut() = d.status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, d.content_type.clone());
+    resp
+}
+
+fn redirect(r: &Redirect, route: &Route, parts: &request::Parts) -> Response<ProxyBody> {
+    let (req_host, req_port) = split_host_port(authority(parts).unwrap_or_default());
+    let scheme = r.scheme.as_deref().unwrap_or("http");
+    let host = r.host.as_deref().unwrap_or(req_host);
+    // A new host drops the request's port unless one is configured.
+    let port = r.port.map(|p| p.to_string()).or_else(|| {
+        r.host
+            .is_none()
+            .then(|| req_port.map(str::to_owned))
+            .flatten()
+    });
+    let path = match (&r.path, &r.prefix_rewrite) {
+        (Some(p), _) => p.clone(),
+        (None, Some(pre)) => rewrite_path(route.matcher.path.as_ref(), parts.uri.path(), pre),
+        (None, None) => parts.uri.path().to_owned(),
+    };
+    let mut location = format!("{scheme}://{host}");
+    if let Some(p) = port {
+        location.push(':');
+        location.push_str(&p);
+    }
+    location.push_str(&path);
+    if let (Some(q), false) = (parts.uri.query(), r.strip_query) {
+        location.push('?');
+        location.push_str(q);
+    }
+    let mut resp = Response::new(ProxyBody::empty());
+    *resp.status_mut() = r.status;
+    match HeaderValue::from_str(&location) {
+        Ok(v) => {
+            resp.headers_mut().insert(header::LOCATION, v);
+            resp
+        }
+        Err(_) => {
+            ProxyError::Internal("redirect target is not a valid header value".into()).to_response()
+        }
+    }
+}
+
+/// `host:port` → (`host`, `port`); `[v6]:port` → (`[v6]`, `port`).
+fn split_host_port(authority: &str) -> (&str, Option<&str>) {
+    match authority.rsplit_once(':') {
+        Some((h, p))
+            if !p.is_empty()
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && (!h.contains(':') || h.ends_with(']')) =>
+        {
+            (h, Some(p))
+        }
+        _ => (authority, None),
+    }
+}
+
+/// Connection-specific headers that must not be forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if let Some(conn) = h.get(header::CONNECTION) {
+        let named: Vec<HeaderName> = conn
+            .to_str()
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            h.remove(n);
+        }
+    }
+    for n in &HOP_BY_HOP {
+        h.remove(n);
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename these
+async fn forward(
+    conn: &ConnCtx,
+    f: &Forward,
+    route: &Route,
+    target: &Target,
+    parts: &mut request::Parts,
+    body: Incoming,
+    limit: Option<u64>,
+    observers: Vec<Box<dyn BodyObserver>>,
+    log: &mut AccessEntry,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let cluster = &target.cluster;
+    let guard = cluster.pick().ok_or_else(|| ProxyError::NoEndpoint {
+        cluster: cluster.name().to_owned(),
+    })?;
+    let ep = guard.endpoint().clone();
+    log.upstream = Some(ep.addr);
+
+    // Host: keep what the client sent (HTTP/2 has it only in :authority), unless rewritten.
+    let original_host = match parts.headers.get(header::HOST) {
+        Some(h) => h.clone(),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .unwrap_or_else(|| HeaderValue::from_static("")),
+    };
+    strip_hop_by_hop(&mut parts.headers);
+    let h = &mut parts.headers;
+    match h.get_mut("x-forwarded-for") {
+        Some(existing) => {
+            let mut v = existing.as_bytes().to_vec();
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(conn.client_ip.as_bytes());
+            if let Ok(v) = HeaderValue::from_bytes(&v) {
+                *existing = v;
+            }
+        }
+        None => {
+            h.insert("x-forwarded-for", conn.client_ip.clone());
+        }
+    }
+    h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if !original_host.is_empty() {
+        h.insert("x-forwarded-host", original_host.clone());
+    }
+    h.insert(
+        header::HOST,
+        f.host_rewrite.clone().unwrap_or(original_host),
+    );
+    route.request_headers.apply(h);
+
+    let path_and_query = match &f.prefix_rewrite {
+        Some(rw) => {
+            let p = rewrite_path(route.matcher.path.as_ref(), parts.uri.path(), rw);
+            let pq = match parts.uri.query() {
+                Some(q) => format!("{p}?{q}"),
+                None => p,
+            };
+            pq.parse::<http::uri::PathAndQuery>()
+                .map_err(|e| ProxyError::Internal(format!("rewritten path is invalid: {e}")))?
+        }
+        None => parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    };
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(ep.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| ProxyError::Internal(format!("upstream URI: {e}")))?;
+
+    let flag = LimitFlag::default();
+    let mut body = match limit {
+        Some(max) => ProxyBody::limited(body, max, flag.clone()),
+        None => ProxyBody::stream(body),
+    };
+    if !observers.is_empty() {
+        body = ProxyBody::boxed(ObservedBody::new(body, observers));
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    let mut up = Request::new(body);
+    *up.method_mut() = parts.method.clone();
+    *up.uri_mut() = uri;
+    *up.version_mut() = match cluster.config.protocol {
+        rampart_config::model::UpstreamProtocol::Http1 => Version::HTTP_11,
+        rampart_config::model::UpstreamProtocol::Http2 => Version::HTTP_2,
+    };
+    *up.headers_mut() = std::mem::take(&mut parts.headers);
+
+    let timeout = f.timeout.unwrap_or(DEFAULT_ROUTE_TIMEOUT);
+    let sent = Instant::now();
+    let fut = cluster.client.request(up);
+    let result = if timeout.is_zero() {
+        fut.await
+    } else {
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => {
+                return Err(ProxyError::UpstreamTimeout {
+                    endpoint: ep.addr.to_string(),
+                    timeout_ms: timeout.as_millis(),
+                });
+            }
+        }
+    };
+    let resp = match result {
+        Ok(r) => r,
+        Err(e) => {
+            if flag.exceeded() {
+                return Err(ProxyError::BodyTooLarge {
+                    limit: limit.unwrap_or_default(),
+                });
+            }
+            ep.record_failure();
+            let endpoint = ep.addr.to_string();
+            return Err(if e.is_connect() {
+                if has_io_kind(&e, std::io::ErrorKind::TimedOut) {
+                    ProxyError::ConnectTimeout { endpoint }
+                } else {
+                    ProxyError::UpstreamConnect {
+                        endpoint,
+                        reason: root_cause(&e),
+                    }
+                }
+            } else {
+                ProxyError::UpstreamReset {
+                    endpoint,
+                    reason: root_cause(&e),
+                }
+            });
+        }
+    };
+    target
+        .upstream_latency
+        .observe(sent.elapsed().as_secs_f64());
+    let (mut rparts, rbody) = resp.into_parts();
+    strip_hop_by_hop(&mut rparts.headers);
+    Ok(response_from_upstream(
+        rparts,
+        ProxyBody::with_guard(rbody, guard),
+    ))
+}
+
+fn response_from_upstream(mut parts: response::Parts, body: ProxyBody) -> Response<ProxyBody> {
+    // The downstream connection decides its own version and framing.
+    parts.version = Version::HTTP_11;
+    Response::from_parts(parts, body)
+}
+
+/// A random UUIDv4-formatted request id.
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut v = fastrand::u128(..);
+    v = (v & !(0xf << 76)) | (0x4 << 76); // version 4
+    v = (v & !(0x3 << 62)) | (0x2 << 62); // RFC 4122 variant
+    let mut out = [0u8; 36];
+    let mut nibble = 0;
+    for (i, slot) in out.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            *slot = b'-';
+        } else {
+            *slot = HEX[((v >> (124 - 4 * nibble)) & 0xf) as usize];
+            nibble += 1;
+        }
+    }
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_split() {
+        assert_eq!(split_host_port("a.com:80"), ("a.com", Some("80")));
+        assert_eq!(split_host_port("a.com"), ("a.com", None));
+        assert_eq!(split_host_port("[::1]:8080"), ("[::1]", Some("8080")));
+        assert_eq!(split_host_port("[::1]"), ("[::1]", None));
+        assert_eq!(split_host_port("a.com:"), ("a.com:", None));
+    }
+
+    #[test]
+    fn request_ids_are_uuid_v4() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        let s = a.to_str().unwrap_or_default();
+        assert_eq!(s.len(), 36);
+        assert_eq!(&s[14..15], "4");
+        assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"), "{s}");
+    }
+
+    #[test]
+    fn hop_by_hop_stripped_including_connection_named() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-keep"));
+    }
+}

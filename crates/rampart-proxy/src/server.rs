@@ -1,0 +1,204 @@
+//! Accepting downstream connections and serving them with hyper (HTTP/1.1 and h2c).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::HeaderValue;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::Shared;
+use crate::proxy::{ConnCtx, handle};
+
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    name: Arc<str>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    drain: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let max = shared.snapshot.load().listeners.get(&*name).map_or(
+        rampart_config::model::Limits::default().max_connections,
+        |l| l.limits.max_connections,
+    );
+    let slots = Arc::new(Semaphore::new(max));
+    let (active, total) = shared.metrics.downstream(&name);
+    loop {
+        // Waiting for a slot before accepting leaves excess clients in the kernel backlog.
+        let permit = tokio::select! {
+            () = stop.cancelled() => return,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            () = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(listener = %name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        total.inc();
+        active.inc();
+        let conn = Arc::new(ConnCtx {
+            shared: shared.clone(),
+            listener: name.clone(),
+            client: peer,
+            client_ip: HeaderValue::from_str(&peer.ip().to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            inflight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+        });
+        let active = active.clone();
+        let drain = drain.clone();
+        tracker.spawn(async move {
+            serve_connection(stream, conn, drain).await;
+            active.dec();
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(stream: TcpStream, conn: Arc<ConnCtx>, drain: CancellationToken) {
+    let limits = conn
+        .shared
+        .snapshot
+        .load()
+        .listeners
+        .get(&*conn.listener)
+        .map(|l| l.limits.clone())
+        .unwrap_or_default();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(limits.header_read_timeout)
+        // hyper's minimum buffer is 8 KiB; validation enforces it.
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_header_count);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(1024)
+        .keep_alive_interval(Some(limits.idle_timeout / 2))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let activity = Arc::new(AtomicU64::new(0));
+    let io = TokioIo::new(Tracked {
+        inner: stream,
+        activity: activity.clone(),
+    });
+    let svc_conn = conn.clone();
+    let service = service_fn(move |req| handle(svc_conn.clone(), req));
+    let served = builder.serve_connection(io, service);
+    tokio::pin!(served);
+
+    let tick = (limits.idle_timeout / 2).max(Duration::from_millis(50));
+    let mut last_seen = u64::MAX;
+    let mut idle_ticks = 0u32;
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            res = served.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(client = %conn.client, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = drain.cancelled(), if !draining => {
+                draining = true;
+                served.as_mut().graceful_shutdown();
+            }
+            () = tokio::time::sleep(tick) => {
+                let now = activity.load(Ordering::Relaxed);
+                let busy = conn.inflight.load(Ordering::Relaxed) > 0;
+                if now == last_seen && !busy {
+                    idle_ticks += 1;
+                    if idle_ticks >= 2 {
+                        tracing::debug!(client = %conn.client, "closing idle connection");
+                        return;
+                    }
+                } else {
+                    idle_ticks = 0;
+                }
+                last_seen = now;
+            }
+        }
+    }
+}
+
+/// A TCP stream that counts reads and writes, so the idle watchdog can tell silence.
+struct Tracked {
+    inner: TcpStream,
+    activity: Arc<AtomicU64>,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if r.is_ready() {
+            self.activity.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if r.is_ready() {
+            self.activity.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if r.is_ready() {
+            self.activity.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}

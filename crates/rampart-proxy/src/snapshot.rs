@@ -1,0 +1,150 @@
+//! A compiled config version: what one request needs, looked up by index, shared by `Arc`.
+//!
+//! Requests load the current snapshot once when they start and finish on it, so a reload
+//! never changes a request in flight.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use prometheus_client::metrics::histogram::Histogram;
+use rampart_config::Config;
+use rampart_config::model::{Action, Limits};
+use rampart_router::RouteTable;
+
+use crate::filter::{self, FilterRef};
+use crate::metrics::{Metrics, RouteStats};
+use crate::upstream::ClusterRuntime;
+
+/// Filters added in code rather than config, e.g. by an embedding program or a test.
+/// They are attached to every listener whose name matches (`*` for all), after the configured
+/// listener filters, and survive reloads.
+#[derive(Clone)]
+pub struct ExtraFilter {
+    pub listener: String,
+    pub filter: FilterRef,
+}
+
+pub struct Snapshot {
+    pub version: u64,
+    pub config: Arc<Config>,
+    pub listeners: HashMap<String, Arc<ListenerSnap>>,
+    pub clusters: HashMap<String, Arc<ClusterRuntime>>,
+}
+
+pub struct ListenerSnap {
+    pub name: Arc<str>,
+    pub limits: Limits,
+    pub table: RouteTable,
+    pub filters: Vec<FilterRef>,
+    /// `[virtual host][route]`, aligned with `table`.
+    pub routes: Vec<Vec<RouteData>>,
+    pub no_route_stats: RouteStats,
+}
+
+pub struct RouteData {
+    pub name: Arc<str>,
+    pub filters: Vec<FilterRef>,
+    /// One per weighted cluster of a forward action; empty otherwise.
+    pub targets: Vec<Target>,
+    /// Stats for responses that did not go to a cluster (direct, redirect, local replies).
+    pub local_stats: RouteStats,
+}
+
+pub struct Target {
+    pub cluster: Arc<ClusterRuntime>,
+    pub name: Arc<str>,
+    pub stats: RouteStats,
+    pub upstream_latency: Histogram,
+}
+
+impl Snapshot {
+    /// Compiles `config`. Clusters whose definition did not change are carried over from
+    /// `prev` with their connection pools, endpoint state and DNS results.
+    pub fn build(
+        config: Config,
+        version: u64,
+        prev: Option<&Snapshot>,
+        metrics: &Metrics,
+        extra: &[ExtraFilter],
+    ) -> Self {
+        let clusters: HashMap<String, Arc<ClusterRuntime>> = config
+            .clusters
+            .iter()
+            .map(|c| {
+                let reused = prev
+                    .and_then(|p| p.clusters.get(&c.name))
+                    .filter(|old| old.config == *c)
+                    .cloned();
+                let rt = reused.unwrap_or_else(|| ClusterRuntime::new(c.clone(), metrics));
+                (c.name.clone(), rt)
+            })
+            .collect();
+
+        let listeners = config
+            .listeners
+            .iter()
+            .filter_map(|l| {
+                let table_cfg = config.route_table(&l.route_table)?;
+                let table = RouteTable::new(table_cfg);
+                let mut filters: Vec<FilterRef> = l.filters.iter().map(filter::build).collect();
+                filters.extend(
+                    extra
+                        .iter()
+                        .filter(|e| e.listener == "*" || e.listener == l.name)
+                        .map(|e| e.filter.clone()),
+                );
+                let routes = table_cfg
+                    .virtual_hosts
+                    .iter()
+                    .map(|vh| {
+                        vh.routes
+                            .iter()
+                            .map(|r| {
+                                let targets = match &r.action {
+                                    Action::Forward(f) => f
+                                        .clusters
+                                        .iter()
+                                        .filter_map(|w| {
+                                            let rt = clusters.get(&w.cluster)?.clone();
+                                            Some(Target {
+                                                cluster: rt,
+                                                name: w.cluster.as_str().into(),
+                                                stats: metrics
+                                                    .route_stats(&l.name, &r.name, &w.cluster),
+                                                upstream_latency: metrics
+                                                    .upstream_latency(&w.cluster),
+                                            })
+                                        })
+                                        .collect(),
+                                    Action::DirectResponse(_) | Action::Redirect(_) => Vec::new(),
+                                };
+                                RouteData {
+                                    name: r.name.as_str().into(),
+                                    filters: r.filters.iter().map(filter::build).collect(),
+                                    targets,
+                                    local_stats: metrics.route_stats(&l.name, &r.name, ""),
+                                }
+                            })
+                            .collect()
+                    })
+                    .collect();
+                let snap = ListenerSnap {
+                    name: l.name.as_str().into(),
+                    limits: l.limits.clone(),
+                    table,
+                    filters,
+                    routes,
+                    no_route_stats: metrics.route_stats(&l.name, "", ""),
+                };
+                Some((l.name.clone(), Arc::new(snap)))
+            })
+            .collect();
+
+        Self {
+            version,
+            config: Arc::new(config),
+            listeners,
+            clusters,
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! Upstream clusters: endpoints (static IPs or DNS names re-resolved on a timer), load
+//! balancing, and a keep-alive connection pool per cluster.
+//!
+//! The pool is hyper-util's client (HTTP/1.1 keep-alive reuse, or HTTP/2 multiplexing with
+//! prior knowledge), keyed by endpoint address; the proxy picks the endpoint itself so that
+//! balancing is ours, not the pool's.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use prometheus_client::metrics::gauge::Gauge;
+use rampart_config::model::{Cluster, EndpointAddr, LbPolicy, UpstreamProtocol};
+
+use crate::body::ProxyBody;
+use crate::metrics::Metrics;
+
+/// One upstream address.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// The configured name it came from (`api.internal:80` or the IP itself).
+    pub source: String,
+    /// `ip:port`, ready for a request URI.
+    pub authority: http::uri::Authority,
+    active: AtomicUsize,
+    total: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl Endpoint {
+    fn new(addr: SocketAddr, source: String) -> Option<Arc<Self>> {
+        let authority = addr.to_string().parse().ok()?;
+        Some(Arc::new(Self {
+            addr,
+            source,
+            authority,
+            active: AtomicUsize::new(0),
+            total: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    pub fn record_failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts a request as active on its endpoint until dropped (at the end of the response body).
+#[derive(Debug)]
+pub struct InflightGuard {
+    endpoint: Arc<Endpoint>,
+    gauge: Gauge,
+}
+
+impl InflightGuard {
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.endpoint
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.endpoint.active.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.dec();
+    }
+}
+
+pub type UpstreamClient = Client<CountingConnector, ProxyBody>;
+
+/// A cluster's live state; shared across config versions while its definition is unchanged.
+pub struct ClusterRuntime {
+    pub config: Cluster,
+    endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
+    next: AtomicUsize,
+    pub client: UpstreamClient,
+    pub(crate) dns_refresh_started: std::sync::atomic::AtomicBool,
+    active_requests: Gauge,
+}
+
+impl ClusterRuntime {
+    pub fn new(config: Cluster, metrics: &Metrics) -> Arc<Self> {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        http.enforce_http(true);
+        let connector = CountingConnector {
+            inner: http,
+            gauge: metrics.upstream_connections(&config.name),
+        };
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(config.idle_timeout)
+            .pool_max_idle_per_host(config.max_idle_per_endpoint)
+            .set_host(false)
+            .http2_only(config.protocol == UpstreamProtocol::Http2);
+        let client = builder.build(connector);
+        let statics = config
+            .endpoints
+            .iter()
+            .filter_map(|e| match e {
+                EndpointAddr::Ip(a) => Endpoint::new(*a, a.to_string()),
+                EndpointAddr::Dns { .. } => None,
+            })
+            .collect();
+        Arc::new(Self {
+            active_requests: metrics.upstream_requests(&config.name),
+            config,
+            endpoints: ArcSwap::from_pointee(statics),
+            next: AtomicUsize::new(0),
+            client,
+            dns_refresh_started: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
+        self.endpoints.load_full()
+    }
+
+    pub fn has_dns(&self) -> bool {
+        self.config
+            .endpoints
+            .iter()
+            .any(|e| matches!(e, EndpointAddr::Dns { .. }))
+    }
+
+    /// Chooses an endpoint and counts the request as active on it.
+    pub fn pick(&self) -> Option<InflightGuard> {
+        let eps = self.endpoints.load();
+        let ep = match eps.len() {
+            0 => return None,
+            1 => &eps[0],
+            n => match self.config.lb_policy {
+                LbPolicy::RoundRobin => &eps[self.next.fetch_add(1, Ordering::Relaxed) % n],
+                LbPolicy::LeastRequest => {
+                    // Power of two choices: two distinct random endpoints, the less busy wins.
+                    let a = fastrand::usize(..n);
+                    let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+                    if eps[b].active() < eps[a].active() {
+                        &eps[b]
+                    } else {
+                        &eps[a]
+                    }
+                }
+            },
+        };
+        ep.active.fetch_add(1, Ordering::Relaxed);
+        ep.total.fetch_add(1, Ordering::Relaxed);
+        self.active_requests.inc();
+        Some(InflightGuard {
+            endpoint: ep.clone(),
+            gauge: self.active_requests.clone(),
+        })
+    }
+
+    /// Re-resolves DNS endpoints. Keeps the previous addresses of a name that fails to resolve,
+    /// and keeps per-endpoint state for addresses that did not change.
+    pub async fn refresh_dns(&self) {
+        let old = self.endpoints.load_full();
+        let mut next: Vec<Arc<Endpoint>> = Vec::new();
+        for e in &self.config.endpoints {
+            match e {
+                EndpointAddr::Ip(a) => {
+                    if let Some(ep) = old.iter().find(|x| x.addr == *a) {
+                        next.push(ep.clone());
+                    }
+                }
+                EndpointAddr::Dns { host, port } => {
+                    let source = e.to_string();
+                    match tokio::net::lookup_host((host.as_str(), *port)).await {
+                        Ok(addrs) => {
+                            for addr in addrs {
+                                if next.iter().any(|x| x.addr == addr) {
+                                    continue;
+                                }
+                                let keep = old.iter().find(|x| x.addr == addr).cloned();
+                                if let Some(ep) =
+                                    keep.or_else(|| Endpoint::new(addr, source.clone()))
+                                {
+                                    next.push(ep);
+                                }
+                            }
+                        }
+                        Err(err) => {
+                            tracing::warn!(cluster = %self.config.name, endpoint = %source, %err, "DNS resolution failed; keeping previous addresses");
+                            next.extend(old.iter().filter(|x| x.source == source).cloned());
+                        }
+                    }
+                }
+            }
+        }
+        self.endpoints.store(Arc::new(next));
+    }
+}
+
+/// Re-resolves a cluster's DNS names until the cluster is dropped.
+pub async fn dns_refresh_loop(cluster: Weak<ClusterRuntime>, every: std::time::Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(c) = cluster.upgrade() else { return };
+        c.refresh_dns().await;
+    }
+}
+
+/// An HTTP connector that counts open upstream connections in a gauge.
+#[derive(Clone)]
+pub struct CountingConnector {
+    inner: HttpConnector,
+    gauge: Gauge,
+}
+
+impl tower_service::Service<http::Uri> for CountingConnector {
+    type Response = Counted;
+    type Error = <HttpConnector as tower_service::Service<http::Uri>>::Error;
+    type Future = Pin<Box<dyn std::future::Future<Output = Result<Counted, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let fut = self.inner.call(uri);
+        let gauge = self.gauge.clone();
+        Box::pin(async move {
+            let io = fut.await?;
+            gauge.inc();
+            Ok(Counted { io, gauge })
+        })
+    }
+}
+
+type TcpIo = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
+
+/// A connection that decrements its gauge when closed.
+pub struct Counted {
+    io: TcpIo,
+    gauge: Gauge,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+impl Connection for Counted {
+    fn connected(&self) -> Connected {
+        self.io.connected()
+    }
+}
+
+impl hyper::rt::Read for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+}
+
+/// True if `err` or any of its sources is an I/O error of `kind`.
+pub fn has_io_kind(err: &(dyn std::error::Error + 'static), kind: io::ErrorKind) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if e.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == kind)
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+/// The innermost message of an error chain (the useful part for operators).
+pub fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = err;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
