@@ -198,7 +198,7 @@ route_tables:
 }
 
 fn serde_saphyr_round_trip(raw: &rampart_config::RawConfig) -> rampart_config::RawConfig {
-    let json = serde_json::to_string(raw).unwrap();
+    let json = serde_json::to_string(raw).expect("raw config serializes");
     // JSON is YAML: the parser must accept its own dump.
-    parse_yaml(&json).unwrap()
+    parse_yaml(&json).expect("parser accepts its own dump")
 }
