@@ -216,9 +216,11 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         })
         .collect();
     if let Some(a) = admin
-        && addresses.contains(&a) {
-            cx.err("admin.address", format!("{a} is also used by a listener"));
-        }
+        && a.port() != 0
+        && addresses.contains(&a)
+    {
+        cx.err("admin.address", format!("{a} is also used by a listener"));
+    }
 
     if cx.errors.is_empty() {
         Ok(Config {
@@ -252,12 +254,14 @@ fn listener(
         .map_err(|rule| cx.err(format!("{path}.address"), rule))
         .ok();
     if let Some(a) = address
-        && !addresses.insert(a) {
-            cx.err(
-                format!("{path}.address"),
-                format!("{a} is already used by another listener"),
-            );
-        }
+        && a.port() != 0
+        && !addresses.insert(a)
+    {
+        cx.err(
+            format!("{path}.address"),
+            format!("{a} is already used by another listener"),
+        );
+    }
     if !tables.contains(l.route_table.as_str()) {
         cx.err(
             format!("{path}.route_table"),
@@ -370,12 +374,13 @@ fn route(
         }
     });
     if let Some(PathMatch::Exact(p) | PathMatch::Prefix(p)) = &path_match
-        && !p.starts_with('/') {
-            cx.err(
-                format!("{path}.match.path"),
-                format!("{p:?} must start with '/'"),
-            );
-        }
+        && !p.starts_with('/')
+    {
+        cx.err(
+            format!("{path}.match.path"),
+            format!("{p:?} must start with '/'"),
+        );
+    }
     let methods = m
         .methods
         .iter()
@@ -441,12 +446,14 @@ fn route(
             );
         }
         if let Some(s) = &rd.scheme
-            && s != "http" && s != "https" {
-                cx.err(
-                    format!("{rpath}.scheme"),
-                    format!("{s:?} must be http or https"),
-                );
-            }
+            && s != "http"
+            && s != "https"
+        {
+            cx.err(
+                format!("{rpath}.scheme"),
+                format!("{s:?} must be http or https"),
+            );
+        }
         if rd.path.is_some() && rd.prefix_rewrite.is_some() {
             cx.err(&rpath, "set at most one of path, prefix_rewrite");
         }
@@ -536,12 +543,13 @@ fn forward(cx: &mut Ctx, path: &str, f: &RawForward, clusters: &HashSet<&str>) -
         }
     };
     if let Some(p) = &f.prefix_rewrite
-        && !p.starts_with('/') {
-            cx.err(
-                format!("{path}.prefix_rewrite"),
-                format!("{p:?} must start with '/'"),
-            );
-        }
+        && !p.starts_with('/')
+    {
+        cx.err(
+            format!("{path}.prefix_rewrite"),
+            format!("{p:?} must start with '/'"),
+        );
+    }
     let host_rewrite = f
         .host_rewrite
         .as_deref()

@@ -1,4 +1,3 @@
-
 use proptest::prelude::*;
 use rampart_config::{ConfigError, from_yaml, parse_yaml};
 

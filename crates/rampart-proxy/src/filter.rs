@@ -232,9 +232,10 @@ impl HttpFilter for CorsFilter {
             h.insert(ACCESS_CONTROL_ALLOW_METHODS, v);
         }
         if !self.0.allow_headers.is_empty()
-            && let Ok(v) = HeaderValue::from_str(&self.0.allow_headers) {
-                h.insert(ACCESS_CONTROL_ALLOW_HEADERS, v);
-            }
+            && let Ok(v) = HeaderValue::from_str(&self.0.allow_headers)
+        {
+            h.insert(ACCESS_CONTROL_ALLOW_HEADERS, v);
+        }
         if let Some(age) = self.0.max_age {
             h.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from(age.as_secs()));
         }
@@ -267,9 +268,10 @@ impl HttpFilter for CorsFilter {
                 );
             }
             if !self.0.expose_headers.is_empty()
-                && let Ok(v) = HeaderValue::from_str(&self.0.expose_headers) {
-                    h.insert(ACCESS_CONTROL_EXPOSE_HEADERS, v);
-                }
+                && let Ok(v) = HeaderValue::from_str(&self.0.expose_headers)
+            {
+                h.insert(ACCESS_CONTROL_EXPOSE_HEADERS, v);
+            }
             h.append(VARY, HeaderValue::from_static("origin"));
         }
         Flow::Continue
@@ -327,9 +329,10 @@ impl RateLimitFilter {
                 b.tokens + now.duration_since(b.last).as_secs_f64() * rate_per_sec < burst
             });
             if map.len() >= per_shard_cap
-                && let Some(k) = map.keys().next().cloned() {
-                    map.remove(&k);
-                }
+                && let Some(k) = map.keys().next().cloned()
+            {
+                map.remove(&k);
+            }
         }
         let b = map.entry(key).or_insert(Bucket {
             tokens: burst,

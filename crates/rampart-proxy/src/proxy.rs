@@ -159,9 +159,10 @@ async fn serve_route(
     log: &mut AccessEntry,
 ) -> Response<ProxyBody> {
     if let (Some(max), Some(len)) = (limit, content_length(&parts.headers))
-        && len > max {
-            return ProxyError::BodyTooLarge { limit: max }.to_response();
-        }
+        && len > max
+    {
+        return ProxyError::BodyTooLarge { limit: max }.to_response();
+    }
     let request_id = match parts.headers.get("x-request-id") {
         Some(v) if !v.is_empty() => v.clone(),
         _ => {
