@@ -29,7 +29,25 @@ pub struct AccessEntry {
 }
 
 impl AccessEntry {
-    pub fn start(parts: &request::Parts, client: SocketAddr) -> Self {
+    /// Records the request's facts; when the log is off, records nothing (no clones).
+    pub fn start(parts: &request::Parts, client: SocketAddr, enabled: bool) -> Self {
+        if !enabled {
+            return Self {
+                time: UNIX_EPOCH,
+                client,
+                method: Method::GET,
+                uri: http::Uri::default(),
+                version: Version::HTTP_11,
+                authority: None,
+                user_agent: None,
+                route: None,
+                cluster: None,
+                upstream: None,
+                request_id: None,
+                status: 0,
+                duration: Duration::ZERO,
+            };
+        }
         Self {
             time: SystemTime::now(),
             client,
@@ -146,6 +164,10 @@ impl AccessLog {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
     }
 
     pub fn dropped(&self) -> u64 {

@@ -68,11 +68,14 @@ pub enum GatewayError {
     },
 }
 
-/// Where tasks run: data-plane connections on `data`, control work (admin, DNS, file
-/// watching) on `control`, so a stalled control task never holds up a request.
+/// Where tasks run. Each `data` handle is one data-plane worker: the binary gives each its
+/// own single-threaded runtime and thread (thread per core, as nginx does), each accepting on
+/// its own `SO_REUSEPORT` socket with its own upstream pools, so a request never crosses
+/// threads. Control work (admin, DNS, file watching) runs on `control`, so a stalled control
+/// task never holds up a request.
 #[derive(Clone, Debug)]
 pub struct Runtimes {
-    pub data: Handle,
+    pub data: Vec<Handle>,
     pub control: Handle,
 }
 
@@ -81,9 +84,13 @@ impl Runtimes {
     pub fn current() -> Self {
         let h = Handle::current();
         Self {
-            data: h.clone(),
+            data: vec![h.clone()],
             control: h,
         }
+    }
+
+    fn workers(&self) -> usize {
+        self.data.len().max(1)
     }
 }
 
@@ -120,7 +127,14 @@ impl Gateway {
         let metrics = Metrics::new();
         let access_log = AccessLog::new(config.access_log);
         let admin = config.admin;
-        let snap = Snapshot::build(config, 1, None, &metrics, &extra_filters);
+        let snap = Snapshot::build(
+            config,
+            1,
+            None,
+            &metrics,
+            &extra_filters,
+            runtimes.workers(),
+        );
         resolve_dns(&snap, &runtimes).await;
         metrics.config_version.set(1);
         let shared = Arc::new(Shared {
@@ -179,6 +193,7 @@ impl Gateway {
             Some(&old),
             &self.shared.metrics,
             &self.extra_filters,
+            self.runtimes.workers(),
         );
         resolve_dns(&snap, &self.runtimes).await;
         let cfg = snap.config.clone();
@@ -262,7 +277,7 @@ impl Gateway {
         &self,
         current: &HashMap<String, ListenerHandle>,
         cfg: &Config,
-    ) -> Result<Vec<(String, std::net::TcpListener)>, GatewayError> {
+    ) -> Result<Vec<(String, Vec<std::net::TcpListener>)>, GatewayError> {
         cfg.listeners
             .iter()
             .filter(|l| current.get(&l.name).is_none_or(|h| h.address != l.address))
@@ -272,7 +287,7 @@ impl Gateway {
                 !current.values().any(|h| h.address == l.address)
             })
             .map(|l| {
-                bind(l.address)
+                bind(l.address, self.runtimes.workers())
                     .map(|s| (l.name.clone(), s))
                     .map_err(|source| GatewayError::Bind {
                         listener: l.name.clone(),
@@ -287,7 +302,7 @@ impl Gateway {
         &self,
         current: &mut HashMap<String, ListenerHandle>,
         cfg: &Config,
-        new_binds: Vec<(String, std::net::TcpListener)>,
+        new_binds: Vec<(String, Vec<std::net::TcpListener>)>,
     ) {
         current.retain(|name, h| {
             let keep = cfg
@@ -300,8 +315,8 @@ impl Gateway {
             }
             keep
         });
-        for (name, std_listener) in new_binds {
-            match self.spawn_listener(&name, std_listener) {
+        for (name, sockets) in new_binds {
+            match self.spawn_listener(&name, sockets) {
                 Ok(h) => {
                     current.insert(name, h);
                 }
@@ -320,30 +335,43 @@ impl Gateway {
     fn spawn_listener(
         &self,
         name: &str,
-        std_listener: std::net::TcpListener,
+        sockets: Vec<std::net::TcpListener>,
     ) -> std::io::Result<ListenerHandle> {
-        let local = std_listener.local_addr()?;
-        let address = self
-            .shared
-            .snapshot
-            .load()
+        let local = sockets
+            .first()
+            .ok_or_else(|| std::io::Error::other("no socket bound"))?
+            .local_addr()?;
+        let snap = self.shared.snapshot.load();
+        let address = snap
             .config
             .listeners
             .iter()
             .find(|l| l.name == name)
             .map_or(local, |l| l.address);
+        let max = snap.listeners.get(name).map_or(
+            rampart_config::model::Limits::default().max_connections,
+            |l| l.limits.max_connections,
+        );
         let stop = self.drain.child_token();
-        let _guard = self.runtimes.data.enter();
-        let listener = tokio::net::TcpListener::from_std(std_listener)?;
-        self.runtimes.data.spawn(server::accept_loop(
-            listener,
-            name.into(),
-            self.shared.clone(),
-            stop.clone(),
-            self.drain.clone(),
-            self.connections.clone(),
-        ));
-        tracing::info!(listener = %name, %local, "listening");
+        // One connection budget for the listener, shared by its workers.
+        let slots = Arc::new(tokio::sync::Semaphore::new(max));
+        for (worker, (socket, rt)) in sockets.into_iter().zip(&self.runtimes.data).enumerate() {
+            let listener = {
+                let _guard = rt.enter();
+                tokio::net::TcpListener::from_std(socket)?
+            };
+            rt.spawn(server::accept_loop(server::AcceptCtx {
+                worker,
+                listener,
+                name: name.into(),
+                shared: self.shared.clone(),
+                slots: slots.clone(),
+                stop: stop.clone(),
+                drain: self.drain.clone(),
+                tracker: self.connections.clone(),
+            }));
+        }
+        tracing::info!(listener = %name, %local, workers = self.runtimes.workers(), "listening");
         Ok(ListenerHandle {
             address,
             local,
@@ -352,10 +380,29 @@ impl Gateway {
     }
 }
 
-fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let l = std::net::TcpListener::bind(addr)?;
-    l.set_nonblocking(true)?;
-    Ok(l)
+/// Binds `n` sockets to `addr` with `SO_REUSEPORT`, one per worker; the kernel spreads new
+/// connections across them. With port 0 the first picks the port and the rest join it.
+fn bind(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let target = match out.first() {
+            Some(first) => first.local_addr()?,
+            None => addr,
+        };
+        let s = Socket::new(
+            Domain::for_address(target),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&target.into())?;
+        s.listen(4096)?;
+        out.push(s.into());
+    }
+    Ok(out)
 }
 
 /// Resolves the DNS endpoints of new clusters and starts their refresh loops.

@@ -64,7 +64,7 @@ pub(crate) async fn handle(
         return Ok(resp);
     };
     let (parts, body) = req.into_parts();
-    let mut log = AccessEntry::start(&parts, conn.client);
+    let mut log = AccessEntry::start(&parts, conn.client, conn.shared.access_log.enabled());
     let resp = route_and_serve(&conn, &snap, &lsnap, parts, body, started, &mut log).await;
     log.finish(resp.status(), started.elapsed());
     conn.shared.access_log.write(&log);
@@ -449,7 +449,7 @@ async fn forward(
 
     let timeout = f.timeout.unwrap_or(DEFAULT_ROUTE_TIMEOUT);
     let sent = Instant::now();
-    let fut = cluster.client.request(up);
+    let fut = cluster.client().request(up);
     let result = if timeout.is_zero() {
         fut.await
     } else {

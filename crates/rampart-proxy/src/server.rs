@@ -19,19 +19,29 @@ use tokio_util::task::TaskTracker;
 use crate::Shared;
 use crate::proxy::{ConnCtx, handle};
 
-pub(crate) async fn accept_loop(
-    listener: TcpListener,
-    name: Arc<str>,
-    shared: Arc<Shared>,
-    stop: CancellationToken,
-    drain: CancellationToken,
-    tracker: TaskTracker,
-) {
-    let max = shared.snapshot.load().listeners.get(&*name).map_or(
-        rampart_config::model::Limits::default().max_connections,
-        |l| l.limits.max_connections,
-    );
-    let slots = Arc::new(Semaphore::new(max));
+pub(crate) struct AcceptCtx {
+    pub(crate) worker: usize,
+    pub(crate) listener: TcpListener,
+    pub(crate) name: Arc<str>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) slots: Arc<Semaphore>,
+    pub(crate) stop: CancellationToken,
+    pub(crate) drain: CancellationToken,
+    pub(crate) tracker: TaskTracker,
+}
+
+pub(crate) async fn accept_loop(cx: AcceptCtx) {
+    let AcceptCtx {
+        worker,
+        listener,
+        name,
+        shared,
+        slots,
+        stop,
+        drain,
+        tracker,
+    } = cx;
+    crate::upstream::set_worker(worker);
     let (active, total) = shared.metrics.downstream(&name);
     loop {
         // Waiting for a slot before accepting leaves excess clients in the kernel backlog.
@@ -67,7 +77,9 @@ pub(crate) async fn accept_loop(
             requests: AtomicU64::new(0),
         });
         let active = active.clone();
-        let drain = drain.clone();
+        // A token of its own: polling it then takes only this connection's lock, not one
+        // shared by every connection.
+        let drain = drain.child_token();
         tracker.spawn(async move {
             serve_connection(stream, conn, drain).await;
             active.dec();

@@ -66,6 +66,7 @@ impl Snapshot {
         prev: Option<&Snapshot>,
         metrics: &Metrics,
         extra: &[ExtraFilter],
+        workers: usize,
     ) -> Self {
         let clusters: HashMap<String, Arc<ClusterRuntime>> = config
             .clusters
@@ -75,7 +76,7 @@ impl Snapshot {
                     .and_then(|p| p.clusters.get(&c.name))
                     .filter(|old| old.config == *c)
                     .cloned();
-                let rt = reused.unwrap_or_else(|| ClusterRuntime::new(c.clone(), metrics));
+                let rt = reused.unwrap_or_else(|| ClusterRuntime::new(c.clone(), metrics, workers));
                 (c.name.clone(), rt)
             })
             .collect();

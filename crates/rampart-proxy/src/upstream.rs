@@ -5,6 +5,7 @@
 //! prior knowledge), keyed by endpoint address; the proxy picks the endpoint itself so that
 //! balancing is ours, not the pool's.
 
+use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -21,6 +22,16 @@ use rampart_config::model::{Cluster, EndpointAddr, LbPolicy, UpstreamProtocol};
 
 use crate::body::ProxyBody;
 use crate::metrics::Metrics;
+
+thread_local! {
+    /// Index of the data-plane worker running on this thread (0 when there is only one).
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks the calling thread as data-plane worker `i` (its upstream pools are `i`'s).
+pub fn set_worker(i: usize) {
+    WORKER.with(|w| w.set(i));
+}
 
 /// One upstream address.
 #[derive(Debug)]
@@ -92,13 +103,14 @@ pub struct ClusterRuntime {
     pub config: Cluster,
     endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     next: AtomicUsize,
-    pub client: UpstreamClient,
+    /// One pool per data-plane worker, so a connection is only ever driven by one thread.
+    clients: Vec<UpstreamClient>,
     pub(crate) dns_refresh_started: std::sync::atomic::AtomicBool,
     active_requests: Gauge,
 }
 
 impl ClusterRuntime {
-    pub fn new(config: Cluster, metrics: &Metrics) -> Arc<Self> {
+    pub fn new(config: Cluster, metrics: &Metrics, workers: usize) -> Arc<Self> {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.connect_timeout));
@@ -115,7 +127,9 @@ impl ClusterRuntime {
             .pool_max_idle_per_host(config.max_idle_per_endpoint)
             .set_host(false)
             .http2_only(config.protocol == UpstreamProtocol::Http2);
-        let client = builder.build(connector);
+        let clients = (0..workers.max(1))
+            .map(|_| builder.build(connector.clone()))
+            .collect();
         let statics = config
             .endpoints
             .iter()
@@ -129,13 +143,18 @@ impl ClusterRuntime {
             config,
             endpoints: ArcSwap::from_pointee(statics),
             next: AtomicUsize::new(0),
-            client,
+            clients,
             dns_refresh_started: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// The connection pool of the calling worker thread.
+    pub fn client(&self) -> &UpstreamClient {
+        &self.clients[WORKER.with(Cell::get) % self.clients.len()]
     }
 
     pub fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {

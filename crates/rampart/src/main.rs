@@ -12,6 +12,12 @@ use rampart_config::Config;
 use rampart_proxy::{Gateway, Runtimes};
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc: measurably less CPU than glibc malloc on the proxy's many small, short-lived
+/// allocations (at 1000 connections, 4.3 vs 5.9 CPU-seconds per 100k requests). Built with
+/// `no_thp`: transparent huge pages would fault in 2 MiB per thread and add ~6 MiB idle.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The demo config `rampart up` runs when given no `--config`.
 const DEMO_CONFIG: &str = include_str!("../../../examples/rampart.yaml");
 /// Where `rampart up` starts its built-in upstream (the demo config's `demo` cluster).
@@ -166,32 +172,64 @@ fn validate(path: &std::path::Path) -> ExitCode {
     }
 }
 
-/// Runs the gateway until SIGTERM/SIGINT; SIGHUP reloads `path`.
+/// Data-plane workers: one thread, one single-threaded runtime each.
+struct Workers {
+    handles: Vec<tokio::runtime::Handle>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    stop: CancellationToken,
+}
+
+impl Workers {
+    fn start(n: usize) -> Result<Self> {
+        let stop = CancellationToken::new();
+        let mut handles = Vec::with_capacity(n);
+        let mut threads = Vec::with_capacity(n);
+        for i in 0..n {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            handles.push(rt.handle().clone());
+            let stop = stop.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("rampart-worker-{i}"))
+                    .spawn(move || {
+                        rt.block_on(stop.cancelled());
+                        // Connections still open past the drain deadline are dropped here.
+                        rt.shutdown_timeout(Duration::from_millis(100));
+                    })?,
+            );
+        }
+        Ok(Self {
+            handles,
+            threads,
+            stop,
+        })
+    }
+
+    fn stop(self) {
+        self.stop.cancel();
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Runs the gateway until SIGTERM/SIGINT; SIGHUP reloads `path`. The main thread runs the
+/// control runtime (admin, DNS, reloads, signals); data-plane workers run on their own threads.
 fn serve(
     cfg: Config,
     path: Option<&std::path::Path>,
     watch_every: Duration,
     demo_upstream: Option<SocketAddr>,
 ) -> Result<ExitCode> {
-    let data = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cfg.workers)
-        .thread_name("rampart-worker")
-        .enable_all()
-        .build()?;
-    // Control work (admin, DNS, file watching) gets its own thread and runtime.
+    let workers = Workers::start(cfg.workers)?;
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let control_handle = control.handle().clone();
-    let control_stop = CancellationToken::new();
-    let control_thread = {
-        let stop = control_stop.clone();
-        std::thread::Builder::new()
-            .name("rampart-control".into())
-            .spawn(move || control.block_on(stop.cancelled()))?
-    };
     let drain = cfg.drain_timeout;
-    let result = data.block_on(async {
+    let data = workers.handles.clone();
+    let result = control.block_on(async {
         let stop_demo = CancellationToken::new();
         if let Some(addr) = demo_upstream {
             let local = rampart_proxy::demo::bind_and_serve(addr, "demo".into(), stop_demo.clone())
@@ -200,8 +238,8 @@ fn serve(
             tracing::info!(%local, "demo upstream listening");
         }
         let runtimes = Runtimes {
-            data: tokio::runtime::Handle::current(),
-            control: control_handle,
+            data,
+            control: tokio::runtime::Handle::current(),
         };
         let gw = Gateway::start(cfg, runtimes).await?;
         if let (Some(p), false) = (path, watch_every.is_zero()) {
@@ -214,10 +252,7 @@ fn serve(
         tracing::info!(clean, "stopped");
         anyhow::Ok(ExitCode::SUCCESS)
     });
-    control_stop.cancel();
-    let _ = control_thread.join();
-    // Connections still open past the drain deadline are dropped with the runtime.
-    data.shutdown_timeout(Duration::from_millis(100));
+    workers.stop();
     result
 }
 
