@@ -30,7 +30,7 @@ impl Drop for Upstream {
 pub async fn upstream(name: &str) -> Upstream {
     let stop = CancellationToken::new();
     let addr = rampart_proxy::demo::bind_and_serve(
-        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().expect("test support"),
         name.to_owned(),
         stop.clone(),
     )
@@ -146,7 +146,7 @@ pub fn get_req(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reques
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
-    b.body(Full::new(Bytes::new())).unwrap()
+    b.body(Full::new(Bytes::new())).expect("test support")
 }
 
 pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
@@ -186,34 +186,34 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
 
 /// This process's peak resident set size, in bytes.
 pub fn peak_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let status = std::fs::read_to_string("/proc/self/status").expect("test support");
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|kb| kb * 1024)
-        .unwrap()
+        .expect("test support")
 }
 
 /// An HTTP/2 (prior knowledge) GET with an explicit `:authority`, over a fresh connection.
 pub async fn h2_get(addr: SocketAddr, authority: &str, path: &str) -> Reply {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("test support");
     let (mut sender, conn) = hyper::client::conn::http2::handshake(
         TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(tcp),
     )
     .await
-    .unwrap();
+    .expect("test support");
     tokio::spawn(conn);
     let req = Request::get(format!("http://{authority}{path}"))
         .body(Full::new(Bytes::new()))
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
+        .expect("test support");
+    let resp = sender.send_request(req).await.expect("test support");
     assert_eq!(resp.version(), http::Version::HTTP_2);
     let (parts, body) = resp.into_parts();
     Reply {
         status: parts.status,
         headers: parts.headers,
-        body: body.collect().await.unwrap().to_bytes(),
+        body: body.collect().await.expect("test support").to_bytes(),
     }
 }
