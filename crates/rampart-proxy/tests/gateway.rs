@@ -37,7 +37,8 @@ async fn routes_by_every_match_kind_in_order() {
     let tg = gateway(&config(routes, &clusters)).await;
     let server = |r: &Reply| r.header("x-upstream-name").map(str::to_owned);
     let c = h1();
-    let cases: &[(&str, Method, &[(&str, &str)], &str)] = &[
+    type Case<'a> = (&'a str, Method, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case<'_>] = &[
         ("/exact", Method::GET, &[], "a"),
         ("/items/12", Method::GET, &[], "b"),
         ("/items/x", Method::GET, &[], "a"),
