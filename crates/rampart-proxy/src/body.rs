@@ -5,7 +5,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -13,23 +13,26 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 
+use crate::filter::BodyReject;
 use crate::upstream::InflightGuard;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Set when a request body went over its route's limit, so the handler answers 413.
+/// Why a request body was cut short by the proxy itself (a size limit or a filter), shared
+/// between the body and the handler so that the handler answers with that status instead of
+/// reporting an upstream failure. Created only for requests that have a limit or observers.
 #[derive(Debug, Clone, Default)]
-pub struct LimitFlag(Arc<AtomicBool>);
+pub struct BodyAbort(Arc<OnceLock<BodyReject>>);
 
-impl LimitFlag {
-    pub fn exceeded(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+impl BodyAbort {
+    pub fn set(&self, reject: BodyReject) {
+        let _ = self.0.set(reject);
+    }
+
+    pub fn get(&self) -> Option<&BodyReject> {
+        self.0.get()
     }
 }
-
-#[derive(Debug, thiserror::Error)]
-#[error("body exceeds the limit of {0} bytes")]
-pub struct BodyTooLarge(pub u64);
 
 pub enum ProxyBody {
     Empty,
@@ -38,7 +41,7 @@ pub enum ProxyBody {
     /// body is done or dropped (used for least-request accounting of in-flight responses).
     Stream {
         inner: Incoming,
-        limit: Option<(u64, u64, LimitFlag)>,
+        limit: Option<(u64, u64, BodyAbort)>,
         guard: Option<InflightGuard>,
     },
     Boxed(UnsyncBoxBody<Bytes, BoxError>),
@@ -61,8 +64,8 @@ impl ProxyBody {
         }
     }
 
-    /// Streams `inner`, failing once more than `max` bytes have passed and raising `flag`.
-    pub fn limited(inner: Incoming, max: u64, flag: LimitFlag) -> Self {
+    /// Streams `inner`, failing once more than `max` bytes have passed and recording why.
+    pub fn limited(inner: Incoming, max: u64, flag: BodyAbort) -> Self {
         Self::Stream {
             inner,
             limit: Some((max, 0, flag)),
@@ -110,8 +113,14 @@ impl Body for ProxyBody {
                         {
                             *seen += data.len() as u64;
                             if *seen > *max {
-                                flag.0.store(true, Ordering::Relaxed);
-                                return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*max)))));
+                                let reject = BodyReject {
+                                    status: http::StatusCode::PAYLOAD_TOO_LARGE,
+                                    reason: format!(
+                                        "request body exceeds the limit of {max} bytes"
+                                    ),
+                                };
+                                flag.set(reject.clone());
+                                return Poll::Ready(Some(Err(Box::new(reject))));
                             }
                         }
                         Poll::Ready(Some(Ok(frame)))

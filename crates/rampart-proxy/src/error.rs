@@ -22,6 +22,9 @@ pub enum ProxyError {
     NoRoute(&'static str),
     #[error("request body exceeds the route's limit of {limit} bytes")]
     BodyTooLarge { limit: u64 },
+    /// The proxy itself cut the request body short (a size limit or a body filter).
+    #[error("{reason}")]
+    BodyRejected { status: StatusCode, reason: String },
     #[error("cluster {cluster:?} has no endpoint to send to")]
     NoEndpoint { cluster: String },
     #[error("cluster {cluster:?} is not configured")]
@@ -46,6 +49,7 @@ impl ProxyError {
             Self::MissingHost
             | Self::NoRoute(_)
             | Self::BodyTooLarge { .. }
+            | Self::BodyRejected { .. }
             | Self::DownstreamBody(_) => Blame::Downstream,
             Self::NoEndpoint { .. }
             | Self::UpstreamConnect { .. }
@@ -70,6 +74,7 @@ impl ProxyError {
             Self::MissingHost | Self::DownstreamBody(_) => StatusCode::BAD_REQUEST,
             Self::NoRoute(_) => StatusCode::NOT_FOUND,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyRejected { status, .. } => *status,
             Self::NoEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamConnect { .. } | Self::UpstreamReset { .. } => StatusCode::BAD_GATEWAY,
             Self::ConnectTimeout { .. } | Self::UpstreamTimeout { .. } => {

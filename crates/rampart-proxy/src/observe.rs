@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use crate::body::{BoxError, ProxyBody};
+use crate::body::{BodyAbort, BoxError, ProxyBody};
 use crate::filter::{BodyObserver, BodyReject};
 
 impl std::fmt::Display for BodyReject {
@@ -21,15 +21,30 @@ pub(crate) struct ObservedBody {
     inner: ProxyBody,
     observers: Vec<Box<dyn BodyObserver>>,
     done: bool,
+    abort: Option<BodyAbort>,
 }
 
 impl ObservedBody {
-    pub(crate) fn new(inner: ProxyBody, observers: Vec<Box<dyn BodyObserver>>) -> Self {
+    /// `abort` records a rejection for the handler (request bodies); responses pass `None`.
+    pub(crate) fn new(
+        inner: ProxyBody,
+        observers: Vec<Box<dyn BodyObserver>>,
+        abort: Option<BodyAbort>,
+    ) -> Self {
         Self {
             inner,
             observers,
             done: false,
+            abort,
         }
+    }
+
+    fn reject(&mut self, reject: BodyReject) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.done = true;
+        if let Some(a) = &self.abort {
+            a.set(reject.clone());
+        }
+        Poll::Ready(Some(Err(Box::new(reject))))
     }
 }
 
@@ -49,13 +64,17 @@ impl Body for ObservedBody {
             Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                 Ok(mut data) => {
                     let eos = this.inner.is_end_stream();
+                    let mut rejected = None;
                     for o in &mut this.observers {
                         if let Err(reject) = o.on_data(&mut data, eos) {
-                            this.done = true;
-                            return Poll::Ready(Some(Err(Box::new(reject))));
+                            rejected = Some(reject);
+                            break;
                         }
                     }
-                    Poll::Ready(Some(Ok(Frame::data(data))))
+                    match rejected {
+                        Some(r) => this.reject(r),
+                        None => Poll::Ready(Some(Ok(Frame::data(data)))),
+                    }
                 }
                 Err(frame) => Poll::Ready(Some(Ok(frame))),
             },
@@ -63,10 +82,15 @@ impl Body for ObservedBody {
                 this.done = true;
                 // Tell observers the stream ended, with an empty final chunk.
                 let mut empty = Bytes::new();
+                let mut rejected = None;
                 for o in &mut this.observers {
                     if let Err(reject) = o.on_data(&mut empty, true) {
-                        return Poll::Ready(Some(Err(Box::new(reject))));
+                        rejected = Some(reject);
+                        break;
                     }
+                }
+                if let Some(r) = rejected {
+                    return this.reject(r);
                 }
                 if empty.is_empty() {
                     Poll::Ready(None)

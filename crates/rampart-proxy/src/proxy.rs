@@ -15,7 +15,7 @@ use rampart_router::{RequestView, pick_weighted, rewrite_path};
 
 use crate::Shared;
 use crate::access_log::AccessEntry;
-use crate::body::{LimitFlag, ProxyBody};
+use crate::body::{BodyAbort, ProxyBody};
 use crate::error::{ProxyError, local_response};
 use crate::filter::{BodyObserver, FilterRef, RequestContext, Verdict};
 use crate::observe::ObservedBody;
@@ -256,7 +256,10 @@ async fn finish_response<'f>(
     } else {
         // Observers may change chunk sizes: the length is no longer known up front.
         parts.headers.remove(header::CONTENT_LENGTH);
-        Response::from_parts(parts, ProxyBody::boxed(ObservedBody::new(body, observers)))
+        Response::from_parts(
+            parts,
+            ProxyBody::boxed(ObservedBody::new(body, observers, None)),
+        )
     }
 }
 
@@ -429,13 +432,14 @@ async fn forward(
         .build()
         .map_err(|e| ProxyError::Internal(format!("upstream URI: {e}")))?;
 
-    let flag = LimitFlag::default();
-    let mut body = match limit {
-        Some(max) => ProxyBody::limited(body, max, flag.clone()),
-        None => ProxyBody::stream(body),
+    // Only requests that can be cut short by the proxy pay for the shared abort slot.
+    let abort = (limit.is_some() || !observers.is_empty()).then(BodyAbort::default);
+    let mut body = match (limit, &abort) {
+        (Some(max), Some(a)) => ProxyBody::limited(body, max, a.clone()),
+        _ => ProxyBody::stream(body),
     };
     if !observers.is_empty() {
-        body = ProxyBody::boxed(ObservedBody::new(body, observers));
+        body = ProxyBody::boxed(ObservedBody::new(body, observers, abort.clone()));
         parts.headers.remove(header::CONTENT_LENGTH);
     }
     let mut up = Request::new(body);
@@ -466,9 +470,10 @@ async fn forward(
     let resp = match result {
         Ok(r) => r,
         Err(e) => {
-            if flag.exceeded() {
-                return Err(ProxyError::BodyTooLarge {
-                    limit: limit.unwrap_or_default(),
+            if let Some(r) = abort.as_ref().and_then(BodyAbort::get) {
+                return Err(ProxyError::BodyRejected {
+                    status: r.status,
+                    reason: r.reason.clone(),
                 });
             }
             ep.record_failure();

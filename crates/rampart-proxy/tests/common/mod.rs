@@ -197,7 +197,9 @@ pub fn peak_rss() -> u64 {
 
 /// An HTTP/2 (prior knowledge) GET with an explicit `:authority`, over a fresh connection.
 pub async fn h2_get(addr: SocketAddr, authority: &str, path: &str) -> Reply {
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("test support");
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("test support");
     let (mut sender, conn) = hyper::client::conn::http2::handshake(
         TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(tcp),
