@@ -18,8 +18,9 @@ use crate::access_log::AccessEntry;
 use crate::body::{BodyAbort, ProxyBody};
 use crate::error::{ProxyError, local_response};
 use crate::filter::{BodyObserver, FilterRef, RequestContext, Verdict};
+use crate::metrics::RouteStats;
 use crate::observe::ObservedBody;
-use crate::snapshot::{ListenerSnap, RouteData, Snapshot, Target};
+use crate::snapshot::{ListenerSnap, RouteData, Target};
 use crate::upstream::{has_io_kind, root_cause};
 
 /// Default per-route timeout (as Envoy's), until the upstream's response headers arrive.
@@ -53,8 +54,9 @@ pub(crate) async fn handle(
     let _count = InflightCount(&conn.inflight);
     conn.requests.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
-    let snap = conn.shared.snapshot.load_full();
-    let Some(lsnap) = snap.listeners.get(&*conn.listener).cloned() else {
+    // The listener's part of the current snapshot; it keeps everything the request needs alive.
+    let lsnap = conn.shared.snapshot.load().listeners.get(&*conn.listener).cloned();
+    let Some(lsnap) = lsnap else {
         let mut resp = local_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "listener is draining after a config change; reconnect\n",
@@ -65,8 +67,10 @@ pub(crate) async fn handle(
     };
     let (parts, body) = req.into_parts();
     let mut log = AccessEntry::start(&parts, conn.client, conn.shared.access_log.enabled());
-    let resp = route_and_serve(&conn, &snap, &lsnap, parts, body, started, &mut log).await;
-    log.finish(resp.status(), started.elapsed());
+    let (resp, stats) = route_and_serve(&conn, &lsnap, parts, body, started, &mut log).await;
+    let took = started.elapsed();
+    stats.record(resp.status(), took.as_secs_f64());
+    log.finish(resp.status(), took);
     conn.shared.access_log.write(&log);
     Ok(resp)
 }
@@ -86,21 +90,17 @@ fn authority(parts: &request::Parts) -> Option<&str> {
         .filter(|a| !a.is_empty())
 }
 
-async fn route_and_serve(
+/// Routes and serves one request; returns the response and the stats it counts toward.
+async fn route_and_serve<'s>(
     conn: &ConnCtx,
-    snap: &Snapshot,
-    lsnap: &ListenerSnap,
+    lsnap: &'s ListenerSnap,
     mut parts: request::Parts,
     body: Incoming,
     started: Instant,
     log: &mut AccessEntry,
-) -> Response<ProxyBody> {
+) -> (Response<ProxyBody>, &'s RouteStats) {
     let Some(host) = authority(&parts) else {
-        let resp = ProxyError::MissingHost.to_response();
-        lsnap
-            .no_route_stats
-            .record(resp.status(), started.elapsed().as_secs_f64());
-        return resp;
+        return (ProxyError::MissingHost.to_response(), &lsnap.no_route_stats);
     };
     let view = RequestView {
         method: &parts.method,
@@ -112,11 +112,10 @@ async fn route_and_serve(
     let matched = match lsnap.table.route(&view) {
         Ok(m) => m,
         Err(no) => {
-            let resp = ProxyError::NoRoute(no.reason()).to_response();
-            lsnap
-                .no_route_stats
-                .record(resp.status(), started.elapsed().as_secs_f64());
-            return resp;
+            return (
+                ProxyError::NoRoute(no.reason()).to_response(),
+                &lsnap.no_route_stats,
+            );
         }
     };
     let route = matched.entry;
@@ -138,17 +137,16 @@ async fn route_and_serve(
         .max_request_body_bytes
         .or(lsnap.limits.max_request_body_bytes);
     let resp = serve_route(
-        conn, snap, lsnap, rd, route, target, limit, &mut parts, body, log,
+        conn, started, lsnap, rd, route, target, limit, &mut parts, body, log,
     )
     .await;
-    stats.record(resp.status(), started.elapsed().as_secs_f64());
-    resp
+    (resp, stats)
 }
 
 #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename these
 async fn serve_route(
     conn: &ConnCtx,
-    _snap: &Snapshot,
+    started: Instant,
     lsnap: &ListenerSnap,
     rd: &RouteData,
     route: &Route,
@@ -179,7 +177,7 @@ async fn serve_route(
         listener: lsnap.name.clone(),
         route: rd.name.clone(),
         cluster: target.map(|t| t.name.clone()),
-        started: Instant::now(),
+        started,
         extensions: http::Extensions::new(),
     };
     let chain = || lsnap.filters.iter().chain(rd.filters.iter());
