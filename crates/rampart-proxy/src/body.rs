@@ -14,6 +14,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 
 use crate::filter::BodyReject;
+use crate::pool::Lease;
 use crate::upstream::InflightGuard;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -43,6 +44,8 @@ pub enum ProxyBody {
         inner: Incoming,
         limit: Option<(u64, u64, BodyAbort)>,
         guard: Option<InflightGuard>,
+        /// The upstream connection feeding `inner`, polled here and pooled when done.
+        lease: Option<Lease>,
     },
     Boxed(UnsyncBoxBody<Bytes, BoxError>),
 }
@@ -61,6 +64,7 @@ impl ProxyBody {
             inner,
             limit: None,
             guard: None,
+            lease: None,
         }
     }
 
@@ -70,14 +74,18 @@ impl ProxyBody {
             inner,
             limit: Some((max, 0, flag)),
             guard: None,
+            lease: None,
         }
     }
 
-    pub fn with_guard(inner: Incoming, guard: InflightGuard) -> Self {
+    /// An upstream response body: keeps the endpoint counted as busy and drives (then
+    /// returns) the upstream connection until the body ends.
+    pub fn upstream(inner: Incoming, guard: InflightGuard, lease: Option<Lease>) -> Self {
         Self::Stream {
             inner,
             limit: None,
             guard: Some(guard),
+            lease,
         }
     }
 
@@ -87,6 +95,14 @@ impl ProxyBody {
     {
         Self::Boxed(UnsyncBoxBody::new(body))
     }
+}
+
+/// A body completed: its upstream connection may carry another request, its endpoint is free.
+fn finish(lease: &mut Option<Lease>, guard: &mut Option<InflightGuard>) {
+    if let Some(mut l) = lease.take() {
+        l.finish();
+    }
+    guard.take();
 }
 
 impl Body for ProxyBody {
@@ -104,8 +120,12 @@ impl Body for ProxyBody {
                 inner,
                 limit,
                 guard,
+                lease,
             } => {
-                let polled = Pin::new(inner).poll_frame(cx);
+                if let Some(l) = lease.as_mut() {
+                    l.drive(cx);
+                }
+                let polled = Pin::new(&mut *inner).poll_frame(cx);
                 match polled {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let (Some((max, seen, flag)), Some(data)) =
@@ -123,14 +143,19 @@ impl Body for ProxyBody {
                                 return Poll::Ready(Some(Err(Box::new(reject))));
                             }
                         }
+                        // The server may stop polling once the body says it has ended.
+                        if inner.is_end_stream() {
+                            finish(lease, guard);
+                        }
                         Poll::Ready(Some(Ok(frame)))
                     }
                     Poll::Ready(Some(Err(e))) => {
+                        lease.take();
                         guard.take();
                         Poll::Ready(Some(Err(Box::new(e))))
                     }
                     Poll::Ready(None) => {
-                        guard.take();
+                        finish(lease, guard);
                         Poll::Ready(None)
                     }
                     Poll::Pending => Poll::Pending,

@@ -48,6 +48,7 @@ pub struct RequestContext {
 pub type FilterFuture<'a> = Pin<Box<dyn Future<Output = Verdict> + Send + 'a>>;
 
 /// What a header phase decided.
+#[allow(clippy::large_enum_variant)] // boxing would allocate on every local reply
 pub enum Flow<'a> {
     Continue,
     /// End the request here with this response.
@@ -57,6 +58,7 @@ pub enum Flow<'a> {
 }
 
 /// The outcome of an async header phase.
+#[allow(clippy::large_enum_variant)] // as for `Flow`
 pub enum Verdict {
     Continue,
     Respond(Response<ProxyBody>),

@@ -16,6 +16,7 @@ pub mod error;
 pub mod filter;
 pub mod metrics;
 mod observe;
+pub mod pool;
 mod proxy;
 mod server;
 pub mod snapshot;

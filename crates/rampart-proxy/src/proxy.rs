@@ -21,7 +21,6 @@ use crate::filter::{BodyObserver, FilterRef, RequestContext, Verdict};
 use crate::metrics::RouteStats;
 use crate::observe::ObservedBody;
 use crate::snapshot::{ListenerSnap, RouteData, Target};
-use crate::upstream::{has_io_kind, root_cause};
 
 /// Default per-route timeout (as Envoy's), until the upstream's response headers arrive.
 const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -55,7 +54,13 @@ pub(crate) async fn handle(
     conn.requests.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
     // The listener's part of the current snapshot; it keeps everything the request needs alive.
-    let lsnap = conn.shared.snapshot.load().listeners.get(&*conn.listener).cloned();
+    let lsnap = conn
+        .shared
+        .snapshot
+        .load()
+        .listeners
+        .get(&*conn.listener)
+        .cloned();
     let Some(lsnap) = lsnap else {
         let mut resp = local_response(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -423,13 +428,6 @@ async fn forward(
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
     };
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(ep.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|e| ProxyError::Internal(format!("upstream URI: {e}")))?;
-
     // Only requests that can be cut short by the proxy pay for the shared abort slot.
     let abort = (limit.is_some() || !observers.is_empty()).then(BodyAbort::default);
     let mut body = match (limit, &abort) {
@@ -442,16 +440,12 @@ async fn forward(
     }
     let mut up = Request::new(body);
     *up.method_mut() = parts.method.clone();
-    *up.uri_mut() = uri;
-    *up.version_mut() = match cluster.config.protocol {
-        rampart_config::model::UpstreamProtocol::Http1 => Version::HTTP_11,
-        rampart_config::model::UpstreamProtocol::Http2 => Version::HTTP_2,
-    };
+    *up.uri_mut() = Uri::from(path_and_query);
     *up.headers_mut() = std::mem::take(&mut parts.headers);
 
     let timeout = f.timeout.unwrap_or(DEFAULT_ROUTE_TIMEOUT);
     let sent = Instant::now();
-    let fut = cluster.client().request(up);
+    let fut = cluster.send(&ep, up);
     let result = if timeout.is_zero() {
         fut.await
     } else {
@@ -465,7 +459,7 @@ async fn forward(
             }
         }
     };
-    let resp = match result {
+    let (resp, lease) = match result {
         Ok(r) => r,
         Err(e) => {
             if let Some(r) = abort.as_ref().and_then(BodyAbort::get) {
@@ -475,22 +469,7 @@ async fn forward(
                 });
             }
             ep.record_failure();
-            let endpoint = ep.addr.to_string();
-            return Err(if e.is_connect() {
-                if has_io_kind(&e, std::io::ErrorKind::TimedOut) {
-                    ProxyError::ConnectTimeout { endpoint }
-                } else {
-                    ProxyError::UpstreamConnect {
-                        endpoint,
-                        reason: root_cause(&e),
-                    }
-                }
-            } else {
-                ProxyError::UpstreamReset {
-                    endpoint,
-                    reason: root_cause(&e),
-                }
-            });
+            return Err(e);
         }
     };
     target
@@ -500,7 +479,7 @@ async fn forward(
     strip_hop_by_hop(&mut rparts.headers);
     Ok(response_from_upstream(
         rparts,
-        ProxyBody::with_guard(rbody, guard),
+        ProxyBody::upstream(rbody, guard, lease),
     ))
 }
 

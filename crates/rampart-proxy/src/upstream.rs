@@ -21,7 +21,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use rampart_config::model::{Cluster, EndpointAddr, LbPolicy, UpstreamProtocol};
 
 use crate::body::ProxyBody;
+use crate::error::ProxyError;
 use crate::metrics::Metrics;
+use crate::pool::{H1Pool, Lease};
 
 thread_local! {
     /// Index of the data-plane worker running on this thread (0 when there is only one).
@@ -31,6 +33,11 @@ thread_local! {
 /// Marks the calling thread as data-plane worker `i` (its upstream pools are `i`'s).
 pub fn set_worker(i: usize) {
     WORKER.with(|w| w.set(i));
+}
+
+/// The calling thread's worker index.
+pub(crate) fn worker() -> usize {
+    WORKER.with(Cell::get)
 }
 
 /// One upstream address.
@@ -98,13 +105,19 @@ impl Drop for InflightGuard {
 
 pub type UpstreamClient = Client<CountingConnector, ProxyBody>;
 
+enum Transport {
+    Http1(Arc<H1Pool>),
+    Http2(Vec<UpstreamClient>),
+}
+
 /// A cluster's live state; shared across config versions while its definition is unchanged.
 pub struct ClusterRuntime {
     pub config: Cluster,
     endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     next: AtomicUsize,
-    /// One pool per data-plane worker, so a connection is only ever driven by one thread.
-    clients: Vec<UpstreamClient>,
+    /// How requests reach the endpoints; pools are per worker, so a connection is only ever
+    /// driven by one thread.
+    transport: Transport,
     pub(crate) dns_refresh_started: std::sync::atomic::AtomicBool,
     active_requests: Gauge,
 }
@@ -127,9 +140,21 @@ impl ClusterRuntime {
             .pool_max_idle_per_host(config.max_idle_per_endpoint)
             .set_host(false)
             .http2_only(config.protocol == UpstreamProtocol::Http2);
-        let clients = (0..workers.max(1))
-            .map(|_| builder.build(connector.clone()))
-            .collect();
+        let transport = match config.protocol {
+            UpstreamProtocol::Http1 => Transport::Http1(Arc::new(H1Pool::new(
+                workers,
+                config.max_idle_per_endpoint,
+                config.idle_timeout,
+                config.connect_timeout,
+                connector.gauge.clone(),
+            ))),
+            // HTTP/2 multiplexes on few connections driven by their own tasks.
+            UpstreamProtocol::Http2 => Transport::Http2(
+                (0..workers.max(1))
+                    .map(|_| builder.build(connector.clone()))
+                    .collect(),
+            ),
+        };
         let statics = config
             .endpoints
             .iter()
@@ -143,7 +168,7 @@ impl ClusterRuntime {
             config,
             endpoints: ArcSwap::from_pointee(statics),
             next: AtomicUsize::new(0),
-            clients,
+            transport,
             dns_refresh_started: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -152,9 +177,44 @@ impl ClusterRuntime {
         &self.config.name
     }
 
-    /// The connection pool of the calling worker thread.
-    pub fn client(&self) -> &UpstreamClient {
-        &self.clients[WORKER.with(Cell::get) % self.clients.len()]
+    /// Sends a request (URI in origin form) to `ep`. For HTTP/1.1 the returned lease carries
+    /// the upstream connection and must stay with the response body.
+    pub async fn send(
+        &self,
+        ep: &Endpoint,
+        mut req: http::Request<ProxyBody>,
+    ) -> Result<(http::Response<hyper::body::Incoming>, Option<Lease>), ProxyError> {
+        match &self.transport {
+            Transport::Http1(pool) => {
+                *req.version_mut() = http::Version::HTTP_11;
+                pool.send(ep.addr, req).await.map(|(r, l)| (r, Some(l)))
+            }
+            Transport::Http2(clients) => {
+                let mut parts = req.uri().clone().into_parts();
+                parts.scheme = Some(http::uri::Scheme::HTTP);
+                parts.authority = Some(ep.authority.clone());
+                *req.uri_mut() = http::Uri::from_parts(parts)
+                    .map_err(|e| ProxyError::Internal(format!("upstream URI: {e}")))?;
+                *req.version_mut() = http::Version::HTTP_2;
+                let client = &clients[worker() % clients.len()];
+                client.request(req).await.map(|r| (r, None)).map_err(|e| {
+                    let endpoint = ep.addr.to_string();
+                    if !e.is_connect() {
+                        ProxyError::UpstreamReset {
+                            endpoint,
+                            reason: root_cause(&e),
+                        }
+                    } else if has_io_kind(&e, io::ErrorKind::TimedOut) {
+                        ProxyError::ConnectTimeout { endpoint }
+                    } else {
+                        ProxyError::UpstreamConnect {
+                            endpoint,
+                            reason: root_cause(&e),
+                        }
+                    }
+                })
+            }
+        }
     }
 
     pub fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
@@ -265,11 +325,7 @@ impl tower_service::Service<http::Uri> for CountingConnector {
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let fut = self.inner.call(uri);
         let gauge = self.gauge.clone();
-        Box::pin(async move {
-            let io = fut.await?;
-            gauge.inc();
-            Ok(Counted { io, gauge })
-        })
+        Box::pin(async move { Ok(Counted::new(fut.await?, gauge)) })
     }
 }
 
@@ -279,6 +335,14 @@ type TcpIo = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
 pub struct Counted {
     io: TcpIo,
     gauge: Gauge,
+}
+
+impl Counted {
+    /// Counts `io` as an open upstream connection until dropped.
+    pub(crate) fn new(io: TcpIo, gauge: Gauge) -> Self {
+        gauge.inc();
+        Self { io, gauge }
+    }
 }
 
 impl Drop for Counted {

@@ -788,3 +788,69 @@ async fn reload_swaps_atomically_and_keeps_in_flight_on_old_config() {
         Some(2.0)
     );
 }
+
+/// An upstream that answers one request per connection and then closes it without saying so
+/// (no `connection: close`), so the proxy's pooled connection goes stale while idle.
+async fn one_shot_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let head = read_head(&mut s).await;
+                if head.is_empty() {
+                    return;
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn stale_pooled_connections_are_replaced_transparently() {
+    let (addr, accepted) = one_shot_upstream().await;
+    let tg = gateway(&config(
+        "          - forward: { cluster: u }\n",
+        &cluster("u", &[addr], ""),
+    ))
+    .await;
+    for i in 0..5 {
+        let r = get(tg.addr, "/", &[]).await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert_eq!(r.text(), "ok");
+        // Let the upstream close the connection the proxy pooled.
+        tokio::time::sleep(Duration::from_millis(80)).await;
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 5);
+}
+
+#[tokio::test]
+async fn idle_upstream_connections_expire() {
+    let up = upstream("u").await;
+    let tg = gateway(&config(
+        "          - forward: { cluster: u }\n",
+        &cluster("u", &[up.addr], ", idle_timeout: 150ms"),
+    ))
+    .await;
+    let peer = |r: &Reply| r.json()["peer"].as_str().unwrap().to_owned();
+    let a = peer(&get(tg.addr, "/", &[]).await);
+    let b = peer(&get(tg.addr, "/", &[]).await);
+    assert_eq!(a, b, "reused while fresh");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let c = peer(&get(tg.addr, "/", &[]).await);
+    assert_ne!(a, c, "an expired idle connection was reused");
+}

@@ -1,0 +1,228 @@
+//! HTTP/1.1 upstream connections, pooled per worker and driven by the request's own task.
+//!
+//! A pooled client that runs each upstream connection as its own task (as hyper-util's does)
+//! costs two cross-task hand-offs per request. Here the task that proxies a request polls the
+//! upstream connection itself: while it waits for the response head, and then from the
+//! response body (the connection travels inside the body as a [`Lease`]) until the body ends,
+//! when the connection goes back to the worker's idle list if it can carry another request.
+//!
+//! Rules: a connection is used by one request at a time; a connection whose future finished
+//! (closed, errored) is never polled again or reused; an idle connection past `idle_timeout`
+//! is dropped; a request that was not written at all on a reused connection (it went stale
+//! while idle) is retried once on a fresh one, since the upstream cannot have seen it.
+
+use std::collections::HashMap;
+use std::future::{Future, poll_fn};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::body::ProxyBody;
+use crate::error::ProxyError;
+use crate::upstream::{Counted, worker};
+
+/// One HTTP/1.1 connection to an upstream endpoint.
+pub(crate) struct H1Conn {
+    sender: http1::SendRequest<ProxyBody>,
+    conn: http1::Connection<Counted, ProxyBody>,
+    /// The connection future finished: the connection is closed and must not be polled.
+    done: bool,
+    idle_since: Instant,
+}
+
+impl H1Conn {
+    /// Drives the connection; returns true once it has finished (closed).
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.done && Pin::new(&mut self.conn).poll(cx).is_ready() {
+            self.done = true;
+        }
+        self.done
+    }
+
+    /// Whether it can take a new request now, without waiting.
+    fn reusable(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        !self.drive(&mut cx) && matches!(self.sender.poll_ready(&mut cx), Poll::Ready(Ok(())))
+    }
+}
+
+/// Idle connections of one cluster, one list per worker, keyed by endpoint.
+#[allow(clippy::vec_box)] // boxed so a connection moves in and out as one pointer
+pub(crate) struct H1Pool {
+    /// Boxed so a connection moves between pool and response body as one pointer.
+    idle: Vec<Mutex<HashMap<SocketAddr, Vec<Box<H1Conn>>>>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+    connect_timeout: Duration,
+    gauge: Gauge,
+}
+
+impl H1Pool {
+    pub(crate) fn new(
+        workers: usize,
+        max_idle: usize,
+        idle_timeout: Duration,
+        connect_timeout: Duration,
+        gauge: Gauge,
+    ) -> Self {
+        Self {
+            idle: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
+            max_idle,
+            idle_timeout,
+            connect_timeout,
+            gauge,
+        }
+    }
+
+    #[allow(clippy::vec_box)] // see the field
+    fn slot(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Box<H1Conn>>>> {
+        // Each worker only touches its own slot, so the lock is never contended; a poisoned
+        // one only means a panic elsewhere mid-push, and the map is still sound.
+        self.idle[worker() % self.idle.len()]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The most recently used idle connection to `addr` that can still carry a request.
+    fn checkout(&self, addr: SocketAddr) -> Option<Box<H1Conn>> {
+        let mut slot = self.slot();
+        let list = slot.get_mut(&addr)?;
+        while let Some(mut c) = list.pop() {
+            if c.idle_since.elapsed() < self.idle_timeout && c.reusable() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, addr: SocketAddr, mut c: Box<H1Conn>) {
+        if !c.reusable() {
+            return;
+        }
+        c.idle_since = Instant::now();
+        let mut slot = self.slot();
+        let list = slot.entry(addr).or_default();
+        if list.len() < self.max_idle {
+            list.push(c);
+        }
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<Box<H1Conn>, ProxyError> {
+        let endpoint = || addr.to_string();
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(addr))
+                .await
+            {
+                Err(_) => {
+                    return Err(ProxyError::ConnectTimeout {
+                        endpoint: endpoint(),
+                    });
+                }
+                Ok(Err(e)) => {
+                    return Err(ProxyError::UpstreamConnect {
+                        endpoint: endpoint(),
+                        reason: e.to_string(),
+                    });
+                }
+                Ok(Ok(s)) => s,
+            };
+        let _ = stream.set_nodelay(true);
+        let io = Counted::new(TokioIo::new(stream), self.gauge.clone());
+        let (sender, conn) =
+            http1::Builder::new()
+                .handshake(io)
+                .await
+                .map_err(|e| ProxyError::UpstreamConnect {
+                    endpoint: endpoint(),
+                    reason: e.to_string(),
+                })?;
+        Ok(Box::new(H1Conn {
+            sender,
+            conn,
+            done: false,
+            idle_since: Instant::now(),
+        }))
+    }
+
+    /// Sends `req` (origin-form URI) to `addr`; returns the response head and the lease that
+    /// must travel with the response body.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        mut req: Request<ProxyBody>,
+    ) -> Result<(Response<Incoming>, Lease), ProxyError> {
+        loop {
+            let (mut c, reused) = match self.checkout(addr) {
+                Some(c) => (c, true),
+                None => (self.connect(addr).await?, false),
+            };
+            let mut fut = std::pin::pin!(c.sender.try_send_request(req));
+            let result = poll_fn(|cx| {
+                let closed = c.drive(cx);
+                match fut.as_mut().poll(cx) {
+                    Poll::Ready(r) => Poll::Ready(Some(r)),
+                    // Closed without answering this request: hyper has already failed it
+                    // or will; never poll a finished connection again.
+                    Poll::Pending if closed => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await;
+            let reset = |reason: String| ProxyError::UpstreamReset {
+                endpoint: addr.to_string(),
+                reason,
+            };
+            match result {
+                Some(Ok(resp)) => {
+                    let mut lease = Lease {
+                        conn: Some(c),
+                        pool: self.clone(),
+                        addr,
+                    };
+                    if resp.body().is_end_stream() {
+                        lease.finish();
+                    }
+                    return Ok((resp, lease));
+                }
+                Some(Err(mut e)) => match e.take_message() {
+                    // Never written: a stale idle connection. The upstream has not seen it.
+                    Some(unsent) if reused => req = unsent,
+                    _ => return Err(reset(crate::upstream::root_cause(e.error()))),
+                },
+                None => return Err(reset("connection closed before the response".into())),
+            }
+        }
+    }
+}
+
+/// An upstream connection on loan to one response body.
+pub struct Lease {
+    conn: Option<Box<H1Conn>>,
+    pool: Arc<H1Pool>,
+    addr: SocketAddr,
+}
+
+impl Lease {
+    /// Drives the connection so the body it feeds can make progress.
+    pub fn drive(&mut self, cx: &mut Context<'_>) {
+        if let Some(c) = &mut self.conn {
+            c.drive(cx);
+        }
+    }
+
+    /// The body is complete: hand the connection back if it can carry another request.
+    pub fn finish(&mut self) {
+        if let Some(c) = self.conn.take() {
+            self.pool.checkin(self.addr, c);
+        }
+    }
+}
