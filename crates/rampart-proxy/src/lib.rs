@@ -111,6 +111,8 @@ pub struct Gateway {
     connections: TaskTracker,
     extra_filters: Vec<ExtraFilter>,
     admin_addr: Option<SocketAddr>,
+    /// The config file's contents as last read, for the watcher.
+    file_seen: std::sync::Mutex<Option<Vec<u8>>>,
 }
 
 impl Gateway {
@@ -157,6 +159,7 @@ impl Gateway {
             connections: TaskTracker::new(),
             extra_filters,
             admin_addr,
+            file_seen: std::sync::Mutex::new(None),
         });
         let cfg = gw.shared.snapshot.load().config.clone();
         gw.sync_listeners(&cfg).await?;
@@ -209,11 +212,28 @@ impl Gateway {
         Ok(version)
     }
 
-    /// Reads, validates and applies a config file; failures are logged and counted.
+    /// Reads, validates and applies a config file; failures are logged and counted. The
+    /// bytes read become the file watcher's reference, so one edit is applied once even when
+    /// both a SIGHUP and the watcher notice it.
     pub async fn reload_from_file(&self, path: &Path) -> Result<u64, GatewayError> {
-        let result = match rampart_config::load(path) {
-            Ok(cfg) => self.reload(cfg).await,
-            Err(e) => Err(GatewayError::Config(e)),
+        let result = match std::fs::read(path) {
+            Ok(bytes) => {
+                let parsed = std::str::from_utf8(&bytes)
+                    .map_err(|e| ConfigError::Parse {
+                        path: "(root)".into(),
+                        message: format!("not UTF-8: {e}"),
+                    })
+                    .and_then(rampart_config::from_yaml);
+                *self.lock_file_seen() = Some(bytes);
+                match parsed {
+                    Ok(cfg) => self.reload(cfg).await,
+                    Err(e) => Err(GatewayError::Config(e)),
+                }
+            }
+            Err(source) => Err(GatewayError::Config(ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })),
         };
         if let Err(e) = &result {
             self.shared.metrics.reload(false);
@@ -223,6 +243,12 @@ impl Gateway {
         result
     }
 
+    fn lock_file_seen(&self) -> std::sync::MutexGuard<'_, Option<Vec<u8>>> {
+        self.file_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn lock_reload_error(&self) -> std::sync::MutexGuard<'_, Option<String>> {
         self.shared
             .last_reload_error
@@ -230,22 +256,24 @@ impl Gateway {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Watches a config file (polling its size, mtime and content) and reloads on change.
-    /// Polling survives editors that replace files and Kubernetes' symlink swaps.
-    pub fn watch_file(self: &Arc<Self>, path: PathBuf, every: Duration) {
+    /// Watches a config file and reloads when its contents differ from the last contents
+    /// loaded (`loaded`: what the running config was read from). Polling survives editors
+    /// that replace files and Kubernetes' symlink swaps.
+    pub fn watch_file(self: &Arc<Self>, path: PathBuf, every: Duration, loaded: Vec<u8>) {
+        *self.lock_file_seen() = Some(loaded);
         let gw = Arc::downgrade(self);
         let stop = self.drain.clone();
         self.runtimes.control.spawn(async move {
-            let mut last = std::fs::read(&path).ok();
             loop {
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = tokio::time::sleep(every) => {}
                 }
-                let now = std::fs::read(&path).ok();
-                if now.is_some() && now != last {
-                    last = now;
-                    let Some(gw) = gw.upgrade() else { return };
+                let Some(gw) = gw.upgrade() else { return };
+                let Ok(now) = std::fs::read(&path) else {
+                    continue;
+                };
+                if gw.lock_file_seen().as_ref() != Some(&now) {
                     tracing::info!(path = %path.display(), "config file changed; reloading");
                     let _ = gw.reload_from_file(&path).await;
                 }

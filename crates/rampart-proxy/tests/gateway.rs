@@ -854,3 +854,77 @@ async fn idle_upstream_connections_expire() {
     let c = peer(&get(tg.addr, "/", &[]).await);
     assert_ne!(a, c, "an expired idle connection was reused");
 }
+
+#[tokio::test]
+async fn connect_timeout_answers_504() {
+    // A listener that never accepts, with its accept queue filled: further SYNs are dropped,
+    // so a connect hangs until the proxy's connect timeout.
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    s.listen(0).unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(c)) =
+            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await
+        {
+            fillers.push(c);
+        }
+    }
+    let tg = gateway(&config(
+        "          - forward: { cluster: blackhole }\n",
+        &cluster("blackhole", &[addr], ", connect_timeout: 300ms"),
+    ))
+    .await;
+    let t0 = Instant::now();
+    let r = get(tg.addr, "/", &[]).await;
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(r.text().contains("connecting"), "{}", r.text());
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    drop(s);
+}
+
+#[tokio::test]
+async fn max_connections_holds_excess_clients_back() {
+    let up = upstream("u").await;
+    let yaml = format!(
+        r#"
+access_log: {{ format: "off" }}
+listeners:
+  - {{ name: main, address: "127.0.0.1:0", route_table: t, limits: {{ max_connections: 2 }} }}
+route_tables:
+  - {{ name: t, virtual_hosts: [{{ name: v, domains: ["*"], routes: [{{ forward: {{ cluster: u }} }}] }}] }}
+clusters:
+{}"#,
+        cluster("u", &[up.addr], "")
+    );
+    let tg = gateway(&yaml).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(tg.addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(read_head(&mut s).await.starts_with("HTTP/1.1 200"));
+        held.push(s);
+    }
+    // A third client is not served while two connections are open...
+    let mut third = TcpStream::connect(tg.addr).await.unwrap();
+    third
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let early = tokio::time::timeout(Duration::from_millis(400), third.read(&mut buf)).await;
+    assert!(early.is_err(), "served beyond max_connections");
+    // ...and is once one closes.
+    drop(held.pop());
+    let head = read_head(&mut third).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}

@@ -111,20 +111,26 @@ fn run(cmd: Command) -> Result<ExitCode> {
         } => {
             let every = rampart_config::duration::parse_duration(&watch_interval)
                 .context("--watch-interval")?;
-            let cfg = load(&config)?;
-            serve(cfg, Some(&config), every, None)
+            let (cfg, bytes) = load(&config)?;
+            serve(cfg, Some((&config, bytes)), every, None)
         }
         Command::Up {
             config,
             no_demo_upstream,
         } => {
-            let cfg = match &config {
-                Some(path) => load(path)?,
-                None => rampart_config::from_yaml(DEMO_CONFIG).context("embedded demo config")?,
-            };
             let demo =
                 (!no_demo_upstream).then(|| DEMO_UPSTREAM.parse().expect("constant address"));
-            serve(cfg, config.as_deref(), Duration::from_secs(1), demo)
+            match &config {
+                Some(path) => {
+                    let (cfg, bytes) = load(path)?;
+                    serve(cfg, Some((path, bytes)), Duration::from_secs(1), demo)
+                }
+                None => {
+                    let cfg =
+                        rampart_config::from_yaml(DEMO_CONFIG).context("embedded demo config")?;
+                    serve(cfg, None, Duration::from_secs(1), demo)
+                }
+            }
         }
         Command::DemoUpstream { listen, name } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -145,8 +151,14 @@ fn run(cmd: Command) -> Result<ExitCode> {
     }
 }
 
-fn load(path: &std::path::Path) -> Result<Config> {
-    rampart_config::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+/// Reads and validates a config file; returns the config and the bytes it came from.
+fn load(path: &std::path::Path) -> Result<(Config, Vec<u8>)> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::str::from_utf8(&bytes).with_context(|| format!("{} is not UTF-8", path.display()))?;
+    let cfg =
+        rampart_config::from_yaml(text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok((cfg, bytes))
 }
 
 fn validate(path: &std::path::Path) -> ExitCode {
@@ -219,7 +231,7 @@ impl Workers {
 /// control runtime (admin, DNS, reloads, signals); data-plane workers run on their own threads.
 fn serve(
     cfg: Config,
-    path: Option<&std::path::Path>,
+    file: Option<(&std::path::Path, Vec<u8>)>,
     watch_every: Duration,
     demo_upstream: Option<SocketAddr>,
 ) -> Result<ExitCode> {
@@ -242,12 +254,20 @@ fn serve(
             control: tokio::runtime::Handle::current(),
         };
         let gw = Gateway::start(cfg, runtimes).await?;
-        if let (Some(p), false) = (path, watch_every.is_zero()) {
-            gw.watch_file(p.to_path_buf(), watch_every);
+        let path = file.as_ref().map(|(p, _)| *p);
+        if let (Some((p, bytes)), false) = (file, watch_every.is_zero()) {
+            gw.watch_file(p.to_path_buf(), watch_every, bytes);
         }
-        signal_loop(&gw, path).await?;
-        tracing::info!(deadline = ?drain, "shutting down: draining in-flight requests");
-        let clean = gw.shutdown(drain).await;
+        let mut signals = Signals::new()?;
+        signals.serve(&gw, path).await;
+        tracing::info!(deadline = ?drain, "shutting down: draining in-flight requests (signal again to stop now)");
+        let clean = tokio::select! {
+            clean = gw.shutdown(drain) => clean,
+            () = signals.terminate() => {
+                tracing::warn!("second signal: stopping without waiting for in-flight requests");
+                false
+            }
+        };
         stop_demo.cancel();
         tracing::info!(clean, "stopped");
         anyhow::Ok(ExitCode::SUCCESS)
@@ -256,22 +276,44 @@ fn serve(
     result
 }
 
-async fn signal_loop(gw: &Arc<Gateway>, path: Option<&std::path::Path>) -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    loop {
+/// The signals `serve` reacts to.
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Reloads `path` on SIGHUP; returns on SIGTERM or SIGINT.
+    async fn serve(&mut self, gw: &Arc<Gateway>, path: Option<&std::path::Path>) {
+        loop {
+            tokio::select! {
+                _ = self.hup.recv() => match path {
+                    Some(p) => {
+                        tracing::info!(path = %p.display(), "SIGHUP: reloading config");
+                        let _ = gw.reload_from_file(p).await;
+                    }
+                    None => tracing::warn!("SIGHUP ignored: running the embedded config, no file to reload"),
+                },
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+            }
+        }
+    }
+
+    async fn terminate(&mut self) {
         tokio::select! {
-            _ = hup.recv() => match path {
-                Some(p) => {
-                    tracing::info!(path = %p.display(), "SIGHUP: reloading config");
-                    let _ = gw.reload_from_file(p).await;
-                }
-                None => tracing::warn!("SIGHUP ignored: running the embedded config, no file to reload"),
-            },
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
     }
 }

@@ -1,0 +1,723 @@
+//! End-to-end tests: the built `rampart` binary as a real process, driven over real sockets
+//! (HTTP/1.1 and h2c) and signals, with real `rampart demo-upstream` processes behind it.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode, Version};
+use support::*;
+
+const ONE_ROUTE_TO_A: &str =
+    "          - { name: to-a, match: { path: { prefix: / } }, forward: { cluster: a } }\n";
+
+/// Everything to one cluster, access log off.
+fn all_to(cluster_name: &str, addr: SocketAddr) -> String {
+    format!(
+        "access_log: {{ format: \"off\" }}\n{}",
+        routes_and_clusters(
+            &format!(
+                "          - {{ name: to-{cluster_name}, match: {{ path: {{ prefix: / }} }}, \
+                 forward: {{ cluster: {cluster_name} }} }}\n"
+            ),
+            &cluster(cluster_name, addr),
+        )
+    )
+}
+
+async fn config_dump(admin: SocketAddr) -> serde_json::Value {
+    let r = get(admin, "/config_dump").await;
+    assert_eq!(r.status, StatusCode::OK);
+    r.json()
+}
+
+/// GETs `path` and returns which upstream answered (asserting a 200).
+async fn served_by(client: &HttpClient, addr: SocketAddr, path: &str) -> String {
+    let r = send(client, request(Method::GET, addr, path, &[])).await;
+    assert_eq!(r.status, StatusCode::OK, "GET {path}: {}", r.text());
+    r.header("x-upstream-name")
+        .expect("x-upstream-name from the demo upstream")
+        .to_owned()
+}
+
+const RELOAD_OK: &str = "rampart_config_reloads_total{result=\"success\"}";
+const RELOAD_FAILED: &str = "rampart_config_reloads_total{result=\"failure\"}";
+const LAST_RELOAD_OK: &str = "rampart_config_last_reload_success";
+const VERSION: &str = "rampart_config_version";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_serves_the_demo_on_a_fresh_machine() {
+    let (gw, admin) = (local(8080), local(9901));
+    for port in [8080, 9901, 8081] {
+        assert!(
+            std::net::TcpListener::bind(local(port)).is_ok(),
+            "port {port} is in use; this test runs `rampart up` on its fixed ports 8080/9901/8081"
+        );
+    }
+    let mut up = Proc::spawn("rampart up", &["up"]);
+    assert!(
+        await_ok(&mut up, admin, "/ready").await,
+        "rampart up exited before it was ready: {:?}",
+        up.exited()
+    );
+
+    // HTTP/1.1 through the catch-all route to the built-in demo upstream.
+    let c1 = h1();
+    let r = send(&c1, request(Method::GET, gw, "/hello?x=1", &[])).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.version, Version::HTTP_11);
+    assert_eq!(r.header("x-upstream-name"), Some("demo"));
+    assert_eq!(
+        r.header("x-served-by"),
+        Some("rampart"),
+        "route response_headers"
+    );
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let echo = r.json();
+    assert_eq!(echo["server"], "demo");
+    assert_eq!(echo["method"], "GET");
+    assert_eq!(echo["path"], "/hello");
+    assert_eq!(echo["query"], "x=1");
+    let seen = &echo["headers"];
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["x-forwarded-host"], "127.0.0.1:8080");
+    assert_eq!(seen["host"], "127.0.0.1:8080");
+    let rid = seen["x-request-id"]
+        .as_str()
+        .expect("a generated x-request-id");
+    assert_eq!(rid.len(), 36, "UUID-formatted request id: {rid}");
+
+    // A direct response, served by the gateway itself.
+    let r = send(&c1, request(Method::GET, gw, "/healthz", &[])).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.text(), "ok\n");
+    assert_eq!(r.header("x-upstream-name"), None, "not forwarded");
+
+    // h2c with prior knowledge on the same port.
+    let c2 = h2c();
+    let r = send(&c2, request(Method::GET, gw, "/over-h2", &[])).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.version, Version::HTTP_2);
+    assert_eq!(r.json()["server"], "demo");
+    assert_eq!(r.json()["path"], "/over-h2");
+
+    let m = metrics(admin).await;
+    assert!(m.contains("rampart_requests_total"), "metrics:\n{m}");
+    assert_eq!(
+        metric(
+            &m,
+            "rampart_requests_total{listener=\"public\",route=\"catch-all\",cluster=\"demo\",class=\"2xx\"}"
+        ),
+        Some(2.0),
+        "two forwarded requests so far; metrics:\n{m}"
+    );
+
+    // The demo config logs text access lines to stdout.
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let out = up.stdout();
+            async move { out.contains("\"GET /hello?x=1 HTTP/1.1\" 200") }
+        })
+        .await,
+        "no access log line for GET /hello; stdout:\n{}",
+        up.stdout()
+    );
+
+    // SIGTERM with idle keep-alive connections (HTTP/1.1 and HTTP/2) still open.
+    let t = Instant::now();
+    up.signal("TERM");
+    let status = up.wait_exit(Duration::from_secs(5)).await;
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "idle connections held the drain"
+    );
+    drop((c1, c2));
+}
+
+#[tokio::test]
+async fn validate_reports_every_error_with_paths() {
+    let dir = TempDir::new("validate");
+    let run = |path: &std::path::Path| {
+        let path = path.to_str().expect("utf-8 path").to_owned();
+        async move {
+            let mut p = Proc::spawn("rampart validate", &["validate", "--config", &path]);
+            let status = p.wait_exit(Duration::from_secs(10)).await;
+            (status, p.stdout(), p.stderr())
+        }
+    };
+
+    // Several semantic errors at once: all are reported, each with its field path.
+    let bad = dir.path("bad.yaml");
+    std::fs::write(
+        &bad,
+        r#"
+admin: { address: "127.0.0.1:99999" }
+listeners:
+  - name: main
+    address: not-an-address
+    route_table: main
+route_tables:
+  - name: main
+    virtual_hosts:
+      - name: all
+        domains: ["*"]
+        routes:
+          - { match: { path: { prefix: / } }, forward: { cluster: api } }
+          - { match: { path: { regex: "/(unclosed" } }, direct_response: { status: 200 } }
+clusters:
+  - { name: a, endpoints: ["127.0.0.1:1"] }
+  - { name: a, endpoints: ["127.0.0.1:2"] }
+"#,
+    )
+    .unwrap();
+    let (status, stdout, stderr) = run(&bad).await;
+    assert_eq!(status.code(), Some(1), "stderr:\n{stderr}");
+    assert_eq!(stdout, "", "errors go to stderr");
+    let expected = [
+        "admin.address: \"127.0.0.1:99999\" is not an ip:port address",
+        "listeners[0].address: \"not-an-address\" is not an ip:port address",
+        "route_tables[0].virtual_hosts[0].routes[0].forward.cluster: no cluster named \"api\"",
+        "route_tables[0].virtual_hosts[0].routes[1].match.path.regex: invalid regex \"/(unclosed\"",
+        "clusters[1].name: duplicate cluster name \"a\"",
+    ];
+    assert!(
+        stderr.starts_with(&format!("{}: 5 error(s)\n", bad.display())),
+        "stderr:\n{stderr}"
+    );
+    for e in expected {
+        assert!(
+            stderr.lines().any(|l| l.trim_start().starts_with(e)),
+            "missing `{e}` in stderr:\n{stderr}"
+        );
+    }
+    assert_eq!(
+        stderr.lines().count(),
+        1 + expected.len(),
+        "stderr:\n{stderr}"
+    );
+
+    // A shape error (unknown field) names where parsing stopped.
+    let shape = dir.path("shape.yaml");
+    std::fs::write(
+        &shape,
+        "clusters:\n  - name: a\n    endpoints: [\"127.0.0.1:1\"]\n    lb: round_robin\n",
+    )
+    .unwrap();
+    let (status, _, stderr) = run(&shape).await;
+    assert_eq!(status.code(), Some(1), "stderr:\n{stderr}");
+    assert!(
+        stderr.contains("clusters[0].lb: ") && stderr.contains("unknown field `lb`"),
+        "stderr:\n{stderr}"
+    );
+
+    // A missing file is an error too.
+    let (status, _, stderr) = run(&dir.path("missing.yaml")).await;
+    assert_eq!(status.code(), Some(1), "stderr:\n{stderr}");
+
+    // The shipped example is valid.
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/rampart.yaml");
+    let (status, stdout, stderr) = run(&example).await;
+    assert!(status.success(), "stderr:\n{stderr}");
+    assert!(
+        stdout.ends_with(": ok (1 listener(s), 1 route table(s), 2 cluster(s))\n"),
+        "stdout:\n{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_reloads_on_file_change_under_load_with_zero_failures() {
+    const CLIENTS: usize = 4;
+    const MAX_PER_CLIENT: u64 = 5_000;
+    const MAX_TRAFFIC: Duration = Duration::from_secs(6);
+
+    let a = demo_upstream("a").await;
+    let b = demo_upstream("b").await;
+    let gw = serve(
+        "reload-under-load",
+        &all_to("a", a.addr),
+        &["--watch-interval", "200ms"],
+    )
+    .await;
+
+    #[derive(Default)]
+    struct Tally {
+        a: AtomicU64,
+        b: AtomicU64,
+        failures: Mutex<Vec<String>>,
+    }
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let traffic: Vec<_> =
+        (0..CLIENTS)
+            .map(|t| {
+                let (tally, stop, addr) = (tally.clone(), stop.clone(), gw.addr);
+                tokio::spawn(async move {
+                    // Keep-alive HTTP/1.1 on even tasks, one multiplexed h2c connection on odd.
+                    let client = if t % 2 == 0 { h1() } else { h2c() };
+                    let mut last = String::new();
+                    for i in 0..MAX_PER_CLIENT {
+                        if stop.load(Ordering::Relaxed) || started.elapsed() > MAX_TRAFFIC {
+                            break;
+                        }
+                        let req = request(Method::GET, addr, &format!("/load/{t}/{i}"), &[]);
+                        match try_send(&client, req).await {
+                            Ok(r) if r.status == StatusCode::OK => {
+                                last = r.header("x-upstream-name").unwrap_or("?").to_owned();
+                                match last.as_str() {
+                                    "a" => tally.a.fetch_add(1, Ordering::Relaxed),
+                                    "b" => tally.b.fetch_add(1, Ordering::Relaxed),
+                                    other => {
+                                        tally.failures.lock().unwrap().push(format!(
+                                            "request {t}/{i}: answered by {other:?}"
+                                        ));
+                                        0
+                                    }
+                                };
+                            }
+                            Ok(r) => tally.failures.lock().unwrap().push(format!(
+                                "request {t}/{i}: {} {}",
+                                r.status,
+                                r.text()
+                            )),
+                            Err(e) => tally
+                                .failures
+                                .lock()
+                                .unwrap()
+                                .push(format!("request {t}/{i}: {e}")),
+                        }
+                    }
+                    last
+                })
+            })
+            .collect();
+
+    let count = |which: fn(&Tally) -> &AtomicU64| which(&tally).load(Ordering::Relaxed);
+    assert!(
+        eventually(Duration::from_secs(3), || async { count(|t| &t.a) >= 200 }).await,
+        "traffic to a never got going"
+    );
+    gw.rewrite(&all_to("b", b.addr));
+    assert!(
+        eventually(Duration::from_secs(3), || async { count(|t| &t.b) > 0 }).await,
+        "the changed file was not applied; a={} b={}",
+        count(|t| &t.a),
+        count(|t| &t.b)
+    );
+    let b_then = count(|t| &t.b);
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            count(|t| &t.b) >= b_then + 400
+        })
+        .await,
+        "traffic stalled after the reload"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let mut last = Vec::new();
+    for t in traffic {
+        last.push(t.await.unwrap());
+    }
+
+    let failures = tally.failures.lock().unwrap().clone();
+    let (sent_a, sent_b) = (count(|t| &t.a), count(|t| &t.b));
+    eprintln!(
+        "reload under load: {sent_a} from a, {sent_b} from b in {:?}",
+        started.elapsed()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failed request(s) (a={sent_a}, b={sent_b}), first: {:#?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    assert!(sent_a > 0 && sent_b > 0, "a={sent_a} b={sent_b}");
+    assert!(
+        last.iter().all(|l| l == "b"),
+        "every client ends on b: {last:?}"
+    );
+
+    let m = metrics(gw.admin).await;
+    assert_eq!(metric(&m, VERSION), Some(2.0), "metrics:\n{m}");
+    assert_eq!(metric(&m, RELOAD_OK), Some(1.0), "metrics:\n{m}");
+    assert_eq!(metric(&m, RELOAD_FAILED).unwrap_or(0.0), 0.0);
+    // The gateway counted exactly what the clients saw, on each side of the reload.
+    let served = |route: &str, cluster: &str| {
+        metric(
+            &m,
+            &format!(
+                "rampart_requests_total{{listener=\"main\",route=\"{route}\",\
+                 cluster=\"{cluster}\",class=\"2xx\"}}"
+            ),
+        )
+    };
+    assert_eq!(served("to-a", "a"), Some(sent_a as f64), "metrics:\n{m}");
+    assert_eq!(served("to-b", "b"), Some(sent_b as f64), "metrics:\n{m}");
+    // Nothing left in flight (polled: the gauge drops when the proxy drops the body).
+    for c in ["a", "b"] {
+        let series = format!("rampart_upstream_requests_active{{cluster=\"{c}\"}}");
+        await_metric(gw.admin, &series, 0.0).await;
+    }
+    assert_eq!(metric(&m, LAST_RELOAD_OK), Some(1.0));
+    let dump = config_dump(gw.admin).await;
+    assert_eq!(dump["version"], 2);
+    assert_eq!(
+        dump["config"]["clusters"][0]["name"], "b",
+        "config_dump shows the new config"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_config_is_rejected_and_old_keeps_serving() {
+    let a = demo_upstream("a").await;
+    let b = demo_upstream("b").await;
+    let gw = serve(
+        "invalid-reload",
+        &all_to("a", a.addr),
+        &["--watch-interval", "200ms"],
+    )
+    .await;
+    let c = h1();
+    assert_eq!(served_by(&c, gw.addr, "/before").await, "a");
+
+    // 1. Not YAML.
+    write_atomically(&gw.config, "listeners: [\n");
+    await_metric(gw.admin, RELOAD_FAILED, 1.0).await;
+    await_metric(gw.admin, LAST_RELOAD_OK, 0.0).await;
+    for i in 0..5 {
+        assert_eq!(
+            served_by(&c, gw.addr, &format!("/after-bad-yaml/{i}")).await,
+            "a"
+        );
+    }
+    assert_eq!(
+        served_by(&h1(), gw.addr, "/new-connection").await,
+        "a",
+        "new connections are served too"
+    );
+    let dump = config_dump(gw.admin).await;
+    assert_eq!(dump["version"], 1);
+    let err = dump["last_reload_error"]
+        .as_str()
+        .expect("last_reload_error is set");
+    assert!(err.contains("listeners"), "last_reload_error: {err}");
+
+    // 2. Valid YAML, invalid config: a route to a cluster that does not exist.
+    gw.rewrite(&format!(
+        "access_log: {{ format: \"off\" }}\n{}",
+        routes_and_clusters(
+            "          - { match: { path: { prefix: / } }, forward: { cluster: api } }\n",
+            &cluster("a", a.addr)
+        )
+    ));
+    await_metric(gw.admin, RELOAD_FAILED, 2.0).await;
+    assert_eq!(served_by(&c, gw.addr, "/after-bad-cluster").await, "a");
+    let dump = config_dump(gw.admin).await;
+    assert_eq!(dump["version"], 1);
+    let err = dump["last_reload_error"]
+        .as_str()
+        .expect("last_reload_error is set");
+    assert!(
+        err.contains(
+            "route_tables[0].virtual_hosts[0].routes[0].forward.cluster: no cluster named \"api\""
+        ),
+        "last_reload_error: {err}"
+    );
+    let m = metrics(gw.admin).await;
+    assert_eq!(metric(&m, VERSION), Some(1.0));
+    assert_eq!(metric(&m, LAST_RELOAD_OK), Some(0.0));
+    assert!(
+        gw.proc
+            .stderr()
+            .contains("config rejected; still serving the previous version"),
+        "the rejection is logged"
+    );
+
+    // 3. A valid change recovers.
+    gw.rewrite(&all_to("b", b.addr));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            served_by(&c, gw.addr, "/after-fix").await == "b"
+        })
+        .await,
+        "the fixed config was not applied"
+    );
+    let m = metrics(gw.admin).await;
+    assert_eq!(metric(&m, VERSION), Some(2.0), "metrics:\n{m}");
+    assert_eq!(metric(&m, RELOAD_OK), Some(1.0));
+    assert_eq!(metric(&m, RELOAD_FAILED), Some(2.0));
+    assert_eq!(metric(&m, LAST_RELOAD_OK), Some(1.0));
+    let dump = config_dump(gw.admin).await;
+    assert_eq!(dump["version"], 2);
+    assert!(dump["last_reload_error"].is_null(), "{dump}");
+}
+
+/// With watching off (`--watch-interval 0s`) only SIGHUP can apply a change to the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config_file() {
+    let a = demo_upstream("a").await;
+    let b = demo_upstream("b").await;
+    let mut gw = serve("sighup", &all_to("a", a.addr), &["--watch-interval", "0s"]).await;
+    let c = h1();
+    assert_eq!(served_by(&c, gw.addr, "/").await, "a");
+
+    // An invalid file with SIGHUP: rejected, still serving a.
+    write_atomically(&gw.config, "clusters: 7\n");
+    gw.proc.signal("HUP");
+    await_metric(gw.admin, RELOAD_FAILED, 1.0).await;
+    assert_eq!(served_by(&c, gw.addr, "/after-bad").await, "a");
+
+    // A valid changed file with SIGHUP: applied.
+    gw.rewrite(&all_to("b", b.addr));
+    gw.proc.signal("HUP");
+    await_metric(gw.admin, RELOAD_OK, 1.0).await;
+    assert_eq!(served_by(&c, gw.addr, "/after-hup").await, "b");
+    let m = metrics(gw.admin).await;
+    assert_eq!(metric(&m, VERSION), Some(2.0), "metrics:\n{m}");
+    assert_eq!(metric(&m, LAST_RELOAD_OK), Some(1.0));
+    assert!(config_dump(gw.admin).await["last_reload_error"].is_null());
+    assert!(
+        gw.proc.stderr().contains("SIGHUP: reloading config"),
+        "stderr:\n{}",
+        gw.proc.stderr()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests() {
+    const DRAIN: Duration = Duration::from_secs(5);
+    let a = demo_upstream("a").await;
+    let mut gw = serve(
+        "drain",
+        &format!("drain_timeout: 5s\n{}", all_to("a", a.addr)),
+        &[],
+    )
+    .await;
+    let addr = gw.addr;
+
+    // An idle keep-alive connection must not hold up the drain.
+    let idle = h1();
+    assert_eq!(served_by(&idle, addr, "/warm").await, "a");
+
+    let slow =
+        tokio::spawn(
+            async move { send(&h1(), request(Method::GET, addr, "/delay/1500", &[])).await },
+        );
+    await_metric(
+        gw.admin,
+        "rampart_upstream_requests_active{cluster=\"a\"}",
+        1.0,
+    )
+    .await;
+    let term = Instant::now();
+    gw.proc.signal("TERM");
+
+    // Draining: not ready, and the listener is closed to new connections.
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            matches!(
+                try_send(&h1(), request(Method::GET, gw.admin, "/ready", &[])).await,
+                Ok(r) if r.status == StatusCode::SERVICE_UNAVAILABLE
+            )
+        })
+        .await,
+        "/ready did not turn 503 while draining"
+    );
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            matches!(
+                tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await,
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
+            )
+        })
+        .await,
+        "new connections were still accepted after SIGTERM"
+    );
+    assert!(
+        !slow.is_finished(),
+        "the in-flight request already finished: the listener closed too late to tell draining apart"
+    );
+    assert!(
+        gw.proc.exited().is_none(),
+        "exited before the in-flight request finished"
+    );
+
+    let r = slow.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.text(), "waited 1500 ms\n");
+    assert_eq!(r.header("x-upstream-name"), Some("a"));
+
+    let status = gw.proc.wait_exit(DRAIN).await;
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        term.elapsed() < DRAIN,
+        "took {:?}: waited for the drain deadline instead of the last request",
+        term.elapsed()
+    );
+    assert!(
+        gw.proc.stderr().contains("clean=true"),
+        "drained cleanly; stderr:\n{}",
+        gw.proc.stderr()
+    );
+    drop(idle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_json_lines() {
+    let a = demo_upstream("a").await;
+    let body = format!(
+        "access_log: {{ format: json }}\n{}",
+        routes_and_clusters(
+            &format!(
+                "          - {{ name: health, match: {{ path: {{ exact: /healthz }} }}, \
+                 direct_response: {{ status: 200, body: \"ok\" }} }}\n{ONE_ROUTE_TO_A}"
+            ),
+            &cluster("a", a.addr),
+        )
+    );
+    let mut gw = serve("access-log", &body, &[]).await;
+    let c = h1();
+    let r = send(
+        &c,
+        request(
+            Method::GET,
+            gw.addr,
+            "/delay/50?x=1",
+            &[("x-request-id", "e2e-rid-1"), ("user-agent", "e2e-test")],
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = send(&c, request(Method::POST, gw.addr, "/status/404", &[])).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = send(&c, request(Method::GET, gw.addr, "/healthz", &[])).await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    gw.proc.signal("TERM");
+    let status = gw.proc.wait_exit(Duration::from_secs(5)).await;
+    assert!(status.success(), "exit status {status}");
+
+    let stdout = gw.proc.stdout();
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert_eq!(lines.len(), 3, "one line per request; stdout:\n{stdout}");
+
+    let authority = gw.addr.to_string();
+    let upstream = a.addr.to_string();
+    for l in &lines {
+        assert_eq!(l["protocol"], "HTTP/1.1", "{l}");
+        assert_eq!(l["authority"], authority.as_str(), "{l}");
+        assert!(
+            l["client"].as_str().unwrap().starts_with("127.0.0.1:"),
+            "{l}"
+        );
+        let time = l["time"].as_str().unwrap();
+        assert!(time.len() == 24 && time.ends_with('Z'), "{l}");
+        let ms = l["duration_ms"].as_f64().expect("duration_ms is a number");
+        assert!((0.0..5_000.0).contains(&ms), "{l}");
+    }
+
+    let l = &lines[0];
+    assert_eq!(l["method"], "GET");
+    assert_eq!(l["path"], "/delay/50?x=1");
+    assert_eq!(l["status"], 200);
+    assert_eq!(l["route"], "to-a");
+    assert_eq!(l["cluster"], "a");
+    assert_eq!(l["upstream"], upstream.as_str());
+    assert_eq!(
+        l["request_id"], "e2e-rid-1",
+        "the client's request id is kept"
+    );
+    assert_eq!(l["user_agent"], "e2e-test");
+    assert!(l["duration_ms"].as_f64().unwrap() >= 50.0, "{l}");
+
+    let l = &lines[1];
+    assert_eq!(l["method"], "POST");
+    assert_eq!(l["path"], "/status/404");
+    assert_eq!(l["status"], 404);
+    assert_eq!(l["route"], "to-a");
+    assert_eq!(l["cluster"], "a");
+    let rid = l["request_id"].as_str().unwrap();
+    assert_eq!(rid.len(), 36, "a generated request id: {l}");
+
+    let l = &lines[2];
+    assert_eq!(l["method"], "GET");
+    assert_eq!(l["path"], "/healthz");
+    assert_eq!(l["status"], 200);
+    assert_eq!(l["route"], "health");
+    assert!(
+        l["cluster"].is_null(),
+        "a direct response has no cluster: {l}"
+    );
+    assert!(l["upstream"].is_null(), "{l}");
+    assert_ne!(l["request_id"], lines[1]["request_id"]);
+
+    // Operational logs stay on stderr.
+    assert!(gw.proc.stderr().contains("listening"));
+}
+
+/// One edit noticed by both SIGHUP and the file watcher is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_seen_by_sighup_and_watcher_applies_once() {
+    let a = demo_upstream("a").await;
+    let b = demo_upstream("b").await;
+    let mut gw = serve("once", &all_to("a", a.addr), &["--watch-interval", "100ms"]).await;
+    gw.rewrite(&all_to("b", b.addr));
+    gw.proc.signal("HUP");
+    await_metric(gw.admin, RELOAD_OK, 1.0).await;
+    // Give the watcher several intervals to (wrongly) apply the same bytes again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let m = metrics(gw.admin).await;
+    assert_eq!(metric(&m, VERSION), Some(2.0), "metrics:\n{m}");
+    assert_eq!(metric(&m, RELOAD_OK), Some(1.0), "metrics:\n{m}");
+    assert_eq!(served_by(&h1(), gw.addr, "/").await, "b");
+}
+
+/// While draining, a second SIGTERM/SIGINT stops at once instead of waiting out the drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_stops_without_waiting_for_the_drain() {
+    let a = demo_upstream("a").await;
+    let mut gw = serve(
+        "second-signal",
+        &format!("drain_timeout: 30s\n{}", all_to("a", a.addr)),
+        &[],
+    )
+    .await;
+    let addr = gw.addr;
+    let slow = tokio::spawn(async move {
+        try_send(&h1(), request(Method::GET, addr, "/delay/20000", &[])).await
+    });
+    await_metric(
+        gw.admin,
+        "rampart_upstream_requests_active{cluster=\"a\"}",
+        1.0,
+    )
+    .await;
+    gw.proc.signal("TERM");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            gw.proc.stderr().contains("shutting down")
+        })
+        .await,
+        "drain did not start; stderr:\n{}",
+        gw.proc.stderr()
+    );
+    let t0 = Instant::now();
+    gw.proc.signal("INT");
+    let status = gw.proc.wait_exit(Duration::from_secs(5)).await;
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        gw.proc.stderr().contains("second signal"),
+        "stderr:\n{}",
+        gw.proc.stderr()
+    );
+    slow.abort();
+}

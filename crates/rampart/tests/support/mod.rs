@@ -1,0 +1,479 @@
+//! Support for end-to-end tests: the built `rampart` binary as a child process (killed on
+//! drop), scratch directories, free ports, an HTTP client, polling and metric parsing.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// How long a started process may take to become ready.
+pub(crate) const STARTUP: Duration = Duration::from_secs(10);
+/// Upper bound for one HTTP exchange in a test.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The binary under test, built by cargo for this test target.
+pub(crate) fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_rampart")
+}
+
+/// A port that was free a moment ago: bind 127.0.0.1:0, read the port, drop the socket.
+pub(crate) fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
+pub(crate) fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A scratch directory, removed on drop.
+pub(crate) struct TempDir(PathBuf);
+
+impl TempDir {
+    pub(crate) fn new(test: &str) -> Self {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "rampart-e2e-{}-{}-{test}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        Self(dir)
+    }
+
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Replaces `path` atomically (write a sibling, then rename), as editors and config
+/// management do, so a watcher never reads half a file.
+pub(crate) fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write temp config");
+    std::fs::rename(&tmp, path).expect("rename config into place");
+}
+
+type Captured = Arc<Mutex<Vec<u8>>>;
+
+fn capture(mut from: impl Read + Send + 'static, into: Captured) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => into
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+}
+
+fn text_of(c: &Captured) -> String {
+    String::from_utf8_lossy(&c.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+        .into_owned()
+}
+
+/// A running `rampart` process with stdout and stderr captured. Killed and reaped on drop;
+/// if the test is panicking, its stderr is printed to help explain why.
+pub(crate) struct Proc {
+    label: String,
+    child: Child,
+    exit: Option<ExitStatus>,
+    stdout: Captured,
+    stderr: Captured,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Proc {
+    pub(crate) fn spawn(label: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(bin())
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the rampart binary");
+        let stdout = Captured::default();
+        let stderr = Captured::default();
+        let readers = vec![
+            capture(child.stdout.take().expect("piped stdout"), stdout.clone()),
+            capture(child.stderr.take().expect("piped stderr"), stderr.clone()),
+        ];
+        Self {
+            label: label.to_owned(),
+            child,
+            exit: None,
+            stdout,
+            stderr,
+            readers,
+        }
+    }
+
+    pub(crate) fn stdout(&self) -> String {
+        text_of(&self.stdout)
+    }
+
+    pub(crate) fn stderr(&self) -> String {
+        text_of(&self.stderr)
+    }
+
+    /// The exit status, if the process has exited (reaps it).
+    pub(crate) fn exited(&mut self) -> Option<ExitStatus> {
+        if self.exit.is_none() {
+            self.exit = self.child.try_wait().expect("try_wait");
+        }
+        self.exit
+    }
+
+    /// Sends a signal (`TERM`, `HUP`, ...) with kill(1). Never signals a reaped pid.
+    pub(crate) fn signal(&mut self, sig: &str) {
+        assert!(
+            self.exited().is_none(),
+            "{} already exited before SIG{sig}; stderr:\n{}",
+            self.label,
+            self.stderr()
+        );
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit; panics with its stderr if it does not within `within`.
+    /// Once it has exited, everything it wrote has been captured.
+    pub(crate) async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Some(s) = self.exited() {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {within:?}; stderr:\n{}",
+                self.label,
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        // The pipes close at exit: the readers finish promptly.
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        status
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.exited().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- {} stderr ----\n{}---- {} stdout ----\n{}",
+                self.label,
+                self.stderr(),
+                self.label,
+                self.stdout()
+            );
+        }
+    }
+}
+
+/// Polls `f` every 20 ms until it returns true or `within` passes.
+pub(crate) async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One response, fully read.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) version: Version,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+impl Reply {
+    pub(crate) fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// HTTP/1.1 with keep-alive.
+pub(crate) fn h1() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// HTTP/2 over cleartext with prior knowledge.
+pub(crate) fn h2c() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+pub(crate) fn request(
+    method: http::Method,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Request<Full<Bytes>> {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(Bytes::new())).expect("valid request")
+}
+
+/// Sends a request; any transport error or timeout is an `Err` with a description.
+pub(crate) async fn try_send(
+    client: &HttpClient,
+    req: Request<Full<Bytes>>,
+) -> Result<Reply, String> {
+    let what = format!("{} {}", req.method(), req.uri());
+    let exchange = async {
+        let resp = client.request(req).await.map_err(|e| format!("{e:?}"))?;
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e:?}"))?
+            .to_bytes();
+        Ok::<_, String>(Reply {
+            status: parts.status,
+            version: parts.version,
+            headers: parts.headers,
+            body,
+        })
+    };
+    match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+        Ok(r) => r.map_err(|e| format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: timed out after {REQUEST_TIMEOUT:?}")),
+    }
+}
+
+pub(crate) async fn send(client: &HttpClient, req: Request<Full<Bytes>>) -> Reply {
+    try_send(client, req).await.expect("request failed")
+}
+
+/// A GET over a fresh HTTP/1.1 client.
+pub(crate) async fn get(addr: SocketAddr, path: &str) -> Reply {
+    send(&h1(), request(http::Method::GET, addr, path, &[])).await
+}
+
+/// The value of an exact series (name plus labels as encoded) in Prometheus text.
+pub(crate) fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Fetches the admin `/metrics` text, or an empty string if it cannot.
+pub(crate) async fn metrics(admin: SocketAddr) -> String {
+    match try_send(&h1(), request(http::Method::GET, admin, "/metrics", &[])).await {
+        Ok(r) if r.status == StatusCode::OK => r.text(),
+        _ => String::new(),
+    }
+}
+
+/// Polls `/metrics` until `series` has `value`; panics with the last scrape otherwise.
+pub(crate) async fn await_metric(admin: SocketAddr, series: &str, value: f64) {
+    let deadline = Instant::now() + STARTUP;
+    loop {
+        let scrape = metrics(admin).await;
+        if metric(&scrape, series) == Some(value) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} never became {value}; last scrape:\n{}",
+            scrape
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `path` on `addr` until it answers 200. Returns false if the process exits first
+/// (its output is then fully captured); panics if it neither exits nor answers in time.
+pub(crate) async fn await_ok(proc: &mut Proc, addr: SocketAddr, path: &str) -> bool {
+    let deadline = Instant::now() + STARTUP;
+    let client = h1();
+    while Instant::now() < deadline {
+        if proc.exited().is_some() {
+            proc.wait_exit(Duration::ZERO).await;
+            return false;
+        }
+        let req = request(http::Method::GET, addr, path, &[]);
+        if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(1), client.request(req)).await
+            && r.status() == StatusCode::OK
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "{} did not answer 200 on http://{addr}{path} within {STARTUP:?}; stderr:\n{}",
+        proc.label,
+        proc.stderr()
+    );
+}
+
+/// Ports are picked free and then bound by the child; another process may win the race.
+/// A start that fails with "address in use" is retried on new ports.
+fn lost_port_race(proc: &Proc) -> bool {
+    proc.stderr().contains("Address already in use")
+}
+
+/// A `rampart demo-upstream` process on a free port.
+pub(crate) struct Upstream {
+    pub(crate) addr: SocketAddr,
+    /// Kept for its drop: the process dies with the guard.
+    _proc: Proc,
+}
+
+pub(crate) async fn demo_upstream(name: &str) -> Upstream {
+    for _ in 0..3 {
+        let addr = local(free_port());
+        let listen = addr.to_string();
+        let mut proc = Proc::spawn(
+            &format!("demo-upstream {name}"),
+            &["demo-upstream", "--listen", &listen, "--name", name],
+        );
+        if await_ok(&mut proc, addr, "/").await {
+            return Upstream { addr, _proc: proc };
+        }
+        if !lost_port_race(&proc) {
+            panic!(
+                "demo upstream {name} did not start; stderr:\n{}",
+                proc.stderr()
+            );
+        }
+    }
+    panic!("demo upstream {name}: no free port after 3 tries");
+}
+
+/// A `rampart serve` process on free ports, with its config file.
+pub(crate) struct Served {
+    pub(crate) addr: SocketAddr,
+    pub(crate) admin: SocketAddr,
+    pub(crate) config: PathBuf,
+    pub(crate) proc: Proc,
+    _dir: TempDir,
+}
+
+impl Served {
+    /// Writes a new config with the same ports (atomically).
+    pub(crate) fn rewrite(&self, body: &str) {
+        write_atomically(&self.config, &config_file(self.addr, self.admin, body));
+    }
+}
+
+/// The config file for a listener `main` on `addr` and admin on `admin`; `body` adds the
+/// rest (`route_tables`, `clusters`, `access_log`, ...), starting at column 0.
+pub(crate) fn config_file(addr: SocketAddr, admin: SocketAddr, body: &str) -> String {
+    format!(
+        "workers: 1\nadmin: {{ address: \"{admin}\" }}\nlisteners:\n  - name: main\n    \
+         address: \"{addr}\"\n    route_table: main\n{body}"
+    )
+}
+
+/// Starts `rampart serve --config F <extra>` where F holds [`config_file`] for `body`, and
+/// waits for the admin `/ready`.
+pub(crate) async fn serve(test: &str, body: &str, extra: &[&str]) -> Served {
+    let dir = TempDir::new(test);
+    let config = dir.path("rampart.yaml");
+    for _ in 0..3 {
+        let addr = local(free_port());
+        let admin = local(free_port());
+        write_atomically(&config, &config_file(addr, admin, body));
+        let path = config.to_str().expect("utf-8 temp path");
+        let mut args = vec!["serve", "--config", path];
+        args.extend_from_slice(extra);
+        let mut proc = Proc::spawn(&format!("serve ({test})"), &args);
+        if await_ok(&mut proc, admin, "/ready").await {
+            return Served {
+                addr,
+                admin,
+                config,
+                proc,
+                _dir: dir,
+            };
+        }
+        if !lost_port_race(&proc) {
+            panic!(
+                "rampart serve did not become ready; stderr:\n{}",
+                proc.stderr()
+            );
+        }
+    }
+    panic!("rampart serve: no free ports after 3 tries");
+}
+
+/// A route table `main` with one catch-all virtual host holding `routes` (YAML list items
+/// indented by 10 spaces), then `clusters` (list items indented by 2).
+pub(crate) fn routes_and_clusters(routes: &str, clusters: &str) -> String {
+    format!(
+        "route_tables:\n  - name: main\n    virtual_hosts:\n      - name: all\n        \
+         domains: [\"*\"]\n        routes:\n{routes}clusters:\n{clusters}"
+    )
+}
+
+pub(crate) fn cluster(name: &str, addr: SocketAddr) -> String {
+    format!("  - {{ name: {name}, endpoints: [\"{addr}\"] }}\n")
+}
