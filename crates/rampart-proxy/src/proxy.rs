@@ -343,6 +343,10 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 ];
 
 pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most messages carry none: one pass over the (few) names beats seven hashed removals.
+    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     if let Some(conn) = h.get(header::CONNECTION) {
         let named: Vec<HeaderName> = conn
             .to_str()

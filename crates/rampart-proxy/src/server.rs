@@ -1,5 +1,6 @@
 //! Accepting downstream connections and serving them with hyper (HTTP/1.1 and h2c).
 
+use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -124,36 +125,67 @@ async fn serve_connection(stream: TcpStream, conn: Arc<ConnCtx>, drain: Cancella
     tokio::pin!(served);
 
     let tick = (limits.idle_timeout / 2).max(Duration::from_millis(50));
-    let mut last_seen = u64::MAX;
-    let mut idle_ticks = 0u32;
+    let mut idle = IdleWatch {
+        activity,
+        last_seen: u64::MAX,
+        quiet_ticks: 0,
+    };
+    let mut sleep = std::pin::pin!(tokio::time::sleep(tick));
+    let mut drain_wait = std::pin::pin!(drain.cancelled());
     let mut draining = false;
-    loop {
-        tokio::select! {
-            res = served.as_mut() => {
-                if let Err(e) = res {
-                    tracing::debug!(client = %conn.client, error = %e, "connection ended with an error");
-                }
-                return;
-            }
-            () = drain.cancelled(), if !draining => {
+    // The drain signal and the idle tick wake this task through wakers registered once; on
+    // every other wake-up only the connection is polled and two cheap flags are checked.
+    // (A `select!` would re-poll both, and polling a cancellation future takes a lock.)
+    let mut registered = false;
+    poll_fn(|cx| {
+        if !registered {
+            registered = true;
+            if drain_wait.as_mut().poll(cx).is_ready() {
                 draining = true;
                 served.as_mut().graceful_shutdown();
             }
-            () = tokio::time::sleep(tick) => {
-                let now = activity.load(Ordering::Relaxed);
-                let busy = conn.inflight.load(Ordering::Relaxed) > 0;
-                if now == last_seen && !busy {
-                    idle_ticks += 1;
-                    if idle_ticks >= 2 {
-                        tracing::debug!(client = %conn.client, "closing idle connection");
-                        return;
-                    }
-                } else {
-                    idle_ticks = 0;
-                }
-                last_seen = now;
-            }
+            let _ = sleep.as_mut().poll(cx);
         }
+        if !draining && drain.is_cancelled() {
+            draining = true;
+            served.as_mut().graceful_shutdown();
+        }
+        if let Poll::Ready(res) = served.as_mut().poll(cx) {
+            if let Err(e) = res {
+                tracing::debug!(client = %conn.client, error = %e, "connection ended with an error");
+            }
+            return Poll::Ready(());
+        }
+        if sleep.is_elapsed() {
+            if idle.is_idle(conn.inflight.load(Ordering::Relaxed) > 0) {
+                tracing::debug!(client = %conn.client, "closing idle connection");
+                return Poll::Ready(());
+            }
+            sleep.as_mut().reset(tokio::time::Instant::now() + tick);
+            let _ = sleep.as_mut().poll(cx);
+        }
+        Poll::Pending
+    })
+    .await;
+}
+
+/// Two ticks without a byte read or written and without a request in progress: idle.
+struct IdleWatch {
+    activity: Arc<AtomicU64>,
+    last_seen: u64,
+    quiet_ticks: u32,
+}
+
+impl IdleWatch {
+    fn is_idle(&mut self, busy: bool) -> bool {
+        let now = self.activity.load(Ordering::Relaxed);
+        if now == self.last_seen && !busy {
+            self.quiet_ticks += 1;
+        } else {
+            self.quiet_ticks = 0;
+        }
+        self.last_seen = now;
+        self.quiet_ticks >= 2
     }
 }
 
