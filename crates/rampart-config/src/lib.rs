@@ -11,6 +11,7 @@ pub mod duration;
 mod error;
 pub mod model;
 pub mod raw;
+pub mod resilience;
 mod validate;
 
 pub use error::{ConfigError, FieldError};

@@ -8,6 +8,7 @@ use std::time::Duration;
 use regex::Regex;
 
 use crate::raw::RawConfig;
+pub use crate::resilience::{CircuitBreakers, HealthCheck, OutlierDetection, RetryPolicy};
 
 /// A validated configuration, plus the raw form it came from (for `/config_dump`).
 #[derive(Debug, Clone)]
@@ -158,6 +159,7 @@ pub struct Forward {
     pub prefix_rewrite: Option<String>,
     pub host_rewrite: Option<http::HeaderValue>,
     pub timeout: Option<Duration>,
+    pub retries: Option<RetryPolicy>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -258,6 +260,9 @@ pub struct Cluster {
     pub protocol: UpstreamProtocol,
     pub idle_timeout: Duration,
     pub max_idle_per_endpoint: usize,
+    pub circuit_breakers: CircuitBreakers,
+    pub health_check: Option<HealthCheck>,
+    pub outlier_detection: Option<OutlierDetection>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

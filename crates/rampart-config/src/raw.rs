@@ -150,6 +150,8 @@ pub struct RawForward {
     pub prefix_rewrite: Option<String>,
     pub host_rewrite: Option<String>,
     pub timeout: Option<String>,
+    #[serde(default)]
+    pub retries: Option<crate::resilience::RawRetryPolicy>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -270,4 +272,10 @@ pub struct RawCluster {
     pub idle_timeout: Option<String>,
     #[serde(default)]
     pub max_idle_per_endpoint: Option<usize>,
+    #[serde(default)]
+    pub circuit_breakers: Option<crate::resilience::RawCircuitBreakers>,
+    #[serde(default)]
+    pub health_check: Option<crate::resilience::RawHealthCheck>,
+    #[serde(default)]
+    pub outlier_detection: Option<crate::resilience::RawOutlierDetection>,
 }

@@ -558,11 +558,16 @@ fn forward(cx: &mut Ctx, path: &str, f: &RawForward, clusters: &HashSet<&str>) -
         .timeout
         .as_deref()
         .map(|t| cx.duration(&format!("{path}.timeout"), Some(t), Duration::from_secs(15)));
+    let retries = f
+        .retries
+        .as_ref()
+        .map(|r| crate::resilience::validate_retry(&format!("{path}.retries"), r, &mut cx.errors));
     Some(Forward {
         clusters: weighted,
         prefix_rewrite: f.prefix_rewrite.clone(),
         host_rewrite,
         timeout,
+        retries,
     })
 }
 
@@ -788,6 +793,31 @@ fn cluster(cx: &mut Ctx, path: &str, c: &RawCluster) -> Cluster {
             Duration::from_secs(90),
         ),
         max_idle_per_endpoint: c.max_idle_per_endpoint.unwrap_or(1024),
+        circuit_breakers: c
+            .circuit_breakers
+            .as_ref()
+            .map(|cb| {
+                crate::resilience::validate_circuit_breakers(
+                    &format!("{path}.circuit_breakers"),
+                    cb,
+                    &mut cx.errors,
+                )
+            })
+            .unwrap_or_default(),
+        health_check: c.health_check.as_ref().and_then(|h| {
+            crate::resilience::validate_health_check(
+                &format!("{path}.health_check"),
+                h,
+                &mut cx.errors,
+            )
+        }),
+        outlier_detection: c.outlier_detection.as_ref().map(|o| {
+            crate::resilience::validate_outlier(
+                &format!("{path}.outlier_detection"),
+                o,
+                &mut cx.errors,
+            )
+        }),
     }
 }
 

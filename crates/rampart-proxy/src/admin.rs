@@ -135,15 +135,25 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                             serde_json::json!({
                                 "address": e.addr.to_string(),
                                 "source": e.source,
-                                "state": "healthy",
+                                "state": e.health.state(),
+                                "ejections": e.health.ejections(),
                                 "active_requests": e.active(),
                                 "total_requests": e.total(),
                                 "failures": e.failures(),
                             })
                         })
                         .collect();
+                    let cb = &c.config.circuit_breakers;
                     serde_json::json!({
                         "name": name,
+                        "active_requests": c.active(),
+                        "circuit_breakers": {
+                            "max_connections": cb.max_connections,
+                            "max_pending_requests": cb.max_pending_requests,
+                            "max_requests": cb.max_requests,
+                            "max_retries": cb.max_retries,
+                            "retry_budget_percent": cb.retry_budget_percent,
+                        },
                         "lb_policy": format!("{:?}", c.config.lb_policy),
                         "protocol": format!("{:?}", c.config.protocol),
                         "configured_endpoints": c.config.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),

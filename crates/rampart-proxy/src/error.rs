@@ -25,6 +25,12 @@ pub enum ProxyError {
     /// The proxy itself cut the request body short (a size limit or a body filter).
     #[error("{reason}")]
     BodyRejected { status: StatusCode, reason: String },
+    /// A circuit breaker of the cluster is open.
+    #[error("cluster {cluster:?} is overloaded: {limit} reached")]
+    Overflow {
+        cluster: String,
+        limit: &'static str,
+    },
     #[error("cluster {cluster:?} has no endpoint to send to")]
     NoEndpoint { cluster: String },
     #[error("cluster {cluster:?} is not configured")]
@@ -52,6 +58,7 @@ impl ProxyError {
             | Self::BodyRejected { .. }
             | Self::DownstreamBody(_) => Blame::Downstream,
             Self::NoEndpoint { .. }
+            | Self::Overflow { .. }
             | Self::UpstreamConnect { .. }
             | Self::ConnectTimeout { .. }
             | Self::UpstreamTimeout { .. }
@@ -75,7 +82,7 @@ impl ProxyError {
             Self::NoRoute(_) => StatusCode::NOT_FOUND,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyRejected { status, .. } => *status,
-            Self::NoEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoEndpoint { .. } | Self::Overflow { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamConnect { .. } | Self::UpstreamReset { .. } => StatusCode::BAD_GATEWAY,
             Self::ConnectTimeout { .. } | Self::UpstreamTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -86,7 +93,12 @@ impl ProxyError {
 
     /// A short local response; the reason is for operators, so it names no secrets.
     pub fn to_response(&self) -> Response<ProxyBody> {
-        local_response(self.status(), &format!("{self}\n"))
+        let mut resp = local_response(self.status(), &format!("{self}\n"));
+        if matches!(self, Self::Overflow { .. }) {
+            resp.headers_mut()
+                .insert("x-rampart-overloaded", HeaderValue::from_static("true"));
+        }
+        resp
     }
 }
 

@@ -14,6 +14,7 @@ pub mod body;
 pub mod demo;
 pub mod error;
 pub mod filter;
+pub mod health;
 pub mod metrics;
 mod observe;
 pub mod pool;
@@ -434,9 +435,16 @@ fn bind(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener
     Ok(out)
 }
 
-/// Resolves the DNS endpoints of new clusters and starts their refresh loops.
+/// Resolves the DNS endpoints of new clusters and starts their refresh and health-check loops.
 async fn resolve_dns(snap: &Snapshot, runtimes: &Runtimes) {
     for c in snap.clusters.values() {
+        if let Some(hc) = &c.config.health_check
+            && !c.health_checks_started.swap(true, Ordering::AcqRel)
+        {
+            runtimes
+                .control
+                .spawn(health::check_loop(Arc::downgrade(c), hc.clone()));
+        }
         if c.has_dns() && !c.dns_refresh_started.swap(true, Ordering::AcqRel) {
             // Bounded so an unreachable resolver cannot stall a reload.
             let _ = tokio::time::timeout(Duration::from_secs(5), c.refresh_dns()).await;

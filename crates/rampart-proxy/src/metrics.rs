@@ -27,6 +27,7 @@ pub struct Metrics {
     downstream_total: Family<Labels, Counter>,
     upstream_connections: Family<Labels, Gauge>,
     upstream_requests: Family<Labels, Gauge>,
+    cluster_events: Family<Labels, Counter>,
     pub config_version: Gauge,
     reloads: Family<Labels, Counter>,
     pub config_last_reload_ok: Gauge,
@@ -100,6 +101,12 @@ impl Metrics {
             "Upstream requests in flight",
             upstream_requests.clone(),
         );
+        let cluster_events = Family::<Labels, Counter>::default();
+        r.register(
+            "cluster_events",
+            "Resilience events by cluster: retry, overflow (circuit breaker), ejection (outlier detection)",
+            cluster_events.clone(),
+        );
         let config_version = Gauge::default();
         r.register(
             "config_version",
@@ -128,6 +135,7 @@ impl Metrics {
             downstream_total,
             upstream_connections,
             upstream_requests,
+            cluster_events,
             config_version,
             reloads,
             config_last_reload_ok,
@@ -186,6 +194,15 @@ impl Metrics {
     pub fn upstream_requests(&self, cluster: &str) -> Gauge {
         self.upstream_requests
             .get_or_create(&vec![("cluster", cluster.to_owned())])
+            .clone()
+    }
+
+    pub fn cluster_event(&self, cluster: &str, event: &'static str) -> Counter {
+        self.cluster_events
+            .get_or_create(&vec![
+                ("cluster", cluster.to_owned()),
+                ("event", event.to_owned()),
+            ])
             .clone()
     }
 

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -25,6 +26,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::Notify;
 
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
@@ -60,26 +62,80 @@ impl H1Conn {
 pub(crate) struct H1Pool {
     /// Boxed so a connection moves between pool and response body as one pointer.
     idle: Vec<Mutex<HashMap<SocketAddr, Vec<Box<H1Conn>>>>>,
-    max_idle: usize,
-    idle_timeout: Duration,
-    connect_timeout: Duration,
+    limits: PoolLimits,
+    /// Open connections of the cluster (all workers); also what `max_connections` caps.
     gauge: Gauge,
+    /// Requests waiting for a connection because `max_connections` is reached.
+    pending: AtomicUsize,
+    /// Signalled when a connection is checked in.
+    returned: Notify,
+    cluster: String,
+}
+
+/// Sizes and timeouts of a pool; `max_connections` and `max_pending` are circuit breakers.
+pub(crate) struct PoolLimits {
+    pub(crate) max_idle: usize,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) max_connections: usize,
+    pub(crate) max_pending: usize,
+}
+
+/// Decrements the pending count when a waiting request stops waiting.
+struct Pending<'a>(&'a AtomicUsize);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl H1Pool {
-    pub(crate) fn new(
-        workers: usize,
-        max_idle: usize,
-        idle_timeout: Duration,
-        connect_timeout: Duration,
-        gauge: Gauge,
-    ) -> Self {
+    pub(crate) fn new(workers: usize, limits: PoolLimits, gauge: Gauge, cluster: String) -> Self {
         Self {
             idle: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
-            max_idle,
-            idle_timeout,
-            connect_timeout,
+            limits,
             gauge,
+            pending: AtomicUsize::new(0),
+            returned: Notify::new(),
+            cluster,
+        }
+    }
+
+    fn open_connections(&self) -> usize {
+        usize::try_from(self.gauge.get()).unwrap_or(0)
+    }
+
+    /// An idle connection, or a new one if the cluster is under `max_connections`; otherwise
+    /// waits (as a pending request, up to `max_pending`) for either. Returns whether the
+    /// connection was reused. The caller's timeout bounds the wait.
+    async fn acquire(&self, addr: SocketAddr) -> Result<(Box<H1Conn>, bool), ProxyError> {
+        if let Some(c) = self.checkout(addr) {
+            return Ok((c, true));
+        }
+        if self.open_connections() < self.limits.max_connections {
+            return Ok((self.connect(addr).await?, false));
+        }
+        if self.pending.fetch_add(1, Ordering::Relaxed) >= self.limits.max_pending {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+            return Err(ProxyError::Overflow {
+                cluster: self.cluster.clone(),
+                limit: "max_pending_requests",
+            });
+        }
+        let _pending = Pending(&self.pending);
+        loop {
+            // Check-ins notify; closed connections are noticed by the short re-check.
+            tokio::select! {
+                () = self.returned.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+            if let Some(c) = self.checkout(addr) {
+                return Ok((c, true));
+            }
+            if self.open_connections() < self.limits.max_connections {
+                return Ok((self.connect(addr).await?, false));
+            }
         }
     }
 
@@ -97,7 +153,7 @@ impl H1Pool {
         let mut slot = self.slot();
         let list = slot.get_mut(&addr)?;
         while let Some(mut c) = list.pop() {
-            if c.idle_since.elapsed() < self.idle_timeout && c.reusable() {
+            if c.idle_since.elapsed() < self.limits.idle_timeout && c.reusable() {
                 return Some(c);
             }
         }
@@ -111,30 +167,34 @@ impl H1Pool {
         c.idle_since = Instant::now();
         let mut slot = self.slot();
         let list = slot.entry(addr).or_default();
-        if list.len() < self.max_idle {
+        if list.len() < self.limits.max_idle {
             list.push(c);
         }
+        drop(slot);
+        self.returned.notify_waiters();
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<Box<H1Conn>, ProxyError> {
         let endpoint = || addr.to_string();
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(addr))
-                .await
-            {
-                Err(_) => {
-                    return Err(ProxyError::ConnectTimeout {
-                        endpoint: endpoint(),
-                    });
-                }
-                Ok(Err(e)) => {
-                    return Err(ProxyError::UpstreamConnect {
-                        endpoint: endpoint(),
-                        reason: e.to_string(),
-                    });
-                }
-                Ok(Ok(s)) => s,
-            };
+        let stream = match tokio::time::timeout(
+            self.limits.connect_timeout,
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Err(_) => {
+                return Err(ProxyError::ConnectTimeout {
+                    endpoint: endpoint(),
+                });
+            }
+            Ok(Err(e)) => {
+                return Err(ProxyError::UpstreamConnect {
+                    endpoint: endpoint(),
+                    reason: e.to_string(),
+                });
+            }
+            Ok(Ok(s)) => s,
+        };
         let _ = stream.set_nodelay(true);
         let io = Counted::new(TokioIo::new(stream), self.gauge.clone());
         let (sender, conn) =
@@ -161,10 +221,7 @@ impl H1Pool {
         mut req: Request<ProxyBody>,
     ) -> Result<(Response<Incoming>, Lease), ProxyError> {
         loop {
-            let (mut c, reused) = match self.checkout(addr) {
-                Some(c) => (c, true),
-                None => (self.connect(addr).await?, false),
-            };
+            let (mut c, reused) = self.acquire(addr).await?;
             let mut fut = std::pin::pin!(c.sender.try_send_request(req));
             let result = poll_fn(|cx| {
                 let closed = c.drive(cx);

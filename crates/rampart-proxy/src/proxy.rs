@@ -18,9 +18,11 @@ use crate::access_log::AccessEntry;
 use crate::body::{BodyAbort, ProxyBody};
 use crate::error::{ProxyError, local_response};
 use crate::filter::{BodyObserver, FilterRef, RequestContext, Verdict};
+use crate::health::{self, Outcome};
 use crate::metrics::RouteStats;
 use crate::observe::ObservedBody;
 use crate::snapshot::{ListenerSnap, RouteData, Target};
+use crate::upstream::ClusterRuntime;
 
 /// Default per-route timeout (as Envoy's), until the upstream's response headers arrive.
 const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -376,11 +378,6 @@ async fn forward(
     log: &mut AccessEntry,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let cluster = &target.cluster;
-    let guard = cluster.pick().ok_or_else(|| ProxyError::NoEndpoint {
-        cluster: cluster.name().to_owned(),
-    })?;
-    let ep = guard.endpoint().clone();
-    log.upstream = Some(ep.addr);
 
     // Host: keep what the client sent (HTTP/2 has it only in :authority), unless rewritten.
     let original_host = match parts.headers.get(header::HOST) {
@@ -434,57 +431,201 @@ async fn forward(
     };
     // Only requests that can be cut short by the proxy pay for the shared abort slot.
     let abort = (limit.is_some() || !observers.is_empty()).then(BodyAbort::default);
-    let mut body = match (limit, &abort) {
-        (Some(max), Some(a)) => ProxyBody::limited(body, max, a.clone()),
-        _ => ProxyBody::stream(body),
+    let retry = f
+        .retries
+        .as_ref()
+        .filter(|r| r.retry_non_idempotent || parts.method.is_idempotent());
+    // A retry must send the body again, so only an empty or small, fully known body can be
+    // retried; it is read whole first (as Envoy buffers for retries). Anything else streams
+    // once and is not retried.
+    let replay = match retry {
+        Some(_) if observers.is_empty() => replayable(&parts.headers, body).await,
+        _ => Replay::Stream(body),
     };
-    if !observers.is_empty() {
-        body = ProxyBody::boxed(ObservedBody::new(body, observers, abort.clone()));
-        parts.headers.remove(header::CONTENT_LENGTH);
-    }
-    let mut up = Request::new(body);
-    *up.method_mut() = parts.method.clone();
-    *up.uri_mut() = Uri::from(path_and_query);
-    *up.headers_mut() = std::mem::take(&mut parts.headers);
+    let (replay, mut stream) = match replay {
+        Replay::Bytes(b) => (Some(b), None),
+        Replay::Stream(body) => {
+            let mut body = match (limit, &abort) {
+                (Some(max), Some(a)) => ProxyBody::limited(body, max, a.clone()),
+                _ => ProxyBody::stream(body),
+            };
+            if !observers.is_empty() {
+                body = ProxyBody::boxed(ObservedBody::new(body, observers, abort.clone()));
+                parts.headers.remove(header::CONTENT_LENGTH);
+            }
+            (None, Some(body))
+        }
+        Replay::Failed(e) => return Err(e),
+    };
+    let max_retries = match (retry, &replay) {
+        (Some(r), Some(_)) => r.max_retries,
+        _ => 0,
+    };
+    let mut headers = std::mem::take(&mut parts.headers);
 
     let timeout = f.timeout.unwrap_or(DEFAULT_ROUTE_TIMEOUT);
-    let sent = Instant::now();
-    let fut = cluster.send(&ep, up);
-    let result = if timeout.is_zero() {
-        fut.await
-    } else {
-        match tokio::time::timeout(timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => {
-                return Err(ProxyError::UpstreamTimeout {
+    let deadline = (!timeout.is_zero()).then(|| Instant::now() + timeout);
+    let mut attempt = 0;
+    // Held while a retry is in flight, for the retry budget.
+    let mut _retrying: Option<RetryToken<'_>> = None;
+    loop {
+        let last = attempt >= max_retries;
+        let guard = cluster.pick()?;
+        let ep = guard.endpoint().clone();
+        log.upstream = Some(ep.addr);
+        let body = match &replay {
+            Some(b) if b.is_empty() => ProxyBody::empty(),
+            Some(b) => ProxyBody::full(b.clone()),
+            None => stream.take().unwrap_or_else(ProxyBody::empty),
+        };
+        let mut up = Request::new(body);
+        *up.method_mut() = parts.method.clone();
+        *up.uri_mut() = Uri::from(path_and_query.clone());
+        *up.headers_mut() = if last {
+            std::mem::take(&mut headers)
+        } else {
+            headers.clone()
+        };
+
+        let mut try_timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if let Some(per_try) = retry.and_then(|r| r.per_try_timeout) {
+            try_timeout = Some(try_timeout.map_or(per_try, |t| t.min(per_try)));
+        }
+        let sent = Instant::now();
+        let result = match try_timeout {
+            None => cluster.send(&ep, up).await,
+            Some(t) => match tokio::time::timeout(t, cluster.send(&ep, up)).await {
+                Ok(r) => r,
+                Err(_) => Err(ProxyError::UpstreamTimeout {
                     endpoint: ep.addr.to_string(),
+                    timeout_ms: t.as_millis(),
+                }),
+            },
+        };
+        let retry_wanted = match &result {
+            Ok((resp, _)) => {
+                let status = resp.status().as_u16();
+                target
+                    .upstream_latency
+                    .observe(sent.elapsed().as_secs_f64());
+                health::observe(cluster, &ep, Outcome::Status(status));
+                retry.is_some_and(|r| r.retry_status(status))
+            }
+            Err(e) => {
+                if let Some(r) = abort.as_ref().and_then(BodyAbort::get) {
+                    return Err(ProxyError::BodyRejected {
+                        status: r.status,
+                        reason: r.reason.clone(),
+                    });
+                }
+                if matches!(e, ProxyError::Overflow { .. }) {
+                    cluster.stats.overflows.inc();
+                } else {
+                    ep.record_failure();
+                    health::observe(cluster, &ep, Outcome::LocalFailure);
+                }
+                retry.is_some_and(|r| retriable_error(r, e))
+            }
+        };
+        let out_of_time = deadline.is_some_and(|d| Instant::now() >= d);
+        if retry_wanted && !last && !out_of_time {
+            if let (Some(r), Some(token)) = (retry, RetryToken::take(cluster)) {
+                drop(result);
+                drop(guard);
+                attempt += 1;
+                cluster.stats.retries.inc();
+                let mut pause = health::backoff(attempt, r.base_interval, r.max_interval);
+                if let Some(d) = deadline {
+                    pause = pause.min(d.saturating_duration_since(Instant::now()));
+                }
+                tokio::time::sleep(pause).await;
+                _retrying = Some(token);
+                continue;
+            }
+        }
+        return match result {
+            Ok((resp, lease)) => {
+                let (mut rparts, rbody) = resp.into_parts();
+                strip_hop_by_hop(&mut rparts.headers);
+                Ok(response_from_upstream(
+                    rparts,
+                    ProxyBody::upstream(rbody, guard, lease),
+                ))
+            }
+            Err(ProxyError::UpstreamTimeout { endpoint, .. }) if out_of_time => {
+                Err(ProxyError::UpstreamTimeout {
+                    endpoint,
                     timeout_ms: timeout.as_millis(),
-                });
+                })
+            }
+            Err(e) => Err(e),
+        };
+    }
+}
+
+/// Largest request body kept in memory so that a retry can send it again.
+const RETRY_BUFFER_LIMIT: u64 = 64 * 1024;
+
+enum Replay {
+    Bytes(bytes::Bytes),
+    Stream(Incoming),
+    Failed(ProxyError),
+}
+
+/// Reads a small body whole (Content-Length ≤ 64 KiB) so it can be sent more than once.
+async fn replayable(headers: &HeaderMap, body: Incoming) -> Replay {
+    use http_body::Body as _;
+    if body.is_end_stream() {
+        return Replay::Bytes(bytes::Bytes::new());
+    }
+    match content_length(headers) {
+        Some(n) if n <= RETRY_BUFFER_LIMIT => {
+            match http_body_util::BodyExt::collect(http_body_util::Limited::new(
+                body,
+                usize::try_from(RETRY_BUFFER_LIMIT).unwrap_or(usize::MAX),
+            ))
+            .await
+            {
+                Ok(c) => Replay::Bytes(c.to_bytes()),
+                Err(e) => Replay::Failed(ProxyError::DownstreamBody(e.to_string())),
             }
         }
-    };
-    let (resp, lease) = match result {
-        Ok(r) => r,
-        Err(e) => {
-            if let Some(r) = abort.as_ref().and_then(BodyAbort::get) {
-                return Err(ProxyError::BodyRejected {
-                    status: r.status,
-                    reason: r.reason.clone(),
-                });
-            }
-            ep.record_failure();
-            return Err(e);
+        _ => Replay::Stream(body),
+    }
+}
+
+fn retriable_error(r: &rampart_config::model::RetryPolicy, e: &ProxyError) -> bool {
+    match e {
+        ProxyError::UpstreamConnect { .. } | ProxyError::ConnectTimeout { .. } => {
+            r.on_connect_failure || r.on_5xx || r.on_gateway_error
         }
-    };
-    target
-        .upstream_latency
-        .observe(sent.elapsed().as_secs_f64());
-    let (mut rparts, rbody) = resp.into_parts();
-    strip_hop_by_hop(&mut rparts.headers);
-    Ok(response_from_upstream(
-        rparts,
-        ProxyBody::upstream(rbody, guard, lease),
-    ))
+        ProxyError::UpstreamReset { .. } => r.on_reset || r.on_5xx || r.on_gateway_error,
+        ProxyError::UpstreamTimeout { .. } => r.on_5xx || r.on_gateway_error,
+        _ => false,
+    }
+}
+
+/// One retry in flight on a cluster, within its retry budget (or `max_retries`).
+struct RetryToken<'a>(&'a AtomicUsize);
+
+impl<'a> RetryToken<'a> {
+    fn take(cluster: &'a ClusterRuntime) -> Option<Self> {
+        let cb = &cluster.config.circuit_breakers;
+        let retries = &cluster.retries_active;
+        if cb.retry_allowed(retries.load(Ordering::Relaxed), cluster.active()) {
+            retries.fetch_add(1, Ordering::Relaxed);
+            Some(Self(retries))
+        } else {
+            cluster.stats.overflows.inc();
+            None
+        }
+    }
+}
+
+impl Drop for RetryToken<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 fn response_from_upstream(mut parts: response::Parts, body: ProxyBody) -> Response<ProxyBody> {

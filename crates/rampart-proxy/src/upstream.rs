@@ -17,13 +17,15 @@ use arc_swap::ArcSwap;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use rampart_config::model::{Cluster, EndpointAddr, LbPolicy, UpstreamProtocol};
 
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
+use crate::health::{Health, now_ms};
 use crate::metrics::Metrics;
-use crate::pool::{H1Pool, Lease};
+use crate::pool::{H1Pool, Lease, PoolLimits};
 
 thread_local! {
     /// Index of the data-plane worker running on this thread (0 when there is only one).
@@ -51,6 +53,7 @@ pub struct Endpoint {
     active: AtomicUsize,
     total: AtomicU64,
     failures: AtomicU64,
+    pub health: Health,
 }
 
 impl Endpoint {
@@ -63,6 +66,7 @@ impl Endpoint {
             active: AtomicUsize::new(0),
             total: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            health: Health::default(),
         }))
     }
 
@@ -83,11 +87,13 @@ impl Endpoint {
     }
 }
 
-/// Counts a request as active on its endpoint until dropped (at the end of the response body).
+/// Counts a request as active on its endpoint and cluster until dropped (at the end of the
+/// response body).
 #[derive(Debug)]
 pub struct InflightGuard {
     endpoint: Arc<Endpoint>,
     gauge: Gauge,
+    cluster_active: Arc<AtomicUsize>,
 }
 
 impl InflightGuard {
@@ -99,6 +105,7 @@ impl InflightGuard {
 impl Drop for InflightGuard {
     fn drop(&mut self) {
         self.endpoint.active.fetch_sub(1, Ordering::Relaxed);
+        self.cluster_active.fetch_sub(1, Ordering::Relaxed);
         self.gauge.dec();
     }
 }
@@ -120,6 +127,19 @@ pub struct ClusterRuntime {
     transport: Transport,
     pub(crate) dns_refresh_started: std::sync::atomic::AtomicBool,
     active_requests: Gauge,
+    /// Requests in flight on the cluster (circuit breaker `max_requests`, retry budget).
+    active: Arc<AtomicUsize>,
+    /// Retries in flight (retry budget / `max_retries`).
+    pub(crate) retries_active: AtomicUsize,
+    pub(crate) stats: ClusterStats,
+    pub(crate) health_checks_started: std::sync::atomic::AtomicBool,
+}
+
+/// Resilience counters of one cluster.
+pub(crate) struct ClusterStats {
+    pub(crate) retries: Counter,
+    pub(crate) overflows: Counter,
+    pub(crate) ejections: Counter,
 }
 
 impl ClusterRuntime {
@@ -143,10 +163,15 @@ impl ClusterRuntime {
         let transport = match config.protocol {
             UpstreamProtocol::Http1 => Transport::Http1(Arc::new(H1Pool::new(
                 workers,
-                config.max_idle_per_endpoint,
-                config.idle_timeout,
-                config.connect_timeout,
+                PoolLimits {
+                    max_idle: config.max_idle_per_endpoint,
+                    idle_timeout: config.idle_timeout,
+                    connect_timeout: config.connect_timeout,
+                    max_connections: config.circuit_breakers.max_connections,
+                    max_pending: config.circuit_breakers.max_pending_requests,
+                },
                 connector.gauge.clone(),
+                config.name.clone(),
             ))),
             // HTTP/2 multiplexes on few connections driven by their own tasks.
             UpstreamProtocol::Http2 => Transport::Http2(
@@ -163,8 +188,17 @@ impl ClusterRuntime {
                 EndpointAddr::Dns { .. } => None,
             })
             .collect();
+        let stats = ClusterStats {
+            retries: metrics.cluster_event(&config.name, "retry"),
+            overflows: metrics.cluster_event(&config.name, "overflow"),
+            ejections: metrics.cluster_event(&config.name, "ejection"),
+        };
         Arc::new(Self {
             active_requests: metrics.upstream_requests(&config.name),
+            active: Arc::default(),
+            retries_active: AtomicUsize::new(0),
+            stats,
+            health_checks_started: std::sync::atomic::AtomicBool::new(false),
             config,
             endpoints: ArcSwap::from_pointee(statics),
             next: AtomicUsize::new(0),
@@ -228,32 +262,57 @@ impl ClusterRuntime {
             .any(|e| matches!(e, EndpointAddr::Dns { .. }))
     }
 
-    /// Chooses an endpoint and counts the request as active on it.
-    pub fn pick(&self) -> Option<InflightGuard> {
-        let eps = self.endpoints.load();
-        let ep = match eps.len() {
-            0 => return None,
-            1 => &eps[0],
-            n => match self.config.lb_policy {
-                LbPolicy::RoundRobin => &eps[self.next.fetch_add(1, Ordering::Relaxed) % n],
-                LbPolicy::LeastRequest => {
-                    // Power of two choices: two distinct random endpoints, the less busy wins.
-                    let a = fastrand::usize(..n);
-                    let b = (a + 1 + fastrand::usize(..n - 1)) % n;
-                    if eps[b].active() < eps[a].active() {
-                        &eps[b]
-                    } else {
-                        &eps[a]
-                    }
-                }
-            },
+    /// Requests in flight on the cluster.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Chooses a usable endpoint (not failing active checks, not ejected) and counts the
+    /// request as active on it; refuses when the cluster's `max_requests` is reached.
+    pub fn pick(&self) -> Result<InflightGuard, ProxyError> {
+        if self.active() >= self.config.circuit_breakers.max_requests {
+            self.stats.overflows.inc();
+            return Err(ProxyError::Overflow {
+                cluster: self.config.name.clone(),
+                limit: "max_requests",
+            });
+        }
+        let no_endpoint = || ProxyError::NoEndpoint {
+            cluster: self.config.name.clone(),
         };
+        let eps = self.endpoints.load();
+        let n = eps.len();
+        if n == 0 {
+            return Err(no_endpoint());
+        }
+        let now = now_ms();
+        let usable = |i: usize| eps[i % n].health.usable(now);
+        // The first usable endpoint at or after `start`, wrapping.
+        let first_usable = |start: usize| (0..n).map(|k| (start + k) % n).find(|&i| usable(i));
+        let idx = match (n, self.config.lb_policy) {
+            (1, _) => first_usable(0),
+            (_, LbPolicy::RoundRobin) => first_usable(self.next.fetch_add(1, Ordering::Relaxed)),
+            (_, LbPolicy::LeastRequest) => {
+                // Power of two choices among usable endpoints; the less busy wins.
+                first_usable(fastrand::usize(..n)).map(|a| {
+                    let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+                    if usable(b) && eps[b].active() < eps[a].active() {
+                        b
+                    } else {
+                        a
+                    }
+                })
+            }
+        };
+        let ep = &eps[idx.ok_or_else(no_endpoint)?];
         ep.active.fetch_add(1, Ordering::Relaxed);
         ep.total.fetch_add(1, Ordering::Relaxed);
+        self.active.fetch_add(1, Ordering::Relaxed);
         self.active_requests.inc();
-        Some(InflightGuard {
+        Ok(InflightGuard {
             endpoint: ep.clone(),
             gauge: self.active_requests.clone(),
+            cluster_active: self.active.clone(),
         })
     }
 

@@ -1,0 +1,347 @@
+//! When upstreams misbehave: retries and the retry budget, circuit breakers, active health
+//! checks and outlier detection, against real (deliberately unreliable) upstream servers.
+
+// Test code: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+/// A scriptable upstream: answers `status()` after `delay`, counts requests, and serves
+/// `/healthz` with 200 or 503 depending on `healthy`.
+struct Flaky {
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    healthy: Arc<AtomicBool>,
+}
+
+async fn flaky(
+    name: &'static str,
+    delay: Duration,
+    status: impl Fn(usize) -> u16 + Send + Sync + 'static,
+) -> Flaky {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let healthy = Arc::new(AtomicBool::new(true));
+    let status = Arc::new(status);
+    let (h, ok) = (hits.clone(), healthy.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            let (h, ok, status) = (h.clone(), ok.clone(), status.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let (h, ok, status) = (h.clone(), ok.clone(), status.clone());
+                    async move {
+                        let code = if req.uri().path() == "/healthz" {
+                            if ok.load(Ordering::SeqCst) { 200 } else { 503 }
+                        } else {
+                            let n = h.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(delay).await;
+                            status(n)
+                        };
+                        let mut r = Response::new(Full::new(Bytes::from(name)));
+                        *r.status_mut() = StatusCode::from_u16(code).unwrap();
+                        r.headers_mut()
+                            .insert("x-upstream-name", name.parse().unwrap());
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    Flaky {
+        addr,
+        hits,
+        healthy,
+    }
+}
+
+fn one_route(forward_extra: &str, cluster_yaml: &str) -> String {
+    config(
+        &format!("          - forward: {{ cluster: c{forward_extra} }}\n"),
+        cluster_yaml,
+    )
+}
+
+#[tokio::test]
+async fn retries_succeed_over_a_flaky_upstream() {
+    // Every other request fails.
+    let up = flaky("f", Duration::ZERO, |n| if n % 2 == 0 { 503 } else { 200 }).await;
+    let tg = gateway(&one_route(
+        ", retries: { retry_on: [5xx], max_retries: 2, backoff: { base_interval: 1ms } }",
+        &format!("  - {{ name: c, endpoints: [\"{}\"] }}\n", up.addr),
+    ))
+    .await;
+    for i in 0..10 {
+        let r = get(tg.addr, "/", &[]).await;
+        assert_eq!(r.status, 200, "request {i}");
+    }
+    assert_eq!(
+        up.hits.load(Ordering::SeqCst),
+        20,
+        "each request took exactly one retry"
+    );
+    let m = admin(&tg, "/metrics").await.text();
+    assert_eq!(
+        metric(
+            &m,
+            "rampart_cluster_events_total{cluster=\"c\",event=\"retry\"}"
+        ),
+        Some(10.0)
+    );
+
+    // POST is not idempotent: not retried unless configured.
+    let c = h1();
+    let post = Request::post(format!("http://{}/", tg.addr))
+        .body(Full::new(Bytes::from_static(b"x")))
+        .unwrap();
+    let before = up.hits.load(Ordering::SeqCst);
+    let r = send(&c, post).await;
+    assert_eq!(up.hits.load(Ordering::SeqCst), before + 1);
+    assert_eq!(
+        r.status, 503,
+        "first try of this pair fails and is not retried"
+    );
+}
+
+#[tokio::test]
+async fn retries_move_past_a_refusing_endpoint_and_buffer_small_bodies() {
+    let good = flaky("good", Duration::ZERO, |_| 200).await;
+    let refused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let tg = gateway(&one_route(
+        ", retries: { retry_on: [connect-failure], max_retries: 1, retry_non_idempotent: true, backoff: { base_interval: 1ms } }",
+        &format!("  - {{ name: c, endpoints: [\"{refused}\", \"{}\"] }}\n", good.addr),
+    ))
+    .await;
+    let c = h1();
+    for i in 0..6 {
+        let req = Request::post(format!("http://{}/", tg.addr))
+            .body(Full::new(Bytes::from_static(b"payload")))
+            .unwrap();
+        let r = send(&c, req).await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+    }
+}
+
+#[tokio::test]
+async fn retry_budget_stops_a_retry_storm() {
+    let up = flaky("down", Duration::from_millis(100), |_| 503).await;
+    let tg = gateway(&one_route(
+        ", retries: { retry_on: [5xx], max_retries: 3, backoff: { base_interval: 1ms } }",
+        &format!(
+            "  - {{ name: c, endpoints: [\"{}\"], circuit_breakers: {{ retry_budget_percent: 10, min_retry_concurrency: 1 }} }}\n",
+            up.addr
+        ),
+    ))
+    .await;
+    let n = 20;
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let addr = tg.addr;
+        tasks.push(tokio::spawn(
+            async move { get(addr, "/", &[]).await.status },
+        ));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 503);
+    }
+    let hits = up.hits.load(Ordering::SeqCst);
+    // Without a budget this would be 20 x 4 = 80 upstream requests.
+    assert!(hits >= n && hits <= n + 8, "{hits} upstream requests");
+    let m = admin(&tg, "/metrics").await.text();
+    let overflow = metric(
+        &m,
+        "rampart_cluster_events_total{cluster=\"c\",event=\"overflow\"}",
+    );
+    assert!(
+        overflow.unwrap_or(0.0) >= 10.0,
+        "budget refusals counted: {overflow:?}"
+    );
+}
+
+#[tokio::test]
+async fn circuit_breakers_answer_503_overloaded() {
+    let up = flaky("slow", Duration::from_millis(400), |_| 200).await;
+    let tg = gateway(&one_route(
+        "",
+        &format!(
+            "  - {{ name: c, endpoints: [\"{}\"], circuit_breakers: {{ max_requests: 2 }} }}\n",
+            up.addr
+        ),
+    ))
+    .await;
+    let addr = tg.addr;
+    let slow: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(async move { get(addr, "/", &[]).await.status }))
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let t = tg.gw.metrics().encode();
+            async move { t.contains("rampart_upstream_requests_active{cluster=\"c\"} 2") }
+        })
+        .await
+    );
+    let r = get(tg.addr, "/", &[]).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("x-rampart-overloaded"), Some("true"));
+    assert!(r.text().contains("max_requests"), "{}", r.text());
+    for s in slow {
+        assert_eq!(s.await.unwrap(), 200);
+    }
+    assert_eq!(get(tg.addr, "/", &[]).await.status, 200, "closes again");
+}
+
+#[tokio::test]
+async fn pending_requests_wait_for_a_connection_then_overflow() {
+    let up = flaky("slow", Duration::from_millis(300), |_| 200).await;
+    let tg = gateway(&one_route(
+        "",
+        &format!(
+            "  - {{ name: c, endpoints: [\"{}\"], circuit_breakers: {{ max_connections: 1, max_pending_requests: 1 }} }}\n",
+            up.addr
+        ),
+    ))
+    .await;
+    let addr = tg.addr;
+    let first = tokio::spawn(async move { get(addr, "/", &[]).await.status });
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let t = tg.gw.metrics().encode();
+            async move { t.contains("rampart_upstream_connections_active{cluster=\"c\"} 1") }
+        })
+        .await
+    );
+    // The second waits for the one connection; the third finds the pending slot taken.
+    let second = tokio::spawn(async move { get(addr, "/", &[]).await.status });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let third = get(tg.addr, "/", &[]).await;
+    assert_eq!(third.status, 503, "{}", third.text());
+    assert_eq!(third.header("x-rampart-overloaded"), Some("true"));
+    assert!(third.text().contains("max_pending_requests"));
+    assert_eq!(first.await.unwrap(), 200);
+    assert_eq!(second.await.unwrap(), 200, "the pending request was served");
+}
+
+#[tokio::test]
+async fn health_checks_take_an_endpoint_out_and_back_with_no_failed_requests() {
+    let a = flaky("a", Duration::ZERO, |_| 200).await;
+    let b_down = Arc::new(AtomicBool::new(false));
+    let flag = b_down.clone();
+    let b = flaky("b", Duration::ZERO, move |_| {
+        if flag.load(Ordering::SeqCst) {
+            500
+        } else {
+            200
+        }
+    })
+    .await;
+    let tg = gateway(&one_route(
+        "",
+        &format!(
+            "  - {{ name: c, endpoints: [\"{}\", \"{}\"], health_check: {{ path: /healthz, interval: 50ms, timeout: 200ms, unhealthy_threshold: 2, healthy_threshold: 2 }} }}\n",
+            a.addr, b.addr
+        ),
+    ))
+    .await;
+    let state = |tg: &TestGateway| {
+        let admin_addr = tg.admin.unwrap();
+        async move {
+            let j = get(admin_addr, "/clusters", &[]).await.json();
+            j["clusters"][0]["endpoints"][1]["state"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    assert_eq!(state(&tg).await, "healthy");
+    // b goes bad: its checks fail and its traffic would fail.
+    b.healthy.store(false, Ordering::SeqCst);
+    b_down.store(true, Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            state(&tg).await == "failed_active_hc"
+        })
+        .await
+    );
+    let c = h1();
+    for i in 0..40 {
+        let r = send(&c, get_req(tg.addr, "/", &[])).await;
+        assert_eq!(r.status, 200, "request {i} after b was marked down");
+        assert_eq!(r.header("x-upstream-name"), Some("a"));
+    }
+    // b recovers and gets traffic again.
+    b_down.store(false, Ordering::SeqCst);
+    b.healthy.store(true, Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            state(&tg).await == "healthy"
+        })
+        .await
+    );
+    let mut seen_b = false;
+    for _ in 0..10 {
+        let r = send(&c, get_req(tg.addr, "/", &[])).await;
+        assert_eq!(r.status, 200);
+        seen_b |= r.header("x-upstream-name") == Some("b");
+    }
+    assert!(seen_b, "recovered endpoint gets traffic");
+}
+
+#[tokio::test]
+async fn outlier_detection_ejects_a_failing_endpoint() {
+    let a = flaky("a", Duration::ZERO, |_| 200).await;
+    let b = flaky("b", Duration::ZERO, |_| 500).await;
+    let tg = gateway(&one_route(
+        "",
+        &format!(
+            "  - {{ name: c, endpoints: [\"{}\", \"{}\"], outlier_detection: {{ consecutive_5xx: 3, base_ejection_time: 30s, max_ejection_percent: 50 }} }}\n",
+            a.addr, b.addr
+        ),
+    ))
+    .await;
+    let c = h1();
+    let mut failures = 0;
+    for _ in 0..20 {
+        if send(&c, get_req(tg.addr, "/", &[])).await.status != 200 {
+            failures += 1;
+        }
+    }
+    assert_eq!(
+        failures, 3,
+        "b served exactly its three strikes, then was ejected"
+    );
+    assert_eq!(b.hits.load(Ordering::SeqCst), 3);
+    let j = admin(&tg, "/clusters").await.json();
+    assert_eq!(j["clusters"][0]["endpoints"][1]["state"], "ejected");
+    assert_eq!(j["clusters"][0]["endpoints"][1]["ejections"], 1);
+    let m = admin(&tg, "/metrics").await.text();
+    assert_eq!(
+        metric(
+            &m,
+            "rampart_cluster_events_total{cluster=\"c\",event=\"ejection\"}"
+        ),
+        Some(1.0)
+    );
+    // The cap: with a at 50 % already ejected... a alone is never ejected as well.
+    assert_eq!(a.hits.load(Ordering::SeqCst), 17);
+}
