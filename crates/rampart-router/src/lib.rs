@@ -23,6 +23,8 @@ use rampart_config::model::{
     self, DomainPattern, PathMatch, Route, ValueMatch, ValueMatchKind, VirtualHost, WeightedCluster,
 };
 
+pub mod consistent;
+
 /// What the matcher looks at.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestView<'a> {
