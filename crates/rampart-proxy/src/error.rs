@@ -94,6 +94,10 @@ impl ProxyError {
     /// A short local response; the reason is for operators, so it names no secrets.
     pub fn to_response(&self) -> Response<ProxyBody> {
         let mut resp = local_response(self.status(), &format!("{self}\n"));
+        // The reason, for gRPC's grpc-message (clients show it; no secrets in it).
+        if let Ok(v) = HeaderValue::from_str(&self.to_string()) {
+            resp.headers_mut().insert("x-rampart-error", v);
+        }
         if matches!(self, Self::Overflow { .. }) {
             resp.headers_mut()
                 .insert("x-rampart-overloaded", HeaderValue::from_static("true"));

@@ -261,6 +261,29 @@ impl H1Pool {
     }
 }
 
+impl H1Pool {
+    /// Sends an upgrade request on a connection of its own (never pooled: after a 101 it
+    /// belongs to the tunnel). Driven by its own task so the upgrade can complete.
+    pub(crate) async fn send_upgrade(
+        &self,
+        addr: SocketAddr,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let c = self.connect(addr).await?;
+        let H1Conn {
+            mut sender, conn, ..
+        } = *c;
+        tokio::spawn(conn.with_upgrades());
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| ProxyError::UpstreamReset {
+                endpoint: addr.to_string(),
+                reason: crate::upstream::root_cause(&e),
+            })
+    }
+}
+
 /// An upstream connection on loan to one response body.
 pub struct Lease {
     conn: Option<Box<H1Conn>>,

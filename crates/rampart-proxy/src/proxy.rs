@@ -73,13 +73,70 @@ pub(crate) async fn handle(
         return Ok(resp);
     };
     let (parts, body) = req.into_parts();
+    let grpc = is_grpc(&parts.headers);
     let mut log = AccessEntry::start(&parts, conn.client, conn.shared.access_log.enabled());
-    let (resp, stats) = route_and_serve(&conn, &lsnap, parts, body, started, &mut log).await;
+    let (mut resp, stats) = route_and_serve(&conn, &lsnap, parts, body, started, &mut log).await;
+    if grpc {
+        resp = grpc_local_reply(resp);
+    }
     let took = started.elapsed();
     stats.record(resp.status(), took.as_secs_f64());
     log.finish(resp.status(), took);
     conn.shared.access_log.write(&log);
     Ok(resp)
+}
+
+fn is_grpc(h: &HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// gRPC clients read the outcome from `grpc-status`, not the HTTP status: a reply the proxy
+/// generated itself (no route, overload, upstream failure...) becomes a trailers-only gRPC
+/// response, with the HTTP status mapped as in gRPC's HTTP-to-gRPC table.
+fn grpc_local_reply(resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    if !resp.headers().contains_key("x-rampart-local") || resp.status() == StatusCode::OK {
+        return resp;
+    }
+    let code: u16 = match resp.status().as_u16() {
+        400 => 13,             // INTERNAL
+        401 => 16,             // UNAUTHENTICATED
+        403 => 7,              // PERMISSION_DENIED
+        404 => 12,             // UNIMPLEMENTED
+        413 | 431 => 8,        // RESOURCE_EXHAUSTED
+        504 => 4,              // DEADLINE_EXCEEDED
+        429 | 502 | 503 => 14, // UNAVAILABLE
+        _ => 2,                // UNKNOWN
+    };
+    let message = resp
+        .headers()
+        .get("x-rampart-error")
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static("proxy error"));
+    let mut out = Response::new(ProxyBody::empty());
+    let h = out.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(code));
+    h.insert("grpc-message", message);
+    h.insert("x-rampart-local", HeaderValue::from_static("1"));
+    if let Some(v) = resp.headers().get("x-rampart-overloaded") {
+        h.insert("x-rampart-overloaded", v.clone());
+    }
+    out
+}
+
+/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` + `Upgrade`).
+fn upgrade_protocol(h: &HeaderMap) -> Option<HeaderValue> {
+    let asks = h.get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        })
+    });
+    asks.then(|| h.get(header::UPGRADE).cloned()).flatten()
 }
 
 /// The authority a request is for: HTTP/2 `:authority` or absolute-form URI, else Host.
@@ -388,8 +445,14 @@ async fn forward(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             .unwrap_or_else(|| HeaderValue::from_static("")),
     };
+    let upgrade = upgrade_protocol(&parts.headers);
     strip_hop_by_hop(&mut parts.headers);
     let h = &mut parts.headers;
+    if let Some(proto) = &upgrade {
+        // The one hop-by-hop exchange a proxy relays: the switch itself.
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, proto.clone());
+    }
     match h.get_mut("x-forwarded-for") {
         Some(existing) => {
             let mut v = existing.as_bytes().to_vec();
@@ -429,6 +492,9 @@ async fn forward(
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
     };
+    if upgrade.is_some() {
+        return forward_upgrade(cluster, parts, path_and_query, log).await;
+    }
     // Only requests that can be cut short by the proxy pay for the shared abort slot.
     let abort = (limit.is_some() || !observers.is_empty()).then(BodyAbort::default);
     let retry = f
@@ -561,6 +627,53 @@ async fn forward(
             Err(e) => Err(e),
         };
     }
+}
+
+/// Relays an HTTP/1.1 upgrade (WebSocket and friends): the request goes to the upstream on a
+/// connection of its own; on `101 Switching Protocols` both sides are spliced byte for byte
+/// until either closes.
+async fn forward_upgrade(
+    cluster: &ClusterRuntime,
+    parts: &mut request::Parts,
+    path_and_query: http::uri::PathAndQuery,
+    log: &mut AccessEntry,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let downstream = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+    let guard = cluster.pick()?;
+    let ep = guard.endpoint().clone();
+    log.upstream = Some(ep.addr);
+    let mut up = Request::new(ProxyBody::empty());
+    *up.method_mut() = parts.method.clone();
+    *up.uri_mut() = Uri::from(path_and_query);
+    *up.headers_mut() = std::mem::take(&mut parts.headers);
+    let mut resp = cluster.send_upgrade(&ep, up).await.inspect_err(|_| {
+        ep.record_failure();
+    })?;
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let (mut rparts, rbody) = resp.into_parts();
+        strip_hop_by_hop(&mut rparts.headers);
+        return Ok(response_from_upstream(
+            rparts,
+            ProxyBody::upstream(rbody, guard, None),
+        ));
+    }
+    let upstream = hyper::upgrade::on(&mut resp);
+    let Some(downstream) = downstream else {
+        return Err(ProxyError::Internal(
+            "the downstream connection cannot be upgraded".into(),
+        ));
+    };
+    tokio::spawn(async move {
+        // The endpoint stays counted as busy while the tunnel is open.
+        let _guard = guard;
+        if let (Ok(d), Ok(u)) = tokio::join!(downstream, upstream) {
+            let mut d = hyper_util::rt::TokioIo::new(d);
+            let mut u = hyper_util::rt::TokioIo::new(u);
+            let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+        }
+    });
+    let (rparts, _) = resp.into_parts();
+    Ok(Response::from_parts(rparts, ProxyBody::empty()))
 }
 
 /// Largest request body kept in memory so that a retry can send it again.

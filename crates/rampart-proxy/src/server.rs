@@ -121,7 +121,7 @@ async fn serve_connection(stream: TcpStream, conn: Arc<ConnCtx>, drain: Cancella
     });
     let svc_conn = conn.clone();
     let service = service_fn(move |req| handle(svc_conn.clone(), req));
-    let served = builder.serve_connection(io, service);
+    let served = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(served);
 
     let tick = (limits.idle_timeout / 2).max(Duration::from_millis(50));

@@ -211,6 +211,21 @@ impl ClusterRuntime {
         &self.config.name
     }
 
+    /// Sends an HTTP/1.1 upgrade request to `ep` on a dedicated connection.
+    pub async fn send_upgrade(
+        &self,
+        ep: &Endpoint,
+        req: http::Request<ProxyBody>,
+    ) -> Result<http::Response<hyper::body::Incoming>, ProxyError> {
+        match &self.transport {
+            Transport::Http1(pool) => pool.send_upgrade(ep.addr, req).await,
+            Transport::Http2(_) => Err(ProxyError::Internal(format!(
+                "cluster {:?} speaks HTTP/2; HTTP/1.1 upgrades need an http1 cluster",
+                self.config.name
+            ))),
+        }
+    }
+
     /// Sends a request (URI in origin form) to `ep`. For HTTP/1.1 the returned lease carries
     /// the upstream connection and must stay with the response body.
     pub async fn send(
