@@ -594,20 +594,22 @@ async fn forward(
             }
         };
         let out_of_time = deadline.is_some_and(|d| Instant::now() >= d);
-        if retry_wanted && !last && !out_of_time {
-            if let (Some(r), Some(token)) = (retry, RetryToken::take(cluster)) {
-                drop(result);
-                drop(guard);
-                attempt += 1;
-                cluster.stats.retries.inc();
-                let mut pause = health::backoff(attempt, r.base_interval, r.max_interval);
-                if let Some(d) = deadline {
-                    pause = pause.min(d.saturating_duration_since(Instant::now()));
-                }
-                tokio::time::sleep(pause).await;
-                _retrying = Some(token);
-                continue;
+        if retry_wanted
+            && !last
+            && !out_of_time
+            && let (Some(r), Some(token)) = (retry, RetryToken::take(cluster))
+        {
+            drop(result);
+            drop(guard);
+            attempt += 1;
+            cluster.stats.retries.inc();
+            let mut pause = health::backoff(attempt, r.base_interval, r.max_interval);
+            if let Some(d) = deadline {
+                pause = pause.min(d.saturating_duration_since(Instant::now()));
             }
+            tokio::time::sleep(pause).await;
+            _retrying = Some(token);
+            continue;
         }
         return match result {
             Ok((resp, lease)) => {
