@@ -12,6 +12,7 @@ mod error;
 pub mod model;
 pub mod raw;
 pub mod resilience;
+pub mod tls;
 mod validate;
 
 pub use error::{ConfigError, FieldError};

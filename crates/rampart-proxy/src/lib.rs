@@ -21,6 +21,7 @@ pub mod pool;
 mod proxy;
 mod server;
 pub mod snapshot;
+pub mod tls;
 pub mod upstream;
 
 use std::collections::HashMap;
