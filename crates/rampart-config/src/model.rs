@@ -47,6 +47,7 @@ pub struct Listener {
     pub route_table: String,
     pub filters: Vec<FilterConfig>,
     pub limits: Limits,
+    pub original_dst: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,6 +221,7 @@ pub enum FilterConfig {
     },
     Cors(Cors),
     RateLimit(RateLimit),
+    SidecarInbound,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,6 +255,7 @@ pub enum RateLimitKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cluster {
     pub name: String,
+    pub kind: ClusterKind,
     pub endpoints: Vec<EndpointAddr>,
     pub lb_policy: LbPolicy,
     pub connect_timeout: Duration,
@@ -263,6 +266,14 @@ pub struct Cluster {
     pub circuit_breakers: CircuitBreakers,
     pub health_check: Option<HealthCheck>,
     pub outlier_detection: Option<OutlierDetection>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterKind {
+    /// The listed endpoints (IPs, or DNS names re-resolved).
+    Static,
+    /// The connection's original destination (after an iptables REDIRECT).
+    OriginalDst,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

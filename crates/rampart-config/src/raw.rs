@@ -53,6 +53,10 @@ pub struct RawListener {
     pub filters: Vec<RawFilter>,
     #[serde(default)]
     pub limits: RawLimits,
+    /// Recover each connection's original destination (`SO_ORIGINAL_DST`) after an iptables
+    /// REDIRECT, for `original_dst` clusters (Envoy's `use_original_dst`).
+    #[serde(default)]
+    pub original_dst: bool,
 }
 
 /// Per-listener protections against slow or abusive clients.
@@ -205,7 +209,14 @@ pub enum RawFilter {
     HeaderMutation(RawHeaderMutationFilter),
     Cors(RawCors),
     RateLimit(RawRateLimit),
+    /// Marks traffic entering through a sidecar: `x-sidecar-injected: true` and
+    /// `x-original-host` (the Host the client sent).
+    SidecarInbound(RawSidecarInbound),
 }
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawSidecarInbound {}
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -255,7 +266,12 @@ pub struct RawRateLimit {
 #[serde(deny_unknown_fields)]
 pub struct RawCluster {
     pub name: String,
+    /// `static` (default: the endpoints listed) or `original_dst` (each request goes to the
+    /// address its connection was originally sent to; no endpoints).
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
     /// `ip:port` or `dns-name:port`.
+    #[serde(default)]
     pub endpoints: Vec<String>,
     /// `round_robin` (default) or `least_request`.
     #[serde(default)]

@@ -9,9 +9,9 @@ use regex::Regex;
 use crate::duration::parse_duration;
 use crate::error::{ConfigError, FieldError};
 use crate::model::{
-    AccessLogFormat, Action, Cluster, Config, Cors, DirectResponse, DomainPattern, EndpointAddr,
-    FilterConfig, Forward, HeaderMutation, LbPolicy, Limits, Listener, PathMatch, RateLimit,
-    RateLimitKey, Redirect, Route, RouteMatch, RouteTable, UpstreamProtocol, ValueMatch,
+    AccessLogFormat, Action, Cluster, ClusterKind, Config, Cors, DirectResponse, DomainPattern,
+    EndpointAddr, FilterConfig, Forward, HeaderMutation, LbPolicy, Limits, Listener, PathMatch,
+    RateLimit, RateLimitKey, Redirect, Route, RouteMatch, RouteTable, UpstreamProtocol, ValueMatch,
     ValueMatchKind, VirtualHost, WeightedCluster,
 };
 use crate::raw::{
@@ -276,6 +276,7 @@ fn listener(
         route_table: l.route_table.clone(),
         filters,
         limits,
+        original_dst: l.original_dst,
     })
 }
 
@@ -697,6 +698,7 @@ fn filters(cx: &mut Ctx, path: &str, raw: &[RawFilter]) -> Vec<FilterConfig> {
                         allow_credentials: c.allow_credentials,
                     })
                 }
+                RawFilter::SidecarInbound(_) => FilterConfig::SidecarInbound,
                 RawFilter::RateLimit(r) => {
                     let rpath = format!("{fpath}.rate_limit");
                     if r.rate == 0 {
@@ -734,11 +736,27 @@ fn filters(cx: &mut Ctx, path: &str, raw: &[RawFilter]) -> Vec<FilterConfig> {
 }
 
 fn cluster(cx: &mut Ctx, path: &str, c: &RawCluster) -> Cluster {
-    if c.endpoints.is_empty() {
-        cx.err(
+    let kind = match c.kind.as_deref() {
+        None | Some("static") => ClusterKind::Static,
+        Some("original_dst") => ClusterKind::OriginalDst,
+        Some(other) => {
+            cx.err(
+                format!("{path}.type"),
+                format!("unknown cluster type {other:?}; expected static or original_dst"),
+            );
+            ClusterKind::Static
+        }
+    };
+    match (kind, c.endpoints.is_empty()) {
+        (ClusterKind::Static, true) => cx.err(
             format!("{path}.endpoints"),
             "must list at least one endpoint",
-        );
+        ),
+        (ClusterKind::OriginalDst, false) => cx.err(
+            format!("{path}.endpoints"),
+            "must be empty for an original_dst cluster (the destination comes from each connection)",
+        ),
+        _ => {}
     }
     let endpoints = c
         .endpoints
@@ -774,6 +792,7 @@ fn cluster(cx: &mut Ctx, path: &str, c: &RawCluster) -> Cluster {
     };
     Cluster {
         name: c.name.clone(),
+        kind,
         endpoints,
         lb_policy,
         connect_timeout: cx.duration(

@@ -33,6 +33,8 @@ pub(crate) struct ConnCtx {
     pub(crate) listener: Arc<str>,
     pub(crate) client: SocketAddr,
     pub(crate) client_ip: HeaderValue,
+    /// Where the client originally connected, when an iptables REDIRECT brought it here.
+    pub(crate) original_dst: Option<SocketAddr>,
     /// Handler calls in progress, for the idle watchdog.
     pub(crate) inflight: AtomicUsize,
     /// Requests served on this connection.
@@ -493,7 +495,7 @@ async fn forward(
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
     };
     if upgrade.is_some() {
-        return forward_upgrade(cluster, parts, path_and_query, log).await;
+        return forward_upgrade(cluster, conn, parts, path_and_query, log).await;
     }
     // Only requests that can be cut short by the proxy pay for the shared abort slot.
     let abort = (limit.is_some() || !observers.is_empty()).then(BodyAbort::default);
@@ -536,7 +538,7 @@ async fn forward(
     let mut _retrying: Option<RetryToken<'_>> = None;
     loop {
         let last = attempt >= max_retries;
-        let guard = cluster.pick()?;
+        let guard = cluster.pick_for(conn.original_dst)?;
         let ep = guard.endpoint().clone();
         log.upstream = Some(ep.addr);
         let body = match &replay {
@@ -636,12 +638,13 @@ async fn forward(
 /// until either closes.
 async fn forward_upgrade(
     cluster: &ClusterRuntime,
+    conn: &ConnCtx,
     parts: &mut request::Parts,
     path_and_query: http::uri::PathAndQuery,
     log: &mut AccessEntry,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let downstream = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
-    let guard = cluster.pick()?;
+    let guard = cluster.pick_for(conn.original_dst)?;
     let ep = guard.endpoint().clone();
     log.upstream = Some(ep.addr);
     let mut up = Request::new(ProxyBody::empty());

@@ -44,6 +44,13 @@ pub(crate) async fn accept_loop(cx: AcceptCtx) {
     } = cx;
     crate::upstream::set_worker(worker);
     let (active, total) = shared.metrics.downstream(&name);
+    let recover_original_dst = shared
+        .snapshot
+        .load()
+        .config
+        .listeners
+        .iter()
+        .any(|l| *l.name == *name && l.original_dst);
     loop {
         // Waiting for a slot before accepting leaves excess clients in the kernel backlog.
         let permit = tokio::select! {
@@ -66,6 +73,11 @@ pub(crate) async fn accept_loop(cx: AcceptCtx) {
             },
         };
         let _ = stream.set_nodelay(true);
+        let original_dst = if recover_original_dst {
+            original_destination(&stream)
+        } else {
+            None
+        };
         total.inc();
         active.inc();
         let conn = Arc::new(ConnCtx {
@@ -74,6 +86,7 @@ pub(crate) async fn accept_loop(cx: AcceptCtx) {
             client: peer,
             client_ip: HeaderValue::from_str(&peer.ip().to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            original_dst,
             inflight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
         });
@@ -87,6 +100,20 @@ pub(crate) async fn accept_loop(cx: AcceptCtx) {
             drop(permit);
         });
     }
+}
+
+/// The address the client connected to before an iptables REDIRECT (`SO_ORIGINAL_DST`), or
+/// None when the connection was not redirected (the original destination is this listener).
+fn original_destination(stream: &TcpStream) -> Option<std::net::SocketAddr> {
+    let sock = socket2::SockRef::from(stream);
+    let local = stream.local_addr().ok()?;
+    let dst = if local.is_ipv4() {
+        sock.original_dst_v4()
+    } else {
+        sock.original_dst_v6()
+    };
+    let dst = dst.ok()?.as_socket()?;
+    (dst != local).then_some(dst)
 }
 
 async fn serve_connection(stream: TcpStream, conn: Arc<ConnCtx>, drain: CancellationToken) {

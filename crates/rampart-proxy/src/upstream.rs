@@ -19,7 +19,7 @@ use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use rampart_config::model::{Cluster, EndpointAddr, LbPolicy, UpstreamProtocol};
+use rampart_config::model::{Cluster, ClusterKind, EndpointAddr, LbPolicy, UpstreamProtocol};
 
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
@@ -133,6 +133,8 @@ pub struct ClusterRuntime {
     pub(crate) retries_active: AtomicUsize,
     pub(crate) stats: ClusterStats,
     pub(crate) health_checks_started: std::sync::atomic::AtomicBool,
+    /// Endpoints of an `original_dst` cluster, by destination.
+    original_dsts: std::sync::Mutex<std::collections::HashMap<SocketAddr, Arc<Endpoint>>>,
 }
 
 /// Resilience counters of one cluster.
@@ -199,6 +201,7 @@ impl ClusterRuntime {
             retries_active: AtomicUsize::new(0),
             stats,
             health_checks_started: std::sync::atomic::AtomicBool::new(false),
+            original_dsts: std::sync::Mutex::default(),
             config,
             endpoints: ArcSwap::from_pointee(statics),
             next: AtomicUsize::new(0),
@@ -277,6 +280,41 @@ impl ClusterRuntime {
             .any(|e| matches!(e, EndpointAddr::Dns { .. }))
     }
 
+    /// Picks for a request: the connection's original destination for an `original_dst`
+    /// cluster, the load balancer's choice otherwise.
+    pub fn pick_for(&self, original_dst: Option<SocketAddr>) -> Result<InflightGuard, ProxyError> {
+        if self.config.kind != ClusterKind::OriginalDst {
+            return self.pick();
+        }
+        let addr = original_dst.ok_or_else(|| ProxyError::NoEndpoint {
+            cluster: format!(
+                "{} (original_dst: the connection was not redirected here, so it has no original destination)",
+                self.config.name
+            ),
+        })?;
+        let ep = {
+            let mut map = self
+                .original_dsts
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Bounded: destinations seen recently; state for ones not seen again is dropped.
+            if map.len() >= 4096 && !map.contains_key(&addr) {
+                map.clear();
+            }
+            match map.get(&addr) {
+                Some(ep) => ep.clone(),
+                None => {
+                    let ep = Endpoint::new(addr, addr.to_string()).ok_or_else(|| {
+                        ProxyError::Internal(format!("bad original destination {addr}"))
+                    })?;
+                    map.insert(addr, ep.clone());
+                    ep
+                }
+            }
+        };
+        self.admit(&ep)
+    }
+
     /// Requests in flight on the cluster.
     pub fn active(&self) -> usize {
         self.active.load(Ordering::Relaxed)
@@ -320,6 +358,11 @@ impl ClusterRuntime {
             }
         };
         let ep = &eps[idx.ok_or_else(no_endpoint)?];
+        self.admit(ep)
+    }
+
+    /// Counts a request as active on `ep` and the cluster.
+    fn admit(&self, ep: &Arc<Endpoint>) -> Result<InflightGuard, ProxyError> {
         ep.active.fetch_add(1, Ordering::Relaxed);
         ep.total.fetch_add(1, Ordering::Relaxed);
         self.active.fetch_add(1, Ordering::Relaxed);

@@ -12,6 +12,8 @@ use rampart_config::Config;
 use rampart_proxy::{Gateway, Runtimes};
 use tokio_util::sync::CancellationToken;
 
+mod sidecar;
+
 /// mimalloc: measurably less CPU than glibc malloc on the proxy's many small, short-lived
 /// allocations (at 1000 connections, 4.3 vs 5.9 CPU-seconds per 100k requests). Built with
 /// `no_thp`: transparent huge pages would fault in 2 MiB per thread and add ~6 MiB idle.
@@ -68,12 +70,67 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run as a sidecar in front of a local application: an inbound listener forwarding to
+    /// 127.0.0.1:APP_PORT, and an outbound listener for the application's egress.
+    #[command(args_conflicts_with_subcommands = true)]
+    Sidecar {
+        #[command(subcommand)]
+        command: Option<SidecarCommand>,
+        #[command(flatten)]
+        run: Option<SidecarArgs>,
+    },
     /// Run the built-in demo upstream alone (for tests and benchmarks).
     DemoUpstream {
         #[arg(long, default_value = DEMO_UPSTREAM)]
         listen: SocketAddr,
         #[arg(long, default_value = "demo")]
         name: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct SidecarArgs {
+    /// The local application's port (on 127.0.0.1).
+    #[arg(long)]
+    app_port: u16,
+    #[arg(long, default_value = "0.0.0.0:15006")]
+    inbound: SocketAddr,
+    /// The transparent outbound listener (used when --config defines no listeners).
+    #[arg(long, default_value = "127.0.0.1:15001")]
+    outbound: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin: SocketAddr,
+    /// Gateway config for the outbound side (its listeners, routes and clusters).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Access log format: text, json or off (unless --config sets one).
+    #[arg(long, default_value = "off")]
+    access_log: String,
+}
+
+#[derive(Subcommand)]
+enum SidecarCommand {
+    /// Print (or apply, or remove) the iptables rules that send the application's traffic
+    /// through the sidecar.
+    Iptables {
+        #[arg(long, default_value_t = 15006)]
+        inbound_port: u16,
+        #[arg(long, default_value_t = 15001)]
+        outbound_port: u16,
+        /// Inbound ports to capture (comma-separated); all TCP ports when absent.
+        #[arg(long, value_delimiter = ',')]
+        app_ports: Vec<u16>,
+        /// The user the sidecar runs as: its own connections are not redirected.
+        #[arg(long)]
+        proxy_uid: u32,
+        /// Install the rules instead of printing them.
+        #[arg(long, conflicts_with = "remove")]
+        apply: bool,
+        /// Remove previously installed rules.
+        #[arg(long)]
+        remove: bool,
     },
 }
 
@@ -131,6 +188,63 @@ fn run(cmd: Command) -> Result<ExitCode> {
                     serve(cfg, None, Duration::from_secs(1), demo)
                 }
             }
+        }
+        Command::Sidecar {
+            command:
+                Some(SidecarCommand::Iptables {
+                    inbound_port,
+                    outbound_port,
+                    app_ports,
+                    proxy_uid,
+                    apply,
+                    remove,
+                }),
+            ..
+        } => {
+            let rules = if remove {
+                sidecar::remove_rules()
+            } else {
+                sidecar::install_rules(&sidecar::Interception {
+                    inbound_port,
+                    outbound_port,
+                    app_ports,
+                    proxy_uid,
+                })
+            };
+            if apply || remove {
+                sidecar::run_rules(&rules, remove)?;
+            } else {
+                sidecar::print_rules(&rules);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sidecar {
+            command: None,
+            run: Some(a),
+        } => {
+            let base = match &a.config {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    rampart_config::parse_yaml(&text)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+                }
+                None => rampart_config::RawConfig::default(),
+            };
+            let ports = sidecar::SidecarPorts {
+                app_port: a.app_port,
+                inbound: a.inbound,
+                outbound: a.outbound,
+                admin: a.admin,
+                workers: a.workers,
+                access_log: a.access_log,
+            };
+            let cfg = rampart_config::validate(sidecar::config(base, &ports))
+                .map_err(|e| anyhow::anyhow!("sidecar config: {e}"))?;
+            serve(cfg, None, Duration::ZERO, None)
+        }
+        Command::Sidecar { .. } => {
+            anyhow::bail!("rampart sidecar needs --app-port (or the iptables subcommand)")
         }
         Command::DemoUpstream { listen, name } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
