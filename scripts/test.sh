@@ -12,9 +12,10 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 section() { printf '\n==> %s\n' "$*"; }
 
-# Debian packages the tests and build scripts use. (The gateway tests need none beyond a C
-# compiler for mimalloc; later subsystems add theirs here.)
-packages=(gcc make pkg-config)
+# Debian packages the tests and build scripts use: a C compiler (mimalloc, ring); iproute2,
+# iptables, curl and util-linux (runuser) for the sidecar's interception test in a network
+# namespace.
+packages=(gcc make pkg-config iproute2 iptables curl util-linux)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -1,5 +1,6 @@
 //! Support for end-to-end tests: the built `rampart` binary as a child process (killed on
 //! drop), scratch directories, free ports, an HTTP client, polling and metric parsing.
+#![allow(dead_code)] // each test binary uses a different subset
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
@@ -108,14 +109,19 @@ pub(crate) struct Proc {
 
 impl Proc {
     pub(crate) fn spawn(label: &str, args: &[&str]) -> Self {
-        let mut child = Command::new(bin())
+        Self::spawn_program(label, bin(), args)
+    }
+
+    /// Runs another program (e.g. `ip netns exec NS rampart ...`) the same way.
+    pub(crate) fn spawn_program(label: &str, program: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(program)
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn the rampart binary");
+            .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
         let stdout = Captured::default();
         let stderr = Captured::default();
         let readers = vec![
