@@ -48,6 +48,7 @@ pub struct Listener {
     pub filters: Vec<FilterConfig>,
     pub limits: Limits,
     pub original_dst: bool,
+    pub tls: Option<crate::tls::ListenerTls>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -266,6 +267,7 @@ pub struct Cluster {
     pub circuit_breakers: CircuitBreakers,
     pub health_check: Option<HealthCheck>,
     pub outlier_detection: Option<OutlierDetection>,
+    pub tls: Option<crate::tls::ClusterTls>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

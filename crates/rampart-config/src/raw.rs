@@ -57,6 +57,9 @@ pub struct RawListener {
     /// REDIRECT, for `original_dst` clusters (Envoy's `use_original_dst`).
     #[serde(default)]
     pub original_dst: bool,
+    /// Terminate TLS on this listener.
+    #[serde(default)]
+    pub tls: Option<crate::tls::RawListenerTls>,
 }
 
 /// Per-listener protections against slow or abusive clients.
@@ -294,4 +297,7 @@ pub struct RawCluster {
     pub health_check: Option<crate::resilience::RawHealthCheck>,
     #[serde(default)]
     pub outlier_detection: Option<crate::resilience::RawOutlierDetection>,
+    /// Originate TLS to the endpoints.
+    #[serde(default)]
+    pub tls: Option<crate::tls::RawClusterTls>,
 }

@@ -270,6 +270,11 @@ fn listener(
     }
     let filters = filters(cx, &format!("{path}.filters"), &l.filters);
     let limits = limits(cx, &format!("{path}.limits"), &l.limits);
+    let tls = l.tls.as_ref().and_then(|t| {
+        let (tls, errors) = crate::tls::validate_listener_tls(&format!("{path}.tls"), t);
+        cx.errors.extend(errors);
+        tls
+    });
     Some(Listener {
         name: l.name.clone(),
         address: address?,
@@ -277,6 +282,7 @@ fn listener(
         filters,
         limits,
         original_dst: l.original_dst,
+        tls,
     })
 }
 
@@ -829,6 +835,11 @@ fn cluster(cx: &mut Ctx, path: &str, c: &RawCluster) -> Cluster {
                 h,
                 &mut cx.errors,
             )
+        }),
+        tls: c.tls.as_ref().and_then(|t| {
+            let (tls, errors) = crate::tls::validate_cluster_tls(&format!("{path}.tls"), t);
+            cx.errors.extend(errors);
+            tls
         }),
         outlier_detection: c.outlier_detection.as_ref().map(|o| {
             crate::resilience::validate_outlier(

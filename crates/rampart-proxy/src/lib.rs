@@ -21,6 +21,7 @@ pub mod pool;
 mod proxy;
 mod server;
 pub mod snapshot;
+pub mod stream;
 pub mod tls;
 pub mod upstream;
 
@@ -62,6 +63,12 @@ pub enum GatewayError {
         address: SocketAddr,
         #[source]
         source: std::io::Error,
+    },
+    #[error("{field}: {source}")]
+    Tls {
+        field: String,
+        #[source]
+        source: tls::TlsError,
     },
     #[error("cannot listen on {address} for the admin endpoint: {source}")]
     AdminBind {
@@ -132,6 +139,7 @@ impl Gateway {
         let metrics = Metrics::new();
         let access_log = AccessLog::new(config.access_log);
         let admin = config.admin;
+        let tls = load_tls(&config)?;
         let snap = Snapshot::build(
             config,
             1,
@@ -139,6 +147,7 @@ impl Gateway {
             &metrics,
             &extra_filters,
             runtimes.workers(),
+            tls,
         );
         resolve_dns(&snap, &runtimes).await;
         metrics.config_version.set(1);
@@ -193,6 +202,7 @@ impl Gateway {
         let mut listeners = self.listeners.lock().await;
         let old = self.shared.snapshot.load_full();
         let version = old.version + 1;
+        let tls = load_tls(&config)?;
         let snap = Snapshot::build(
             config,
             version,
@@ -200,6 +210,7 @@ impl Gateway {
             &self.shared.metrics,
             &self.extra_filters,
             self.runtimes.workers(),
+            tls,
         );
         resolve_dns(&snap, &self.runtimes).await;
         let cfg = snap.config.clone();
@@ -413,6 +424,11 @@ impl Gateway {
 
 /// Binds `n` sockets to `addr` with `SO_REUSEPORT`, one per worker; the kernel spreads new
 /// connections across them. With port 0 the first picks the port and the rest join it.
+fn load_tls(config: &Config) -> Result<snapshot::TlsMaterial, GatewayError> {
+    snapshot::TlsMaterial::load(config)
+        .map_err(|(field, source)| GatewayError::Tls { field, source })
+}
+
 fn bind(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
     use socket2::{Domain, Protocol, Socket, Type};
     let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(n);

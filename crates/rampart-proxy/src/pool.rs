@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
@@ -30,7 +31,8 @@ use tokio::sync::Notify;
 
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
-use crate::upstream::{Counted, worker};
+use crate::stream::{UpstreamStream, UpstreamTls};
+use crate::upstream::{Counted, Endpoint, worker};
 
 /// One HTTP/1.1 connection to an upstream endpoint.
 pub(crate) struct H1Conn {
@@ -70,6 +72,7 @@ pub(crate) struct H1Pool {
     /// Signalled when a connection is checked in.
     returned: Notify,
     cluster: String,
+    tls: Arc<ArcSwapOption<UpstreamTls>>,
 }
 
 /// Sizes and timeouts of a pool; `max_connections` and `max_pending` are circuit breakers.
@@ -91,7 +94,13 @@ impl Drop for Pending<'_> {
 }
 
 impl H1Pool {
-    pub(crate) fn new(workers: usize, limits: PoolLimits, gauge: Gauge, cluster: String) -> Self {
+    pub(crate) fn new(
+        workers: usize,
+        limits: PoolLimits,
+        gauge: Gauge,
+        cluster: String,
+        tls: Arc<ArcSwapOption<UpstreamTls>>,
+    ) -> Self {
         Self {
             idle: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
             limits,
@@ -99,6 +108,7 @@ impl H1Pool {
             pending: AtomicUsize::new(0),
             returned: Notify::new(),
             cluster,
+            tls,
         }
     }
 
@@ -109,12 +119,13 @@ impl H1Pool {
     /// An idle connection, or a new one if the cluster is under `max_connections`; otherwise
     /// waits (as a pending request, up to `max_pending`) for either. Returns whether the
     /// connection was reused. The caller's timeout bounds the wait.
-    async fn acquire(&self, addr: SocketAddr) -> Result<(Box<H1Conn>, bool), ProxyError> {
+    async fn acquire(&self, ep: &Endpoint) -> Result<(Box<H1Conn>, bool), ProxyError> {
+        let addr = ep.addr;
         if let Some(c) = self.checkout(addr) {
             return Ok((c, true));
         }
         if self.open_connections() < self.limits.max_connections {
-            return Ok((self.connect(addr).await?, false));
+            return Ok((self.connect(ep).await?, false));
         }
         if self.pending.fetch_add(1, Ordering::Relaxed) >= self.limits.max_pending {
             self.pending.fetch_sub(1, Ordering::Relaxed);
@@ -134,7 +145,7 @@ impl H1Pool {
                 return Ok((c, true));
             }
             if self.open_connections() < self.limits.max_connections {
-                return Ok((self.connect(addr).await?, false));
+                return Ok((self.connect(ep).await?, false));
             }
         }
     }
@@ -174,28 +185,32 @@ impl H1Pool {
         self.returned.notify_waiters();
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<Box<H1Conn>, ProxyError> {
-        let endpoint = || addr.to_string();
-        let stream = match tokio::time::timeout(
-            self.limits.connect_timeout,
-            tokio::net::TcpStream::connect(addr),
-        )
-        .await
-        {
+    /// A new connection to `ep`: TCP, then TLS when the cluster originates it, both within
+    /// the connect timeout.
+    async fn connect(&self, ep: &Endpoint) -> Result<Box<H1Conn>, ProxyError> {
+        let endpoint = || ep.addr.to_string();
+        let tls = self.tls.load_full();
+        let open = async {
+            let tcp = tokio::net::TcpStream::connect(ep.addr).await.map_err(|e| {
+                ProxyError::UpstreamConnect {
+                    endpoint: endpoint(),
+                    reason: e.to_string(),
+                }
+            })?;
+            let _ = tcp.set_nodelay(true);
+            match &tls {
+                Some(t) => t.connect(tcp, &ep.source).await,
+                None => Ok(UpstreamStream::Plain(tcp)),
+            }
+        };
+        let stream = match tokio::time::timeout(self.limits.connect_timeout, open).await {
             Err(_) => {
                 return Err(ProxyError::ConnectTimeout {
                     endpoint: endpoint(),
                 });
             }
-            Ok(Err(e)) => {
-                return Err(ProxyError::UpstreamConnect {
-                    endpoint: endpoint(),
-                    reason: e.to_string(),
-                });
-            }
-            Ok(Ok(s)) => s,
+            Ok(r) => r?,
         };
-        let _ = stream.set_nodelay(true);
         let io = Counted::new(TokioIo::new(stream), self.gauge.clone());
         let (sender, conn) =
             http1::Builder::new()
@@ -217,11 +232,12 @@ impl H1Pool {
     /// must travel with the response body.
     pub(crate) async fn send(
         self: &Arc<Self>,
-        addr: SocketAddr,
+        ep: &Endpoint,
         mut req: Request<ProxyBody>,
     ) -> Result<(Response<Incoming>, Lease), ProxyError> {
+        let addr = ep.addr;
         loop {
-            let (mut c, reused) = self.acquire(addr).await?;
+            let (mut c, reused) = self.acquire(ep).await?;
             let mut fut = std::pin::pin!(c.sender.try_send_request(req));
             let result = poll_fn(|cx| {
                 let closed = c.drive(cx);
@@ -266,10 +282,11 @@ impl H1Pool {
     /// belongs to the tunnel). Driven by its own task so the upgrade can complete.
     pub(crate) async fn send_upgrade(
         &self,
-        addr: SocketAddr,
+        ep: &Endpoint,
         req: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let c = self.connect(addr).await?;
+        let addr = ep.addr;
+        let c = self.connect(ep).await?;
         let H1Conn {
             mut sender, conn, ..
         } = *c;

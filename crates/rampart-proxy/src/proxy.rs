@@ -33,6 +33,8 @@ pub(crate) struct ConnCtx {
     pub(crate) listener: Arc<str>,
     pub(crate) client: SocketAddr,
     pub(crate) client_ip: HeaderValue,
+    /// `https` on TLS listeners, else `http`.
+    pub(crate) scheme: &'static str,
     /// Where the client originally connected, when an iptables REDIRECT brought it here.
     pub(crate) original_dst: Option<SocketAddr>,
     /// Handler calls in progress, for the idle watchdog.
@@ -258,7 +260,7 @@ async fn serve_route(
 
     let resp = match &route.action {
         Action::DirectResponse(d) => direct(d),
-        Action::Redirect(r) => redirect(r, route, parts),
+        Action::Redirect(r) => redirect(r, route, parts, conn.scheme),
         Action::Forward(f) => match target {
             Some(t) => {
                 let observers: Vec<Box<dyn BodyObserver>> = if has_filters {
@@ -339,9 +341,14 @@ fn direct(d: &DirectResponse) -> Response<ProxyBody> {
     resp
 }
 
-fn redirect(r: &Redirect, route: &Route, parts: &request::Parts) -> Response<ProxyBody> {
+fn redirect(
+    r: &Redirect,
+    route: &Route,
+    parts: &request::Parts,
+    default_scheme: &str,
+) -> Response<ProxyBody> {
     let (req_host, req_port) = split_host_port(authority(parts).unwrap_or_default());
-    let scheme = r.scheme.as_deref().unwrap_or("http");
+    let scheme = r.scheme.as_deref().unwrap_or(default_scheme);
     let host = r.host.as_deref().unwrap_or(req_host);
     // A new host drops the request's port unless one is configured.
     let port = r.port.map(|p| p.to_string()).or_else(|| {
@@ -468,7 +475,7 @@ async fn forward(
             h.insert("x-forwarded-for", conn.client_ip.clone());
         }
     }
-    h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    h.insert("x-forwarded-proto", HeaderValue::from_static(conn.scheme));
     if !original_host.is_empty() {
         h.insert("x-forwarded-host", original_host.clone());
     }

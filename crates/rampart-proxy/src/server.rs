@@ -73,6 +73,12 @@ pub(crate) async fn accept_loop(cx: AcceptCtx) {
             },
         };
         let _ = stream.set_nodelay(true);
+        let tls = shared
+            .snapshot
+            .load()
+            .listeners
+            .get(&*name)
+            .and_then(|l| l.tls.clone());
         let original_dst = if recover_original_dst {
             original_destination(&stream)
         } else {
@@ -87,6 +93,7 @@ pub(crate) async fn accept_loop(cx: AcceptCtx) {
             client_ip: HeaderValue::from_str(&peer.ip().to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             original_dst,
+            scheme: if tls.is_some() { "https" } else { "http" },
             inflight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
         });
@@ -95,7 +102,25 @@ pub(crate) async fn accept_loop(cx: AcceptCtx) {
         // shared by every connection.
         let drain = drain.child_token();
         tracker.spawn(async move {
-            serve_connection(stream, conn, drain).await;
+            match tls {
+                None => serve_connection(stream, conn, drain).await,
+                Some(acceptor) => {
+                    let timeout = conn
+                        .shared
+                        .snapshot
+                        .load()
+                        .listeners
+                        .get(&*conn.listener)
+                        .map_or(Duration::from_secs(10), |l| l.limits.header_read_timeout);
+                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => serve_connection(tls, conn, drain).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(client = %conn.client, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => tracing::debug!(client = %conn.client, "TLS handshake timed out"),
+                    }
+                }
+            }
             active.dec();
             drop(permit);
         });
@@ -116,7 +141,10 @@ fn original_destination(stream: &TcpStream) -> Option<std::net::SocketAddr> {
     (dst != local).then_some(dst)
 }
 
-async fn serve_connection(stream: TcpStream, conn: Arc<ConnCtx>, drain: CancellationToken) {
+async fn serve_connection<I>(stream: I, conn: Arc<ConnCtx>, drain: CancellationToken)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let limits = conn
         .shared
         .snapshot
@@ -216,13 +244,13 @@ impl IdleWatch {
     }
 }
 
-/// A TCP stream that counts reads and writes, so the idle watchdog can tell silence.
-struct Tracked {
-    inner: TcpStream,
+/// A stream that counts reads and writes, so the idle watchdog can tell silence.
+struct Tracked<I> {
+    inner: I,
     activity: Arc<AtomicU64>,
 }
 
-impl AsyncRead for Tracked {
+impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -236,7 +264,7 @@ impl AsyncRead for Tracked {
     }
 }
 
-impl AsyncWrite for Tracked {
+impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -8,11 +8,12 @@ use std::sync::Arc;
 
 use prometheus_client::metrics::histogram::Histogram;
 use rampart_config::Config;
-use rampart_config::model::{Action, Limits};
+use rampart_config::model::{Action, Limits, UpstreamProtocol};
 use rampart_router::RouteTable;
 
 use crate::filter::{self, FilterRef};
 use crate::metrics::{Metrics, RouteStats};
+use crate::stream::UpstreamTls;
 use crate::upstream::ClusterRuntime;
 
 /// Filters added in code rather than config, e.g. by an embedding program or a test.
@@ -31,8 +32,44 @@ pub struct Snapshot {
     pub clusters: HashMap<String, Arc<ClusterRuntime>>,
 }
 
+/// TLS configurations built from a config's certificate files: loaded before a snapshot is
+/// built, so a bad certificate rejects the config instead of breaking the listener.
+#[derive(Default)]
+pub struct TlsMaterial {
+    pub listeners: HashMap<String, tokio_rustls::TlsAcceptor>,
+    pub clusters: HashMap<String, UpstreamTls>,
+}
+
+impl TlsMaterial {
+    pub fn load(config: &Config) -> Result<Self, (String, crate::tls::TlsError)> {
+        let mut m = Self::default();
+        for l in &config.listeners {
+            if let Some(t) = &l.tls {
+                let sc = crate::tls::server_config(t)
+                    .map_err(|e| (format!("listeners.{}.tls", l.name), e))?;
+                m.listeners
+                    .insert(l.name.clone(), tokio_rustls::TlsAcceptor::from(sc));
+            }
+        }
+        for c in &config.clusters {
+            if let Some(t) = &c.tls {
+                let alpn: &[u8] = match c.protocol {
+                    UpstreamProtocol::Http1 => b"http/1.1",
+                    UpstreamProtocol::Http2 => b"h2",
+                };
+                let tls = UpstreamTls::new(t, &[alpn.to_vec()])
+                    .map_err(|e| (format!("clusters.{}.tls", c.name), e))?;
+                m.clusters.insert(c.name.clone(), tls);
+            }
+        }
+        Ok(m)
+    }
+}
+
 pub struct ListenerSnap {
     pub name: Arc<str>,
+    /// Terminates TLS for new connections when set.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub limits: Limits,
     pub table: RouteTable,
     pub filters: Vec<FilterRef>,
@@ -67,6 +104,7 @@ impl Snapshot {
         metrics: &Metrics,
         extra: &[ExtraFilter],
         workers: usize,
+        mut tls: TlsMaterial,
     ) -> Self {
         let clusters: HashMap<String, Arc<ClusterRuntime>> = config
             .clusters
@@ -77,6 +115,8 @@ impl Snapshot {
                     .filter(|old| old.config == *c)
                     .cloned();
                 let rt = reused.unwrap_or_else(|| ClusterRuntime::new(c.clone(), metrics, workers));
+                // Every version re-reads certificates, so a reload picks up renewed files.
+                rt.set_tls(tls.clusters.remove(&c.name));
                 (c.name.clone(), rt)
             })
             .collect();
@@ -131,6 +171,7 @@ impl Snapshot {
                     .collect();
                 let snap = ListenerSnap {
                     name: l.name.as_str().into(),
+                    tls: tls.listeners.remove(&l.name),
                     limits: l.limits.clone(),
                     table,
                     filters,

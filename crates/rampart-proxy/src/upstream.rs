@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -26,6 +26,7 @@ use crate::error::ProxyError;
 use crate::health::{Health, now_ms};
 use crate::metrics::Metrics;
 use crate::pool::{H1Pool, Lease, PoolLimits};
+use crate::stream::{UpstreamStream, UpstreamTls};
 
 thread_local! {
     /// Index of the data-plane worker running on this thread (0 when there is only one).
@@ -133,6 +134,8 @@ pub struct ClusterRuntime {
     pub(crate) retries_active: AtomicUsize,
     pub(crate) stats: ClusterStats,
     pub(crate) health_checks_started: std::sync::atomic::AtomicBool,
+    /// TLS origination, replaced with every config version (certificates re-read).
+    tls: Arc<ArcSwapOption<UpstreamTls>>,
     /// Endpoints of an `original_dst` cluster, by destination.
     original_dsts: std::sync::Mutex<std::collections::HashMap<SocketAddr, Arc<Endpoint>>>,
 }
@@ -150,9 +153,11 @@ impl ClusterRuntime {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.connect_timeout));
         http.enforce_http(true);
+        let tls: Arc<ArcSwapOption<UpstreamTls>> = Arc::default();
         let connector = CountingConnector {
             inner: http,
             gauge: metrics.upstream_connections(&config.name),
+            tls: tls.clone(),
         };
         let mut builder = Client::builder(TokioExecutor::new());
         builder
@@ -174,6 +179,7 @@ impl ClusterRuntime {
                 },
                 connector.gauge.clone(),
                 config.name.clone(),
+                tls.clone(),
             ))),
             // HTTP/2 multiplexes on few connections driven by their own tasks.
             UpstreamProtocol::Http2 => Transport::Http2(
@@ -202,6 +208,7 @@ impl ClusterRuntime {
             stats,
             health_checks_started: std::sync::atomic::AtomicBool::new(false),
             original_dsts: std::sync::Mutex::default(),
+            tls,
             config,
             endpoints: ArcSwap::from_pointee(statics),
             next: AtomicUsize::new(0),
@@ -221,7 +228,7 @@ impl ClusterRuntime {
         req: http::Request<ProxyBody>,
     ) -> Result<http::Response<hyper::body::Incoming>, ProxyError> {
         match &self.transport {
-            Transport::Http1(pool) => pool.send_upgrade(ep.addr, req).await,
+            Transport::Http1(pool) => pool.send_upgrade(ep, req).await,
             Transport::Http2(_) => Err(ProxyError::Internal(format!(
                 "cluster {:?} speaks HTTP/2; HTTP/1.1 upgrades need an http1 cluster",
                 self.config.name
@@ -239,7 +246,7 @@ impl ClusterRuntime {
         match &self.transport {
             Transport::Http1(pool) => {
                 *req.version_mut() = http::Version::HTTP_11;
-                pool.send(ep.addr, req).await.map(|(r, l)| (r, Some(l)))
+                pool.send(ep, req).await.map(|(r, l)| (r, Some(l)))
             }
             Transport::Http2(clients) => {
                 let mut parts = req.uri().clone().into_parts();
@@ -313,6 +320,11 @@ impl ClusterRuntime {
             }
         };
         self.admit(&ep)
+    }
+
+    /// Installs the cluster's TLS settings for new connections (existing ones keep theirs).
+    pub fn set_tls(&self, tls: Option<UpstreamTls>) {
+        self.tls.store(tls.map(Arc::new));
     }
 
     /// Requests in flight on the cluster.
@@ -423,30 +435,42 @@ pub async fn dns_refresh_loop(cluster: Weak<ClusterRuntime>, every: std::time::D
     }
 }
 
-/// An HTTP connector that counts open upstream connections in a gauge.
+/// An HTTP connector (for HTTP/2 clusters) that originates TLS when the cluster has it and
+/// counts open upstream connections in a gauge.
 #[derive(Clone)]
 pub struct CountingConnector {
     inner: HttpConnector,
     gauge: Gauge,
+    tls: Arc<ArcSwapOption<UpstreamTls>>,
 }
 
 impl tower_service::Service<http::Uri> for CountingConnector {
     type Response = Counted;
-    type Error = <HttpConnector as tower_service::Service<http::Uri>>::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
     type Future = Pin<Box<dyn std::future::Future<Output = Result<Counted, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let source = uri.authority().map(ToString::to_string).unwrap_or_default();
         let fut = self.inner.call(uri);
         let gauge = self.gauge.clone();
-        Box::pin(async move { Ok(Counted::new(fut.await?, gauge)) })
+        let tls = self.tls.load_full();
+        Box::pin(async move {
+            let tcp = fut.await?.into_inner();
+            let stream = match tls {
+                // The URI holds the endpoint's IP: SNI is the cluster's server_name or the IP.
+                Some(t) => t.connect(tcp, &source).await?,
+                None => UpstreamStream::Plain(tcp),
+            };
+            Ok(Counted::new(hyper_util::rt::TokioIo::new(stream), gauge))
+        })
     }
 }
 
-type TcpIo = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
+type TcpIo = hyper_util::rt::TokioIo<UpstreamStream>;
 
 /// A connection that decrements its gauge when closed.
 pub struct Counted {
@@ -470,7 +494,12 @@ impl Drop for Counted {
 
 impl Connection for Counted {
     fn connected(&self) -> Connected {
-        self.io.connected()
+        let c = Connected::new();
+        if self.io.inner().negotiated_h2() {
+            c.negotiated_h2()
+        } else {
+            c
+        }
     }
 }
 

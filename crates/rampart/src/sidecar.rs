@@ -76,6 +76,7 @@ fn cluster(name: &str, kind: Option<&str>, endpoints: Vec<String>) -> RawCluster
         circuit_breakers: None,
         health_check: None,
         outlier_detection: None,
+        tls: None,
     }
 }
 
@@ -93,6 +94,7 @@ fn listener(
         filters,
         limits: RawLimits::default(),
         original_dst,
+        tls: None,
     }
 }
 
