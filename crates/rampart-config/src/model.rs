@@ -162,6 +162,7 @@ pub struct Forward {
     pub host_rewrite: Option<http::HeaderValue>,
     pub timeout: Option<Duration>,
     pub retries: Option<RetryPolicy>,
+    pub hash_policy: Vec<HashPolicy>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -297,6 +298,19 @@ impl std::fmt::Display for EndpointAddr {
 pub enum LbPolicy {
     RoundRobin,
     LeastRequest,
+    /// Consistent hashing on the route's `hash_policy` (Ketama ring).
+    RingHash,
+    /// Consistent hashing on the route's `hash_policy` (Maglev table).
+    Maglev,
+}
+
+/// What a request is hashed on for `ring_hash` and `maglev` clusters; the first that yields a
+/// value wins, and a request with none is balanced at random.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashPolicy {
+    Header(http::HeaderName),
+    Cookie(String),
+    SourceIp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

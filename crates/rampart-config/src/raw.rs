@@ -159,6 +159,10 @@ pub struct RawForward {
     pub timeout: Option<String>,
     #[serde(default)]
     pub retries: Option<crate::resilience::RawRetryPolicy>,
+    /// For `ring_hash`/`maglev` clusters: `header:<name>`, `cookie:<name>` or `source_ip`,
+    /// tried in order.
+    #[serde(default)]
+    pub hash_policy: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -276,7 +280,7 @@ pub struct RawCluster {
     /// `ip:port` or `dns-name:port`.
     #[serde(default)]
     pub endpoints: Vec<String>,
-    /// `round_robin` (default) or `least_request`.
+    /// `round_robin` (default), `least_request`, `ring_hash` or `maglev`.
     #[serde(default)]
     pub lb_policy: Option<String>,
     #[serde(default)]

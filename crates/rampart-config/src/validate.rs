@@ -10,9 +10,9 @@ use crate::duration::parse_duration;
 use crate::error::{ConfigError, FieldError};
 use crate::model::{
     AccessLogFormat, Action, Cluster, ClusterKind, Config, Cors, DirectResponse, DomainPattern,
-    EndpointAddr, FilterConfig, Forward, HeaderMutation, LbPolicy, Limits, Listener, PathMatch,
-    RateLimit, RateLimitKey, Redirect, Route, RouteMatch, RouteTable, UpstreamProtocol, ValueMatch,
-    ValueMatchKind, VirtualHost, WeightedCluster,
+    EndpointAddr, FilterConfig, Forward, HashPolicy, HeaderMutation, LbPolicy, Limits, Listener,
+    PathMatch, RateLimit, RateLimitKey, Redirect, Route, RouteMatch, RouteTable, UpstreamProtocol,
+    ValueMatch, ValueMatchKind, VirtualHost, WeightedCluster,
 };
 use crate::raw::{
     RawCluster, RawConfig, RawFilter, RawForward, RawHeaderMutation, RawLimits, RawListener,
@@ -565,6 +565,30 @@ fn forward(cx: &mut Ctx, path: &str, f: &RawForward, clusters: &HashSet<&str>) -
         .timeout
         .as_deref()
         .map(|t| cx.duration(&format!("{path}.timeout"), Some(t), Duration::from_secs(15)));
+    let hash_policy = f
+        .hash_policy
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| {
+            let hpath = format!("{path}.hash_policy[{i}]");
+            if h == "source_ip" {
+                return Some(HashPolicy::SourceIp);
+            }
+            if let Some(name) = h.strip_prefix("header:") {
+                return header_name(cx, &hpath, name).map(HashPolicy::Header);
+            }
+            if let Some(name) = h.strip_prefix("cookie:").filter(|n| !n.is_empty()) {
+                return Some(HashPolicy::Cookie(name.to_owned()));
+            }
+            cx.err(
+                hpath,
+                format!(
+                    "unknown hash policy {h:?}; expected header:<name>, cookie:<name> or source_ip"
+                ),
+            );
+            None
+        })
+        .collect();
     let retries = f
         .retries
         .as_ref()
@@ -575,6 +599,7 @@ fn forward(cx: &mut Ctx, path: &str, f: &RawForward, clusters: &HashSet<&str>) -
         host_rewrite,
         timeout,
         retries,
+        hash_policy,
     })
 }
 
@@ -777,10 +802,14 @@ fn cluster(cx: &mut Ctx, path: &str, c: &RawCluster) -> Cluster {
     let lb_policy = match c.lb_policy.as_deref() {
         None | Some("round_robin") => LbPolicy::RoundRobin,
         Some("least_request") => LbPolicy::LeastRequest,
+        Some("ring_hash") => LbPolicy::RingHash,
+        Some("maglev") => LbPolicy::Maglev,
         Some(o) => {
             cx.err(
                 format!("{path}.lb_policy"),
-                format!("unknown policy {o:?}; expected round_robin or least_request"),
+                format!(
+                    "unknown policy {o:?}; expected round_robin, least_request, ring_hash or maglev"
+                ),
             );
             LbPolicy::RoundRobin
         }

@@ -444,6 +444,7 @@ async fn forward(
     log: &mut AccessEntry,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let cluster = &target.cluster;
+    let hash = request_hash(&f.hash_policy, &parts.headers, conn.client);
 
     // Host: keep what the client sent (HTTP/2 has it only in :authority), unless rewritten.
     let original_host = match parts.headers.get(header::HOST) {
@@ -545,7 +546,7 @@ async fn forward(
     let mut _retrying: Option<RetryToken<'_>> = None;
     loop {
         let last = attempt >= max_retries;
-        let guard = cluster.pick_for(conn.original_dst)?;
+        let guard = cluster.pick_for(conn.original_dst, hash)?;
         let ep = guard.endpoint().clone();
         log.upstream = Some(ep.addr);
         let body = match &replay {
@@ -651,7 +652,7 @@ async fn forward_upgrade(
     log: &mut AccessEntry,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let downstream = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
-    let guard = cluster.pick_for(conn.original_dst)?;
+    let guard = cluster.pick_for(conn.original_dst, None)?;
     let ep = guard.endpoint().clone();
     log.upstream = Some(ep.addr);
     let mut up = Request::new(ProxyBody::empty());
@@ -686,6 +687,32 @@ async fn forward_upgrade(
     });
     let (rparts, _) = resp.into_parts();
     Ok(Response::from_parts(rparts, ProxyBody::empty()))
+}
+
+/// The request's key for consistent hashing: the first policy that yields a value.
+fn request_hash(
+    policies: &[rampart_config::model::HashPolicy],
+    headers: &HeaderMap,
+    client: SocketAddr,
+) -> Option<u64> {
+    use rampart_config::model::HashPolicy;
+    use rampart_router::consistent::hash_key;
+    policies.iter().find_map(|p| match p {
+        HashPolicy::Header(name) => headers.get(name).map(|v| hash_key(v.as_bytes())),
+        HashPolicy::Cookie(name) => headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|kv| {
+                let (k, v) = kv.trim().split_once('=')?;
+                (k == name).then(|| hash_key(v.as_bytes()))
+            }),
+        HashPolicy::SourceIp => Some(match client.ip() {
+            std::net::IpAddr::V4(ip) => hash_key(&ip.octets()),
+            std::net::IpAddr::V6(ip) => hash_key(&ip.octets()),
+        }),
+    })
 }
 
 /// Largest request body kept in memory so that a retry can send it again.

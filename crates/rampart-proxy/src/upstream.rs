@@ -27,6 +27,7 @@ use crate::health::{Health, now_ms};
 use crate::metrics::Metrics;
 use crate::pool::{H1Pool, Lease, PoolLimits};
 use crate::stream::{UpstreamStream, UpstreamTls};
+use rampart_router::consistent::{self, HashRing};
 
 thread_local! {
     /// Index of the data-plane worker running on this thread (0 when there is only one).
@@ -113,6 +114,46 @@ impl Drop for InflightGuard {
 
 pub type UpstreamClient = Client<CountingConnector, ProxyBody>;
 
+/// A cluster's endpoints, and for hashing policies the table built over exactly them.
+pub struct EndpointSet {
+    list: Vec<Arc<Endpoint>>,
+    ring: Option<HashRing>,
+}
+
+impl EndpointSet {
+    fn new(list: Vec<Arc<Endpoint>>, policy: LbPolicy, cluster: &str) -> Self {
+        let ids: Vec<String> = list.iter().map(|e| e.addr.to_string()).collect();
+        let members: Vec<_> = ids.iter().map(|id| consistent::Endpoint::new(id)).collect();
+        let built = match policy {
+            LbPolicy::RingHash if !list.is_empty() => Some(
+                consistent::RingHash::new(&members, consistent::RingHashConfig::default())
+                    .map(HashRing::from),
+            ),
+            LbPolicy::Maglev if !list.is_empty() => {
+                Some(consistent::Maglev::new(&members).map(HashRing::from))
+            }
+            _ => None,
+        };
+        let ring = match built {
+            Some(Ok(r)) => Some(r),
+            Some(Err(e)) => {
+                tracing::error!(cluster, error = %e, "cannot build the hash table; balancing at random");
+                None
+            }
+            None => None,
+        };
+        Self { list, ring }
+    }
+}
+
+impl std::ops::Deref for EndpointSet {
+    type Target = [Arc<Endpoint>];
+
+    fn deref(&self) -> &Self::Target {
+        &self.list
+    }
+}
+
 enum Transport {
     Http1(Arc<H1Pool>),
     Http2(Vec<UpstreamClient>),
@@ -121,7 +162,7 @@ enum Transport {
 /// A cluster's live state; shared across config versions while its definition is unchanged.
 pub struct ClusterRuntime {
     pub config: Cluster,
-    endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
+    endpoints: ArcSwap<EndpointSet>,
     next: AtomicUsize,
     /// How requests reach the endpoints; pools are per worker, so a connection is only ever
     /// driven by one thread.
@@ -201,6 +242,8 @@ impl ClusterRuntime {
             overflows: metrics.cluster_event(&config.name, "overflow"),
             ejections: metrics.cluster_event(&config.name, "ejection"),
         };
+        let endpoints =
+            ArcSwap::from_pointee(EndpointSet::new(statics, config.lb_policy, &config.name));
         Arc::new(Self {
             active_requests: metrics.upstream_requests(&config.name),
             active: Arc::default(),
@@ -210,7 +253,7 @@ impl ClusterRuntime {
             original_dsts: std::sync::Mutex::default(),
             tls,
             config,
-            endpoints: ArcSwap::from_pointee(statics),
+            endpoints,
             next: AtomicUsize::new(0),
             transport,
             dns_refresh_started: std::sync::atomic::AtomicBool::new(false),
@@ -276,7 +319,7 @@ impl ClusterRuntime {
         }
     }
 
-    pub fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
+    pub fn endpoints(&self) -> Arc<EndpointSet> {
         self.endpoints.load_full()
     }
 
@@ -289,9 +332,13 @@ impl ClusterRuntime {
 
     /// Picks for a request: the connection's original destination for an `original_dst`
     /// cluster, the load balancer's choice otherwise.
-    pub fn pick_for(&self, original_dst: Option<SocketAddr>) -> Result<InflightGuard, ProxyError> {
+    pub fn pick_for(
+        &self,
+        original_dst: Option<SocketAddr>,
+        hash: Option<u64>,
+    ) -> Result<InflightGuard, ProxyError> {
         if self.config.kind != ClusterKind::OriginalDst {
-            return self.pick();
+            return self.pick(hash);
         }
         let addr = original_dst.ok_or_else(|| ProxyError::NoEndpoint {
             cluster: format!(
@@ -334,7 +381,8 @@ impl ClusterRuntime {
 
     /// Chooses a usable endpoint (not failing active checks, not ejected) and counts the
     /// request as active on it; refuses when the cluster's `max_requests` is reached.
-    pub fn pick(&self) -> Result<InflightGuard, ProxyError> {
+    /// `hash` is the request's key for hashing policies (None: pick at random).
+    pub fn pick(&self, hash: Option<u64>) -> Result<InflightGuard, ProxyError> {
         if self.active() >= self.config.circuit_breakers.max_requests {
             self.stats.overflows.inc();
             return Err(ProxyError::Overflow {
@@ -356,6 +404,10 @@ impl ClusterRuntime {
         let first_usable = |start: usize| (0..n).map(|k| (start + k) % n).find(|&i| usable(i));
         let idx = match (n, self.config.lb_policy) {
             (1, _) => first_usable(0),
+            (_, LbPolicy::RingHash | LbPolicy::Maglev) => match (&eps.ring, hash) {
+                (Some(ring), Some(h)) => ring.pick_healthy(h, usable),
+                _ => first_usable(fastrand::usize(..n)),
+            },
             (_, LbPolicy::RoundRobin) => first_usable(self.next.fetch_add(1, Ordering::Relaxed)),
             (_, LbPolicy::LeastRequest) => {
                 // Power of two choices among usable endpoints; the less busy wins.
@@ -422,7 +474,11 @@ impl ClusterRuntime {
                 }
             }
         }
-        self.endpoints.store(Arc::new(next));
+        self.endpoints.store(Arc::new(EndpointSet::new(
+            next,
+            self.config.lb_policy,
+            &self.config.name,
+        )));
     }
 }
 

@@ -221,7 +221,10 @@ async fn terminates_tls_with_sni_and_alpn() {
     let e = tls_get(tg.addr, &h2_and_h1, "unknown.test", "/")
         .await
         .unwrap_err();
-    assert!(e.contains("only valid for DnsName(\"default.test\")"), "{e}");
+    assert!(
+        e.contains("only valid for DnsName(\"default.test\")"),
+        "{e}"
+    );
     let h1_only = client(&certs.path("ca.pem"), &[b"http/1.1"], None);
     let (alpn, _, status, _) = tls_get(tg.addr, &h1_only, "default.test", "/")
         .await

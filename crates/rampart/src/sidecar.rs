@@ -50,6 +50,7 @@ fn catch_all(table: &str, cluster: &str) -> RawRouteTable {
                     host_rewrite: None,
                     timeout: None,
                     retries: None,
+                    hash_policy: Vec::new(),
                 }),
                 direct_response: None,
                 redirect: None,
