@@ -18,7 +18,7 @@
 # 3. TLS termination, rampart (`serve`, 2 workers) vs nginx (2 workers), same self-signed cert:
 #    keep-alive (`wrk -t2 -c64`, steady state) and handshake-heavy (`Connection: close`, a new
 #    TCP connection + TLS handshake per request).
-# 4. Size of the small build (`--no-default-features`), unstripped and stripped.
+# 4. Size of the small build (`--profile small --no-default-features`), unstripped and stripped.
 # 5. Prints tables and targets met / not met, and writes the same into docs/BENCHMARKS.md
 #    between the `<!-- sidecar:begin -->` / `<!-- sidecar:end -->` markers.
 #
@@ -125,19 +125,11 @@ small_build() {
         log "small build: using $bin"
     else
         command -v cargo >/dev/null 2>&1 || die "cargo not found (or set RAMPART_SMALL_BIN)"
-        log "small build: cargo build --release -p rampart --no-default-features --target-dir $small_dir"
-        if cargo build --release -p rampart --no-default-features --target-dir "$small_dir"; then
-            if has_full_default_feature; then
-                SMALL_NOTE="\`cargo build --release -p rampart --no-default-features\` (without the \`full\` feature)"
-            else
-                SMALL_NOTE="\`cargo build --release -p rampart --no-default-features\`; NOTE: the crate has no \`full\` default feature, so this is the same code as the default build"
-            fi
-        else
-            log "small build: --no-default-features failed; falling back to the default build"
-            cargo build --release -p rampart --target-dir "$small_dir"
-            SMALL_NOTE="FALLBACK: \`--no-default-features\` failed, so this is the default build (\`cargo build --release -p rampart\`)"
-        fi
-        bin="$small_dir/release/rampart"
+        log "small build: cargo build --profile small -p rampart --no-default-features"
+        cargo build --profile small -p rampart --no-default-features
+        SMALL_NOTE="\`cargo build --profile small -p rampart --no-default-features\` (size-optimized profile, fat LTO, without the \`full\` feature; the \`full\` feature is still empty, so the code is the default build's)"
+        small_dir="$CARGO_TARGET_DIR"
+        bin="$small_dir/small/rampart"
     fi
     [[ -x "$bin" ]] || die "small binary not executable: $bin"
     strip -o "$OUT_DIR/rampart-small" "$bin"

@@ -82,6 +82,36 @@ fn json(v: &serde_json::Value) -> Response<Full<Bytes>> {
     )
 }
 
+/// Adds one gauge per endpoint, read at scrape time (ejections end lazily, so a stored gauge
+/// would go stale): `rampart_endpoint_healthy` is 1 when the endpoint takes traffic, with
+/// the reason in `state` (`healthy`, `failed_active_hc`, `ejected`).
+fn with_endpoint_health(mut text: String, shared: &Shared) -> String {
+    use std::fmt::Write;
+    let snap = shared.snapshot.load();
+    let mut lines = String::from(
+        "# HELP rampart_endpoint_healthy 1 if the endpoint receives traffic (not failing active health checks, not ejected).\n# TYPE rampart_endpoint_healthy gauge\n",
+    );
+    let mut names: Vec<_> = snap.clusters.keys().collect();
+    names.sort();
+    for name in names {
+        for e in snap.clusters[name].endpoints().iter() {
+            let state = e.health.state();
+            let _ = writeln!(
+                lines,
+                "rampart_endpoint_healthy{{cluster=\"{name}\",endpoint=\"{}\",state=\"{state}\"}} {}",
+                e.addr,
+                u8::from(state == "healthy")
+            );
+        }
+    }
+    // OpenMetrics ends with "# EOF": our family goes before it.
+    match text.rfind("# EOF") {
+        Some(at) => text.insert_str(at, &lines),
+        None => text.push_str(&lines),
+    }
+    text
+}
+
 fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return respond(
@@ -94,7 +124,7 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/metrics" => respond(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            shared.metrics.encode(),
+            with_endpoint_health(shared.metrics.encode(), shared),
         ),
         "/ready" => {
             if shared.ready.load(Ordering::Acquire) {

@@ -342,6 +342,20 @@ async fn outlier_detection_ejects_a_failing_endpoint() {
         ),
         Some(1.0)
     );
+    let series = format!(
+        "rampart_endpoint_healthy{{cluster=\"c\",endpoint=\"{}\",state=\"ejected\"}}",
+        b.addr
+    );
+    assert_eq!(metric(&m, &series), Some(0.0), "{m}");
+    let series = format!(
+        "rampart_endpoint_healthy{{cluster=\"c\",endpoint=\"{}\",state=\"healthy\"}}",
+        a.addr
+    );
+    assert_eq!(metric(&m, &series), Some(1.0));
+    assert!(
+        m.trim_end().ends_with("# EOF"),
+        "OpenMetrics ends with # EOF"
+    );
     // The cap: with a at 50 % already ejected... a alone is never ejected as well.
     assert_eq!(a.hits.load(Ordering::SeqCst), 17);
 }
