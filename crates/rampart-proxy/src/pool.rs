@@ -67,6 +67,8 @@ pub(crate) struct H1Pool {
     limits: PoolLimits,
     /// Open connections of the cluster (all workers); also what `max_connections` caps.
     gauge: Gauge,
+    /// Connections open or being opened, against `max_connections`.
+    slots: Arc<AtomicUsize>,
     /// Requests waiting for a connection because `max_connections` is reached.
     pending: AtomicUsize,
     /// Signalled when a connection is checked in.
@@ -105,6 +107,7 @@ impl H1Pool {
             idle: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
             limits,
             gauge,
+            slots: Arc::default(),
             pending: AtomicUsize::new(0),
             returned: Notify::new(),
             cluster,
@@ -112,8 +115,24 @@ impl H1Pool {
         }
     }
 
-    fn open_connections(&self) -> usize {
-        usize::try_from(self.gauge.get()).unwrap_or(0)
+    /// Reserves a connection slot under `max_connections` (reserved before connecting, so
+    /// a burst of requests cannot all connect at once past the limit).
+    fn reserve(&self) -> bool {
+        if self.slots.fetch_add(1, Ordering::AcqRel) < self.limits.max_connections {
+            true
+        } else {
+            self.slots.fetch_sub(1, Ordering::AcqRel);
+            false
+        }
+    }
+
+    /// Connects using a reserved slot, releasing it if the connection fails.
+    async fn connect_reserved(&self, ep: &Endpoint) -> Result<Box<H1Conn>, ProxyError> {
+        let r = self.connect(ep).await;
+        if r.is_err() {
+            self.slots.fetch_sub(1, Ordering::AcqRel);
+        }
+        r
     }
 
     /// An idle connection, or a new one if the cluster is under `max_connections`; otherwise
@@ -124,8 +143,8 @@ impl H1Pool {
         if let Some(c) = self.checkout(addr) {
             return Ok((c, true));
         }
-        if self.open_connections() < self.limits.max_connections {
-            return Ok((self.connect(ep).await?, false));
+        if self.reserve() {
+            return Ok((self.connect_reserved(ep).await?, false));
         }
         if self.pending.fetch_add(1, Ordering::Relaxed) >= self.limits.max_pending {
             self.pending.fetch_sub(1, Ordering::Relaxed);
@@ -136,7 +155,8 @@ impl H1Pool {
         }
         let _pending = Pending(&self.pending);
         loop {
-            // Check-ins notify; closed connections are noticed by the short re-check.
+            // A check-in wakes one waiter; closed connections (and check-ins on another
+            // worker's list) are noticed by the short re-check.
             tokio::select! {
                 () = self.returned.notified() => {}
                 () = tokio::time::sleep(Duration::from_millis(5)) => {}
@@ -144,8 +164,8 @@ impl H1Pool {
             if let Some(c) = self.checkout(addr) {
                 return Ok((c, true));
             }
-            if self.open_connections() < self.limits.max_connections {
-                return Ok((self.connect(ep).await?, false));
+            if self.reserve() {
+                return Ok((self.connect_reserved(ep).await?, false));
             }
         }
     }
@@ -182,10 +202,11 @@ impl H1Pool {
             list.push(c);
         }
         drop(slot);
-        self.returned.notify_waiters();
+        // One connection came back: wake one waiter, not all of them.
+        self.returned.notify_one();
     }
 
-    /// A new connection to `ep`: TCP, then TLS when the cluster originates it, both within
+    /// A new connection to `ep` (the caller has reserved its slot): TCP, then TLS when the cluster originates it, both within
     /// the connect timeout.
     async fn connect(&self, ep: &Endpoint) -> Result<Box<H1Conn>, ProxyError> {
         let endpoint = || ep.addr.to_string();
@@ -211,7 +232,7 @@ impl H1Pool {
             }
             Ok(r) => r?,
         };
-        let io = Counted::new(TokioIo::new(stream), self.gauge.clone());
+        let io = Counted::with_slot(TokioIo::new(stream), self.gauge.clone(), self.slots.clone());
         let (sender, conn) =
             http1::Builder::new()
                 .handshake(io)
@@ -286,7 +307,13 @@ impl H1Pool {
         req: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let addr = ep.addr;
-        let c = self.connect(ep).await?;
+        if !self.reserve() {
+            return Err(ProxyError::Overflow {
+                cluster: self.cluster.clone(),
+                limit: "max_connections",
+            });
+        }
+        let c = self.connect_reserved(ep).await?;
         let H1Conn {
             mut sender, conn, ..
         } = *c;

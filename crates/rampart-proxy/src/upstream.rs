@@ -532,19 +532,36 @@ type TcpIo = hyper_util::rt::TokioIo<UpstreamStream>;
 pub struct Counted {
     io: TcpIo,
     gauge: Gauge,
+    /// A connection slot reserved before connecting (circuit breaker `max_connections`),
+    /// released when the connection closes.
+    slot: Option<Arc<AtomicUsize>>,
 }
 
 impl Counted {
     /// Counts `io` as an open upstream connection until dropped.
     pub(crate) fn new(io: TcpIo, gauge: Gauge) -> Self {
         gauge.inc();
-        Self { io, gauge }
+        Self {
+            io,
+            gauge,
+            slot: None,
+        }
+    }
+
+    /// As [`Counted::new`], also holding a reserved connection slot until dropped.
+    pub(crate) fn with_slot(io: TcpIo, gauge: Gauge, slot: Arc<AtomicUsize>) -> Self {
+        let mut c = Self::new(io, gauge);
+        c.slot = Some(slot);
+        c
     }
 }
 
 impl Drop for Counted {
     fn drop(&mut self) {
         self.gauge.dec();
+        if let Some(s) = &self.slot {
+            s.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 

@@ -25,6 +25,8 @@ struct Flaky {
     addr: SocketAddr,
     hits: Arc<AtomicUsize>,
     healthy: Arc<AtomicBool>,
+    /// Connections accepted.
+    conns: Arc<AtomicUsize>,
 }
 
 async fn flaky(
@@ -37,10 +39,12 @@ async fn flaky(
     let hits = Arc::new(AtomicUsize::new(0));
     let healthy = Arc::new(AtomicBool::new(true));
     let status = Arc::new(status);
-    let (h, ok) = (hits.clone(), healthy.clone());
+    let conns = Arc::new(AtomicUsize::new(0));
+    let (h, ok, accepted) = (hits.clone(), healthy.clone(), conns.clone());
     tokio::spawn(async move {
         loop {
             let Ok((s, _)) = l.accept().await else { return };
+            accepted.fetch_add(1, Ordering::SeqCst);
             let (h, ok, status) = (h.clone(), ok.clone(), status.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
@@ -70,6 +74,7 @@ async fn flaky(
         addr,
         hits,
         healthy,
+        conns,
     }
 }
 
@@ -358,4 +363,35 @@ async fn outlier_detection_ejects_a_failing_endpoint() {
     );
     // The cap: with a at 50 % already ejected... a alone is never ejected as well.
     assert_eq!(a.hits.load(Ordering::SeqCst), 17);
+}
+
+#[tokio::test]
+async fn a_burst_never_opens_more_than_max_connections() {
+    let up = flaky("slow", std::time::Duration::from_millis(50), |_| 200).await;
+    let tg = gateway(&one_route(
+        "",
+        &format!(
+            "  - {{ name: c, endpoints: [\"{}\"], circuit_breakers: {{ max_connections: 4 }} }}\n",
+            up.addr
+        ),
+    ))
+    .await;
+    let tasks: Vec<_> = (0..40)
+        .map(|_| {
+            let addr = tg.addr;
+            tokio::spawn(async move { get(addr, "/", &[]).await.status })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(
+            t.await.unwrap(),
+            200,
+            "waiting requests are served, not refused"
+        );
+    }
+    let opened = up.conns.load(Ordering::SeqCst);
+    assert!(
+        opened <= 4,
+        "{opened} upstream connections opened for max_connections 4"
+    );
 }

@@ -93,6 +93,9 @@ struct SidecarArgs {
     /// The local application's port (on 127.0.0.1).
     #[arg(long)]
     app_port: u16,
+    /// Most connections to the application; further requests wait for a free one.
+    #[arg(long, default_value_t = 64)]
+    app_max_connections: usize,
     #[arg(long, default_value = "0.0.0.0:15006")]
     inbound: SocketAddr,
     /// The transparent outbound listener (used when --config defines no listeners).
@@ -233,6 +236,7 @@ fn run(cmd: Command) -> Result<ExitCode> {
             };
             let ports = sidecar::SidecarPorts {
                 app_port: a.app_port,
+                app_max_connections: a.app_max_connections,
                 inbound: a.inbound,
                 outbound: a.outbound,
                 admin: a.admin,

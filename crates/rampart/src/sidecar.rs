@@ -14,10 +14,13 @@ use rampart_config::raw::{
     RawAccessLog, RawAdmin, RawCluster, RawConfig, RawFilter, RawForward, RawLimits, RawListener,
     RawMatch, RawPathMatch, RawRoute, RawRouteTable, RawSidecarInbound, RawVirtualHost,
 };
+use rampart_config::resilience::RawCircuitBreakers;
 
 /// Where the sidecar listens and what it fronts.
 pub(crate) struct SidecarPorts {
     pub(crate) app_port: u16,
+    /// Connections to the local app at most; requests beyond wait for one (pending).
+    pub(crate) app_max_connections: usize,
     pub(crate) inbound: SocketAddr,
     pub(crate) outbound: SocketAddr,
     pub(crate) admin: SocketAddr,
@@ -63,7 +66,12 @@ fn catch_all(table: &str, cluster: &str) -> RawRouteTable {
     }
 }
 
-fn cluster(name: &str, kind: Option<&str>, endpoints: Vec<String>) -> RawCluster {
+fn cluster(
+    name: &str,
+    kind: Option<&str>,
+    endpoints: Vec<String>,
+    circuit_breakers: Option<RawCircuitBreakers>,
+) -> RawCluster {
     RawCluster {
         name: name.to_owned(),
         kind: kind.map(str::to_owned),
@@ -74,7 +82,7 @@ fn cluster(name: &str, kind: Option<&str>, endpoints: Vec<String>) -> RawCluster
         protocol: None,
         idle_timeout: None,
         max_idle_per_endpoint: None,
-        circuit_breakers: None,
+        circuit_breakers,
         health_check: None,
         outlier_detection: None,
         tls: None,
@@ -114,7 +122,7 @@ pub(crate) fn config(base: RawConfig, p: &SidecarPorts) -> RawConfig {
         cfg.route_tables
             .push(catch_all("sidecar-outbound", PASSTHROUGH));
         cfg.clusters
-            .push(cluster(PASSTHROUGH, Some("original_dst"), Vec::new()));
+            .push(cluster(PASSTHROUGH, Some("original_dst"), Vec::new(), None));
         cfg.listeners.push(listener(
             "outbound",
             p.outbound,
@@ -125,10 +133,17 @@ pub(crate) fn config(base: RawConfig, p: &SidecarPorts) -> RawConfig {
     }
     cfg.route_tables
         .push(catch_all("sidecar-inbound", LOCAL_APP));
+    // The app is local and fast: a few connections, reused, serve many clients; requests
+    // beyond them wait briefly instead of each opening (and keeping) a connection.
     cfg.clusters.push(cluster(
         LOCAL_APP,
         None,
         vec![format!("127.0.0.1:{}", p.app_port)],
+        Some(RawCircuitBreakers {
+            max_connections: Some(p.app_max_connections),
+            max_pending_requests: Some(100_000),
+            ..RawCircuitBreakers::default()
+        }),
     ));
     cfg.listeners.push(listener(
         "inbound",
@@ -279,6 +294,7 @@ mod tests {
     fn ports() -> SidecarPorts {
         SidecarPorts {
             app_port: 8080,
+            app_max_connections: 64,
             inbound: "0.0.0.0:15006".parse().unwrap(),
             outbound: "127.0.0.1:15001".parse().unwrap(),
             admin: "127.0.0.1:15000".parse().unwrap(),
