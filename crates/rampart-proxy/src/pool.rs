@@ -140,7 +140,11 @@ impl H1Pool {
     /// connection was reused. The caller's timeout bounds the wait.
     async fn acquire(&self, ep: &Endpoint) -> Result<(Box<H1Conn>, bool), ProxyError> {
         let addr = ep.addr;
-        if let Some(c) = self.checkout(addr) {
+        // While others wait, a newcomer queues behind them rather than taking the next free
+        // connection first: waiting requests are served in order, which bounds the tail.
+        if self.pending.load(Ordering::Relaxed) == 0
+            && let Some(c) = self.checkout(addr)
+        {
             return Ok((c, true));
         }
         if self.reserve() {
