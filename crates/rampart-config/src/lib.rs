@@ -6,6 +6,8 @@
 //! (listener → route table → virtual host → route → cluster → endpoints) so xDS resources
 //! can map onto it. This crate does no IO beyond reading a file and never reads the
 //! environment.
+// Panics on outside input are forbidden here; unit tests may unwrap (clippy.toml).
+#![warn(clippy::unwrap_used)]
 
 pub mod duration;
 mod error;

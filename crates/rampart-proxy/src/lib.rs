@@ -7,6 +7,8 @@
 //! is compiled into a [`snapshot::Snapshot`] and swapped atomically; requests in flight
 //! finish on the snapshot they started with. This crate does not parse files or handle
 //! signals; the binary does.
+// Panics on outside input are forbidden here; unit tests may unwrap (clippy.toml).
+#![warn(clippy::unwrap_used)]
 
 pub mod access_log;
 pub mod admin;

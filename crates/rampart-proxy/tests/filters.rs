@@ -2,9 +2,6 @@
 //! JWT, OpenAPI and WASM filters will be): order of phases, early local responses, async
 //! decisions, per-request context shared between filters, and body observers.
 
-// Test code: a panic is the failure report.
-#![allow(clippy::unwrap_used)]
-
 mod common;
 
 use std::sync::Arc;

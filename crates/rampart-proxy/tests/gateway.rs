@@ -1,9 +1,6 @@
 //! In-process integration tests: a real gateway on ephemeral ports in front of real upstream
 //! servers, driven over real sockets with HTTP/1.1 and h2c.
 
-// Test code: a panic is the failure report.
-#![allow(clippy::unwrap_used)]
-
 mod common;
 
 use std::collections::HashMap;

@@ -1,9 +1,6 @@
 //! A real gRPC service and client (tonic + prost) talking through the gateway: unary and
 //! server-streaming calls, status codes from the service, and grpc-status from the proxy.
 
-// Test code: a panic is the failure report.
-#![allow(clippy::unwrap_used)]
-
 mod common;
 
 use std::net::SocketAddr;

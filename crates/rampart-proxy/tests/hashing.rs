@@ -1,9 +1,6 @@
 //! Consistent hashing through the gateway: stickiness on a header, cookie or source IP, and
 //! minimal remapping when an endpoint leaves.
 
-// Test code: a panic is the failure report.
-#![allow(clippy::unwrap_used)]
-
 mod common;
 
 use std::collections::HashMap;

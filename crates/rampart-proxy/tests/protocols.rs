@@ -1,9 +1,6 @@
 //! Protocols riding on HTTP through the proxy: gRPC (HTTP/2 with trailers, streaming, and
 //! grpc-status on errors the proxy generates) and HTTP/1.1 upgrades (WebSocket).
 
-// Test code: a panic is the failure report.
-#![allow(clippy::unwrap_used)]
-
 mod common;
 
 use std::convert::Infallible;

@@ -1,9 +1,6 @@
 //! When upstreams misbehave: retries and the retry budget, circuit breakers, active health
 //! checks and outlier detection, against real (deliberately unreliable) upstream servers.
 
-// Test code: a panic is the failure report.
-#![allow(clippy::unwrap_used)]
-
 mod common;
 
 use std::convert::Infallible;

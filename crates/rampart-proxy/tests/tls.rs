@@ -2,9 +2,6 @@
 //! termination (SNI, ALPN h2/http1.1, mTLS with SAN rules), origination to TLS upstreams
 //! (CA verification, SNI), and certificate reload without dropping connections.
 
-// Test code: a panic is the failure report.
-#![allow(clippy::unwrap_used)]
-
 mod common;
 
 use std::convert::Infallible;

@@ -14,6 +14,8 @@
 //!    must hold; `invert` negates one).
 //!
 //! Matching allocates nothing unless a query-parameter condition must percent-decode a value.
+// Panics on outside input are forbidden here; unit tests may unwrap (clippy.toml).
+#![warn(clippy::unwrap_used)]
 
 use std::borrow::Cow;
 use std::collections::HashMap;

@@ -1,4 +1,6 @@
 //! `rampart`: one binary for the whole edge platform.
+// Panics on outside input are forbidden here; unit tests may unwrap (clippy.toml).
+#![warn(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -2,9 +2,6 @@
 //! and transparent outbound interception with iptables REDIRECT + SO_ORIGINAL_DST inside a
 //! network namespace made by the test (root only; CI runs as root).
 
-// Test code: a panic is the failure report.
-#![allow(clippy::unwrap_used)]
-
 mod support;
 
 use std::process::Command;
