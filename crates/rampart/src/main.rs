@@ -14,6 +14,8 @@ use rampart_config::Config;
 use rampart_proxy::{Gateway, Runtimes};
 use tokio_util::sync::CancellationToken;
 
+#[cfg(feature = "full")]
+mod kv;
 mod sidecar;
 
 /// mimalloc: measurably less CPU than glibc malloc on the proxy's many small, short-lived
@@ -81,6 +83,9 @@ enum Command {
         #[command(flatten)]
         run: Option<SidecarArgs>,
     },
+    /// The replicated config store (etcd v3 API): run a node, or use one as a client.
+    #[cfg(feature = "full")]
+    Kv(kv::KvArgs),
     /// Run the built-in demo upstream alone (for tests and benchmarks).
     DemoUpstream {
         #[arg(long, default_value = DEMO_UPSTREAM)]
@@ -167,6 +172,8 @@ fn init_logging(format: LogFormat) {
 fn run(cmd: Command) -> Result<ExitCode> {
     match cmd {
         Command::Validate { config } => Ok(validate(&config)),
+        #[cfg(feature = "full")]
+        Command::Kv(args) => kv::run(args),
         Command::Serve {
             config,
             watch_interval,

@@ -1,0 +1,409 @@
+//! A client for the store (and for etcd: it speaks only etcd's v3 API).
+//!
+//! It knows several endpoints and moves to the next one when the current cannot answer. It
+//! repeats a request only when that is safe: reads always; writes only when the server said
+//! the write was not proposed (`no leader`) or the connection could not be made at all.
+//! A write whose outcome is unknown (timeout, connection lost mid-request) is reported to the
+//! caller, never silently sent twice.
+
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::KvError;
+use crate::proto::etcdserverpb as pb;
+use crate::proto::etcdserverpb::cluster_client::ClusterClient;
+use crate::proto::etcdserverpb::kv_client::KvClient;
+use crate::proto::etcdserverpb::lease_client::LeaseClient;
+use crate::proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use crate::proto::etcdserverpb::watch_client::WatchClient;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("bad endpoint {endpoint:?}: {detail}")]
+    Endpoint { endpoint: String, detail: String },
+    #[error("no endpoints given")]
+    NoEndpoints,
+    #[error("{0}")]
+    Status(#[from] Status),
+}
+
+impl ClientError {
+    /// The gRPC status, if the server (or transport) produced one.
+    pub fn status(&self) -> Option<&Status> {
+        match self {
+            ClientError::Status(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// True when the request never reached a server (nothing can have been applied).
+fn not_sent(s: &Status) -> bool {
+    if s.code() != Code::Unavailable {
+        return false;
+    }
+    let m = s.message();
+    m == KvError::NoLeader.to_string()
+        || m.contains("tcp connect error")
+        || m.contains("error trying to connect")
+        || m.contains("Connection refused")
+}
+
+/// True when another endpoint may answer a read.
+fn try_elsewhere(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown
+    )
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    channels: Vec<Channel>,
+    current: usize,
+    timeout: Duration,
+}
+
+/// Turn `host:port` or a URL into an endpoint URL.
+fn endpoint_url(e: &str) -> String {
+    if e.contains("://") {
+        e.to_string()
+    } else {
+        format!("http://{e}")
+    }
+}
+
+impl Client {
+    /// A client over `endpoints` (`host:port` or `http://host:port`); connects lazily.
+    pub fn new(endpoints: &[String], timeout: Duration) -> Result<Client, ClientError> {
+        if endpoints.is_empty() {
+            return Err(ClientError::NoEndpoints);
+        }
+        let mut channels = Vec::with_capacity(endpoints.len());
+        for e in endpoints {
+            let ep = Endpoint::from_shared(endpoint_url(e))
+                .map_err(|err| ClientError::Endpoint {
+                    endpoint: e.clone(),
+                    detail: err.to_string(),
+                })?
+                .connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true);
+            channels.push(ep.connect_lazy());
+        }
+        Ok(Client {
+            channels,
+            current: 0,
+            timeout,
+        })
+    }
+
+    fn channel(&self) -> Channel {
+        self.channels[self.current % self.channels.len()].clone()
+    }
+
+    fn rotate(&mut self) {
+        self.current = (self.current + 1) % self.channels.len();
+    }
+
+    /// Run `call` against the current endpoint, moving on when `retry` allows.
+    async fn call<T, F, Fut>(&mut self, safe: bool, mut call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let attempts = self.channels.len() * 3;
+        let mut last = None;
+        for attempt in 0..attempts {
+            let result = tokio::time::timeout(self.timeout, call(self.channel())).await;
+            let status = match result {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(s)) => s,
+                Err(_) => Status::deadline_exceeded("client timeout"),
+            };
+            let again = if safe {
+                try_elsewhere(&status)
+            } else {
+                not_sent(&status)
+            };
+            if !again {
+                return Err(status.into());
+            }
+            last = Some(status);
+            self.rotate();
+            if attempt + 1 >= self.channels.len() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Err(last
+            .unwrap_or_else(|| Status::unavailable("no endpoint answered"))
+            .into())
+    }
+
+    pub async fn range(&mut self, req: pb::RangeRequest) -> Result<pb::RangeResponse, ClientError> {
+        self.call(true, |ch| {
+            let req = req.clone();
+            async move {
+                KvClient::new(ch)
+                    .range(req)
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
+        })
+        .await
+    }
+
+    pub async fn put(&mut self, req: pb::PutRequest) -> Result<pb::PutResponse, ClientError> {
+        self.call(false, |ch| {
+            let req = req.clone();
+            async move {
+                KvClient::new(ch)
+                    .put(req)
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
+        })
+        .await
+    }
+
+    pub async fn delete(
+        &mut self,
+        req: pb::DeleteRangeRequest,
+    ) -> Result<pb::DeleteRangeResponse, ClientError> {
+        self.call(false, |ch| {
+            let req = req.clone();
+            async move {
+                KvClient::new(ch)
+                    .delete_range(req)
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
+        })
+        .await
+    }
+
+    pub async fn txn(&mut self, req: pb::TxnRequest) -> Result<pb::TxnResponse, ClientError> {
+        self.call(false, |ch| {
+            let req = req.clone();
+            async move {
+                KvClient::new(ch)
+                    .txn(req)
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
+        })
+        .await
+    }
+
+    pub async fn compact(&mut self, revision: i64) -> Result<pb::CompactionResponse, ClientError> {
+        self.call(false, |ch| async move {
+            KvClient::new(ch)
+                .compact(pb::CompactionRequest {
+                    revision,
+                    physical: false,
+                })
+                .await
+                .map(tonic::Response::into_inner)
+        })
+        .await
+    }
+
+    pub async fn lease_grant(&mut self, ttl: i64) -> Result<pb::LeaseGrantResponse, ClientError> {
+        self.call(false, |ch| async move {
+            LeaseClient::new(ch)
+                .lease_grant(pb::LeaseGrantRequest { ttl, id: 0 })
+                .await
+                .map(tonic::Response::into_inner)
+        })
+        .await
+    }
+
+    pub async fn lease_revoke(&mut self, id: i64) -> Result<pb::LeaseRevokeResponse, ClientError> {
+        self.call(false, |ch| async move {
+            LeaseClient::new(ch)
+                .lease_revoke(pb::LeaseRevokeRequest { id })
+                .await
+                .map(tonic::Response::into_inner)
+        })
+        .await
+    }
+
+    /// One keep-alive round trip; the TTL granted back (0: the lease is gone).
+    pub async fn lease_keep_alive_once(&mut self, id: i64) -> Result<i64, ClientError> {
+        self.call(true, |ch| async move {
+            let stream = tokio_stream::iter([pb::LeaseKeepAliveRequest { id }]);
+            let mut replies = LeaseClient::new(ch)
+                .lease_keep_alive(stream)
+                .await?
+                .into_inner();
+            match replies.message().await? {
+                Some(r) => Ok(r.ttl),
+                None => Err(Status::unavailable("keep-alive stream closed")),
+            }
+        })
+        .await
+    }
+
+    pub async fn lease_time_to_live(
+        &mut self,
+        id: i64,
+        keys: bool,
+    ) -> Result<pb::LeaseTimeToLiveResponse, ClientError> {
+        self.call(true, |ch| async move {
+            LeaseClient::new(ch)
+                .lease_time_to_live(pb::LeaseTimeToLiveRequest { id, keys })
+                .await
+                .map(tonic::Response::into_inner)
+        })
+        .await
+    }
+
+    pub async fn lease_list(&mut self) -> Result<pb::LeaseLeasesResponse, ClientError> {
+        self.call(true, |ch| async move {
+            LeaseClient::new(ch)
+                .lease_leases(pb::LeaseLeasesRequest {})
+                .await
+                .map(tonic::Response::into_inner)
+        })
+        .await
+    }
+
+    pub async fn member_list(&mut self) -> Result<pb::MemberListResponse, ClientError> {
+        self.call(true, |ch| async move {
+            ClusterClient::new(ch)
+                .member_list(pb::MemberListRequest { linearizable: true })
+                .await
+                .map(tonic::Response::into_inner)
+        })
+        .await
+    }
+
+    pub async fn member_add(
+        &mut self,
+        peer_url: &str,
+        learner: bool,
+    ) -> Result<pb::MemberAddResponse, ClientError> {
+        let req = pb::MemberAddRequest {
+            peer_ur_ls: vec![peer_url.to_string()],
+            is_learner: learner,
+        };
+        self.call(false, |ch| {
+            let req = req.clone();
+            async move {
+                ClusterClient::new(ch)
+                    .member_add(req)
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
+        })
+        .await
+    }
+
+    pub async fn member_promote(
+        &mut self,
+        id: u64,
+    ) -> Result<pb::MemberPromoteResponse, ClientError> {
+        self.call(false, |ch| async move {
+            ClusterClient::new(ch)
+                .member_promote(pb::MemberPromoteRequest { id })
+                .await
+                .map(tonic::Response::into_inner)
+        })
+        .await
+    }
+
+    pub async fn member_remove(
+        &mut self,
+        id: u64,
+    ) -> Result<pb::MemberRemoveResponse, ClientError> {
+        self.call(false, |ch| async move {
+            ClusterClient::new(ch)
+                .member_remove(pb::MemberRemoveRequest { id })
+                .await
+                .map(tonic::Response::into_inner)
+        })
+        .await
+    }
+
+    /// Status of every endpoint, in order (an error for those that did not answer).
+    pub async fn status_all(&self) -> Vec<(usize, Result<pb::StatusResponse, Status>)> {
+        let mut out = Vec::new();
+        for (i, ch) in self.channels.iter().enumerate() {
+            let r = tokio::time::timeout(
+                self.timeout,
+                MaintenanceClient::new(ch.clone()).status(pb::StatusRequest {}),
+            )
+            .await
+            .unwrap_or_else(|_| Err(Status::deadline_exceeded("timeout")))
+            .map(tonic::Response::into_inner);
+            out.push((i, r));
+        }
+        out
+    }
+
+    /// Open a watch stream on the current endpoint: send `create`, get responses.
+    pub async fn watch(
+        &mut self,
+        create: pb::WatchCreateRequest,
+    ) -> Result<
+        (
+            tokio::sync::mpsc::Sender<pb::WatchRequest>,
+            tonic::Streaming<pb::WatchResponse>,
+        ),
+        ClientError,
+    > {
+        self.call(true, |ch| {
+            let create = create.clone();
+            async move {
+                let (tx, rx) = tokio::sync::mpsc::channel(16);
+                tx.send(pb::WatchRequest {
+                    request_union: Some(pb::watch_request::RequestUnion::CreateRequest(create)),
+                })
+                .await
+                .map_err(|_| Status::internal("watch request channel closed"))?;
+                let stream = WatchClient::new(ch)
+                    .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await?
+                    .into_inner();
+                Ok((tx, stream))
+            }
+        })
+        .await
+    }
+}
+
+/// The range end that selects every key with `prefix` (etcd's `GetPrefixRangeEnd`).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // All 0xff (or empty): every key from the prefix on.
+    vec![0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_end(b"abc"), b"abd");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+        assert_eq!(prefix_end(b""), vec![0]);
+    }
+
+    #[test]
+    fn only_unsent_writes_are_retried() {
+        assert!(not_sent(&Status::unavailable("etcdserver: no leader")));
+        assert!(!not_sent(&Status::unavailable(
+            "etcdserver: request timed out"
+        )));
+        assert!(!not_sent(&Status::deadline_exceeded("x")));
+    }
+}

@@ -1,0 +1,748 @@
+//! One store node: storage, Raft, the client and peer gRPC servers, and the leader's duties
+//! (expiring leases). Every request that needs the leader goes through here: writes are
+//! proposed locally or forwarded, linearizable reads get a read index from the leader, and
+//! each waits at most `request_timeout` so that a cluster without quorum answers
+//! UNAVAILABLE instead of hanging.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::error::KvError;
+use crate::log_store::LogStore;
+use crate::network::{Network, from_blob, peer_client, to_blob};
+use crate::proto::etcdserverpb as pb;
+use crate::proto::peer::peer_client::PeerClient;
+use crate::proto::peer::{Empty, LeaseId};
+use crate::service;
+use crate::state::{self, Shared, StateMachine};
+use crate::types::{Command, Member, Raft, Reply, member_id};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterState {
+    /// Bootstrap a new cluster from `initial_cluster` (ignored once the data directory holds
+    /// a log).
+    New,
+    /// Join a running cluster: wait to be added (`member add`) and replicated to.
+    Existing,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub listen_client: SocketAddr,
+    pub advertise_client: String,
+    pub listen_peer: SocketAddr,
+    pub advertise_peer: String,
+    /// `(name, peer URL)` of every initial member.
+    pub initial_cluster: Vec<(String, String)>,
+    pub cluster_state: ClusterState,
+    /// Longest wait for a write or linearizable read (quorum loss ends in UNAVAILABLE).
+    pub request_timeout: Duration,
+    pub heartbeat: Duration,
+    pub election_timeout: Duration,
+    /// Build a snapshot (and allow log compaction) every this many applied entries.
+    pub snapshot_count: u64,
+    /// Revisions of history kept for watches and past reads (0: until an explicit Compact).
+    pub history_retention: u64,
+    /// Largest request accepted (etcd's `--max-request-bytes`, 1.5 MiB by default).
+    pub max_request_bytes: usize,
+    pub watch_progress_interval: Duration,
+}
+
+impl NodeConfig {
+    /// A single-node store with etcd's default addresses under `data_dir`.
+    pub fn single(name: &str, data_dir: PathBuf, client: SocketAddr, peer: SocketAddr) -> Self {
+        let advertise_peer = format!("http://{peer}");
+        NodeConfig {
+            name: name.to_string(),
+            data_dir,
+            listen_client: client,
+            advertise_client: format!("http://{client}"),
+            listen_peer: peer,
+            advertise_peer: advertise_peer.clone(),
+            initial_cluster: vec![(name.to_string(), advertise_peer)],
+            cluster_state: ClusterState::New,
+            request_timeout: Duration::from_secs(5),
+            heartbeat: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(1000),
+            snapshot_count: 10_000,
+            history_retention: 100_000,
+            max_request_bytes: 3 * 512 * 1024,
+            watch_progress_interval: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Log(#[from] crate::log_store::OpenError),
+    #[error(transparent)]
+    State(#[from] state::StateOpenError),
+    #[error("invalid Raft settings: {0}")]
+    Config(String),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Listen {
+        addr: SocketAddr,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start Raft: {0}")]
+    Raft(String),
+    #[error("this node's peer URL {url} is not in --initial-cluster")]
+    NotInCluster { url: String },
+}
+
+/// A running node.
+pub struct KvNode {
+    pub id: u64,
+    pub config: NodeConfig,
+    pub raft: Raft,
+    pub shared: Arc<Shared>,
+    peers: Mutex<HashMap<u64, PeerClient<Channel>>>,
+    shutdown: CancellationToken,
+    tasks: Mutex<JoinSet<()>>,
+    pub client_addr: SocketAddr,
+    pub peer_addr: SocketAddr,
+}
+
+impl std::fmt::Debug for KvNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvNode")
+            .field("id", &self.id)
+            .field("name", &self.config.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KvNode {
+    /// Open storage, start Raft and both servers. Returns once the sockets are bound.
+    pub async fn start(config: NodeConfig) -> Result<Arc<KvNode>, StartError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
+        let log = LogStore::open(&config.data_dir.join("raft-log.redb"))?;
+        state::verify_snapshot_file(&config.data_dir)?;
+        let (sm, shared) = StateMachine::open(&config.data_dir, config.history_retention)?;
+        let id = member_id(&config.advertise_peer);
+
+        let election_ms = u64::try_from(config.election_timeout.as_millis()).unwrap_or(1000);
+        let raft_config = Config {
+            cluster_name: "rampart-kv".into(),
+            heartbeat_interval: u64::try_from(config.heartbeat.as_millis()).unwrap_or(100),
+            election_timeout_min: election_ms,
+            election_timeout_max: election_ms * 2,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
+            max_in_snapshot_log_to_keep: 1000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Config(e.to_string()))?;
+        let network = Network {
+            connect_timeout: config.heartbeat.max(Duration::from_millis(200)),
+        };
+        let raft = Raft::new(id, Arc::new(raft_config), network, log, sm)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+
+        let client_listener = TcpListener::bind(config.listen_client)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.listen_client,
+                what: "client",
+                source,
+            })?;
+        let peer_listener = TcpListener::bind(config.listen_peer)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.listen_peer,
+                what: "peer",
+                source,
+            })?;
+        let client_addr = client_listener
+            .local_addr()
+            .map_err(|source| StartError::Listen {
+                addr: config.listen_client,
+                what: "client",
+                source,
+            })?;
+        let peer_addr = peer_listener
+            .local_addr()
+            .map_err(|source| StartError::Listen {
+                addr: config.listen_peer,
+                what: "peer",
+                source,
+            })?;
+
+        let node = Arc::new(KvNode {
+            id,
+            config,
+            raft,
+            shared,
+            peers: Mutex::new(HashMap::new()),
+            shutdown: CancellationToken::new(),
+            tasks: Mutex::new(JoinSet::new()),
+            client_addr,
+            peer_addr,
+        });
+
+        if node.config.cluster_state == ClusterState::New {
+            node.bootstrap().await?;
+        }
+
+        {
+            let mut tasks = node
+                .tasks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let shutdown = node.shutdown.clone();
+            let router = service::client_router(node.clone());
+            tasks.spawn(async move {
+                let incoming = TcpListenerStream::new(client_listener);
+                if let Err(e) = router
+                    .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                    .await
+                {
+                    tracing::error!(error = %e, "client gRPC server stopped");
+                }
+            });
+            let shutdown = node.shutdown.clone();
+            let router = service::peer_router(node.clone());
+            tasks.spawn(async move {
+                let incoming = TcpListenerStream::new(peer_listener);
+                if let Err(e) = router
+                    .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                    .await
+                {
+                    tracing::error!(error = %e, "peer gRPC server stopped");
+                }
+            });
+            tasks.spawn(lease_expiry_loop(node.clone()));
+            tasks.spawn(publish_attributes(node.clone()));
+        }
+        tracing::info!(
+            id = format!("{:x}", node.id),
+            name = %node.config.name,
+            client = %node.client_addr,
+            peer = %node.peer_addr,
+            "kv node started"
+        );
+        Ok(node)
+    }
+
+    async fn bootstrap(&self) -> Result<(), StartError> {
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        if initialized {
+            return Ok(());
+        }
+        let members: BTreeMap<u64, Member> = self
+            .config
+            .initial_cluster
+            .iter()
+            .map(|(name, url)| {
+                (
+                    member_id(url),
+                    Member {
+                        name: name.clone(),
+                        peer_url: url.clone(),
+                    },
+                )
+            })
+            .collect();
+        if !members.contains_key(&self.id) {
+            return Err(StartError::NotInCluster {
+                url: self.config.advertise_peer.clone(),
+            });
+        }
+        // Every initial member initializes with the same membership; openraft accepts that,
+        // and whichever vote wins first leads.
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(e)) => {
+                tracing::debug!(error = %e, "already initialized");
+                Ok(())
+            }
+            Err(e) => Err(StartError::Raft(e.to_string())),
+        }
+    }
+
+    /// Stop serving and stop Raft.
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        let mut tasks = std::mem::take(
+            &mut *self
+                .tasks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// A response header for this node at `revision`.
+    pub fn header(&self, revision: i64) -> pb::ResponseHeader {
+        pb::ResponseHeader {
+            cluster_id: self
+                .shared
+                .cluster_id
+                .load(std::sync::atomic::Ordering::Acquire),
+            member_id: self.id,
+            revision,
+            raft_term: self.raft.metrics().borrow().current_term,
+        }
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.config.request_timeout
+    }
+
+    async fn wait_leader(&self, deadline: Instant) -> Result<u64, KvError> {
+        let mut rx = self.raft.metrics();
+        loop {
+            if let Some(l) = rx.borrow_and_update().current_leader {
+                return Ok(l);
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(KvError::Internal("raft stopped".into())),
+                Err(_) => return Err(KvError::NoLeader),
+            }
+        }
+    }
+
+    fn peer(&self, id: u64) -> Result<PeerClient<Channel>, KvError> {
+        let mut peers = self
+            .peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = peers.get(&id) {
+            return Ok(c.clone());
+        }
+        let metrics = self.raft.metrics().borrow().clone();
+        let node = metrics
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .cloned()
+            .ok_or(KvError::NoLeader)?;
+        let client =
+            peer_client(&node.peer_url, Duration::from_secs(1)).map_err(KvError::Internal)?;
+        peers.insert(id, client.clone());
+        Ok(client)
+    }
+
+    /// Propose a write and wait for its result (forwarded when this node does not lead).
+    pub async fn write(&self, cmd: Command) -> Result<Reply, KvError> {
+        state::validate(&cmd)?;
+        let deadline = self.deadline();
+        loop {
+            let leader = self.wait_leader(deadline).await?;
+            let attempt = if leader == self.id {
+                self.write_local(cmd.clone(), deadline).await
+            } else {
+                self.forward_write(leader, &cmd, deadline).await
+            };
+            match attempt {
+                // Not proposed anywhere (leadership moved first): safe to try again.
+                Err(KvError::NoLeader) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The leader's half of a write. `NoLeader` means it was certainly not proposed.
+    pub async fn write_local(&self, cmd: Command, deadline: Instant) -> Result<Reply, KvError> {
+        match tokio::time::timeout_at(deadline, self.raft.client_write(cmd)).await {
+            Err(_) => Err(KvError::Timeout),
+            Ok(Ok(resp)) => match resp.data {
+                Reply::Error(e) => Err(e),
+                other => Ok(other),
+            },
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Err(KvError::NoLeader)
+            }
+            Ok(Err(e)) => Err(KvError::Internal(e.to_string())),
+        }
+    }
+
+    async fn forward_write(
+        &self,
+        leader: u64,
+        cmd: &Command,
+        deadline: Instant,
+    ) -> Result<Reply, KvError> {
+        let mut client = self.peer(leader)?;
+        let blob = to_blob(cmd).map_err(KvError::Internal)?;
+        let mut req = tonic::Request::new(blob);
+        req.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        match tokio::time::timeout_at(deadline, client.propose(req)).await {
+            Err(_) => Err(KvError::Timeout),
+            Ok(Err(status))
+                if status.code() == tonic::Code::Unavailable
+                    && status.message() == KvError::NoLeader.to_string() =>
+            {
+                Err(KvError::NoLeader)
+            }
+            // The leader may or may not have applied it.
+            Ok(Err(_)) => Err(KvError::Timeout),
+            Ok(Ok(resp)) => {
+                let result: Result<Reply, KvError> =
+                    from_blob(resp.get_ref()).map_err(KvError::Internal)?;
+                result
+            }
+        }
+    }
+
+    /// Make the next local read linearizable: wait until this node has applied everything
+    /// the leader had committed when it last confirmed its leadership.
+    pub async fn linearize(&self) -> Result<(), KvError> {
+        let deadline = self.deadline();
+        loop {
+            let leader = self.wait_leader(deadline).await?;
+            let index = if leader == self.id {
+                self.read_index_local(deadline).await
+            } else {
+                self.forward_read_index(leader, deadline).await
+            };
+            match index {
+                Ok(index) => return self.wait_applied(index, deadline).await,
+                Err(KvError::NoLeader) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    pub async fn read_index_local(&self, deadline: Instant) -> Result<u64, KvError> {
+        match tokio::time::timeout_at(deadline, self.raft.get_read_log_id()).await {
+            Err(_) => Err(KvError::Timeout),
+            Ok(Ok((read, _applied))) => Ok(read.map_or(0, |l| l.index)),
+            Ok(Err(RaftError::APIError(_))) => Err(KvError::NoLeader),
+            Ok(Err(e)) => Err(KvError::Internal(e.to_string())),
+        }
+    }
+
+    async fn forward_read_index(&self, leader: u64, deadline: Instant) -> Result<u64, KvError> {
+        let mut client = self.peer(leader)?;
+        let mut req = tonic::Request::new(Empty {});
+        req.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        match tokio::time::timeout_at(deadline, client.read_index(req)).await {
+            Err(_) => Err(KvError::Timeout),
+            Ok(Err(status)) if status.message() == KvError::NoLeader.to_string() => {
+                Err(KvError::NoLeader)
+            }
+            Ok(Err(_)) => Err(KvError::Timeout),
+            Ok(Ok(r)) => Ok(r.into_inner().index),
+        }
+    }
+
+    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), KvError> {
+        if index == 0 {
+            return Ok(());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(left))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map(|_| ())
+            .map_err(|_| KvError::Timeout)
+    }
+
+    /// Renew a lease (on the leader; forwarded otherwise). TTL 0 if it does not exist.
+    pub async fn lease_keep_alive(&self, id: i64) -> Result<i64, KvError> {
+        let deadline = self.deadline();
+        let leader = self.wait_leader(deadline).await?;
+        if leader == self.id {
+            let mut lessor = self
+                .shared
+                .lessor
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            return Ok(lessor.renew(id).unwrap_or(0));
+        }
+        let mut client = self.peer(leader)?;
+        match tokio::time::timeout_at(deadline, client.lease_keep_alive(LeaseId { id })).await {
+            Ok(Ok(r)) => Ok(r.into_inner().ttl),
+            Ok(Err(_)) | Err(_) => Err(KvError::Timeout),
+        }
+    }
+
+    /// Seconds left on a lease and its granted TTL, as the leader sees it.
+    pub async fn lease_time_to_live(&self, id: i64) -> Result<Option<(i64, i64)>, KvError> {
+        let deadline = self.deadline();
+        let leader = self.wait_leader(deadline).await?;
+        if leader == self.id {
+            let lessor = self
+                .shared
+                .lessor
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            return Ok(lessor.remaining(id));
+        }
+        let mut client = self.peer(leader)?;
+        match tokio::time::timeout_at(deadline, client.lease_time_to_live(LeaseId { id })).await {
+            Ok(Ok(r)) => {
+                let r = r.into_inner();
+                Ok((r.ttl >= 0).then_some((r.ttl, r.granted)))
+            }
+            Ok(Err(_)) | Err(_) => Err(KvError::Timeout),
+        }
+    }
+
+    /// The smallest TTL granted: a lease must outlive a leader election (as in etcd).
+    pub fn min_lease_ttl(&self) -> i64 {
+        let ms = self.config.election_timeout.as_millis() * 3;
+        i64::try_from(ms.div_ceil(1000)).unwrap_or(1).max(1)
+    }
+
+    /// The members as etcd reports them.
+    pub fn members(&self) -> Vec<pb::Member> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let attrs = self
+            .shared
+            .members
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        membership
+            .nodes()
+            .map(|(id, node)| {
+                let a = attrs.get(id);
+                pb::Member {
+                    id: *id,
+                    name: a.map_or_else(|| node.name.clone(), |a| a.name.clone()),
+                    peer_ur_ls: vec![node.peer_url.clone()],
+                    client_ur_ls: a.map(|a| a.client_urls.clone()).unwrap_or_default(),
+                    is_learner: !voters.contains(id),
+                }
+            })
+            .collect()
+    }
+
+    /// etcd's MemberAdd: the member joins as a learner, and as a voter unless `learner`.
+    pub async fn member_add(&self, peer_url: &str, learner: bool) -> Result<pb::Member, KvError> {
+        let id = member_id(peer_url);
+        if self.members().iter().any(|m| m.id == id) {
+            return Err(KvError::PeerUrlExists);
+        }
+        let node = Member {
+            name: String::new(),
+            peer_url: peer_url.to_string(),
+        };
+        let deadline = self.deadline();
+        let r = tokio::time::timeout_at(deadline, self.raft.add_learner(id, node, false)).await;
+        membership_result(r)?;
+        if !learner {
+            let r = tokio::time::timeout_at(
+                deadline,
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true),
+            )
+            .await;
+            membership_result(r)?;
+        }
+        Ok(pb::Member {
+            id,
+            name: String::new(),
+            peer_ur_ls: vec![peer_url.to_string()],
+            client_ur_ls: Vec::new(),
+            is_learner: learner,
+        })
+    }
+
+    /// etcd's MemberPromote: only a learner that has caught up with the leader.
+    pub async fn member_promote(&self, id: u64) -> Result<(), KvError> {
+        let member = self
+            .members()
+            .into_iter()
+            .find(|m| m.id == id)
+            .ok_or(KvError::MemberNotFound)?;
+        if !member.is_learner {
+            return Err(KvError::MemberNotLearner);
+        }
+        let metrics = self.raft.metrics().borrow().clone();
+        let matched = metrics
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&id).copied().flatten())
+            .map_or(0, |l| l.index);
+        let last = metrics.last_log_index.unwrap_or(0);
+        // etcd's rule: a learner is ready once it holds 90% of the leader's log.
+        if (matched as f64) < (last as f64) * 0.9 {
+            return Err(KvError::LearnerNotReady);
+        }
+        let r = tokio::time::timeout_at(
+            self.deadline(),
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false),
+        )
+        .await;
+        membership_result(r)
+    }
+
+    /// etcd's MemberRemove.
+    pub async fn member_remove(&self, id: u64) -> Result<(), KvError> {
+        let member = self
+            .members()
+            .into_iter()
+            .find(|m| m.id == id)
+            .ok_or(KvError::MemberNotFound)?;
+        let change = if member.is_learner {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        };
+        let r =
+            tokio::time::timeout_at(self.deadline(), self.raft.change_membership(change, false))
+                .await;
+        membership_result(r)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader
+    }
+
+    pub fn max_request_bytes(&self) -> usize {
+        self.config.max_request_bytes
+    }
+}
+
+type MembershipWrite<T> =
+    Result<Result<T, RaftError<u64, ClientWriteError<u64, Member>>>, tokio::time::error::Elapsed>;
+
+fn membership_result<T>(r: MembershipWrite<T>) -> Result<(), KvError> {
+    match r {
+        Err(_) => Err(KvError::Timeout),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+            Err(KvError::NoLeader)
+        }
+        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => match e {
+            ChangeMembershipError::LearnerNotFound(_) => Err(KvError::MemberNotFound),
+            other => Err(KvError::Internal(other.to_string())),
+        },
+        Ok(Err(e)) => Err(KvError::Internal(e.to_string())),
+    }
+}
+
+/// The leader revokes expired leases through the log; a new leader first gives every lease
+/// a fresh TTL (it cannot know how long the old leader's keep-alives still had to run).
+async fn lease_expiry_loop(node: Arc<KvNode>) {
+    let mut led_term: Option<u64> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = node.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let (leader, term) = {
+            let m = node.raft.metrics();
+            let m = m.borrow();
+            (m.state == ServerState::Leader, m.current_term)
+        };
+        if !leader {
+            led_term = None;
+            continue;
+        }
+        if led_term != Some(term) {
+            led_term = Some(term);
+            node.shared
+                .lessor
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .refresh_all();
+            continue;
+        }
+        let expired = node
+            .shared
+            .lessor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .expired(std::time::Instant::now());
+        for id in expired {
+            match node.write(Command::LeaseRevoke { id }).await {
+                Ok(_) | Err(KvError::LeaseNotFound) => {
+                    tracing::debug!(lease = id, "lease expired and revoked");
+                }
+                Err(e) => {
+                    tracing::warn!(lease = id, error = %e, "revoking an expired lease failed");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Publish this node's name and client URL through the log, retrying until it lands.
+async fn publish_attributes(node: Arc<KvNode>) {
+    let want = state::MemberAttrs {
+        name: node.config.name.clone(),
+        client_urls: vec![node.config.advertise_client.clone()],
+    };
+    loop {
+        let current = node
+            .shared
+            .members
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&node.id)
+            .cloned();
+        if current.as_ref() == Some(&want) {
+            return;
+        }
+        let cmd = Command::SetMemberAttrs {
+            id: node.id,
+            name: want.name.clone(),
+            client_urls: want.client_urls.clone(),
+        };
+        if node.write(cmd).await.is_ok() {
+            return;
+        }
+        tokio::select! {
+            () = node.shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}

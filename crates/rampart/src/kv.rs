@@ -1,0 +1,571 @@
+//! `rampart kv`: run a store node, or talk to a store (or to etcd) from the command line.
+//! Flags of `serve` are named after etcd's, so that etcd users can start a cluster the way
+//! they already know.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Subcommand};
+use rampart_config::duration::parse_duration;
+use rampart_kv::client::{Client, prefix_end};
+use rampart_kv::proto::etcdserverpb as pb;
+use rampart_kv::proto::mvccpb::event::EventType;
+use rampart_kv::{ClusterState, KvNode, NodeConfig};
+
+#[derive(Args)]
+pub(crate) struct KvArgs {
+    /// Store endpoints (host:port or URL), comma-separated.
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        default_value = "127.0.0.1:2379"
+    )]
+    endpoints: Vec<String>,
+    /// Longest wait for one request.
+    #[arg(long, global = true, default_value = "5s", value_parser = duration)]
+    command_timeout: Duration,
+    #[command(subcommand)]
+    command: KvCommand,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s).map_err(|e| e.to_string())
+}
+
+#[derive(Subcommand)]
+enum KvCommand {
+    /// Run a store node.
+    Serve(Box<ServeArgs>),
+    /// Read a key (or every key with a prefix).
+    Get {
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+        /// Read at this past revision.
+        #[arg(long, default_value_t = 0)]
+        rev: i64,
+        #[arg(long, default_value_t = 0)]
+        limit: i64,
+        #[arg(long)]
+        keys_only: bool,
+        #[arg(long)]
+        count_only: bool,
+        /// Serve from the local node without confirming with the leader.
+        #[arg(long)]
+        serializable: bool,
+    },
+    /// Every key with a prefix (same as `get --prefix`).
+    Range {
+        #[arg(long)]
+        prefix: String,
+        #[arg(long, default_value_t = 0)]
+        limit: i64,
+    },
+    Put {
+        key: String,
+        value: String,
+        /// Attach to this lease (hexadecimal id, as printed by `lease grant`).
+        #[arg(long)]
+        lease: Option<String>,
+    },
+    Del {
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+    },
+    /// Compare-and-swap: set KEY to NEW only if it currently holds EXPECTED (or is absent).
+    Txn {
+        key: String,
+        /// The value KEY must hold; leave out with --absent.
+        #[arg(long, conflicts_with = "absent")]
+        expect: Option<String>,
+        /// KEY must not exist.
+        #[arg(long)]
+        absent: bool,
+        /// The new value.
+        #[arg(long)]
+        set: String,
+    },
+    /// Print events on a key or prefix.
+    Watch {
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+        /// Start from this revision (history first, then live).
+        #[arg(long, default_value_t = 0)]
+        rev: i64,
+        #[arg(long)]
+        prev_kv: bool,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<usize>,
+    },
+    /// Compact history up to a revision.
+    Compact { revision: i64 },
+    #[command(subcommand)]
+    Lease(LeaseCommand),
+    #[command(subcommand)]
+    Member(MemberCommand),
+    /// Status of every endpoint.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum LeaseCommand {
+    Grant {
+        ttl: i64,
+    },
+    Revoke {
+        id: String,
+    },
+    /// Keep a lease alive (until interrupted, or once with --once).
+    KeepAlive {
+        id: String,
+        #[arg(long)]
+        once: bool,
+    },
+    TimeToLive {
+        id: String,
+        #[arg(long)]
+        keys: bool,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
+enum MemberCommand {
+    List,
+    /// Add a member by its peer URL (start it afterwards with --initial-cluster-state existing).
+    Add {
+        peer_url: String,
+        #[arg(long)]
+        learner: bool,
+    },
+    Promote {
+        id: String,
+    },
+    Remove {
+        id: String,
+    },
+}
+
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    #[arg(long, default_value = "default")]
+    name: String,
+    /// Data directory (created if missing).
+    #[arg(long, default_value = "default.rampart-kv")]
+    data_dir: PathBuf,
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    listen_client_urls: String,
+    /// Defaults to --listen-client-urls.
+    #[arg(long)]
+    advertise_client_urls: Option<String>,
+    #[arg(long, default_value = "http://127.0.0.1:2380")]
+    listen_peer_urls: String,
+    /// Defaults to --listen-peer-urls. The member id derives from it.
+    #[arg(long)]
+    initial_advertise_peer_urls: Option<String>,
+    /// `name=peerURL,...`; defaults to this node alone.
+    #[arg(long)]
+    initial_cluster: Option<String>,
+    #[arg(long, default_value = "new", value_parser = ["new", "existing"])]
+    initial_cluster_state: String,
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    request_timeout: Duration,
+    /// Raft heartbeat interval.
+    #[arg(long, default_value = "100ms", value_parser = duration)]
+    heartbeat_interval: Duration,
+    /// Raft election timeout (a random value between it and twice it is used).
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    election_timeout: Duration,
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_count: u64,
+    /// Revisions of history kept for watches and past reads (0: until an explicit compact).
+    #[arg(long, default_value_t = 100_000)]
+    history_retention: u64,
+    #[arg(long, default_value_t = 3 * 512 * 1024)]
+    max_request_bytes: usize,
+}
+
+/// `http://host:port` → a socket address to listen on.
+fn listen_addr(url: &str) -> Result<SocketAddr> {
+    let hostport = url.split("://").nth(1).unwrap_or(url).trim_end_matches('/');
+    hostport
+        .parse()
+        .with_context(|| format!("{url:?} is not http://IP:PORT"))
+}
+
+impl ServeArgs {
+    pub(crate) fn node_config(&self) -> Result<NodeConfig> {
+        let listen_client =
+            listen_addr(&self.listen_client_urls).context("--listen-client-urls")?;
+        let listen_peer = listen_addr(&self.listen_peer_urls).context("--listen-peer-urls")?;
+        let advertise_peer = self
+            .initial_advertise_peer_urls
+            .clone()
+            .unwrap_or_else(|| self.listen_peer_urls.clone());
+        let initial_cluster = match &self.initial_cluster {
+            None => vec![(self.name.clone(), advertise_peer.clone())],
+            Some(s) => s
+                .split(',')
+                .map(|m| {
+                    m.split_once('=')
+                        .map(|(n, u)| (n.trim().to_string(), u.trim().to_string()))
+                        .ok_or_else(|| anyhow!("--initial-cluster: {m:?} is not name=peerURL"))
+                })
+                .collect::<Result<_>>()?,
+        };
+        Ok(NodeConfig {
+            name: self.name.clone(),
+            data_dir: self.data_dir.clone(),
+            listen_client,
+            advertise_client: self
+                .advertise_client_urls
+                .clone()
+                .unwrap_or_else(|| self.listen_client_urls.clone()),
+            listen_peer,
+            advertise_peer,
+            initial_cluster,
+            cluster_state: if self.initial_cluster_state == "existing" {
+                ClusterState::Existing
+            } else {
+                ClusterState::New
+            },
+            request_timeout: self.request_timeout,
+            heartbeat: self.heartbeat_interval,
+            election_timeout: self.election_timeout,
+            snapshot_count: self.snapshot_count,
+            history_retention: self.history_retention,
+            max_request_bytes: self.max_request_bytes,
+            watch_progress_interval: Duration::from_secs(600),
+        })
+    }
+}
+
+fn hex_id(s: &str) -> Result<u64> {
+    u64::from_str_radix(s.trim_start_matches("0x"), 16)
+        .with_context(|| format!("{s:?} is not a hexadecimal id"))
+}
+
+fn lease_id(s: &str) -> Result<i64> {
+    i64::try_from(hex_id(s)?).context("lease id out of range")
+}
+
+pub(crate) fn run(args: KvArgs) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(run_async(args))
+}
+
+async fn run_async(args: KvArgs) -> Result<ExitCode> {
+    if let KvCommand::Serve(serve) = &args.command {
+        let node = KvNode::start(serve.node_config()?).await?;
+        crate::wait_for_termination().await?;
+        tracing::info!("shutting down the kv node");
+        node.shutdown().await;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut c = Client::new(&args.endpoints, args.command_timeout)?;
+    match args.command {
+        KvCommand::Serve(_) => unreachable!("handled above"),
+        KvCommand::Get {
+            key,
+            prefix,
+            rev,
+            limit,
+            keys_only,
+            count_only,
+            serializable,
+        } => {
+            let range_end = if prefix {
+                prefix_end(key.as_bytes())
+            } else {
+                Vec::new()
+            };
+            let r = c
+                .range(pb::RangeRequest {
+                    key: key.into_bytes(),
+                    range_end,
+                    limit,
+                    revision: rev,
+                    keys_only,
+                    count_only,
+                    serializable,
+                    ..Default::default()
+                })
+                .await?;
+            if count_only {
+                println!("{}", r.count);
+            }
+            for kv in r.kvs {
+                println!("{}", String::from_utf8_lossy(&kv.key));
+                if !keys_only {
+                    println!("{}", String::from_utf8_lossy(&kv.value));
+                }
+            }
+        }
+        KvCommand::Range { prefix, limit } => {
+            let r = c
+                .range(pb::RangeRequest {
+                    range_end: prefix_end(prefix.as_bytes()),
+                    key: prefix.into_bytes(),
+                    limit,
+                    ..Default::default()
+                })
+                .await?;
+            for kv in r.kvs {
+                println!(
+                    "{}\n{}",
+                    String::from_utf8_lossy(&kv.key),
+                    String::from_utf8_lossy(&kv.value)
+                );
+            }
+        }
+        KvCommand::Put { key, value, lease } => {
+            let lease = lease.as_deref().map(lease_id).transpose()?.unwrap_or(0);
+            c.put(pb::PutRequest {
+                key: key.into_bytes(),
+                value: value.into_bytes(),
+                lease,
+                ..Default::default()
+            })
+            .await?;
+            println!("OK");
+        }
+        KvCommand::Del { key, prefix } => {
+            let range_end = if prefix {
+                prefix_end(key.as_bytes())
+            } else {
+                Vec::new()
+            };
+            let r = c
+                .delete(pb::DeleteRangeRequest {
+                    key: key.into_bytes(),
+                    range_end,
+                    prev_kv: false,
+                })
+                .await?;
+            println!("{}", r.deleted);
+        }
+        KvCommand::Txn {
+            key,
+            expect,
+            absent,
+            set,
+        } => {
+            use pb::compare::{CompareResult, CompareTarget, TargetUnion};
+            let compare = match (expect, absent) {
+                (Some(v), _) => pb::Compare {
+                    result: CompareResult::Equal as i32,
+                    target: CompareTarget::Value as i32,
+                    key: key.clone().into_bytes(),
+                    target_union: Some(TargetUnion::Value(v.into_bytes())),
+                    range_end: Vec::new(),
+                },
+                (None, true) => pb::Compare {
+                    result: CompareResult::Equal as i32,
+                    target: CompareTarget::Version as i32,
+                    key: key.clone().into_bytes(),
+                    target_union: Some(TargetUnion::Version(0)),
+                    range_end: Vec::new(),
+                },
+                (None, false) => bail!("give --expect VALUE or --absent"),
+            };
+            let r = c
+                .txn(pb::TxnRequest {
+                    compare: vec![compare],
+                    success: vec![pb::RequestOp {
+                        request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                            key: key.into_bytes(),
+                            value: set.into_bytes(),
+                            ..Default::default()
+                        })),
+                    }],
+                    failure: Vec::new(),
+                })
+                .await?;
+            if r.succeeded {
+                println!("SUCCESS");
+            } else {
+                println!("FAILURE");
+                return Ok(ExitCode::from(2));
+            }
+        }
+        KvCommand::Watch {
+            key,
+            prefix,
+            rev,
+            prev_kv,
+            count,
+        } => {
+            let range_end = if prefix {
+                prefix_end(key.as_bytes())
+            } else {
+                Vec::new()
+            };
+            let (_tx, mut stream) = c
+                .watch(pb::WatchCreateRequest {
+                    key: key.into_bytes(),
+                    range_end,
+                    start_revision: rev,
+                    prev_kv,
+                    ..Default::default()
+                })
+                .await?;
+            let mut seen = 0;
+            while let Some(resp) = stream.message().await? {
+                if resp.canceled {
+                    bail!("watch cancelled: {}", resp.cancel_reason);
+                }
+                for ev in resp.events {
+                    let kind = if ev.r#type == EventType::Delete as i32 {
+                        "DELETE"
+                    } else {
+                        "PUT"
+                    };
+                    let kv = ev.kv.unwrap_or_default();
+                    println!(
+                        "{kind}\n{}\n{}",
+                        String::from_utf8_lossy(&kv.key),
+                        String::from_utf8_lossy(&kv.value)
+                    );
+                    seen += 1;
+                    if count.is_some_and(|n| seen >= n) {
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                }
+            }
+        }
+        KvCommand::Compact { revision } => {
+            c.compact(revision).await?;
+            println!("compacted revision {revision}");
+        }
+        KvCommand::Lease(cmd) => lease(&mut c, cmd).await?,
+        KvCommand::Member(cmd) => member(&mut c, cmd).await?,
+        KvCommand::Status => {
+            let mut failed = false;
+            for (i, r) in c.status_all().await {
+                let ep = &args.endpoints[i];
+                match r {
+                    Ok(s) => println!(
+                        "{ep}, {:x}, {}, leader {:x}, term {}, index {}, applied {}, revision {}, db {} B{}",
+                        s.header.as_ref().map_or(0, |h| h.member_id),
+                        s.version,
+                        s.leader,
+                        s.raft_term,
+                        s.raft_index,
+                        s.raft_applied_index,
+                        s.header.as_ref().map_or(0, |h| h.revision),
+                        s.db_size,
+                        if s.is_learner { ", learner" } else { "" }
+                    ),
+                    Err(e) => {
+                        failed = true;
+                        println!("{ep}: {}", e.message());
+                    }
+                }
+            }
+            if failed {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn lease(c: &mut Client, cmd: LeaseCommand) -> Result<()> {
+    match cmd {
+        LeaseCommand::Grant { ttl } => {
+            let r = c.lease_grant(ttl).await?;
+            println!("lease {:016x} granted with TTL({}s)", r.id, r.ttl);
+        }
+        LeaseCommand::Revoke { id } => {
+            c.lease_revoke(lease_id(&id)?).await?;
+            println!("lease {id} revoked");
+        }
+        LeaseCommand::KeepAlive { id, once } => {
+            let id = lease_id(&id)?;
+            loop {
+                let ttl = c.lease_keep_alive_once(id).await?;
+                if ttl <= 0 {
+                    bail!("lease {id:016x} expired or revoked");
+                }
+                println!("lease {id:016x} keepalived with TTL({ttl})");
+                if once {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_secs(
+                    u64::try_from(ttl / 3).unwrap_or(1).max(1),
+                ))
+                .await;
+            }
+        }
+        LeaseCommand::TimeToLive { id, keys } => {
+            let r = c.lease_time_to_live(lease_id(&id)?, keys).await?;
+            if r.ttl < 0 {
+                println!("lease {id} already expired");
+            } else {
+                let keys: Vec<_> = r
+                    .keys
+                    .iter()
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    .collect();
+                println!(
+                    "lease {id} granted with TTL({}s), remaining({}s), attached keys({keys:?})",
+                    r.granted_ttl, r.ttl
+                );
+            }
+        }
+        LeaseCommand::List => {
+            let r = c.lease_list().await?;
+            println!("found {} leases", r.leases.len());
+            for l in r.leases {
+                println!("{:016x}", l.id);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn member(c: &mut Client, cmd: MemberCommand) -> Result<()> {
+    let print = |members: &[pb::Member]| {
+        for m in members {
+            println!(
+                "{:x}, {}, {}, {}, {}",
+                m.id,
+                if m.is_learner { "learner" } else { "voter" },
+                m.name,
+                m.peer_ur_ls.join(","),
+                m.client_ur_ls.join(",")
+            );
+        }
+    };
+    match cmd {
+        MemberCommand::List => print(&c.member_list().await?.members),
+        MemberCommand::Add { peer_url, learner } => {
+            let r = c.member_add(&peer_url, learner).await?;
+            let id = r.member.as_ref().map_or(0, |m| m.id);
+            println!("member {id:x} added");
+            print(&r.members);
+        }
+        MemberCommand::Promote { id } => {
+            let r = c.member_promote(hex_id(&id)?).await?;
+            println!("member {id} promoted");
+            print(&r.members);
+        }
+        MemberCommand::Remove { id } => {
+            let r = c.member_remove(hex_id(&id)?).await?;
+            println!("member {id} removed");
+            print(&r.members);
+        }
+    }
+    Ok(())
+}
