@@ -686,8 +686,13 @@ impl Writer<'_> {
                 prev_kv: Some(prev.clone()),
             });
         }
+        let revision = if victims.is_empty() && self.pending.is_empty() {
+            self.meta.revision
+        } else {
+            rev
+        };
         Ok(pb::DeleteRangeResponse {
-            header: Some(header(rev)),
+            header: Some(header(revision)),
             deleted: i64::try_from(victims.len()).unwrap_or(i64::MAX),
             prev_kvs: if req.prev_kv { victims } else { Vec::new() },
         })

@@ -1,0 +1,464 @@
+//! etcd v3 API semantics on a single real node (gRPC over loopback).
+
+mod support;
+
+use std::time::Duration;
+
+use rampart_kv::client::prefix_end;
+use rampart_kv::proto::etcdserverpb as pb;
+use rampart_kv::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use rampart_kv::proto::etcdserverpb::request_op::Request as Op;
+use rampart_kv::proto::etcdserverpb::response_op::Response as OpResp;
+use support::*;
+use tonic::Code;
+
+fn put(key: &str, value: &str) -> pb::PutRequest {
+    pb::PutRequest {
+        key: key.into(),
+        value: value.into(),
+        prev_kv: true,
+        ..Default::default()
+    }
+}
+
+fn get(key: &str) -> pb::RangeRequest {
+    pb::RangeRequest {
+        key: key.into(),
+        ..Default::default()
+    }
+}
+
+fn cmp_value(key: &str, v: &str) -> pb::Compare {
+    pb::Compare {
+        result: CompareResult::Equal as i32,
+        target: CompareTarget::Value as i32,
+        key: key.into(),
+        target_union: Some(TargetUnion::Value(v.into())),
+        range_end: Vec::new(),
+    }
+}
+
+fn code(e: &rampart_kv::client::ClientError) -> (Code, String) {
+    let s = e.status().expect("a gRPC status");
+    (s.code(), s.message().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_txn_history_leases_and_watch_behave_like_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cluster_configs(dir.path(), 1).remove(0);
+    let node = rampart_kv::KvNode::start(cfg.clone()).await.unwrap();
+    let mut c = client(&[&cfg]);
+
+    // Revisions: an empty store is at 1; each write adds one.
+    let r = c.range(get("a")).await.unwrap();
+    assert_eq!(r.header.as_ref().unwrap().revision, 1);
+    assert_eq!(r.count, 0);
+    let p = c.put(put("a", "1")).await.unwrap();
+    assert_eq!(p.header.as_ref().unwrap().revision, 2);
+    assert!(p.prev_kv.is_none());
+    let p = c.put(put("a", "2")).await.unwrap();
+    let prev = p.prev_kv.unwrap();
+    assert_eq!(
+        (prev.value.as_slice(), prev.version, prev.mod_revision),
+        (&b"1"[..], 1, 2)
+    );
+    let kv = c.range(get("a")).await.unwrap().kvs.remove(0);
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
+
+    // Ranges: prefix, limit, count, sort, keys_only, reads at past revisions.
+    for (k, v) in [("p/c", "x"), ("p/a", "z"), ("p/b", "y")] {
+        c.put(put(k, v)).await.unwrap();
+    }
+    let r = c
+        .range(pb::RangeRequest {
+            key: "p/".into(),
+            range_end: prefix_end(b"p/"),
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.count, 3);
+    assert!(r.more);
+    let keys: Vec<_> = r.kvs.iter().map(|kv| kv.key.clone()).collect();
+    assert_eq!(keys, vec![b"p/a".to_vec(), b"p/b".to_vec()]);
+    let r = c
+        .range(pb::RangeRequest {
+            key: "p/".into(),
+            range_end: prefix_end(b"p/"),
+            sort_order: pb::range_request::SortOrder::Descend as i32,
+            sort_target: pb::range_request::SortTarget::Value as i32,
+            keys_only: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let keys: Vec<_> = r.kvs.iter().map(|kv| kv.key.clone()).collect();
+    assert_eq!(
+        keys,
+        vec![b"p/a".to_vec(), b"p/b".to_vec(), b"p/c".to_vec()]
+    );
+    assert!(r.kvs.iter().all(|kv| kv.value.is_empty()));
+    let old = c
+        .range(pb::RangeRequest {
+            revision: 2,
+            ..get("a")
+        })
+        .await
+        .unwrap();
+    assert_eq!(old.kvs[0].value, b"1");
+    let none = c
+        .range(pb::RangeRequest {
+            key: "p/".into(),
+            range_end: prefix_end(b"p/"),
+            revision: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(none.count, 0, "p/ keys did not exist at revision 3");
+
+    // Delete with prev_kvs.
+    let d = c
+        .delete(pb::DeleteRangeRequest {
+            key: "p/a".into(),
+            range_end: "p/c".into(),
+            prev_kv: true,
+        })
+        .await
+        .unwrap();
+    assert_eq!(d.deleted, 2);
+    assert_eq!(d.prev_kvs.len(), 2);
+    let rev_after_delete = d.header.unwrap().revision;
+    assert_eq!(rev_after_delete, 7);
+    // Deleting nothing does not move the revision.
+    let d = c
+        .delete(pb::DeleteRangeRequest {
+            key: "nothing".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((d.deleted, d.header.unwrap().revision), (0, 7));
+
+    // Txn: compare-and-swap, nested txn, reads inside, one revision for all writes.
+    let t = c
+        .txn(pb::TxnRequest {
+            compare: vec![cmp_value("a", "2")],
+            success: vec![
+                pb::RequestOp {
+                    request: Some(Op::RequestPut(put("a", "3"))),
+                },
+                pb::RequestOp {
+                    request: Some(Op::RequestPut(put("b", "1"))),
+                },
+                pb::RequestOp {
+                    request: Some(Op::RequestRange(get("a"))),
+                },
+                pb::RequestOp {
+                    request: Some(Op::RequestTxn(pb::TxnRequest {
+                        compare: vec![cmp_value("a", "2")],
+                        success: vec![pb::RequestOp {
+                            request: Some(Op::RequestPut(put("nested", "ok"))),
+                        }],
+                        failure: vec![],
+                    })),
+                },
+            ],
+            failure: vec![],
+        })
+        .await
+        .unwrap();
+    assert!(t.succeeded);
+    assert_eq!(t.header.as_ref().unwrap().revision, 8);
+    match &t.responses[2].response {
+        Some(OpResp::ResponseRange(r)) => {
+            assert_eq!(r.kvs[0].value, b"3", "reads see the txn's writes")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    match &t.responses[3].response {
+        // Nested compares are decided on the state before the txn (a was "2").
+        Some(OpResp::ResponseTxn(inner)) => assert!(inner.succeeded),
+        other => panic!("unexpected {other:?}"),
+    }
+    let kv = c.range(get("b")).await.unwrap().kvs.remove(0);
+    assert_eq!(kv.mod_revision, 8);
+    let t = c
+        .txn(pb::TxnRequest {
+            compare: vec![cmp_value("a", "2")],
+            success: vec![pb::RequestOp {
+                request: Some(Op::RequestPut(put("a", "never"))),
+            }],
+            failure: vec![pb::RequestOp {
+                request: Some(Op::RequestRange(get("a"))),
+            }],
+        })
+        .await
+        .unwrap();
+    assert!(!t.succeeded);
+    assert_eq!(
+        t.header.unwrap().revision,
+        8,
+        "a failed read-only branch writes nothing"
+    );
+    let dup = c
+        .txn(pb::TxnRequest {
+            compare: vec![],
+            success: vec![
+                pb::RequestOp {
+                    request: Some(Op::RequestPut(put("x", "1"))),
+                },
+                pb::RequestOp {
+                    request: Some(Op::RequestPut(put("x", "2"))),
+                },
+            ],
+            failure: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        code(&dup),
+        (
+            Code::InvalidArgument,
+            "etcdserver: duplicate key given in txn request".into()
+        )
+    );
+
+    // Errors with etcd's codes and messages.
+    let e = c.range(get("")).await.unwrap_err();
+    assert_eq!(
+        code(&e),
+        (
+            Code::InvalidArgument,
+            "etcdserver: key is not provided".into()
+        )
+    );
+    let e = c
+        .range(pb::RangeRequest {
+            revision: 1000,
+            ..get("a")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        code(&e),
+        (
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision is a future revision".into()
+        )
+    );
+    let e = c
+        .put(pb::PutRequest {
+            lease: 12345,
+            ..put("l", "v")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        code(&e),
+        (
+            Code::NotFound,
+            "etcdserver: requested lease not found".into()
+        )
+    );
+    let big = vec![b'x'; 1_600_000];
+    let e = c
+        .put(pb::PutRequest {
+            key: "big".into(),
+            value: big,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        code(&e),
+        (
+            Code::InvalidArgument,
+            "etcdserver: request is too large".into()
+        )
+    );
+
+    // Watch from a past revision: history in order, then live events; prev_kv on request.
+    let (_w, mut stream) = c
+        .watch(pb::WatchCreateRequest {
+            key: "a".into(),
+            start_revision: 2,
+            prev_kv: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let created = stream.message().await.unwrap().unwrap();
+    assert!(created.created);
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let resp = stream.message().await.unwrap().unwrap();
+        for ev in resp.events {
+            let kv = ev.kv.unwrap();
+            seen.push((kv.mod_revision, kv.value, ev.prev_kv.map(|p| p.value)));
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (2, b"1".to_vec(), None),
+            (3, b"2".to_vec(), Some(b"1".to_vec())),
+            (8, b"3".to_vec(), Some(b"2".to_vec())),
+        ]
+    );
+    c.put(put("a", "4")).await.unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.events[0].kv.as_ref().unwrap().value, b"4");
+
+    // Compaction: past reads and watches before it fail with the compacted error.
+    let rev = c.range(get("a")).await.unwrap().header.unwrap().revision;
+    c.compact(rev - 1).await.unwrap();
+    let e = c
+        .range(pb::RangeRequest {
+            revision: 2,
+            ..get("a")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        code(&e),
+        (
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision has been compacted".into()
+        )
+    );
+    let (_w2, mut stream) = c
+        .watch(pb::WatchCreateRequest {
+            key: "a".into(),
+            start_revision: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let _created = stream.message().await.unwrap().unwrap();
+    let cancelled = stream.message().await.unwrap().unwrap();
+    assert!(cancelled.canceled);
+    assert_eq!(cancelled.compact_revision, rev - 1);
+
+    // Leases: keys go with the lease, through the log (one revision, DELETE events).
+    let lease = c.lease_grant(30).await.unwrap();
+    c.put(pb::PutRequest {
+        lease: lease.id,
+        ..put("leased/1", "v")
+    })
+    .await
+    .unwrap();
+    c.put(pb::PutRequest {
+        lease: lease.id,
+        ..put("leased/2", "v")
+    })
+    .await
+    .unwrap();
+    let ttl = c.lease_time_to_live(lease.id, true).await.unwrap();
+    assert_eq!(ttl.granted_ttl, 30);
+    assert!(ttl.ttl > 25 && ttl.ttl <= 30, "{ttl:?}");
+    assert_eq!(ttl.keys.len(), 2);
+    assert_eq!(c.lease_keep_alive_once(lease.id).await.unwrap(), 30);
+    let before = c.range(get("a")).await.unwrap().header.unwrap().revision;
+    c.lease_revoke(lease.id).await.unwrap();
+    let r = c
+        .range(pb::RangeRequest {
+            key: "leased/".into(),
+            range_end: prefix_end(b"leased/"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.count, 0);
+    assert_eq!(r.header.unwrap().revision, before + 1);
+    assert_eq!(c.lease_keep_alive_once(lease.id).await.unwrap(), 0);
+    assert_eq!(c.lease_time_to_live(lease.id, false).await.unwrap().ttl, -1);
+
+    // An expiring lease is revoked by the leader (the minimum TTL follows the election timeout).
+    let short = c.lease_grant(1).await.unwrap();
+    assert!(short.ttl >= 1);
+    c.put(pb::PutRequest {
+        lease: short.id,
+        ..put("ephemeral", "v")
+    })
+    .await
+    .unwrap();
+    let mut c2 = c.clone();
+    eventually(
+        Duration::from_secs(10),
+        "the expired lease's key is deleted",
+        move || {
+            let mut c = c2.clone();
+            async move { c.range(get("ephemeral")).await.unwrap().count == 0 }
+        },
+    )
+    .await;
+    c2 = c.clone();
+    assert!(
+        c2.lease_list()
+            .await
+            .unwrap()
+            .leases
+            .iter()
+            .all(|l| l.id != short.id)
+    );
+
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_log_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cluster_configs(dir.path(), 1).remove(0);
+    let node = rampart_kv::KvNode::start(cfg.clone()).await.unwrap();
+    let mut c = client(&[&cfg]);
+    let marker = "MARKER-0123456789-ABCDEFGHIJ";
+    for i in 0..20 {
+        c.put(put(&format!("k{i}"), marker)).await.unwrap();
+    }
+    node.shutdown().await;
+    drop(node);
+    drop(c);
+    // Wait for the files to be released, then flip one byte inside a stored entry.
+    let log = cfg.data_dir.join("raft-log.redb");
+    let mut bytes = std::fs::read(&log).unwrap();
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker.as_bytes())
+        .expect("the entry is in the log file");
+    bytes[at + 3] ^= 0x20;
+    std::fs::write(&log, &bytes).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let err = loop {
+        match rampart_kv::KvNode::start(cfg.clone()).await {
+            Ok(_) => panic!("a node with a damaged log started"),
+            Err(e)
+                if e.to_string().contains("already open")
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => break e.to_string(),
+        }
+    };
+    assert!(err.contains("raft-log.redb"), "{err}");
+    assert!(
+        err.contains("refusing to start") || err.contains("damaged"),
+        "{err}"
+    );
+
+    // A truncated file is refused too.
+    let half = bytes.len() / 2;
+    std::fs::write(&log, &bytes[..half]).unwrap();
+    let err = rampart_kv::KvNode::start(cfg.clone())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("raft-log.redb"), "{err}");
+}

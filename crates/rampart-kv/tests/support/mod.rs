@@ -1,0 +1,105 @@
+//! Start real store nodes in-process on loopback ports.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rampart_kv::client::Client;
+use rampart_kv::{ClusterState, KvNode, NodeConfig};
+
+pub(crate) fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Configs for an `n`-node cluster with data under `dir/nodeI`.
+pub(crate) fn cluster_configs(dir: &Path, n: usize) -> Vec<NodeConfig> {
+    let addrs: Vec<(SocketAddr, SocketAddr)> = (0..n).map(|_| (free_addr(), free_addr())).collect();
+    let initial: Vec<(String, String)> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| (format!("n{i}"), format!("http://{peer}")))
+        .collect();
+    addrs
+        .iter()
+        .enumerate()
+        .map(|(i, (client, peer))| {
+            let mut c = NodeConfig::single(
+                &format!("n{i}"),
+                dir.join(format!("node{i}")),
+                *client,
+                *peer,
+            );
+            c.initial_cluster = initial.clone();
+            c.request_timeout = Duration::from_secs(3);
+            c.heartbeat = Duration::from_millis(50);
+            c.election_timeout = Duration::from_millis(300);
+            c
+        })
+        .collect()
+}
+
+pub(crate) async fn start_all(configs: &[NodeConfig]) -> Vec<Arc<KvNode>> {
+    let mut nodes = Vec::new();
+    for c in configs {
+        nodes.push(KvNode::start(c.clone()).await.unwrap());
+    }
+    nodes
+}
+
+/// Start a node again from its data directory (waits for the previous instance's files).
+pub(crate) async fn restart(config: &NodeConfig) -> Arc<KvNode> {
+    let mut c = config.clone();
+    c.cluster_state = ClusterState::Existing;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match KvNode::start(c.clone()).await {
+            Ok(n) => return n,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("restart failed: {e}"),
+        }
+    }
+}
+
+pub(crate) fn client(nodes: &[&NodeConfig]) -> Client {
+    let eps: Vec<String> = nodes.iter().map(|c| c.listen_client.to_string()).collect();
+    Client::new(&eps, Duration::from_secs(5)).unwrap()
+}
+
+pub(crate) async fn leader_of(nodes: &[Arc<KvNode>]) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(i) = nodes.iter().position(|n| n.is_leader()) {
+            return i;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no leader elected within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Poll `f` until it returns true, for at most `within`.
+pub(crate) async fn eventually<F, Fut>(within: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if f().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
