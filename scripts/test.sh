@@ -14,8 +14,8 @@ section() { printf '\n==> %s\n' "$*"; }
 
 # Debian packages the tests and build scripts use: a C compiler (mimalloc, ring); iproute2,
 # iptables, curl and util-linux (runuser) for the sidecar's interception test in a network
-# namespace.
-packages=(gcc make pkg-config iproute2 iptables curl util-linux)
+# namespace; etcd-client (etcdctl) for the store's compatibility test.
+packages=(gcc make pkg-config iproute2 iptables curl util-linux etcd-client)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
