@@ -60,6 +60,12 @@ enum Command {
         /// Do not start the built-in demo upstream.
         #[arg(long)]
         no_demo_upstream: bool,
+        /// Where the embedded config store (etcd API on 127.0.0.1:2379) keeps its data.
+        #[arg(long, default_value = "rampart-data/kv")]
+        data_dir: PathBuf,
+        /// Do not start the embedded config store.
+        #[arg(long)]
+        no_store: bool,
     },
     /// Run the gateway from a config file; reloads it on change and on SIGHUP.
     Serve {
@@ -181,23 +187,36 @@ fn run(cmd: Command) -> Result<ExitCode> {
             let every = rampart_config::duration::parse_duration(&watch_interval)
                 .context("--watch-interval")?;
             let (cfg, bytes) = load(&config)?;
-            serve(cfg, Some((&config, bytes)), every, None)
+            serve(cfg, Some((&config, bytes)), every, None, None)
         }
         Command::Up {
             config,
             no_demo_upstream,
+            data_dir,
+            no_store,
         } => {
             let demo =
                 (!no_demo_upstream).then(|| DEMO_UPSTREAM.parse().expect("constant address"));
+            let store = if no_store {
+                None
+            } else {
+                embedded_store(data_dir)
+            };
             match &config {
                 Some(path) => {
                     let (cfg, bytes) = load(path)?;
-                    serve(cfg, Some((path, bytes)), Duration::from_secs(1), demo)
+                    serve(
+                        cfg,
+                        Some((path, bytes)),
+                        Duration::from_secs(1),
+                        demo,
+                        store,
+                    )
                 }
                 None => {
                     let cfg =
                         rampart_config::from_yaml(DEMO_CONFIG).context("embedded demo config")?;
-                    serve(cfg, None, Duration::from_secs(1), demo)
+                    serve(cfg, None, Duration::from_secs(1), demo, store)
                 }
             }
         }
@@ -254,7 +273,7 @@ fn run(cmd: Command) -> Result<ExitCode> {
             };
             let cfg = rampart_config::validate(sidecar::config(base, &ports))
                 .map_err(|e| anyhow::anyhow!("sidecar config: {e}"))?;
-            serve(cfg, None, Duration::ZERO, None)
+            serve(cfg, None, Duration::ZERO, None, None)
         }
         Command::Sidecar { .. } => {
             anyhow::bail!("rampart sidecar needs --app-port (or the iptables subcommand)")
@@ -354,6 +373,27 @@ impl Workers {
     }
 }
 
+/// The config store `rampart up` embeds: one node, etcd's default ports on loopback.
+#[cfg(feature = "full")]
+type StoreConfig = rampart_kv::NodeConfig;
+#[cfg(not(feature = "full"))]
+type StoreConfig = std::convert::Infallible;
+
+#[cfg(feature = "full")]
+fn embedded_store(data_dir: PathBuf) -> Option<StoreConfig> {
+    Some(rampart_kv::NodeConfig::single(
+        "default",
+        data_dir,
+        SocketAddr::from(([127, 0, 0, 1], 2379)),
+        SocketAddr::from(([127, 0, 0, 1], 2380)),
+    ))
+}
+
+#[cfg(not(feature = "full"))]
+fn embedded_store(_data_dir: PathBuf) -> Option<StoreConfig> {
+    None
+}
+
 /// Runs the gateway until SIGTERM/SIGINT; SIGHUP reloads `path`. The main thread runs the
 /// control runtime (admin, DNS, reloads, signals); data-plane workers run on their own threads.
 fn serve(
@@ -361,6 +401,7 @@ fn serve(
     file: Option<(&std::path::Path, Vec<u8>)>,
     watch_every: Duration,
     demo_upstream: Option<SocketAddr>,
+    store: Option<StoreConfig>,
 ) -> Result<ExitCode> {
     let workers = Workers::start(cfg.workers)?;
     let control = tokio::runtime::Builder::new_current_thread()
@@ -376,6 +417,13 @@ fn serve(
                 .with_context(|| format!("cannot start the demo upstream on {addr}"))?;
             tracing::info!(%local, "demo upstream listening");
         }
+        #[cfg(feature = "full")]
+        let store = match store {
+            Some(cfg) => Some(rampart_kv::KvNode::start(cfg).await.context("cannot start the config store")?),
+            None => None,
+        };
+        #[cfg(not(feature = "full"))]
+        let _ = store;
         let runtimes = Runtimes {
             data,
             control: tokio::runtime::Handle::current(),
@@ -396,6 +444,10 @@ fn serve(
             }
         };
         stop_demo.cancel();
+        #[cfg(feature = "full")]
+        if let Some(node) = store {
+            node.shutdown().await;
+        }
         tracing::info!(clean, "stopped");
         anyhow::Ok(ExitCode::SUCCESS)
     });

@@ -51,17 +51,40 @@ const VERSION: &str = "rampart_config_version";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_serves_the_demo_on_a_fresh_machine() {
     let (gw, admin) = (local(8080), local(9901));
-    for port in [8080, 9901, 8081] {
+    for port in [8080, 9901, 8081, 2379, 2380] {
         assert!(
             std::net::TcpListener::bind(local(port)).is_ok(),
-            "port {port} is in use; this test runs `rampart up` on its fixed ports 8080/9901/8081"
+            "port {port} is in use; this test runs `rampart up` on its fixed ports 8080/9901/8081/2379/2380"
         );
     }
-    let mut up = Proc::spawn("rampart up", &["up"]);
+    let dir = TempDir::new("up");
+    let data = dir.path("kv");
+    let mut up = Proc::spawn("rampart up", &["up", "--data-dir", data.to_str().unwrap()]);
     assert!(
         await_ok(&mut up, admin, "/ready").await,
         "rampart up exited before it was ready: {:?}",
         up.exited()
+    );
+
+    // The embedded config store answers etcd's API on 127.0.0.1:2379.
+    let kv = |args: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .args(["kv", "--endpoints", "127.0.0.1:2379"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(kv(&["put", "greeting", "hello"]).trim(), "OK");
+    assert_eq!(kv(&["get", "greeting"]), "greeting\nhello\n");
+    assert!(
+        data.join("raft-log.redb").exists(),
+        "the store keeps its data under --data-dir"
     );
 
     // HTTP/1.1 through the catch-all route to the built-in demo upstream.
