@@ -174,7 +174,7 @@ async fn kv_txn_history_leases_and_watch_behave_like_etcd() {
     assert_eq!(t.header.as_ref().unwrap().revision, 8);
     match &t.responses[2].response {
         Some(OpResp::ResponseRange(r)) => {
-            assert_eq!(r.kvs[0].value, b"3", "reads see the txn's writes")
+            assert_eq!(r.kvs[0].value, b"3", "reads see the txn's writes");
         }
         other => panic!("unexpected {other:?}"),
     }
