@@ -19,7 +19,9 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, StorageIOError, Vote};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
 
 use crate::types::{Entry, LogId, StorageError, TypeConfig};
 
@@ -179,16 +181,21 @@ impl LogStore {
         }
     }
 
-    fn put_meta<T: serde::Serialize>(&self, key: &str, v: &T) -> Result<(), String> {
-        let bytes = encode(v)?;
-        let mut tx = self.db.begin_write().map_err(|e| e.to_string())?;
-        tx.set_durability(Durability::Immediate)
-            .map_err(|e| e.to_string())?;
-        {
-            let mut t = tx.open_table(META).map_err(|e| e.to_string())?;
-            t.insert(key, bytes.as_slice()).map_err(|e| e.to_string())?;
-        }
-        tx.commit().map_err(|e| e.to_string())
+    /// Run `f` in one write transaction on the blocking pool and commit it with `durability`
+    /// (`Immediate` fsyncs before returning).
+    async fn write<F>(&self, durability: Durability, f: F) -> Result<(), String>
+    where
+        F: FnOnce(&WriteTransaction) -> Result<(), redb::Error> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let mut tx = db.begin_write().map_err(|e| e.to_string())?;
+            tx.set_durability(durability).map_err(|e| e.to_string())?;
+            f(&tx).map_err(|e| e.to_string())?;
+            tx.commit().map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
     }
 
     fn last_entry_id(&self) -> Result<Option<LogId>, StorageError> {
@@ -274,13 +281,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
-        let this = self.clone();
-        let vote = *vote;
-        tokio::task::spawn_blocking(move || this.put_meta(VOTE, &vote))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r)
-            .map_err(|e| StorageIOError::write_vote(&AnyErr(e)).into())
+        let bytes = encode(vote).map_err(|e| StorageIOError::write_vote(&AnyErr(e)))?;
+        self.write(Durability::Immediate, move |tx| {
+            tx.open_table(META)?.insert(VOTE, bytes.as_slice())?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| StorageIOError::write_vote(&AnyErr(e)).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
@@ -291,21 +298,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Not fsynced on its own: it only speeds up recovery (the committed prefix is re-applied
         // at start-up), and a lost value is recomputed by the leader.
         let bytes = encode(&committed).map_err(|e| StorageIOError::write(&AnyErr(e)))?;
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let mut tx = this.db.begin_write().map_err(|e| e.to_string())?;
-            tx.set_durability(Durability::None)
-                .map_err(|e| e.to_string())?;
-            {
-                let mut t = tx.open_table(META).map_err(|e| e.to_string())?;
-                t.insert(COMMITTED, bytes.as_slice())
-                    .map_err(|e| e.to_string())?;
-            }
-            tx.commit().map_err(|e| e.to_string())
+        self.write(Durability::None, move |tx| {
+            tx.open_table(META)?.insert(COMMITTED, bytes.as_slice())?;
+            Ok(())
         })
         .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r)
         .map_err(|e| StorageIOError::write(&AnyErr(e)).into())
     }
 
@@ -327,23 +324,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let bytes = encode(&e).map_err(|m| StorageIOError::write_logs(&AnyErr(m)))?;
             batch.push((e.log_id.index, bytes));
         }
-        let this = self.clone();
-        let result = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let mut tx = this.db.begin_write().map_err(|e| e.to_string())?;
-            tx.set_durability(Durability::Immediate)
-                .map_err(|e| e.to_string())?;
-            {
-                let mut t = tx.open_table(LOG).map_err(|e| e.to_string())?;
+        let result = self
+            .write(Durability::Immediate, move |tx| {
+                let mut t = tx.open_table(LOG)?;
                 for (index, bytes) in &batch {
-                    t.insert(*index, bytes.as_slice())
-                        .map_err(|e| e.to_string())?;
+                    t.insert(*index, bytes.as_slice())?;
                 }
-            }
-            tx.commit().map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r);
+                Ok(())
+            })
+            .await;
         match result {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
@@ -358,44 +347,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let mut tx = this.db.begin_write().map_err(|e| e.to_string())?;
-            tx.set_durability(Durability::Immediate)
-                .map_err(|e| e.to_string())?;
-            {
-                let mut t = tx.open_table(LOG).map_err(|e| e.to_string())?;
-                t.retain_in(log_id.index.., |_, _| false)
-                    .map_err(|e| e.to_string())?;
-            }
-            tx.commit().map_err(|e| e.to_string())
+        self.write(Durability::Immediate, move |tx| {
+            tx.open_table(LOG)?
+                .retain_in(log_id.index.., |_, _| false)?;
+            Ok(())
         })
         .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r)
         .map_err(|e| StorageIOError::write_logs(&AnyErr(e)).into())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let bytes = encode(&Some(log_id)).map_err(|e| StorageIOError::write_logs(&AnyErr(e)))?;
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let mut tx = this.db.begin_write().map_err(|e| e.to_string())?;
-            tx.set_durability(Durability::Immediate)
-                .map_err(|e| e.to_string())?;
-            {
-                let mut m = tx.open_table(META).map_err(|e| e.to_string())?;
-                m.insert(PURGED, bytes.as_slice())
-                    .map_err(|e| e.to_string())?;
-                let mut t = tx.open_table(LOG).map_err(|e| e.to_string())?;
-                t.retain_in(..=log_id.index, |_, _| false)
-                    .map_err(|e| e.to_string())?;
-            }
-            tx.commit().map_err(|e| e.to_string())
+        // The purged id is recorded in the same transaction that drops the entries.
+        self.write(Durability::Immediate, move |tx| {
+            tx.open_table(META)?.insert(PURGED, bytes.as_slice())?;
+            tx.open_table(LOG)?
+                .retain_in(..=log_id.index, |_, _| false)?;
+            Ok(())
         })
         .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r)
         .map_err(|e| StorageIOError::write_logs(&AnyErr(e)).into())
     }
 }
