@@ -308,6 +308,21 @@ impl KvNode {
         while tasks.join_next().await.is_some() {}
     }
 
+    /// Resolves when Raft has stopped on an error (a failed disk write, for example): the
+    /// member can no longer take part and should exit so that it is restarted once the
+    /// cause is fixed (etcd does the same).
+    pub async fn stopped_on_error(&self) -> String {
+        let mut rx = self.raft.metrics();
+        loop {
+            if let Err(e) = &rx.borrow_and_update().running_state {
+                return e.to_string();
+            }
+            if rx.changed().await.is_err() {
+                return "raft stopped".into();
+            }
+        }
+    }
+
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
@@ -396,6 +411,9 @@ impl KvNode {
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
                 Err(KvError::NoLeader)
             }
+            Ok(Err(RaftError::Fatal(e))) => Err(KvError::Storage(format!(
+                "{e}; this member has stopped and must be restarted"
+            ))),
             Ok(Err(e)) => Err(KvError::Internal(e.to_string())),
         }
     }

@@ -46,7 +46,8 @@ fn code(e: &rampart_kv::client::ClientError) -> (Code, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_txn_history_leases_and_watch_behave_like_etcd() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = cluster_configs(dir.path(), 1).remove(0);
+    let mut cfg = cluster_configs(dir.path(), 1).remove(0);
+    cfg.watch_progress_interval = Duration::from_millis(300);
     let node = rampart_kv::KvNode::start(cfg.clone()).await.unwrap();
     let mut c = client(&[&cfg]);
 
@@ -345,6 +346,39 @@ async fn kv_txn_history_leases_and_watch_behave_like_etcd() {
     let cancelled = stream.message().await.unwrap().unwrap();
     assert!(cancelled.canceled);
     assert_eq!(cancelled.compact_revision, rev - 1);
+
+    // Progress: periodic notifications on an idle watch (progress_notify) and on request.
+    let (progress_tx, mut stream) = c
+        .watch(pb::WatchCreateRequest {
+            key: "idle".into(),
+            progress_notify: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(stream.message().await.unwrap().unwrap().created);
+    let current = c.range(get("a")).await.unwrap().header.unwrap().revision;
+    let tick = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(tick.events.is_empty() && !tick.canceled);
+    assert_eq!(tick.header.unwrap().revision, current);
+    progress_tx
+        .send(pb::WatchRequest {
+            request_union: Some(pb::watch_request::RequestUnion::ProgressRequest(
+                pb::WatchProgressRequest {},
+            )),
+        })
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.header.unwrap().revision, current);
 
     // Leases: keys go with the lease, through the log (one revision, DELETE events).
     let lease = c.lease_grant(30).await.unwrap();

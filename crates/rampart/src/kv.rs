@@ -32,7 +32,7 @@ pub(crate) struct KvArgs {
     command: KvCommand,
 }
 
-fn duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn duration(s: &str) -> Result<Duration, String> {
     parse_duration(s).map_err(|e| e.to_string())
 }
 
@@ -112,6 +112,8 @@ enum KvCommand {
     Member(MemberCommand),
     /// Status of every endpoint.
     Status,
+    /// Load-test the endpoints (Rampart's store or etcd) and print throughput and latency.
+    Bench(crate::kv_bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -268,14 +270,24 @@ pub(crate) fn run(args: KvArgs) -> Result<ExitCode> {
 async fn run_async(args: KvArgs) -> Result<ExitCode> {
     if let KvCommand::Serve(serve) = &args.command {
         let node = KvNode::start(serve.node_config()?).await?;
-        crate::wait_for_termination().await?;
+        tokio::select! {
+            r = crate::wait_for_termination() => r?,
+            reason = node.stopped_on_error() => {
+                node.shutdown().await;
+                bail!("the store stopped: {reason}");
+            }
+        }
         tracing::info!("shutting down the kv node");
         node.shutdown().await;
         return Ok(ExitCode::SUCCESS);
     }
+    if let KvCommand::Bench(bench) = args.command {
+        crate::kv_bench::run(&args.endpoints, bench).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut c = Client::new(&args.endpoints, args.command_timeout)?;
     match args.command {
-        KvCommand::Serve(_) => unreachable!("handled above"),
+        KvCommand::Serve(_) | KvCommand::Bench(_) => unreachable!("handled above"),
         KvCommand::Get {
             key,
             prefix,

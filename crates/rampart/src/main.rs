@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 #[cfg(feature = "full")]
 mod kv;
+#[cfg(feature = "full")]
+mod kv_bench;
 mod sidecar;
 
 /// mimalloc: measurably less CPU than glibc malloc on the proxy's many small, short-lived
