@@ -15,9 +15,11 @@ use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
+// `serve_with_incoming` ignores the builder's TCP_NODELAY, so the accepted sockets get it
+// here; without it small gRPC replies wait ~40 ms for Nagle and delayed ACKs.
+use tonic::transport::server::TcpIncoming;
 
 use crate::error::KvError;
 use crate::log_store::LogStore;
@@ -220,7 +222,7 @@ impl KvNode {
             let shutdown = node.shutdown.clone();
             let router = service::client_router(node.clone());
             tasks.spawn(async move {
-                let incoming = TcpListenerStream::new(client_listener);
+                let incoming = TcpIncoming::from(client_listener).with_nodelay(Some(true));
                 if let Err(e) = router
                     .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
                     .await
@@ -231,7 +233,7 @@ impl KvNode {
             let shutdown = node.shutdown.clone();
             let router = service::peer_router(node.clone());
             tasks.spawn(async move {
-                let incoming = TcpListenerStream::new(peer_listener);
+                let incoming = TcpIncoming::from(peer_listener).with_nodelay(Some(true));
                 if let Err(e) = router
                     .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
                     .await
@@ -467,10 +469,19 @@ impl KvNode {
         }
     }
 
+    /// The leader's read index: the index a linearizable read must wait for.
+    ///
+    /// openraft's barrier is max(commit index, first entry of this term). That is too low
+    /// when a node restarts and resumes leadership in the same term: its stored commit index
+    /// may lag writes it had already acknowledged (storing it is not fsynced). The leader's
+    /// last log index at this moment bounds every acknowledged write (a leader holds every
+    /// committed entry), so the read waits for that, after leadership is confirmed. Found by
+    /// the Jepsen harness (leader killed and restarted within an election timeout).
     pub async fn read_index_local(&self, deadline: Instant) -> Result<u64, KvError> {
+        let last = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
         match tokio::time::timeout_at(deadline, self.raft.get_read_log_id()).await {
             Err(_) => Err(KvError::Timeout),
-            Ok(Ok((read, _applied))) => Ok(read.map_or(0, |l| l.index)),
+            Ok(Ok((read, _applied))) => Ok(read.map_or(0, |l| l.index).max(last)),
             Ok(Err(RaftError::APIError(_))) => Err(KvError::NoLeader),
             Ok(Err(e)) => Err(KvError::Internal(e.to_string())),
         }
