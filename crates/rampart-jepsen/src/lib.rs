@@ -9,13 +9,19 @@
 //! - [`netns`]: the network nemesis: nodes in their own network namespaces on a private
 //!   bridge, with partitions made by iptables inside those namespaces (Linux, root).
 //!
-//! It is not the harness itself (starting nodes, generating load, scheduling faults live
-//! with the tests that use these pieces), and it knows nothing about `rampart-kv`'s
-//! internals: the checker only needs a history, so it can equally judge etcd.
+//! - [`harness`]: the Jepsen-style test itself: a real `rampart` cluster in those
+//!   namespaces, concurrent clients recording a history, a nemesis (kills, pauses,
+//!   partitions) on a schedule, and the checker's verdict. The `rampart-jepsen` binary
+//!   runs it from the command line.
+//!
+//! It knows nothing about `rampart-kv`'s internals: the harness talks to the nodes only
+//! through the etcd API and signals, and the checker only needs a history, so it can
+//! equally judge etcd.
 // Panics on outside input are forbidden here; unit tests may unwrap (clippy.toml).
 #![warn(clippy::unwrap_used)]
 
 pub mod checker;
+pub mod harness;
 pub mod history;
 pub mod netns;
 

@@ -8,7 +8,18 @@
 //!   eth0 10.S.0.1      eth0 10.S.0.2      eth0 10.S.0.3
 //!     |                  |                  |
 //!   v1 ---------------- v2 ---------------- v3    br0 in {prefix}-hub
+//!                                            |
+//!                                  ctl ------+        (only with a control link)
+//!                                   |
+//!                          rjc-XXXXXXXX 10.S.0.254    in the root namespace
 //! ```
+//!
+//! [`Net::create_with_control`] adds the lower part: one veth from the root namespace to the
+//! bridge, so that a harness running in the root namespace (its clients and its nemesis's
+//! status probes) reaches every node directly, as Jepsen's control node does. Partitions
+//! only ever name node addresses, so the control address `10.S.0.254` stays connected to
+//! every node whatever the partition, again as in Jepsen. Plain [`Net::create`] leaves the
+//! root namespace untouched.
 //!
 //! Why namespaces and not loopback aliases: a node that listens on `0.0.0.0`, or that
 //! dials its peers by whatever address it was given, behaves exactly as on a real network,
@@ -42,6 +53,11 @@ pub enum NetError {
     InvalidPrefix { prefix: String, rule: &'static str },
     #[error("a net has 1 to {max} nodes, not {nodes}", max = MAX_NODES)]
     BadSize { nodes: usize },
+    #[error(
+        "the node subnet {subnet} is already routed in the root namespace ({routes}); a \
+         control link would clash with it: use another prefix, or clean up the run that owns it"
+    )]
+    SubnetInUse { subnet: String, routes: String },
     #[error("invalid partition: {reason}")]
     BadPartition { reason: String },
     #[error("`{command}` could not start: {source} (are iproute2 and iptables installed?)")]
@@ -62,6 +78,9 @@ pub enum NetError {
 /// Addresses are `10.S.0.i` with `i` in 1..=250 (leaving room below the broadcast).
 pub const MAX_NODES: usize = 250;
 
+/// The last octet of the control address (the root namespace's end of the control link).
+pub const CONTROL_HOST: u8 = 254;
+
 /// The iptables chain holding the partition's rules in each node namespace.
 pub const CHAIN: &str = "RAMPART-NEMESIS";
 
@@ -76,6 +95,8 @@ pub struct Net {
     subnet: u8,
     /// Namespaces created so far, deleted in reverse order on drop.
     created: Vec<String>,
+    /// The root namespace's end of the control link, once created.
+    control_link: Option<String>,
 }
 
 impl Net {
@@ -83,6 +104,22 @@ impl Net {
     /// earlier run crashed), this fails; call [`cleanup_stale`] first if that run is
     /// certainly dead. Concurrent runs need different prefixes.
     pub fn create(prefix: &str, nodes: usize) -> Result<Self, NetError> {
+        Self::create_inner(prefix, nodes, false)
+    }
+
+    /// Like [`Net::create`], plus a control link: a veth from the root namespace to the
+    /// bridge with the address [`Net::control_addr`], so that this process reaches every
+    /// node's address directly. Partitions never cut the control address off.
+    ///
+    /// This does touch the root namespace (one interface, `rjc-` and 8 hex digits, and the
+    /// route to the node subnet that comes with its address); drop and [`cleanup_stale`]
+    /// remove it. Fails if the node subnet is already routed in the root namespace (another
+    /// run whose prefix hashes to the same subnet, or a local network in `10.S.0.0/24`).
+    pub fn create_with_control(prefix: &str, nodes: usize) -> Result<Self, NetError> {
+        Self::create_inner(prefix, nodes, true)
+    }
+
+    fn create_inner(prefix: &str, nodes: usize, control: bool) -> Result<Self, NetError> {
         validate_prefix(prefix)?;
         if nodes == 0 || nodes > MAX_NODES {
             return Err(NetError::BadSize { nodes });
@@ -92,9 +129,13 @@ impl Net {
             nodes,
             subnet: subnet_octet(prefix),
             created: Vec::new(),
+            control_link: None,
         };
         // On error `net` is dropped here, which deletes whatever was created.
         net.build()?;
+        if control {
+            net.build_control()?;
+        }
         tracing::info!(prefix, nodes, subnet = %net.subnet_cidr(), "network namespaces up");
         Ok(net)
     }
@@ -127,6 +168,39 @@ impl Net {
             finish(spawn_restore(&ns, &setup)?)?;
         }
         Ok(())
+    }
+
+    fn build_control(&mut self) -> Result<(), NetError> {
+        let subnet = self.subnet_cidr();
+        // `root`: routes for this subnet or inside it (a default route does not conflict).
+        let conflict = run(Command::new("ip").args(["-4", "route", "show", "root", &subnet]))?;
+        if !conflict.trim().is_empty() {
+            return Err(NetError::SubnetInUse {
+                subnet,
+                routes: conflict.trim().to_owned(),
+            });
+        }
+        let link = control_link_name(&self.prefix);
+        let hub = self.hub_ns();
+        run(Command::new("ip").args([
+            "link", "add", &link, "type", "veth", "peer", "name", "ctl", "netns", &hub,
+        ]))?;
+        self.control_link = Some(link.clone());
+        run(ip_in(&hub).args(["link", "set", "ctl", "master", "br0", "up"]))?;
+        let cidr = format!("{}/24", self.control_ip());
+        run(Command::new("ip").args(["addr", "add", &cidr, "dev", &link]))?;
+        run(Command::new("ip").args(["link", "set", &link, "up"]))?;
+        tracing::info!(link, addr = %self.control_ip(), "control link up");
+        Ok(())
+    }
+
+    /// The root namespace's address on the node subnet, if the net has a control link.
+    pub fn control_addr(&self) -> Option<Ipv4Addr> {
+        self.control_link.as_ref().map(|_| self.control_ip())
+    }
+
+    fn control_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, self.subnet, 0, CONTROL_HOST)
     }
 
     pub fn prefix(&self) -> &str {
@@ -321,8 +395,14 @@ impl Net {
 
 impl Drop for Net {
     fn drop(&mut self) {
-        // Nodes first, then the hub: deleting a node namespace destroys its veth, and with
-        // it the peer on the bridge.
+        // The control link first (deleting the hub would take it along, but say so if it
+        // cannot be deleted), then nodes, then the hub: deleting a node namespace destroys
+        // its veth, and with it the peer on the bridge.
+        if let Some(link) = &self.control_link
+            && let Err(e) = run(Command::new("ip").args(["link", "delete", link]))
+        {
+            tracing::warn!(link, error = %e, "could not delete the control link");
+        }
         for ns in self.created.iter().rev() {
             if let Err(e) = run(Command::new("ip").args(["netns", "delete", ns])) {
                 tracing::warn!(namespace = %ns, error = %e, "could not delete network namespace");
@@ -336,10 +416,15 @@ impl Drop for Net {
 /// keep the namespace alive, unreachable). Returns the namespaces deleted.
 pub fn cleanup_stale(prefix: &str) -> Result<Vec<String>, NetError> {
     validate_prefix(prefix)?;
+    let link = control_link_name(prefix);
+    let mut deleted = Vec::new();
+    if run(Command::new("ip").args(["link", "show", "dev", &link])).is_ok() {
+        run(Command::new("ip").args(["link", "delete", &link]))?;
+        deleted.push(link);
+    }
     let out = run(Command::new("ip").args(["netns", "list"]))?;
     let hub = format!("{prefix}-hub");
     let node_prefix = format!("{prefix}-n");
-    let mut deleted = Vec::new();
     // Lines look like "name" or "name (id: 3)".
     for name in out.lines().filter_map(|l| l.split_whitespace().next()) {
         let ours = name == hub
@@ -391,11 +476,21 @@ fn validate_prefix(prefix: &str) -> Result<(), NetError> {
 /// so a collision is harmless; distinct subnets only keep logs and packet captures from
 /// different runs apart.
 fn subnet_octet(prefix: &str) -> u8 {
-    let h = prefix.bytes().fold(0x811c_9dc5u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    });
+    let h = fnv1a(prefix);
     // 10.16.0.0 to 10.239.0.0: clear of the low ranges people tend to hand-configure.
     16 + (h % 224) as u8
+}
+
+fn fnv1a(s: &str) -> u32 {
+    s.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// The root namespace's end of the control link: interface names have at most 15
+/// characters, so the prefix itself does not fit; its hash does.
+pub fn control_link_name(prefix: &str) -> String {
+    format!("rjc-{:08x}", fnv1a(prefix))
 }
 
 fn bad_partition(reason: String) -> NetError {

@@ -273,7 +273,10 @@ fn drop_and_cleanup_stale_remove_every_namespace() {
         String::from_utf8(out.stdout)
             .unwrap()
             .lines()
-            .filter_map(|l| l.split(": ").nth(1).map(str::to_owned))
+            .filter_map(|l| l.split(": ").nth(1))
+            // "name@ifN" for veths; other tests' control links come and go concurrently.
+            .map(|l| l.split('@').next().unwrap_or(l).to_owned())
+            .filter(|l| !l.starts_with("rjc-") || *l == netns::control_link_name("rjt-drop"))
             .collect::<BTreeSet<String>>()
     };
     let before = root_links();
@@ -314,4 +317,70 @@ fn drop_and_cleanup_stale_remove_every_namespace() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Connects from the root namespace (this process's) to each node's listener, all at once.
+fn probe_from_root(net: &Net, nodes: &[usize], secs: u32) -> Vec<Reach> {
+    let children: Vec<Child> = nodes
+        .iter()
+        .map(|&to| {
+            let target = format!("echo > /dev/tcp/{}/{PORT}", net.addr(to));
+            Command::new("timeout")
+                .args([&secs.to_string(), "bash", "-c", &target])
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|mut c| match c.wait().unwrap().code() {
+            Some(0) => Reach::Connected,
+            Some(124) => Reach::TimedOut,
+            other => Reach::Other(other.unwrap_or(-1)),
+        })
+        .collect()
+}
+
+#[test]
+fn control_link_reaches_every_node_through_any_partition() {
+    require_root!("control_link_reaches_every_node_through_any_partition");
+    let link = netns::control_link_name("rjt-ctl");
+    let link_exists = || {
+        Command::new("ip")
+            .args(["link", "show", "dev", &link])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    netns::cleanup_stale("rjt-ctl").unwrap();
+    let net = Net::create_with_control("rjt-ctl", 3).unwrap();
+    let ctl = net.control_addr().unwrap();
+    assert_eq!(ctl.octets()[3], netns::CONTROL_HOST);
+    assert!(link_exists());
+    let _listeners = Listeners::start(&net);
+    let all = [1, 2, 3];
+    assert_eq!(probe_from_root(&net, &all, 5), [Reach::Connected; 3]);
+
+    // Node 1 is cut off from its peers, but not from the control address.
+    net.isolate(1).unwrap();
+    assert_reach(&net, &[(2, 3)], &[(1, 2), (3, 1)]);
+    assert_eq!(probe_from_root(&net, &all, 5), [Reach::Connected; 3]);
+    net.bridge_partition(&[1], 2, &[3]).unwrap();
+    assert_eq!(probe_from_root(&net, &all, 5), [Reach::Connected; 3]);
+    net.heal().unwrap();
+    assert_reach(&net, &[(1, 2), (3, 1)], &[]);
+
+    // Drop removes the root namespace's end too; so does cleanup_stale after a crash.
+    drop(net);
+    assert!(!link_exists(), "{link} survived the drop");
+    let net = Net::create_with_control("rjt-ctl", 2).unwrap();
+    std::mem::forget(net);
+    assert!(link_exists());
+    let removed = netns::cleanup_stale("rjt-ctl").unwrap();
+    assert!(removed.contains(&link), "{removed:?}");
+    assert!(!link_exists());
 }
