@@ -13,6 +13,7 @@ use std::time::Duration;
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -116,6 +117,60 @@ pub enum StartError {
     NotInCluster { url: String },
 }
 
+/// Read-index rounds: whether one is running, and who waits for the next.
+#[derive(Default)]
+struct ReadRounds {
+    running: bool,
+    waiting: Vec<oneshot::Sender<Turn>>,
+}
+
+enum Turn {
+    Done(Result<u64, KvError>),
+    /// Lead the next round (for yourself and everyone queued by then).
+    Lead,
+}
+
+/// The round a caller leads. Dropped unfinished (the caller was cancelled), it puts its
+/// batch back in the queue and hands the lead on, so no reader is stranded.
+struct Round<'a> {
+    node: &'a KvNode,
+    batch: Vec<oneshot::Sender<Turn>>,
+    finished: bool,
+}
+
+impl Round<'_> {
+    fn finish(&mut self, result: &Result<u64, KvError>) {
+        for tx in self.batch.drain(..) {
+            let _ = tx.send(Turn::Done(result.clone()));
+        }
+        self.finished = true;
+        self.hand_off();
+    }
+
+    fn hand_off(&mut self) {
+        let mut b = self
+            .node
+            .reads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        b.waiting.append(&mut self.batch);
+        while let Some(tx) = b.waiting.pop() {
+            if tx.send(Turn::Lead).is_ok() {
+                return;
+            }
+        }
+        b.running = false;
+    }
+}
+
+impl Drop for Round<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.hand_off();
+        }
+    }
+}
+
 /// A running node.
 pub struct KvNode {
     pub id: u64,
@@ -123,6 +178,7 @@ pub struct KvNode {
     pub raft: Raft,
     pub shared: Arc<Shared>,
     peers: Mutex<HashMap<u64, PeerClient<Channel>>>,
+    reads: Mutex<ReadRounds>,
     shutdown: CancellationToken,
     tasks: Mutex<JoinSet<()>>,
     pub client_addr: SocketAddr,
@@ -204,6 +260,7 @@ impl KvNode {
             raft,
             shared,
             peers: Mutex::new(HashMap::new()),
+            reads: Mutex::new(ReadRounds::default()),
             shutdown: CancellationToken::new(),
             tasks: Mutex::new(JoinSet::new()),
             client_addr,
@@ -452,6 +509,56 @@ impl KvNode {
     /// the leader had committed when it last confirmed its leadership.
     pub async fn linearize(&self) -> Result<(), KvError> {
         let deadline = self.deadline();
+        let index = self.read_index().await?;
+        self.wait_applied(index, deadline).await
+    }
+
+    /// A read index for this node's reads, shared: concurrent callers join one round (a
+    /// quorum heartbeat on the leader, or one `ReadIndex` call to it), as etcd batches its
+    /// read-index requests. Correct because every member of a round arrived before the round
+    /// started, so the leadership it confirms is at least as recent as each of their
+    /// requests. The caller that starts a round leads it; when it finishes, one of those who
+    /// queued meanwhile leads the next (also if the leader's request is cancelled).
+    pub async fn read_index(&self) -> Result<u64, KvError> {
+        let queued = {
+            let mut b = self
+                .reads
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if b.running {
+                let (tx, rx) = oneshot::channel();
+                b.waiting.push(tx);
+                Some(rx)
+            } else {
+                b.running = true;
+                None
+            }
+        };
+        if let Some(rx) = queued {
+            match rx.await {
+                Ok(Turn::Done(r)) => return r,
+                Ok(Turn::Lead) => {}
+                Err(_) => return Err(KvError::Internal("read-index round abandoned".into())),
+            }
+        }
+        let mut round = Round {
+            node: self,
+            batch: std::mem::take(
+                &mut self
+                    .reads
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .waiting,
+            ),
+            finished: false,
+        };
+        let result = self.fetch_read_index().await;
+        round.finish(&result);
+        result
+    }
+
+    async fn fetch_read_index(&self) -> Result<u64, KvError> {
+        let deadline = self.deadline();
         loop {
             let leader = self.wait_leader(deadline).await?;
             let index = if leader == self.id {
@@ -460,11 +567,10 @@ impl KvNode {
                 self.forward_read_index(leader, deadline).await
             };
             match index {
-                Ok(index) => return self.wait_applied(index, deadline).await,
                 Err(KvError::NoLeader) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                Err(e) => return Err(e),
+                other => return other,
             }
         }
     }

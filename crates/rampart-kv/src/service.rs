@@ -410,8 +410,11 @@ impl Peer for Api {
     }
 
     async fn read_index(&self, _req: Request<Empty>) -> Result<Response<ReadIndexReply>, Status> {
-        let deadline = Instant::now() + self.node.config.request_timeout;
-        let index = self.node.read_index_local(deadline).await?;
+        if !self.node.is_leader() {
+            return Err(KvError::NoLeader.into());
+        }
+        // Batched with this leader's own reads; a leader that lost its place answers NoLeader.
+        let index = self.node.read_index().await?;
         Ok(Response::new(ReadIndexReply { index }))
     }
 
