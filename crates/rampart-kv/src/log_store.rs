@@ -1,28 +1,21 @@
-//! The Raft log and vote in redb (`raft-log.redb`), with the unpurged log also in memory.
+//! The Raft log and vote in redb (`raft-log.redb`).
 //!
 //! Rules openraft relies on, and how this store keeps them:
-//! - `append` returns at once with the entries readable (they are in memory); a writer thread
-//!   makes them durable and only then fires the flush callback. The writer commits every
-//!   operation queued meanwhile in one redb transaction with `Durability::Immediate`: group
-//!   commit, one fsync for many appends, and the Raft core never waits on the disk.
-//! - Operations reach the disk in the order they were made (one queue, one writer), so a
-//!   truncate or purge never overtakes an earlier append.
-//! - The vote is durable before `save_vote` returns.
-//! - Entries are contiguous from `last_purged + 1` to the last index; `purge` records the
-//!   purged id in the same transaction that drops the entries.
-//!
-//! Readers (replication, apply) read only memory: the entries since the last purge, which
-//! openraft bounds by the snapshot policy (like etcd's in-memory raft log).
+//! - An appended entry is durable before the flush callback fires: every append is one redb
+//!   transaction committed with `Durability::Immediate` (fsync).
+//! - The vote is durable before `save_vote` returns (same).
+//! - Entries are contiguous from `last_purged + 1` to the last index; `truncate` removes a
+//!   suffix, `purge` a prefix, and `purge` records the purged id first so that a crash
+//!   between the two steps never loses track of it.
 //!
 //! Every value carries a CRC-32 of its bytes. On open the whole log is checked (checksums and
 //! contiguity); a damaged or truncated file makes the node refuse to start with the failing
 //! index named, instead of silently dropping entries.
 
-use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock, mpsc};
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, StorageIOError, Vote};
@@ -96,23 +89,7 @@ fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, String> {
 
 #[derive(Clone)]
 pub struct LogStore {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
     db: Arc<Database>,
-    /// Every entry after the last purge (readers never touch the disk).
-    entries: RwLock<BTreeMap<u64, Entry>>,
-    purged: Mutex<Option<LogId>>,
-    writer: Mutex<mpsc::Sender<Op>>,
-}
-
-/// Work for the writer thread, in the order it was made.
-enum Op {
-    Append(Vec<(u64, Vec<u8>)>, LogFlushed<TypeConfig>),
-    Truncate(u64),
-    Purge(u64, Vec<u8>),
-    Committed(Vec<u8>),
 }
 
 impl Debug for LogStore {
@@ -122,7 +99,7 @@ impl Debug for LogStore {
 }
 
 impl LogStore {
-    /// Open (or create) the log at `path`, verify every entry and load the log into memory.
+    /// Open (or create) the log at `path` and verify every entry.
     pub fn open(path: &Path) -> Result<Self, OpenError> {
         let name = path.display().to_string();
         let db = Database::create(path).map_err(|source| OpenError::Open {
@@ -139,36 +116,61 @@ impl LogStore {
         tx.open_table(META).map_err(|e| io(&e))?;
         tx.commit().map_err(|e| io(&e))?;
 
-        let db = Arc::new(db);
-        let (entries, purged) = verify(&db, &name)?;
-        let (tx, rx) = mpsc::channel();
-        let writer_db = db.clone();
-        std::thread::Builder::new()
-            .name("kv-log-writer".into())
-            .spawn(move || write_loop(&writer_db, &rx))
-            .map_err(|e| io(&e))?;
-        Ok(LogStore {
-            inner: Arc::new(Inner {
-                db,
-                entries: RwLock::new(entries),
-                purged: Mutex::new(purged),
-                writer: Mutex::new(tx),
-            }),
-        })
+        let store = LogStore { db: Arc::new(db) };
+        store.verify(&name)?;
+        Ok(store)
     }
 
-    fn send(&self, op: Op) -> Result<(), String> {
-        self.inner
-            .writer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .send(op)
-            .map_err(|_| "the log writer has stopped".to_string())
+    fn verify(&self, name: &str) -> Result<(), OpenError> {
+        let corrupt = |what: String, detail: String| OpenError::Corrupt {
+            path: name.to_string(),
+            what,
+            detail,
+        };
+        let io = |e: &dyn std::fmt::Display| OpenError::Io {
+            path: name.to_string(),
+            detail: e.to_string(),
+        };
+        let tx = self.db.begin_read().map_err(|e| io(&e))?;
+        let meta = tx.open_table(META).map_err(|e| io(&e))?;
+        for key in [VOTE, COMMITTED, PURGED] {
+            if let Some(v) = meta.get(key).map_err(|e| io(&e))? {
+                unseal(v.value()).map_err(|d| corrupt(format!("'{key}'"), d))?;
+            }
+        }
+        let purged: Option<LogId> = match meta.get(PURGED).map_err(|e| io(&e))? {
+            Some(v) => decode(v.value()).map_err(|d| corrupt("'last_purged'".into(), d))?,
+            None => None,
+        };
+        let log = tx.open_table(LOG).map_err(|e| io(&e))?;
+        let mut expect = purged.map(|p| p.index + 1);
+        for item in log.iter().map_err(|e| io(&e))? {
+            let (k, v) = item.map_err(|e| io(&e))?;
+            let index = k.value();
+            let entry: Entry =
+                decode(v.value()).map_err(|d| corrupt(format!("log index {index}"), d))?;
+            if entry.log_id.index != index {
+                return Err(corrupt(
+                    format!("log index {index}"),
+                    format!("entry claims index {}", entry.log_id.index),
+                ));
+            }
+            if let Some(e) = expect
+                && e != index
+            {
+                return Err(corrupt(
+                    format!("log index {e}"),
+                    format!("entry missing (next present index is {index})"),
+                ));
+            }
+            expect = Some(index + 1);
+        }
+        Ok(())
     }
 
     fn meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError> {
         let read = |e: &dyn std::error::Error| StorageIOError::<u64>::read(&AnyErr(e.to_string()));
-        let tx = self.inner.db.begin_read().map_err(|e| read(&e))?;
+        let tx = self.db.begin_read().map_err(|e| read(&e))?;
         let t = tx.open_table(META).map_err(|e| read(&e))?;
         match t.get(key).map_err(|e| read(&e))? {
             Some(v) => {
@@ -185,7 +187,7 @@ impl LogStore {
     where
         F: FnOnce(&WriteTransaction) -> Result<(), redb::Error> + Send + 'static,
     {
-        let db = self.inner.db.clone();
+        let db = self.db.clone();
         tokio::task::spawn_blocking(move || -> Result<(), String> {
             let mut tx = db.begin_write().map_err(|e| e.to_string())?;
             tx.set_durability(durability).map_err(|e| e.to_string())?;
@@ -195,55 +197,21 @@ impl LogStore {
         .await
         .map_err(|e| e.to_string())?
     }
-}
 
-fn verify(db: &Database, name: &str) -> Result<(BTreeMap<u64, Entry>, Option<LogId>), OpenError> {
-    let corrupt = |what: String, detail: String| OpenError::Corrupt {
-        path: name.to_string(),
-        what,
-        detail,
-    };
-    let io = |e: &dyn std::fmt::Display| OpenError::Io {
-        path: name.to_string(),
-        detail: e.to_string(),
-    };
-    let tx = db.begin_read().map_err(|e| io(&e))?;
-    let meta = tx.open_table(META).map_err(|e| io(&e))?;
-    for key in [VOTE, COMMITTED, PURGED] {
-        if let Some(v) = meta.get(key).map_err(|e| io(&e))? {
-            unseal(v.value()).map_err(|d| corrupt(format!("'{key}'"), d))?;
+    fn last_entry_id(&self) -> Result<Option<LogId>, StorageError> {
+        let read =
+            |e: &dyn std::error::Error| StorageIOError::<u64>::read_logs(&AnyErr(e.to_string()));
+        let tx = self.db.begin_read().map_err(|e| read(&e))?;
+        let t = tx.open_table(LOG).map_err(|e| read(&e))?;
+        match t.last().map_err(|e| read(&e))? {
+            Some((_, v)) => {
+                let e: Entry =
+                    decode(v.value()).map_err(|d| StorageIOError::read_logs(&AnyErr(d)))?;
+                Ok(Some(e.log_id))
+            }
+            None => Ok(None),
         }
     }
-    let purged: Option<LogId> = match meta.get(PURGED).map_err(|e| io(&e))? {
-        Some(v) => decode(v.value()).map_err(|d| corrupt("'last_purged'".into(), d))?,
-        None => None,
-    };
-    let log = tx.open_table(LOG).map_err(|e| io(&e))?;
-    let mut expect = purged.map(|p| p.index + 1);
-    let mut entries = BTreeMap::new();
-    for item in log.iter().map_err(|e| io(&e))? {
-        let (k, v) = item.map_err(|e| io(&e))?;
-        let index = k.value();
-        let entry: Entry =
-            decode(v.value()).map_err(|d| corrupt(format!("log index {index}"), d))?;
-        if entry.log_id.index != index {
-            return Err(corrupt(
-                format!("log index {index}"),
-                format!("entry claims index {}", entry.log_id.index),
-            ));
-        }
-        if let Some(e) = expect
-            && e != index
-        {
-            return Err(corrupt(
-                format!("log index {e}"),
-                format!("entry missing (next present index is {index})"),
-            ));
-        }
-        expect = Some(index + 1);
-        entries.insert(index, entry);
-    }
-    Ok((entries, purged))
 }
 
 /// A plain error carrying a message, for openraft's `AnyError` wrappers.
@@ -277,96 +245,31 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
+        let read = |e: String| StorageIOError::<u64>::read_logs(&AnyErr(e));
         let (start, end) = to_bounds(&range);
-        let entries = self
-            .inner
-            .entries
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let out = match end {
-            Some(end) if end <= start => Vec::new(),
-            Some(end) => entries.range(start..end).map(|(_, e)| e.clone()).collect(),
-            None => entries.range(start..).map(|(_, e)| e.clone()).collect(),
-        };
+        let tx = self.db.begin_read().map_err(|e| read(e.to_string()))?;
+        let t = tx.open_table(LOG).map_err(|e| read(e.to_string()))?;
+        let iter = match end {
+            Some(end) if end <= start => return Ok(Vec::new()),
+            Some(end) => t.range(start..end),
+            None => t.range(start..),
+        }
+        .map_err(|e| read(e.to_string()))?;
+        let mut out = Vec::new();
+        for item in iter {
+            let (_, v) = item.map_err(|e| read(e.to_string()))?;
+            out.push(decode::<Entry>(v.value()).map_err(read)?);
+        }
         Ok(out)
     }
-}
-
-/// The writer thread: takes everything queued, commits it in one transaction, then reports.
-fn write_loop(db: &Database, rx: &mpsc::Receiver<Op>) {
-    while let Ok(first) = rx.recv() {
-        let mut ops = vec![first];
-        while let Ok(op) = rx.try_recv() {
-            ops.push(op);
-        }
-        let durable = ops.iter().any(|op| !matches!(op, Op::Committed(_)));
-        let result = commit_ops(db, &ops, durable);
-        for op in ops {
-            if let Op::Append(_, callback) = op {
-                // A full disk lands here: an error for openraft to stop on, never a panic.
-                callback.log_io_completed(result.clone().map_err(std::io::Error::other));
-            }
-        }
-        if let Err(e) = result {
-            tracing::error!(error = %e, "writing the Raft log failed");
-        }
-    }
-}
-
-fn commit_ops(db: &Database, ops: &[Op], durable: bool) -> Result<(), String> {
-    let run = || -> Result<(), redb::Error> {
-        let mut tx = db.begin_write()?;
-        tx.set_durability(if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        })?;
-        {
-            let mut log = tx.open_table(LOG)?;
-            let mut meta = tx.open_table(META)?;
-            for op in ops {
-                match op {
-                    Op::Append(batch, _) => {
-                        for (index, bytes) in batch {
-                            log.insert(*index, bytes.as_slice())?;
-                        }
-                    }
-                    Op::Truncate(from) => {
-                        log.retain_in(*from.., |_, _| false)?;
-                    }
-                    Op::Purge(upto, bytes) => {
-                        meta.insert(PURGED, bytes.as_slice())?;
-                        log.retain_in(..=*upto, |_, _| false)?;
-                    }
-                    Op::Committed(bytes) => {
-                        meta.insert(COMMITTED, bytes.as_slice())?;
-                    }
-                }
-            }
-        }
-        tx.commit()?;
-        Ok(())
-    };
-    run().map_err(|e| e.to_string())
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged = *self
-            .inner
-            .purged
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let last = self
-            .inner
-            .entries
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .last_key_value()
-            .map(|(_, e)| e.log_id)
-            .or(last_purged);
+        let last_purged: Option<LogId> = self.meta(PURGED)?.flatten();
+        let last = self.last_entry_id()?.or(last_purged);
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id: last,
@@ -395,8 +298,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Not fsynced on its own: it only speeds up recovery (the committed prefix is re-applied
         // at start-up), and a lost value is recomputed by the leader.
         let bytes = encode(&committed).map_err(|e| StorageIOError::write(&AnyErr(e)))?;
-        self.send(Op::Committed(bytes))
-            .map_err(|e| StorageIOError::write(&AnyErr(e)).into())
+        self.write(Durability::None, move |tx| {
+            tx.open_table(META)?.insert(COMMITTED, bytes.as_slice())?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| StorageIOError::write(&AnyErr(e)).into())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -413,45 +320,52 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = Vec::new();
-        {
-            let mut mem = self
-                .inner
-                .entries
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for e in entries {
-                let bytes = encode(&e).map_err(|m| StorageIOError::write_logs(&AnyErr(m)))?;
-                batch.push((e.log_id.index, bytes));
-                mem.insert(e.log_id.index, e);
+        for e in entries {
+            let bytes = encode(&e).map_err(|m| StorageIOError::write_logs(&AnyErr(m)))?;
+            batch.push((e.log_id.index, bytes));
+        }
+        let result = self
+            .write(Durability::Immediate, move |tx| {
+                let mut t = tx.open_table(LOG)?;
+                for (index, bytes) in &batch {
+                    t.insert(*index, bytes.as_slice())?;
+                }
+                Ok(())
+            })
+            .await;
+        match result {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                // A full disk lands here: an error for openraft to stop on, never a panic.
+                callback.log_io_completed(Err(std::io::Error::other(e.clone())));
+                Err(StorageIOError::write_logs(&AnyErr(e)).into())
             }
         }
-        self.send(Op::Append(batch, callback))
-            .map_err(|e| StorageIOError::write_logs(&AnyErr(e)).into())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.inner
-            .entries
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .retain(|index, _| *index < log_id.index);
-        self.send(Op::Truncate(log_id.index))
-            .map_err(|e| StorageIOError::write_logs(&AnyErr(e)).into())
+        self.write(Durability::Immediate, move |tx| {
+            tx.open_table(LOG)?
+                .retain_in(log_id.index.., |_, _| false)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| StorageIOError::write_logs(&AnyErr(e)).into())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let bytes = encode(&Some(log_id)).map_err(|e| StorageIOError::write_logs(&AnyErr(e)))?;
-        *self
-            .inner
-            .purged
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(log_id);
-        self.inner
-            .entries
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .retain(|index, _| *index > log_id.index);
-        self.send(Op::Purge(log_id.index, bytes))
-            .map_err(|e| StorageIOError::write_logs(&AnyErr(e)).into())
+        // The purged id is recorded in the same transaction that drops the entries.
+        self.write(Durability::Immediate, move |tx| {
+            tx.open_table(META)?.insert(PURGED, bytes.as_slice())?;
+            tx.open_table(LOG)?
+                .retain_in(..=log_id.index, |_, _| false)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| StorageIOError::write_logs(&AnyErr(e)).into())
     }
 }
