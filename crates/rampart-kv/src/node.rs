@@ -13,7 +13,7 @@ use std::time::Duration;
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -179,6 +179,7 @@ pub struct KvNode {
     pub shared: Arc<Shared>,
     peers: Mutex<HashMap<u64, PeerClient<Channel>>>,
     reads: Mutex<ReadRounds>,
+    proposals: mpsc::UnboundedSender<Proposal>,
     shutdown: CancellationToken,
     tasks: Mutex<JoinSet<()>>,
     pub client_addr: SocketAddr,
@@ -254,6 +255,7 @@ impl KvNode {
                 source,
             })?;
 
+        let (proposals_tx, proposals_rx) = mpsc::unbounded_channel();
         let node = Arc::new(KvNode {
             id,
             config,
@@ -261,6 +263,7 @@ impl KvNode {
             shared,
             peers: Mutex::new(HashMap::new()),
             reads: Mutex::new(ReadRounds::default()),
+            proposals: proposals_tx,
             shutdown: CancellationToken::new(),
             tasks: Mutex::new(JoinSet::new()),
             client_addr,
@@ -298,6 +301,7 @@ impl KvNode {
                     tracing::error!(error = %e, "peer gRPC server stopped");
                 }
             });
+            tasks.spawn(propose_loop(node.raft.clone(), proposals_rx));
             tasks.spawn(lease_expiry_loop(node.clone()));
             tasks.spawn(publish_attributes(node.clone()));
         }
@@ -460,20 +464,19 @@ impl KvNode {
     }
 
     /// The leader's half of a write. `NoLeader` means it was certainly not proposed.
+    ///
+    /// Writes are proposed in batches: openraft appends (and fsyncs) each proposal on its
+    /// own, so one proposal per write caps throughput at one write per fsync. Concurrent
+    /// writes queue here and go out together as one entry, with a few batches in flight.
     pub async fn write_local(&self, cmd: Command, deadline: Instant) -> Result<Reply, KvError> {
-        match tokio::time::timeout_at(deadline, self.raft.client_write(cmd)).await {
+        let (tx, rx) = oneshot::channel();
+        self.proposals
+            .send((cmd, tx))
+            .map_err(|_| KvError::Internal("the proposer has stopped".into()))?;
+        match tokio::time::timeout_at(deadline, rx).await {
             Err(_) => Err(KvError::Timeout),
-            Ok(Ok(resp)) => match resp.data {
-                Reply::Error(e) => Err(e),
-                other => Ok(other),
-            },
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-                Err(KvError::NoLeader)
-            }
-            Ok(Err(RaftError::Fatal(e))) => Err(KvError::Storage(format!(
-                "{e}; this member has stopped and must be restarted"
-            ))),
-            Ok(Err(e)) => Err(KvError::Internal(e.to_string())),
+            Ok(Err(_)) => Err(KvError::Timeout),
+            Ok(Ok(r)) => r,
         }
     }
 
@@ -798,6 +801,71 @@ fn membership_result<T>(r: MembershipWrite<T>) -> Result<(), KvError> {
             other => Err(KvError::Internal(other.to_string())),
         },
         Ok(Err(e)) => Err(KvError::Internal(e.to_string())),
+    }
+}
+
+type Proposal = (Command, oneshot::Sender<Result<Reply, KvError>>);
+
+/// Most writes in one proposal, and most proposals in flight at once.
+const MAX_BATCH: usize = 256;
+const MAX_IN_FLIGHT: usize = 4;
+
+/// Propose queued writes in batches. While `MAX_IN_FLIGHT` proposals are being committed,
+/// new writes queue up, so the batch size follows the load.
+async fn propose_loop(raft: Raft, mut rx: mpsc::UnboundedReceiver<Proposal>) {
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let (cmds, waiters): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+            let single = cmds.len() == 1;
+            let cmd = if single {
+                cmds.into_iter()
+                    .next()
+                    .unwrap_or(Command::Batch(Vec::new()))
+            } else {
+                Command::Batch(cmds)
+            };
+            let replies: Vec<Result<Reply, KvError>> = match raft.client_write(cmd).await {
+                Ok(resp) => match resp.data {
+                    Reply::Batch(rs) if !single => rs.into_iter().map(reply_result).collect(),
+                    other => vec![reply_result(other)],
+                },
+                Err(e) => {
+                    let e = match e {
+                        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
+                            KvError::NoLeader
+                        }
+                        RaftError::Fatal(e) => KvError::Storage(format!(
+                            "{e}; this member has stopped and must be restarted"
+                        )),
+                        other => KvError::Internal(other.to_string()),
+                    };
+                    vec![Err(e); waiters.len()]
+                }
+            };
+            for (tx, r) in waiters.into_iter().zip(replies) {
+                let _ = tx.send(r);
+            }
+        });
+    }
+}
+
+fn reply_result(r: Reply) -> Result<Reply, KvError> {
+    match r {
+        Reply::Error(e) => Err(e),
+        other => Ok(other),
     }
 }
 

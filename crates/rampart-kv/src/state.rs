@@ -935,6 +935,7 @@ impl Writer<'_> {
                 self.lease_grant(id, *ttl).map(Reply::LeaseGrant)
             }
             Command::LeaseRevoke { id } => self.lease_revoke(*id).map(Reply::LeaseRevoke),
+            Command::Batch(_) => Err(KvError::Internal("nested write batch".into())),
             Command::SetMemberAttrs {
                 id,
                 name,
@@ -962,6 +963,18 @@ impl Writer<'_> {
                 Reply::Error(e)
             }
         }
+    }
+
+    /// Keep `retention` revisions of history: compact in steps of a tenth of the window,
+    /// not on every write. Deterministic, so every replica compacts alike.
+    fn auto_compact(&mut self, retention: i64) -> Result<(), KvError> {
+        if retention > 0 {
+            let target = self.meta.revision - retention;
+            if target - self.meta.compact_revision > retention / 10 {
+                self.compact(target)?;
+            }
+        }
+        Ok(())
     }
 
     fn fresh_lease_id(&self, index: u64) -> i64 {
@@ -1110,15 +1123,17 @@ fn apply_batch(
                 EntryPayload::Blank => Reply::Done {
                     revision: w.meta.revision,
                 },
+                EntryPayload::Normal(Command::Batch(cmds)) => {
+                    let mut replies = Vec::with_capacity(cmds.len());
+                    for cmd in cmds {
+                        replies.push(w.command(cmd, entry.log_id.index));
+                        w.auto_compact(retention)?;
+                    }
+                    Reply::Batch(replies)
+                }
                 EntryPayload::Normal(cmd) => {
                     let r = w.command(cmd, entry.log_id.index);
-                    if retention > 0 {
-                        let target = w.meta.revision - retention;
-                        // Compact in steps of a tenth of the window, not on every write.
-                        if target - w.meta.compact_revision > retention / 10 {
-                            w.compact(target)?;
-                        }
-                    }
+                    w.auto_compact(retention)?;
                     r
                 }
                 EntryPayload::Membership(m) => {

@@ -47,6 +47,9 @@ pub enum Command {
     LeaseRevoke {
         id: i64,
     },
+    /// Writes proposed together (one log entry, one fsync); applied in order, each with its
+    /// own revision and reply, exactly as if they had been proposed one by one.
+    Batch(Vec<Command>),
     /// A node publishes its name and client URLs once it starts (as etcd members do).
     SetMemberAttrs {
         id: u64,
@@ -69,6 +72,8 @@ pub enum Reply {
     Done {
         revision: i64,
     },
+    /// One reply per command of a [`Command::Batch`], in order.
+    Batch(Vec<Reply>),
     Error(KvError),
 }
 
