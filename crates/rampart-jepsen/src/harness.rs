@@ -41,9 +41,19 @@ mod workload;
 pub use cluster::{CLIENT_PORT, PEER_PORT};
 pub use nemesis::{Fault, NemesisLog, Schedule};
 
+/// The store under test. etcd (Debian's `etcd-server`) runs the same workload and faults, as
+/// a reference: the harness and checker must pass it too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    Rampart,
+    Etcd,
+}
+
 /// A run's parameters. [`Config::new`] gives the defaults used by the binary.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Which store the nodes run.
+    pub server: Server,
     /// The `rampart` binary to run on every node.
     pub rampart_bin: PathBuf,
     /// Where the history, the nemesis log, node data and node logs go (kept afterwards).
@@ -73,6 +83,7 @@ pub struct Config {
 impl Config {
     pub fn new(rampart_bin: PathBuf, dir: PathBuf) -> Self {
         Self {
+            server: Server::Rampart,
             rampart_bin,
             dir,
             prefix: "rjepsen".to_owned(),
@@ -215,6 +226,7 @@ pub async fn run(cfg: Config) -> Result<Outcome> {
     }
     std::fs::create_dir_all(&cfg.dir).with_context(|| format!("creating {}", cfg.dir.display()))?;
     let settings = cluster::NodeSettings {
+        server: cfg.server,
         bin: cfg.rampart_bin.clone(),
         dir: cfg.dir.clone(),
         heartbeat: cfg.heartbeat,

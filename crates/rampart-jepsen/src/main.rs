@@ -36,6 +36,9 @@ enum Cmd {
 
 #[derive(Args)]
 struct RunArgs {
+    /// The store under test: rampart, or etcd (Debian's etcd-server, as a reference).
+    #[arg(long, default_value = "rampart", value_parser = ["rampart", "etcd"])]
+    server: String,
     /// The rampart binary [default: $RAMPART_BIN, else $CARGO_TARGET_DIR/debug/rampart,
     /// else target/debug/rampart].
     #[arg(long)]
@@ -144,6 +147,9 @@ fn run(args: RunArgs) -> Result<bool> {
         std::env::temp_dir().join(format!("rampart-jepsen-{}-{seed}", args.prefix))
     });
     let mut cfg = Config::new(bin, dir);
+    if args.server == "etcd" {
+        cfg.server = harness::Server::Etcd;
+    }
     cfg.prefix = args.prefix;
     cfg.nodes = args.nodes;
     cfg.clients = args.clients;

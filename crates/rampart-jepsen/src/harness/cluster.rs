@@ -20,6 +20,7 @@ pub const PEER_PORT: u16 = 2380;
 /// How the nodes are started; see [`super::Config`].
 #[derive(Debug, Clone)]
 pub(crate) struct NodeSettings {
+    pub(crate) server: super::Server,
     pub(crate) bin: PathBuf,
     pub(crate) dir: PathBuf,
     pub(crate) heartbeat: Duration,
@@ -41,8 +42,9 @@ pub(crate) struct Cluster {
     nodes: Vec<Node>,
     net: Arc<Net>,
     settings: NodeSettings,
-    /// Member id of node `i` at index `i - 1` (the id derives from the peer URL).
-    ids: Vec<u64>,
+    /// Member id of node `i` at index `i - 1`: derived from the peer URL for Rampart, and
+    /// learnt from each node's status replies (etcd picks its own ids).
+    ids: std::sync::Mutex<Vec<u64>>,
     /// One single-endpoint client per node, for status probes and readiness reads.
     probes: Vec<Client>,
 }
@@ -55,7 +57,7 @@ impl Cluster {
     /// Builds the network (removing what a crashed run with the same prefix left behind)
     /// and starts every node. Does not wait for a leader; see [`Cluster::wait_ready`].
     pub(crate) fn start(prefix: &str, nodes: usize, settings: NodeSettings) -> Result<Self> {
-        if !settings.bin.is_file() {
+        if settings.server == super::Server::Rampart && !settings.bin.is_file() {
             bail!(
                 "the rampart binary {} does not exist: build it with `cargo build -p rampart` \
                  (and point RAMPART_BIN or --rampart-bin at it)",
@@ -67,7 +69,8 @@ impl Cluster {
             tracing::warn!(?stale, "removed what an earlier run left behind");
         }
         let net = Net::create_with_control(prefix, nodes)?;
-        let ids = net.nodes().map(|i| member_id(&peer_url(&net, i))).collect();
+        let ids =
+            std::sync::Mutex::new(net.nodes().map(|i| member_id(&peer_url(&net, i))).collect());
         let probes = net
             .nodes()
             .map(|i| Client::new(&[client_url(&net, i)], Duration::from_millis(500)))
@@ -136,30 +139,62 @@ impl Cluster {
         let data_dir = self.data_dir(i);
         fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
-        let bin = self.settings.bin.to_string_lossy().into_owned();
-        let mut cmd = self.net.command(i, &bin);
-        cmd.args(["kv", "serve", "--name", &format!("n{i}")])
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args([
-                "--listen-client-urls",
-                &client_url(&self.net, i),
-                "--listen-peer-urls",
-                &peer_url(&self.net, i),
-                "--initial-cluster",
-                &initial_cluster,
-                "--initial-cluster-state",
-                "new",
-                "--heartbeat-interval",
-                &duration_flag(self.settings.heartbeat),
-                "--election-timeout",
-                &duration_flag(self.settings.election_timeout),
-                "--request-timeout",
-                &duration_flag(self.settings.server_request_timeout),
-            ])
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err);
+        let mut cmd = match self.settings.server {
+            super::Server::Rampart => {
+                let bin = self.settings.bin.to_string_lossy().into_owned();
+                let mut cmd = self.net.command(i, &bin);
+                cmd.args(["kv", "serve", "--name", &format!("n{i}")])
+                    .arg("--data-dir")
+                    .arg(&data_dir)
+                    .args([
+                        "--listen-client-urls",
+                        &client_url(&self.net, i),
+                        "--listen-peer-urls",
+                        &peer_url(&self.net, i),
+                        "--initial-cluster",
+                        &initial_cluster,
+                        "--initial-cluster-state",
+                        "new",
+                        "--heartbeat-interval",
+                        &duration_flag(self.settings.heartbeat),
+                        "--election-timeout",
+                        &duration_flag(self.settings.election_timeout),
+                        "--request-timeout",
+                        &duration_flag(self.settings.server_request_timeout),
+                    ]);
+                cmd
+            }
+            super::Server::Etcd => {
+                let mut cmd = self.net.command(i, "etcd");
+                cmd.args(["--name", &format!("n{i}")])
+                    .arg("--data-dir")
+                    .arg(&data_dir)
+                    .args([
+                        "--listen-client-urls",
+                        &client_url(&self.net, i),
+                        "--advertise-client-urls",
+                        &client_url(&self.net, i),
+                        "--listen-peer-urls",
+                        &peer_url(&self.net, i),
+                        "--initial-advertise-peer-urls",
+                        &peer_url(&self.net, i),
+                        "--initial-cluster",
+                        &initial_cluster,
+                        "--initial-cluster-state",
+                        "new",
+                        "--initial-cluster-token",
+                        "rampart-jepsen",
+                        "--heartbeat-interval",
+                        &self.settings.heartbeat.as_millis().to_string(),
+                        "--election-timeout",
+                        &self.settings.election_timeout.as_millis().to_string(),
+                        "--log-level",
+                        "warn",
+                    ]);
+                cmd
+            }
+        };
+        cmd.stdin(Stdio::null()).stdout(log).stderr(log_err);
         let child = cmd
             .spawn()
             .with_context(|| format!("starting node {i}: {cmd:?}"))?;
@@ -241,6 +276,11 @@ impl Cluster {
         let mut best: Option<(u64, u64)> = None;
         for (j, st) in self.statuses().await.into_iter().enumerate() {
             let Some(st) = st else { continue };
+            if let Some(h) = &st.header {
+                self.ids
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)[j] = h.member_id;
+            }
             if st.leader == 0 || self.is_paused(j + 1) {
                 continue;
             }
@@ -250,6 +290,8 @@ impl Cluster {
         }
         let (term, id) = best?;
         self.ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
             .position(|&x| x == id)
             .map(|p| (p + 1, term))
