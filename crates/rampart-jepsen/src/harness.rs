@@ -36,6 +36,7 @@ use crate::history::{EventType, HistoryWriter, Value};
 
 mod cluster;
 mod nemesis;
+mod watcher;
 mod workload;
 
 pub use cluster::{CLIENT_PORT, PEER_PORT};
@@ -155,6 +156,9 @@ pub struct Outcome {
     pub final_values: BTreeMap<String, Option<i64>>,
     /// The same after the full restart, if [`Config::restart_check`] was set.
     pub after_restart: Option<BTreeMap<String, Option<i64>>>,
+    /// Events the run's watcher saw, and events in the store's history read afterwards
+    /// (checked to agree; `None` when the check could not run).
+    pub watch_events: Option<(usize, usize)>,
     /// Anything besides the checker's verdict that makes the run a failure.
     pub problems: Vec<String>,
 }
@@ -196,6 +200,12 @@ impl fmt::Display for Outcome {
         writeln!(f, "final values: {:?}", self.final_values)?;
         if let Some(after) = &self.after_restart {
             writeln!(f, "after a full restart: {after:?}")?;
+        }
+        if let Some((seen, full)) = self.watch_events {
+            writeln!(
+                f,
+                "watch: {seen} events seen by the watcher, each once and in order, of {full} in the store's history"
+            )?;
         }
         for p in &self.problems {
             writeln!(f, "PROBLEM: {p}")?;
@@ -262,6 +272,15 @@ pub async fn run(cfg: Config) -> Result<Outcome> {
             stop_at,
         ));
     }
+    // Keys are "k0", "k1", ...: one watcher on the prefix follows all of them.
+    let endpoints: Vec<String> = (1..=cfg.nodes).map(|i| cluster.client_url(i)).collect();
+    let watch = tokio::spawn(watcher::follow(
+        endpoints.clone(),
+        "k",
+        tokio::time::Instant::from_std(stop_at),
+        None,
+        cfg.request_timeout,
+    ));
     let mut nemesis_log = NemesisLog::default();
     let nemesis_result = nemesis::run(
         &mut cluster,
@@ -293,6 +312,7 @@ pub async fn run(cfg: Config) -> Result<Outcome> {
         .map(|e| format!("a client failed: {e}"))
         .collect();
 
+    let mut watch_events = None;
     // Settle, then read every key through a healthy cluster.
     let final_values = match cluster.wait_ready(cfg.settle_timeout).await {
         Ok(()) => read_all(&cluster, &shared, client_settings, cfg.settle_timeout).await,
@@ -307,6 +327,28 @@ pub async fn run(cfg: Config) -> Result<Outcome> {
             final_values.len(),
             cfg.keys
         ));
+    }
+
+    // Every committed revision reached the watcher once and in order, across the faults.
+    match watch.await {
+        Ok(Ok(seen)) if problems.is_empty() => {
+            match watcher::full_history(&endpoints, "k", cfg.settle_timeout).await {
+                Ok(full) => {
+                    shared.history.flush()?;
+                    let ops = crate::history::read_history(&history_path)?;
+                    problems.extend(
+                        watcher::compare(&seen, &full, &ops)
+                            .into_iter()
+                            .map(|p| format!("watch: {p}")),
+                    );
+                    watch_events = Some((seen.len(), full.len()));
+                }
+                Err(e) => problems.push(format!("watch: {e}")),
+            }
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => problems.push(format!("watch: {e}")),
+        Err(e) => problems.push(format!("the watcher panicked: {e}")),
     }
 
     let mut after_restart = None;
@@ -352,6 +394,7 @@ pub async fn run(cfg: Config) -> Result<Outcome> {
         report,
         final_values,
         after_restart,
+        watch_events,
         problems,
     })
 }

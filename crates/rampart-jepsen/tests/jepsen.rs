@@ -118,6 +118,8 @@ fn linearizable_under_kills_pauses_and_partitions() {
         outcome.ok > 100,
         "too few successful operations to mean anything: {outcome}"
     );
+    // The watcher followed every revision once, in order, through the faults.
+    assert!(outcome.watch_events.is_some(), "{outcome}");
 }
 
 #[test]
@@ -159,4 +161,22 @@ fn leader_restarted_within_an_election_timeout_serves_no_stale_reads() {
     let outcome = run(cfg);
     assert!(outcome.passed(), "{outcome}");
     assert!(outcome.nemesis.faults >= 2, "{outcome}");
+}
+
+#[test]
+fn five_nodes_stay_linearizable_under_partitions_and_kills() {
+    require_root!("five_nodes_stay_linearizable_under_partitions_and_kills");
+    let mut cfg = config("five");
+    cfg.nodes = 5;
+    cfg.clients = 10;
+    cfg.duration = Duration::from_secs(20);
+    cfg.schedule = Schedule {
+        faults: vec![Fault::PartitionRandom, Fault::Kill, Fault::Bridge],
+        hold: Duration::from_secs(3),
+        quiet: Duration::from_secs(2),
+    };
+    let outcome = run(cfg);
+    assert!(outcome.passed(), "{outcome}");
+    assert!(outcome.nemesis.faults >= 3, "{outcome}");
+    assert!(outcome.watch_events.is_some(), "{outcome}");
 }
