@@ -215,29 +215,22 @@ impl Stream {
                         return true;
                     }
                 }
-                Err(KvError::Compacted { compact_revision }) => {
+                Err(e) => {
+                    if !matches!(e, KvError::Compacted { .. }) {
+                        tracing::warn!(error = %e, "watch history read failed");
+                    }
                     self.watchers.remove(&id);
                     let current = self.node.shared.current_revision();
+                    let compact_revision = match e {
+                        KvError::Compacted { compact_revision } => compact_revision,
+                        _ => 0,
+                    };
                     return self
                         .send(pb::WatchResponse {
                             header: self.header(current),
                             watch_id: id,
                             canceled: true,
                             compact_revision,
-                            cancel_reason: KvError::Compacted { compact_revision }.to_string(),
-                            ..Default::default()
-                        })
-                        .await;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "watch history read failed");
-                    self.watchers.remove(&id);
-                    let current = self.node.shared.current_revision();
-                    return self
-                        .send(pb::WatchResponse {
-                            header: self.header(current),
-                            watch_id: id,
-                            canceled: true,
                             cancel_reason: e.to_string(),
                             ..Default::default()
                         })

@@ -273,6 +273,8 @@ async fn run_async(args: KvArgs) -> Result<ExitCode> {
         tokio::select! {
             r = crate::wait_for_termination() => r?,
             reason = node.stopped_on_error() => {
+                // Let the requests that failed with it get their answers out first.
+                tokio::time::sleep(Duration::from_millis(500)).await;
                 node.shutdown().await;
                 bail!("the store stopped: {reason}");
             }

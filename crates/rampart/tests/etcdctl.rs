@@ -41,23 +41,7 @@ fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (bool, String)
 #[test]
 fn etcdctl_put_get_del_txn_lease_and_watch() {
     let dir = TempDir::new("etcdctl");
-    let client = free_port();
-    let peer = free_port();
-    let data = dir.path("data");
-    let mut node = Proc::spawn(
-        "kv",
-        &[
-            "kv",
-            "serve",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--listen-client-urls",
-            &format!("http://127.0.0.1:{client}"),
-            "--listen-peer-urls",
-            &format!("http://127.0.0.1:{peer}"),
-        ],
-    );
-    let ep = format!("127.0.0.1:{client}");
+    let (mut node, ep) = spawn_kv_node(&dir.path("data"));
     let start = Instant::now();
     while !etcdctl(&ep, &["put", "ready", "1"], None).0 {
         assert!(
@@ -72,11 +56,18 @@ fn etcdctl_put_get_del_txn_lease_and_watch() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    // A watch started now sees the writes below.
+    // A watch from the revision after `ready` (a fresh store is at 1, the put made it 2) sees
+    // every write below, however long etcdctl takes to set the watch up.
     let mut watch = Proc::spawn_program(
         "watch",
         "etcdctl",
-        &[&format!("--endpoints={ep}"), "watch", "app/", "--prefix"],
+        &[
+            &format!("--endpoints={ep}"),
+            "watch",
+            "app/",
+            "--prefix",
+            "--rev=3",
+        ],
     );
 
     let (ok, out) = etcdctl(&ep, &["put", "app/a", "1"], None);

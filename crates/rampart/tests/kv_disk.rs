@@ -50,22 +50,8 @@ async fn a_full_disk_fails_writes_cleanly_and_stops_the_member() {
     assert!(ok, "mount tmpfs");
     let _mount = Mount(mnt.clone());
 
-    let (client, peer) = (free_port(), free_port());
-    let data = mnt.join("data");
-    let mut node = Proc::spawn(
-        "kv",
-        &[
-            "kv",
-            "serve",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--listen-client-urls",
-            &format!("http://127.0.0.1:{client}"),
-            "--listen-peer-urls",
-            &format!("http://127.0.0.1:{peer}"),
-        ],
-    );
-    let mut c = Client::new(&[format!("127.0.0.1:{client}")], Duration::from_secs(5)).unwrap();
+    let (mut node, ep) = spawn_kv_node(&mnt.join("data"));
+    let mut c = Client::new(&[ep], Duration::from_secs(5)).unwrap();
     let value = vec![b'x'; 200_000];
     let start = Instant::now();
     let mut stored = 0;

@@ -483,3 +483,23 @@ pub(crate) fn routes_and_clusters(routes: &str, clusters: &str) -> String {
 pub(crate) fn cluster(name: &str, addr: SocketAddr) -> String {
     format!("  - {{ name: {name}, endpoints: [\"{addr}\"] }}\n")
 }
+
+/// `rampart kv serve` as a single node with its data in `data`; returns the process and
+/// its client address (`127.0.0.1:PORT`).
+pub(crate) fn spawn_kv_node(data: &Path) -> (Proc, String) {
+    let (client, peer) = (free_port(), free_port());
+    let node = Proc::spawn(
+        "kv",
+        &[
+            "kv",
+            "serve",
+            "--data-dir",
+            data.to_str().expect("utf-8 path"),
+            "--listen-client-urls",
+            &format!("http://127.0.0.1:{client}"),
+            "--listen-peer-urls",
+            &format!("http://127.0.0.1:{peer}"),
+        ],
+    );
+    (node, format!("127.0.0.1:{client}"))
+}
