@@ -216,6 +216,21 @@ impl StateMachine {
                 let rec: LeaseRec = decode(v.value()).map_err(corrupt)?;
                 leases.push((k.value(), rec.ttl));
             }
+            // Every key and every revision of history is checked too: a damaged value
+            // stops the node here, not a read at some later time.
+            let kv = rx.open_table(KV).map_err(|e| open(e.to_string()))?;
+            for item in kv.iter().map_err(|e| open(e.to_string()))? {
+                let (k, v) = item.map_err(|e| open(e.to_string()))?;
+                unseal(v.value()).map_err(|d| {
+                    corrupt(format!("key {:?}: {d}", String::from_utf8_lossy(k.value())))
+                })?;
+            }
+            let hist = rx.open_table(HIST).map_err(|e| open(e.to_string()))?;
+            for item in hist.iter().map_err(|e| open(e.to_string()))? {
+                let (k, v) = item.map_err(|e| open(e.to_string()))?;
+                unseal(v.value())
+                    .map_err(|d| corrupt(format!("history of revision {}: {d}", k.value())))?;
+            }
             (meta, leases)
         };
         let mut lessor = Lessor::default();

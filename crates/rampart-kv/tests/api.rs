@@ -496,3 +496,56 @@ async fn a_damaged_log_refuses_to_start() {
         .to_string();
     assert!(err.contains("raft-log.redb"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_state_file_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cluster_configs(dir.path(), 1).remove(0);
+    let node = rampart_kv::KvNode::start(cfg.clone()).await.unwrap();
+    let mut c = client(&[&cfg]);
+    let marker = "STATE-MARKER-0123456789-ABCDEFGHIJ";
+    c.put(put("k", marker)).await.unwrap();
+    node.shutdown().await;
+    drop(node);
+    drop(c);
+    let state = cfg.data_dir.join("state.redb");
+    // The state machine commits without fsync: wait until the value is in the file.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (bytes, at) = loop {
+        let bytes = std::fs::read(&state).unwrap();
+        if let Some(at) = bytes
+            .windows(marker.len())
+            .position(|w| w == marker.as_bytes())
+        {
+            break (bytes, at);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the value never reached the state file"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut damaged = bytes.clone();
+    damaged[at + 5] ^= 0x01;
+    std::fs::write(&state, &damaged).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let err = loop {
+        match rampart_kv::KvNode::start(cfg.clone()).await {
+            Ok(_) => panic!("a node with a damaged state file started"),
+            Err(e)
+                if e.to_string().contains("already open")
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => break e.to_string(),
+        }
+    };
+    assert!(err.contains("state.redb"), "{err}");
+    std::fs::write(&state, &bytes[..bytes.len() / 3]).unwrap();
+    let err = rampart_kv::KvNode::start(cfg.clone())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("state.redb"), "{err}");
+}
