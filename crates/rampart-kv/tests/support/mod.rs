@@ -9,9 +9,20 @@ use std::time::Duration;
 use rampart_kv::client::Client;
 use rampart_kv::{ClusterState, KvNode, NodeConfig};
 
+/// A loopback address nobody listens on. Tests run in parallel and each releases its probe
+/// socket before the node binds, so the kernel could hand the same port to two tests: ports
+/// given out once are never given out again in this process.
 pub(crate) fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&addr.port()) {
+            given.push(addr.port());
+            return addr;
+        }
+    }
 }
 
 /// Configs for an `n`-node cluster with data under `dir/nodeI`.

@@ -29,11 +29,24 @@ pub(crate) fn bin() -> &'static str {
 }
 
 /// A port that was free a moment ago: bind 127.0.0.1:0, read the port, drop the socket.
+/// A loopback port nobody listens on. Tests run in parallel and release the probe socket
+/// before the server binds, so the kernel could hand one port to two tests: a port given
+/// out once is never given out again in this process.
 pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind an ephemeral port")
+            .port();
+        let mut given = GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub(crate) fn local(port: u16) -> SocketAddr {
