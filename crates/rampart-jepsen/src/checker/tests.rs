@@ -815,20 +815,3 @@ fn a_large_history_checks_quickly() {
         }
     }
 }
-
-/// Timings for the report: `cargo test -p rampart-jepsen --lib timing_table -- --ignored
-/// --nocapture`. Not a pass/fail test: with 30 clients and values from a small range the
-/// budget may run out, which is the point of printing it.
-#[test]
-#[ignore]
-fn timing_table() {
-    for values in [0, 5, 50] {
-        for processes in [5, 10, 20, 30] {
-            eprint!(
-                "values {values:>2} ({}), {processes:>2} clients: ",
-                if values == 0 { "unique" } else { "random" }
-            );
-            time_check(&large_history(5000, 1, processes, values));
-        }
-    }
-}

@@ -1,32 +1,14 @@
 //! etcd v3 API semantics on a single real node (gRPC over loopback).
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use rampart_kv::client::prefix_end;
 use rampart_kv::proto::etcdserverpb as pb;
 use rampart_kv::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use rampart_kv::proto::etcdserverpb::request_op::Request as Op;
 use rampart_kv::proto::etcdserverpb::response_op::Response as OpResp;
-use support::*;
 use tonic::Code;
-
-fn put(key: &str, value: &str) -> pb::PutRequest {
-    pb::PutRequest {
-        key: key.into(),
-        value: value.into(),
-        prev_kv: true,
-        ..Default::default()
-    }
-}
-
-fn get(key: &str) -> pb::RangeRequest {
-    pb::RangeRequest {
-        key: key.into(),
-        ..Default::default()
-    }
-}
 
 fn cmp_value(key: &str, v: &str) -> pb::Compare {
     pb::Compare {
@@ -468,19 +450,7 @@ async fn a_damaged_log_refuses_to_start() {
         .expect("the entry is in the log file");
     bytes[at + 3] ^= 0x20;
     std::fs::write(&log, &bytes).unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let err = loop {
-        match rampart_kv::KvNode::start(cfg.clone()).await {
-            Ok(_) => panic!("a node with a damaged log started"),
-            Err(e)
-                if e.to_string().contains("already open")
-                    && tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => break e.to_string(),
-        }
-    };
+    let err = refused_start(&cfg).await;
     assert!(err.contains("raft-log.redb"), "{err}");
     assert!(
         err.contains("refusing to start") || err.contains("damaged"),
@@ -528,19 +498,7 @@ async fn a_damaged_state_file_refuses_to_start() {
     let mut damaged = bytes.clone();
     damaged[at + 5] ^= 0x01;
     std::fs::write(&state, &damaged).unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let err = loop {
-        match rampart_kv::KvNode::start(cfg.clone()).await {
-            Ok(_) => panic!("a node with a damaged state file started"),
-            Err(e)
-                if e.to_string().contains("already open")
-                    && tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => break e.to_string(),
-        }
-    };
+    let err = refused_start(&cfg).await;
     assert!(err.contains("state.redb"), "{err}");
     std::fs::write(&state, &bytes[..bytes.len() / 3]).unwrap();
     let err = rampart_kv::KvNode::start(cfg.clone())

@@ -1,5 +1,4 @@
 //! Start real store nodes in-process on loopback ports.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -7,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rampart_kv::client::Client;
+use rampart_kv::proto::etcdserverpb as pb;
 use rampart_kv::{ClusterState, KvNode, NodeConfig};
 
 /// A loopback address nobody listens on. Tests run in parallel and each releases its probe
@@ -112,5 +112,43 @@ where
             "timed out waiting for: {what}"
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A put that asks for the previous value.
+pub(crate) fn put(key: &str, value: &str) -> pb::PutRequest {
+    pb::PutRequest {
+        key: key.into(),
+        value: value.into(),
+        prev_kv: true,
+        ..Default::default()
+    }
+}
+
+pub(crate) fn get(key: &str) -> pb::RangeRequest {
+    pb::RangeRequest {
+        key: key.into(),
+        ..Default::default()
+    }
+}
+
+/// Starting a node from `config` must fail: the error text (after waiting out the previous
+/// instance's lock on its files).
+pub(crate) async fn refused_start(config: &NodeConfig) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match KvNode::start(config.clone()).await {
+            Ok(_) => panic!(
+                "a node started from damaged files in {}",
+                config.data_dir.display()
+            ),
+            Err(e)
+                if e.to_string().contains("already open")
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return e.to_string(),
+        }
     }
 }

@@ -2,29 +2,12 @@
 //! failover, forwarding, linearizable reads on followers, quorum loss, full restart,
 //! membership changes with snapshots.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use rampart_kv::client::Client;
 use rampart_kv::proto::etcdserverpb as pb;
-use support::*;
 use tonic::Code;
-
-fn put(key: &str, value: &str) -> pb::PutRequest {
-    pb::PutRequest {
-        key: key.into(),
-        value: value.into(),
-        ..Default::default()
-    }
-}
-
-fn get(key: &str) -> pb::RangeRequest {
-    pb::RangeRequest {
-        key: key.into(),
-        ..Default::default()
-    }
-}
 
 fn live(
     nodes: &[Option<std::sync::Arc<rampart_kv::KvNode>>],
