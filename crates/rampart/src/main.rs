@@ -18,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 mod kv;
 #[cfg(feature = "full")]
 mod kv_bench;
+#[cfg(feature = "full")]
+mod policy;
 mod sidecar;
 
 /// mimalloc: measurably less CPU than glibc malloc on the proxy's many small, short-lived
@@ -94,6 +96,9 @@ enum Command {
     /// The replicated config store (etcd v3 API): run a node, or use one as a client.
     #[cfg(feature = "full")]
     Kv(kv::KvArgs),
+    /// Rego policies: evaluate a query (like `opa eval`) or run a bundle's tests (`opa test`).
+    #[cfg(feature = "full")]
+    Policy(policy::PolicyArgs),
     /// Run the built-in demo upstream alone (for tests and benchmarks).
     DemoUpstream {
         #[arg(long, default_value = DEMO_UPSTREAM)]
@@ -182,6 +187,8 @@ fn run(cmd: Command) -> Result<ExitCode> {
         Command::Validate { config } => Ok(validate(&config)),
         #[cfg(feature = "full")]
         Command::Kv(args) => kv::run(args),
+        #[cfg(feature = "full")]
+        Command::Policy(args) => Ok(policy::run(args)),
         Command::Serve {
             config,
             watch_interval,

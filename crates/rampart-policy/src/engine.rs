@@ -1,0 +1,623 @@
+//! Tenants, the compiled-bundle cache, and decisions.
+//!
+//! ```text
+//!  put_bundle / load_dir / watcher ──► compile + run the bundle's tests (caller's thread)
+//!                                        │ ok: swap the tenant map (ArcSwap); rejected: keep the old
+//!                                        ▼
+//!  decide(tenant, input) ──► tenant map (lock-free load) ──► compiled? ──hit──► thread's engine
+//!                                                             │ miss (evicted)
+//!                                                             └──► compile under the tenant's lock,
+//!                                                                  evict least recently used
+//! ```
+//!
+//! The cache holds compiled bundles, bounded by count and by an estimate of their memory;
+//! sources are kept for every tenant, so an evicted bundle is recompiled on its next use.
+//! Recency is an atomic tick per tenant, so a hit takes no lock.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
+use regorus::Value;
+
+use crate::bundle::{Bundle, BundleError};
+use crate::compiled::Compiled;
+use crate::decision::Decision;
+use crate::log::{DecisionLog, DecisionLogConfig};
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Compiled bundles kept at once.
+    pub max_entries: usize,
+    /// Estimated bytes of compiled bundles kept at once.
+    pub max_bytes: usize,
+    /// Longest evaluation; a policy running past it is stopped and counts as an error.
+    pub eval_limit: Duration,
+    pub decision_log: Option<DecisionLogConfig>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_entries: 1000,
+            max_bytes: 256 * 1024 * 1024,
+            eval_limit: Duration::from_millis(50),
+            decision_log: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecideError {
+    #[error("unknown tenant {0:?}")]
+    UnknownTenant(String),
+    #[error("tenant {tenant:?}: {source}")]
+    Compile {
+        tenant: String,
+        #[source]
+        source: BundleError,
+    },
+    #[error("tenant {tenant:?}: evaluation failed: {message}")]
+    Eval { tenant: String, message: String },
+    #[error("tenant {tenant:?}: bad decision: {message}")]
+    BadDecision { tenant: String, message: String },
+}
+
+/// Where a tenant's bundle came from: directory tenants are removed when their directory
+/// goes; API tenants only through the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Origin {
+    Dir(PathBuf),
+    Api,
+}
+
+struct Tenant {
+    bundle: Arc<Bundle>,
+    origin: Origin,
+    compiled: ArcSwapOption<Compiled>,
+    compile_lock: Mutex<()>,
+    last_used: AtomicU64,
+}
+
+/// Counters exported as `rampart_policy_*`.
+#[derive(Clone, Default)]
+pub struct PolicyMetrics {
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    pub cache_evictions: Counter,
+    pub allowed: Counter,
+    pub denied: Counter,
+    pub errors: Counter,
+    pub bundles_loaded: Counter,
+    pub bundles_rejected: Counter,
+    /// Sum of decision latencies, in seconds (with the three decision counters: the mean).
+    pub decision_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+}
+
+impl PolicyMetrics {
+    pub fn register(&self, r: &mut Registry) {
+        let r = r.sub_registry_with_prefix("policy");
+        r.register(
+            "cache_hits",
+            "Decisions whose compiled bundle was cached",
+            self.cache_hits.clone(),
+        );
+        r.register(
+            "cache_misses",
+            "Decisions that had to compile an evicted bundle",
+            self.cache_misses.clone(),
+        );
+        r.register(
+            "cache_evictions",
+            "Compiled bundles evicted (count or memory bound)",
+            self.cache_evictions.clone(),
+        );
+        r.register(
+            "decisions_allowed",
+            "Decisions that allowed the request",
+            self.allowed.clone(),
+        );
+        r.register(
+            "decisions_denied",
+            "Decisions that denied the request",
+            self.denied.clone(),
+        );
+        r.register(
+            "decision_errors",
+            "Evaluations that failed (time limit, bad decision, unknown tenant)",
+            self.errors.clone(),
+        );
+        r.register(
+            "bundles_loaded",
+            "Bundles compiled, tested and swapped in",
+            self.bundles_loaded.clone(),
+        );
+        r.register(
+            "bundles_rejected",
+            "Bundles rejected (compile error or failing tests); the old one kept serving",
+            self.bundles_rejected.clone(),
+        );
+        r.register(
+            "decision_seconds",
+            "Total time spent deciding",
+            self.decision_seconds.clone(),
+        );
+    }
+}
+
+/// A decision and what it cost.
+#[derive(Debug, Clone)]
+pub struct Decided {
+    pub decision: Decision,
+    pub revision: String,
+    pub latency: Duration,
+}
+
+pub struct PolicyEngine {
+    config: EngineConfig,
+    tenants: ArcSwap<HashMap<String, Arc<Tenant>>>,
+    /// Serializes changes to the tenant map and evictions (never taken by a cache hit).
+    writer: Mutex<()>,
+    tick: AtomicU64,
+    metrics: PolicyMetrics,
+    log: Option<DecisionLog>,
+}
+
+impl std::fmt::Debug for PolicyEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyEngine")
+            .field("tenants", &self.tenants.load().len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a directory scan did.
+#[derive(Debug, Default)]
+pub struct ReloadReport {
+    /// `(tenant, revision)` swapped in.
+    pub loaded: Vec<(String, String)>,
+    /// `(tenant, error)`; those tenants keep their previous bundle.
+    pub rejected: Vec<(String, String)>,
+    pub removed: Vec<String>,
+}
+
+impl PolicyEngine {
+    pub fn new(config: EngineConfig) -> Self {
+        let log = config.decision_log.as_ref().map(DecisionLog::start);
+        Self {
+            config,
+            tenants: ArcSwap::from_pointee(HashMap::new()),
+            writer: Mutex::new(()),
+            tick: AtomicU64::new(0),
+            metrics: PolicyMetrics::default(),
+            log,
+        }
+    }
+
+    pub fn metrics(&self) -> &PolicyMetrics {
+        &self.metrics
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    fn lock_writer(&self) -> MutexGuard<'_, ()> {
+        self.writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `(tenant, revision)` of every tenant, sorted.
+    pub fn tenants(&self) -> Vec<(String, String)> {
+        let mut v: Vec<_> = self
+            .tenants
+            .load()
+            .iter()
+            .map(|(n, t)| (n.clone(), t.bundle.revision.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Compiled bundles currently cached.
+    pub fn cached(&self) -> usize {
+        self.tenants
+            .load()
+            .values()
+            .filter(|t| t.compiled.load().is_some())
+            .count()
+    }
+
+    /// Compiles `bundle`, runs its tests, then swaps it in for `tenant`. On error nothing
+    /// changes and the previous bundle keeps serving. Returns the new revision.
+    pub fn put_bundle(&self, tenant: &str, bundle: Bundle) -> Result<String, BundleError> {
+        self.put(tenant, bundle, Origin::Api)
+    }
+
+    fn put(&self, tenant: &str, bundle: Bundle, origin: Origin) -> Result<String, BundleError> {
+        let compiled = match Compiled::compile_tested(&bundle, self.config.eval_limit) {
+            Ok(c) => c,
+            Err(e) => {
+                self.metrics.bundles_rejected.inc();
+                tracing::warn!(tenant, error = %e, "policy bundle rejected; the previous one keeps serving");
+                return Err(e);
+            }
+        };
+        let revision = compiled.revision.clone();
+        let entry = Arc::new(Tenant {
+            bundle: Arc::new(bundle),
+            origin,
+            compiled: ArcSwapOption::from_pointee(compiled),
+            compile_lock: Mutex::new(()),
+            last_used: AtomicU64::new(self.tick.fetch_add(1, Ordering::Relaxed)),
+        });
+        {
+            let _w = self.lock_writer();
+            let mut map = HashMap::clone(&self.tenants.load());
+            map.insert(tenant.to_string(), entry);
+            self.tenants.store(Arc::new(map));
+            self.evict_over_budget(Some(tenant));
+        }
+        self.metrics.bundles_loaded.inc();
+        tracing::info!(tenant, revision, "policy bundle loaded");
+        Ok(revision)
+    }
+
+    /// Removes a tenant; its requests then fail as an unknown tenant.
+    pub fn remove_tenant(&self, tenant: &str) -> bool {
+        let _w = self.lock_writer();
+        let mut map = HashMap::clone(&self.tenants.load());
+        let removed = map.remove(tenant).is_some();
+        self.tenants.store(Arc::new(map));
+        removed
+    }
+
+    /// Loads every subdirectory of `dir` as the tenant of the same name. Unchanged bundles
+    /// are left alone; a bundle that fails to load, compile or pass its tests is reported
+    /// and its tenant keeps the previous version; tenants whose directory is gone are removed.
+    pub fn load_dir(&self, dir: &Path) -> ReloadReport {
+        let mut report = ReloadReport::default();
+        let mut seen = Vec::new();
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) => {
+                report
+                    .rejected
+                    .push((dir.display().to_string(), e.to_string()));
+                return report;
+            }
+        };
+        let mut dirs: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .filter(|p| {
+                !p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
+            .collect();
+        dirs.sort();
+        for path in dirs {
+            let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+                continue;
+            };
+            seen.push(name.clone());
+            let bundle = match Bundle::load_dir(&path) {
+                Ok(b) => b,
+                Err(e) => {
+                    self.metrics.bundles_rejected.inc();
+                    tracing::warn!(tenant = name, error = %e, "policy bundle rejected; the previous one keeps serving");
+                    report.rejected.push((name, e.to_string()));
+                    continue;
+                }
+            };
+            let current = self.tenants.load().get(&name).cloned();
+            if current.is_some_and(|t| *t.bundle == bundle) {
+                continue;
+            }
+            match self.put(&name, bundle, Origin::Dir(path)) {
+                Ok(rev) => report.loaded.push((name, rev)),
+                Err(e) => report.rejected.push((name, e.to_string())),
+            }
+        }
+        let gone: Vec<String> = self
+            .tenants
+            .load()
+            .iter()
+            .filter(|(n, t)| {
+                matches!(&t.origin, Origin::Dir(p) if p.parent() == Some(dir)) && !seen.contains(n)
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in gone {
+            self.remove_tenant(&name);
+            tracing::info!(tenant = name, "policy tenant removed (directory gone)");
+            report.removed.push(name);
+        }
+        report
+    }
+
+    /// Evaluates `tenant`'s entry point with `input` and reads the decision.
+    pub fn decide(&self, tenant: &str, input: Value) -> Result<Decided, DecideError> {
+        let started = Instant::now();
+        let result = self.decide_inner(tenant, input);
+        let latency = started.elapsed();
+        self.metrics.decision_seconds.inc_by(latency.as_secs_f64());
+        match &result {
+            Ok((d, _)) if d.allowed => self.metrics.allowed.inc(),
+            Ok(_) => self.metrics.denied.inc(),
+            Err(_) => self.metrics.errors.inc(),
+        };
+        if let Some(log) = &self.log {
+            log.record(tenant, &result, latency);
+        }
+        result.map(|(decision, revision)| Decided {
+            decision,
+            revision,
+            latency,
+        })
+    }
+
+    fn decide_inner(&self, tenant: &str, input: Value) -> Result<(Decision, String), DecideError> {
+        let map = self.tenants.load();
+        let t = map
+            .get(tenant)
+            .ok_or_else(|| DecideError::UnknownTenant(tenant.to_string()))?;
+        t.last_used
+            .store(self.tick.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        let compiled = match t.compiled.load_full() {
+            Some(c) => {
+                self.metrics.cache_hits.inc();
+                c
+            }
+            None => self.compile_evicted(tenant, t)?,
+        };
+        let value = compiled.eval(input).map_err(|message| DecideError::Eval {
+            tenant: tenant.to_string(),
+            message,
+        })?;
+        let decision =
+            Decision::from_value(&value).map_err(|message| DecideError::BadDecision {
+                tenant: tenant.to_string(),
+                message,
+            })?;
+        Ok((decision, compiled.revision.clone()))
+    }
+
+    fn compile_evicted(&self, name: &str, t: &Tenant) -> Result<Arc<Compiled>, DecideError> {
+        let _g = t
+            .compile_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Another request may have compiled it while this one waited.
+        if let Some(c) = t.compiled.load_full() {
+            self.metrics.cache_hits.inc();
+            return Ok(c);
+        }
+        self.metrics.cache_misses.inc();
+        // Tests passed when the bundle was accepted; recompiling the same sources skips them.
+        let c = Arc::new(
+            Compiled::compile(&t.bundle, self.config.eval_limit).map_err(|source| {
+                DecideError::Compile {
+                    tenant: name.to_string(),
+                    source,
+                }
+            })?,
+        );
+        t.compiled.store(Some(c.clone()));
+        let _w = self.lock_writer();
+        self.evict_over_budget(Some(name));
+        Ok(c)
+    }
+
+    /// Drops least recently used compiled bundles until the cache fits both bounds; `keep`
+    /// (the one just added) is never the victim.
+    fn evict_over_budget(&self, keep: Option<&str>) {
+        let map = self.tenants.load();
+        let mut cached: Vec<(&String, &Arc<Tenant>, u64, usize)> = map
+            .iter()
+            .filter_map(|(n, t)| {
+                let c = t.compiled.load();
+                c.as_ref()
+                    .map(|c| (n, t, t.last_used.load(Ordering::Relaxed), c.bytes))
+            })
+            .collect();
+        let mut count = cached.len();
+        let mut bytes: usize = cached.iter().map(|c| c.3).sum();
+        if count <= self.config.max_entries && bytes <= self.config.max_bytes {
+            return;
+        }
+        cached.sort_by_key(|c| c.2);
+        for (name, t, _, size) in cached {
+            if count <= self.config.max_entries && bytes <= self.config.max_bytes {
+                break;
+            }
+            if Some(name.as_str()) == keep {
+                continue;
+            }
+            t.compiled.store(None);
+            count -= 1;
+            bytes -= size;
+            self.metrics.cache_evictions.inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rbac(admin: &str) -> Bundle {
+        Bundle::new(
+            vec![(
+                "authz.rego".into(),
+                "package authz\ndefault decision := false\ndecision if input.user in data.admins\n"
+                    .into(),
+            )],
+            serde_json::json!({"admins": [admin]}),
+            None,
+            None,
+        )
+        .unwrap()
+    }
+
+    fn input(user: &str) -> Value {
+        Value::from(serde_json::json!({"user": user}))
+    }
+
+    #[test]
+    fn tenants_are_isolated() {
+        let e = PolicyEngine::new(EngineConfig::default());
+        e.put_bundle("a", rbac("alice")).unwrap();
+        e.put_bundle("b", rbac("bob")).unwrap();
+        assert!(e.decide("a", input("alice")).unwrap().decision.allowed);
+        assert!(!e.decide("a", input("bob")).unwrap().decision.allowed);
+        assert!(e.decide("b", input("bob")).unwrap().decision.allowed);
+        assert!(!e.decide("b", input("alice")).unwrap().decision.allowed);
+        // A policy that reaches for another tenant's data finds nothing: each tenant's
+        // engine holds only its own bundle.
+        let snoop = Bundle::new(
+            vec![(
+                "authz.rego".into(),
+                "package authz\ndefault decision := false\ndecision if count(data.admins) > 0\n"
+                    .into(),
+            )],
+            serde_json::json!({}),
+            None,
+            None,
+        )
+        .unwrap();
+        e.put_bundle("c", snoop).unwrap();
+        assert!(!e.decide("c", input("alice")).unwrap().decision.allowed);
+        assert!(matches!(
+            e.decide("zz", input("a")),
+            Err(DecideError::UnknownTenant(_))
+        ));
+    }
+
+    #[test]
+    fn lru_eviction_by_count_and_recompile_on_miss() {
+        let e = PolicyEngine::new(EngineConfig {
+            max_entries: 2,
+            ..EngineConfig::default()
+        });
+        e.put_bundle("a", rbac("alice")).unwrap();
+        e.put_bundle("b", rbac("bob")).unwrap();
+        e.decide("a", input("x")).unwrap(); // a is now more recent than b
+        e.put_bundle("c", rbac("carol")).unwrap();
+        assert_eq!(e.cached(), 2);
+        assert_eq!(e.metrics().cache_evictions.get(), 1);
+        // b was evicted: deciding for it compiles again (a miss) and evicts the LRU (a).
+        assert!(e.decide("b", input("bob")).unwrap().decision.allowed);
+        assert_eq!(e.metrics().cache_misses.get(), 1);
+        assert_eq!(e.metrics().cache_evictions.get(), 2);
+        assert_eq!(e.cached(), 2);
+        assert!(e.decide("c", input("carol")).unwrap().decision.allowed);
+        assert_eq!(e.metrics().cache_misses.get(), 1);
+    }
+
+    #[test]
+    fn memory_bound_evicts_too() {
+        let one = rbac("alice");
+        let each = one.source_bytes() * 2;
+        let e = PolicyEngine::new(EngineConfig {
+            max_bytes: each * 2 + each / 2,
+            ..EngineConfig::default()
+        });
+        for t in ["a", "b", "c", "d"] {
+            e.put_bundle(t, rbac("alice")).unwrap();
+        }
+        assert_eq!(e.cached(), 2);
+        assert_eq!(e.metrics().cache_evictions.get(), 2);
+    }
+
+    #[test]
+    fn a_rejected_bundle_leaves_the_old_one_serving() {
+        let e = PolicyEngine::new(EngineConfig::default());
+        let rev = e.put_bundle("a", rbac("alice")).unwrap();
+        let broken = Bundle::new(
+            vec![("authz.rego".into(), "package authz\ndecision if {".into())],
+            serde_json::json!({}),
+            None,
+            None,
+        )
+        .unwrap();
+        assert!(e.put_bundle("a", broken).is_err());
+        let d = e.decide("a", input("alice")).unwrap();
+        assert!(d.decision.allowed);
+        assert_eq!(d.revision, rev);
+        assert_eq!(e.metrics().bundles_rejected.get(), 1);
+    }
+
+    #[test]
+    fn swaps_under_concurrent_decisions_never_fail() {
+        let e = Arc::new(PolicyEngine::new(EngineConfig::default()));
+        e.put_bundle("a", rbac("alice")).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let (e, stop, done) = (e.clone(), stop.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let mut revisions = std::collections::HashSet::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let d = e.decide("a", input("alice")).expect("decision");
+                        assert!(d.decision.allowed);
+                        revisions.insert(d.revision);
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    revisions.len()
+                })
+            })
+            .collect();
+        for i in 0..50 {
+            // Same policy, new revision each time, while decisions run.
+            while done.load(Ordering::Relaxed) < (i + 1) * 200 {
+                std::thread::yield_now();
+            }
+            let mut b = rbac("alice");
+            b.revision = format!("r{i}");
+            e.put_bundle("a", b).unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        for w in workers {
+            // Each worker saw several revisions go by.
+            assert!(w.join().unwrap() > 1);
+        }
+        assert_eq!(e.decide("a", input("alice")).unwrap().revision, "r49");
+    }
+
+    #[test]
+    fn load_dir_adds_updates_rejects_and_removes() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |t: &str, rego: &str| {
+            let p = dir.path().join(t);
+            std::fs::create_dir_all(&p).unwrap();
+            std::fs::write(p.join("authz.rego"), rego).unwrap();
+        };
+        let good =
+            "package authz\ndefault decision := false\ndecision if input.user == \"alice\"\n";
+        write("a", good);
+        write("b", good);
+        let e = PolicyEngine::new(EngineConfig::default());
+        let r = e.load_dir(dir.path());
+        assert_eq!(r.loaded.len(), 2, "{r:?}");
+        // Unchanged bundles are not reloaded.
+        assert!(e.load_dir(dir.path()).loaded.is_empty());
+        write("b", "package authz\ndecision if {");
+        let r = e.load_dir(dir.path());
+        assert_eq!(r.rejected.len(), 1, "{r:?}");
+        assert!(r.rejected[0].1.contains("authz.rego"), "{r:?}");
+        assert!(e.decide("b", input("alice")).unwrap().decision.allowed);
+        std::fs::remove_dir_all(dir.path().join("a")).unwrap();
+        let r = e.load_dir(dir.path());
+        assert_eq!(r.removed, vec!["a".to_string()]);
+        assert!(e.decide("a", input("alice")).is_err());
+    }
+}
