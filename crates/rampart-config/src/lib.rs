@@ -11,6 +11,7 @@
 
 pub mod duration;
 mod error;
+pub mod jwt;
 pub mod model;
 pub mod raw;
 pub mod resilience;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use regex::Regex;
 
+pub use crate::jwt::{JwksSource, Jwt, JwtAlgorithm};
 use crate::raw::RawConfig;
 pub use crate::resilience::{CircuitBreakers, HealthCheck, OutlierDetection, RetryPolicy};
 
@@ -224,6 +225,7 @@ pub enum FilterConfig {
     Cors(Cors),
     RateLimit(RateLimit),
     SidecarInbound,
+    Jwt(Jwt),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -219,6 +219,8 @@ pub enum RawFilter {
     /// Marks traffic entering through a sidecar: `x-sidecar-injected: true` and
     /// `x-original-host` (the Host the client sent).
     SidecarInbound(RawSidecarInbound),
+    /// Verifies a bearer token (JWT) and hands its claims to later filters.
+    Jwt(crate::jwt::RawJwt),
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]

@@ -389,23 +389,9 @@ impl Errors {
 
     /// A path that must name a file this process can open for reading.
     fn readable_file(&mut self, path: &str, value: &str) -> Option<PathBuf> {
-        if value.is_empty() {
-            self.err(path, "must name a file");
-            return None;
-        }
-        let file = PathBuf::from(value);
-        let problem = match std::fs::File::open(&file).and_then(|f| f.metadata()) {
-            Ok(m) if m.is_dir() => Some("is a directory".to_owned()),
-            Ok(_) => None,
-            Err(e) => Some(io_reason(&e)),
-        };
-        match problem {
-            Some(why) => {
-                self.err(path, format!("cannot read {value:?}: {why}"));
-                None
-            }
-            None => Some(file),
-        }
+        readable_file(value)
+            .map_err(|rule| self.err(path, rule))
+            .ok()
     }
 
     fn alpn(&mut self, path: &str, raw: &[String]) -> Vec<AlpnProtocol> {
@@ -458,6 +444,20 @@ impl Errors {
         } else {
             (None, self.0)
         }
+    }
+}
+
+/// Checks that `value` names a file this process can open for reading (not a directory);
+/// the error is the rule broken, for a [`FieldError`].
+pub(crate) fn readable_file(value: &str) -> Result<PathBuf, String> {
+    if value.is_empty() {
+        return Err("must name a file".to_owned());
+    }
+    let file = PathBuf::from(value);
+    match std::fs::File::open(&file).and_then(|f| f.metadata()) {
+        Ok(m) if m.is_dir() => Err(format!("cannot read {value:?}: is a directory")),
+        Ok(_) => Ok(file),
+        Err(e) => Err(format!("cannot read {value:?}: {}", io_reason(&e))),
     }
 }
 

@@ -730,6 +730,11 @@ fn filters(cx: &mut Ctx, path: &str, raw: &[RawFilter]) -> Vec<FilterConfig> {
                     })
                 }
                 RawFilter::SidecarInbound(_) => FilterConfig::SidecarInbound,
+                RawFilter::Jwt(j) => {
+                    let (jwt, errors) = crate::jwt::validate_jwt(&format!("{fpath}.jwt"), j);
+                    cx.errors.extend(errors);
+                    FilterConfig::Jwt(jwt?)
+                }
                 RawFilter::RateLimit(r) => {
                     let rpath = format!("{fpath}.rate_limit");
                     if r.rate == 0 {

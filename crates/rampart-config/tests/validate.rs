@@ -44,6 +44,12 @@ admin: { address: "localhost" }
 listeners:
   - { name: a, address: "127.0.0.1:80", route_table: missing }
   - { name: a, address: "127.0.0.1:80", route_table: t, limits: { max_connections: 0 } }
+  - name: b
+    address: "127.0.0.1:81"
+    route_table: t
+    filters:
+      - cors: { allow_origins: ["*"] }
+      - jwt: { jwks_url: "https://keys.example.com/jwks.json", algorithms: [RS256, none] }
 route_tables:
   - name: t
     virtual_hosts:
@@ -90,6 +96,8 @@ clusters:
         "listeners[0].route_table: no route table named \"missing\"",
         "listeners[1].address: 127.0.0.1:80 is already used by another listener",
         "listeners[1].limits.max_connections: must be at least 1",
+        "listeners[2].filters[1].jwt.jwks_url: \"https://keys.example.com/jwks.json\": https is not supported",
+        "listeners[2].filters[1].jwt.algorithms[1]: unsupported algorithm \"none\"",
     ];
     for want in expect {
         assert!(

@@ -17,6 +17,7 @@ pub mod demo;
 pub mod error;
 pub mod filter;
 pub mod health;
+pub mod jwt;
 pub mod metrics;
 mod observe;
 pub mod pool;
@@ -41,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access_log::AccessLog;
+use crate::filter::{BuildEnv, FilterBuildError};
 use crate::metrics::Metrics;
 use crate::snapshot::{ExtraFilter, Snapshot};
 
@@ -72,6 +74,9 @@ pub enum GatewayError {
         #[source]
         source: tls::TlsError,
     },
+    /// A filter's material (e.g. a JWKS file) did not load; `field` is its config path.
+    #[error("{field}: {message}")]
+    Filter { field: String, message: String },
     #[error("cannot listen on {address} for the admin endpoint: {source}")]
     AdminBind {
         address: SocketAddr,
@@ -121,6 +126,8 @@ pub struct Gateway {
     drain: CancellationToken,
     connections: TaskTracker,
     extra_filters: Vec<ExtraFilter>,
+    /// What filters of every config version share (key caches, metrics).
+    env: BuildEnv,
     admin_addr: Option<SocketAddr>,
     /// The config file's contents as last read, for the watcher.
     file_seen: std::sync::Mutex<Option<Vec<u8>>>,
@@ -142,15 +149,22 @@ impl Gateway {
         let access_log = AccessLog::new(config.access_log);
         let admin = config.admin;
         let tls = load_tls(&config)?;
+        let drain = CancellationToken::new();
+        let env = BuildEnv::new(
+            metrics.clone(),
+            runtimes.control.clone(),
+            drain.child_token(),
+        );
         let snap = Snapshot::build(
             config,
             1,
             None,
-            &metrics,
+            &env,
             &extra_filters,
             runtimes.workers(),
             tls,
-        );
+        )
+        .map_err(filter_error)?;
         resolve_dns(&snap, &runtimes).await;
         metrics.config_version.set(1);
         let shared = Arc::new(Shared {
@@ -168,9 +182,10 @@ impl Gateway {
             shared,
             runtimes,
             listeners: tokio::sync::Mutex::new(HashMap::new()),
-            drain: CancellationToken::new(),
+            drain,
             connections: TaskTracker::new(),
             extra_filters,
+            env,
             admin_addr,
             file_seen: std::sync::Mutex::new(None),
         });
@@ -209,11 +224,12 @@ impl Gateway {
             config,
             version,
             Some(&old),
-            &self.shared.metrics,
+            &self.env,
             &self.extra_filters,
             self.runtimes.workers(),
             tls,
-        );
+        )
+        .map_err(filter_error)?;
         resolve_dns(&snap, &self.runtimes).await;
         let cfg = snap.config.clone();
         // Bind new listeners before anything changes, so a bind failure rejects the reload.
@@ -304,6 +320,8 @@ impl Gateway {
             l.stop.cancel();
         }
         self.drain.cancel();
+        // Cancelled with `drain`: key set refreshes end at once.
+        self.env.jwks.shutdown().await;
         self.connections.close();
         let drained = tokio::time::timeout(deadline, self.connections.wait())
             .await
@@ -424,13 +442,20 @@ impl Gateway {
     }
 }
 
-/// Binds `n` sockets to `addr` with `SO_REUSEPORT`, one per worker; the kernel spreads new
-/// connections across them. With port 0 the first picks the port and the rest join it.
 fn load_tls(config: &Config) -> Result<snapshot::TlsMaterial, GatewayError> {
     snapshot::TlsMaterial::load(config)
         .map_err(|(field, source)| GatewayError::Tls { field, source })
 }
 
+fn filter_error(e: FilterBuildError) -> GatewayError {
+    GatewayError::Filter {
+        field: e.field,
+        message: e.message,
+    }
+}
+
+/// Binds `n` sockets to `addr` with `SO_REUSEPORT`, one per worker; the kernel spreads new
+/// connections across them. With port 0 the first picks the port and the rest join it.
 fn bind(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
     use socket2::{Domain, Protocol, Socket, Type};
     let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(n);

@@ -28,6 +28,7 @@ pub struct Metrics {
     upstream_connections: Family<Labels, Gauge>,
     upstream_requests: Family<Labels, Gauge>,
     cluster_events: Family<Labels, Counter>,
+    jwt_requests: Family<Labels, Counter>,
     pub config_version: Gauge,
     reloads: Family<Labels, Counter>,
     pub config_last_reload_ok: Gauge,
@@ -107,6 +108,12 @@ impl Metrics {
             "Resilience events by cluster: retry, overflow (circuit breaker), ejection (outlier detection)",
             cluster_events.clone(),
         );
+        let jwt_requests = Family::<Labels, Counter>::default();
+        r.register(
+            "jwt_requests",
+            "Requests seen by jwt filters, by result: ok, no_token (optional), or the rejection",
+            jwt_requests.clone(),
+        );
         let config_version = Gauge::default();
         r.register(
             "config_version",
@@ -136,6 +143,7 @@ impl Metrics {
             upstream_connections,
             upstream_requests,
             cluster_events,
+            jwt_requests,
             config_version,
             reloads,
             config_last_reload_ok,
@@ -203,6 +211,12 @@ impl Metrics {
                 ("cluster", cluster.to_owned()),
                 ("event", event.to_owned()),
             ])
+            .clone()
+    }
+
+    pub fn jwt_result(&self, result: &'static str) -> Counter {
+        self.jwt_requests
+            .get_or_create(&vec![("result", result.to_owned())])
             .clone()
     }
 

@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use prometheus_client::metrics::histogram::Histogram;
 use rampart_config::Config;
-use rampart_config::model::{Action, Limits, UpstreamProtocol};
+use rampart_config::model::{Action, FilterConfig, Limits, UpstreamProtocol};
 use rampart_router::RouteTable;
 
-use crate::filter::{self, FilterRef};
-use crate::metrics::{Metrics, RouteStats};
+use crate::filter::{self, BuildEnv, FilterBuildError, FilterRef};
+use crate::metrics::RouteStats;
 use crate::stream::UpstreamTls;
 use crate::upstream::ClusterRuntime;
 
@@ -96,16 +96,19 @@ pub struct Target {
 
 impl Snapshot {
     /// Compiles `config`. Clusters whose definition did not change are carried over from
-    /// `prev` with their connection pools, endpoint state and DNS results.
+    /// `prev` with their connection pools, endpoint state and DNS results. Fails when a
+    /// filter's material does not load (e.g. a JWKS file that does not parse); the error names
+    /// the filter's field.
     pub fn build(
         config: Config,
         version: u64,
         prev: Option<&Snapshot>,
-        metrics: &Metrics,
+        env: &BuildEnv,
         extra: &[ExtraFilter],
         workers: usize,
         mut tls: TlsMaterial,
-    ) -> Self {
+    ) -> Result<Self, FilterBuildError> {
+        let metrics = &env.metrics;
         let clusters: HashMap<String, Arc<ClusterRuntime>> = config
             .clusters
             .iter()
@@ -121,72 +124,88 @@ impl Snapshot {
             })
             .collect();
 
-        let listeners = config
-            .listeners
-            .iter()
-            .filter_map(|l| {
-                let table_cfg = config.route_table(&l.route_table)?;
-                let table = RouteTable::new(table_cfg);
-                let mut filters: Vec<FilterRef> = l.filters.iter().map(filter::build).collect();
-                filters.extend(
-                    extra
-                        .iter()
-                        .filter(|e| e.listener == "*" || e.listener == l.name)
-                        .map(|e| e.filter.clone()),
-                );
-                let routes = table_cfg
-                    .virtual_hosts
+        let mut listeners = HashMap::new();
+        for (li, l) in config.listeners.iter().enumerate() {
+            let Some(ti) = config
+                .route_tables
+                .iter()
+                .position(|t| t.name == l.route_table)
+            else {
+                continue;
+            };
+            let table_cfg = &config.route_tables[ti];
+            let table = RouteTable::new(table_cfg);
+            let mut filters = build_filters(&l.filters, env, &format!("listeners[{li}]"))?;
+            filters.extend(
+                extra
                     .iter()
-                    .map(|vh| {
-                        vh.routes
+                    .filter(|e| e.listener == "*" || e.listener == l.name)
+                    .map(|e| e.filter.clone()),
+            );
+            let mut routes = Vec::with_capacity(table_cfg.virtual_hosts.len());
+            for (vi, vh) in table_cfg.virtual_hosts.iter().enumerate() {
+                let mut vh_routes = Vec::with_capacity(vh.routes.len());
+                for (ri, r) in vh.routes.iter().enumerate() {
+                    let targets = match &r.action {
+                        Action::Forward(f) => f
+                            .clusters
                             .iter()
-                            .map(|r| {
-                                let targets = match &r.action {
-                                    Action::Forward(f) => f
-                                        .clusters
-                                        .iter()
-                                        .filter_map(|w| {
-                                            let rt = clusters.get(&w.cluster)?.clone();
-                                            Some(Target {
-                                                cluster: rt,
-                                                name: w.cluster.as_str().into(),
-                                                stats: metrics
-                                                    .route_stats(&l.name, &r.name, &w.cluster),
-                                                upstream_latency: metrics
-                                                    .upstream_latency(&w.cluster),
-                                            })
-                                        })
-                                        .collect(),
-                                    Action::DirectResponse(_) | Action::Redirect(_) => Vec::new(),
-                                };
-                                RouteData {
-                                    name: r.name.as_str().into(),
-                                    filters: r.filters.iter().map(filter::build).collect(),
-                                    targets,
-                                    local_stats: metrics.route_stats(&l.name, &r.name, ""),
-                                }
+                            .filter_map(|w| {
+                                let rt = clusters.get(&w.cluster)?.clone();
+                                Some(Target {
+                                    cluster: rt,
+                                    name: w.cluster.as_str().into(),
+                                    stats: metrics.route_stats(&l.name, &r.name, &w.cluster),
+                                    upstream_latency: metrics.upstream_latency(&w.cluster),
+                                })
                             })
-                            .collect()
-                    })
-                    .collect();
-                let snap = ListenerSnap {
-                    name: l.name.as_str().into(),
-                    tls: tls.listeners.remove(&l.name),
-                    limits: l.limits.clone(),
-                    table,
-                    filters,
-                    routes,
-                    no_route_stats: metrics.route_stats(&l.name, "", ""),
-                };
-                Some((l.name.clone(), Arc::new(snap)))
-            })
-            .collect();
+                            .collect(),
+                        Action::DirectResponse(_) | Action::Redirect(_) => Vec::new(),
+                    };
+                    let path = format!("route_tables[{ti}].virtual_hosts[{vi}].routes[{ri}]");
+                    vh_routes.push(RouteData {
+                        name: r.name.as_str().into(),
+                        filters: build_filters(&r.filters, env, &path)?,
+                        targets,
+                        local_stats: metrics.route_stats(&l.name, &r.name, ""),
+                    });
+                }
+                routes.push(vh_routes);
+            }
+            let snap = ListenerSnap {
+                name: l.name.as_str().into(),
+                tls: tls.listeners.remove(&l.name),
+                limits: l.limits.clone(),
+                table,
+                filters,
+                routes,
+                no_route_stats: metrics.route_stats(&l.name, "", ""),
+            };
+            listeners.insert(l.name.clone(), Arc::new(snap));
+        }
 
-        Self {
+        Ok(Self {
             version,
             config: Arc::new(config),
             listeners,
             clusters,
-        }
+        })
     }
+}
+
+/// Builds a filter chain; `path` is where the chain's owner sits in the config.
+fn build_filters(
+    cfgs: &[FilterConfig],
+    env: &BuildEnv,
+    path: &str,
+) -> Result<Vec<FilterRef>, FilterBuildError> {
+    cfgs.iter()
+        .enumerate()
+        .map(|(i, f)| {
+            filter::build(f, env).map_err(|e| FilterBuildError {
+                field: format!("{path}.filters[{i}].{}", e.field),
+                message: e.message,
+            })
+        })
+        .collect()
 }
