@@ -13,6 +13,7 @@ pub mod duration;
 mod error;
 pub mod jwt;
 pub mod model;
+pub mod policy;
 pub mod raw;
 pub mod resilience;
 pub mod tls;

@@ -21,6 +21,7 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     pub route_tables: Vec<RouteTable>,
     pub clusters: Vec<Cluster>,
+    pub policy: Option<crate::policy::Policy>,
     pub raw: RawConfig,
 }
 
@@ -226,6 +227,7 @@ pub enum FilterConfig {
     RateLimit(RateLimit),
     SidecarInbound,
     Jwt(Jwt),
+    Authz(crate::policy::Authz),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -28,6 +28,9 @@ pub struct RawConfig {
     pub route_tables: Vec<RawRouteTable>,
     #[serde(default)]
     pub clusters: Vec<RawCluster>,
+    /// The policy engine used by `authz` filters.
+    #[serde(default)]
+    pub policy: Option<crate::policy::RawPolicy>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -221,6 +224,8 @@ pub enum RawFilter {
     SidecarInbound(RawSidecarInbound),
     /// Verifies a bearer token (JWT) and hands its claims to later filters.
     Jwt(crate::jwt::RawJwt),
+    /// Decide with the tenant's Rego policy (needs a top-level `policy:` section).
+    Authz(crate::policy::RawAuthz),
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]

@@ -222,6 +222,17 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         cx.err("admin.address", format!("{a} is also used by a listener"));
     }
 
+    let policy = raw.policy.as_ref().map(|p| {
+        let (policy, errors) = crate::policy::validate_policy(p);
+        cx.errors.extend(errors);
+        policy
+    });
+    if policy.is_none()
+        && let Some(path) = first_authz(&raw)
+    {
+        cx.err(path, "an authz filter needs a top-level policy section");
+    }
+
     if cx.errors.is_empty() {
         Ok(Config {
             workers,
@@ -231,6 +242,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             listeners,
             route_tables,
             clusters,
+            policy,
             raw,
         })
     } else {
@@ -679,6 +691,28 @@ fn mutation(cx: &mut Ctx, path: &str, m: Option<&RawHeaderMutation>) -> HeaderMu
     HeaderMutation { add, set, remove }
 }
 
+/// The path of the first `authz` filter, if any.
+fn first_authz(raw: &RawConfig) -> Option<String> {
+    let find = |fs: &[RawFilter]| fs.iter().position(|f| matches!(f, RawFilter::Authz(_)));
+    for (i, l) in raw.listeners.iter().enumerate() {
+        if let Some(j) = find(&l.filters) {
+            return Some(format!("listeners[{i}].filters[{j}].authz"));
+        }
+    }
+    for (ti, t) in raw.route_tables.iter().enumerate() {
+        for (vi, v) in t.virtual_hosts.iter().enumerate() {
+            for (ri, r) in v.routes.iter().enumerate() {
+                if let Some(j) = find(&r.filters) {
+                    return Some(format!(
+                        "route_tables[{ti}].virtual_hosts[{vi}].routes[{ri}].filters[{j}].authz"
+                    ));
+                }
+            }
+        }
+    }
+    None
+}
+
 fn filters(cx: &mut Ctx, path: &str, raw: &[RawFilter]) -> Vec<FilterConfig> {
     raw.iter()
         .enumerate()
@@ -730,6 +764,11 @@ fn filters(cx: &mut Ctx, path: &str, raw: &[RawFilter]) -> Vec<FilterConfig> {
                     })
                 }
                 RawFilter::SidecarInbound(_) => FilterConfig::SidecarInbound,
+                RawFilter::Authz(a) => {
+                    let (authz, errors) = crate::policy::validate_authz(&format!("{fpath}.authz"), a);
+                    cx.errors.extend(errors);
+                    FilterConfig::Authz(authz?)
+                }
                 RawFilter::Jwt(j) => {
                     let (jwt, errors) = crate::jwt::validate_jwt(&format!("{fpath}.jwt"), j);
                     cx.errors.extend(errors);

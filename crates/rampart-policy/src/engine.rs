@@ -188,13 +188,19 @@ pub struct ReloadReport {
 
 impl PolicyEngine {
     pub fn new(config: EngineConfig) -> Self {
+        Self::with_metrics(config, PolicyMetrics::default())
+    }
+
+    /// An engine counting into `metrics` (shared by successive engines of one gateway, so
+    /// they are registered once).
+    pub fn with_metrics(config: EngineConfig, metrics: PolicyMetrics) -> Self {
         let log = config.decision_log.as_ref().map(DecisionLog::start);
         Self {
             config,
             tenants: ArcSwap::from_pointee(HashMap::new()),
             writer: Mutex::new(()),
             tick: AtomicU64::new(0),
-            metrics: PolicyMetrics::default(),
+            metrics,
             log,
         }
     }

@@ -139,6 +139,9 @@ pub struct BuildEnv {
     /// JSON Web Key Sets shared by `jwt` filters, kept across reloads and refreshed on the
     /// control runtime.
     pub jwks: JwksRegistry,
+    /// The policy engine behind `authz` filters, configured from `policy:` before each build.
+    #[cfg(feature = "policy")]
+    pub policy: crate::authz::PolicyRuntime,
 }
 
 impl BuildEnv {
@@ -149,6 +152,8 @@ impl BuildEnv {
         stop: tokio_util::sync::CancellationToken,
     ) -> Self {
         Self {
+            #[cfg(feature = "policy")]
+            policy: crate::authz::PolicyRuntime::new(&metrics),
             metrics,
             jwks: JwksRegistry::new(control, stop),
         }
@@ -176,6 +181,22 @@ pub fn build(cfg: &FilterConfig, env: &BuildEnv) -> Result<FilterRef, FilterBuil
         FilterConfig::RateLimit(r) => Arc::new(RateLimitFilter::new(r.clone())),
         FilterConfig::SidecarInbound => Arc::new(SidecarInboundFilter),
         FilterConfig::Jwt(j) => Arc::new(JwtFilter::new(j, env)?),
+        #[cfg(feature = "policy")]
+        FilterConfig::Authz(a) => {
+            let engine = env.policy.engine().ok_or_else(|| FilterBuildError {
+                field: "authz".into(),
+                message: "no policy engine (the config has no policy section)".into(),
+            })?;
+            Arc::new(crate::authz::AuthzFilter::new(engine, a.clone()))
+        }
+        #[cfg(not(feature = "policy"))]
+        FilterConfig::Authz(_) => {
+            return Err(FilterBuildError {
+                field: "authz".into(),
+                message: "this build has no policy engine (build rampart with the full feature)"
+                    .into(),
+            });
+        }
     })
 }
 

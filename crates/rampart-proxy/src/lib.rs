@@ -12,6 +12,8 @@
 
 pub mod access_log;
 pub mod admin;
+#[cfg(feature = "policy")]
+pub mod authz;
 pub mod body;
 pub mod demo;
 pub mod error;
@@ -155,6 +157,7 @@ impl Gateway {
             runtimes.control.clone(),
             drain.child_token(),
         );
+        configure_policy(&env, &config)?;
         let snap = Snapshot::build(
             config,
             1,
@@ -220,6 +223,7 @@ impl Gateway {
         let old = self.shared.snapshot.load_full();
         let version = old.version + 1;
         let tls = load_tls(&config)?;
+        configure_policy(&self.env, &config)?;
         let snap = Snapshot::build(
             config,
             version,
@@ -445,6 +449,20 @@ impl Gateway {
 fn load_tls(config: &Config) -> Result<snapshot::TlsMaterial, GatewayError> {
     snapshot::TlsMaterial::load(config)
         .map_err(|(field, source)| GatewayError::Tls { field, source })
+}
+
+/// Starts or updates the policy engine for `config.policy` (a no-op without the feature).
+fn configure_policy(env: &BuildEnv, config: &Config) -> Result<(), GatewayError> {
+    #[cfg(feature = "policy")]
+    env.policy
+        .configure(config.policy.as_ref())
+        .map_err(|message| GatewayError::Filter {
+            field: "policy.bundles_dir".into(),
+            message,
+        })?;
+    #[cfg(not(feature = "policy"))]
+    let _ = (env, config);
+    Ok(())
 }
 
 fn filter_error(e: FilterBuildError) -> GatewayError {

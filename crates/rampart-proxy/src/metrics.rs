@@ -228,6 +228,15 @@ impl Metrics {
         self.config_last_reload_ok.set(i64::from(ok));
     }
 
+    /// Adds metrics kept elsewhere (e.g. the policy engine's) to the exported registry.
+    pub fn register_with(&self, f: impl FnOnce(&mut Registry)) {
+        let mut r = self
+            .registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut r);
+    }
+
     /// The registry in Prometheus text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();

@@ -1,0 +1,368 @@
+//! The `authz` filter: asks the tenant's Rego policy whether a request may go on.
+//!
+//! ```text
+//!  request headers ──► tenant (fixed, host label, header, JWT claim)
+//!                  ──► input document ──► PolicyEngine::decide ──► allow: add/remove upstream headers
+//!                                                              └─► deny: the policy's status, headers, body
+//!                                                              └─► error: 403 (or pass, `on_error: allow`)
+//! ```
+//!
+//! The input document (`input` in Rego):
+//!
+//! ```json
+//! {"method": "GET", "path": "/api/orders", "parsed_path": ["api", "orders"],
+//!  "query": {"page": ["2"]}, "headers": {"host": "api.example.com", ...},
+//!  "host": "api.example.com", "source": {"address": "10.0.0.7", "port": 51234},
+//!  "jwt": {...verified claims, when the jwt filter ran...},
+//!  "listener": "public", "route": "orders", "cluster": "orders", "tenant": "acme"}
+//! ```
+//!
+//! Decisions are synchronous on the worker thread: they take microseconds, and the engine's
+//! time and instruction limits stop a runaway policy.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use http::{HeaderName, HeaderValue, StatusCode, request, response};
+use rampart_config::policy::{Authz, Policy, TenantSource};
+use rampart_policy::engine::EngineConfig;
+use rampart_policy::watch::DirWatch;
+use rampart_policy::{DecisionLogConfig, PolicyEngine, PolicyMetrics, Value};
+
+use crate::error::local_response;
+use crate::filter::{Flow, HttpFilter, JwtClaims, RequestContext};
+use crate::metrics::Metrics;
+
+/// The gateway's policy engine, kept across reloads while `policy:` does not change.
+pub struct PolicyRuntime {
+    metrics: PolicyMetrics,
+    current: Mutex<Option<Running>>,
+}
+
+struct Running {
+    settings: Policy,
+    engine: Arc<PolicyEngine>,
+    _watch: Option<DirWatch>,
+}
+
+impl PolicyRuntime {
+    pub fn new(metrics: &Metrics) -> Self {
+        let m = PolicyMetrics::default();
+        metrics.register_with(|r| m.register(r));
+        Self {
+            metrics: m,
+            current: Mutex::new(None),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Running>> {
+        self.current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts (or keeps, or replaces) the engine for `settings`. Bundles are loaded and
+    /// their tests run before this returns; a tenant whose bundle is rejected is logged and
+    /// left out (its requests fail closed). An unreadable bundle directory is an error
+    /// (the message is about `policy.bundles_dir`).
+    pub fn configure(&self, settings: Option<&Policy>) -> Result<(), String> {
+        let mut cur = self.lock();
+        let Some(settings) = settings else {
+            *cur = None;
+            return Ok(());
+        };
+        if cur.as_ref().is_some_and(|r| r.settings == *settings) {
+            return Ok(());
+        }
+        let engine = Arc::new(PolicyEngine::with_metrics(
+            EngineConfig {
+                max_entries: settings.max_cached,
+                max_bytes: settings.max_cached_bytes,
+                eval_limit: settings.eval_timeout,
+                decision_log: settings.decision_log.as_ref().map(|l| DecisionLogConfig {
+                    path: l.path.clone(),
+                    sample_rate: l.sample_rate,
+                }),
+            },
+            self.metrics.clone(),
+        ));
+        let watch = match &settings.bundles_dir {
+            Some(dir) => Some(open_dir(&engine, dir)?),
+            None => None,
+        };
+        *cur = Some(Running {
+            settings: settings.clone(),
+            engine,
+            _watch: watch,
+        });
+        Ok(())
+    }
+
+    /// The running engine (for filters, and for the admin API that puts bundles).
+    pub fn engine(&self) -> Option<Arc<PolicyEngine>> {
+        self.lock().as_ref().map(|r| r.engine.clone())
+    }
+}
+
+fn open_dir(engine: &Arc<PolicyEngine>, dir: &Path) -> Result<DirWatch, String> {
+    if !dir.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()));
+    }
+    rampart_policy::watch::watch_dir(engine.clone(), dir.to_path_buf())
+        .map_err(|e| format!("cannot watch {}: {e}", dir.display()))
+}
+
+/// Headers the policy wants on the response, carried from the request phase.
+#[derive(Clone)]
+struct ResponseHeaders(Vec<(HeaderName, HeaderValue)>);
+
+pub struct AuthzFilter {
+    engine: Arc<PolicyEngine>,
+    config: Authz,
+}
+
+impl AuthzFilter {
+    pub fn new(engine: Arc<PolicyEngine>, config: Authz) -> Self {
+        Self { engine, config }
+    }
+
+    fn tenant(&self, ctx: &RequestContext, req: &request::Parts) -> Option<String> {
+        match &self.config.tenant {
+            TenantSource::Fixed(t) => Some(t.clone()),
+            TenantSource::Host => {
+                let host = host(req)?;
+                let label = host.split('.').next()?;
+                (!label.is_empty()).then(|| label.to_ascii_lowercase())
+            }
+            TenantSource::Header(h) => req
+                .headers
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty())
+                .map(str::to_string),
+            TenantSource::Claim(c) => {
+                let claims = ctx.extensions.get::<JwtClaims>()?;
+                match claims.0.get(c)? {
+                    serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    /// No decision: logged, counted as a decision error, then fail closed (or open).
+    fn fail(&self, reason: &str, counted: bool) -> Flow<'static> {
+        tracing::warn!(reason, "authz: no decision");
+        if !counted {
+            self.engine.metrics().errors.inc();
+        }
+        if self.config.allow_on_error {
+            Flow::Continue
+        } else {
+            Flow::Respond(local_response(
+                StatusCode::FORBIDDEN,
+                "access denied: authorization failed\n",
+            ))
+        }
+    }
+}
+
+fn host(req: &request::Parts) -> Option<&str> {
+    let h = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri.authority().map(http::uri::Authority::as_str))?;
+    // Strip a port (and keep IPv6 literals whole).
+    Some(match h.rsplit_once(':') {
+        Some((name, port))
+            if !name.ends_with(']')
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && !name.contains(':') =>
+        {
+            name
+        }
+        Some((name, port)) if name.ends_with(']') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            name
+        }
+        _ => h,
+    })
+}
+
+/// `?a=1&a=2&b` → `{"a": ["1", "2"], "b": [""]}`, percent- and `+`-decoded.
+pub fn parse_query(q: &str) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in form_urlencoded::parse(q.as_bytes()) {
+        out.entry(k.into_owned()).or_default().push(v.into_owned());
+    }
+    out
+}
+
+/// The input document for one request.
+pub fn input(ctx: &RequestContext, req: &request::Parts, tenant: &str) -> Value {
+    let mut doc: BTreeMap<Value, Value> = BTreeMap::new();
+    let s = |x: &str| Value::from(x);
+    doc.insert(s("method"), s(req.method.as_str()));
+    let path = req.uri.path();
+    doc.insert(s("path"), s(path));
+    doc.insert(
+        s("parsed_path"),
+        Value::from(
+            path.split('/')
+                .filter(|p| !p.is_empty())
+                .map(Value::from)
+                .collect::<Vec<_>>(),
+        ),
+    );
+    let query: BTreeMap<Value, Value> = parse_query(req.uri.query().unwrap_or(""))
+        .into_iter()
+        .map(|(k, vs)| {
+            (
+                Value::from(k),
+                Value::from(vs.into_iter().map(Value::from).collect::<Vec<_>>()),
+            )
+        })
+        .collect();
+    doc.insert(s("query"), Value::from(query));
+    let mut headers: BTreeMap<Value, Value> = BTreeMap::new();
+    for name in req.headers.keys() {
+        // Repeated headers are joined as Envoy does for its ext_authz input.
+        let joined = req
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        headers.insert(s(name.as_str()), Value::from(joined));
+    }
+    doc.insert(s("headers"), Value::from(headers));
+    if let Some(h) = host(req) {
+        doc.insert(s("host"), s(h));
+    }
+    let mut source: BTreeMap<Value, Value> = BTreeMap::new();
+    source.insert(s("address"), Value::from(ctx.client_addr.ip().to_string()));
+    source.insert(s("port"), Value::from(u64::from(ctx.client_addr.port())));
+    doc.insert(s("source"), Value::from(source));
+    if let Some(claims) = ctx.extensions.get::<JwtClaims>() {
+        doc.insert(s("jwt"), Value::from((*claims.0).clone()));
+    }
+    doc.insert(s("listener"), s(&ctx.listener));
+    doc.insert(s("route"), s(&ctx.route));
+    if let Some(c) = &ctx.cluster {
+        doc.insert(s("cluster"), s(c));
+    }
+    doc.insert(s("tenant"), s(tenant));
+    Value::from(doc)
+}
+
+fn header_pairs(pairs: &[(String, String)]) -> Vec<(HeaderName, HeaderValue)> {
+    pairs
+        .iter()
+        .filter_map(|(k, v)| {
+            let name = HeaderName::from_bytes(k.as_bytes()).ok();
+            let value = HeaderValue::from_str(v).ok();
+            if name.is_none() || value.is_none() {
+                tracing::warn!(
+                    header = k,
+                    "authz: the policy returned an invalid header; skipped"
+                );
+            }
+            Some((name?, value?))
+        })
+        .collect()
+}
+
+impl HttpFilter for AuthzFilter {
+    fn name(&self) -> &'static str {
+        "authz"
+    }
+
+    fn on_request_headers<'a>(
+        &'a self,
+        ctx: &'a mut RequestContext,
+        req: &'a mut request::Parts,
+    ) -> Flow<'a> {
+        let Some(tenant) = self.tenant(ctx, req) else {
+            return self.fail("no tenant in the request", false);
+        };
+        let input = input(ctx, req, &tenant);
+        let decided = match self.engine.decide(&tenant, input) {
+            Ok(d) => d,
+            Err(e) => return self.fail(&e.to_string(), true),
+        };
+        let d = decided.decision;
+        let response_headers = header_pairs(&d.response_headers_to_add);
+        if d.allowed {
+            for name in &d.request_headers_to_remove {
+                req.headers.remove(name.as_str());
+            }
+            for (k, v) in header_pairs(&d.headers) {
+                req.headers.insert(k, v);
+            }
+            if !response_headers.is_empty() {
+                ctx.extensions.insert(ResponseHeaders(response_headers));
+            }
+            return Flow::Continue;
+        }
+        let status = StatusCode::from_u16(d.http_status).unwrap_or(StatusCode::FORBIDDEN);
+        let mut resp = local_response(status, &d.body);
+        for (k, v) in header_pairs(&d.headers).into_iter().chain(response_headers) {
+            resp.headers_mut().insert(k, v);
+        }
+        Flow::Respond(resp)
+    }
+
+    fn on_response_headers<'a>(
+        &'a self,
+        ctx: &'a mut RequestContext,
+        resp: &'a mut response::Parts,
+    ) -> Flow<'a> {
+        if let Some(ResponseHeaders(h)) = ctx.extensions.remove::<ResponseHeaders>() {
+            for (k, v) in h {
+                resp.headers.append(k, v);
+            }
+        }
+        Flow::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn queries_decode_and_repeat() {
+        let q = parse_query("a=1&a=2&b&c=x%20y+z&%E2%9C%93=ok");
+        assert_eq!(q["a"], vec!["1", "2"]);
+        assert_eq!(q["b"], vec![""]);
+        assert_eq!(q["c"], vec!["x y z"]);
+        assert_eq!(q["✓"], vec!["ok"]);
+    }
+
+    proptest! {
+        // Any query string parses without panicking, and encoding pairs then parsing them
+        // gives the pairs back.
+        #[test]
+        fn query_parser_total_and_round_trips(raw in ".{0,64}", pairs in prop::collection::vec(("[^\u{0}]{1,8}", ".{0,8}"), 0..6)) {
+            let _ = parse_query(&raw);
+            let encoded: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(&pairs).finish();
+            let parsed = parse_query(&encoded);
+            let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for (k, v) in &pairs {
+                expected.entry(k.clone()).or_default().push(v.clone());
+            }
+            prop_assert_eq!(parsed, expected);
+        }
+
+        // A Host header of any shape yields no panic and no port.
+        #[test]
+        fn host_strips_ports(name in "[a-z0-9.-]{1,20}", port in proptest::option::of(0u16..)) {
+            let h = match port { Some(p) => format!("{name}:{p}"), None => name.clone() };
+            let req = http::Request::builder().header("host", h).body(()).unwrap().into_parts().0;
+            prop_assert_eq!(host(&req), Some(name.as_str()));
+        }
+    }
+}
