@@ -3,10 +3,14 @@
 //!   cargo bench -p rampart-policy --bench decide
 //!
 //! RBAC (tenant acme's policy) with 10, 100 and 1000 generated roles, and ABAC (tenant
-//! globex), on one thread and on two. Three ways to share a compiled bundle are compared:
-//! `thread-local` (each thread evaluates on its own clone of the compiled engine: what
-//! `PolicyEngine::decide` does, decision parsing and metrics included), `fresh` (a new clone
-//! per call, like regorus' `CompiledPolicy`) and `mutex` (one engine behind a lock).
+//! globex), on one thread and on two. Strategies:
+//! - `decide`: `PolicyEngine::decide` as the gateway calls it (tenant lookup, each thread's own
+//!   clone of the compiled interpreter engine, decision parsing, metrics): the default;
+//! - `decide-vm`: the same on regorus' register VM (`policy.vm: true`);
+//! - `thread-interp`: the thread-local interpreter alone, without the engine around it;
+//! - `fresh`: a new engine clone per call (what regorus' `CompiledPolicy` does);
+//! - `mutex`: one engine shared behind a lock.
+//!
 //! Every loop is bounded by a count and by time.
 
 use std::path::Path;
@@ -145,6 +149,14 @@ fn main() {
             eval_limit: Duration::from_secs(10),
             ..EngineConfig::default()
         }));
+        let vm_engine = Arc::new(PolicyEngine::new(EngineConfig {
+            eval_limit: Duration::from_secs(10),
+            vm: true,
+            ..EngineConfig::default()
+        }));
+        vm_engine
+            .put_bundle("t", bundle.clone())
+            .expect("bundle accepted");
         engine
             .put_bundle("t", bundle.clone())
             .expect("bundle accepted");
@@ -157,8 +169,9 @@ fn main() {
                 .allowed,
             "{name}: expected allow"
         );
-        let compiled =
-            Arc::new(Compiled::compile(&bundle, Duration::from_secs(10)).expect("compile"));
+        let compiled = Arc::new(
+            Compiled::compile_for(&bundle, Duration::from_secs(10), true).expect("compile"),
+        );
         println!(
             "# {name}: decisions run on the {}",
             if compiled.on_vm() {
@@ -170,14 +183,21 @@ fn main() {
         let shared = Arc::new(Mutex::new(compiled.engine()));
         for threads in [1, 2] {
             let strategies: Vec<(&str, Call)> = vec![
-                ("thread-local", {
+                ("decide-vm", {
+                    let (e, i) = (vm_engine.clone(), input.clone());
+                    Arc::new(move || {
+                        let d = e.decide("t", i.clone()).expect("decide");
+                        std::hint::black_box(d);
+                    })
+                }),
+                ("decide", {
                     let (e, i) = (engine.clone(), input.clone());
                     Arc::new(move || {
                         let d = e.decide("t", i.clone()).expect("decide");
                         std::hint::black_box(d);
                     })
                 }),
-                ("interpreter", {
+                ("thread-interp", {
                     let (c, i) = (compiled.clone(), input.clone());
                     Arc::new(move || {
                         std::hint::black_box(c.eval_interpreted(i.clone()).expect("eval"));

@@ -39,6 +39,9 @@ pub struct EngineConfig {
     /// Longest evaluation; a policy running past it is stopped and counts as an error.
     pub eval_limit: Duration,
     pub decision_log: Option<DecisionLogConfig>,
+    /// Decide on regorus' register VM instead of its interpreter (faster; opt-in, see
+    /// [`Compiled::compile_for`]).
+    pub vm: bool,
 }
 
 impl Default for EngineConfig {
@@ -46,8 +49,9 @@ impl Default for EngineConfig {
         Self {
             max_entries: 1000,
             max_bytes: 256 * 1024 * 1024,
-            eval_limit: Duration::from_millis(50),
+            eval_limit: Duration::from_millis(100),
             decision_log: None,
+            vm: false,
         }
     }
 }
@@ -247,7 +251,11 @@ impl PolicyEngine {
     }
 
     fn put(&self, tenant: &str, bundle: Bundle, origin: Origin) -> Result<String, BundleError> {
-        let compiled = match Compiled::compile_tested(&bundle, self.config.eval_limit) {
+        let compiled = match Compiled::compile_tested(
+            &bundle,
+            self.config.eval_limit,
+            self.config.vm,
+        ) {
             Ok(c) => c,
             Err(e) => {
                 self.metrics.bundles_rejected.inc();
@@ -409,12 +417,12 @@ impl PolicyEngine {
         self.metrics.cache_misses.inc();
         // Tests passed when the bundle was accepted; recompiling the same sources skips them.
         let c = Arc::new(
-            Compiled::compile(&t.bundle, self.config.eval_limit).map_err(|source| {
-                DecideError::Compile {
+            Compiled::compile_for(&t.bundle, self.config.eval_limit, self.config.vm).map_err(
+                |source| DecideError::Compile {
                     tenant: name.to_string(),
                     source,
-                }
-            })?,
+                },
+            )?,
         );
         t.compiled.store(Some(c.clone()));
         let _w = self.lock_writer();
@@ -597,6 +605,42 @@ mod tests {
             assert!(w.join().unwrap() > 1);
         }
         assert_eq!(e.decide("a", input("alice")).unwrap().revision, "r49");
+    }
+
+    #[test]
+    fn decision_logs_are_sampled_json_lines_and_errors_always_logged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("decisions.log");
+        let e = PolicyEngine::new(EngineConfig {
+            decision_log: Some(DecisionLogConfig {
+                path: Some(path.clone()),
+                sample_rate: 0.5,
+            }),
+            ..EngineConfig::default()
+        });
+        e.put_bundle("a", rbac("alice")).unwrap();
+        for _ in 0..10 {
+            e.decide("a", input("alice")).unwrap();
+        }
+        assert!(e.decide("nope", input("alice")).is_err());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let lines = loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<serde_json::Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            if lines.len() >= 6 || Instant::now() > deadline {
+                break lines;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(lines.len(), 6, "{lines:?}");
+        assert_eq!(lines[0]["tenant"], "a");
+        assert_eq!(lines[0]["decision"], "allow");
+        assert!(lines[0]["latency_us"].as_f64().unwrap() > 0.0);
+        assert_eq!(lines[5]["decision"], "error");
+        assert_eq!(lines[5]["tenant"], "nope");
     }
 
     #[test]

@@ -1,5 +1,14 @@
 //! The admin endpoint, on its own port and runtime: `/metrics`, `/ready`, `/config_dump`,
-//! `/clusters`.
+//! `/clusters`, and (with the policy engine) `/policy/tenants[/<name>]`:
+//!
+//! ```text
+//! GET    /policy/tenants          [{"tenant": "acme", "revision": "acme-1"}, ...]
+//! PUT    /policy/tenants/<name>   {"modules": {"authz.rego": "package authz ..."},
+//!                                  "data": {...}, "entrypoint": "data.authz.decision"}
+//!                                 → 200 {"revision": ...}; 400 {"error": ...} (compile error,
+//!                                   failing bundle tests: the old bundle keeps serving)
+//! DELETE /policy/tenants/<name>   → 200, or 404
+//! ```
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,9 +59,17 @@ pub(crate) async fn spawn(
             };
             let shared = shared.clone();
             tokio::spawn(async move {
-                let svc = service_fn(move |req| {
+                let svc = service_fn(move |req: Request<Incoming>| {
                     let shared = shared.clone();
-                    async move { Ok::<_, std::convert::Infallible>(route(&shared, &req)) }
+                    async move {
+                        #[cfg(feature = "policy")]
+                        if req.uri().path().starts_with("/policy/") {
+                            return Ok::<_, std::convert::Infallible>(
+                                policy_api(&shared, req).await,
+                            );
+                        }
+                        Ok::<_, std::convert::Infallible>(route(&shared, &req))
+                    }
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
@@ -110,6 +127,99 @@ fn with_endpoint_health(mut text: String, shared: &Shared) -> String {
         None => text.push_str(&lines),
     }
     text
+}
+
+/// Largest bundle accepted through the API (sources and data as JSON).
+#[cfg(feature = "policy")]
+const MAX_BUNDLE_BODY: usize = 16 * 1024 * 1024;
+
+#[cfg(feature = "policy")]
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BundleBody {
+    modules: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    data: Option<serde_json::Value>,
+    #[serde(default)]
+    entrypoint: Option<String>,
+    #[serde(default)]
+    revision: Option<String>,
+}
+
+#[cfg(feature = "policy")]
+async fn policy_api(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    use http_body_util::{BodyExt, Limited};
+    let error = |status: StatusCode, msg: String| {
+        let mut r = json(&serde_json::json!({ "error": msg }));
+        *r.status_mut() = status;
+        r
+    };
+    let Some(engine) = shared.policy.engine() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no policy engine (the config has no policy section)".into(),
+        );
+    };
+    let path = req.uri().path().to_string();
+    let tenant = path
+        .strip_prefix("/policy/tenants/")
+        .filter(|t| !t.is_empty() && !t.contains('/'))
+        .map(str::to_string);
+    match (req.method().clone(), tenant) {
+        (Method::GET, None) if path == "/policy/tenants" => {
+            let list: Vec<_> = engine
+                .tenants()
+                .into_iter()
+                .map(|(t, r)| serde_json::json!({"tenant": t, "revision": r}))
+                .collect();
+            json(&serde_json::Value::Array(list))
+        }
+        (Method::PUT, Some(tenant)) => {
+            let body = match Limited::new(req.into_body(), MAX_BUNDLE_BODY)
+                .collect()
+                .await
+            {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("cannot read the body: {e}"),
+                    );
+                }
+            };
+            let b: BundleBody = match serde_json::from_slice(&body) {
+                Ok(b) => b,
+                Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad bundle JSON: {e}")),
+            };
+            let bundle = match rampart_policy::Bundle::new(
+                b.modules.into_iter().collect(),
+                b.data.unwrap_or_else(|| serde_json::json!({})),
+                b.entrypoint.as_deref(),
+                b.revision,
+            ) {
+                Ok(b) => b,
+                Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+            };
+            // Compiling and running the bundle's tests is CPU work: off the admin runtime.
+            let put = tokio::task::spawn_blocking(move || engine.put_bundle(&tenant, bundle)).await;
+            match put {
+                Ok(Ok(revision)) => json(&serde_json::json!({ "revision": revision })),
+                Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e.to_string()),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
+        (Method::DELETE, Some(tenant)) => {
+            if engine.remove_tenant(&tenant) {
+                json(&serde_json::json!({ "removed": tenant }))
+            } else {
+                error(StatusCode::NOT_FOUND, format!("no tenant {tenant:?}"))
+            }
+        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "GET /policy/tenants, PUT or DELETE /policy/tenants/<name>".into(),
+        ),
+    }
 }
 
 fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {

@@ -84,6 +84,7 @@ impl PolicyRuntime {
                     path: l.path.clone(),
                     sample_rate: l.sample_rate,
                 }),
+                vm: settings.vm,
             },
             self.metrics.clone(),
         ));

@@ -141,7 +141,7 @@ pub struct BuildEnv {
     pub jwks: JwksRegistry,
     /// The policy engine behind `authz` filters, configured from `policy:` before each build.
     #[cfg(feature = "policy")]
-    pub policy: crate::authz::PolicyRuntime,
+    pub policy: Arc<crate::authz::PolicyRuntime>,
 }
 
 impl BuildEnv {
@@ -153,7 +153,7 @@ impl BuildEnv {
     ) -> Self {
         Self {
             #[cfg(feature = "policy")]
-            policy: crate::authz::PolicyRuntime::new(&metrics),
+            policy: Arc::new(crate::authz::PolicyRuntime::new(&metrics)),
             metrics,
             jwks: JwksRegistry::new(control, stop),
         }

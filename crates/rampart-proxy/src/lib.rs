@@ -57,6 +57,9 @@ pub(crate) struct Shared {
     pub(crate) access_log: AccessLog,
     pub(crate) ready: AtomicBool,
     pub(crate) last_reload_error: std::sync::Mutex<Option<String>>,
+    /// For the admin API's `/policy/tenants`.
+    #[cfg(feature = "policy")]
+    pub(crate) policy: Arc<authz::PolicyRuntime>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +179,8 @@ impl Gateway {
             access_log,
             ready: AtomicBool::new(false),
             last_reload_error: std::sync::Mutex::new(None),
+            #[cfg(feature = "policy")]
+            policy: env.policy.clone(),
         });
         let admin_addr = match admin {
             Some(addr) => Some(admin::spawn(addr, shared.clone(), &runtimes.control).await?),
@@ -213,6 +218,13 @@ impl Gateway {
 
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
+    }
+
+    /// The running policy engine, when the config has a `policy:` section: bundles can be
+    /// put and removed through it (as the admin API and, later, the control plane do).
+    #[cfg(feature = "policy")]
+    pub fn policy_engine(&self) -> Option<Arc<rampart_policy::PolicyEngine>> {
+        self.env.policy.engine()
     }
 
     /// Validates nothing (a [`Config`] is already valid); compiles, binds any new listeners,

@@ -384,6 +384,93 @@ clusters:
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     }
 
+    /// PUT/GET/DELETE a bundle through the admin API; a bad one is refused with the reason.
+    #[tokio::test]
+    async fn bundles_through_the_admin_api() {
+        let up = upstream("app").await;
+        let (_tmp, dir) = example_tenants();
+        let tg = gateway(&policy_config(&dir, BY_HEADER, up.addr)).await;
+        let admin_addr = tg.admin.unwrap();
+        let call = |method: &'static str, path: &'static str, body: String| async move {
+            let req = http::Request::builder()
+                .method(method)
+                .uri(format!("http://{admin_addr}{path}"))
+                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                .unwrap();
+            send(&h1(), req).await
+        };
+        let bundle = |allowed: bool, test: &str| {
+            serde_json::json!({
+                "modules": {"p.rego": format!("package api\ndecision := {{\"allowed\": {allowed}, \"http_status\": 451}}\n{test}")},
+                "entrypoint": "api/decision",
+                "revision": format!("rev-{allowed}"),
+            })
+            .to_string()
+        };
+        let r = call("PUT", "/policy/tenants/pushed", bundle(true, "")).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_eq!(r.json()["revision"], "rev-true");
+        let r = get(tg.addr, "/x", &[("x-tenant", "pushed")]).await;
+        assert_eq!(r.status, StatusCode::OK);
+
+        // A bundle whose own test fails is refused; the old one keeps serving.
+        let r = call(
+            "PUT",
+            "/policy/tenants/pushed",
+            bundle(false, "test_open if decision.allowed\n"),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+        assert!(
+            r.json()["error"].as_str().unwrap().contains("test_open"),
+            "{}",
+            r.text()
+        );
+        assert_eq!(
+            get(tg.addr, "/x", &[("x-tenant", "pushed")]).await.status,
+            StatusCode::OK
+        );
+        let r = call("PUT", "/policy/tenants/pushed", "{not json".into()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+
+        let r = call("PUT", "/policy/tenants/pushed", bundle(false, "")).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(
+            get(tg.addr, "/x", &[("x-tenant", "pushed")])
+                .await
+                .status
+                .as_u16(),
+            451
+        );
+
+        let list = call("GET", "/policy/tenants", String::new()).await.json();
+        let names: Vec<_> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["tenant"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(names, ["acme", "globex", "pushed"]);
+        assert_eq!(
+            call("DELETE", "/policy/tenants/pushed", String::new())
+                .await
+                .status,
+            StatusCode::OK
+        );
+        assert_eq!(
+            call("DELETE", "/policy/tenants/pushed", String::new())
+                .await
+                .status,
+            StatusCode::NOT_FOUND
+        );
+        let r = get(tg.addr, "/x", &[("x-tenant", "pushed")]).await;
+        assert!(
+            r.text().contains("authorization failed"),
+            "unknown again: {}",
+            r.text()
+        );
+    }
+
     #[tokio::test]
     async fn a_missing_bundles_dir_fails_start_with_the_field() {
         let up = upstream("app").await;

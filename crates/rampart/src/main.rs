@@ -70,6 +70,9 @@ enum Command {
         /// Do not start the embedded config store.
         #[arg(long)]
         no_store: bool,
+        /// Where the demo's policy bundles (one directory per tenant) are written and watched.
+        #[arg(long, default_value = "rampart-data/policy/tenants")]
+        policy_dir: PathBuf,
     },
     /// Run the gateway from a config file; reloads it on change and on SIGHUP.
     Serve {
@@ -203,6 +206,7 @@ fn run(cmd: Command) -> Result<ExitCode> {
             no_demo_upstream,
             data_dir,
             no_store,
+            policy_dir,
         } => {
             let demo =
                 (!no_demo_upstream).then(|| DEMO_UPSTREAM.parse().expect("constant address"));
@@ -223,8 +227,9 @@ fn run(cmd: Command) -> Result<ExitCode> {
                     )
                 }
                 None => {
-                    let cfg =
+                    let mut cfg =
                         rampart_config::from_yaml(DEMO_CONFIG).context("embedded demo config")?;
+                    demo_policy(&mut cfg, &policy_dir)?;
                     serve(cfg, None, Duration::from_secs(1), demo, store)
                 }
             }
@@ -405,6 +410,81 @@ fn embedded_store(_data_dir: PathBuf) -> Option<StoreConfig> {
 
 /// Runs the gateway until SIGTERM/SIGINT; SIGHUP reloads `path`. The main thread runs the
 /// control runtime (admin, DNS, reloads, signals); data-plane workers run on their own threads.
+/// The example tenants' bundles, embedded for `rampart up`.
+#[cfg(feature = "full")]
+const DEMO_BUNDLES: &[(&str, &str)] = &[
+    (
+        "acme/.manifest",
+        include_str!("../../../examples/policy/tenants/acme/.manifest"),
+    ),
+    (
+        "acme/authz.rego",
+        include_str!("../../../examples/policy/tenants/acme/authz.rego"),
+    ),
+    (
+        "acme/authz_test.rego",
+        include_str!("../../../examples/policy/tenants/acme/authz_test.rego"),
+    ),
+    (
+        "acme/data.json",
+        include_str!("../../../examples/policy/tenants/acme/data.json"),
+    ),
+    (
+        "globex/authz.rego",
+        include_str!("../../../examples/policy/tenants/globex/authz.rego"),
+    ),
+    (
+        "globex/authz_test.rego",
+        include_str!("../../../examples/policy/tenants/globex/authz_test.rego"),
+    ),
+    (
+        "globex/data.json",
+        include_str!("../../../examples/policy/tenants/globex/data.json"),
+    ),
+];
+
+/// Writes the demo bundles into `dir` (files already there are kept, so edits survive a
+/// restart) and points the demo config's policy engine at it.
+#[cfg(feature = "full")]
+fn demo_policy(cfg: &mut Config, dir: &std::path::Path) -> Result<()> {
+    for (rel, text) in DEMO_BUNDLES {
+        let path = dir.join(rel);
+        if path.exists() {
+            continue;
+        }
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(p) = cfg.policy.as_mut() {
+        p.bundles_dir = Some(dir.to_path_buf());
+    }
+    if let Some(p) = cfg.raw.policy.as_mut() {
+        p.bundles_dir = Some(dir.display().to_string());
+    }
+    Ok(())
+}
+
+/// The small build has no policy engine: the demo runs without its authz routes.
+#[cfg(not(feature = "full"))]
+fn demo_policy(cfg: &mut Config, _dir: &std::path::Path) -> Result<()> {
+    use rampart_config::model::FilterConfig;
+    tracing::warn!("this build has no policy engine; the demo's tenant routes are left out");
+    cfg.policy = None;
+    for t in &mut cfg.route_tables {
+        t.virtual_hosts.retain(|vh| {
+            !vh.routes.iter().any(|r| {
+                r.filters
+                    .iter()
+                    .any(|f| matches!(f, FilterConfig::Authz(_)))
+            })
+        });
+    }
+    Ok(())
+}
+
 fn serve(
     cfg: Config,
     file: Option<(&std::path::Path, Vec<u8>)>,

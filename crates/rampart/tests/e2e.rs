@@ -59,7 +59,17 @@ async fn up_serves_the_demo_on_a_fresh_machine() {
     }
     let dir = TempDir::new("up");
     let data = dir.path("kv");
-    let mut up = Proc::spawn("rampart up", &["up", "--data-dir", data.to_str().unwrap()]);
+    let policy = dir.path("tenants");
+    let mut up = Proc::spawn(
+        "rampart up",
+        &[
+            "up",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--policy-dir",
+            policy.to_str().unwrap(),
+        ],
+    );
     assert!(
         await_ok(&mut up, admin, "/ready").await,
         "rampart up exited before it was ready: {:?}",
@@ -127,6 +137,35 @@ async fn up_serves_the_demo_on_a_fresh_machine() {
     assert_eq!(r.version, Version::HTTP_2);
     assert_eq!(r.json()["server"], "demo");
     assert_eq!(r.json()["path"], "/over-h2");
+
+    // The demo's tenants: the Rego bundles written to --policy-dir decide per host.
+    assert!(policy.join("acme/authz.rego").exists());
+    let tenant = |method: Method, host: &'static str, user: &'static str, path: &'static str| {
+        request(method, gw, path, &[("host", host), ("x-user", user)])
+    };
+    let r = send(
+        &c1,
+        tenant(Method::GET, "acme.localhost", "vera", "/api/orders"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["headers"]["x-roles"], "viewer");
+    let r = send(
+        &c1,
+        tenant(Method::POST, "acme.localhost", "vera", "/api/orders"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    let r = send(
+        &c1,
+        tenant(Method::GET, "globex.localhost", "vera", "/code/x"),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::UNAUTHORIZED,
+        "globex does not know acme's users"
+    );
 
     let m = metrics(admin).await;
     assert!(m.contains("rampart_requests_total"), "metrics:\n{m}");
@@ -743,4 +782,75 @@ async fn a_second_signal_stops_without_waiting_for_the_drain() {
         gw.proc.stderr()
     );
     slow.abort();
+}
+
+/// `rampart policy test` and `eval` behave like `opa test` and `opa eval`.
+#[test]
+fn policy_cli_tests_and_evaluates_like_opa() {
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/policy/tenants");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["policy", "test", examples]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("PASS: 10/10"), "{out}");
+
+    let dir = TempDir::new("policy-cli");
+    let bundle = dir.path("b");
+    std::fs::create_dir_all(&bundle).unwrap();
+    std::fs::write(
+        bundle.join("p.rego"),
+        "package p\nallow if input.user == \"alice\"\n\
+         test_alice if allow with input as {\"user\": \"alice\"}\n\
+         test_bob if allow with input as {\"user\": \"bob\"}\n",
+    )
+    .unwrap();
+    let (code, out, _) = run(&["policy", "test", bundle.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "a failing test exits 2: {out}");
+    assert!(out.contains("data.p.test_bob: FAIL"), "{out}");
+    assert!(
+        out.contains("PASS: 1/2") && out.contains("FAIL: 1/2"),
+        "{out}"
+    );
+
+    let input = dir.path("input.json");
+    std::fs::write(
+        &input,
+        r#"{"method": "GET", "path": "/api/x", "headers": {"x-user": "vera"}}"#,
+    )
+    .unwrap();
+    let acme = format!("{examples}/acme");
+    let (code, out, err) = run(&[
+        "policy",
+        "eval",
+        "-d",
+        &acme,
+        "-i",
+        input.to_str().unwrap(),
+        "data.authz.decision",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let value = &v["result"][0]["expressions"][0]["value"];
+    assert_eq!(value["allowed"], true, "{out}");
+    assert_eq!(value["headers"]["x-user"], "vera", "{out}");
+
+    std::fs::write(bundle.join("p.rego"), "package p\nallow if {").unwrap();
+    let (code, _, err) = run(&[
+        "policy",
+        "eval",
+        "-d",
+        bundle.to_str().unwrap(),
+        "data.p.allow",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("p.rego"), "the error names the file: {err}");
 }
