@@ -14,8 +14,10 @@ section() { printf '\n==> %s\n' "$*"; }
 
 # Debian packages the tests and build scripts use: a C compiler (mimalloc, ring); iproute2,
 # iptables, curl and util-linux (runuser) for the sidecar's interception test in a network
-# namespace; etcd-client (etcdctl) for the store's compatibility test.
-packages=(gcc make pkg-config iproute2 iptables curl util-linux etcd-client)
+# namespace; etcd-client (etcdctl) for the store's compatibility test; clang, bpftool,
+# libelf-dev and zlib1g-dev for the eBPF flow tracer (rampart-flows: libbpf is built from its
+# vendored source against Debian's libelf and zlib; clang compiles the BPF C).
+packages=(gcc make pkg-config iproute2 iptables curl util-linux etcd-client clang bpftool libelf-dev zlib1g-dev)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -31,6 +33,12 @@ if ((${#missing[@]})); then
     fi
 fi
 
+# The eBPF tests attach to tracepoints, which need tracefs.
+if [[ $(id -u) -eq 0 ]] && ! mountpoint -q /sys/kernel/tracing; then
+    section "mount -t tracefs tracefs /sys/kernel/tracing"
+    mount -t tracefs tracefs /sys/kernel/tracing
+fi
+
 for c in rustfmt clippy; do
     rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
 done
@@ -39,7 +47,7 @@ section "cargo fmt --check"
 cargo fmt --all -- --check
 
 section "cargo clippy -D warnings"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 section "shell scripts parse"
 for s in scripts/*.sh bench/*.sh .ci/run; do bash -n "$s"; done
@@ -48,7 +56,7 @@ section "cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log"
+cargo test --workspace --all-features --locked --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole suite (cargo prints one per test binary).

@@ -14,6 +14,8 @@ use rampart_config::Config;
 use rampart_proxy::{Gateway, Runtimes};
 use tokio_util::sync::CancellationToken;
 
+#[cfg(feature = "flows")]
+mod flows;
 #[cfg(feature = "full")]
 mod kv;
 #[cfg(feature = "full")]
@@ -73,6 +75,10 @@ enum Command {
         /// Where the demo's policy bundles (one directory per tenant) are written and watched.
         #[arg(long, default_value = "rampart-data/policy/tenants")]
         policy_dir: PathBuf,
+        /// Where eBPF flow metrics are served when tracing can run (root, BTF, tracefs; builds
+        /// with the `flows` feature). "off" disables tracing.
+        #[arg(long, default_value = "127.0.0.1:9435")]
+        flows_listen: String,
     },
     /// Run the gateway from a config file; reloads it on change and on SIGHUP.
     Serve {
@@ -102,6 +108,9 @@ enum Command {
     /// Rego policies: evaluate a query (like `opa eval`) or run a bundle's tests (`opa test`).
     #[cfg(feature = "full")]
     Policy(policy::PolicyArgs),
+    /// TCP flow tracing with eBPF: `watch` (JSON lines), `top`, `serve` (Prometheus).
+    #[cfg(feature = "flows")]
+    Flows(flows::FlowsArgs),
     /// Run the built-in demo upstream alone (for tests and benchmarks).
     DemoUpstream {
         #[arg(long, default_value = DEMO_UPSTREAM)]
@@ -192,6 +201,8 @@ fn run(cmd: Command) -> Result<ExitCode> {
         Command::Kv(args) => kv::run(args),
         #[cfg(feature = "full")]
         Command::Policy(args) => Ok(policy::run(args)),
+        #[cfg(feature = "flows")]
+        Command::Flows(args) => Ok(flows::run(args)),
         Command::Serve {
             config,
             watch_interval,
@@ -207,7 +218,9 @@ fn run(cmd: Command) -> Result<ExitCode> {
             data_dir,
             no_store,
             policy_dir,
+            flows_listen,
         } => {
+            let _flows = in_process_flows(&flows_listen);
             let demo =
                 (!no_demo_upstream).then(|| DEMO_UPSTREAM.parse().expect("constant address"));
             let store = if no_store {
@@ -410,6 +423,71 @@ fn embedded_store(_data_dir: PathBuf) -> Option<StoreConfig> {
 
 /// Runs the gateway until SIGTERM/SIGINT; SIGHUP reloads `path`. The main thread runs the
 /// control runtime (admin, DNS, reloads, signals); data-plane workers run on their own threads.
+/// Runs flow tracing and its metrics endpoint on a thread while the returned guard lives,
+/// when this build and this process can (root, kernel BTF, tracefs); otherwise logs why not.
+#[cfg(feature = "flows")]
+fn in_process_flows(listen: &str) -> Option<InProcessFlows> {
+    if listen == "off" {
+        return None;
+    }
+    let addr: SocketAddr = match listen.parse() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(listen, error = %e, "flows: bad --flows-listen; tracing off");
+            return None;
+        }
+    };
+    if let Err(e) = rampart_flows::check_environment(false) {
+        tracing::info!(reason = %e, "flows: eBPF tracing off");
+        return None;
+    }
+    let tracer = match rampart_flows::FlowTracer::start(rampart_flows::FlowTracerOptions::default())
+    {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "flows: eBPF tracing off");
+            return None;
+        }
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("flows".into())
+        .spawn(move || {
+            if let Err(e) = flows::serve(tracer, addr, &flag) {
+                tracing::warn!(error = %e, "flows: stopped");
+            }
+        })
+        .ok()?;
+    tracing::info!(%addr, "flows: eBPF tracing on; metrics at /metrics");
+    Some(InProcessFlows {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+#[cfg(not(feature = "flows"))]
+fn in_process_flows(_listen: &str) -> Option<()> {
+    None
+}
+
+/// Stops in-process tracing (detaching the programs) when dropped.
+#[cfg(feature = "flows")]
+struct InProcessFlows {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[cfg(feature = "flows")]
+impl Drop for InProcessFlows {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The example tenants' bundles, embedded for `rampart up`.
 #[cfg(feature = "full")]
 const DEMO_BUNDLES: &[(&str, &str)] = &[

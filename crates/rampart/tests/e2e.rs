@@ -51,10 +51,10 @@ const VERSION: &str = "rampart_config_version";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_serves_the_demo_on_a_fresh_machine() {
     let (gw, admin) = (local(8080), local(9901));
-    for port in [8080, 9901, 8081, 2379, 2380] {
+    for port in [8080, 9901, 8081, 2379, 2380, 9435] {
         assert!(
             std::net::TcpListener::bind(local(port)).is_ok(),
-            "port {port} is in use; this test runs `rampart up` on its fixed ports 8080/9901/8081/2379/2380"
+            "port {port} is in use; this test runs `rampart up` on its fixed ports 8080/9901/8081/2379/2380/9435"
         );
     }
     let dir = TempDir::new("up");
@@ -166,6 +166,26 @@ async fn up_serves_the_demo_on_a_fresh_machine() {
         StatusCode::UNAUTHORIZED,
         "globex does not know acme's users"
     );
+
+    // In-process eBPF flow tracing when this build has it and runs as root.
+    if cfg!(feature = "flows") && rustix::process::geteuid().as_raw() == 0 {
+        let mut flows = String::new();
+        for _ in 0..50 {
+            flows = metrics(local(9435)).await;
+            if flows.contains("rampart_flows_opened_total") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            flows.contains("rampart_flows_opened_total"),
+            "flow metrics:\n{flows}"
+        );
+    } else {
+        eprintln!(
+            "\n*** SKIPPED (part of up_serves_the_demo): in-process flow tracing needs root and the flows feature ***\n"
+        );
+    }
 
     let m = metrics(admin).await;
     assert!(m.contains("rampart_requests_total"), "metrics:\n{m}");

@@ -1,0 +1,188 @@
+//! `rampart flows watch` and `serve` as real processes, as root: events with exact bytes for
+//! connections made here, Prometheus metrics, and a clean detach on SIGTERM.
+#![cfg(feature = "flows")]
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn skip_reason() -> Option<String> {
+    if rustix::process::geteuid().as_raw() != 0 {
+        return Some("not root (eBPF needs CAP_BPF and CAP_PERFMON)".into());
+    }
+    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Some("no kernel BTF".into());
+    }
+    if !std::path::Path::new("/sys/kernel/tracing/events").exists() {
+        return Some("tracefs not mounted (mount -t tracefs tracefs /sys/kernel/tracing)".into());
+    }
+    None
+}
+
+/// Starts `rampart flows ARGS` and waits for its "tracing" line on stderr.
+fn start(args: &[&str]) -> (Child, std::thread::JoinHandle<String>) {
+    let mut child = Command::new(bin())
+        .arg("flows")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "rampart flows exited early"
+        );
+        if line.starts_with("flows: tracing") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no tracing line");
+    }
+    // Keep draining stderr so the child never blocks on it.
+    let rest = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    (child, rest)
+}
+
+/// One connection to `listener`: the client sends `up` bytes, the server answers `down`.
+fn exchange(listener: &TcpListener, up: usize, down: usize) {
+    let addr = listener.local_addr().unwrap();
+    let mut c = TcpStream::connect(addr).unwrap();
+    let (mut s, _) = listener.accept().unwrap();
+    c.write_all(&vec![b'u'; up]).unwrap();
+    let mut buf = vec![0; up];
+    s.read_exact(&mut buf).unwrap();
+    s.write_all(&vec![b'd'; down]).unwrap();
+    drop(s);
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).unwrap();
+    assert_eq!(got.len(), down);
+}
+
+fn rf_programs_loaded() -> usize {
+    let out = Command::new("bpftool")
+        .args(["prog", "list"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .matches(" name rf_")
+        .count()
+}
+
+#[test]
+fn watch_and_serve_report_flows_and_detach_on_sigterm() {
+    if let Some(why) = skip_reason() {
+        eprintln!("\n*** SKIPPED watch_and_serve_report_flows_and_detach_on_sigterm: {why} ***\n");
+        return;
+    }
+    // watch: the close events of three connections, with exact bytes each way.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let (mut watch, _) = start(&["watch", "--port", &port, "--count", "6"]);
+    for i in 0..3 {
+        exchange(&listener, 1000 + i, 3000 + i);
+    }
+    let mut out = String::new();
+    watch
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(watch.wait().unwrap().success());
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let closes: Vec<_> = events.iter().filter(|e| e["event"] == "close").collect();
+    // 3 connections × 2 sockets; --count 6 may stop before the last closes, so count what came.
+    assert!(!closes.is_empty(), "{out}");
+    for c in &closes {
+        let (sent, recv) = (
+            c["stats"]["bytes_sent"].as_u64().unwrap(),
+            c["stats"]["bytes_received"].as_u64().unwrap(),
+        );
+        // Client side sends 1000+i and receives 3000+i; the server side the other way round.
+        assert!(
+            (1000..1003).contains(&sent) && recv == sent + 2000
+                || (1000..1003).contains(&recv) && sent == recv + 2000,
+            "bytes: {c}"
+        );
+        assert_eq!(
+            c["pid"].as_u64().unwrap(),
+            u64::from(std::process::id()),
+            "{c}"
+        );
+    }
+
+    // serve: metrics by local port, then SIGTERM detaches everything.
+    let mport = free_port();
+    let listen = format!("127.0.0.1:{mport}");
+    let (mut serve, stderr) = start(&["serve", "--listen", &listen]);
+    for i in 0..4 {
+        exchange(&listener, 100 + i, 200);
+    }
+    let lport = format!("local_port=\"{port}\"");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let mut s = TcpStream::connect(&listen).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let closed = text
+            .lines()
+            .find(|l| l.starts_with("rampart_flows_closed_total") && l.contains(&lport))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
+        if closed == Some(4) || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("rampart_flows_closed_total")
+                && l.contains(&lport)
+                && l.ends_with(" 4")),
+        "{metrics}"
+    );
+    assert!(metrics.contains("rampart_flows_events_lost 0"), "{metrics}");
+    assert!(metrics.contains("direction=\"received\""), "{metrics}");
+    assert!(rf_programs_loaded() > 0);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&serve),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = serve.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "serve did not exit on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        status.success(),
+        "exit {status:?}: {}",
+        stderr.join().unwrap()
+    );
+    assert_eq!(
+        rf_programs_loaded(),
+        0,
+        "programs left attached after SIGTERM"
+    );
+}
