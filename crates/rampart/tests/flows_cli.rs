@@ -71,6 +71,9 @@ fn exchange(listener: &TcpListener, up: usize, down: usize) {
     assert_eq!(got.len(), down);
 }
 
+/// The tests count loaded `rf_` programs, so they must not overlap.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn rf_programs_loaded() -> usize {
     let out = Command::new("bpftool")
         .args(["prog", "list"])
@@ -83,6 +86,7 @@ fn rf_programs_loaded() -> usize {
 
 #[test]
 fn watch_and_serve_report_flows_and_detach_on_sigterm() {
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(why) = skip_reason() {
         eprintln!("\n*** SKIPPED watch_and_serve_report_flows_and_detach_on_sigterm: {why} ***\n");
         return;
@@ -185,4 +189,40 @@ fn watch_and_serve_report_flows_and_detach_on_sigterm() {
         0,
         "programs left attached after SIGTERM"
     );
+}
+
+/// A tracer killed with SIGKILL leaves nothing attached (links and programs are not pinned,
+/// so the kernel drops them with the process's descriptors); `top` draws its table.
+#[test]
+fn sigkill_leaves_nothing_behind_and_top_draws() {
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(why) = skip_reason() {
+        eprintln!("\n*** SKIPPED sigkill_leaves_nothing_behind_and_top_draws: {why} ***\n");
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let (mut top, _) = start(&["top", "--port", &port, "--interval", "300ms", "--iterations", "3", "--no-clear"]);
+    // A connection that stays open while top samples, with bytes each way.
+    let mut c = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut s, _) = listener.accept().unwrap();
+    c.write_all(&[1; 700]).unwrap();
+    let mut buf = [0; 700];
+    s.read_exact(&mut buf).unwrap();
+    let mut out = String::new();
+    top.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(top.wait().unwrap().success());
+    assert!(out.contains("TX_BYTES"), "{out}");
+    assert!(out.lines().any(|l| l.contains(&format!(":{port}")) && l.contains(" 700 ")), "{out}");
+    drop((c, s));
+
+    let (mut watch, _) = start(&["watch"]);
+    assert!(rf_programs_loaded() > 0);
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rf_programs_loaded() > 0 {
+        assert!(Instant::now() < deadline, "programs left attached after SIGKILL");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
