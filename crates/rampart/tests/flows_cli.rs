@@ -86,7 +86,9 @@ fn rf_programs_loaded() -> usize {
 
 #[test]
 fn watch_and_serve_report_flows_and_detach_on_sigterm() {
-    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(why) = skip_reason() {
         eprintln!("\n*** SKIPPED watch_and_serve_report_flows_and_detach_on_sigterm: {why} ***\n");
         return;
@@ -195,14 +197,25 @@ fn watch_and_serve_report_flows_and_detach_on_sigterm() {
 /// so the kernel drops them with the process's descriptors); `top` draws its table.
 #[test]
 fn sigkill_leaves_nothing_behind_and_top_draws() {
-    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(why) = skip_reason() {
         eprintln!("\n*** SKIPPED sigkill_leaves_nothing_behind_and_top_draws: {why} ***\n");
         return;
     }
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
-    let (mut top, _) = start(&["top", "--port", &port, "--interval", "300ms", "--iterations", "3", "--no-clear"]);
+    let (mut top, _) = start(&[
+        "top",
+        "--port",
+        &port,
+        "--interval",
+        "300ms",
+        "--iterations",
+        "3",
+        "--no-clear",
+    ]);
     // A connection that stays open while top samples, with bytes each way.
     let mut c = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let (mut s, _) = listener.accept().unwrap();
@@ -213,7 +226,11 @@ fn sigkill_leaves_nothing_behind_and_top_draws() {
     top.stdout.take().unwrap().read_to_string(&mut out).unwrap();
     assert!(top.wait().unwrap().success());
     assert!(out.contains("TX_BYTES"), "{out}");
-    assert!(out.lines().any(|l| l.contains(&format!(":{port}")) && l.contains(" 700 ")), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains(&format!(":{port}")) && l.contains(" 700 ")),
+        "{out}"
+    );
     drop((c, s));
 
     let (mut watch, _) = start(&["watch"]);
@@ -222,7 +239,10 @@ fn sigkill_leaves_nothing_behind_and_top_draws() {
     watch.wait().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while rf_programs_loaded() > 0 {
-        assert!(Instant::now() < deadline, "programs left attached after SIGKILL");
+        assert!(
+            Instant::now() < deadline,
+            "programs left attached after SIGKILL"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
