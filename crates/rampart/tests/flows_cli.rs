@@ -246,3 +246,72 @@ fn sigkill_leaves_nothing_behind_and_top_draws() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// `watch` filters: by address (only the 127.0.0.2 connection shows) and by pid (a pid that
+/// made no connection shows nothing; ours shows its own).
+#[test]
+fn watch_filters_by_address_and_pid() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(why) = skip_reason() {
+        eprintln!("\n*** SKIPPED watch_filters_by_address_and_pid: {why} ***\n");
+        return;
+    }
+    let listener = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let p = port.to_string();
+    let connect = |ip: &str| {
+        let mut c = TcpStream::connect(format!("{ip}:{port}")).unwrap();
+        let (mut s, _) = listener.accept().unwrap();
+        c.write_all(b"hello").unwrap();
+        let mut b = [0; 5];
+        s.read_exact(&mut b).unwrap();
+    };
+    let collect = |mut child: Child| {
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        child.wait().unwrap();
+        out.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+
+    let (watch, _) = start(&["watch", "--port", &p, "--addr", "127.0.0.2", "--count", "2"]);
+    connect("127.0.0.1");
+    connect("127.0.0.2");
+    let events = collect(watch);
+    assert_eq!(events.len(), 2);
+    for e in &events {
+        let (src, dst) = (e["src"].as_str().unwrap(), e["dst"].as_str().unwrap());
+        assert!(
+            src.starts_with("127.0.0.2:") || dst.starts_with("127.0.0.2:"),
+            "{e}"
+        );
+    }
+
+    // pid 1 (init) opens no connection to our port: nothing within a second, then SIGTERM.
+    let (idle, _) = start(&["watch", "--port", &p, "--pid", "1"]);
+    connect("127.0.0.1");
+    std::thread::sleep(Duration::from_millis(1000));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&idle),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    assert!(collect(idle).is_empty(), "events for a pid that made none");
+
+    let me = std::process::id().to_string();
+    let (mine, _) = start(&["watch", "--port", &p, "--pid", &me, "--count", "1"]);
+    connect("127.0.0.1");
+    let events = collect(mine);
+    assert_eq!(
+        events[0]["pid"].as_u64().unwrap(),
+        u64::from(std::process::id())
+    );
+}
