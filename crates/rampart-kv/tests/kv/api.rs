@@ -441,14 +441,21 @@ async fn a_damaged_log_refuses_to_start() {
     node.shutdown().await;
     drop(node);
     drop(c);
-    // Wait for the files to be released, then flip one byte inside a stored entry.
+    // Wait for the files to be released, then flip one byte inside the stored entries. redb
+    // writes copy-on-write, so stale copies of a page can remain in free space: damage every
+    // copy, so the live one is surely hit.
     let log = cfg.data_dir.join("raft-log.redb");
     let mut bytes = std::fs::read(&log).unwrap();
-    let at = bytes
+    let hits: Vec<usize> = bytes
         .windows(marker.len())
-        .position(|w| w == marker.as_bytes())
-        .expect("the entry is in the log file");
-    bytes[at + 3] ^= 0x20;
+        .enumerate()
+        .filter(|(_, w)| *w == marker.as_bytes())
+        .map(|(i, _)| i)
+        .collect();
+    assert!(!hits.is_empty(), "the entry is in the log file");
+    for at in hits {
+        bytes[at + 3] ^= 0x20;
+    }
     std::fs::write(&log, &bytes).unwrap();
     let err = refused_start(&cfg).await;
     assert!(err.contains("raft-log.redb"), "{err}");
