@@ -29,6 +29,19 @@ pub enum FlowsError {
         source: io::Error,
     },
 
+    /// The process may not attach TC programs (see [`crate::TcCounter`]).
+    #[error(
+        "TC byte counting needs root or the capabilities CAP_BPF and CAP_NET_ADMIN \
+         (effective uid {euid}, missing: {missing}); run as root, or grant them with \
+         `setcap cap_bpf,cap_net_admin+ep <binary>`"
+    )]
+    TcNotPermitted {
+        /// Effective user id read from `/proc/self/status`.
+        euid: u32,
+        /// The missing capabilities, e.g. `CAP_NET_ADMIN`.
+        missing: String,
+    },
+
     /// The kernel exposes no BTF, so CO-RE programs cannot be relocated.
     #[error(
         "{path} is missing: the kernel has no BTF type information, which these CO-RE \
@@ -125,6 +138,31 @@ pub enum FlowsError {
         /// The map name (`rf_...`).
         map: &'static str,
         /// What was being done.
+        op: &'static str,
+        /// The libbpf error.
+        source: libbpf_rs::Error,
+    },
+
+    /// The network interface to attach to does not exist in this network namespace.
+    #[error(
+        "network interface {name:?}: {source}; `ip link` lists the interfaces of this network \
+         namespace (the calling thread's)"
+    )]
+    NoSuchInterface {
+        /// The name that was looked up.
+        name: String,
+        /// The underlying error.
+        source: io::Error,
+    },
+
+    /// Creating the clsact qdisc, or attaching or detaching a TC program, failed.
+    #[error("TC {hook} on {interface}: {op} failed: {source}")]
+    Tc {
+        /// The interface name.
+        interface: String,
+        /// `ingress`, `egress` or `clsact qdisc`.
+        hook: &'static str,
+        /// What was being done (`attach`, `create`, `detach`, `destroy`).
         op: &'static str,
         /// The libbpf error.
         source: libbpf_rs::Error,

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::FlowsError;
 
 /// Capability bits in `CapEff` (include/uapi/linux/capability.h).
+const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
@@ -97,6 +98,29 @@ pub(crate) fn check(paths: &SystemPaths, mount_tracefs: bool) -> Result<(), Flow
     Ok(())
 }
 
+/// The checks for [`crate::TcCounter`]: CAP_BPF (or CAP_SYS_ADMIN) and CAP_NET_ADMIN, and
+/// kernel BTF (the context accesses are CO-RE relocated). No tracefs: TC needs none.
+pub(crate) fn check_tc(paths: &SystemPaths) -> Result<(), FlowsError> {
+    let status =
+        fs::read_to_string(&paths.proc_status).map_err(|source| FlowsError::ProcStatus {
+            path: paths.proc_status.clone(),
+            source,
+        })?;
+    check_tc_privileges(&status).map_err(|e| match e {
+        PrivError::Unparsable(what) => FlowsError::ProcStatus {
+            path: paths.proc_status.clone(),
+            source: io::Error::new(io::ErrorKind::InvalidData, what),
+        },
+        PrivError::Denied(e) => e,
+    })?;
+    if !paths.btf.exists() {
+        return Err(FlowsError::NoBtf {
+            path: paths.btf.clone(),
+        });
+    }
+    Ok(())
+}
+
 fn mount(target: &Path) -> Result<(), FlowsError> {
     rustix::mount::mount(
         "tracefs",
@@ -117,10 +141,8 @@ enum PrivError {
     Denied(FlowsError),
 }
 
-/// Decides from the text of `/proc/self/status`: CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN,
-/// which implies both on older kernels) in the effective set. Root normally has them all;
-/// root in a container that dropped them does not, and gets the error naming what is missing.
-fn check_privileges(status: &str) -> Result<(), PrivError> {
+/// `(euid, CapEff)` from the text of `/proc/self/status`.
+fn euid_and_caps(status: &str) -> Result<(u32, u64), PrivError> {
     let field = |name: &str| {
         status
             .lines()
@@ -135,19 +157,53 @@ fn check_privileges(status: &str) -> Result<(), PrivError> {
         .ok_or(PrivError::Unparsable("bad Uid line"))?;
     let cap_eff = u64::from_str_radix(field("CapEff:")?, 16)
         .map_err(|_| PrivError::Unparsable("bad CapEff line"))?;
+    Ok((euid, cap_eff))
+}
+
+/// The names of the capabilities in `wanted` that `cap_eff` lacks, comma-separated.
+fn missing(cap_eff: u64, wanted: &[(u32, &str)]) -> String {
+    let names: Vec<&str> = wanted
+        .iter()
+        .filter(|(bit, _)| cap_eff & (1u64 << bit) == 0)
+        .map(|(_, name)| *name)
+        .collect();
+    names.join(", ")
+}
+
+/// Decides from the text of `/proc/self/status`: CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN,
+/// which implies both on older kernels) in the effective set. Root normally has them all;
+/// root in a container that dropped them does not, and gets the error naming what is missing.
+fn check_privileges(status: &str) -> Result<(), PrivError> {
+    let (euid, cap_eff) = euid_and_caps(status)?;
     let has = |bit: u32| cap_eff & (1u64 << bit) != 0;
 
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
         return Ok(());
     }
-    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
-        .into_iter()
-        .filter(|(bit, _)| !has(*bit))
-        .map(|(_, name)| name)
-        .collect();
     Err(PrivError::Denied(FlowsError::NotPermitted {
         euid,
-        missing: missing.join(", "),
+        missing: missing(
+            cap_eff,
+            &[(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")],
+        ),
+    }))
+}
+
+/// For TC: CAP_NET_ADMIN (qdiscs and filters over netlink) and CAP_BPF (or CAP_SYS_ADMIN).
+fn check_tc_privileges(status: &str) -> Result<(), PrivError> {
+    let (euid, cap_eff) = euid_and_caps(status)?;
+    let has = |bit: u32| cap_eff & (1u64 << bit) != 0;
+
+    if has(CAP_NET_ADMIN) && (has(CAP_BPF) || has(CAP_SYS_ADMIN)) {
+        return Ok(());
+    }
+    let mut wanted = vec![(CAP_NET_ADMIN, "CAP_NET_ADMIN")];
+    if !has(CAP_SYS_ADMIN) {
+        wanted.insert(0, (CAP_BPF, "CAP_BPF"));
+    }
+    Err(PrivError::Denied(FlowsError::TcNotPermitted {
+        euid,
+        missing: missing(cap_eff, &wanted),
     }))
 }
 
@@ -191,6 +247,25 @@ mod tests {
         };
         assert!(
             e.to_string().contains("missing: CAP_BPF, CAP_PERFMON"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn tc_needs_net_admin_and_bpf() {
+        check_tc_privileges(&status(0, 0x0000_01ff_ffff_ffff)).unwrap();
+        check_tc_privileges(&status(1000, (1 << CAP_BPF) | (1 << CAP_NET_ADMIN))).unwrap();
+        let Err(PrivError::Denied(e)) = check_tc_privileges(&status(1000, 1 << CAP_BPF)) else {
+            panic!("expected a refusal");
+        };
+        let msg = e.to_string();
+        assert!(msg.contains("missing: CAP_NET_ADMIN"), "{msg}");
+        assert!(msg.contains("cap_net_admin"), "{msg}");
+        let Err(PrivError::Denied(e)) = check_tc_privileges(&status(0, 0)) else {
+            panic!("expected a refusal");
+        };
+        assert!(
+            e.to_string().contains("missing: CAP_BPF, CAP_NET_ADMIN"),
             "{e}"
         );
     }

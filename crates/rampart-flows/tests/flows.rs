@@ -705,18 +705,38 @@ fn dropped_packets_are_counted_as_retransmits() {
     assert!(!ns_path.exists(), "{} left behind", ns_path.display());
 }
 
-/// The committed object must be what the source compiles to (see `src/lib.rs`, "Building
-/// without clang"). `RAMPART_FLOWS_BLESS=1` updates it.
+/// The committed objects must be what the sources compile to (see `src/lib.rs`, "Building
+/// without clang"): `flows.bpf.o` and `tc_bytes.bpf.o`. `RAMPART_FLOWS_BLESS=1` updates them.
 #[test]
 fn committed_object_matches_source() {
-    let fresh = env!("RAMPART_FLOWS_FRESH_OBJ");
-    let fresh_meta = env!("RAMPART_FLOWS_FRESH_META");
+    let objects = [
+        (
+            "flows",
+            env!("RAMPART_FLOWS_FRESH_OBJ"),
+            env!("RAMPART_FLOWS_FRESH_META"),
+        ),
+        (
+            "tc_bytes",
+            env!("RAMPART_FLOWS_TC_FRESH_OBJ"),
+            env!("RAMPART_FLOWS_TC_FRESH_META"),
+        ),
+    ];
+    for (name, fresh, fresh_meta) in objects {
+        check_committed_object(name, fresh, fresh_meta);
+    }
+}
+
+fn check_committed_object(name: &str, fresh: &str, fresh_meta: &str) {
+    let test = format!("committed_object_matches_source ({name})");
     if fresh.is_empty() {
-        loud_skip("committed_object_matches_source", &fresh_meta);
+        loud_skip(&test, &fresh_meta);
         return;
     }
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/bpf");
-    let (obj, meta) = (dir.join("flows.bpf.o"), dir.join("flows.bpf.o.meta"));
+    let (obj, meta) = (
+        dir.join(format!("{name}.bpf.o")),
+        dir.join(format!("{name}.bpf.o.meta")),
+    );
     if std::env::var_os("RAMPART_FLOWS_BLESS").is_some_and(|v| v == "1") {
         fs::copy(fresh, &obj).expect("copy object");
         fs::write(&meta, format!("{fresh_meta}\n")).expect("write meta");
@@ -734,13 +754,13 @@ fn committed_object_matches_source() {
              comparison needs the same clang and vmlinux.h",
             committed_meta.trim()
         );
-        loud_skip("committed_object_matches_source", &why);
+        loud_skip(&test, &why);
         return;
     }
     let same = fs::read(&obj).ok() == fs::read(fresh).ok();
     assert!(
         same,
-        "src/bpf/flows.bpf.o is stale: it differs from what src/bpf/flows.bpf.c compiles to. \
+        "src/bpf/{name}.bpf.o is stale: it differs from what src/bpf/{name}.bpf.c compiles to. \
          Run `RAMPART_FLOWS_BLESS=1 cargo test -p rampart-flows --test flows \
          committed_object_matches_source` and commit the result."
     );
