@@ -73,6 +73,17 @@ impl Drop for Capture {
 
 /// From libbpf's output, the program it blamed and the verifier log (its tail when long).
 ///
+/// The error for a skeleton whose load failed: the program libbpf named and its verifier
+/// log, from what libbpf printed during the load.
+pub(crate) fn load_failed(printed: &str, source: libbpf_rs::Error) -> crate::FlowsError {
+    let (program, log) = verifier_log(printed);
+    crate::FlowsError::Load {
+        program,
+        source,
+        log,
+    }
+}
+
 /// libbpf prints `libbpf: prog 'NAME': BPF program load failed: ...` followed by the log
 /// between `-- BEGIN PROG LOAD LOG --` and `-- END PROG LOAD LOG --`. Relocation failures have
 /// no such block; then everything printed is returned.

@@ -303,17 +303,9 @@ impl TcCounter {
             .rf_tc_flows
             .set_max_entries(opts.max_flows)
             .map_err(map_err("rf_tc_flows", "set max_entries"))?;
-        let skel = match open.load() {
-            Ok(skel) => skel,
-            Err(source) => {
-                let (program, log) = libbpf_log::verifier_log(&capture.text());
-                return Err(FlowsError::Load {
-                    program,
-                    source,
-                    log,
-                });
-            }
-        };
+        let skel = open
+            .load()
+            .map_err(|source| libbpf_log::load_failed(&capture.text(), source))?;
 
         let flows = MapHandle::try_from(&skel.maps.rf_tc_flows)
             .map_err(map_err("rf_tc_flows", "duplicate fd"))?;

@@ -129,17 +129,9 @@ impl FlowTracer {
             .rf_events
             .set_max_entries(opts.ring_buffer_bytes)
             .map_err(map_err("rf_events", "set max_entries"))?;
-        let skel = match open.load() {
-            Ok(skel) => skel,
-            Err(source) => {
-                let (program, log) = libbpf_log::verifier_log(&capture.text());
-                return Err(FlowsError::Load {
-                    program,
-                    source,
-                    log,
-                });
-            }
-        };
+        let skel = open
+            .load()
+            .map_err(|source| libbpf_log::load_failed(&capture.text(), source))?;
         drop(capture);
 
         // Destroy first and state changes last: a flow is never created without the program
