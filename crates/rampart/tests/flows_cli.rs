@@ -315,3 +315,80 @@ fn watch_filters_by_address_and_pid() {
         u64::from(std::process::id())
     );
 }
+
+/// `watch --cgroup`: only flows owned by processes in that cgroup (v2) are shown.
+#[test]
+fn watch_filters_by_cgroup() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(why) = skip_reason() {
+        eprintln!("\n*** SKIPPED watch_filters_by_cgroup: {why} ***\n");
+        return;
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let Some(root) = mounts
+        .lines()
+        .find(|l| l.split_whitespace().nth(2) == Some("cgroup2"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .map(str::to_string)
+    else {
+        eprintln!("\n*** SKIPPED watch_filters_by_cgroup: no cgroup2 mount ***\n");
+        return;
+    };
+    let name = format!("rampart-flows-test-{}", std::process::id());
+    let dir = std::path::Path::new(&root).join(&name);
+    std::fs::create_dir(&dir).unwrap();
+    struct Cleanup(std::path::PathBuf, Option<Child>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            if let Some(c) = &mut self.1 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let mut guard = Cleanup(dir.clone(), None);
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (watch, _) = start(&[
+        "watch",
+        "--port",
+        &port.to_string(),
+        "--cgroup",
+        &format!("/{name}"),
+        "--count",
+        "2",
+    ]);
+    // A connection from this process (not in the cgroup), then one from a child moved into it
+    // before it connects; the child stays alive so its cgroup can be read.
+    drop(TcpStream::connect(("127.0.0.1", port)).unwrap());
+    let _ = listener.accept().unwrap();
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec python3 -c \"import socket,time; s=socket.create_connection(('127.0.0.1',{port})); time.sleep(20)\"",
+        dir.display()
+    );
+    let child = Command::new("sh").args(["-c", &script]).spawn().unwrap();
+    let child_pid = child.id();
+    guard.1 = Some(child);
+    let _ = listener.accept().unwrap();
+    let mut out = String::new();
+    let mut watch = watch;
+    watch
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    watch.wait().unwrap();
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 2, "{out}");
+    for e in &events {
+        assert_eq!(e["pid"].as_u64().unwrap(), u64::from(child_pid), "{e}");
+    }
+}
