@@ -107,6 +107,28 @@ impl std::fmt::Debug for FlowTracer {
     }
 }
 
+/// Loads (without attaching) every program of a BPF object file and unloads them again,
+/// reporting a verifier rejection exactly as [`FlowTracer::start`] does: as
+/// [`FlowsError::Load`] naming the program, with the verifier's log. Returns the program
+/// names. Useful to check an object before shipping it (and how the rejection path is tested).
+pub fn check_object(path: &std::path::Path) -> Result<Vec<String>, FlowsError> {
+    check_environment(false)?;
+    let capture = libbpf_log::Capture::begin();
+    let open = libbpf_rs::ObjectBuilder::default()
+        .open_file(path)
+        .map_err(|source| FlowsError::Open {
+            source,
+            log: capture.text(),
+        })?;
+    let object = open
+        .load()
+        .map_err(|source| libbpf_log::load_failed(&capture.text(), source))?;
+    Ok(object
+        .progs()
+        .map(|p| p.name().to_string_lossy().into_owned())
+        .collect())
+}
+
 impl FlowTracer {
     /// Checks the environment, loads the programs and attaches them.
     pub fn start(opts: FlowTracerOptions) -> Result<Self, FlowsError> {

@@ -765,3 +765,74 @@ fn check_committed_object(name: &str, fresh: &str, fresh_meta: &str) {
          committed_object_matches_source` and commit the result."
     );
 }
+
+/// A program the verifier refuses is reported as `FlowsError::Load`, naming the program and
+/// carrying the verifier's log (the same path `FlowTracer::start` takes). The bad program is
+/// compiled here with clang; a good one passes.
+#[test]
+fn a_verifier_rejection_names_the_program_and_carries_the_log() {
+    let test = "a_verifier_rejection_names_the_program_and_carries_the_log";
+    if skip(test) {
+        return;
+    }
+    if std::process::Command::new("clang")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        loud_skip(
+            test,
+            &"clang is not installed (scripts/test.sh installs it)",
+        );
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("rf-verifier-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let build = |name: &str, body: &str| {
+        let src = dir.join(format!("{name}.bpf.c"));
+        let obj = dir.join(format!("{name}.bpf.o"));
+        std::fs::write(
+            &src,
+            format!(
+                "__attribute__((section(\"license\"), used)) char _license[] = \"GPL\";\n\
+                 __attribute__((section(\"tracepoint/sock/inet_sock_set_state\"), used))\n\
+                 int {name}(void *ctx) {{ {body} }}\n"
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new("clang")
+            .args(["-O2", "-target", "bpf", "-c"])
+            .arg(&src)
+            .arg("-o")
+            .arg(&obj)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        obj
+    };
+    // Dereferencing a null pointer: the verifier refuses the load.
+    let bad = build(
+        "rf_test_bad",
+        "volatile int *p = (volatile int *)0; return *p;",
+    );
+    match rampart_flows::check_object(&bad) {
+        Err(FlowsError::Load { program, log, .. }) => {
+            assert_eq!(program.as_deref(), Some("rf_test_bad"), "{log}");
+            assert!(
+                log.contains("invalid mem access"),
+                "the verifier's log: {log}"
+            );
+        }
+        other => panic!("expected a verifier rejection, got {other:?}"),
+    }
+    let good = build("rf_test_good", "return 0;");
+    assert_eq!(
+        rampart_flows::check_object(&good).unwrap(),
+        vec!["rf_test_good".to_string()]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -6,9 +6,7 @@
 #[cfg(not(feature = "policy"))]
 #[test]
 fn authz_tests_need_the_policy_feature() {
-    eprintln!(
-        "\n*** SKIPPED: the authz tests need `--features policy` (cargo test --workspace enables it) ***\n"
-    );
+    let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), "\n*** SKIPPED: the authz tests need `--features policy` (cargo test --workspace enables it) ***\n".as_bytes());
 }
 
 #[cfg(feature = "policy")]

@@ -182,8 +182,9 @@ async fn up_serves_the_demo_on_a_fresh_machine() {
             "flow metrics:\n{flows}"
         );
     } else {
-        eprintln!(
-            "\n*** SKIPPED (part of up_serves_the_demo): in-process flow tracing needs root and the flows feature ***\n"
+        loud_skip(
+            "up_serves_the_demo_on_a_fresh_machine (its flow-metrics part)",
+            &"in-process flow tracing needs root and the flows feature",
         );
     }
 

@@ -90,7 +90,7 @@ fn watch_and_serve_report_flows_and_detach_on_sigterm() {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(why) = skip_reason() {
-        eprintln!("\n*** SKIPPED watch_and_serve_report_flows_and_detach_on_sigterm: {why} ***\n");
+        loud_skip("watch_and_serve_report_flows_and_detach_on_sigterm", &why);
         return;
     }
     // watch: the close events of three connections, with exact bytes each way.
@@ -201,7 +201,7 @@ fn sigkill_leaves_nothing_behind_and_top_draws() {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(why) = skip_reason() {
-        eprintln!("\n*** SKIPPED sigkill_leaves_nothing_behind_and_top_draws: {why} ***\n");
+        loud_skip("sigkill_leaves_nothing_behind_and_top_draws", &why);
         return;
     }
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -255,7 +255,7 @@ fn watch_filters_by_address_and_pid() {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(why) = skip_reason() {
-        eprintln!("\n*** SKIPPED watch_filters_by_address_and_pid: {why} ***\n");
+        loud_skip("watch_filters_by_address_and_pid", &why);
         return;
     }
     let listener = TcpListener::bind("0.0.0.0:0").unwrap();
@@ -323,7 +323,7 @@ fn watch_filters_by_cgroup() {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(why) = skip_reason() {
-        eprintln!("\n*** SKIPPED watch_filters_by_cgroup: {why} ***\n");
+        loud_skip("watch_filters_by_cgroup", &why);
         return;
     }
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
@@ -333,7 +333,7 @@ fn watch_filters_by_cgroup() {
         .and_then(|l| l.split_whitespace().nth(1))
         .map(str::to_string)
     else {
-        eprintln!("\n*** SKIPPED watch_filters_by_cgroup: no cgroup2 mount ***\n");
+        loud_skip("watch_filters_by_cgroup", &"no cgroup2 mount");
         return;
     };
     let name = format!("rampart-flows-test-{}", std::process::id());

@@ -516,3 +516,13 @@ pub(crate) fn spawn_kv_node(data: &Path) -> (Proc, String) {
     );
     (node, format!("127.0.0.1:{client}"))
 }
+
+/// Prints `*** SKIPPED: test: why ***` on the real stderr (the test harness captures
+/// `eprintln!` of passing tests, which would hide the skip).
+pub(crate) fn loud_skip(test: &str, why: &dyn std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "\n*** SKIPPED: {test}: {why} ***\n"
+    );
+}
