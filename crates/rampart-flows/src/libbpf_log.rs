@@ -73,6 +73,14 @@ impl Drop for Capture {
 
 /// From libbpf's output, the program it blamed and the verifier log (its tail when long).
 ///
+/// The error for an object that libbpf could not open, with what libbpf printed.
+pub(crate) fn open_failed(printed: String, source: libbpf_rs::Error) -> crate::FlowsError {
+    crate::FlowsError::Open {
+        source,
+        log: printed,
+    }
+}
+
 /// The error for a skeleton whose load failed: the program libbpf named and its verifier
 /// log, from what libbpf printed during the load.
 pub(crate) fn load_failed(printed: &str, source: libbpf_rs::Error) -> crate::FlowsError {

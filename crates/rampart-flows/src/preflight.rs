@@ -58,24 +58,7 @@ impl SystemPaths {
 
 /// Runs every check; with `mount_tracefs`, mounts tracefs when it is missing.
 pub(crate) fn check(paths: &SystemPaths, mount_tracefs: bool) -> Result<(), FlowsError> {
-    let status =
-        fs::read_to_string(&paths.proc_status).map_err(|source| FlowsError::ProcStatus {
-            path: paths.proc_status.clone(),
-            source,
-        })?;
-    check_privileges(&status).map_err(|e| match e {
-        PrivError::Unparsable(what) => FlowsError::ProcStatus {
-            path: paths.proc_status.clone(),
-            source: io::Error::new(io::ErrorKind::InvalidData, what),
-        },
-        PrivError::Denied(e) => e,
-    })?;
-
-    if !paths.btf.exists() {
-        return Err(FlowsError::NoBtf {
-            path: paths.btf.clone(),
-        });
-    }
+    privileges_and_btf(paths, check_privileges)?;
 
     let mut events = paths.events_dir();
     if !events.is_dir() {
@@ -101,12 +84,21 @@ pub(crate) fn check(paths: &SystemPaths, mount_tracefs: bool) -> Result<(), Flow
 /// The checks for [`crate::TcCounter`]: CAP_BPF (or CAP_SYS_ADMIN) and CAP_NET_ADMIN, and
 /// kernel BTF (the context accesses are CO-RE relocated). No tracefs: TC needs none.
 pub(crate) fn check_tc(paths: &SystemPaths) -> Result<(), FlowsError> {
+    privileges_and_btf(paths, check_tc_privileges)?;
+    Ok(())
+}
+
+/// Reads this process's capabilities and applies `rule` to them, then checks for kernel BTF.
+fn privileges_and_btf(
+    paths: &SystemPaths,
+    rule: fn(&str) -> Result<(), PrivError>,
+) -> Result<(), FlowsError> {
     let status =
         fs::read_to_string(&paths.proc_status).map_err(|source| FlowsError::ProcStatus {
             path: paths.proc_status.clone(),
             source,
         })?;
-    check_tc_privileges(&status).map_err(|e| match e {
+    rule(&status).map_err(|e| match e {
         PrivError::Unparsable(what) => FlowsError::ProcStatus {
             path: paths.proc_status.clone(),
             source: io::Error::new(io::ErrorKind::InvalidData, what),

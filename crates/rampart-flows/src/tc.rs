@@ -295,10 +295,7 @@ impl TcCounter {
         let mut storage = MaybeUninit::uninit();
         let mut open = TcBytesSkelBuilder::default()
             .open(&mut storage)
-            .map_err(|source| FlowsError::Open {
-                source,
-                log: capture.text(),
-            })?;
+            .map_err(|source| libbpf_log::open_failed(capture.text(), source))?;
         open.maps
             .rf_tc_flows
             .set_max_entries(opts.max_flows)

@@ -116,10 +116,7 @@ pub fn check_object(path: &std::path::Path) -> Result<Vec<String>, FlowsError> {
     let capture = libbpf_log::Capture::begin();
     let open = libbpf_rs::ObjectBuilder::default()
         .open_file(path)
-        .map_err(|source| FlowsError::Open {
-            source,
-            log: capture.text(),
-        })?;
+        .map_err(|source| libbpf_log::open_failed(capture.text(), source))?;
     let object = open
         .load()
         .map_err(|source| libbpf_log::load_failed(&capture.text(), source))?;
@@ -139,10 +136,7 @@ impl FlowTracer {
         let mut storage = MaybeUninit::uninit();
         let mut open = FlowsSkelBuilder::default()
             .open(&mut storage)
-            .map_err(|source| FlowsError::Open {
-                source,
-                log: capture.text(),
-            })?;
+            .map_err(|source| libbpf_log::open_failed(capture.text(), source))?;
         open.maps
             .rf_flows
             .set_max_entries(opts.max_flows)

@@ -228,14 +228,17 @@ pub fn input(ctx: &RequestContext, req: &request::Parts, tenant: &str) -> Value 
     doc.insert(s("query"), Value::from(query));
     let mut headers: BTreeMap<Value, Value> = BTreeMap::new();
     for name in req.headers.keys() {
-        // Repeated headers are joined as Envoy does for its ext_authz input.
-        let joined = req
-            .headers
-            .get_all(name)
-            .iter()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()))
-            .collect::<Vec<_>>()
-            .join(", ");
+        // Repeated headers are joined as Envoy does for its ext_authz input; the common single
+        // value is copied once, without the join's intermediate allocations.
+        let mut values = req.headers.get_all(name).iter();
+        let mut joined: String = values
+            .next()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default();
+        for v in values {
+            joined.push_str(", ");
+            joined.push_str(&String::from_utf8_lossy(v.as_bytes()));
+        }
         headers.insert(s(name.as_str()), Value::from(joined));
     }
     doc.insert(s("headers"), Value::from(headers));
@@ -341,6 +344,36 @@ mod tests {
         assert_eq!(q["b"], vec![""]);
         assert_eq!(q["c"], vec!["x y z"]);
         assert_eq!(q["✓"], vec!["ok"]);
+    }
+
+    #[test]
+    fn input_joins_repeated_headers_and_parses_the_request() {
+        let req = http::Request::builder()
+            .uri("/a/b?x=1&x=2")
+            .header("host", "acme.example.com:8080")
+            .header("x-a", "1")
+            .header("x-a", "2")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let ctx = RequestContext {
+            request_id: HeaderValue::from_static("r"),
+            client_addr: "10.0.0.7:5000".parse().unwrap(),
+            listener: "l".into(),
+            route: "r".into(),
+            cluster: Some("c".into()),
+            started: std::time::Instant::now(),
+            extensions: http::Extensions::new(),
+        };
+        let v: serde_json::Value = serde_json::to_value(input(&ctx, &req, "acme")).unwrap();
+        assert_eq!(v["headers"]["x-a"], "1, 2");
+        assert_eq!(v["host"], "acme.example.com");
+        assert_eq!(v["parsed_path"], serde_json::json!(["a", "b"]));
+        assert_eq!(v["query"]["x"], serde_json::json!(["1", "2"]));
+        assert_eq!(v["source"]["address"], "10.0.0.7");
+        assert_eq!(v["cluster"], "c");
+        assert!(v.get("jwt").is_none());
     }
 
     proptest! {

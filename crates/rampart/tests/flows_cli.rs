@@ -74,6 +74,20 @@ fn exchange(listener: &TcpListener, up: usize, down: usize) {
 /// The tests count loaded `rf_` programs, so they must not overlap.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Takes the serial lock; `None` (after a loud SKIPPED line) when BPF cannot run here.
+fn begin(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
+    let guard = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match skip_reason() {
+        Some(why) => {
+            loud_skip(test, &why);
+            None
+        }
+        None => Some(guard),
+    }
+}
+
 fn rf_programs_loaded() -> usize {
     let out = Command::new("bpftool")
         .args(["prog", "list"])
@@ -86,13 +100,9 @@ fn rf_programs_loaded() -> usize {
 
 #[test]
 fn watch_and_serve_report_flows_and_detach_on_sigterm() {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(why) = skip_reason() {
-        loud_skip("watch_and_serve_report_flows_and_detach_on_sigterm", &why);
+    let Some(_serial) = begin("watch_and_serve_report_flows_and_detach_on_sigterm") else {
         return;
-    }
+    };
     // watch: the close events of three connections, with exact bytes each way.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
@@ -197,13 +207,9 @@ fn watch_and_serve_report_flows_and_detach_on_sigterm() {
 /// so the kernel drops them with the process's descriptors); `top` draws its table.
 #[test]
 fn sigkill_leaves_nothing_behind_and_top_draws() {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(why) = skip_reason() {
-        loud_skip("sigkill_leaves_nothing_behind_and_top_draws", &why);
+    let Some(_serial) = begin("sigkill_leaves_nothing_behind_and_top_draws") else {
         return;
-    }
+    };
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
     let (mut top, _) = start(&[
@@ -251,13 +257,9 @@ fn sigkill_leaves_nothing_behind_and_top_draws() {
 /// made no connection shows nothing; ours shows its own).
 #[test]
 fn watch_filters_by_address_and_pid() {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(why) = skip_reason() {
-        loud_skip("watch_filters_by_address_and_pid", &why);
+    let Some(_serial) = begin("watch_filters_by_address_and_pid") else {
         return;
-    }
+    };
     let listener = TcpListener::bind("0.0.0.0:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let p = port.to_string();
@@ -319,13 +321,9 @@ fn watch_filters_by_address_and_pid() {
 /// `watch --cgroup`: only flows owned by processes in that cgroup (v2) are shown.
 #[test]
 fn watch_filters_by_cgroup() {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(why) = skip_reason() {
-        loud_skip("watch_filters_by_cgroup", &why);
+    let Some(_serial) = begin("watch_filters_by_cgroup") else {
         return;
-    }
+    };
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
     let Some(root) = mounts
         .lines()
