@@ -43,9 +43,12 @@ pub struct RawJwt {
     /// A JSON Web Key Set (RFC 7517) file.
     #[serde(default)]
     pub jwks_file: Option<String>,
-    /// Where to fetch the JSON Web Key Set (`http://` only).
+    /// Where to fetch the JSON Web Key Set (`https://`, or `http://` for a local source).
     #[serde(default)]
     pub jwks_url: Option<String>,
+    /// PEM CA certificates trusted for an `https` `jwks_url` (default: the system's roots).
+    #[serde(default)]
+    pub jwks_ca_file: Option<String>,
     /// Allowed `alg` values: `HS256`, `RS256`, `ES256`, `EdDSA`. Default: RS256, ES256, EdDSA.
     #[serde(default)]
     pub algorithms: Option<Vec<String>>,
@@ -105,15 +108,19 @@ impl Jwt {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum JwksSource {
     File(PathBuf),
-    /// An `http://` URL with a host.
-    Url(http::Uri),
+    /// An `http://` or `https://` URL with a host; for https, the CA file to trust instead of
+    /// the system's roots.
+    Url {
+        uri: http::Uri,
+        ca_file: Option<PathBuf>,
+    },
 }
 
 impl std::fmt::Display for JwksSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::File(p) => write!(f, "{}", p.display()),
-            Self::Url(u) => write!(f, "{u}"),
+            Self::Url { uri, .. } => write!(f, "{uri}"),
         }
     }
 }
@@ -184,16 +191,10 @@ fn jwks_url(s: &str) -> Result<http::Uri, String> {
         .parse()
         .map_err(|_| format!("{s:?} is not a URL (e.g. http://127.0.0.1:8081/jwks.json)"))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "{s:?}: https is not supported yet; fetch over http (e.g. from a local \
-                 sidecar) or use jwks_file"
-            ));
-        }
+        Some("http" | "https") => {}
         _ => {
             return Err(format!(
-                "{s:?} must be an http:// URL (e.g. http://127.0.0.1:8081/jwks.json)"
+                "{s:?} must be an https:// or http:// URL (e.g. https://auth.example.com/jwks.json)"
             ));
         }
     }
@@ -312,10 +313,26 @@ pub fn validate_jwt(path: &str, raw: &RawJwt) -> (Option<Jwt>, Vec<FieldError>) 
             .map_err(|rule| err(&mut e, format!("{path}.jwks_file"), rule))
             .ok()
             .map(JwksSource::File),
-        (None, Some(u)) => jwks_url(u)
-            .map_err(|rule| err(&mut e, format!("{path}.jwks_url"), rule))
-            .ok()
-            .map(JwksSource::Url),
+        (None, Some(u)) => {
+            let ca_file = raw.jwks_ca_file.as_ref().and_then(|f| {
+                crate::tls::readable_file(f)
+                    .map_err(|rule| err(&mut e, format!("{path}.jwks_ca_file"), rule))
+                    .ok()
+            });
+            jwks_url(u)
+                .map_err(|rule| err(&mut e, format!("{path}.jwks_url"), rule))
+                .ok()
+                .map(|uri| {
+                    if ca_file.is_some() && uri.scheme_str() != Some("https") {
+                        err(
+                            &mut e,
+                            format!("{path}.jwks_ca_file"),
+                            "only used with an https:// jwks_url",
+                        );
+                    }
+                    JwksSource::Url { uri, ca_file }
+                })
+        }
         (Some(_), Some(_)) => {
             err(&mut e, path, "set only one of jwks_file, jwks_url");
             None
@@ -435,7 +452,9 @@ mod tests {
         assert_eq!(jwt.issuer, None);
         assert!(jwt.audiences.is_empty());
         assert!(!jwt.optional);
-        assert!(matches!(jwt.jwks, Some(JwksSource::Url(u)) if u.path() == "/keys"));
+        assert!(
+            matches!(jwt.jwks, Some(JwksSource::Url { uri, ca_file: None }) if uri.path() == "/keys")
+        );
     }
 
     #[test]
@@ -490,11 +509,11 @@ mod tests {
             ),
             (
                 "{ jwks_url: \"ftp://a/keys\" }",
-                "listeners[0].filters[1].jwt.jwks_url: \"ftp://a/keys\" must be an http:// URL",
+                "listeners[0].filters[1].jwt.jwks_url: \"ftp://a/keys\" must be an https:// or http:// URL",
             ),
             (
-                "{ jwks_url: \"https://a/keys\" }",
-                "listeners[0].filters[1].jwt.jwks_url: \"https://a/keys\": https is not supported",
+                "{ jwks_url: \"http://a/keys\", jwks_ca_file: /etc/hostname }",
+                "listeners[0].filters[1].jwt.jwks_ca_file: only used with an https:// jwks_url",
             ),
             (
                 "{ jwks_url: \"not a url\" }",

@@ -11,6 +11,7 @@
 
 pub mod duration;
 mod error;
+pub mod http;
 pub mod jwt;
 pub mod model;
 pub mod policy;

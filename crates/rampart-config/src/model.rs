@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use regex::Regex;
 
+pub use crate::http::{EscapedSlashes, HttpOptions, PathOptions};
 pub use crate::jwt::{JwksSource, Jwt, JwtAlgorithm};
 use crate::raw::RawConfig;
 pub use crate::resilience::{CircuitBreakers, HealthCheck, OutlierDetection, RetryPolicy};
@@ -15,7 +16,7 @@ pub use crate::resilience::{CircuitBreakers, HealthCheck, OutlierDetection, Retr
 #[derive(Debug, Clone)]
 pub struct Config {
     pub workers: usize,
-    pub admin: Option<SocketAddr>,
+    pub admin: Option<Admin>,
     pub access_log: AccessLogFormat,
     pub drain_timeout: Duration,
     pub listeners: Vec<Listener>,
@@ -35,6 +36,33 @@ impl Config {
     }
 }
 
+/// The admin endpoint: where it listens and who may use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    pub address: SocketAddr,
+    /// The bearer token for mutating requests is read from here at start; none: read-only.
+    pub token_file: Option<std::path::PathBuf>,
+    /// Lower-case host names without port.
+    pub allowed_hosts: Vec<String>,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+}
+
+impl Admin {
+    pub const LOOPBACK_HOSTS: [&'static str; 3] = ["localhost", "127.0.0.1", "[::1]"];
+
+    /// Defaults for an address: loopback names only, no token.
+    pub fn at(address: SocketAddr) -> Self {
+        Self {
+            address,
+            token_file: None,
+            allowed_hosts: Self::LOOPBACK_HOSTS.map(str::to_owned).to_vec(),
+            max_connections: 64,
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccessLogFormat {
     Off,
@@ -51,6 +79,7 @@ pub struct Listener {
     pub limits: Limits,
     pub original_dst: bool,
     pub tls: Option<crate::tls::ListenerTls>,
+    pub http: HttpOptions,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +90,12 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_request_body_bytes: Option<u64>,
+    /// How long a request body may take: this long, plus one second for every
+    /// `min_request_body_rate` bytes received (Apache's `RequestReadTimeout body=20,MinRate=500`),
+    /// so a client trickling bytes is cut off while a large upload at a fair rate is not.
+    pub request_body_timeout: Duration,
+    /// Bytes per second that earn a body more time; 0 gives a fixed deadline.
+    pub min_request_body_rate: u64,
 }
 
 impl Default for Limits {
@@ -72,6 +107,8 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_request_body_bytes: None,
+            request_body_timeout: Duration::from_secs(20),
+            min_request_body_rate: 500,
         }
     }
 }
@@ -113,6 +150,9 @@ pub struct Route {
     pub response_headers: HeaderMutation,
     pub filters: Vec<FilterConfig>,
     pub max_request_body_bytes: Option<u64>,
+    /// Headers removed from the client's request before any filter runs (in addition to the
+    /// listener's `http.trusted_headers`).
+    pub trusted_headers: Vec<http::HeaderName>,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -37,6 +37,20 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub address: String,
+    /// A file holding the bearer token that mutating admin requests must send. Without one,
+    /// the admin API is read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
+    /// Host names (port ignored) the admin port answers; default: the loopback names
+    /// `localhost`, `127.0.0.1`, `[::1]` (so a web page cannot reach it through DNS rebinding).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Most admin connections open at once (default 64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// Longest wait for a request's headers (default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_read_timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -63,6 +77,9 @@ pub struct RawListener {
     /// Terminate TLS on this listener.
     #[serde(default)]
     pub tls: Option<crate::tls::RawListenerTls>,
+    /// Path normalisation, trusted headers and proxies.
+    #[serde(default)]
+    pub http: crate::http::RawHttpOptions,
 }
 
 /// Per-listener protections against slow or abusive clients.
@@ -75,6 +92,8 @@ pub struct RawLimits {
     pub header_read_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub max_request_body_bytes: Option<u64>,
+    pub request_body_timeout: Option<String>,
+    pub min_request_body_rate: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -114,6 +133,9 @@ pub struct RawRoute {
     pub filters: Vec<RawFilter>,
     #[serde(default)]
     pub max_request_body_bytes: Option<u64>,
+    /// Headers only filters may set: the client's copies are removed first.
+    #[serde(default)]
+    pub trusted_headers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]

@@ -92,11 +92,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         Some(n) => n,
         None => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
     };
-    let admin = raw.admin.as_ref().and_then(|a| {
-        parse_socket_addr(&a.address)
-            .map_err(|rule| cx.err("admin.address", rule))
-            .ok()
-    });
+    let admin = raw.admin.as_ref().and_then(|a| admin(&mut cx, a));
     let access_log = match raw.access_log.as_ref().map(|a| a.format.as_str()) {
         None | Some("text") => AccessLogFormat::Text,
         Some("json") => AccessLogFormat::Json,
@@ -215,7 +211,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             listener(&mut cx, &path, l, &table_names, &mut addresses)
         })
         .collect();
-    if let Some(a) = admin
+    if let Some(a) = admin.as_ref().map(|a| a.address)
         && a.port() != 0
         && addresses.contains(&a)
     {
@@ -282,6 +278,8 @@ fn listener(
     }
     let filters = filters(cx, &format!("{path}.filters"), &l.filters);
     let limits = limits(cx, &format!("{path}.limits"), &l.limits);
+    let (http, errors) = crate::http::validate_http(&format!("{path}.http"), &l.http);
+    cx.errors.extend(errors);
     let tls = l.tls.as_ref().and_then(|t| {
         let (tls, errors) = crate::tls::validate_listener_tls(&format!("{path}.tls"), t);
         cx.errors.extend(errors);
@@ -295,7 +293,38 @@ fn listener(
         limits,
         original_dst: l.original_dst,
         tls,
+        http,
     })
+}
+
+fn admin(cx: &mut Ctx, a: &crate::raw::RawAdmin) -> Option<crate::model::Admin> {
+    let address = parse_socket_addr(&a.address)
+        .map_err(|rule| cx.err("admin.address", rule))
+        .ok()?;
+    let mut admin = crate::model::Admin::at(address);
+    if let Some(f) = &a.token_file {
+        match crate::tls::readable_file(f) {
+            Ok(p) => admin.token_file = Some(p),
+            Err(rule) => cx.err("admin.token_file", rule),
+        }
+    }
+    if let Some(hosts) = &a.allowed_hosts {
+        admin.allowed_hosts = hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+        if hosts.is_empty() {
+            cx.err("admin.allowed_hosts", "must list at least one host name");
+        }
+    }
+    match a.max_connections {
+        Some(0) => cx.err("admin.max_connections", "must be at least 1"),
+        Some(n) => admin.max_connections = n,
+        None => {}
+    }
+    admin.header_read_timeout = cx.duration(
+        "admin.header_read_timeout",
+        a.header_read_timeout.as_deref(),
+        admin.header_read_timeout,
+    );
+    Some(admin)
 }
 
 fn limits(cx: &mut Ctx, path: &str, l: &RawLimits) -> Limits {
@@ -335,6 +364,18 @@ fn limits(cx: &mut Ctx, path: &str, l: &RawLimits) -> Limits {
             d.idle_timeout,
         ),
         max_request_body_bytes: l.max_request_body_bytes,
+        request_body_timeout: match l.request_body_timeout.as_deref() {
+            Some(v) => {
+                let p = format!("{path}.request_body_timeout");
+                let t = cx.duration(&p, Some(v), d.request_body_timeout);
+                if t.is_zero() {
+                    cx.err(p, "must be more than 0s");
+                }
+                t
+            }
+            None => d.request_body_timeout,
+        },
+        min_request_body_rate: l.min_request_body_rate.unwrap_or(d.min_request_body_rate),
     }
 }
 
@@ -517,6 +558,11 @@ fn route(
         ),
         filters: filters(cx, &format!("{path}.filters"), &r.filters),
         max_request_body_bytes: r.max_request_body_bytes,
+        trusted_headers: crate::http::header_names(
+            &mut cx.errors,
+            &format!("{path}.trusted_headers"),
+            &r.trusted_headers,
+        ),
     }
 }
 
@@ -783,6 +829,13 @@ fn filters(cx: &mut Ctx, path: &str, raw: &[RawFilter]) -> Vec<FilterConfig> {
                     if per.is_zero() {
                         cx.err(format!("{rpath}.per"), "must be longer than 0");
                     }
+                    // Each key costs ~64 bytes whatever its size (a hash and a bucket).
+                    if r.max_keys.is_some_and(|n| n > MAX_RATE_LIMIT_KEYS) {
+                        cx.err(
+                            format!("{rpath}.max_keys"),
+                            format!("must be at most {MAX_RATE_LIMIT_KEYS}"),
+                        );
+                    }
                     let key = match r.key.as_deref() {
                         None | Some("route") => RateLimitKey::Route,
                         Some("client_ip") => RateLimitKey::ClientIp,
@@ -809,6 +862,9 @@ fn filters(cx: &mut Ctx, path: &str, raw: &[RawFilter]) -> Vec<FilterConfig> {
         })
         .collect()
 }
+
+/// A rate limiter's table is bounded: 10 M keys are ~640 MiB.
+const MAX_RATE_LIMIT_KEYS: usize = 10_000_000;
 
 fn cluster(cx: &mut Ctx, path: &str, c: &RawCluster) -> Cluster {
     let kind = match c.kind.as_deref() {

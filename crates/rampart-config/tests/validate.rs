@@ -13,7 +13,7 @@ fn example_config_is_valid() {
     let text = include_str!("../../../examples/rampart.yaml");
     let cfg = from_yaml(text).unwrap();
     assert_eq!(cfg.listeners[0].address.port(), 8080);
-    assert_eq!(cfg.admin.unwrap().port(), 9901);
+    assert_eq!(cfg.admin.unwrap().address.port(), 9901);
 }
 
 #[test]
@@ -49,7 +49,7 @@ listeners:
     route_table: t
     filters:
       - cors: { allow_origins: ["*"] }
-      - jwt: { jwks_url: "https://keys.example.com/jwks.json", algorithms: [RS256, none] }
+      - jwt: { jwks_url: "gopher://keys.example.com/jwks.json", algorithms: [RS256, none] }
 route_tables:
   - name: t
     virtual_hosts:
@@ -96,7 +96,7 @@ clusters:
         "listeners[0].route_table: no route table named \"missing\"",
         "listeners[1].address: 127.0.0.1:80 is already used by another listener",
         "listeners[1].limits.max_connections: must be at least 1",
-        "listeners[2].filters[1].jwt.jwks_url: \"https://keys.example.com/jwks.json\": https is not supported",
+        "listeners[2].filters[1].jwt.jwks_url: \"gopher://keys.example.com/jwks.json\" must be an https:// or http:// URL",
         "listeners[2].filters[1].jwt.algorithms[1]: unsupported algorithm \"none\"",
     ];
     for want in expect {

@@ -26,6 +26,7 @@ use rampart_config::model::{
 };
 
 pub mod consistent;
+pub mod normalize;
 
 /// What the matcher looks at.
 #[derive(Debug, Clone, Copy)]
@@ -264,6 +265,7 @@ pub fn percent_decode(s: &str) -> Cow<'_, str> {
     Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
+/// The value of one hexadecimal digit.
 fn hex(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
