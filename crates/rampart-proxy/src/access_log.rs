@@ -74,6 +74,10 @@ impl AccessEntry {
         v.and_then(|v| v.to_str().ok()).unwrap_or("-")
     }
 
+    fn raw(v: Option<&HeaderValue>) -> &[u8] {
+        v.map_or(b"-", HeaderValue::as_bytes)
+    }
+
     fn render(&self, format: AccessLogFormat) -> String {
         let ts = rfc3339(self.time);
         let ms = self.duration.as_secs_f64() * 1000.0;
@@ -100,20 +104,24 @@ impl AccessEntry {
             })
             .to_string(),
             _ => format!(
-                "{ts} {} \"{} {} {:?}\" {} {ms:.3}ms host={host} route={} cluster={} upstream={} rid={} ua=\"{}\"",
+                "{ts} {} \"{} {} {:?}\" {} {ms:.3}ms host={} route={} cluster={} upstream={} rid={} ua=\"{}\"",
                 self.client,
                 self.method,
-                self.uri
-                    .path_and_query()
-                    .map_or("/", http::uri::PathAndQuery::as_str),
+                escape(
+                    self.uri
+                        .path_and_query()
+                        .map_or("/", http::uri::PathAndQuery::as_str)
+                        .as_bytes()
+                ),
                 self.version,
                 self.status,
+                escape(host.as_bytes()),
                 self.route.as_deref().unwrap_or("-"),
                 self.cluster.as_deref().unwrap_or("-"),
                 self.upstream
                     .map_or_else(|| "-".to_owned(), |u| u.to_string()),
-                Self::hv(self.request_id.as_ref()),
-                Self::hv(self.user_agent.as_ref()),
+                escape(Self::raw(self.request_id.as_ref())),
+                escape(Self::raw(self.user_agent.as_ref())),
             ),
         }
     }
@@ -175,6 +183,32 @@ impl AccessLog {
     }
 }
 
+/// A client-controlled field made safe for the text format: `"` and `\` are escaped with a
+/// backslash; spaces, control and non-ASCII bytes become `\xHH`. A client can then neither
+/// end a field early nor forge another field or line.
+fn escape(b: &[u8]) -> std::borrow::Cow<'_, str> {
+    use std::fmt::Write as _;
+    let clean = b
+        .iter()
+        .all(|&c| c.is_ascii_graphic() && c != b'"' && c != b'\\');
+    if clean {
+        // Every byte is printable ASCII, so nothing is lost.
+        return String::from_utf8_lossy(b);
+    }
+    let mut out = String::with_capacity(b.len() + 8);
+    for &c in b {
+        match c {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            c if c.is_ascii_graphic() => out.push(char::from(c)),
+            c => {
+                let _ = write!(out, "\\x{c:02x}");
+            }
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// `2026-11-28T13:02:09.123Z`
 pub fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -203,6 +237,16 @@ pub fn rfc3339(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_fields_cannot_be_forged() {
+        assert_eq!(escape(b"curl/8.0"), "curl/8.0");
+        assert_eq!(
+            escape(b"x\" route=admin \"\n2026 fake"),
+            "x\\\"\\x20route=admin\\x20\\\"\\x0a2026\\x20fake"
+        );
+        assert_eq!(escape(b"a\\b\x7f\xff"), "a\\\\b\\x7f\\xff");
+    }
 
     #[test]
     fn rfc3339_known_dates() {

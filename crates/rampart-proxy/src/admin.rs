@@ -9,6 +9,12 @@
 //!                                   failing bundle tests: the old bundle keeps serving)
 //! DELETE /policy/tenants/<name>   → 200, or 404
 //! ```
+//!
+//! Who may use it: only requests whose Host is in `admin.allowed_hosts` (loopback names by
+//! default) are answered, so a web page cannot reach the port through DNS rebinding; any
+//! method other than GET and HEAD needs `Authorization: Bearer <token>` with the token from
+//! `admin.token_file` (compared in constant time), and without a token file the API is
+//! read-only. Connections are capped and a request's headers must arrive in time.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,14 +29,114 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::runtime::Handle;
 
+use hyper_util::rt::TokioTimer;
+use rampart_config::model::Admin;
+
 use crate::{GatewayError, Shared};
+
+/// Who may call the admin API.
+struct Access {
+    token: Option<Vec<u8>>,
+    allowed_hosts: Vec<String>,
+}
+
+impl Access {
+    fn load(cfg: &Admin) -> Result<Self, GatewayError> {
+        let token = match &cfg.token_file {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| GatewayError::AdminToken {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                let token = text.trim();
+                if token.len() < 16 {
+                    return Err(GatewayError::AdminToken {
+                        path: path.clone(),
+                        reason: "the token must be at least 16 characters".into(),
+                    });
+                }
+                Some(token.as_bytes().to_vec())
+            }
+        };
+        let mut allowed_hosts = cfg.allowed_hosts.clone();
+        // The address the port is bound to is a name clients use too.
+        if !cfg.address.ip().is_unspecified() {
+            allowed_hosts.push(match cfg.address {
+                SocketAddr::V4(a) => a.ip().to_string(),
+                SocketAddr::V6(a) => format!("[{}]", a.ip()),
+            });
+        }
+        Ok(Self {
+            token,
+            allowed_hosts,
+        })
+    }
+
+    /// A refusal, or None when the request may proceed.
+    fn check<B>(&self, req: &Request<B>) -> Option<Response<Full<Bytes>>> {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(http::uri::Authority::as_str))
+            .and_then(|h| rampart_router::normalize::normalize_authority(h, 0).ok());
+        let allowed = host.is_some_and(|h| {
+            let name = rampart_router::normalize::authority_host(&h);
+            self.allowed_hosts.iter().any(|a| a == name)
+        });
+        if !allowed {
+            return Some(respond(
+                StatusCode::FORBIDDEN,
+                "text/plain",
+                "host not allowed on the admin port (admin.allowed_hosts)\n".into(),
+            ));
+        }
+        if req.method() == Method::GET || req.method() == Method::HEAD {
+            return None;
+        }
+        let Some(token) = &self.token else {
+            return Some(respond(
+                StatusCode::FORBIDDEN,
+                "text/plain",
+                "the admin API is read-only: no admin.token_file is configured\n".into(),
+            ));
+        };
+        let sent = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        if sent.is_some_and(|s| constant_time_eq(s, token)) {
+            return None;
+        }
+        let mut r = respond(
+            StatusCode::UNAUTHORIZED,
+            "text/plain",
+            "a bearer token is required: Authorization: Bearer <admin token>\n".into(),
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"rampart-admin\""),
+        );
+        Some(r)
+    }
+}
+
+/// Equal without revealing through timing how long a common prefix is.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
 
 /// Binds the admin port and serves it on `rt`; returns the bound address.
 pub(crate) async fn spawn(
-    addr: SocketAddr,
+    cfg: &Admin,
     shared: Arc<Shared>,
     rt: &Handle,
 ) -> Result<SocketAddr, GatewayError> {
+    let access = Arc::new(Access::load(cfg)?);
+    let addr = cfg.address;
+    let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections));
+    let header_read_timeout = cfg.header_read_timeout;
     let std_listener = std::net::TcpListener::bind(addr)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|source| GatewayError::AdminBind {
@@ -54,14 +160,25 @@ pub(crate) async fn spawn(
     };
     rt.spawn(async move {
         loop {
+            // Past the cap, clients wait in the kernel's backlog.
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             };
             let shared = shared.clone();
+            let access = access.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 let svc = service_fn(move |req: Request<Incoming>| {
                     let shared = shared.clone();
+                    let access = access.clone();
                     async move {
+                        if let Some(refused) = access.check(&req) {
+                            return Ok(refused);
+                        }
                         #[cfg(feature = "policy")]
                         if req.uri().path().starts_with("/policy/") {
                             return Ok::<_, std::convert::Infallible>(
@@ -71,9 +188,17 @@ pub(crate) async fn spawn(
                         Ok::<_, std::convert::Infallible>(route(&shared, &req))
                     }
                 });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_read_timeout);
+                builder.http2().timer(TokioTimer::new());
+                // A connection that sends nothing for long is dropped too.
+                let idle = header_read_timeout * 6;
+                let _ =
+                    tokio::time::timeout(idle, builder.serve_connection(TokioIo::new(stream), svc))
+                        .await;
             });
         }
     });

@@ -3,10 +3,12 @@
 //! An enum rather than a boxed trait object so the common paths (a streamed upstream or
 //! downstream body, a small local response) allocate nothing; only filtered bodies are boxed.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -19,9 +21,10 @@ use crate::upstream::InflightGuard;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Why a request body was cut short by the proxy itself (a size limit or a filter), shared
-/// between the body and the handler so that the handler answers with that status instead of
-/// reporting an upstream failure. Created only for requests that have a limit or observers.
+/// Why a request body was cut short (a size limit, a filter, the client's own malformed or
+/// too slow body), shared between the body and the handler so that the handler answers with
+/// that status and blames the client instead of reporting an upstream failure. Created only
+/// for requests that stream a body.
 #[derive(Debug, Clone, Default)]
 pub struct BodyAbort(Arc<OnceLock<BodyReject>>);
 
@@ -42,7 +45,8 @@ pub enum ProxyBody {
     /// body is done or dropped (used for least-request accounting of in-flight responses).
     Stream {
         inner: Incoming,
-        limit: Option<(u64, u64, BodyAbort)>,
+        /// Set for a downstream request body: its limits and the abort slot.
+        request: Option<Box<RequestBody>>,
         guard: Option<InflightGuard>,
         /// The upstream connection feeding `inner`, polled here and pooled when done.
         lease: Option<Lease>,
@@ -62,17 +66,27 @@ impl ProxyBody {
     pub fn stream(inner: Incoming) -> Self {
         Self::Stream {
             inner,
-            limit: None,
+            request: None,
             guard: None,
             lease: None,
         }
     }
 
-    /// Streams `inner`, failing once more than `max` bytes have passed and recording why.
-    pub fn limited(inner: Incoming, max: u64, flag: BodyAbort) -> Self {
+    /// A client's request body: fails (recording why in `abort`) once more than `max` bytes
+    /// have passed, when the body is malformed or cut short, or when it is not complete by its
+    /// deadline.
+    pub fn request(inner: Incoming, max: Option<u64>, pace: BodyPace, abort: BodyAbort) -> Self {
+        let deadline = pace.deadline(tokio::time::Instant::now(), 0);
         Self::Stream {
             inner,
-            limit: Some((max, 0, flag)),
+            request: Some(Box::new(RequestBody {
+                max,
+                seen: 0,
+                abort,
+                started: tokio::time::Instant::now(),
+                pace,
+                timer: Box::pin(tokio::time::sleep_until(deadline)),
+            })),
             guard: None,
             lease: None,
         }
@@ -83,7 +97,7 @@ impl ProxyBody {
     pub fn upstream(inner: Incoming, guard: InflightGuard, lease: Option<Lease>) -> Self {
         Self::Stream {
             inner,
-            limit: None,
+            request: None,
             guard: Some(guard),
             lease,
         }
@@ -118,7 +132,7 @@ impl Body for ProxyBody {
             Self::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Self::Stream {
                 inner,
-                limit,
+                request,
                 guard,
                 lease,
             } => {
@@ -128,19 +142,13 @@ impl Body for ProxyBody {
                 let polled = Pin::new(&mut *inner).poll_frame(cx);
                 match polled {
                     Poll::Ready(Some(Ok(frame))) => {
-                        if let (Some((max, seen, flag)), Some(data)) =
-                            (limit.as_mut(), frame.data_ref())
-                        {
-                            *seen += data.len() as u64;
-                            if *seen > *max {
-                                let reject = BodyReject {
-                                    status: http::StatusCode::PAYLOAD_TOO_LARGE,
-                                    reason: format!(
-                                        "request body exceeds the limit of {max} bytes"
-                                    ),
-                                };
-                                flag.set(reject.clone());
-                                return Poll::Ready(Some(Err(Box::new(reject))));
+                        if let (Some(r), Some(data)) = (request.as_mut(), frame.data_ref()) {
+                            r.seen += data.len() as u64;
+                            if let Some(max) = r.max.filter(|max| r.seen > *max) {
+                                return Poll::Ready(Some(Err(r.reject(
+                                    http::StatusCode::PAYLOAD_TOO_LARGE,
+                                    format!("request body exceeds the limit of {max} bytes"),
+                                ))));
                             }
                         }
                         // The server may stop polling once the body says it has ended.
@@ -152,13 +160,33 @@ impl Body for ProxyBody {
                     Poll::Ready(Some(Err(e))) => {
                         lease.take();
                         guard.take();
+                        if let Some(r) = request {
+                            // The client's fault (bad chunk framing, a reset, a short body):
+                            // never the upstream's.
+                            return Poll::Ready(Some(Err(r.reject(
+                                http::StatusCode::BAD_REQUEST,
+                                format!("the request body could not be read: {e}"),
+                            ))));
+                        }
                         Poll::Ready(Some(Err(Box::new(e))))
                     }
                     Poll::Ready(None) => {
                         finish(lease, guard);
                         Poll::Ready(None)
                     }
-                    Poll::Pending => Poll::Pending,
+                    Poll::Pending => match request {
+                        Some(r) => {
+                            if r.timed_out(cx) {
+                                Poll::Ready(Some(Err(r.reject(
+                                    http::StatusCode::REQUEST_TIMEOUT,
+                                    "the request body was not received in time".to_owned(),
+                                ))))
+                            } else {
+                                Poll::Pending
+                            }
+                        }
+                        None => Poll::Pending,
+                    },
                 }
             }
             Self::Boxed(b) => Pin::new(b).poll_frame(cx),
@@ -180,6 +208,59 @@ impl Body for ProxyBody {
             Self::Full(d) => SizeHint::with_exact(d.as_ref().map_or(0, |d| d.len() as u64)),
             Self::Stream { inner, .. } => inner.size_hint(),
             Self::Boxed(b) => b.size_hint(),
+        }
+    }
+}
+
+/// How long a request body may take: `timeout`, plus one second per `min_rate` bytes received
+/// (0: a fixed deadline). A trickling client runs out of time; a large upload at a fair rate
+/// does not.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyPace {
+    pub timeout: Duration,
+    pub min_rate: u64,
+}
+
+impl BodyPace {
+    pub fn deadline(&self, started: tokio::time::Instant, received: u64) -> tokio::time::Instant {
+        let earned = if self.min_rate == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(received as f64 / self.min_rate as f64)
+        };
+        started + self.timeout + earned
+    }
+}
+
+/// A downstream request body's bookkeeping (boxed: only requests with a body pay for it).
+pub struct RequestBody {
+    max: Option<u64>,
+    seen: u64,
+    abort: BodyAbort,
+    started: tokio::time::Instant,
+    pace: BodyPace,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl RequestBody {
+    fn reject(&self, status: http::StatusCode, reason: String) -> BoxError {
+        let reject = BodyReject { status, reason };
+        self.abort.set(reject.clone());
+        Box::new(reject)
+    }
+
+    /// Whether the deadline (which grows with the bytes received) has passed; otherwise
+    /// the timer is armed to wake this task at the current deadline.
+    fn timed_out(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let deadline = self.pace.deadline(self.started, self.seen);
+            if tokio::time::Instant::now() >= deadline {
+                return true;
+            }
+            self.timer.as_mut().reset(deadline);
         }
     }
 }

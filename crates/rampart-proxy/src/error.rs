@@ -6,12 +6,23 @@ use http::{HeaderValue, Response, StatusCode};
 
 use crate::body::ProxyBody;
 
-/// Who caused a failed request.
+/// Who caused a failed request. Only `Upstream` failures feed outlier detection, health
+/// and retries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Blame {
     Downstream,
     Upstream,
     Internal,
+}
+
+impl Blame {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Downstream => "downstream",
+            Self::Upstream => "upstream",
+            Self::Internal => "internal",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +56,9 @@ pub enum ProxyError {
     UpstreamReset { endpoint: String, reason: String },
     #[error("downstream request body failed: {0}")]
     DownstreamBody(String),
+    /// A route's prefix rewrite would leave its prefix (a client's `..` trick).
+    #[error("the rewritten path is refused: {reason}")]
+    BadRewrite { reason: &'static str },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -56,6 +70,7 @@ impl ProxyError {
             | Self::NoRoute(_)
             | Self::BodyTooLarge { .. }
             | Self::BodyRejected { .. }
+            | Self::BadRewrite { .. }
             | Self::DownstreamBody(_) => Blame::Downstream,
             Self::NoEndpoint { .. }
             | Self::Overflow { .. }
@@ -78,7 +93,9 @@ impl ProxyError {
     /// The single mapping from error to status.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MissingHost | Self::DownstreamBody(_) => StatusCode::BAD_REQUEST,
+            Self::MissingHost | Self::DownstreamBody(_) | Self::BadRewrite { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             Self::NoRoute(_) => StatusCode::NOT_FOUND,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyRejected { status, .. } => *status,
@@ -91,11 +108,35 @@ impl ProxyError {
         }
     }
 
-    /// A short local response; the reason is for operators, so it names no secrets.
+    /// What the client is told: the kind of failure, never an upstream's address or the
+    /// underlying error (those go to the log).
+    pub fn public_reason(&self) -> std::borrow::Cow<'static, str> {
+        use std::borrow::Cow;
+        match self {
+            Self::MissingHost
+            | Self::NoRoute(_)
+            | Self::BodyTooLarge { .. }
+            | Self::BodyRejected { .. }
+            | Self::BadRewrite { .. }
+            | Self::Overflow { .. } => Cow::Owned(self.to_string()),
+            Self::DownstreamBody(_) => Cow::Borrowed("the request body could not be read"),
+            Self::NoEndpoint { .. } => Cow::Borrowed("no healthy upstream"),
+            Self::UnknownCluster { .. } | Self::Internal(_) => Cow::Borrowed("internal error"),
+            Self::UpstreamConnect { .. } => Cow::Borrowed("upstream connect error"),
+            Self::ConnectTimeout { .. } => Cow::Borrowed("upstream connect timeout"),
+            Self::UpstreamTimeout { .. } => Cow::Borrowed("upstream request timeout"),
+            Self::UpstreamReset { .. } => {
+                Cow::Borrowed("upstream reset the connection before responding")
+            }
+        }
+    }
+
+    /// A short local response with the public reason; the details are logged.
     pub fn to_response(&self) -> Response<ProxyBody> {
-        let mut resp = local_response(self.status(), &format!("{self}\n"));
-        // The reason, for gRPC's grpc-message (clients show it; no secrets in it).
-        if let Ok(v) = HeaderValue::from_str(&self.to_string()) {
+        let reason = self.public_reason();
+        let mut resp = local_response(self.status(), &format!("{reason}\n"));
+        // The reason, for gRPC's grpc-message (clients show it).
+        if let Ok(v) = HeaderValue::from_str(&reason) {
             resp.headers_mut().insert("x-rampart-error", v);
         }
         if matches!(self, Self::Overflow { .. }) {

@@ -46,6 +46,8 @@ enum Reject {
     AlgorithmNotAllowed,
     AlgorithmKeyMismatch,
     UnknownKid,
+    /// No `kid`, and more keys for the algorithm than one token may cost to try.
+    KidRequired,
     BadSignature,
     Expired,
     NotYetValid,
@@ -56,14 +58,19 @@ enum Reject {
     NoAudience,
 }
 
+/// A token without `kid` is tried against at most this many keys: each try is a public-key
+/// operation, and a client must not be able to make one request cost the whole key set.
+const MAX_KEYS_WITHOUT_KID: usize = 4;
+
 impl Reject {
-    const ALL: [Self; 14] = [
+    const ALL: [Self; 15] = [
         Self::MissingToken,
         Self::Malformed,
         Self::CriticalHeader,
         Self::AlgorithmNotAllowed,
         Self::AlgorithmKeyMismatch,
         Self::UnknownKid,
+        Self::KidRequired,
         Self::BadSignature,
         Self::Expired,
         Self::NotYetValid,
@@ -82,6 +89,7 @@ impl Reject {
             Self::AlgorithmNotAllowed => "algorithm not allowed",
             Self::AlgorithmKeyMismatch => "algorithm does not match key",
             Self::UnknownKid => "unknown key id",
+            Self::KidRequired => "token has no kid and too many keys match its algorithm",
             Self::BadSignature => "bad signature",
             Self::Expired => "token expired",
             Self::NotYetValid => "token not yet valid",
@@ -102,6 +110,7 @@ impl Reject {
             Self::AlgorithmNotAllowed => "algorithm_not_allowed",
             Self::AlgorithmKeyMismatch => "algorithm_key_mismatch",
             Self::UnknownKid => "unknown_kid",
+            Self::KidRequired => "kid_required",
             Self::BadSignature => "bad_signature",
             Self::Expired => "expired",
             Self::NotYetValid => "not_yet_valid",
@@ -213,7 +222,7 @@ impl JwtFilter {
             Some(source) => {
                 let field = match source {
                     JwksSource::File(_) => "jwks_file",
-                    JwksSource::Url(_) => "jwks_url",
+                    JwksSource::Url { .. } => "jwks_url",
                 };
                 Some(
                     env.jwks
@@ -337,10 +346,14 @@ impl JwtFilter {
                 Err(NoKey::UnknownKid) => return Checked::NeedKeys,
                 Err(NoKey::WrongAlgorithm) => Err(Reject::AlgorithmKeyMismatch),
                 Ok(keys) => {
-                    // Without a kid, each key for the algorithm is tried; any other failure
-                    // than the signature means the key was right.
+                    // Without a kid, each key for the algorithm is tried (a few at most); any
+                    // other failure than the signature means the key was right.
                     let mut result = Err(Reject::BadSignature);
-                    for key in keys {
+                    for (tried, key) in keys.enumerate() {
+                        if tried == MAX_KEYS_WITHOUT_KID {
+                            result = Err(Reject::KidRequired);
+                            break;
+                        }
                         result = decode(key);
                         if !matches!(result, Err(Reject::BadSignature)) {
                             break;

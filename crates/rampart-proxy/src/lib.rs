@@ -19,6 +19,7 @@ pub mod demo;
 pub mod error;
 pub mod filter;
 pub mod health;
+mod ingress;
 pub mod jwt;
 pub mod metrics;
 mod observe;
@@ -82,6 +83,11 @@ pub enum GatewayError {
     /// A filter's material (e.g. a JWKS file) did not load; `field` is its config path.
     #[error("{field}: {message}")]
     Filter { field: String, message: String },
+    #[error("admin.token_file {}: {reason}", path.display())]
+    AdminToken {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("cannot listen on {address} for the admin endpoint: {source}")]
     AdminBind {
         address: SocketAddr,
@@ -152,7 +158,7 @@ impl Gateway {
     ) -> Result<Arc<Self>, GatewayError> {
         let metrics = Metrics::new();
         let access_log = AccessLog::new(config.access_log);
-        let admin = config.admin;
+        let admin = config.admin.clone();
         let tls = load_tls(&config)?;
         let drain = CancellationToken::new();
         let env = BuildEnv::new(
@@ -183,7 +189,7 @@ impl Gateway {
             policy: env.policy.clone(),
         });
         let admin_addr = match admin {
-            Some(addr) => Some(admin::spawn(addr, shared.clone(), &runtimes.control).await?),
+            Some(a) => Some(admin::spawn(&a, shared.clone(), &runtimes.control).await?),
             None => None,
         };
         let gw = Arc::new(Self {

@@ -29,6 +29,7 @@ pub struct Metrics {
     upstream_requests: Family<Labels, Gauge>,
     cluster_events: Family<Labels, Counter>,
     jwt_requests: Family<Labels, Counter>,
+    request_errors: Family<Labels, Counter>,
     pub config_version: Gauge,
     reloads: Family<Labels, Counter>,
     pub config_last_reload_ok: Gauge,
@@ -114,6 +115,12 @@ impl Metrics {
             "Requests seen by jwt filters, by result: ok, no_token (optional), or the rejection",
             jwt_requests.clone(),
         );
+        let request_errors = Family::<Labels, Counter>::default();
+        r.register(
+            "request_errors",
+            "Requests that failed, by who is to blame: downstream (the client), upstream, internal",
+            request_errors.clone(),
+        );
         let config_version = Gauge::default();
         r.register(
             "config_version",
@@ -144,6 +151,7 @@ impl Metrics {
             upstream_requests,
             cluster_events,
             jwt_requests,
+            request_errors,
             config_version,
             reloads,
             config_last_reload_ok,
@@ -177,6 +185,13 @@ impl Metrics {
                 ])
                 .clone(),
         }
+    }
+
+    /// Counts a failed request against whoever caused it (`downstream`, `upstream`, `internal`).
+    pub fn request_error(&self, blame: &'static str) {
+        self.request_errors
+            .get_or_create(&vec![("blame", blame.to_owned())])
+            .inc();
     }
 
     pub fn upstream_latency(&self, cluster: &str) -> Histogram {

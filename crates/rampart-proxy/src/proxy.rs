@@ -7,18 +7,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version, request, response};
 use hyper::body::Incoming;
 use rampart_config::model::{Action, DirectResponse, Forward, Redirect, Route};
+use rampart_router::normalize::normalize_rewritten;
 use rampart_router::{RequestView, pick_weighted, rewrite_path};
 
 use crate::Shared;
 use crate::access_log::AccessEntry;
-use crate::body::{BodyAbort, ProxyBody};
-use crate::error::{ProxyError, local_response};
+use crate::body::{BodyAbort, BodyPace, ProxyBody};
+use crate::error::{Blame, ProxyError, local_response};
 use crate::filter::{BodyObserver, FilterRef, RequestContext, Verdict};
 use crate::health::{self, Outcome};
+use crate::ingress::{self, strip_hop_by_hop};
 use crate::metrics::RouteStats;
 use crate::observe::ObservedBody;
 use crate::snapshot::{ListenerSnap, RouteData, Target};
@@ -76,10 +78,17 @@ pub(crate) async fn handle(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return Ok(resp);
     };
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let grpc = is_grpc(&parts.headers);
     let mut log = AccessEntry::start(&parts, conn.client, conn.shared.access_log.enabled());
-    let (mut resp, stats) = route_and_serve(&conn, &lsnap, parts, body, started, &mut log).await;
+    let (mut resp, stats) =
+        match ingress::prepare(&mut parts, &lsnap.http, conn.scheme, conn.client.ip()) {
+            Ok(()) => route_and_serve(&conn, &lsnap, parts, body, started, &mut log).await,
+            Err(refused) => {
+                conn.shared.metrics.request_error(Blame::Downstream.label());
+                (refused.to_response(), &lsnap.no_route_stats)
+            }
+        };
     if grpc {
         resp = grpc_local_reply(resp);
     }
@@ -132,29 +141,12 @@ fn grpc_local_reply(resp: Response<ProxyBody>) -> Response<ProxyBody> {
     out
 }
 
-/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` + `Upgrade`).
-fn upgrade_protocol(h: &HeaderMap) -> Option<HeaderValue> {
-    let asks = h.get_all(header::CONNECTION).iter().any(|v| {
-        v.to_str().is_ok_and(|s| {
-            s.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-        })
-    });
-    asks.then(|| h.get(header::UPGRADE).cloned()).flatten()
-}
-
-/// The authority a request is for: HTTP/2 `:authority` or absolute-form URI, else Host.
+/// The request's normalised authority: `ingress::prepare` left it in Host.
 fn authority(parts: &request::Parts) -> Option<&str> {
     parts
-        .uri
-        .authority()
-        .map(http::uri::Authority::as_str)
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
         .filter(|a| !a.is_empty())
 }
 
@@ -189,6 +181,15 @@ async fn route_and_serve<'s>(
     let route = matched.entry;
     let rd = &lsnap.routes[matched.vhost][matched.route];
     log.route = Some(rd.name.clone());
+    // Headers only filters (and the policy) may set: the client's copies go before any filter.
+    for h in lsnap
+        .http
+        .trusted_headers
+        .iter()
+        .chain(&route.trusted_headers)
+    {
+        parts.headers.remove(h);
+    }
 
     let target = match &route.action {
         Action::Forward(f) if rd.targets.len() > 1 => {
@@ -260,7 +261,7 @@ async fn serve_route(
 
     let resp = match &route.action {
         Action::DirectResponse(d) => direct(d),
-        Action::Redirect(r) => redirect(r, route, parts, conn.scheme),
+        Action::Redirect(r) => redirect(r, route, parts, conn.scheme, &lsnap.http.path),
         Action::Forward(f) => match target {
             Some(t) => {
                 let observers: Vec<Box<dyn BodyObserver>> = if has_filters {
@@ -270,10 +271,16 @@ async fn serve_route(
                 } else {
                     Vec::new()
                 };
-                match forward(conn, f, route, t, parts, body, limit, observers, log).await {
+                match forward(conn, lsnap, f, route, t, parts, body, observers, log).await {
                     Ok(r) => r,
                     Err(e) => {
-                        tracing::debug!(error = %e, route = %rd.name, "request failed");
+                        // The client sees only the kind of failure; the details are here.
+                        if e.blame() == Blame::Downstream {
+                            tracing::debug!(error = %e, route = %rd.name, "request refused");
+                        } else {
+                            tracing::info!(error = %e, route = %rd.name, "request failed");
+                        }
+                        conn.shared.metrics.request_error(e.blame().label());
                         e.to_response()
                     }
                 }
@@ -341,31 +348,44 @@ fn direct(d: &DirectResponse) -> Response<ProxyBody> {
     resp
 }
 
+/// A configured redirect. Without a configured scheme, host or port the Location is
+/// relative (RFC 9110 §10.2.2), so the client's Host is never reflected into it; otherwise it
+/// is absolute, built from the configured parts and the normalised authority.
 fn redirect(
     r: &Redirect,
     route: &Route,
     parts: &request::Parts,
     default_scheme: &str,
+    path_options: &rampart_config::model::PathOptions,
 ) -> Response<ProxyBody> {
-    let (req_host, req_port) = split_host_port(authority(parts).unwrap_or_default());
-    let scheme = r.scheme.as_deref().unwrap_or(default_scheme);
-    let host = r.host.as_deref().unwrap_or(req_host);
-    // A new host drops the request's port unless one is configured.
-    let port = r.port.map(|p| p.to_string()).or_else(|| {
-        r.host
-            .is_none()
-            .then(|| req_port.map(str::to_owned))
-            .flatten()
-    });
     let path = match (&r.path, &r.prefix_rewrite) {
         (Some(p), _) => p.clone(),
-        (None, Some(pre)) => rewrite_path(route.matcher.path.as_ref(), parts.uri.path(), pre),
+        (None, Some(pre)) => {
+            let p = rewrite_path(route.matcher.path.as_ref(), parts.uri.path(), pre);
+            match normalize_rewritten(&p, pre, path_options) {
+                Ok(p) => p,
+                Err(e) => return ProxyError::BadRewrite { reason: e.reason() }.to_response(),
+            }
+        }
         (None, None) => parts.uri.path().to_owned(),
     };
-    let mut location = format!("{scheme}://{host}");
-    if let Some(p) = port {
-        location.push(':');
-        location.push_str(&p);
+    let mut location = String::new();
+    if r.scheme.is_some() || r.host.is_some() || r.port.is_some() {
+        let (req_host, req_port) = split_host_port(authority(parts).unwrap_or_default());
+        let scheme = r.scheme.as_deref().unwrap_or(default_scheme);
+        let host = r.host.as_deref().unwrap_or(req_host);
+        // A new host drops the request's port unless one is configured.
+        let port = r.port.map(|p| p.to_string()).or_else(|| {
+            r.host
+                .is_none()
+                .then(|| req_port.map(str::to_owned))
+                .flatten()
+        });
+        location = format!("{scheme}://{host}");
+        if let Some(p) = port {
+            location.push(':');
+            location.push_str(&p);
+        }
     }
     location.push_str(&path);
     if let (Some(q), false) = (parts.uri.query(), r.strip_query) {
@@ -399,64 +419,35 @@ fn split_host_port(authority: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// Connection-specific headers that must not be forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // Most messages carry none: one pass over the (few) names beats seven hashed removals.
-    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
-        return;
-    }
-    if let Some(conn) = h.get(header::CONNECTION) {
-        let named: Vec<HeaderName> = conn
-            .to_str()
-            .unwrap_or_default()
-            .split(',')
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for n in named {
-            h.remove(n);
-        }
-    }
-    for n in &HOP_BY_HOP {
-        h.remove(n);
-    }
-}
-
 #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename these
 async fn forward(
     conn: &ConnCtx,
+    lsnap: &ListenerSnap,
     f: &Forward,
     route: &Route,
     target: &Target,
     parts: &mut request::Parts,
     body: Incoming,
-    limit: Option<u64>,
     observers: Vec<Box<dyn BodyObserver>>,
     log: &mut AccessEntry,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    let limit = route
+        .max_request_body_bytes
+        .or(lsnap.limits.max_request_body_bytes);
     let cluster = &target.cluster;
     let hash = request_hash(&f.hash_policy, &parts.headers, conn.client);
 
-    // Host: keep what the client sent (HTTP/2 has it only in :authority), unless rewritten.
-    let original_host = match parts.headers.get(header::HOST) {
-        Some(h) => h.clone(),
-        None => parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            .unwrap_or_else(|| HeaderValue::from_static("")),
-    };
-    let upgrade = upgrade_protocol(&parts.headers);
-    strip_hop_by_hop(&mut parts.headers);
+    // Host: the normalised authority ingress decided on, unless the route rewrites it.
+    // Hop-by-hop headers went at ingress, before any filter could add one of their names.
+    let original_host = parts
+        .headers
+        .get(header::HOST)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static(""));
+    let upgrade = parts
+        .extensions
+        .get::<ingress::UpgradeProtocol>()
+        .map(|u| u.0.clone());
     let h = &mut parts.headers;
     if let Some(proto) = &upgrade {
         // The one hop-by-hop exchange a proxy relays: the switch itself.
@@ -489,6 +480,9 @@ async fn forward(
     let path_and_query = match &f.prefix_rewrite {
         Some(rw) => {
             let p = rewrite_path(route.matcher.path.as_ref(), parts.uri.path(), rw);
+            // The rewrite result is normalised again and must stay under the rewrite.
+            let p = normalize_rewritten(&p, rw, &lsnap.http.path)
+                .map_err(|e| ProxyError::BadRewrite { reason: e.reason() })?;
             let pq = match parts.uri.query() {
                 Some(q) => format!("{p}?{q}"),
                 None => p,
@@ -503,10 +497,14 @@ async fn forward(
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
     };
     if upgrade.is_some() {
-        return forward_upgrade(cluster, conn, parts, path_and_query, log).await;
+        return forward_upgrade(cluster, conn, parts, body, path_and_query, log).await;
     }
-    // Only requests that can be cut short by the proxy pay for the shared abort slot.
-    let abort = (limit.is_some() || !observers.is_empty()).then(BodyAbort::default);
+    let pace = BodyPace {
+        timeout: lsnap.limits.request_body_timeout,
+        min_rate: lsnap.limits.min_request_body_rate,
+    };
+    // Set when a body streams: only such requests pay for the shared abort slot.
+    let mut abort = None;
     let retry = f
         .retries
         .as_ref()
@@ -515,15 +513,19 @@ async fn forward(
     // retried; it is read whole first (as Envoy buffers for retries). Anything else streams
     // once and is not retried.
     let replay = match retry {
-        Some(_) if observers.is_empty() => replayable(&parts.headers, body).await,
+        Some(_) if observers.is_empty() => replayable(&parts.headers, body, pace).await,
         _ => Replay::Stream(body),
     };
     let (replay, mut stream) = match replay {
         Replay::Bytes(b) => (Some(b), None),
         Replay::Stream(body) => {
-            let mut body = match (limit, &abort) {
-                (Some(max), Some(a)) => ProxyBody::limited(body, max, a.clone()),
-                _ => ProxyBody::stream(body),
+            use http_body::Body as _;
+            let mut body = if body.is_end_stream() && observers.is_empty() {
+                ProxyBody::stream(body)
+            } else {
+                let a = BodyAbort::default();
+                abort = Some(a.clone());
+                ProxyBody::request(body, limit, pace, a)
             };
             if !observers.is_empty() {
                 body = ProxyBody::boxed(ObservedBody::new(body, observers, abort.clone()));
@@ -596,7 +598,8 @@ async fn forward(
                 }
                 if matches!(e, ProxyError::Overflow { .. }) {
                     cluster.stats.overflows.inc();
-                } else {
+                } else if e.blame() == Blame::Upstream {
+                    // Only the upstream's own failures count against the endpoint.
                     ep.record_failure();
                     health::observe(cluster, &ep, Outcome::LocalFailure);
                 }
@@ -648,6 +651,7 @@ async fn forward_upgrade(
     cluster: &ClusterRuntime,
     conn: &ConnCtx,
     parts: &mut request::Parts,
+    body: Incoming,
     path_and_query: http::uri::PathAndQuery,
     log: &mut AccessEntry,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -655,12 +659,15 @@ async fn forward_upgrade(
     let guard = cluster.pick_for(conn.original_dst, None)?;
     let ep = guard.endpoint().clone();
     log.upstream = Some(ep.addr);
-    let mut up = Request::new(ProxyBody::empty());
+    // A body sent with the upgrade request (rare, but allowed) goes along with it.
+    let mut up = Request::new(ProxyBody::stream(body));
     *up.method_mut() = parts.method.clone();
     *up.uri_mut() = Uri::from(path_and_query);
     *up.headers_mut() = std::mem::take(&mut parts.headers);
-    let mut resp = cluster.send_upgrade(&ep, up).await.inspect_err(|_| {
-        ep.record_failure();
+    let mut resp = cluster.send_upgrade(&ep, up).await.inspect_err(|e| {
+        if e.blame() == Blame::Upstream {
+            ep.record_failure();
+        }
     })?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (mut rparts, rbody) = resp.into_parts();
@@ -725,21 +732,26 @@ enum Replay {
 }
 
 /// Reads a small body whole (Content-Length ≤ 64 KiB) so it can be sent more than once.
-async fn replayable(headers: &HeaderMap, body: Incoming) -> Replay {
+async fn replayable(headers: &HeaderMap, body: Incoming, pace: BodyPace) -> Replay {
     use http_body::Body as _;
     if body.is_end_stream() {
         return Replay::Bytes(bytes::Bytes::new());
     }
     match content_length(headers) {
         Some(n) if n <= RETRY_BUFFER_LIMIT => {
-            match http_body_util::BodyExt::collect(http_body_util::Limited::new(
+            let collect = http_body_util::BodyExt::collect(http_body_util::Limited::new(
                 body,
                 usize::try_from(RETRY_BUFFER_LIMIT).unwrap_or(usize::MAX),
-            ))
-            .await
-            {
-                Ok(c) => Replay::Bytes(c.to_bytes()),
-                Err(e) => Replay::Failed(ProxyError::DownstreamBody(e.to_string())),
+            ));
+            let now = tokio::time::Instant::now();
+            // The whole body is due by the deadline its length earns.
+            match tokio::time::timeout_at(pace.deadline(now, n), collect).await {
+                Ok(Ok(c)) => Replay::Bytes(c.to_bytes()),
+                Ok(Err(e)) => Replay::Failed(ProxyError::DownstreamBody(e.to_string())),
+                Err(_) => Replay::Failed(ProxyError::BodyRejected {
+                    status: StatusCode::REQUEST_TIMEOUT,
+                    reason: "the request body was not received in time".into(),
+                }),
             }
         }
         _ => Replay::Stream(body),
@@ -827,24 +839,5 @@ mod tests {
         assert_eq!(s.len(), 36);
         assert_eq!(&s[14..15], "4");
         assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"), "{s}");
-    }
-
-    #[test]
-    fn hop_by_hop_stripped_including_connection_named() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret"),
-        );
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        h.insert("x-keep", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("x-keep"));
     }
 }

@@ -166,9 +166,10 @@ where
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(1024)
-        .keep_alive_interval(Some(limits.idle_timeout / 2))
-        .keep_alive_timeout(Duration::from_secs(20));
+        .max_concurrent_streams(1024);
+    // No keep-alive PINGs from our side: their bytes would count as activity and the idle
+    // watchdog below could never close an idle HTTP/2 connection. A silent peer is closed by
+    // the watchdog instead.
     let activity = Arc::new(AtomicU64::new(0));
     let io = TokioIo::new(Tracked {
         inner: stream,

@@ -71,6 +71,8 @@ pub struct ListenerSnap {
     /// Terminates TLS for new connections when set.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub limits: Limits,
+    /// Path normalisation, trusted headers and proxies (`ingress::prepare`).
+    pub http: rampart_config::model::HttpOptions,
     pub table: RouteTable,
     pub filters: Vec<FilterRef>,
     /// `[virtual host][route]`, aligned with `table`.
@@ -176,6 +178,7 @@ impl Snapshot {
                 name: l.name.as_str().into(),
                 tls: tls.listeners.remove(&l.name),
                 limits: l.limits.clone(),
+                http: l.http.clone(),
                 table,
                 filters,
                 routes,

@@ -63,6 +63,8 @@ pub enum TlsError {
         key.display()
     )]
     KeyMismatch { cert: PathBuf, key: PathBuf },
+    #[error("no trusted root certificates found on this system ({0}); set a CA file")]
+    NoSystemRoots(String),
     #[error(
         "certificate {} has no DNS names, so no client could select it by SNI; list server_names for it",
         path.display()
@@ -274,6 +276,34 @@ fn certified_key(
             reason: e.to_string(),
         }),
     }
+}
+
+/// A client configuration for fetching from an `https` URL (JWKS): `ca_file`'s certificates,
+/// or the operating system's trusted roots, as the only trust anchors.
+pub(crate) fn https_client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
+    let roots = match ca_file {
+        Some(path) => root_store(path)?,
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let mut roots = RootCertStore::empty();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(TlsError::NoSystemRoots(
+                    found
+                        .errors
+                        .first()
+                        .map_or_else(|| "none found".to_owned(), ToString::to_string),
+                ));
+            }
+            roots
+        }
+    };
+    let config = ClientConfig::builder_with_provider(PROVIDER.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Config)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 fn root_store(path: &Path) -> Result<RootCertStore, TlsError> {

@@ -382,21 +382,74 @@ clusters:
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     }
 
-    /// PUT/GET/DELETE a bundle through the admin API; a bad one is refused with the reason.
-    #[tokio::test]
-    async fn bundles_through_the_admin_api() {
+    fn bundle_text() -> String {
+        serde_json::json!({"modules": {"p.rego": "package api\ndecision := {\"allowed\": true}\n"}})
+            .to_string()
+    }
+
+    /// PUT/GET/DELETE a bundle through the admin API (with its bearer token, from an allowed
+    /// Host); a bad one is refused with the reason.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bundles_through_the_admin_api_need_the_token() {
         let up = upstream("app").await;
-        let (_tmp, dir) = example_tenants();
-        let tg = gateway(&policy_config(&dir, BY_HEADER, up.addr)).await;
+        let (tmp, dir) = example_tenants();
+        let token = "0123456789abcdef0123456789abcdef";
+        let token_file = tmp.path().join("admin.token");
+        std::fs::write(&token_file, format!("{token}\n")).unwrap();
+        let cfg = policy_config(&dir, BY_HEADER, up.addr).replace(
+            r#"admin: { address: "127.0.0.1:0" }"#,
+            &format!(
+                r#"admin: {{ address: "127.0.0.1:0", token_file: "{}" }}"#,
+                token_file.display()
+            ),
+        );
+        let tg = gateway(&cfg).await;
         let admin_addr = tg.admin.unwrap();
-        let call = |method: &'static str, path: &'static str, body: String| async move {
-            let req = http::Request::builder()
+        let request = |method: &'static str, path: &'static str, body: String, auth: &str| {
+            let mut b = http::Request::builder()
                 .method(method)
-                .uri(format!("http://{admin_addr}{path}"))
-                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-                .unwrap();
-            send(&h1(), req).await
+                .uri(format!("http://{admin_addr}{path}"));
+            if !auth.is_empty() {
+                b = b.header("authorization", auth);
+            }
+            b.body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                .unwrap()
         };
+        let call = |method: &'static str, path: &'static str, body: String| {
+            let req = request(method, path, body, &format!("Bearer {token}"));
+            async move { send(&h1(), req).await }
+        };
+
+        // Mutations need the token; reads do not.
+        for auth in ["", "Bearer wrong-token-wrong-token!!", "Basic abc"] {
+            let r = send(
+                &h1(),
+                request("PUT", "/policy/tenants/pushed", bundle_text(), auth),
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{auth:?}: {}", r.text());
+            assert!(r.header("www-authenticate").is_some());
+            let r = send(
+                &h1(),
+                request("DELETE", "/policy/tenants/acme", String::new(), auth),
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{auth:?}");
+        }
+        let r = send(&h1(), request("GET", "/policy/tenants", String::new(), "")).await;
+        assert_eq!(r.status, StatusCode::OK);
+        // DNS rebinding: a page served from evil.example resolving to 127.0.0.1.
+        let mut rebinding = request(
+            "PUT",
+            "/policy/tenants/pushed",
+            bundle_text(),
+            &format!("Bearer {token}"),
+        );
+        rebinding
+            .headers_mut()
+            .insert("host", http::HeaderValue::from_static("evil.example:9901"));
+        let r = send(&h1(), rebinding).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
         let bundle = |allowed: bool, test: &str| {
             serde_json::json!({
                 "modules": {"p.rego": format!("package api\ndecision := {{\"allowed\": {allowed}, \"http_status\": 451}}\n{test}")},

@@ -147,10 +147,11 @@ async fn proxy_headers_and_mutations() {
         up_h("x-forwarded-host").as_deref(),
         Some("shop.example.com:8443")
     );
+    let id = up_h("x-request-id").unwrap();
     assert_eq!(
-        up_h("x-request-id").as_deref(),
-        Some("abc-123"),
-        "existing id kept"
+        id.len(),
+        36,
+        "a client that is not a trusted proxy gets a new id, not its own: {id}"
     );
     assert_eq!(
         up_h("x-hop"),
@@ -195,7 +196,8 @@ async fn direct_responses_and_redirects() {
     assert_eq!(r.status, 308);
     assert_eq!(
         r.header("location"),
-        Some("http://site.test:8080/new/a/b?x=1")
+        Some("/new/a/b?x=1"),
+        "relative: the client's Host is not reflected"
     );
     let r = get(tg.addr, "/away?x=1", &[("host", "site.test:8080")]).await;
     assert_eq!(r.status, 301);
@@ -418,7 +420,9 @@ async fn error_statuses() {
     assert!(r.text().contains("no route"));
     let r = get(tg.addr, "/refused", &[]).await;
     assert_eq!(r.status, 502, "{}", r.text());
-    assert!(r.text().contains("could not connect"), "{}", r.text());
+    // The kind of failure only: the upstream's address stays in the log.
+    assert_eq!(r.text(), "upstream connect error\n");
+    assert_eq!(r.header("x-rampart-error"), Some("upstream connect error"));
     let r = get(tg.addr, "/reset", &[]).await;
     assert_eq!(r.status, 502, "{}", r.text());
     let t0 = Instant::now();
@@ -882,7 +886,7 @@ async fn connect_timeout_answers_504() {
     let t0 = Instant::now();
     let r = get(tg.addr, "/", &[]).await;
     assert_eq!(r.status, 504, "{}", r.text());
-    assert!(r.text().contains("connecting"), "{}", r.text());
+    assert_eq!(r.text(), "upstream connect timeout\n");
     assert!(t0.elapsed() < Duration::from_secs(3));
     drop(s);
 }

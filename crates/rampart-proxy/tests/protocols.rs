@@ -167,7 +167,7 @@ async fn proxy_errors_reach_grpc_clients_as_grpc_status() {
         headers["grpc-message"]
             .to_str()
             .unwrap()
-            .contains("could not connect")
+            .contains("upstream connect error")
     );
     assert!(messages.is_empty());
     let (_, headers, _, _) = grpc_call(tg.addr, "/nope.Svc/Call/1").await;

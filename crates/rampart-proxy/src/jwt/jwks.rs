@@ -297,20 +297,40 @@ async fn fetch(source: &JwksSource) -> Result<KeySet, String> {
         JwksSource::File(path) => tokio::fs::read(path)
             .await
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
-        JwksSource::Url(uri) => fetch_url(uri).await?.to_vec(),
+        JwksSource::Url { uri, ca_file } => fetch_url(uri, ca_file.as_deref()).await?.to_vec(),
     };
     KeySet::parse(&bytes)
 }
 
-/// GET over plain HTTP/1.1 on a connection of its own.
-async fn fetch_url(uri: &http::Uri) -> Result<Bytes, String> {
+/// GET over HTTP/1.1 on a connection of its own: TLS (rustls, verifying the server against
+/// `ca_file` or the system's roots) for `https`, plain TCP for `http`.
+async fn fetch_url(uri: &http::Uri, ca_file: Option<&Path>) -> Result<Bytes, String> {
     let host = uri.host().ok_or("URL has no host")?;
-    let port = uri.port_u16().unwrap_or(80);
+    let https = uri.scheme_str() == Some("https");
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let connect_host = host.trim_start_matches('[').trim_end_matches(']');
     let tcp = tokio::net::TcpStream::connect((connect_host, port))
         .await
         .map_err(|e| format!("cannot connect: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+    if https {
+        let config = crate::tls::https_client_config(ca_file).map_err(|e| e.to_string())?;
+        let name = rustls::pki_types::ServerName::try_from(connect_host.to_owned())
+            .map_err(|e| format!("{connect_host:?} is not a valid TLS server name: {e}"))?;
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS handshake failed: {e}"))?;
+        get(uri, host, TokioIo::new(tls)).await
+    } else {
+        get(uri, host, TokioIo::new(tcp)).await
+    }
+}
+
+async fn get<I>(uri: &http::Uri, host: &str, io: I) -> Result<Bytes, String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| format!("HTTP handshake failed: {e}"))?;
     let authority = uri.authority().map_or(host, http::uri::Authority::as_str);
@@ -398,7 +418,7 @@ impl JwksRegistry {
                 refresh_loop(Arc::downgrade(&cache), every, self.stop.clone()),
                 &self.handle,
             );
-            if let JwksSource::Url(_) = source {
+            if let JwksSource::Url { .. } = source {
                 cache.refresh(false);
             }
         }
