@@ -14,6 +14,9 @@ use rampart_config::Config;
 use rampart_proxy::{Gateway, Runtimes};
 use tokio_util::sync::CancellationToken;
 
+#[cfg(feature = "full")]
+mod admin_client;
+mod admin_token;
 #[cfg(feature = "flows")]
 mod flows;
 #[cfg(feature = "full")]
@@ -75,6 +78,11 @@ enum Command {
         /// Where the demo's policy bundles (one directory per tenant) are written and watched.
         #[arg(long, default_value = "rampart-data/policy/tenants")]
         policy_dir: PathBuf,
+        /// The admin API's bearer token (created, mode 0600, when missing), unless the config
+        /// names its own `admin.token_file`. Default: `admin.token` beside --data-dir
+        /// (rampart-data/admin.token).
+        #[arg(long)]
+        admin_token_file: Option<PathBuf>,
         /// Where eBPF flow metrics are served when tracing can run (root, BTF, tracefs; builds
         /// with the `flows` feature). "off" disables tracing.
         #[arg(long, default_value = "127.0.0.1:9435")]
@@ -218,9 +226,16 @@ fn run(cmd: Command) -> Result<ExitCode> {
             data_dir,
             no_store,
             policy_dir,
+            admin_token_file,
             flows_listen,
         } => {
             let _flows = in_process_flows(&flows_listen);
+            let admin_token_file = admin_token_file.unwrap_or_else(|| {
+                data_dir
+                    .parent()
+                    .unwrap_or_else(|| std::path::Path::new("."))
+                    .join("admin.token")
+            });
             let demo =
                 (!no_demo_upstream).then(|| DEMO_UPSTREAM.parse().expect("constant address"));
             let store = if no_store {
@@ -230,7 +245,8 @@ fn run(cmd: Command) -> Result<ExitCode> {
             };
             match &config {
                 Some(path) => {
-                    let (cfg, bytes) = load(path)?;
+                    let (mut cfg, bytes) = load(path)?;
+                    admin_token(&mut cfg, &admin_token_file)?;
                     serve(
                         cfg,
                         Some((path, bytes)),
@@ -243,6 +259,7 @@ fn run(cmd: Command) -> Result<ExitCode> {
                     let mut cfg =
                         rampart_config::from_yaml(DEMO_CONFIG).context("embedded demo config")?;
                     demo_policy(&mut cfg, &policy_dir)?;
+                    admin_token(&mut cfg, &admin_token_file)?;
                     serve(cfg, None, Duration::from_secs(1), demo, store)
                 }
             }
@@ -520,6 +537,26 @@ const DEMO_BUNDLES: &[(&str, &str)] = &[
         include_str!("../../../examples/policy/tenants/globex/data.json"),
     ),
 ];
+
+/// Gives the admin endpoint a token file (created on first start) unless the config has one.
+fn admin_token(cfg: &mut Config, path: &std::path::Path) -> Result<()> {
+    let Some(admin) = cfg.admin.as_mut() else {
+        return Ok(());
+    };
+    if admin.token_file.is_some() {
+        return Ok(());
+    }
+    admin_token::ensure(path)?;
+    admin.token_file = Some(path.to_path_buf());
+    if let Some(raw) = cfg.raw.admin.as_mut() {
+        raw.token_file = Some(path.display().to_string());
+    }
+    tracing::info!(
+        token_file = %path.display(),
+        "admin API: changes need `Authorization: Bearer <token>` with the token in this file"
+    );
+    Ok(())
+}
 
 /// Writes the demo bundles into `dir` (files already there are kept, so edits survive a
 /// restart) and points the demo config's policy engine at it.

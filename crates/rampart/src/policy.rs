@@ -41,6 +41,18 @@ enum PolicyCommand {
         #[arg(long, default_value = "10s", value_parser = crate::kv::duration)]
         timeout: Duration,
     },
+    /// Upload a bundle directory to a running gateway (`PUT /policy/tenants/TENANT` on its
+    /// admin port, with the admin token); the gateway compiles and tests it before the swap
+    Push {
+        tenant: String,
+        dir: PathBuf,
+        /// The gateway's admin address
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: std::net::SocketAddr,
+        /// Where the admin token is (RAMPART_ADMIN_TOKEN overrides)
+        #[arg(long, default_value = crate::admin_token::DEFAULT_TOKEN_FILE)]
+        token_file: PathBuf,
+    },
 }
 
 pub(crate) fn run(args: PolicyArgs) -> ExitCode {
@@ -56,6 +68,12 @@ pub(crate) fn run(args: PolicyArgs) -> ExitCode {
             verbose,
             timeout,
         } => test(&dir, verbose, timeout),
+        PolicyCommand::Push {
+            tenant,
+            dir,
+            admin,
+            token_file,
+        } => push(&tenant, &dir, admin, &token_file),
     };
     match result {
         Ok(code) => code,
@@ -63,6 +81,41 @@ pub(crate) fn run(args: PolicyArgs) -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn push(
+    tenant: &str,
+    dir: &std::path::Path,
+    admin: std::net::SocketAddr,
+    token_file: &std::path::Path,
+) -> Result<ExitCode> {
+    let bundle = Bundle::load_dir(dir)?;
+    let token = crate::admin_token::for_client(token_file)?;
+    let modules: serde_json::Map<String, serde_json::Value> = bundle
+        .modules
+        .into_iter()
+        .map(|(name, text)| (name, serde_json::Value::String(text)))
+        .collect();
+    let body = serde_json::json!({
+        "modules": modules,
+        "data": bundle.data,
+        "entrypoint": bundle.entrypoint,
+        "revision": bundle.revision,
+    });
+    let (status, answer) = crate::admin_client::send(
+        admin,
+        http::Method::PUT,
+        &format!("/policy/tenants/{tenant}"),
+        Some(&token),
+        body.to_string().into_bytes(),
+    )?;
+    print!("{answer}");
+    if status.is_success() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("error: the admin API answered {status}");
+        Ok(ExitCode::FAILURE)
     }
 }
 

@@ -57,6 +57,7 @@ fn catch_all(table: &str, cluster: &str) -> RawRouteTable {
                 }),
                 direct_response: None,
                 redirect: None,
+                trusted_headers: Vec::new(),
                 request_headers: None,
                 response_headers: None,
                 filters: Vec::new(),
@@ -104,6 +105,14 @@ fn listener(
         limits: RawLimits::default(),
         original_dst,
         tls: None,
+        // Istio's "BASE" normalisation: dot segments resolved, but `//` and `%2F` kept as
+        // the application sent them (a transparent hop must not break paths such as GitLab's
+        // `/projects/group%2Fname`).
+        http: rampart_config::http::RawHttpOptions {
+            merge_slashes: Some(false),
+            escaped_slashes: Some("keep".to_owned()),
+            ..Default::default()
+        },
     }
 }
 
@@ -114,6 +123,10 @@ pub(crate) fn config(base: RawConfig, p: &SidecarPorts) -> RawConfig {
     cfg.workers.get_or_insert(p.workers);
     cfg.admin.get_or_insert(RawAdmin {
         address: p.admin.to_string(),
+        token_file: None,
+        allowed_hosts: None,
+        max_connections: None,
+        header_read_timeout: None,
     });
     cfg.access_log.get_or_insert(RawAccessLog {
         format: p.access_log.clone(),

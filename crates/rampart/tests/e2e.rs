@@ -76,6 +76,39 @@ async fn up_serves_the_demo_on_a_fresh_machine() {
         up.exited()
     );
 
+    // The admin API's token was created beside the data, readable by its owner only, and a
+    // change without it is refused.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let token_file = dir.path("admin.token");
+        let mode = std::fs::metadata(&token_file)
+            .expect("rampart up creates the admin token")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let token = std::fs::read_to_string(&token_file).unwrap();
+        let put = |auth: Option<String>| {
+            let mut b = http::Request::put(format!("http://{admin}/policy/tenants/acme"))
+                .header("content-type", "application/json");
+            if let Some(a) = auth {
+                b = b.header("authorization", a);
+            }
+            b.body(http_body_util::Full::new(bytes::Bytes::from_static(
+                b"{\"modules\": {}}",
+            )))
+            .unwrap()
+        };
+        let r = send(&h1(), put(None)).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+        let r = send(&h1(), put(Some(format!("Bearer {}", token.trim())))).await;
+        assert_eq!(
+            r.status,
+            StatusCode::BAD_REQUEST,
+            "authorised; an empty bundle is refused: {}",
+            r.text()
+        );
+    }
+
     // The embedded config store answers etcd's API on 127.0.0.1:2379.
     let kv = |args: &[&str]| {
         let out = std::process::Command::new(bin())
@@ -653,8 +686,9 @@ async fn sigterm_drains_in_flight_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_json_lines() {
     let a = demo_upstream("a").await;
+    // The listener trusts request ids from loopback (a proxy in front, in production).
     let body = format!(
-        "access_log: {{ format: json }}\n{}",
+        "    http: {{ trusted_proxies: [127.0.0.1] }}\naccess_log: {{ format: json }}\n{}",
         routes_and_clusters(
             &format!(
                 "          - {{ name: health, match: {{ path: {{ exact: /healthz }} }}, \
@@ -716,7 +750,7 @@ async fn access_log_json_lines() {
     assert_eq!(l["upstream"], upstream.as_str());
     assert_eq!(
         l["request_id"], "e2e-rid-1",
-        "the client's request id is kept"
+        "a trusted proxy's request id is kept"
     );
     assert_eq!(l["user_agent"], "e2e-test");
     assert!(l["duration_ms"].as_f64().unwrap() >= 50.0, "{l}");

@@ -79,6 +79,20 @@ impl Drop for TempDir {
     }
 }
 
+/// Copies a directory tree (test fixtures such as policy bundles).
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create the copy's directory");
+    for e in std::fs::read_dir(from).expect("read the fixture directory") {
+        let e = e.expect("a directory entry");
+        let dst = to.join(e.file_name());
+        if e.file_type().expect("file type").is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), dst).expect("copy a fixture file");
+        }
+    }
+}
+
 /// Replaces `path` atomically (write a sibling, then rename), as editors and config
 /// management do, so a watcher never reads half a file.
 pub(crate) fn write_atomically(path: &Path, text: &str) {
@@ -149,6 +163,10 @@ impl Proc {
             stderr,
             readers,
         }
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub(crate) fn stdout(&self) -> String {
@@ -395,7 +413,7 @@ pub(crate) async fn await_ok(proc: &mut Proc, addr: SocketAddr, path: &str) -> b
 
 /// Ports are picked free and then bound by the child; another process may win the race.
 /// A start that fails with "address in use" is retried on new ports.
-fn lost_port_race(proc: &Proc) -> bool {
+pub(crate) fn lost_port_race(proc: &Proc) -> bool {
     proc.stderr().contains("Address already in use")
 }
 
