@@ -650,6 +650,15 @@ struct KeyServer {
 }
 
 async fn key_server(body: String, delay: Duration) -> KeyServer {
+    key_server_on(body, delay, None).await
+}
+
+/// A key server whose connections go through `tls` first, when given.
+async fn key_server_on(
+    body: String,
+    delay: Duration,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> KeyServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let body = Arc::new(Mutex::new(body));
@@ -661,6 +670,7 @@ async fn key_server(body: String, delay: Duration) -> KeyServer {
                 return;
             };
             let (b, f) = (b.clone(), f.clone());
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let svc =
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
@@ -673,9 +683,17 @@ async fn key_server(body: String, delay: Duration) -> KeyServer {
                             Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(text))))
                         }
                     });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let http = hyper::server::conn::http1::Builder::new();
+                match tls {
+                    None => {
+                        let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                    }
+                    Some(acceptor) => {
+                        if let Ok(s) = acceptor.accept(stream).await {
+                            let _ = http.serve_connection(TokioIo::new(s), svc).await;
+                        }
+                    }
+                }
             });
         }
     });
@@ -749,6 +767,108 @@ async fn keys_from_a_url_are_fetched_once_and_refreshed_for_new_key_ids() {
     let replies = send_all(vec![a.sign(&claims()), b.sign(&claims())]).await;
     assert!(replies.iter().all(|r| r.status == 200));
     assert_eq!(server.fetches.load(Ordering::SeqCst), 2);
+    assert!(tg.gw.shutdown(Duration::from_secs(5)).await);
+}
+
+/// A CA (written to `dir/ca.pem`) and a TLS acceptor for `localhost` signed by it.
+fn tls_for_localhost(dir: &std::path::Path) -> tokio_rustls::TlsAcceptor {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.self_signed(&ca_key).unwrap().pem()).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}
+
+/// `jwks_url: https://...` verified against `jwks_ca_file`; a server the CA did not sign
+/// (here: the system's roots do not know the test CA) yields no keys.
+#[tokio::test]
+async fn keys_over_https_are_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = TestKey::rsa("a");
+    let server = key_server_on(
+        jwks(&[&a]),
+        Duration::ZERO,
+        Some(tls_for_localhost(dir.path())),
+    )
+    .await;
+    let up = upstream("u").await;
+    let url = format!("https://localhost:{}/keys", server.addr.port());
+    let ca = dir.path().join("ca.pem");
+    let jwt = format!(
+        "{{ jwks_url: \"{url}\", jwks_ca_file: \"{}\" }}",
+        ca.display()
+    );
+    let tg = gateway(&yaml(&jwt, up.addr)).await;
+    let t = a.sign(&claims());
+    let r = get(tg.addr, "/", &[("authorization", &format!("Bearer {t}"))]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(server.fetches.load(Ordering::SeqCst), 1);
+    assert!(tg.gw.shutdown(Duration::from_secs(5)).await);
+
+    // Without the CA, the system's roots do not trust the test server: no keys, 401.
+    let jwt = format!("{{ jwks_url: \"{url}\" }}");
+    let tg = gateway(&yaml(&jwt, up.addr)).await;
+    let r = get(tg.addr, "/", &[("authorization", &format!("Bearer {t}"))]).await;
+    assert_rejected(&r, "unknown key id", &[]);
+    assert_eq!(
+        server.fetches.load(Ordering::SeqCst),
+        1,
+        "no handshake, no fetch"
+    );
+    assert!(tg.gw.shutdown(Duration::from_secs(5)).await);
+}
+
+/// A token without `kid` is tried against a few keys only, however many the set holds.
+#[tokio::test]
+async fn a_token_without_kid_tries_a_bounded_number_of_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys: Vec<TestKey> = (0..6).map(|i| TestKey::ed(&format!("k{i}"))).collect();
+    let refs: Vec<&TestKey> = keys.iter().collect();
+    let file = dir.path().join("jwks.json");
+    std::fs::write(&file, jwks(&refs)).unwrap();
+    let up = upstream("u").await;
+    let jwt = format!("{{ jwks_file: \"{}\" }}", file.display());
+    let tg = gateway(&yaml(&jwt, up.addr)).await;
+    let no_kid = |k: &TestKey| {
+        let h = Header::new(k.alg);
+        jsonwebtoken::encode(&h, &claims(), &k.enc).unwrap()
+    };
+    // Signed by one of the first keys: found among those tried.
+    let r = get(
+        tg.addr,
+        "/",
+        &[("authorization", &format!("Bearer {}", no_kid(&keys[1])))],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Signed by the last: past the cap, refused without trying every key.
+    let r = get(
+        tg.addr,
+        "/",
+        &[("authorization", &format!("Bearer {}", no_kid(&keys[5])))],
+    )
+    .await;
+    assert_rejected(
+        &r,
+        "token has no kid and too many keys match its algorithm",
+        &[],
+    );
     assert!(tg.gw.shutdown(Duration::from_secs(5)).await);
 }
 
