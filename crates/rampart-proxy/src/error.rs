@@ -118,9 +118,10 @@ impl ProxyError {
             | Self::BodyTooLarge { .. }
             | Self::BodyRejected { .. }
             | Self::BadRewrite { .. }
+            // These name a cluster (configuration), never an address.
+            | Self::NoEndpoint { .. }
             | Self::Overflow { .. } => Cow::Owned(self.to_string()),
             Self::DownstreamBody(_) => Cow::Borrowed("the request body could not be read"),
-            Self::NoEndpoint { .. } => Cow::Borrowed("no healthy upstream"),
             Self::UnknownCluster { .. } | Self::Internal(_) => Cow::Borrowed("internal error"),
             Self::UpstreamConnect { .. } => Cow::Borrowed("upstream connect error"),
             Self::ConnectTimeout { .. } => Cow::Borrowed("upstream connect timeout"),

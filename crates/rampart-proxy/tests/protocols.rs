@@ -190,6 +190,12 @@ async fn echo_upgrade_upstream() -> SocketAddr {
                         ))));
                     };
                     let on = hyper::upgrade::on(&mut req);
+                    // A body sent with the upgrade request is read first; its length is
+                    // reported back.
+                    let body = http_body_util::BodyExt::collect(req.into_body())
+                        .await
+                        .map(|b| b.to_bytes().len())
+                        .unwrap_or(usize::MAX);
                     tokio::spawn(async move {
                         let up = on.await.unwrap();
                         let mut io = TokioIo::new(up);
@@ -214,6 +220,7 @@ async fn echo_upgrade_upstream() -> SocketAddr {
                         "sec-websocket-accept",
                         "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".parse().unwrap(),
                     );
+                    r.headers_mut().insert("x-body-len", body.into());
                     Ok(r)
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -274,4 +281,21 @@ async fn websocket_upgrade_is_relayed_both_ways() {
     }
     // A plain request on the same route still works.
     assert_eq!(get(tg.addr, "/", &[]).await.text(), "plain");
+
+    // An upgrade request with a body: the body reaches the upstream with the request.
+    let mut s = tokio::net::TcpStream::connect(tg.addr).await.unwrap();
+    s.write_all(
+        b"POST /chat HTTP/1.1\r\nhost: ws.test\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\
+          content-length: 5\r\n\r\nhello",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "closed: {head:?}");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("x-body-len: 5"), "{head}");
 }
