@@ -8,6 +8,7 @@
 //! the upstream request all read these same values, so a check on one string and a use of
 //! another cannot happen.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -54,11 +55,18 @@ pub(crate) fn prepare(
         return Err(BadRequest("CONNECT is not supported"));
     }
     let default_port = if scheme == "https" { 443 } else { 80 };
-    let authority = authority(parts, default_port).map_err(BadRequest)?;
-    let authority =
-        normalize_authority(authority, default_port).map_err(|e| BadRequest(e.reason()))?;
-    let host = HeaderValue::from_str(&authority)
-        .map_err(|_| BadRequest("the request authority is not a valid header value"))?;
+    // The common case, a Host header already in normal form, is left as it is (no copy).
+    let host = {
+        let from_header = parts.uri.authority().is_none();
+        let raw = authority(parts, default_port).map_err(BadRequest)?;
+        match normalize_authority(raw, default_port).map_err(|e| BadRequest(e.reason()))? {
+            Cow::Borrowed(_) if from_header => None,
+            normal => Some(
+                HeaderValue::from_str(&normal)
+                    .map_err(|_| BadRequest("the request authority is not a valid header value"))?,
+            ),
+        }
+    };
 
     let normal =
         normalize_path(parts.uri.path(), &http.path).map_err(|e| BadRequest(e.reason()))?;
@@ -71,12 +79,14 @@ pub(crate) fn prepare(
         return Err(Refused::Redirect(target));
     }
     let origin_form = parts.uri.scheme().is_none() && parts.uri.authority().is_none();
-    if !origin_form || matches!(normal.path, std::borrow::Cow::Owned(_)) {
+    if !origin_form || matches!(normal.path, Cow::Owned(_)) {
         let pq = PathAndQuery::from_maybe_shared(bytes::Bytes::from(target))
             .map_err(|_| BadRequest("the request path is not valid after normalisation"))?;
         parts.uri = Uri::from(pq);
     }
-    parts.headers.insert(header::HOST, host);
+    if let Some(host) = host {
+        parts.headers.insert(header::HOST, host);
+    }
 
     if let Some(proto) = upgrade_protocol(&parts.headers) {
         parts.extensions.insert(UpgradeProtocol(proto));
