@@ -93,6 +93,7 @@ pub struct Limits {
     /// How long a request body may take: this long, plus one second for every
     /// `min_request_body_rate` bytes received (Apache's `RequestReadTimeout body=20,MinRate=500`),
     /// so a client trickling bytes is cut off while a large upload at a fair rate is not.
+    /// gRPC requests are exempt (long-lived streams).
     pub request_body_timeout: Duration,
     /// Bytes per second that earn a body more time; 0 gives a fixed deadline.
     pub min_request_body_rate: u64,

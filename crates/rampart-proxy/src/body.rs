@@ -75,17 +75,26 @@ impl ProxyBody {
     /// A client's request body: fails (recording why in `abort`) once more than `max` bytes
     /// have passed, when the body is malformed or cut short, or when it is not complete by its
     /// deadline.
-    pub fn request(inner: Incoming, max: Option<u64>, pace: BodyPace, abort: BodyAbort) -> Self {
-        let deadline = pace.deadline(tokio::time::Instant::now(), 0);
+    pub fn request(
+        inner: Incoming,
+        max: Option<u64>,
+        pace: Option<BodyPace>,
+        abort: BodyAbort,
+    ) -> Self {
+        let started = tokio::time::Instant::now();
         Self::Stream {
             inner,
             request: Some(Box::new(RequestBody {
                 max,
                 seen: 0,
                 abort,
-                started: tokio::time::Instant::now(),
-                pace,
-                timer: Box::pin(tokio::time::sleep_until(deadline)),
+                started,
+                pace: pace.map(|p| {
+                    (
+                        p,
+                        Box::pin(tokio::time::sleep_until(p.deadline(started, 0))),
+                    )
+                }),
             })),
             guard: None,
             lease: None,
@@ -238,8 +247,8 @@ pub struct RequestBody {
     seen: u64,
     abort: BodyAbort,
     started: tokio::time::Instant,
-    pace: BodyPace,
-    timer: Pin<Box<tokio::time::Sleep>>,
+    /// The deadline rule and its timer; none for long-lived streams (gRPC).
+    pace: Option<(BodyPace, Pin<Box<tokio::time::Sleep>>)>,
 }
 
 impl RequestBody {
@@ -252,15 +261,18 @@ impl RequestBody {
     /// Whether the deadline (which grows with the bytes received) has passed; otherwise
     /// the timer is armed to wake this task at the current deadline.
     fn timed_out(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some((pace, timer)) = self.pace.as_mut() else {
+            return false;
+        };
         loop {
-            if self.timer.as_mut().poll(cx).is_pending() {
+            if timer.as_mut().poll(cx).is_pending() {
                 return false;
             }
-            let deadline = self.pace.deadline(self.started, self.seen);
+            let deadline = pace.deadline(self.started, self.seen);
             if tokio::time::Instant::now() >= deadline {
                 return true;
             }
-            self.timer.as_mut().reset(deadline);
+            timer.as_mut().reset(deadline);
         }
     }
 }

@@ -499,10 +499,12 @@ async fn forward(
     if upgrade.is_some() {
         return forward_upgrade(cluster, conn, parts, body, path_and_query, log).await;
     }
-    let pace = BodyPace {
+    // gRPC streams may rightly stay open with little data for as long as they live: they
+    // are bounded by the route timeout and the idle timeout instead.
+    let pace = (!is_grpc(&parts.headers)).then_some(BodyPace {
         timeout: lsnap.limits.request_body_timeout,
         min_rate: lsnap.limits.min_request_body_rate,
-    };
+    });
     // Set when a body streams: only such requests pay for the shared abort slot.
     let mut abort = None;
     let retry = f
@@ -732,7 +734,7 @@ enum Replay {
 }
 
 /// Reads a small body whole (Content-Length ≤ 64 KiB) so it can be sent more than once.
-async fn replayable(headers: &HeaderMap, body: Incoming, pace: BodyPace) -> Replay {
+async fn replayable(headers: &HeaderMap, body: Incoming, pace: Option<BodyPace>) -> Replay {
     use http_body::Body as _;
     if body.is_end_stream() {
         return Replay::Bytes(bytes::Bytes::new());
@@ -743,9 +745,14 @@ async fn replayable(headers: &HeaderMap, body: Incoming, pace: BodyPace) -> Repl
                 body,
                 usize::try_from(RETRY_BUFFER_LIMIT).unwrap_or(usize::MAX),
             ));
-            let now = tokio::time::Instant::now();
-            // The whole body is due by the deadline its length earns.
-            match tokio::time::timeout_at(pace.deadline(now, n), collect).await {
+            // The whole body is due by the deadline its length earns (an hour for gRPC).
+            let pace = pace.unwrap_or(BodyPace {
+                timeout: Duration::from_secs(3600),
+                min_rate: 0,
+            });
+            match tokio::time::timeout_at(pace.deadline(tokio::time::Instant::now(), n), collect)
+                .await
+            {
                 Ok(Ok(c)) => Replay::Bytes(c.to_bytes()),
                 Ok(Err(e)) => Replay::Failed(ProxyError::DownstreamBody(e.to_string())),
                 Err(_) => Replay::Failed(ProxyError::BodyRejected {

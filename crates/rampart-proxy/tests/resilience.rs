@@ -392,3 +392,53 @@ async fn a_burst_never_opens_more_than_max_connections() {
         "{opened} upstream connections opened for max_connections 4"
     );
 }
+
+/// A request body must keep pace (`request_body_timeout` plus 1 s per
+/// `min_request_body_rate` bytes) or end with 408; a gRPC stream, which may rightly pause
+/// between messages, is exempt.
+#[tokio::test]
+async fn slow_bodies_are_cut_except_grpc_streams() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = upstream("u").await;
+    let tg = gateway(&format!(
+        r#"
+workers: 1
+access_log: {{ format: "off" }}
+listeners:
+  - name: main
+    address: "127.0.0.1:0"
+    route_table: t
+    limits: {{ request_body_timeout: 500ms, min_request_body_rate: 1000 }}
+route_tables:
+  - name: t
+    virtual_hosts:
+      - {{ name: all, domains: ["*"], routes: [{{ forward: {{ cluster: u }} }}] }}
+clusters:
+  - {{ name: u, endpoints: ["{}"] }}
+"#,
+        up.addr
+    ))
+    .await;
+    let post = |content_type: &'static str| async move {
+        let mut s = tokio::net::TcpStream::connect(tg.addr).await.unwrap();
+        let head = format!(
+            "POST /count HTTP/1.1\r\nhost: x\r\ncontent-type: {content_type}\r\n\
+             transfer-encoding: chunked\r\nconnection: close\r\n\r\n1\r\na\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        // A pause longer than the deadline, then the rest of the body.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let _ = s.write_all(b"1\r\nb\r\n0\r\n\r\n").await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let grpc = post("application/grpc").await;
+    assert!(grpc.starts_with("HTTP/1.1 200"), "{grpc}");
+    assert!(grpc.contains("\n2\n"), "both bytes arrived: {grpc:?}");
+    let plain = post("application/octet-stream").await;
+    assert!(
+        plain.is_empty() || plain.starts_with("HTTP/1.1 408"),
+        "cut off: {plain}"
+    );
+}
