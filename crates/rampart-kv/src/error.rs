@@ -40,6 +40,9 @@ pub enum KvError {
     LearnerNotReady,
     #[error("etcdserver: re-configuration failed due to not enough started members")]
     NotEnoughStartedMembers,
+    /// A membership change that the members reachable now could not commit.
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
     #[error("etcdserver: invalid range: {0}")]
     BadRange(String),
     #[error("storage error: {0}")]
@@ -65,7 +68,8 @@ impl KvError {
             | KvError::PeerUrlExists
             | KvError::MemberNotLearner
             | KvError::LearnerNotReady
-            | KvError::NotEnoughStartedMembers => Code::FailedPrecondition,
+            | KvError::NotEnoughStartedMembers
+            | KvError::Unhealthy => Code::FailedPrecondition,
             KvError::NoLeader | KvError::Timeout => Code::Unavailable,
             KvError::Storage(_) | KvError::Internal(_) => Code::Internal,
         }

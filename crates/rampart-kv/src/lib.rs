@@ -18,6 +18,7 @@
 pub mod client;
 pub mod error;
 pub mod log_store;
+pub mod membership;
 pub mod network;
 pub mod node;
 pub mod proto;

@@ -4,14 +4,14 @@
 //! each waits at most `request_timeout` so that a cluster without quorum answers
 //! UNAVAILABLE instead of hanging.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
-use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{Config, ServerState, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -403,7 +403,7 @@ impl KvNode {
         }
     }
 
-    fn deadline(&self) -> Instant {
+    pub(crate) fn deadline(&self) -> Instant {
         Instant::now() + self.config.request_timeout
     }
 
@@ -670,111 +670,6 @@ impl KvNode {
         i64::try_from(ms.div_ceil(1000)).unwrap_or(1).max(1)
     }
 
-    /// The members as etcd reports them.
-    pub fn members(&self) -> Vec<pb::Member> {
-        let metrics = self.raft.metrics().borrow().clone();
-        let membership = metrics.membership_config.membership();
-        let voters: BTreeSet<u64> = membership.voter_ids().collect();
-        let attrs = self
-            .shared
-            .members
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        membership
-            .nodes()
-            .map(|(id, node)| {
-                let a = attrs.get(id);
-                pb::Member {
-                    id: *id,
-                    name: a.map_or_else(|| node.name.clone(), |a| a.name.clone()),
-                    peer_ur_ls: vec![node.peer_url.clone()],
-                    client_ur_ls: a.map(|a| a.client_urls.clone()).unwrap_or_default(),
-                    is_learner: !voters.contains(id),
-                }
-            })
-            .collect()
-    }
-
-    /// etcd's MemberAdd: the member joins as a learner, and as a voter unless `learner`.
-    pub async fn member_add(&self, peer_url: &str, learner: bool) -> Result<pb::Member, KvError> {
-        let id = member_id(peer_url);
-        if self.members().iter().any(|m| m.id == id) {
-            return Err(KvError::PeerUrlExists);
-        }
-        let node = Member {
-            name: String::new(),
-            peer_url: peer_url.to_string(),
-        };
-        let deadline = self.deadline();
-        let r = tokio::time::timeout_at(deadline, self.raft.add_learner(id, node, false)).await;
-        membership_result(r)?;
-        if !learner {
-            let r = tokio::time::timeout_at(
-                deadline,
-                self.raft
-                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true),
-            )
-            .await;
-            membership_result(r)?;
-        }
-        Ok(pb::Member {
-            id,
-            name: String::new(),
-            peer_ur_ls: vec![peer_url.to_string()],
-            client_ur_ls: Vec::new(),
-            is_learner: learner,
-        })
-    }
-
-    /// etcd's MemberPromote: only a learner that has caught up with the leader.
-    pub async fn member_promote(&self, id: u64) -> Result<(), KvError> {
-        let member = self
-            .members()
-            .into_iter()
-            .find(|m| m.id == id)
-            .ok_or(KvError::MemberNotFound)?;
-        if !member.is_learner {
-            return Err(KvError::MemberNotLearner);
-        }
-        let metrics = self.raft.metrics().borrow().clone();
-        let matched = metrics
-            .replication
-            .as_ref()
-            .and_then(|r| r.get(&id).copied().flatten())
-            .map_or(0, |l| l.index);
-        let last = metrics.last_log_index.unwrap_or(0);
-        // etcd's rule: a learner is ready once it holds 90% of the leader's log.
-        if (matched as f64) < (last as f64) * 0.9 {
-            return Err(KvError::LearnerNotReady);
-        }
-        let r = tokio::time::timeout_at(
-            self.deadline(),
-            self.raft
-                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false),
-        )
-        .await;
-        membership_result(r)
-    }
-
-    /// etcd's MemberRemove.
-    pub async fn member_remove(&self, id: u64) -> Result<(), KvError> {
-        let member = self
-            .members()
-            .into_iter()
-            .find(|m| m.id == id)
-            .ok_or(KvError::MemberNotFound)?;
-        let change = if member.is_learner {
-            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
-        } else {
-            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
-        };
-        let r =
-            tokio::time::timeout_at(self.deadline(), self.raft.change_membership(change, false))
-                .await;
-        membership_result(r)
-    }
-
     pub fn is_leader(&self) -> bool {
         let m = self.raft.metrics();
         let m = m.borrow();
@@ -783,24 +678,6 @@ impl KvNode {
 
     pub fn max_request_bytes(&self) -> usize {
         self.config.max_request_bytes
-    }
-}
-
-type MembershipWrite<T> =
-    Result<Result<T, RaftError<u64, ClientWriteError<u64, Member>>>, tokio::time::error::Elapsed>;
-
-fn membership_result<T>(r: MembershipWrite<T>) -> Result<(), KvError> {
-    match r {
-        Err(_) => Err(KvError::Timeout),
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-            Err(KvError::NoLeader)
-        }
-        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => match e {
-            ChangeMembershipError::LearnerNotFound(_) => Err(KvError::MemberNotFound),
-            other => Err(KvError::Internal(other.to_string())),
-        },
-        Ok(Err(e)) => Err(KvError::Internal(e.to_string())),
     }
 }
 

@@ -418,6 +418,10 @@ impl Peer for Api {
         Ok(Response::new(ReadIndexReply { index }))
     }
 
+    async fn ping(&self, _req: Request<Empty>) -> Result<Response<Empty>, Status> {
+        Ok(Response::new(Empty {}))
+    }
+
     async fn lease_keep_alive(&self, req: Request<LeaseId>) -> Result<Response<LeaseTtl>, Status> {
         if !self.node.is_leader() {
             return Err(KvError::NoLeader.into());

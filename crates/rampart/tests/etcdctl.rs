@@ -8,11 +8,22 @@ use std::time::{Duration, Instant};
 use support::*;
 
 fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    etcdctl_with(endpoint, &[], args, stdin)
+}
+
+/// etcdctl with global flags (`--user`, TLS files) before the command.
+fn etcdctl_with(
+    endpoint: &str,
+    global: &[&str],
+    args: &[&str],
+    stdin: Option<&str>,
+) -> (bool, String) {
     use std::io::Write;
     let mut cmd = Command::new("etcdctl");
     cmd.env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={endpoint}"))
         .arg("--command-timeout=5s")
+        .args(global)
         .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -38,12 +49,14 @@ fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (bool, String)
     (out.status.success(), text)
 }
 
-#[test]
-fn etcdctl_put_get_del_txn_lease_and_watch() {
-    let dir = TempDir::new("etcdctl");
-    let (mut node, ep) = spawn_kv_node(&dir.path("data"));
+/// Poll until a put succeeds (the node has elected itself), for at most 20 s.
+fn wait_ready(node: &mut Proc, ep: &str, global: &[&str]) {
     let start = Instant::now();
-    while !etcdctl(&ep, &["put", "ready", "1"], None).0 {
+    loop {
+        let (ok, out) = etcdctl_with(ep, global, &["put", "ready", "1"], None);
+        if ok {
+            return;
+        }
         assert!(
             node.exited().is_none(),
             "rampart kv serve exited: {}",
@@ -51,10 +64,42 @@ fn etcdctl_put_get_del_txn_lease_and_watch() {
         );
         assert!(
             start.elapsed() < Duration::from_secs(20),
-            "store never became ready"
+            "store never became ready: {out}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The command failed and printed `error`.
+#[track_caller]
+fn refused((ok, out): (bool, String), error: &str) {
+    assert!(!ok && out.contains(error), "wanted {error:?}, got: {out}");
+}
+
+/// The command succeeded and printed exactly `want` (trimmed).
+#[track_caller]
+fn answered((ok, out): (bool, String), want: &str) {
+    assert!(ok && out.trim() == want, "wanted {want:?}, got: {out}");
+}
+
+/// Stop a node with SIGTERM and wait (at most 10 s) until it has exited.
+fn stop(node: &mut Proc) {
+    node.signal("TERM");
+    let start = Instant::now();
+    while node.exited().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "node did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn etcdctl_put_get_del_txn_lease_and_watch() {
+    let dir = TempDir::new("etcdctl");
+    let (mut node, ep) = spawn_kv_node(&dir.path("data"));
+    wait_ready(&mut node, &ep, &[]);
 
     // A watch from the revision after `ready` (a fresh store is at 1, the put made it 2) sees
     // every write below, however long etcdctl takes to set the watch up.
@@ -70,8 +115,7 @@ fn etcdctl_put_get_del_txn_lease_and_watch() {
         ],
     );
 
-    let (ok, out) = etcdctl(&ep, &["put", "app/a", "1"], None);
-    assert!(ok && out.trim() == "OK", "{out}");
+    answered(etcdctl(&ep, &["put", "app/a", "1"], None), "OK");
     etcdctl(&ep, &["put", "app/b", "2"], None);
     let (ok, out) = etcdctl(&ep, &["get", "app/", "--prefix"], None);
     assert!(ok);
@@ -90,8 +134,7 @@ fn etcdctl_put_get_del_txn_lease_and_watch() {
     let (_, out) = etcdctl(&ep, &["get", "app/a", "--print-value-only"], None);
     assert_eq!(out.trim(), "never", "the failure branch ran");
 
-    let (ok, out) = etcdctl(&ep, &["del", "app/b"], None);
-    assert!(ok && out.trim() == "1", "{out}");
+    answered(etcdctl(&ep, &["del", "app/b"], None), "1");
 
     // Leases: grant, attach, keep alive, time to live, revoke deletes the key.
     let (ok, out) = etcdctl(&ep, &["lease", "grant", "60"], None);
@@ -141,4 +184,57 @@ fn etcdctl_put_get_del_txn_lease_and_watch() {
     }
     watch.signal("TERM");
     node.signal("TERM");
+}
+
+/// Strict reconfiguration: on a single-node store, adding a voter that does not answer would
+/// need 2 of 2 votes for every later write; it is refused, and writes keep working (also
+/// after a restart). A learner never counts towards the quorum, so it may be added while
+/// down, and promoting it is refused until it has caught up.
+#[test]
+fn member_add_of_an_unreachable_voter_is_refused_and_puts_keep_working() {
+    let dir = TempDir::new("etcdctl-reconfig");
+    let data = dir.path("data");
+    let (client, peer) = (free_port(), free_port());
+    let (mut node, ep) = spawn_kv_node_on(&data, client, peer, &[]);
+    wait_ready(&mut node, &ep, &[]);
+
+    let rogue = format!("--peer-urls=http://127.0.0.1:{}", free_port());
+    refused(
+        etcdctl(&ep, &["member", "add", "rogue", &rogue], None),
+        "etcdserver: unhealthy cluster",
+    );
+    answered(etcdctl(&ep, &["put", "after-refusal", "1"], None), "OK");
+    let (_, out) = etcdctl(&ep, &["member", "list"], None);
+    assert_eq!(
+        out.lines().count(),
+        1,
+        "the rogue member was not added: {out}"
+    );
+
+    let far = format!("--peer-urls=http://127.0.0.1:{}", free_port());
+    let (ok, out) = etcdctl(&ep, &["member", "add", "far", "--learner", &far], None);
+    assert!(ok && out.contains("added to cluster"), "{out}");
+    let learner_id = out
+        .split_whitespace()
+        .nth(1)
+        .expect("etcdctl prints: Member ID added to cluster ...")
+        .to_string();
+    answered(etcdctl(&ep, &["put", "after-learner", "2"], None), "OK");
+    refused(
+        etcdctl(&ep, &["member", "promote", &learner_id], None),
+        "can only promote a learner member which is in sync with leader",
+    );
+
+    stop(&mut node);
+    let (mut node, ep) = spawn_kv_node_on(&data, client, peer, &[]);
+    wait_ready(&mut node, &ep, &[]);
+    answered(
+        etcdctl(&ep, &["get", "after-refusal", "--print-value-only"], None),
+        "1",
+    );
+    answered(etcdctl(&ep, &["put", "after-restart", "3"], None), "OK");
+    // The learner is still a member, and removing it needs no quorum check.
+    let (ok, out) = etcdctl(&ep, &["member", "remove", &learner_id], None);
+    assert!(ok && out.contains("removed from cluster"), "{out}");
+    stop(&mut node);
 }
