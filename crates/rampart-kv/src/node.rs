@@ -22,6 +22,7 @@ use tonic::transport::Channel;
 // here; without it small gRPC replies wait ~40 ms for Nagle and delayed ACKs.
 use tonic::transport::server::TcpIncoming;
 
+use crate::access::{self, Forwarded};
 use crate::error::KvError;
 use crate::log_store::LogStore;
 use crate::network::{Network, from_blob, peer_client, to_blob};
@@ -63,6 +64,8 @@ pub struct NodeConfig {
     /// Largest request accepted (etcd's `--max-request-bytes`, 1.5 MiB by default).
     pub max_request_bytes: usize,
     pub watch_progress_interval: Duration,
+    /// How long an auth token stays valid (etcd's `--auth-token-ttl`, 300 s by default).
+    pub auth_token_ttl: Duration,
 }
 
 impl NodeConfig {
@@ -85,6 +88,7 @@ impl NodeConfig {
             history_retention: 100_000,
             max_request_bytes: 3 * 512 * 1024,
             watch_progress_interval: Duration::from_secs(600),
+            auth_token_ttl: Duration::from_secs(300),
         }
     }
 }
@@ -442,8 +446,14 @@ impl KvNode {
         Ok(client)
     }
 
-    /// Propose a write and wait for its result (forwarded when this node does not lead).
+    /// Propose one of the node's own writes (no client token) and wait for its result.
     pub async fn write(&self, cmd: Command) -> Result<Reply, KvError> {
+        self.write_as(cmd, None).await
+    }
+
+    /// Propose a client's write and wait for its result (forwarded when this node does not
+    /// lead, with the client's `token` so that the leader checks it again).
+    pub async fn write_as(&self, cmd: Command, token: Option<&str>) -> Result<Reply, KvError> {
         state::validate(&cmd)?;
         let deadline = self.deadline();
         loop {
@@ -451,7 +461,7 @@ impl KvNode {
             let attempt = if leader == self.id {
                 self.write_local(cmd.clone(), deadline).await
             } else {
-                self.forward_write(leader, &cmd, deadline).await
+                self.forward_write(leader, &cmd, token, deadline).await
             };
             match attempt {
                 // Not proposed anywhere (leadership moved first): safe to try again.
@@ -484,10 +494,15 @@ impl KvNode {
         &self,
         leader: u64,
         cmd: &Command,
+        token: Option<&str>,
         deadline: Instant,
     ) -> Result<Reply, KvError> {
         let mut client = self.peer(leader)?;
-        let blob = to_blob(cmd).map_err(KvError::Internal)?;
+        let fwd = Forwarded {
+            token: token.map(str::to_string),
+            cmd: cmd.clone(),
+        };
+        let blob = to_blob(&fwd).map_err(KvError::Internal)?;
         let mut req = tonic::Request::new(blob);
         req.set_timeout(deadline.saturating_duration_since(Instant::now()));
         match tokio::time::timeout_at(deadline, client.propose(req)).await {
@@ -498,6 +513,15 @@ impl KvNode {
             {
                 Err(KvError::NoLeader)
             }
+            // Refused by the leader's auth check: certainly not applied.
+            Ok(Err(status))
+                if matches!(
+                    status.code(),
+                    tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+                ) || status.message() == KvError::UserEmpty.to_string() =>
+            {
+                Err(auth_error(status.message()))
+            }
             // The leader may or may not have applied it.
             Ok(Err(_)) => Err(KvError::Timeout),
             Ok(Ok(resp)) => {
@@ -506,6 +530,28 @@ impl KvNode {
                 result
             }
         }
+    }
+
+    /// The keys attached to a lease (for the permission check of LeaseRevoke).
+    pub fn lease_keys(&self, id: i64) -> Vec<Vec<u8>> {
+        self.shared
+            .lease_keys(id)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    /// The leader's half of a forwarded write: check the client's token against this
+    /// node's auth state, then propose.
+    pub async fn propose_forwarded(
+        &self,
+        fwd: Forwarded,
+        deadline: Instant,
+    ) -> Result<Reply, KvError> {
+        let auth = self.shared.auth();
+        access::authorize_forwarded(&auth, &fwd, &|id| self.lease_keys(id))?;
+        state::validate(&fwd.cmd)?;
+        self.write_local(fwd.cmd, deadline).await
     }
 
     /// Make the next local read linearizable: wait until this node has applied everything
@@ -737,6 +783,18 @@ async fn propose_loop(raft: Raft, mut rx: mpsc::UnboundedReceiver<Proposal>) {
             }
         });
     }
+}
+
+/// An auth refusal relayed by the leader, back as the error it was.
+fn auth_error(message: &str) -> KvError {
+    [
+        KvError::UserEmpty,
+        KvError::InvalidAuthToken,
+        KvError::PermissionDenied,
+    ]
+    .into_iter()
+    .find(|e| e.to_string() == message)
+    .unwrap_or(KvError::PermissionDenied)
 }
 
 fn reply_result(r: Reply) -> Result<Reply, KvError> {

@@ -7,13 +7,17 @@ use prost::Message;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataMap;
 use tonic::transport::Server;
 use tonic::transport::server::Router;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::access::{self, Caller, Forwarded};
+use crate::auth::AuthState;
 use crate::error::KvError;
 use crate::network::{PEER_MAX_MESSAGE, from_blob, to_blob};
 use crate::node::KvNode;
+use crate::proto::etcdserverpb::auth_server::AuthServer;
 use crate::proto::etcdserverpb::cluster_server::{Cluster, ClusterServer};
 use crate::proto::etcdserverpb::kv_server::{Kv, KvServer};
 use crate::proto::etcdserverpb::lease_server::{Lease, LeaseServer};
@@ -32,8 +36,8 @@ pub const API_VERSION: &str = "3.5.0";
 const GRPC_OVERHEAD: usize = 512 * 1024;
 
 #[derive(Clone)]
-struct Api {
-    node: Arc<KvNode>,
+pub(crate) struct Api {
+    pub(crate) node: Arc<KvNode>,
 }
 
 pub(crate) fn client_router(node: Arc<KvNode>) -> Router {
@@ -45,7 +49,8 @@ pub(crate) fn client_router(node: Arc<KvNode>) -> Router {
         .add_service(WatchServer::new(api.clone()).max_decoding_message_size(limit))
         .add_service(LeaseServer::new(api.clone()).max_decoding_message_size(limit))
         .add_service(ClusterServer::new(api.clone()).max_decoding_message_size(limit))
-        .add_service(MaintenanceServer::new(api).max_decoding_message_size(limit))
+        .add_service(MaintenanceServer::new(api.clone()).max_decoding_message_size(limit))
+        .add_service(AuthServer::new(api).max_decoding_message_size(limit))
 }
 
 pub(crate) fn peer_router(node: Arc<KvNode>) -> Router {
@@ -84,9 +89,34 @@ impl Api {
         }
     }
 
-    async fn write(&self, cmd: Command) -> Result<Reply, Status> {
-        self.node.write(cmd).await.map_err(Status::from)
+    /// The caller a request's `token` metadata names, and the auth state that decided it.
+    pub(crate) fn caller(&self, md: &MetadataMap) -> Result<(Arc<AuthState>, Caller), Status> {
+        let auth = self.node.shared.auth();
+        let who = access::caller(&auth, token(md))?;
+        Ok((auth, who))
     }
+
+    /// Check `cmd` against the caller's rights, then propose it (with the token, so that a
+    /// leader it is forwarded to checks it again).
+    pub(crate) async fn write(&self, md: &MetadataMap, cmd: Command) -> Result<Reply, Status> {
+        let (auth, who) = self.caller(md)?;
+        access::check_command(&auth, &who, &cmd, &|id| self.node.lease_keys(id))?;
+        self.node
+            .write_as(cmd, token(md))
+            .await
+            .map_err(Status::from)
+    }
+
+    /// Only root (or anyone while auth is disabled).
+    pub(crate) fn require_root(&self, md: &MetadataMap) -> Result<(), Status> {
+        let (auth, who) = self.caller(md)?;
+        access::require_root(&auth, &who).map_err(Status::from)
+    }
+}
+
+/// The token etcd's clients send after `Authenticate`.
+fn token(md: &MetadataMap) -> Option<&str> {
+    md.get("token").and_then(|v| v.to_str().ok())
 }
 
 fn unexpected(r: &Reply) -> Status {
@@ -99,7 +129,9 @@ impl Kv for Api {
         &self,
         req: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
+        let (auth, who) = self.caller(req.metadata())?;
         let req = req.into_inner();
+        access::check_range(&auth, &who, &req)?;
         if !req.serializable {
             self.node.linearize().await?;
         }
@@ -109,9 +141,9 @@ impl Kv for Api {
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        let req = req.into_inner();
+        let (md, _, req) = req.into_parts();
         self.check_size(&req)?;
-        match self.write(Command::Put(req)).await? {
+        match self.write(&md, Command::Put(req)).await? {
             Reply::Put(mut r) => {
                 self.fill(&mut r.header);
                 Ok(Response::new(r))
@@ -124,9 +156,9 @@ impl Kv for Api {
         &self,
         req: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
-        let req = req.into_inner();
+        let (md, _, req) = req.into_parts();
         self.check_size(&req)?;
-        match self.write(Command::DeleteRange(req)).await? {
+        match self.write(&md, Command::DeleteRange(req)).await? {
             Reply::DeleteRange(mut r) => {
                 self.fill(&mut r.header);
                 Ok(Response::new(r))
@@ -136,11 +168,11 @@ impl Kv for Api {
     }
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
-        let req = req.into_inner();
+        let (md, _, req) = req.into_parts();
         self.check_size(&req)?;
         // Every txn goes through the log, read-only ones too: compares and reads then happen
         // at one point in the log order, which makes them linearizable for free.
-        match self.write(Command::Txn(req)).await? {
+        match self.write(&md, Command::Txn(req)).await? {
             Reply::Txn(mut r) => {
                 self.fill_txn(&mut r);
                 Ok(Response::new(r))
@@ -153,7 +185,8 @@ impl Kv for Api {
         &self,
         req: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
-        match self.write(Command::Compact(req.into_inner())).await? {
+        let (md, _, req) = req.into_parts();
+        match self.write(&md, Command::Compact(req)).await? {
             Reply::Compact(mut r) => {
                 self.fill(&mut r.header);
                 Ok(Response::new(r))
@@ -173,8 +206,14 @@ impl Watch for Api {
         &self,
         req: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let (_, who) = self.caller(req.metadata())?;
         let (tx, rx) = mpsc::channel(128);
-        tokio::spawn(crate::watch::serve(self.node.clone(), req.into_inner(), tx));
+        tokio::spawn(crate::watch::serve(
+            self.node.clone(),
+            who,
+            req.into_inner(),
+            tx,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -187,9 +226,12 @@ impl Lease for Api {
         &self,
         req: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
-        let req = req.into_inner();
+        let (md, _, req) = req.into_parts();
         let ttl = req.ttl.max(self.node.min_lease_ttl());
-        match self.write(Command::LeaseGrant { id: req.id, ttl }).await? {
+        match self
+            .write(&md, Command::LeaseGrant { id: req.id, ttl })
+            .await?
+        {
             Reply::LeaseGrant(mut r) => {
                 self.fill(&mut r.header);
                 Ok(Response::new(r))
@@ -202,8 +244,8 @@ impl Lease for Api {
         &self,
         req: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
-        let id = req.into_inner().id;
-        match self.write(Command::LeaseRevoke { id }).await? {
+        let (md, _, req) = req.into_parts();
+        match self.write(&md, Command::LeaseRevoke { id: req.id }).await? {
             Reply::LeaseRevoke(mut r) => {
                 self.fill(&mut r.header);
                 Ok(Response::new(r))
@@ -216,6 +258,7 @@ impl Lease for Api {
         &self,
         req: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        self.caller(req.metadata())?;
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let node = self.node.clone();
@@ -248,6 +291,7 @@ impl Lease for Api {
         &self,
         req: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        self.caller(req.metadata())?;
         let req = req.into_inner();
         let header = Some(self.node.header(self.node.shared.current_revision()));
         let Some((ttl, granted)) = self.node.lease_time_to_live(req.id).await? else {
@@ -274,8 +318,9 @@ impl Lease for Api {
 
     async fn lease_leases(
         &self,
-        _req: Request<pb::LeaseLeasesRequest>,
+        req: Request<pb::LeaseLeasesRequest>,
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
+        self.caller(req.metadata())?;
         self.node.linearize().await?;
         let ids = self
             .node
@@ -297,6 +342,7 @@ impl Cluster for Api {
         &self,
         req: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        self.require_root(req.metadata())?;
         let req = req.into_inner();
         let [url] = req.peer_ur_ls.as_slice() else {
             return Err(Status::invalid_argument(
@@ -315,6 +361,7 @@ impl Cluster for Api {
         &self,
         req: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        self.require_root(req.metadata())?;
         self.node.member_remove(req.into_inner().id).await?;
         Ok(Response::new(pb::MemberRemoveResponse {
             header: Some(self.node.header(self.node.shared.current_revision())),
@@ -339,6 +386,7 @@ impl Cluster for Api {
         &self,
         req: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        self.require_root(req.metadata())?;
         self.node.member_promote(req.into_inner().id).await?;
         Ok(Response::new(pb::MemberPromoteResponse {
             header: Some(self.node.header(self.node.shared.current_revision())),
@@ -351,8 +399,9 @@ impl Cluster for Api {
 impl Maintenance for Api {
     async fn status(
         &self,
-        _req: Request<pb::StatusRequest>,
+        req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        self.caller(req.metadata())?;
         let m = self.node.raft.metrics().borrow().clone();
         let is_learner = !m
             .membership_config
@@ -400,11 +449,16 @@ impl Peer for Api {
     }
 
     async fn propose(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
-        let cmd: Command = from_blob(req.get_ref()).map_err(Status::invalid_argument)?;
+        let fwd: Forwarded = from_blob(req.get_ref()).map_err(Status::invalid_argument)?;
         let deadline = Instant::now() + self.node.config.request_timeout;
-        match self.node.write_local(cmd, deadline).await {
-            // Not proposed: tell the follower so it may retry elsewhere.
-            Err(KvError::NoLeader) => Err(KvError::NoLeader.into()),
+        match self.node.propose_forwarded(fwd, deadline).await {
+            // Not proposed: tell the follower so it may retry elsewhere (or give up).
+            Err(
+                e @ (KvError::NoLeader
+                | KvError::UserEmpty
+                | KvError::InvalidAuthToken
+                | KvError::PermissionDenied),
+            ) => Err(e.into()),
             result => Ok(Response::new(to_blob(&result).map_err(peer_err)?)),
         }
     }

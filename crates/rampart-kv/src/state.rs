@@ -18,17 +18,18 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageIOError};
+use openraft::{EntryPayload, OptionalSend, SnapshotMeta, StorageIOError};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::auth::AuthState;
 use crate::error::KvError;
 use crate::log_store::{AnyErr, seal, unseal};
 use crate::proto::etcdserverpb::{self as pb, compare, request_op, response_op};
@@ -42,6 +43,8 @@ const HIST: TableDefinition<i64, &[u8]> = TableDefinition::new("hist");
 const LEASES: TableDefinition<i64, &[u8]> = TableDefinition::new("leases");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const META_SM: &str = "sm";
+/// The replicated auth state ([`crate::auth`]), written only when it changes.
+const META_AUTH: &str = "auth";
 
 /// Most operations in one txn (etcd's default `--max-txn-ops`).
 pub const MAX_TXN_OPS: usize = 128;
@@ -155,6 +158,7 @@ pub struct Shared {
     pub events: broadcast::Sender<Arc<RevBatch>>,
     pub lessor: Mutex<Lessor>,
     pub members: Mutex<BTreeMap<u64, MemberAttrs>>,
+    auth: RwLock<Arc<AuthState>>,
 }
 
 /// The state machine openraft drives.
@@ -164,6 +168,7 @@ pub struct StateMachine {
     meta: SmMeta,
     snapshot_path: PathBuf,
     retention: i64,
+    auth: Arc<AuthState>,
 }
 
 /// Why the state file cannot be used; the node refuses to start.
@@ -199,7 +204,7 @@ impl StateMachine {
             path: name.clone(),
             detail,
         };
-        let (meta, leases) = {
+        let (meta, leases, auth) = {
             let rx = db.begin_read().map_err(|e| open(e.to_string()))?;
             let m = rx.open_table(META).map_err(|e| open(e.to_string()))?;
             let meta = match m.get(META_SM).map_err(|e| open(e.to_string()))? {
@@ -231,7 +236,11 @@ impl StateMachine {
                 unseal(v.value())
                     .map_err(|d| corrupt(format!("history of revision {}: {d}", k.value())))?;
             }
-            (meta, leases)
+            let auth = match m.get(META_AUTH).map_err(|e| open(e.to_string()))? {
+                Some(v) => decode::<AuthState>(v.value()).map_err(corrupt)?,
+                None => AuthState::default(),
+            };
+            (meta, leases, Arc::new(auth))
         };
         let mut lessor = Lessor::default();
         for (id, ttl) in leases {
@@ -245,11 +254,13 @@ impl StateMachine {
             events: broadcast::channel(1024).0,
             lessor: Mutex::new(lessor),
             members: Mutex::new(meta.members.clone()),
+            auth: RwLock::new(auth.clone()),
         });
         let sm = StateMachine {
             shared: shared.clone(),
             meta,
             snapshot_path: dir.join("snapshot.bin"),
+            auth,
             retention: i64::try_from(retention).unwrap_or(i64::MAX),
         };
         Ok((sm, shared))
@@ -520,6 +531,14 @@ impl Shared {
             .unwrap_or(0)
     }
 
+    /// The auth state as last applied on this node.
+    pub fn auth(&self) -> Arc<AuthState> {
+        self.auth
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     pub fn current_revision(&self) -> i64 {
         self.revision.load(Ordering::Acquire)
     }
@@ -533,6 +552,8 @@ struct Writer<'t> {
     hist: Table<'t, i64, &'static [u8]>,
     leases: Table<'t, i64, &'static [u8]>,
     meta: &'t mut SmMeta,
+    auth: &'t mut Arc<AuthState>,
+    auth_changed: bool,
     /// Events of the command being applied (they all get revision `meta.revision + 1`).
     pending: Vec<Event>,
     published: Vec<Arc<RevBatch>>,
@@ -967,6 +988,16 @@ impl Writer<'_> {
                     revision: self.meta.revision,
                 })
             }
+            Command::Auth(a) => {
+                let mut next = AuthState::clone(self.auth);
+                next.apply(a).map(|()| {
+                    *self.auth = Arc::new(next);
+                    self.auth_changed = true;
+                    Reply::Done {
+                        revision: self.meta.revision,
+                    }
+                })
+            }
         };
         match result {
             Ok(reply) => match self.finish() {
@@ -1090,20 +1121,16 @@ fn collect_writes<'a>(
     Ok(())
 }
 
+mod snapshot;
+
+pub use snapshot::{SnapshotBuilder, verify_snapshot_file};
+use snapshot::{decode_image, load_image, read_snapshot_file, write_snapshot_file};
+
 // ---------------------------------------------------------------------------------------
 // openraft glue
 
 fn io_err(e: impl std::fmt::Display) -> StorageError {
     StorageIOError::write_state_machine(&AnyErr(e.to_string())).into()
-}
-
-/// A self-contained image of the state, for snapshots.
-#[derive(Serialize, Deserialize)]
-struct Image {
-    meta: SmMeta,
-    kv: Vec<(Vec<u8>, Vec<u8>)>,
-    hist: Vec<(i64, Vec<u8>)>,
-    leases: Vec<(i64, Vec<u8>)>,
 }
 
 /// What applying a batch produced, for the caller to publish after the commit.
@@ -1116,18 +1143,21 @@ struct Applied {
 fn apply_batch(
     db: &Database,
     meta: &mut SmMeta,
+    auth: &mut Arc<AuthState>,
     entries: Vec<Entry>,
     retention: i64,
 ) -> Result<Applied, KvError> {
     let tx = db.begin_write().map_err(storage)?;
     let mut tx = tx;
     tx.set_durability(Durability::None).map_err(storage)?;
-    let (replies, published, effects) = {
+    let (replies, published, effects, auth_changed) = {
         let mut w = Writer {
             kv: tx.open_table(KV).map_err(storage)?,
             hist: tx.open_table(HIST).map_err(storage)?,
             leases: tx.open_table(LEASES).map_err(storage)?,
             meta,
+            auth,
+            auth_changed: false,
             pending: Vec::new(),
             published: Vec::new(),
             lease_effects: Vec::new(),
@@ -1164,9 +1194,12 @@ fn apply_batch(
             w.meta.applied = Some(entry.log_id);
             replies.push(reply);
         }
-        (replies, w.published, w.lease_effects)
+        (replies, w.published, w.lease_effects, w.auth_changed)
     };
     write_meta(&tx, meta)?;
+    if auth_changed {
+        write_auth(&tx, auth)?;
+    }
     tx.commit().map_err(storage)?;
     Ok(Applied {
         replies,
@@ -1179,6 +1212,13 @@ fn write_meta(tx: &WriteTransaction, meta: &SmMeta) -> Result<(), KvError> {
     let bytes = encode(meta)?;
     let mut m = tx.open_table(META).map_err(storage)?;
     m.insert(META_SM, bytes.as_slice()).map_err(storage)?;
+    Ok(())
+}
+
+fn write_auth(tx: &WriteTransaction, auth: &AuthState) -> Result<(), KvError> {
+    let bytes = encode(auth)?;
+    let mut m = tx.open_table(META).map_err(storage)?;
+    m.insert(META_AUTH, bytes.as_slice()).map_err(storage)?;
     Ok(())
 }
 
@@ -1215,6 +1255,11 @@ impl StateMachine {
             .members
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = self.meta.members.clone();
+        *self
+            .shared
+            .auth
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = self.auth.clone();
         self.shared
             .cluster_id
             .store(self.meta.cluster_id, Ordering::Release);
@@ -1243,10 +1288,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let db = self.shared.db.clone();
         let mut meta = self.meta.clone();
+        let mut auth = self.auth.clone();
         let retention = self.retention;
-        let (meta, result) = tokio::task::spawn_blocking(move || {
-            let r = apply_batch(&db, &mut meta, entries, retention);
-            (meta, r)
+        let (meta, auth, result) = tokio::task::spawn_blocking(move || {
+            let r = apply_batch(&db, &mut meta, &mut auth, entries, retention);
+            (meta, auth, r)
         })
         .await
         .map_err(io_err)?;
@@ -1256,6 +1302,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             effects,
         } = result.map_err(io_err)?;
         self.meta = meta;
+        self.auth = auth;
         self.publish(published, effects);
         Ok(replies)
     }
@@ -1277,7 +1324,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let image: Image = decode(&data).map_err(|e| {
+        let image = decode_image(&data).map_err(|e| {
             StorageError::from(StorageIOError::read_snapshot(
                 Some(meta.signature()),
                 &AnyErr(e),
@@ -1285,6 +1332,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })?;
         let db = self.shared.db.clone();
         let sm_meta = image.meta.clone();
+        self.auth = Arc::new(image.auth.clone());
         tokio::task::spawn_blocking(move || load_image(&db, &image))
             .await
             .map_err(io_err)?
@@ -1331,162 +1379,4 @@ impl StateMachine {
         }
         Ok(out)
     }
-}
-
-fn load_image(db: &Database, image: &Image) -> Result<(), KvError> {
-    let mut tx = db.begin_write().map_err(storage)?;
-    tx.set_durability(Durability::Immediate).map_err(storage)?;
-    {
-        let mut kv = tx.open_table(KV).map_err(storage)?;
-        kv.retain(|_, _| false).map_err(storage)?;
-        for (k, v) in &image.kv {
-            kv.insert(k.as_slice(), v.as_slice()).map_err(storage)?;
-        }
-        let mut hist = tx.open_table(HIST).map_err(storage)?;
-        hist.retain(|_, _| false).map_err(storage)?;
-        for (k, v) in &image.hist {
-            hist.insert(*k, v.as_slice()).map_err(storage)?;
-        }
-        let mut leases = tx.open_table(LEASES).map_err(storage)?;
-        leases.retain(|_, _| false).map_err(storage)?;
-        for (k, v) in &image.leases {
-            leases.insert(*k, v.as_slice()).map_err(storage)?;
-        }
-    }
-    write_meta(&tx, &image.meta)?;
-    tx.commit().map_err(storage)?;
-    Ok(())
-}
-
-/// Builds snapshots from a consistent read of the state.
-#[derive(Debug)]
-pub struct SnapshotBuilder {
-    db: Arc<Database>,
-    path: PathBuf,
-}
-
-impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let db = self.db.clone();
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || build_snapshot(&db, &path))
-            .await
-            .map_err(io_err)?
-            .map_err(|e| StorageIOError::write_snapshot(None, &AnyErr(e.to_string())).into())
-    }
-}
-
-fn build_snapshot(db: &Database, path: &Path) -> Result<Snapshot<TypeConfig>, KvError> {
-    // Make every earlier (non-durable) apply durable first: once this snapshot exists the
-    // log before it may be purged, and the state on disk must not be older than it.
-    let mut tx = db.begin_write().map_err(storage)?;
-    tx.set_durability(Durability::Immediate).map_err(storage)?;
-    tx.commit().map_err(storage)?;
-
-    let rx = db.begin_read().map_err(storage)?;
-    let meta = Shared::read_meta(&rx.open_table(META).map_err(storage)?)?;
-    let mut image = Image {
-        meta,
-        kv: Vec::new(),
-        hist: Vec::new(),
-        leases: Vec::new(),
-    };
-    for item in rx
-        .open_table(KV)
-        .map_err(storage)?
-        .iter()
-        .map_err(storage)?
-    {
-        let (k, v) = item.map_err(storage)?;
-        image.kv.push((k.value().to_vec(), v.value().to_vec()));
-    }
-    for item in rx
-        .open_table(HIST)
-        .map_err(storage)?
-        .iter()
-        .map_err(storage)?
-    {
-        let (k, v) = item.map_err(storage)?;
-        image.hist.push((k.value(), v.value().to_vec()));
-    }
-    for item in rx
-        .open_table(LEASES)
-        .map_err(storage)?
-        .iter()
-        .map_err(storage)?
-    {
-        let (k, v) = item.map_err(storage)?;
-        image.leases.push((k.value(), v.value().to_vec()));
-    }
-    let data = encode(&image)?;
-    let last = image.meta.applied;
-    let snapshot_id = match last {
-        Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, image.meta.revision),
-        None => format!("0-0-{}", image.meta.revision),
-    };
-    let meta = SnapshotMeta {
-        last_log_id: last,
-        last_membership: image.meta.membership.clone(),
-        snapshot_id,
-    };
-    write_snapshot_file(path, &meta, &data).map_err(KvError::Storage)?;
-    Ok(Snapshot {
-        meta,
-        snapshot: Box::new(Cursor::new(data)),
-    })
-}
-
-#[derive(Serialize, Deserialize)]
-struct SnapshotFile {
-    meta: SnapshotMeta<u64, Member>,
-    data: Vec<u8>,
-}
-
-fn write_snapshot_file(
-    path: &Path,
-    meta: &SnapshotMeta<u64, Member>,
-    data: &[u8],
-) -> Result<(), String> {
-    use std::io::Write;
-    let file = SnapshotFile {
-        meta: meta.clone(),
-        data: data.to_vec(),
-    };
-    let bytes = encode(&file).map_err(|e| e.to_string())?;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    f.write_all(&bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if let Some(dir) = path.parent()
-        && let Ok(d) = std::fs::File::open(dir)
-    {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
-fn read_snapshot_file(path: &Path) -> Result<Option<Snapshot<TypeConfig>>, String> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
-    };
-    let file: SnapshotFile = decode(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(Some(Snapshot {
-        meta: file.meta,
-        snapshot: Box::new(Cursor::new(file.data)),
-    }))
-}
-
-/// Check a snapshot file at start-up: a damaged one stops the node.
-pub fn verify_snapshot_file(dir: &Path) -> Result<(), StateOpenError> {
-    let path = dir.join("snapshot.bin");
-    read_snapshot_file(&path)
-        .map(|_| ())
-        .map_err(|detail| StateOpenError::Corrupt {
-            path: path.display().to_string(),
-            detail,
-        })
 }

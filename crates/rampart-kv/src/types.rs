@@ -5,6 +5,7 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::AuthCommand;
 use crate::error::KvError;
 use crate::proto::etcdserverpb as pb;
 
@@ -56,6 +57,8 @@ pub enum Command {
         name: String,
         client_urls: Vec<String>,
     },
+    /// A change to users, roles or the auth switch (applied to the replicated auth state).
+    Auth(AuthCommand),
 }
 
 /// The result of applying one [`Command`]. Headers carry the revision; the serving node fills

@@ -192,6 +192,9 @@ pub(crate) struct ServeArgs {
     history_retention: u64,
     #[arg(long, default_value_t = 3 * 512 * 1024)]
     max_request_bytes: usize,
+    /// Lifetime of auth tokens, in seconds (etcd's flag).
+    #[arg(long, default_value_t = 300)]
+    auth_token_ttl: u64,
 }
 
 /// `http://host:port` → a socket address to listen on.
@@ -245,6 +248,7 @@ impl ServeArgs {
             history_retention: self.history_retention,
             max_request_bytes: self.max_request_bytes,
             watch_progress_interval: Duration::from_secs(600),
+            auth_token_ttl: Duration::from_secs(self.auth_token_ttl),
         })
     }
 }

@@ -238,3 +238,147 @@ fn member_add_of_an_unreachable_voter_is_refused_and_puts_keep_working() {
     assert!(ok && out.contains("removed from cluster"), "{out}");
     stop(&mut node);
 }
+
+/// etcd's auth with etcd's own client: users, roles, key-range permissions, root-only
+/// administration, the errors etcdctl prints, and the state surviving a restart.
+#[test]
+fn auth_users_roles_and_permissions_with_etcdctl() {
+    let dir = TempDir::new("etcdctl-auth");
+    let data = dir.path("data");
+    let (client, peer) = (free_port(), free_port());
+    let (mut node, ep) = spawn_kv_node_on(&data, client, peer, &[]);
+    wait_ready(&mut node, &ep, &[]);
+    let ok = |args: &[&str], want: &str| {
+        let (ok, out) = etcdctl(&ep, args, None);
+        assert!(ok && out.contains(want), "{args:?}: {out}");
+    };
+    ok(&["user", "add", "root:rootpw"], "User root created");
+    ok(&["user", "add", "alice:alicepw"], "User alice created");
+    ok(&["role", "add", "app"], "Role app created");
+    ok(
+        &[
+            "role",
+            "grant-permission",
+            "app",
+            "readwrite",
+            "app/",
+            "--prefix",
+        ],
+        "Role app updated",
+    );
+    ok(
+        &["role", "grant-permission", "app", "read", "shared"],
+        "Role app updated",
+    );
+    ok(
+        &["user", "grant-role", "alice", "app"],
+        "Role app is granted to user alice",
+    );
+    let (ok_, out) = etcdctl(&ep, &["user", "add", "alice:again"], None);
+    assert!(
+        !ok_ && out.contains("etcdserver: user name already exists"),
+        "{out}"
+    );
+    // etcdctl creates the root role and grants it when AuthEnable says it is missing.
+    ok(&["auth", "enable"], "Authentication Enabled");
+
+    let root = ["--user", "root:rootpw"];
+    let alice = ["--user", "alice:alicepw"];
+    let run = |global: &[&str], args: &[&str]| etcdctl_with(&ep, global, args, None);
+
+    refused(
+        run(&[], &["put", "app/a", "1"]),
+        "etcdserver: user name is empty",
+    );
+    refused(
+        run(&[], &["get", "app/a"]),
+        "etcdserver: user name is empty",
+    );
+    refused(
+        run(&["--user", "alice:wrong"], &["get", "app/a"]),
+        "etcdserver: authentication failed, invalid user ID or password",
+    );
+
+    answered(run(&alice, &["put", "app/a", "1"]), "OK");
+    let (ok_, out) = run(&alice, &["get", "app/", "--prefix"]);
+    assert!(
+        ok_ && out.lines().collect::<Vec<_>>() == ["app/a", "1"],
+        "{out}"
+    );
+    refused(
+        run(&alice, &["put", "secret", "x"]),
+        "etcdserver: permission denied",
+    );
+    refused(
+        run(&alice, &["get", "secret"]),
+        "etcdserver: permission denied",
+    );
+    let (ok_, out) = run(&alice, &["put", "shared", "x"]);
+    assert!(
+        !ok_ && out.contains("etcdserver: permission denied"),
+        "read-only: {out}"
+    );
+    refused(
+        run(&alice, &["get", "", "--from-key"]),
+        "etcdserver: permission denied",
+    );
+    // A txn is checked in both branches: a forbidden key in the failure branch refuses it.
+    let txn = "value(\"app/a\") = \"1\"\n\nput app/b 2\n\nput secret 2\n\n";
+    refused(
+        etcdctl_with(&ep, &alice, &["txn"], Some(txn)),
+        "etcdserver: permission denied",
+    );
+    let txn = "value(\"app/a\") = \"1\"\n\nput app/b 2\n\nput app/c 2\n\n";
+    let (ok_, out) = etcdctl_with(&ep, &alice, &["txn"], Some(txn));
+    assert!(ok_ && out.starts_with("SUCCESS"), "{out}");
+    // Administration needs root.
+    let rogue = format!("--peer-urls=http://127.0.0.1:{}", free_port());
+    refused(
+        run(&alice, &["member", "add", "x", "--learner", &rogue]),
+        "etcdserver: permission denied",
+    );
+    refused(
+        run(&alice, &["user", "add", "mallory:pw"]),
+        "etcdserver: permission denied",
+    );
+    refused(
+        run(&alice, &["compaction", "1"]),
+        "etcdserver: permission denied",
+    );
+    answered(run(&root, &["put", "secret", "s"]), "OK");
+    let (ok_, out) = run(&root, &["user", "list"]);
+    assert!(
+        ok_ && out.contains("alice") && out.contains("root"),
+        "{out}"
+    );
+    let (ok_, out) = run(&root, &["role", "get", "app"]);
+    assert!(ok_ && out.contains("[app/, app0)"), "{out}");
+    refused(
+        run(&root, &["user", "delete", "root"]),
+        "etcdserver: invalid auth management",
+    );
+
+    // Users, roles and the switch are replicated state: they survive a restart.
+    stop(&mut node);
+    let (mut node, ep) = spawn_kv_node_on(&data, client, peer, &[]);
+    wait_ready(&mut node, &ep, &root);
+    let run = |global: &[&str], args: &[&str]| etcdctl_with(&ep, global, args, None);
+    answered(run(&alice, &["get", "app/a", "--print-value-only"]), "1");
+    refused(
+        run(&[], &["get", "app/a"]),
+        "etcdserver: user name is empty",
+    );
+    let (ok_, out) = run(
+        &root,
+        &["role", "revoke-permission", "app", "app/", "--prefix"],
+    );
+    assert!(ok_, "{out}");
+    refused(
+        run(&alice, &["get", "app/a"]),
+        "etcdserver: permission denied",
+    );
+    let (ok_, out) = run(&root, &["auth", "disable"]);
+    assert!(ok_ && out.contains("Authentication Disabled"), "{out}");
+    answered(run(&[], &["put", "open", "again"]), "OK");
+    stop(&mut node);
+}
