@@ -9,8 +9,8 @@
 //!   DeleteRange WRITE over the range (and READ with `prev_kv`); a Txn needs READ over every
 //!   compare's range and the rights of every operation in both branches, nested ones too;
 //!   LeaseRevoke WRITE on every key attached to the lease; other lease calls, Status and
-//!   alarm listing need only a valid user. Compaction, membership changes, alarm
-//!   deactivation and auth changes need root.
+//!   alarm listing need only a valid user. Compaction, membership changes, raising or
+//!   clearing alarms and auth changes need root.
 //!
 //! Checks run on the node that receives the request (with its applied auth state). A
 //! follower forwards a write to the leader together with the client's token, and the leader
@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::{AuthState, PermKind, covered, token};
 use crate::error::KvError;
 use crate::proto::etcdserverpb::{self as pb, request_op};
-use crate::types::Command;
+use crate::types::{AlarmCommand, Command};
 
 /// Who is asking: `None` when auth is disabled (everything is allowed), else the user the
 /// token names.
@@ -150,14 +150,16 @@ pub fn check_command(
             }
             Ok(())
         }
-        Command::Compact(_) | Command::SetMemberAttrs { .. } | Command::Auth(_) => {
-            Err(KvError::PermissionDenied)
-        }
+        Command::Compact(_)
+        | Command::SetMemberAttrs { .. }
+        | Command::Auth(_)
+        | Command::Alarm(_) => Err(KvError::PermissionDenied),
     }
 }
 
 /// The leader's check of a write a follower forwarded. The nodes' own bookkeeping
-/// (publishing member attributes, revoking expired leases) carries no token and is allowed;
+/// (publishing member attributes, revoking expired leases, raising NOSPACE) carries no
+/// token and is allowed;
 /// anything else needs the client's token, checked as if the client had called the leader.
 pub fn authorize_forwarded(
     state: &AuthState,
@@ -170,7 +172,9 @@ pub fn authorize_forwarded(
     if fwd.token.is_none()
         && matches!(
             fwd.cmd,
-            Command::SetMemberAttrs { .. } | Command::LeaseRevoke { .. }
+            Command::SetMemberAttrs { .. }
+                | Command::LeaseRevoke { .. }
+                | Command::Alarm(AlarmCommand::Activate { .. })
         )
     {
         return Ok(());

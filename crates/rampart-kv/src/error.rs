@@ -24,6 +24,8 @@ pub enum KvError {
     LeaseExists,
     #[error("etcdserver: too large lease TTL")]
     LeaseTtlTooLarge,
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
     #[error("etcdserver: no leader")]
@@ -114,6 +116,7 @@ impl KvError {
             | KvError::RootUserNotExist
             | KvError::RootRoleNotExist => Code::FailedPrecondition,
             KvError::PermissionDenied => Code::PermissionDenied,
+            KvError::NoSpace => Code::ResourceExhausted,
             KvError::InvalidAuthToken => Code::Unauthenticated,
             KvError::NoLeader | KvError::Timeout => Code::Unavailable,
             KvError::Storage(_) | KvError::Internal(_) => Code::Internal,

@@ -29,6 +29,7 @@ pub mod membership;
 pub mod network;
 pub mod node;
 pub mod proto;
+pub mod quota;
 pub mod service;
 pub mod state;
 pub mod types;

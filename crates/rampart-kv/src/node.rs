@@ -66,6 +66,8 @@ pub struct NodeConfig {
     pub watch_progress_interval: Duration,
     /// How long an auth token stays valid (etcd's `--auth-token-ttl`, 300 s by default).
     pub auth_token_ttl: Duration,
+    /// Largest state file before NOSPACE is raised (etcd's `--quota-backend-bytes`).
+    pub quota_backend_bytes: u64,
 }
 
 impl NodeConfig {
@@ -89,6 +91,7 @@ impl NodeConfig {
             max_request_bytes: 3 * 512 * 1024,
             watch_progress_interval: Duration::from_secs(600),
             auth_token_ttl: Duration::from_secs(300),
+            quota_backend_bytes: crate::quota::DEFAULT_QUOTA_BYTES,
         }
     }
 }

@@ -26,7 +26,8 @@ use crate::proto::etcdserverpb::watch_server::{Watch, WatchServer};
 use crate::proto::etcdserverpb::{self as pb, response_op};
 use crate::proto::peer::peer_server::{Peer, PeerServer};
 use crate::proto::peer::{Blob, Empty, LeaseId, LeaseTtl, ReadIndexReply};
-use crate::types::{Command, Reply};
+use crate::quota;
+use crate::types::{AlarmCommand, Command, Reply};
 
 /// The version reported by Maintenance.Status: the etcd API level this store speaks.
 pub const API_VERSION: &str = "3.5.0";
@@ -101,10 +102,37 @@ impl Api {
     pub(crate) async fn write(&self, md: &MetadataMap, cmd: Command) -> Result<Reply, Status> {
         let (auth, who) = self.caller(md)?;
         access::check_command(&auth, &who, &cmd, &|id| self.node.lease_keys(id))?;
+        self.check_quota(&cmd).await?;
         self.node
             .write_as(cmd, token(md))
             .await
             .map_err(Status::from)
+    }
+
+    /// etcd's quota: a write that adds data and would take the state file past
+    /// `--quota-backend-bytes` raises NOSPACE (through the log) and is refused. While the
+    /// alarm is raised the state machine refuses such writes itself.
+    async fn check_quota(&self, cmd: &Command) -> Result<(), Status> {
+        if !quota::adds_data(cmd) || self.node.shared.alarms().nospace() {
+            return Ok(());
+        }
+        let size = u64::try_from(self.node.shared.db_size()).unwrap_or(0);
+        if size.saturating_add(quota::cost(cmd)) <= self.node.config.quota_backend_bytes {
+            return Ok(());
+        }
+        let raise = Command::Alarm(AlarmCommand::Activate {
+            member: self.node.id,
+            alarm: quota::NOSPACE,
+        });
+        if let Err(e) = self.node.write(raise).await {
+            tracing::warn!(error = %e, "raising the NOSPACE alarm failed");
+        }
+        tracing::warn!(
+            size,
+            quota = self.node.config.quota_backend_bytes,
+            "space quota exhausted: NOSPACE raised, writes refused until `alarm disarm`"
+        );
+        Err(KvError::NoSpace.into())
     }
 
     /// Only root (or anyone while auth is disabled).
@@ -397,11 +425,62 @@ impl Cluster for Api {
 
 #[tonic::async_trait]
 impl Maintenance for Api {
+    async fn alarm(
+        &self,
+        req: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
+        use pb::alarm_request::AlarmAction;
+        let (md, _, req) = req.into_parts();
+        let (member, alarm) = (req.member_id, req.alarm);
+        let cmd = match AlarmAction::try_from(req.action) {
+            Ok(AlarmAction::Get) => {
+                self.caller(&md)?;
+                self.node.linearize().await?;
+                let alarms = self
+                    .node
+                    .shared
+                    .alarms()
+                    .list()
+                    .into_iter()
+                    .filter(|a| {
+                        (member == 0 || a.member_id == member) && (alarm == 0 || a.alarm == alarm)
+                    })
+                    .collect();
+                return Ok(Response::new(pb::AlarmResponse {
+                    header: Some(self.node.header(self.node.shared.current_revision())),
+                    alarms,
+                }));
+            }
+            Ok(AlarmAction::Activate) => AlarmCommand::Activate { member, alarm },
+            Ok(AlarmAction::Deactivate) => AlarmCommand::Deactivate { member, alarm },
+            Err(_) => return Err(Status::invalid_argument("etcdserver: unknown alarm action")),
+        };
+        let changed = match &cmd {
+            AlarmCommand::Activate { .. } => alarm != 0,
+            AlarmCommand::Deactivate { .. } => {
+                self.node.shared.alarms().0.contains(&(member, alarm))
+            }
+        };
+        self.write(&md, Command::Alarm(cmd)).await?;
+        Ok(Response::new(pb::AlarmResponse {
+            header: Some(self.node.header(self.node.shared.current_revision())),
+            alarms: if changed {
+                vec![pb::AlarmMember {
+                    member_id: member,
+                    alarm,
+                }]
+            } else {
+                Vec::new()
+            },
+        }))
+    }
+
     async fn status(
         &self,
         req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         self.caller(req.metadata())?;
+        let errors = self.node.shared.alarms().describe();
         let m = self.node.raft.metrics().borrow().clone();
         let is_learner = !m
             .membership_config
@@ -417,7 +496,7 @@ impl Maintenance for Api {
             raft_index: m.last_log_index.unwrap_or(0),
             raft_term: m.current_term,
             raft_applied_index: m.last_applied.map_or(0, |l| l.index),
-            errors: Vec::new(),
+            errors,
             db_size_in_use: size,
             is_learner,
         }))

@@ -34,6 +34,7 @@ use crate::error::KvError;
 use crate::log_store::{AnyErr, seal, unseal};
 use crate::proto::etcdserverpb::{self as pb, compare, request_op, response_op};
 use crate::proto::mvccpb::{Event, KeyValue, event::EventType};
+use crate::quota::{self, Alarms};
 use crate::types::{
     Command, Entry, LogId, Member, Reply, StorageError, StoredMembership, TypeConfig,
 };
@@ -43,8 +44,8 @@ const HIST: TableDefinition<i64, &[u8]> = TableDefinition::new("hist");
 const LEASES: TableDefinition<i64, &[u8]> = TableDefinition::new("leases");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const META_SM: &str = "sm";
-/// The replicated auth state ([`crate::auth`]), written only when it changes.
-const META_AUTH: &str = "auth";
+/// The replicated [`Control`] state, written only when it changes.
+const META_CONTROL: &str = "control";
 
 /// Most operations in one txn (etcd's default `--max-txn-ops`).
 pub const MAX_TXN_OPS: usize = 128;
@@ -60,6 +61,14 @@ pub struct SmMeta {
     pub compact_revision: i64,
     pub cluster_id: u64,
     pub members: BTreeMap<u64, MemberAttrs>,
+}
+
+/// Replicated state besides keys that changes rarely: auth and alarms. Each part is an
+/// `Arc` handed to readers as is; applying a change replaces the part.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Control {
+    pub auth: Arc<AuthState>,
+    pub alarms: Arc<Alarms>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,6 +168,7 @@ pub struct Shared {
     pub lessor: Mutex<Lessor>,
     pub members: Mutex<BTreeMap<u64, MemberAttrs>>,
     auth: RwLock<Arc<AuthState>>,
+    alarms: RwLock<Arc<Alarms>>,
 }
 
 /// The state machine openraft drives.
@@ -168,7 +178,7 @@ pub struct StateMachine {
     meta: SmMeta,
     snapshot_path: PathBuf,
     retention: i64,
-    auth: Arc<AuthState>,
+    ctl: Control,
 }
 
 /// Why the state file cannot be used; the node refuses to start.
@@ -204,7 +214,7 @@ impl StateMachine {
             path: name.clone(),
             detail,
         };
-        let (meta, leases, auth) = {
+        let (meta, leases, ctl) = {
             let rx = db.begin_read().map_err(|e| open(e.to_string()))?;
             let m = rx.open_table(META).map_err(|e| open(e.to_string()))?;
             let meta = match m.get(META_SM).map_err(|e| open(e.to_string()))? {
@@ -236,11 +246,11 @@ impl StateMachine {
                 unseal(v.value())
                     .map_err(|d| corrupt(format!("history of revision {}: {d}", k.value())))?;
             }
-            let auth = match m.get(META_AUTH).map_err(|e| open(e.to_string()))? {
-                Some(v) => decode::<AuthState>(v.value()).map_err(corrupt)?,
-                None => AuthState::default(),
+            let ctl = match m.get(META_CONTROL).map_err(|e| open(e.to_string()))? {
+                Some(v) => decode::<Control>(v.value()).map_err(corrupt)?,
+                None => Control::default(),
             };
-            (meta, leases, Arc::new(auth))
+            (meta, leases, ctl)
         };
         let mut lessor = Lessor::default();
         for (id, ttl) in leases {
@@ -254,13 +264,14 @@ impl StateMachine {
             events: broadcast::channel(1024).0,
             lessor: Mutex::new(lessor),
             members: Mutex::new(meta.members.clone()),
-            auth: RwLock::new(auth.clone()),
+            auth: RwLock::new(ctl.auth.clone()),
+            alarms: RwLock::new(ctl.alarms.clone()),
         });
         let sm = StateMachine {
             shared: shared.clone(),
             meta,
             snapshot_path: dir.join("snapshot.bin"),
-            auth,
+            ctl,
             retention: i64::try_from(retention).unwrap_or(i64::MAX),
         };
         Ok((sm, shared))
@@ -334,6 +345,54 @@ where
     Ok(out)
 }
 
+/// A scan of the current keys in key order that keeps at most `keep` matches and only
+/// counts the rest, so `Range` with a limit (or `count_only`) holds `limit` values in
+/// memory, not the whole range. Without filters, keys past the window are not even decoded.
+fn scan_window<T>(
+    kv: &T,
+    r: &KeyRange<'_>,
+    keep: usize,
+    descend: bool,
+    filter: Option<&dyn Fn(&KeyValue) -> bool>,
+) -> Result<(Vec<KeyValue>, i64), KvError>
+where
+    T: ReadableTable<&'static [u8], &'static [u8]>,
+{
+    if r.is_single() || (r.end != [0] && r.end <= r.key) {
+        let mut kvs = scan(kv, r)?;
+        kvs.retain(|kv| filter.is_none_or(|f| f(kv)));
+        let count = i64::try_from(kvs.len()).unwrap_or(i64::MAX);
+        kvs.truncate(keep);
+        return Ok((kvs, count));
+    }
+    let iter = if r.end == [0] {
+        kv.range::<&[u8]>(r.key..).map_err(storage)?
+    } else {
+        kv.range::<&[u8]>(r.key..r.end).map_err(storage)?
+    };
+    let iter: Box<dyn Iterator<Item = _>> = if descend {
+        Box::new(iter.rev())
+    } else {
+        Box::new(iter)
+    };
+    let (mut out, mut count) = (Vec::new(), 0i64);
+    for item in iter {
+        let (_, v) = item.map_err(storage)?;
+        if out.len() >= keep && filter.is_none() {
+            count += 1;
+            continue;
+        }
+        let kv = decode_kv(v.value())?;
+        if filter.is_none_or(|f| f(&kv)) {
+            count += 1;
+            if out.len() < keep {
+                out.push(kv);
+            }
+        }
+    }
+    Ok((out, count))
+}
+
 fn decode_kv(sealed: &[u8]) -> Result<KeyValue, KvError> {
     decode(sealed).map_err(KvError::Storage)
 }
@@ -391,6 +450,45 @@ where
         key: &req.key,
         end: &req.range_end,
     };
+    let filter = |kv: &KeyValue| {
+        (req.min_mod_revision == 0 || kv.mod_revision >= req.min_mod_revision)
+            && (req.max_mod_revision == 0 || kv.mod_revision <= req.max_mod_revision)
+            && (req.min_create_revision == 0 || kv.create_revision >= req.min_create_revision)
+            && (req.max_create_revision == 0 || kv.create_revision <= req.max_create_revision)
+    };
+    let filtered = req.min_mod_revision != 0
+        || req.max_mod_revision != 0
+        || req.min_create_revision != 0
+        || req.max_create_revision != 0;
+    let by_key = req.sort_target == pb::range_request::SortTarget::Key as i32;
+    if (req.revision <= 0 || req.revision == current) && by_key {
+        let keep = if req.count_only {
+            0
+        } else if req.limit > 0 {
+            usize::try_from(req.limit).unwrap_or(usize::MAX)
+        } else {
+            usize::MAX
+        };
+        let descend = req.sort_order == pb::range_request::SortOrder::Descend as i32;
+        let (mut kvs, count) = scan_window(
+            kv,
+            &r,
+            keep,
+            descend,
+            filtered.then_some(&filter as &dyn Fn(&KeyValue) -> bool),
+        )?;
+        if req.keys_only {
+            for kv in &mut kvs {
+                kv.value.clear();
+            }
+        }
+        return Ok(pb::RangeResponse {
+            header: Some(header(current)),
+            more: req.limit > 0 && count > req.limit,
+            kvs,
+            count,
+        });
+    }
     let mut kvs = if req.revision <= 0 || req.revision == current {
         scan(kv, &r)?
     } else if req.revision > current {
@@ -402,12 +500,7 @@ where
     } else {
         scan_at(kv, hist, &r, req.revision, current)?
     };
-    kvs.retain(|kv| {
-        (req.min_mod_revision == 0 || kv.mod_revision >= req.min_mod_revision)
-            && (req.max_mod_revision == 0 || kv.mod_revision <= req.max_mod_revision)
-            && (req.min_create_revision == 0 || kv.create_revision >= req.min_create_revision)
-            && (req.max_create_revision == 0 || kv.create_revision <= req.max_create_revision)
-    });
+    kvs.retain(filter);
     sort_kvs(&mut kvs, req.sort_order, req.sort_target);
     let count = i64::try_from(kvs.len()).unwrap_or(i64::MAX);
     let mut more = false;
@@ -539,6 +632,14 @@ impl Shared {
             .clone()
     }
 
+    /// The alarms as last applied on this node.
+    pub fn alarms(&self) -> Arc<Alarms> {
+        self.alarms
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     pub fn current_revision(&self) -> i64 {
         self.revision.load(Ordering::Acquire)
     }
@@ -552,8 +653,8 @@ struct Writer<'t> {
     hist: Table<'t, i64, &'static [u8]>,
     leases: Table<'t, i64, &'static [u8]>,
     meta: &'t mut SmMeta,
-    auth: &'t mut Arc<AuthState>,
-    auth_changed: bool,
+    ctl: &'t mut Control,
+    ctl_changed: bool,
     /// Events of the command being applied (they all get revision `meta.revision + 1`).
     pending: Vec<Event>,
     published: Vec<Arc<RevBatch>>,
@@ -953,6 +1054,9 @@ impl Writer<'_> {
 
     /// Apply one command; an error leaves no trace (checks run before any write).
     fn command(&mut self, cmd: &Command, index: u64) -> Reply {
+        if self.ctl.alarms.nospace() && quota::adds_data(cmd) {
+            return Reply::Error(KvError::NoSpace);
+        }
         let result = match cmd {
             Command::Put(p) => self.put(p).map(Reply::Put),
             Command::DeleteRange(d) => self.delete(d).map(Reply::DeleteRange),
@@ -989,13 +1093,23 @@ impl Writer<'_> {
                 })
             }
             Command::Auth(a) => {
-                let mut next = AuthState::clone(self.auth);
+                let mut next = AuthState::clone(&self.ctl.auth);
                 next.apply(a).map(|()| {
-                    *self.auth = Arc::new(next);
-                    self.auth_changed = true;
+                    self.ctl.auth = Arc::new(next);
+                    self.ctl_changed = true;
                     Reply::Done {
                         revision: self.meta.revision,
                     }
+                })
+            }
+            Command::Alarm(a) => {
+                let mut next = Alarms::clone(&self.ctl.alarms);
+                if next.apply(a) {
+                    self.ctl.alarms = Arc::new(next);
+                    self.ctl_changed = true;
+                }
+                Ok(Reply::Done {
+                    revision: self.meta.revision,
                 })
             }
         };
@@ -1143,21 +1257,21 @@ struct Applied {
 fn apply_batch(
     db: &Database,
     meta: &mut SmMeta,
-    auth: &mut Arc<AuthState>,
+    ctl: &mut Control,
     entries: Vec<Entry>,
     retention: i64,
 ) -> Result<Applied, KvError> {
     let tx = db.begin_write().map_err(storage)?;
     let mut tx = tx;
     tx.set_durability(Durability::None).map_err(storage)?;
-    let (replies, published, effects, auth_changed) = {
+    let (replies, published, effects, ctl_changed) = {
         let mut w = Writer {
             kv: tx.open_table(KV).map_err(storage)?,
             hist: tx.open_table(HIST).map_err(storage)?,
             leases: tx.open_table(LEASES).map_err(storage)?,
             meta,
-            auth,
-            auth_changed: false,
+            ctl,
+            ctl_changed: false,
             pending: Vec::new(),
             published: Vec::new(),
             lease_effects: Vec::new(),
@@ -1194,11 +1308,11 @@ fn apply_batch(
             w.meta.applied = Some(entry.log_id);
             replies.push(reply);
         }
-        (replies, w.published, w.lease_effects, w.auth_changed)
+        (replies, w.published, w.lease_effects, w.ctl_changed)
     };
     write_meta(&tx, meta)?;
-    if auth_changed {
-        write_auth(&tx, auth)?;
+    if ctl_changed {
+        write_control(&tx, ctl)?;
     }
     tx.commit().map_err(storage)?;
     Ok(Applied {
@@ -1215,10 +1329,10 @@ fn write_meta(tx: &WriteTransaction, meta: &SmMeta) -> Result<(), KvError> {
     Ok(())
 }
 
-fn write_auth(tx: &WriteTransaction, auth: &AuthState) -> Result<(), KvError> {
-    let bytes = encode(auth)?;
+fn write_control(tx: &WriteTransaction, ctl: &Control) -> Result<(), KvError> {
+    let bytes = encode(ctl)?;
     let mut m = tx.open_table(META).map_err(storage)?;
-    m.insert(META_AUTH, bytes.as_slice()).map_err(storage)?;
+    m.insert(META_CONTROL, bytes.as_slice()).map_err(storage)?;
     Ok(())
 }
 
@@ -1259,7 +1373,12 @@ impl StateMachine {
             .shared
             .auth
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = self.auth.clone();
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = self.ctl.auth.clone();
+        *self
+            .shared
+            .alarms
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = self.ctl.alarms.clone();
         self.shared
             .cluster_id
             .store(self.meta.cluster_id, Ordering::Release);
@@ -1288,11 +1407,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let db = self.shared.db.clone();
         let mut meta = self.meta.clone();
-        let mut auth = self.auth.clone();
+        let mut ctl = self.ctl.clone();
         let retention = self.retention;
-        let (meta, auth, result) = tokio::task::spawn_blocking(move || {
-            let r = apply_batch(&db, &mut meta, &mut auth, entries, retention);
-            (meta, auth, r)
+        let (meta, ctl, result) = tokio::task::spawn_blocking(move || {
+            let r = apply_batch(&db, &mut meta, &mut ctl, entries, retention);
+            (meta, ctl, r)
         })
         .await
         .map_err(io_err)?;
@@ -1302,7 +1421,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             effects,
         } = result.map_err(io_err)?;
         self.meta = meta;
-        self.auth = auth;
+        self.ctl = ctl;
         self.publish(published, effects);
         Ok(replies)
     }
@@ -1332,7 +1451,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })?;
         let db = self.shared.db.clone();
         let sm_meta = image.meta.clone();
-        self.auth = Arc::new(image.auth.clone());
+        self.ctl = image.ctl.clone();
         tokio::task::spawn_blocking(move || load_image(&db, &image))
             .await
             .map_err(io_err)?

@@ -59,6 +59,15 @@ pub enum Command {
     },
     /// A change to users, roles or the auth switch (applied to the replicated auth state).
     Auth(AuthCommand),
+    /// Raise or clear an alarm (etcd's Maintenance.Alarm; see `quota`).
+    Alarm(AlarmCommand),
+}
+
+/// An alarm change: `(member id, etcd's AlarmType)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AlarmCommand {
+    Activate { member: u64, alarm: i32 },
+    Deactivate { member: u64, alarm: i32 },
 }
 
 /// The result of applying one [`Command`]. Headers carry the revision; the serving node fills

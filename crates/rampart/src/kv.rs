@@ -195,6 +195,10 @@ pub(crate) struct ServeArgs {
     /// Lifetime of auth tokens, in seconds (etcd's flag).
     #[arg(long, default_value_t = 300)]
     auth_token_ttl: u64,
+    /// Size of the state file past which writes that add data raise the NOSPACE alarm and
+    /// are refused (etcd's flag; 0 means etcd's default, 2 GiB).
+    #[arg(long, default_value_t = 0)]
+    quota_backend_bytes: u64,
 }
 
 /// `http://host:port` → a socket address to listen on.
@@ -249,6 +253,11 @@ impl ServeArgs {
             max_request_bytes: self.max_request_bytes,
             watch_progress_interval: Duration::from_secs(600),
             auth_token_ttl: Duration::from_secs(self.auth_token_ttl),
+            quota_backend_bytes: if self.quota_backend_bytes == 0 {
+                rampart_kv::quota::DEFAULT_QUOTA_BYTES
+            } else {
+                self.quota_backend_bytes
+            },
         })
     }
 }

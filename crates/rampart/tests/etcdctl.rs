@@ -382,3 +382,89 @@ fn auth_users_roles_and_permissions_with_etcdctl() {
     answered(run(&[], &["put", "open", "again"]), "OK");
     stop(&mut node);
 }
+
+/// etcd's space quota: writes that would pass `--quota-backend-bytes` raise NOSPACE; while
+/// it is raised puts are refused but reads, deletes and compaction work; the alarm is
+/// replicated state (it survives a restart) and `alarm disarm` clears it. Requests larger
+/// than `--max-request-bytes` (1.5 MiB by default) are refused as etcd does.
+#[test]
+fn quota_raises_nospace_until_disarmed_and_large_requests_are_refused() {
+    let dir = TempDir::new("etcdctl-quota");
+    let data = dir.path("data");
+    let (client, peer) = (free_port(), free_port());
+    let quota = ["--quota-backend-bytes", "8000000"];
+    let (mut node, ep) = spawn_kv_node_on(&data, client, peer, &quota);
+    wait_ready(&mut node, &ep, &[]);
+
+    let big = "x".repeat(1_700_000);
+    refused(
+        etcdctl(&ep, &["put", "too-big"], Some(&big)),
+        "etcdserver: request is too large",
+    );
+
+    // Fill the store with 512 KiB values until the quota refuses one (bounded).
+    let value = "v".repeat(512 * 1024);
+    let mut refusal = None;
+    for i in 0..40 {
+        let (ok, out) = etcdctl(&ep, &["put", &format!("fill/{i:02}")], Some(&value));
+        if !ok {
+            refusal = Some(out);
+            break;
+        }
+    }
+    let refusal = refusal.expect("40 puts of 512 KiB never hit an 8 MB quota");
+    assert!(
+        refusal.contains("etcdserver: mvcc: database space exceeded"),
+        "{refusal}"
+    );
+    let (ok, out) = etcdctl(&ep, &["alarm", "list"], None);
+    assert!(ok && out.contains("alarm:NOSPACE"), "{out}");
+    refused(
+        etcdctl(&ep, &["put", "small", "1"], None),
+        "etcdserver: mvcc: database space exceeded",
+    );
+    let (ok, out) = etcdctl(&ep, &["endpoint", "status"], None);
+    assert!(ok && out.contains("alarm:NOSPACE"), "{out}");
+    // Reads, deletes and compaction still work.
+    answered(
+        etcdctl(&ep, &["get", "ready", "--print-value-only"], None),
+        "1",
+    );
+    let (ok, out) = etcdctl(&ep, &["del", "fill/", "--prefix"], None);
+    assert!(ok && out.trim() != "0", "{out}");
+    let (ok, out) = etcdctl(&ep, &["get", "ready", "-w", "json"], None);
+    assert!(ok, "{out}");
+    let rev = out
+        .split("\"revision\":")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .expect("a revision in the JSON header")
+        .to_string();
+    let (ok, out) = etcdctl(&ep, &["compaction", &rev], None);
+    assert!(ok && out.contains("compacted revision"), "{out}");
+
+    // The alarm survives a restart (with a larger quota) until it is disarmed.
+    stop(&mut node);
+    let larger = ["--quota-backend-bytes", "1000000000"];
+    let (mut node, ep) = spawn_kv_node_on(&data, client, peer, &larger);
+    let start = Instant::now();
+    loop {
+        let (ok, out) = etcdctl(&ep, &["alarm", "list"], None);
+        if ok {
+            assert!(out.contains("alarm:NOSPACE"), "the alarm was lost: {out}");
+            break;
+        }
+        assert!(node.exited().is_none(), "{}", node.stderr());
+        assert!(start.elapsed() < Duration::from_secs(20), "{out}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    refused(
+        etcdctl(&ep, &["put", "small", "1"], None),
+        "etcdserver: mvcc: database space exceeded",
+    );
+    let (ok, out) = etcdctl(&ep, &["alarm", "disarm"], None);
+    assert!(ok && out.contains("alarm:NOSPACE"), "{out}");
+    answered(etcdctl(&ep, &["alarm", "list"], None), "");
+    answered(etcdctl(&ep, &["put", "small", "1"], None), "OK");
+    stop(&mut node);
+}

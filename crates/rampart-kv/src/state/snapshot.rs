@@ -1,5 +1,5 @@
 //! Snapshots of the state machine: the self-contained image (keys, history, leases, meta,
-//! auth), building it from a consistent read, loading it, and the `snapshot.bin` file that
+//! auth and alarms), building it from a consistent read, loading it, and the `snapshot.bin` file that
 //! keeps the newest one across restarts.
 
 use std::io::Cursor;
@@ -12,10 +12,9 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    HIST, KV, LEASES, META, META_AUTH, Shared, SmMeta, StateOpenError, decode, encode, io_err,
-    storage, write_auth, write_meta,
+    Control, HIST, KV, LEASES, META, META_CONTROL, Shared, SmMeta, StateOpenError, decode, encode,
+    io_err, storage, write_control, write_meta,
 };
-use crate::auth::AuthState;
 use crate::error::KvError;
 use crate::log_store::AnyErr;
 use crate::types::{Member, StorageError, TypeConfig};
@@ -27,7 +26,7 @@ pub(super) struct Image {
     pub(super) kv: Vec<(Vec<u8>, Vec<u8>)>,
     pub(super) hist: Vec<(i64, Vec<u8>)>,
     pub(super) leases: Vec<(i64, Vec<u8>)>,
-    pub(super) auth: AuthState,
+    pub(super) ctl: Control,
 }
 
 /// The image before auth existed: snapshots written by older versions still install.
@@ -46,7 +45,7 @@ pub(super) fn decode_image(data: &[u8]) -> Result<Image, String> {
             kv: v1.kv,
             hist: v1.hist,
             leases: v1.leases,
-            auth: AuthState::default(),
+            ctl: Control::default(),
         })
     })
 }
@@ -72,7 +71,7 @@ pub(super) fn load_image(db: &Database, image: &Image) -> Result<(), KvError> {
         }
     }
     write_meta(&tx, &image.meta)?;
-    write_auth(&tx, &image.auth)?;
+    write_control(&tx, &image.ctl)?;
     tx.commit().map_err(storage)?;
     Ok(())
 }
@@ -105,13 +104,13 @@ pub(super) fn build_snapshot(db: &Database, path: &Path) -> Result<Snapshot<Type
     let rx = db.begin_read().map_err(storage)?;
     let meta_table = rx.open_table(META).map_err(storage)?;
     let meta = Shared::read_meta(&meta_table)?;
-    let auth = match meta_table.get(META_AUTH).map_err(storage)? {
+    let ctl = match meta_table.get(META_CONTROL).map_err(storage)? {
         Some(v) => decode(v.value()).map_err(KvError::Storage)?,
-        None => AuthState::default(),
+        None => Control::default(),
     };
     let mut image = Image {
         meta,
-        auth,
+        ctl,
         kv: Vec::new(),
         hist: Vec::new(),
         leases: Vec::new(),

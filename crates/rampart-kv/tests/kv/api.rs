@@ -66,6 +66,31 @@ async fn kv_txn_history_leases_and_watch_behave_like_etcd() {
     assert!(r.more);
     let keys: Vec<_> = r.kvs.iter().map(|kv| kv.key.clone()).collect();
     assert_eq!(keys, vec![b"p/a".to_vec(), b"p/b".to_vec()]);
+    // A limited scan keeps only the window but still counts every match: descending by
+    // key, with a revision filter, and count_only.
+    let r = c
+        .range(pb::RangeRequest {
+            key: "p/".into(),
+            range_end: prefix_end(b"p/"),
+            limit: 1,
+            sort_order: pb::range_request::SortOrder::Descend as i32,
+            min_mod_revision: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let keys: Vec<_> = r.kvs.iter().map(|kv| kv.key.clone()).collect();
+    assert_eq!((keys, r.count, r.more), (vec![b"p/b".to_vec()], 2, true));
+    let r = c
+        .range(pb::RangeRequest {
+            key: "p/".into(),
+            range_end: prefix_end(b"p/"),
+            count_only: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((r.kvs.len(), r.count, r.more), (0, 3, false));
     let r = c
         .range(pb::RangeRequest {
             key: "p/".into(),
