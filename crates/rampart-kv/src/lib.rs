@@ -10,7 +10,8 @@
 //!   `etcdctl` included.
 //! - **Security:** membership changes that would lose quorum are refused ([`membership`]);
 //!   users, roles and key-range permissions live in the replicated state ([`auth`]) and are
-//!   enforced per request ([`access`]).
+//!   enforced per request ([`access`]); the space quota raises etcd's NOSPACE alarm
+//!   ([`quota`]); both ports speak TLS, mutual between members ([`tls`]).
 //! - **Reads** are linearizable by default (openraft's read-index: the leader confirms its
 //!   leadership with a quorum, and the serving node waits until it has applied that index),
 //!   serializable on request. Followers forward writes and read-index requests to the leader.
@@ -32,6 +33,7 @@ pub mod proto;
 pub mod quota;
 pub mod service;
 pub mod state;
+pub mod tls;
 pub mod types;
 pub mod watch;
 

@@ -21,6 +21,7 @@ use std::time::Duration;
 use openraft::ChangeMembers;
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use tokio::task::JoinSet;
+use tonic::transport::ClientTlsConfig;
 
 use crate::error::KvError;
 use crate::network::peer_client;
@@ -105,7 +106,7 @@ impl KvNode {
             .filter_map(|id| membership.get_node(id).map(|n| (*id, n.peer_url.clone())))
             .collect();
         targets.extend(extra);
-        let mut reachable = reachable(targets).await;
+        let mut reachable = reachable(targets, self.peer_client_tls.as_ref()).await;
         reachable.insert(self.id);
         check_voter_change(&old, &new, &reachable).inspect_err(|_| {
             tracing::warn!(
@@ -226,11 +227,12 @@ impl KvNode {
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The members among `targets` whose peer port answers a `Ping` now (probed in parallel).
-async fn reachable(targets: Vec<(u64, String)>) -> BTreeSet<u64> {
+async fn reachable(targets: Vec<(u64, String)>, tls: Option<&ClientTlsConfig>) -> BTreeSet<u64> {
     let mut probes = JoinSet::new();
     for (id, url) in targets {
+        let tls = tls.cloned();
         probes.spawn(async move {
-            let Ok(mut client) = peer_client(&url, PROBE_TIMEOUT) else {
+            let Ok(mut client) = peer_client(&url, PROBE_TIMEOUT, tls.as_ref()) else {
                 return None;
             };
             let mut req = tonic::Request::new(Empty {});

@@ -17,7 +17,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 // `serve_with_incoming` ignores the builder's TCP_NODELAY, so the accepted sockets get it
 // here; without it small gRPC replies wait ~40 ms for Nagle and delayed ACKs.
 use tonic::transport::server::TcpIncoming;
@@ -31,6 +31,7 @@ use crate::proto::peer::peer_client::PeerClient;
 use crate::proto::peer::{Empty, LeaseId};
 use crate::service;
 use crate::state::{self, Shared, StateMachine};
+use crate::tls::{self, TlsError, TlsFiles};
 use crate::types::{Command, Member, Raft, Reply, member_id};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +69,10 @@ pub struct NodeConfig {
     pub auth_token_ttl: Duration,
     /// Largest state file before NOSPACE is raised (etcd's `--quota-backend-bytes`).
     pub quota_backend_bytes: u64,
+    /// TLS on the client port (etcd's `--cert-file` ...); `None`: plain HTTP/2.
+    pub client_tls: Option<TlsFiles>,
+    /// Mutual TLS between members (etcd's `--peer-cert-file` ...); `None`: plain HTTP/2.
+    pub peer_tls: Option<TlsFiles>,
 }
 
 impl NodeConfig {
@@ -92,6 +97,8 @@ impl NodeConfig {
             watch_progress_interval: Duration::from_secs(600),
             auth_token_ttl: Duration::from_secs(300),
             quota_backend_bytes: crate::quota::DEFAULT_QUOTA_BYTES,
+            client_tls: None,
+            peer_tls: None,
         }
     }
 }
@@ -122,6 +129,8 @@ pub enum StartError {
     Raft(String),
     #[error("this node's peer URL {url} is not in --initial-cluster")]
     NotInCluster { url: String },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// Read-index rounds: whether one is running, and who waits for the next.
@@ -191,6 +200,8 @@ pub struct KvNode {
     tasks: Mutex<JoinSet<()>>,
     pub client_addr: SocketAddr,
     pub peer_addr: SocketAddr,
+    /// How this node connects to other members (mutual TLS), if configured.
+    pub(crate) peer_client_tls: Option<ClientTlsConfig>,
 }
 
 impl std::fmt::Debug for KvNode {
@@ -226,8 +237,25 @@ impl KvNode {
         }
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
+        // TLS files are read now, so a bad path stops the start with the flag's file named.
+        let client_server_tls = config
+            .client_tls
+            .as_ref()
+            .map(tls::server_config)
+            .transpose()?;
+        let peer_server_tls = config
+            .peer_tls
+            .as_ref()
+            .map(tls::server_config)
+            .transpose()?;
+        let peer_client_tls = config
+            .peer_tls
+            .as_ref()
+            .map(tls::client_config)
+            .transpose()?;
         let network = Network {
             connect_timeout: config.heartbeat.max(Duration::from_millis(200)),
+            tls: peer_client_tls.clone(),
         };
         let raft = Raft::new(id, Arc::new(raft_config), network, log, sm)
             .await
@@ -275,6 +303,7 @@ impl KvNode {
             tasks: Mutex::new(JoinSet::new()),
             client_addr,
             peer_addr,
+            peer_client_tls,
         });
 
         if node.config.cluster_state == ClusterState::New {
@@ -287,7 +316,7 @@ impl KvNode {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let shutdown = node.shutdown.clone();
-            let router = service::client_router(node.clone());
+            let router = service::client_router(node.clone(), client_server_tls)?;
             tasks.spawn(async move {
                 let incoming = TcpIncoming::from(client_listener).with_nodelay(Some(true));
                 if let Err(e) = router
@@ -298,7 +327,7 @@ impl KvNode {
                 }
             });
             let shutdown = node.shutdown.clone();
-            let router = service::peer_router(node.clone());
+            let router = service::peer_router(node.clone(), peer_server_tls)?;
             tasks.spawn(async move {
                 let incoming = TcpIncoming::from(peer_listener).with_nodelay(Some(true));
                 if let Err(e) = router
@@ -443,8 +472,12 @@ impl KvNode {
             .get_node(&id)
             .cloned()
             .ok_or(KvError::NoLeader)?;
-        let client =
-            peer_client(&node.peer_url, Duration::from_secs(1)).map_err(KvError::Internal)?;
+        let client = peer_client(
+            &node.peer_url,
+            Duration::from_secs(1),
+            self.peer_client_tls.as_ref(),
+        )
+        .map_err(KvError::Internal)?;
         peers.insert(id, client.clone());
         Ok(client)
     }

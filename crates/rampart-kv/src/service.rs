@@ -8,8 +8,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
-use tonic::transport::Server;
 use tonic::transport::server::Router;
+use tonic::transport::{Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::access::{self, Caller, Forwarded};
@@ -27,6 +27,7 @@ use crate::proto::etcdserverpb::{self as pb, response_op};
 use crate::proto::peer::peer_server::{Peer, PeerServer};
 use crate::proto::peer::{Blob, Empty, LeaseId, LeaseTtl, ReadIndexReply};
 use crate::quota;
+use crate::tls::TlsError;
 use crate::types::{AlarmCommand, Command, Reply};
 
 /// The version reported by Maintenance.Status: the etcd API level this store speaks.
@@ -41,25 +42,41 @@ pub(crate) struct Api {
     pub(crate) node: Arc<KvNode>,
 }
 
-pub(crate) fn client_router(node: Arc<KvNode>) -> Router {
+/// A server builder, with TLS when configured.
+fn builder(tls: Option<ServerTlsConfig>) -> Result<Server, TlsError> {
+    let server = Server::builder().tcp_nodelay(true);
+    match tls {
+        Some(t) => server
+            .tls_config(t)
+            .map_err(|e| TlsError::Config(e.to_string())),
+        None => Ok(server),
+    }
+}
+
+pub(crate) fn client_router(
+    node: Arc<KvNode>,
+    tls: Option<ServerTlsConfig>,
+) -> Result<Router, TlsError> {
     let limit = node.max_request_bytes() + GRPC_OVERHEAD;
     let api = Api { node };
-    Server::builder()
-        .tcp_nodelay(true)
+    Ok(builder(tls)?
         .add_service(KvServer::new(api.clone()).max_decoding_message_size(limit))
         .add_service(WatchServer::new(api.clone()).max_decoding_message_size(limit))
         .add_service(LeaseServer::new(api.clone()).max_decoding_message_size(limit))
         .add_service(ClusterServer::new(api.clone()).max_decoding_message_size(limit))
         .add_service(MaintenanceServer::new(api.clone()).max_decoding_message_size(limit))
-        .add_service(AuthServer::new(api).max_decoding_message_size(limit))
+        .add_service(AuthServer::new(api).max_decoding_message_size(limit)))
 }
 
-pub(crate) fn peer_router(node: Arc<KvNode>) -> Router {
-    Server::builder().tcp_nodelay(true).add_service(
+pub(crate) fn peer_router(
+    node: Arc<KvNode>,
+    tls: Option<ServerTlsConfig>,
+) -> Result<Router, TlsError> {
+    Ok(builder(tls)?.add_service(
         PeerServer::new(Api { node })
             .max_decoding_message_size(PEER_MAX_MESSAGE)
             .max_encoding_message_size(PEER_MAX_MESSAGE),
-    )
+    ))
 }
 
 impl Api {

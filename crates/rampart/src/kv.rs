@@ -13,6 +13,7 @@ use rampart_config::duration::parse_duration;
 use rampart_kv::client::{Client, prefix_end};
 use rampart_kv::proto::etcdserverpb as pb;
 use rampart_kv::proto::mvccpb::event::EventType;
+use rampart_kv::tls::TlsFiles;
 use rampart_kv::{ClusterState, KvNode, NodeConfig};
 
 #[derive(Args)]
@@ -114,6 +115,17 @@ enum KvCommand {
     Status,
     /// Load-test the endpoints (Rampart's store or etcd) and print throughput and latency.
     Bench(crate::kv_bench::BenchArgs),
+    /// Make a development CA and certificates for local TLS clusters (not for production:
+    /// the CA key is written next to the certificates).
+    Certs {
+        /// Where to write ca.pem, NAME.pem, NAME-key.pem, client.pem, client-key.pem.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Node names, comma-separated (each certificate is also valid for localhost,
+        /// 127.0.0.1 and ::1).
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -195,6 +207,28 @@ pub(crate) struct ServeArgs {
     /// Lifetime of auth tokens, in seconds (etcd's flag).
     #[arg(long, default_value_t = 300)]
     auth_token_ttl: u64,
+    /// Client port TLS: certificate (PEM); with it the client URLs are https.
+    #[arg(long, requires = "key_file")]
+    cert_file: Option<PathBuf>,
+    #[arg(long, requires = "cert_file")]
+    key_file: Option<PathBuf>,
+    /// CA that signs client certificates (checked when a client offers one).
+    #[arg(long, requires = "cert_file")]
+    trusted_ca_file: Option<PathBuf>,
+    /// Require a client certificate signed by --trusted-ca-file.
+    #[arg(long, requires = "trusted_ca_file")]
+    client_cert_auth: bool,
+    /// Peer TLS: this member's certificate, presented to and by other members.
+    #[arg(long, requires = "peer_key_file")]
+    peer_cert_file: Option<PathBuf>,
+    #[arg(long, requires = "peer_cert_file")]
+    peer_key_file: Option<PathBuf>,
+    /// CA that signs every member's peer certificate.
+    #[arg(long, requires = "peer_cert_file")]
+    peer_trusted_ca_file: Option<PathBuf>,
+    /// Require members to present a certificate signed by --peer-trusted-ca-file.
+    #[arg(long, requires = "peer_trusted_ca_file")]
+    peer_client_cert_auth: bool,
     /// Size of the state file past which writes that add data raise the NOSPACE alarm and
     /// are refused (etcd's flag; 0 means etcd's default, 2 GiB).
     #[arg(long, default_value_t = 0)]
@@ -229,6 +263,30 @@ impl ServeArgs {
                 })
                 .collect::<Result<_>>()?,
         };
+        for (what, url, tls) in [
+            (
+                "--listen-client-urls",
+                &self.listen_client_urls,
+                self.cert_file.is_some(),
+            ),
+            (
+                "--listen-peer-urls",
+                &self.listen_peer_urls,
+                self.peer_cert_file.is_some(),
+            ),
+        ] {
+            if url.starts_with("https://") != tls {
+                bail!(
+                    "{what} {url}: use https:// exactly when the port's certificate is given \
+                     ({})",
+                    if what == "--listen-client-urls" {
+                        "--cert-file"
+                    } else {
+                        "--peer-cert-file"
+                    }
+                );
+            }
+        }
         Ok(NodeConfig {
             name: self.name.clone(),
             data_dir: self.data_dir.clone(),
@@ -253,6 +311,18 @@ impl ServeArgs {
             max_request_bytes: self.max_request_bytes,
             watch_progress_interval: Duration::from_secs(600),
             auth_token_ttl: Duration::from_secs(self.auth_token_ttl),
+            client_tls: tls_files(
+                self.cert_file.as_ref(),
+                self.key_file.as_ref(),
+                self.trusted_ca_file.as_ref(),
+                self.client_cert_auth,
+            ),
+            peer_tls: tls_files(
+                self.peer_cert_file.as_ref(),
+                self.peer_key_file.as_ref(),
+                self.peer_trusted_ca_file.as_ref(),
+                self.peer_client_cert_auth,
+            ),
             quota_backend_bytes: if self.quota_backend_bytes == 0 {
                 rampart_kv::quota::DEFAULT_QUOTA_BYTES
             } else {
@@ -260,6 +330,21 @@ impl ServeArgs {
             },
         })
     }
+}
+
+/// One port's TLS settings from its flags (clap makes the certificate and key come together).
+fn tls_files(
+    cert: Option<&PathBuf>,
+    key: Option<&PathBuf>,
+    ca: Option<&PathBuf>,
+    client_cert_auth: bool,
+) -> Option<TlsFiles> {
+    Some(TlsFiles {
+        cert_file: cert?.clone(),
+        key_file: key?.clone(),
+        trusted_ca_file: ca.cloned(),
+        client_cert_auth,
+    })
 }
 
 fn hex_id(s: &str) -> Result<u64> {
@@ -296,13 +381,21 @@ async fn run_async(args: KvArgs) -> Result<ExitCode> {
         node.shutdown().await;
         return Ok(ExitCode::SUCCESS);
     }
+    if let KvCommand::Certs { dir, nodes } = &args.command {
+        for f in rampart_kv::tls::dev_certs(dir, nodes)? {
+            println!("{}", f.display());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if let KvCommand::Bench(bench) = args.command {
         crate::kv_bench::run(&args.endpoints, bench).await?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut c = Client::new(&args.endpoints, args.command_timeout)?;
     match args.command {
-        KvCommand::Serve(_) | KvCommand::Bench(_) => unreachable!("handled above"),
+        KvCommand::Serve(_) | KvCommand::Bench(_) | KvCommand::Certs { .. } => {
+            unreachable!("handled above")
+        }
         KvCommand::Get {
             key,
             prefix,
