@@ -92,6 +92,22 @@ pub fn client_config(f: &TlsFiles) -> Result<ClientTlsConfig, TlsError> {
     Ok(c)
 }
 
+/// A client's TLS (etcdctl's `--cacert`, and `--cert --key` when the store requires a
+/// client certificate).
+pub fn client_tls(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<ClientTlsConfig, TlsError> {
+    let mut c = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("CA", ca)?));
+    if let Some((cert, key)) = identity {
+        c = c.identity(Identity::from_pem(
+            read("certificate", cert)?,
+            read("key", key)?,
+        ));
+    }
+    Ok(c)
+}
+
 fn write(path: &Path, text: &str, secret: bool) -> Result<(), TlsError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;

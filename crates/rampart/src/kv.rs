@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
 use rampart_config::duration::parse_duration;
-use rampart_kv::client::{Client, prefix_end};
+use rampart_kv::client::{Client, Security, prefix_end};
 use rampart_kv::proto::etcdserverpb as pb;
 use rampart_kv::proto::mvccpb::event::EventType;
 use rampart_kv::tls::TlsFiles;
@@ -29,6 +29,23 @@ pub(crate) struct KvArgs {
     /// Longest wait for one request.
     #[arg(long, global = true, default_value = "5s", value_parser = duration)]
     command_timeout: Duration,
+    /// `user:password` to log in with (as etcdctl's --user).
+    #[arg(long = "user", id = "auth_user", global = true)]
+    user: Option<String>,
+    /// CA that signs the store's certificate: talk TLS (as etcdctl's --cacert).
+    #[arg(long = "cacert", id = "tls_cacert", global = true)]
+    cacert: Option<PathBuf>,
+    /// Client certificate and key for stores that require one (etcdctl's --cert/--key).
+    #[arg(
+        long = "cert",
+        id = "tls_cert",
+        global = true,
+        requires = "tls_key",
+        requires = "tls_cacert"
+    )]
+    cert: Option<PathBuf>,
+    #[arg(long = "key", id = "tls_key", global = true, requires = "tls_cert")]
+    key: Option<PathBuf>,
     #[command(subcommand)]
     command: KvCommand,
 }
@@ -332,6 +349,26 @@ impl ServeArgs {
     }
 }
 
+/// The client's TLS and credentials from the global flags.
+fn security(args: &KvArgs) -> Result<Security> {
+    let identity = args.cert.as_deref().zip(args.key.as_deref());
+    let tls = args
+        .cacert
+        .as_deref()
+        .map(|ca| rampart_kv::tls::client_tls(ca, identity))
+        .transpose()?;
+    let user = match &args.user {
+        None => None,
+        Some(u) => {
+            let (name, pw) = u
+                .split_once(':')
+                .ok_or_else(|| anyhow!("--user {u:?} is not user:password"))?;
+            Some((name.to_string(), pw.to_string()))
+        }
+    };
+    Ok(Security { tls, user })
+}
+
 /// One port's TLS settings from its flags (clap makes the certificate and key come together).
 fn tls_files(
     cert: Option<&PathBuf>,
@@ -391,7 +428,7 @@ async fn run_async(args: KvArgs) -> Result<ExitCode> {
         crate::kv_bench::run(&args.endpoints, bench).await?;
         return Ok(ExitCode::SUCCESS);
     }
-    let mut c = Client::new(&args.endpoints, args.command_timeout)?;
+    let mut c = Client::with_security(&args.endpoints, args.command_timeout, security(&args)?)?;
     match args.command {
         KvCommand::Serve(_) | KvCommand::Bench(_) | KvCommand::Certs { .. } => {
             unreachable!("handled above")

@@ -559,6 +559,15 @@ fn tls_for_clients_and_mutual_tls_between_peers() {
     assert!(!ok, "plain http was served: {out}");
     let (ok, out) = etcdctl_with(&ep1, &tls[..1], &["get", "k"], None);
     assert!(!ok, "a client without a certificate was served: {out}");
+    // Rampart's own CLI client, with the same flags.
+    let out = Command::new(bin())
+        .args(["kv", "--endpoints", &format!("127.0.0.1:{}", ports1.0)])
+        .args(&tls_flags)
+        .args(["get", "k"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains('v'), "{out:?}");
 
     // n3's peer certificate is signed by another CA.
     let add_learner = |name: &str, peer: u16| {
