@@ -8,9 +8,10 @@
 //!   whole requested range; Put needs WRITE on the key (and READ with `prev_kv`);
 //!   DeleteRange WRITE over the range (and READ with `prev_kv`); a Txn needs READ over every
 //!   compare's range and the rights of every operation in both branches, nested ones too;
-//!   LeaseRevoke WRITE on every key attached to the lease; other lease calls, Status and
-//!   alarm listing need only a valid user. Compaction, membership changes, raising or
-//!   clearing alarms and auth changes need root.
+//!   LeaseRevoke WRITE on every key attached to the lease; other lease calls need only a
+//!   valid user. Status, alarm listing and member listing are open, as in etcd.
+//!   Compaction, membership changes, raising or clearing alarms (etcd lets anyone) and auth
+//!   changes need root.
 //!
 //! Checks run on the node that receives the request (with its applied auth state). A
 //! follower forwards a write to the leader together with the client's token, and the leader

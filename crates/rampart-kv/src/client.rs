@@ -221,10 +221,12 @@ impl Client {
                 Ok(Err(s)) => s,
                 Err(_) => Status::deadline_exceeded("client timeout"),
             };
-            // An expired or revoked token: nothing was applied; log in again once.
+            // An expired or revoked token, or auth enabled since this client logged in:
+            // nothing was applied; log in again once.
             if self.user.is_some()
                 && !relogged
-                && status.message() == KvError::InvalidAuthToken.to_string()
+                && (status.message() == KvError::InvalidAuthToken.to_string()
+                    || status.message() == KvError::UserEmpty.to_string())
             {
                 relogged = true;
                 self.login().await?;

@@ -451,7 +451,6 @@ impl Maintenance for Api {
         let (member, alarm) = (req.member_id, req.alarm);
         let cmd = match AlarmAction::try_from(req.action) {
             Ok(AlarmAction::Get) => {
-                self.caller(&md)?;
                 self.node.linearize().await?;
                 let alarms = self
                     .node
@@ -496,7 +495,8 @@ impl Maintenance for Api {
         &self,
         req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        self.caller(req.metadata())?;
+        // Open to anyone, as in etcd (clients probe health before they log in).
+        let _ = req;
         let errors = self.node.shared.alarms().describe();
         let m = self.node.raft.metrics().borrow().clone();
         let is_learner = !m
