@@ -174,11 +174,15 @@ impl Kv for Api {
         &self,
         req: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
-        let (auth, who) = self.caller(req.metadata())?;
-        let req = req.into_inner();
+        let (md, _, req) = req.into_parts();
+        let (auth, who) = self.caller(&md)?;
         access::check_range(&auth, &who, &req)?;
         if !req.serializable {
             self.node.linearize().await?;
+            // Checked again at the read point: a permission revoked before this read was
+            // ordered is applied here by now (the first check only spares the round).
+            let (auth, who) = self.caller(&md)?;
+            access::check_range(&auth, &who, &req)?;
         }
         let mut resp = self.node.shared.range(&req)?;
         self.fill(&mut resp.header);
