@@ -16,7 +16,10 @@
 //! Checks run on the node that receives the request (with its applied auth state). A
 //! follower forwards a write to the leader together with the client's token, and the leader
 //! checks it again against its own state ([`authorize_forwarded`]): a forged proposal on the
-//! peer port cannot skip the check without a valid token. The peer port also carries Raft's
+//! peer port cannot skip the check without a valid token. Writes are proposed as
+//! [`Command::As`] (user and auth revision); if auth changed before they apply, every
+//! replica checks them again at that point (etcd's rule). Linearizable reads are checked
+//! again once their read index is applied. The peer port also carries Raft's
 //! own messages, which no token protects, so it must be reachable only by members (mutual TLS
 //! between peers, or a private network).
 
@@ -104,6 +107,19 @@ fn check_delete(
     Ok(())
 }
 
+/// `cmd` as the caller proposes it: under auth, wrapped with the user and the auth revision
+/// it was checked under, so that applying re-checks it if auth changed meanwhile.
+pub fn on_behalf(state: &AuthState, caller: &Caller, cmd: Command) -> Command {
+    match caller {
+        Some(user) => Command::As {
+            user: user.clone(),
+            auth_revision: state.revision,
+            cmd: Box::new(cmd),
+        },
+        None => cmd,
+    }
+}
+
 /// Every compare and every operation of both branches, recursively (depth is bounded by
 /// the request size, which is bounded by `--max-request-bytes`).
 pub fn check_txn(state: &AuthState, caller: &Caller, t: &pb::TxnRequest) -> Result<(), KvError> {
@@ -151,6 +167,11 @@ pub fn check_command(
             }
             Ok(())
         }
+        Command::As { user: who, cmd, .. } if Some(who) == caller.as_ref() => {
+            check_command(state, caller, cmd, lease_keys)
+        }
+        // Proposed on behalf of someone else: only the nodes do that.
+        Command::As { .. } => Err(KvError::PermissionDenied),
         Command::Compact(_)
         | Command::SetMemberAttrs { .. }
         | Command::Auth(_)
@@ -332,6 +353,20 @@ mod tests {
             cmd,
         };
         assert_eq!(authorize_forwarded(&s, &with, &no_leases), Ok(()));
+        // A forwarded write on behalf of another user than the token's is refused.
+        let forged = Forwarded {
+            token: with.token.clone(),
+            cmd: on_behalf(&s, &Some(ROOT.into()), with.cmd.clone()),
+        };
+        assert_eq!(
+            authorize_forwarded(&s, &forged, &no_leases),
+            Err(KvError::PermissionDenied)
+        );
+        let own = Forwarded {
+            token: with.token.clone(),
+            cmd: on_behalf(&s, &Some("alice".into()), with.cmd.clone()),
+        };
+        assert_eq!(authorize_forwarded(&s, &own, &no_leases), Ok(()));
     }
 
     fn arb_bytes() -> impl Strategy<Value = Vec<u8>> {

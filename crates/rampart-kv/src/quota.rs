@@ -73,6 +73,7 @@ pub fn cost(cmd: &Command) -> u64 {
         Command::Put(p) => p.encoded_len(),
         Command::Txn(t) => t.encoded_len(),
         Command::Batch(cmds) => return cmds.iter().map(cost).sum(),
+        Command::As { cmd, .. } => return cost(cmd),
         _ => 64,
     };
     u64::try_from(n).unwrap_or(u64::MAX)
@@ -95,6 +96,7 @@ pub fn adds_data(cmd: &Command) -> bool {
         Command::Put(_) | Command::LeaseGrant { .. } => true,
         Command::Txn(t) => txn_puts(t),
         Command::Batch(cmds) => cmds.iter().any(adds_data),
+        Command::As { cmd, .. } => adds_data(cmd),
         _ => false,
     }
 }

@@ -120,6 +120,7 @@ impl Api {
         let (auth, who) = self.caller(md)?;
         access::check_command(&auth, &who, &cmd, &|id| self.node.lease_keys(id))?;
         self.check_quota(&cmd).await?;
+        let cmd = access::on_behalf(&auth, &who, cmd);
         self.node
             .write_as(cmd, token(md))
             .await

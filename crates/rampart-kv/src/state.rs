@@ -29,6 +29,7 @@ use redb::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::access;
 use crate::auth::AuthState;
 use crate::error::KvError;
 use crate::log_store::{AnyErr, seal, unseal};
@@ -1054,6 +1055,32 @@ impl Writer<'_> {
 
     /// Apply one command; an error leaves no trace (checks run before any write).
     fn command(&mut self, cmd: &Command, index: u64) -> Reply {
+        if let Command::As {
+            user,
+            auth_revision,
+            cmd,
+        } = cmd
+        {
+            let auth = self.ctl.auth.clone();
+            if auth.enabled && auth.revision != *auth_revision {
+                let keys = |id| {
+                    self.lease(id)
+                        .ok()
+                        .flatten()
+                        .map(|l| l.keys.into_iter().collect())
+                        .unwrap_or_default()
+                };
+                let allowed = if auth.users.contains_key(user) {
+                    access::check_command(&auth, &Some(user.clone()), cmd, &keys)
+                } else {
+                    Err(KvError::PermissionDenied)
+                };
+                if let Err(e) = allowed {
+                    return Reply::Error(e);
+                }
+            }
+            return self.command(cmd, index);
+        }
         if self.ctl.alarms.nospace() && quota::adds_data(cmd) {
             return Reply::Error(KvError::NoSpace);
         }
@@ -1076,6 +1103,7 @@ impl Writer<'_> {
             }
             Command::LeaseRevoke { id } => self.lease_revoke(*id).map(Reply::LeaseRevoke),
             Command::Batch(_) => Err(KvError::Internal("nested write batch".into())),
+            Command::As { .. } => Err(KvError::Internal("nested auth wrapper".into())),
             Command::SetMemberAttrs {
                 id,
                 name,
@@ -1167,6 +1195,7 @@ pub fn validate(cmd: &Command) -> Result<(), KvError> {
         Command::Put(p) if p.key.is_empty() => Err(KvError::EmptyKey),
         Command::DeleteRange(d) if d.key.is_empty() => Err(KvError::EmptyKey),
         Command::Txn(t) => validate_txn(t),
+        Command::As { cmd, .. } => validate(cmd),
         _ => Ok(()),
     }
 }

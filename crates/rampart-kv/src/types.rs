@@ -61,6 +61,15 @@ pub enum Command {
     Auth(AuthCommand),
     /// Raise or clear an alarm (etcd's Maintenance.Alarm; see `quota`).
     Alarm(AlarmCommand),
+    /// A client's write while auth is on: `user` was allowed it under auth revision
+    /// `auth_revision`. If the auth state changed before it is applied, every replica checks
+    /// it again against the state at that point (etcd's rule), so a revoke ordered before a
+    /// write always wins.
+    As {
+        user: String,
+        auth_revision: u64,
+        cmd: Box<Command>,
+    },
 }
 
 /// An alarm change: `(member id, etcd's AlarmType)`.

@@ -603,3 +603,80 @@ async fn client_speaks_tls_and_logs_in() {
     assert_eq!(root.range(get("k")).await.unwrap().kvs[0].value, b"v");
     node.shutdown().await;
 }
+
+/// etcd's apply-time rule: a write checked under an older auth revision is checked again
+/// when applied, so a revoke ordered before it wins even if the check ran earlier.
+#[tokio::test]
+async fn a_write_checked_under_an_older_auth_revision_is_checked_again_at_apply() {
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+    use rampart_kv::auth::{AuthCommand, Perm, PermKind};
+    use rampart_kv::state::StateMachine;
+    use rampart_kv::types::{Command, Reply};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (mut sm, shared) = StateMachine::open(dir.path(), 0).unwrap();
+    let mut index = 0;
+    let mut apply = async |cmd: Command| {
+        index += 1;
+        let entry = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(cmd),
+        };
+        sm.apply(vec![entry]).await.unwrap().remove(0)
+    };
+    let grant = Perm {
+        kind: PermKind::ReadWrite,
+        key: b"app/".to_vec(),
+        range_end: b"app0".to_vec(),
+    };
+    for c in [
+        AuthCommand::UserAdd {
+            name: "root".into(),
+            password: None,
+        },
+        AuthCommand::UserGrantRole {
+            user: "root".into(),
+            role: "root".into(),
+        },
+        AuthCommand::UserAdd {
+            name: "alice".into(),
+            password: None,
+        },
+        AuthCommand::RoleAdd { name: "app".into() },
+        AuthCommand::RoleGrantPermission {
+            role: "app".into(),
+            perm: grant.clone(),
+        },
+        AuthCommand::UserGrantRole {
+            user: "alice".into(),
+            role: "app".into(),
+        },
+        AuthCommand::Enable {
+            secret: vec![1; 32],
+        },
+    ] {
+        assert!(matches!(apply(Command::Auth(c)).await, Reply::Done { .. }));
+    }
+    let checked_at = shared.auth().revision;
+    let write = |key: &str| Command::As {
+        user: "alice".into(),
+        auth_revision: checked_at,
+        cmd: Box::new(Command::Put(put(key, "v"))),
+    };
+    assert!(matches!(apply(write("app/a")).await, Reply::Put(_)));
+    // The permission is revoked after alice's next write was checked, before it applies.
+    let revoke = AuthCommand::RoleRevokePermission {
+        role: "app".into(),
+        key: grant.key,
+        range_end: grant.range_end,
+    };
+    assert!(matches!(
+        apply(Command::Auth(revoke)).await,
+        Reply::Done { .. }
+    ));
+    match apply(write("app/b")).await {
+        Reply::Error(e) => assert_eq!(e.to_string(), "etcdserver: permission denied"),
+        other => panic!("applied despite the revoke: {other:?}"),
+    }
+}
