@@ -48,11 +48,14 @@ pub fn caller(state: &AuthState, token: Option<&str>) -> Result<Caller, KvError>
         return Ok(None);
     }
     let token = token.ok_or(KvError::UserEmpty)?;
-    let user = token::verify(&state.secret, token).ok_or(KvError::InvalidAuthToken)?;
-    if !state.users.contains_key(&user) {
-        return Err(KvError::InvalidAuthToken);
+    let claimed = token::claimed_user(token).ok_or(KvError::InvalidAuthToken)?;
+    let key = state
+        .token_secret(&claimed)
+        .ok_or(KvError::InvalidAuthToken)?;
+    match token::verify(&key, token) {
+        Some(user) if user == claimed => Ok(Some(user)),
+        _ => Err(KvError::InvalidAuthToken),
     }
-    Ok(Some(user))
 }
 
 /// Only root (or anyone while auth is disabled).
@@ -269,11 +272,28 @@ mod tests {
         let s = state();
         assert_eq!(caller(&s, None), Err(KvError::UserEmpty));
         assert_eq!(caller(&s, Some("junk")), Err(KvError::InvalidAuthToken));
-        let t = token::issue(&s.secret, "alice", Duration::from_secs(60));
+        let t = token::issue(
+            &s.token_secret("alice").unwrap(),
+            "alice",
+            Duration::from_secs(60),
+        );
         let alice = caller(&s, Some(&t)).unwrap();
         assert_eq!(alice.as_deref(), Some("alice"));
         let ghost = token::issue(&s.secret, "ghost", Duration::from_secs(60));
         assert_eq!(caller(&s, Some(&ghost)), Err(KvError::InvalidAuthToken));
+        // A new password revokes the user's tokens.
+        let mut changed = s.clone();
+        changed
+            .apply(&AuthCommand::UserChangePassword {
+                name: "alice".into(),
+                password: crate::auth::password::PasswordHash {
+                    iterations: 1,
+                    salt: vec![9; 16],
+                    hash: vec![0; 32],
+                },
+            })
+            .unwrap();
+        assert_eq!(caller(&changed, Some(&t)), Err(KvError::InvalidAuthToken));
         assert_eq!(require_root(&s, &alice), Err(KvError::PermissionDenied));
         assert_eq!(require_root(&s, &Some(ROOT.into())), Ok(()));
         assert_eq!(
@@ -349,7 +369,11 @@ mod tests {
             Err(KvError::UserEmpty)
         );
         let with = Forwarded {
-            token: Some(token::issue(&s.secret, "alice", Duration::from_secs(60))),
+            token: Some(token::issue(
+                &s.token_secret("alice").unwrap(),
+                "alice",
+                Duration::from_secs(60),
+            )),
             cmd,
         };
         assert_eq!(authorize_forwarded(&s, &with, &no_leases), Ok(()));

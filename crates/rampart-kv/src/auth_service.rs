@@ -130,7 +130,8 @@ impl Auth for Api {
         if !ok {
             return Err(KvError::AuthFailed.into());
         }
-        let token = token::issue(&auth.secret, &req.name, self.node.config.auth_token_ttl);
+        let key = auth.token_secret(&req.name).ok_or(KvError::AuthFailed)?;
+        let token = token::issue(&key, &req.name, self.node.config.auth_token_ttl);
         Ok(Response::new(pb::AuthenticateResponse {
             header: self.header_now(),
             token,

@@ -87,6 +87,21 @@ impl AuthState {
         self.users.get(user).is_some_and(|u| u.roles.contains(ROOT))
     }
 
+    /// The MAC key of `user`'s tokens: the cluster's secret plus the user's password salt,
+    /// so a new password (or a new user of the same name) revokes older tokens. `None`
+    /// when auth was never enabled or the user does not exist.
+    pub fn token_secret(&self, user: &str) -> Option<Vec<u8>> {
+        if self.secret.is_empty() {
+            return None;
+        }
+        let u = self.users.get(user)?;
+        let mut key = self.secret.clone();
+        if let Some(p) = &u.password {
+            key.extend_from_slice(&p.salt);
+        }
+        Some(key)
+    }
+
     /// The ranges granted to `user` for an access of `need` (Read or Write).
     pub fn granted(&self, user: &str, need: PermKind) -> Vec<(&[u8], &[u8])> {
         let Some(u) = self.users.get(user) else {

@@ -5,10 +5,11 @@
 //! them, so a client that reconnects to another member must authenticate again. Here a token
 //! issued by any node is valid on every node (like etcd's JWT tokens, without a key file to
 //! distribute): the secret is drawn at `AuthEnable` by the proposing node and replicated with
-//! the users. Consequences: tokens survive restarts and leader changes; a deleted user's
-//! tokens stop working at once (the user is looked up on every request); disabling and
-//! re-enabling auth draws a new secret and so revokes every token; a token otherwise lives
-//! until its TTL (etcd's `--auth-token-ttl`, 300 s by default).
+//! the users. The MAC key of a user's tokens is the secret plus that user's password salt
+//! ([`crate::auth::AuthState::token_secret`]). Consequences: tokens survive restarts and
+//! leader changes; deleting a user or changing their password revokes their tokens at once
+//! (as etcd does); disabling and re-enabling auth draws a new secret and so revokes every
+//! token; a token otherwise lives until its TTL (etcd's `--auth-token-ttl`, 300 s).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -50,6 +51,11 @@ pub fn issue(secret: &[u8], user: &str, ttl: Duration) -> String {
     let expiry = now_secs().saturating_add(ttl.as_secs());
     let tag = mac(secret, &user_hex, expiry);
     format!("{user_hex}.{expiry}.{}", hex(tag.as_ref()))
+}
+
+/// The user a token claims to be for, unverified (to pick the key that verifies it).
+pub fn claimed_user(token: &str) -> Option<String> {
+    String::from_utf8(unhex(token.split('.').next()?)?).ok()
 }
 
 /// The user a token names, if its MAC is right and it has not expired.
