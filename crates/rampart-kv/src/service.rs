@@ -498,10 +498,9 @@ impl Maintenance for Api {
 
     async fn status(
         &self,
-        req: Request<pb::StatusRequest>,
+        _req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         // Open to anyone, as in etcd (clients probe health before they log in).
-        let _ = req;
         let errors = self.node.shared.alarms().describe();
         let m = self.node.raft.metrics().borrow().clone();
         let is_learner = !m
