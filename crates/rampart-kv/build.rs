@@ -2,7 +2,12 @@
 //! a fresh machine needs no `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/rpc.proto", "proto/kv.proto", "proto/peer.proto"];
+    let files = [
+        "proto/rpc.proto",
+        "proto/kv.proto",
+        "proto/auth.proto",
+        "proto/peer.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

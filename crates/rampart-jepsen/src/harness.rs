@@ -74,6 +74,10 @@ pub struct Config {
     pub serializable_reads: bool,
     /// Kill and restart the whole cluster at the end, and compare every key before/after.
     pub restart_check: bool,
+    /// Rampart only: mutual TLS between the nodes, TLS with client certificates on the
+    /// client port, and auth enabled (every client logs in as `root`), so the run also
+    /// covers the token checks on forwarded writes and the TLS transport under faults.
+    pub secure: bool,
     pub heartbeat: Duration,
     pub election_timeout: Duration,
     /// The longest wait for the cluster to come up or to settle after the faults.
@@ -100,6 +104,7 @@ impl Config {
             request_timeout: Duration::from_secs(1),
             serializable_reads: false,
             restart_check: true,
+            secure: false,
             // Shorter than rampart's defaults (100ms/1s): a follower only stands for
             // election once the leader's lease (the election timeout's maximum) and its own
             // timeout have both passed, so with 1s a fault held for 4s rarely forces a
@@ -112,6 +117,9 @@ impl Config {
     }
 
     fn validate(&self) -> Result<()> {
+        if self.secure && self.server != Server::Rampart {
+            bail!("secure: only the Rampart server is set up with TLS and auth here");
+        }
         if !(3..=9).contains(&self.nodes) {
             bail!("nodes: {} is not in 3..=9 (use 3 or 5)", self.nodes);
         }
@@ -242,9 +250,14 @@ pub async fn run(cfg: Config) -> Result<Outcome> {
         heartbeat: cfg.heartbeat,
         election_timeout: cfg.election_timeout,
         server_request_timeout: cfg.request_timeout * 2,
+        secure: cfg.secure,
     };
     let mut cluster = cluster::Cluster::start(&cfg.prefix, cfg.nodes, settings)?;
     cluster.wait_ready(cfg.settle_timeout).await?;
+    if cfg.secure {
+        cluster.enable_auth().await?;
+    }
+    let security = cluster.security();
     eprintln!(
         "cluster of {} up (data and logs in {}); running {} clients for {:?}",
         cfg.nodes,
@@ -254,7 +267,7 @@ pub async fn run(cfg: Config) -> Result<Outcome> {
     );
 
     let history = HistoryWriter::create(&history_path)?;
-    let shared = Arc::new(workload::Shared::new(history, cfg.keys));
+    let shared = Arc::new(workload::Shared::new(history, cfg.keys, security.clone()));
     let client_settings = workload::ClientSettings {
         timeout: cfg.request_timeout,
         serializable_reads: cfg.serializable_reads,
@@ -280,6 +293,7 @@ pub async fn run(cfg: Config) -> Result<Outcome> {
         tokio::time::Instant::from_std(stop_at),
         None,
         cfg.request_timeout,
+        security.clone(),
     ));
     let mut nemesis_log = NemesisLog::default();
     let nemesis_result = nemesis::run(
@@ -332,7 +346,7 @@ pub async fn run(cfg: Config) -> Result<Outcome> {
     // Every committed revision reached the watcher once and in order, across the faults.
     match watch.await {
         Ok(Ok(seen)) if problems.is_empty() => {
-            match watcher::full_history(&endpoints, "k", cfg.settle_timeout).await {
+            match watcher::full_history(&endpoints, "k", cfg.settle_timeout, &security).await {
                 Ok(full) => {
                     shared.history.flush()?;
                     let ops = crate::history::read_history(&history_path)?;
@@ -411,7 +425,9 @@ async fn read_all(
     let deadline = Instant::now() + within;
     let endpoints: Vec<String> = (1..=cluster.len()).map(|i| cluster.client_url(i)).collect();
     let mut values = BTreeMap::new();
-    let Ok(mut client) = Client::new(&endpoints, settings.timeout) else {
+    let Ok(mut client) =
+        Client::with_security(&endpoints, settings.timeout, shared.security.clone())
+    else {
         return values;
     };
     for (k, key) in shared.keys.iter().enumerate() {

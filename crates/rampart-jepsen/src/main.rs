@@ -82,6 +82,10 @@ struct RunArgs {
     /// Skip killing and restarting the whole cluster at the end.
     #[arg(long)]
     no_restart_check: bool,
+    /// Rampart only: TLS on both ports (mutual between nodes) and auth on, clients logged in
+    /// as root.
+    #[arg(long)]
+    secure: bool,
     /// Raft heartbeat interval of the nodes.
     #[arg(long, default_value = "100ms", value_parser = duration)]
     heartbeat_interval: Duration,
@@ -163,6 +167,7 @@ fn run(args: RunArgs) -> Result<bool> {
     cfg.request_timeout = args.request_timeout;
     cfg.serializable_reads = args.serializable_minority;
     cfg.restart_check = !args.no_restart_check;
+    cfg.secure = args.secure;
     cfg.heartbeat = args.heartbeat_interval;
     cfg.election_timeout = args.election_timeout;
     cfg.seed = seed;

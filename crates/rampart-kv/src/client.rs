@@ -5,14 +5,21 @@
 //! the write was not proposed (`no leader`) or the connection could not be made at all.
 //! A write whose outcome is unknown (timeout, connection lost mid-request) is reported to the
 //! caller, never silently sent twice.
+//!
+//! With [`Security`] it speaks TLS and authenticates (as etcdctl's `--cacert --cert --key`
+//! and `--user`): it logs in before its first request and again when its token is refused.
 
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::{Code, Request, Status};
 
 use crate::KvError;
 use crate::proto::etcdserverpb as pb;
+use crate::proto::etcdserverpb::auth_client::AuthClient;
 use crate::proto::etcdserverpb::cluster_client::ClusterClient;
 use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::lease_client::LeaseClient;
@@ -59,17 +66,46 @@ fn try_elsewhere(s: &Status) -> bool {
     )
 }
 
+/// TLS and credentials (etcdctl's `--cacert --cert --key` and `--user`).
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    pub tls: Option<ClientTlsConfig>,
+    /// `(user, password)`.
+    pub user: Option<(String, String)>,
+}
+
+/// Adds the auth token to every request (the `token` metadata etcd's clients send).
+#[derive(Debug, Clone, Default)]
+pub struct TokenInterceptor(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for TokenInterceptor {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(t) = &self.0 {
+            req.metadata_mut().insert("token", t.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A channel to one endpoint that carries the token.
+pub type Conn = InterceptedService<Channel, TokenInterceptor>;
+
 #[derive(Debug, Clone)]
 pub struct Client {
     channels: Vec<Channel>,
     current: usize,
     timeout: Duration,
+    user: Option<(String, String)>,
+    token: Option<MetadataValue<Ascii>>,
+    logged_in: bool,
 }
 
 /// Turn `host:port` or a URL into an endpoint URL.
-fn endpoint_url(e: &str) -> String {
+fn endpoint_url(e: &str, tls: bool) -> String {
     if e.contains("://") {
         e.to_string()
+    } else if tls {
+        format!("https://{e}")
     } else {
         format!("http://{e}")
     }
@@ -78,29 +114,88 @@ fn endpoint_url(e: &str) -> String {
 impl Client {
     /// A client over `endpoints` (`host:port` or `http://host:port`); connects lazily.
     pub fn new(endpoints: &[String], timeout: Duration) -> Result<Client, ClientError> {
+        Self::with_security(endpoints, timeout, Security::default())
+    }
+
+    /// A client with TLS and/or credentials; `host:port` endpoints become https with TLS.
+    pub fn with_security(
+        endpoints: &[String],
+        timeout: Duration,
+        security: Security,
+    ) -> Result<Client, ClientError> {
         if endpoints.is_empty() {
             return Err(ClientError::NoEndpoints);
         }
         let mut channels = Vec::with_capacity(endpoints.len());
         for e in endpoints {
-            let ep = Endpoint::from_shared(endpoint_url(e))
-                .map_err(|err| ClientError::Endpoint {
-                    endpoint: e.clone(),
-                    detail: err.to_string(),
-                })?
+            let bad = |err: &dyn std::fmt::Display| ClientError::Endpoint {
+                endpoint: e.clone(),
+                detail: err.to_string(),
+            };
+            let mut ep = Endpoint::from_shared(endpoint_url(e, security.tls.is_some()))
+                .map_err(|err| bad(&err))?
                 .connect_timeout(Duration::from_secs(1))
                 .tcp_nodelay(true);
+            if let Some(tls) = &security.tls {
+                ep = ep.tls_config(tls.clone()).map_err(|err| bad(&err))?;
+            }
             channels.push(ep.connect_lazy());
         }
         Ok(Client {
             channels,
             current: 0,
             timeout,
+            user: security.user,
+            token: None,
+            logged_in: false,
         })
     }
 
-    fn channel(&self) -> Channel {
-        self.channels[self.current % self.channels.len()].clone()
+    fn channel(&self) -> Conn {
+        self.conn(&self.channels[self.current % self.channels.len()])
+    }
+
+    fn conn(&self, ch: &Channel) -> Conn {
+        InterceptedService::new(ch.clone(), TokenInterceptor(self.token.clone()))
+    }
+
+    /// Get a token (trying each endpoint once). A store without auth enabled answers
+    /// "authentication is not enabled": then requests go without a token, as etcdctl does.
+    async fn login(&mut self) -> Result<(), ClientError> {
+        let Some((name, password)) = self.user.clone() else {
+            return Ok(());
+        };
+        let mut last = Status::unavailable("no endpoint answered");
+        for _ in 0..self.channels.len() {
+            let req = pb::AuthenticateRequest {
+                name: name.clone(),
+                password: password.clone(),
+            };
+            let ch = self.channels[self.current % self.channels.len()].clone();
+            let r = tokio::time::timeout(self.timeout, AuthClient::new(ch).authenticate(req))
+                .await
+                .unwrap_or_else(|_| Err(Status::deadline_exceeded("client timeout")));
+            match r {
+                Ok(resp) => {
+                    let token = MetadataValue::try_from(resp.into_inner().token)
+                        .map_err(|_| Status::internal("the server sent an unusable token"))?;
+                    self.token = Some(token);
+                    self.logged_in = true;
+                    return Ok(());
+                }
+                Err(s) if s.message() == KvError::AuthNotEnabled.to_string() => {
+                    self.token = None;
+                    self.logged_in = true;
+                    return Ok(());
+                }
+                Err(s) if try_elsewhere(&s) => {
+                    last = s;
+                    self.rotate();
+                }
+                Err(s) => return Err(s.into()),
+            }
+        }
+        Err(last.into())
     }
 
     fn rotate(&mut self) {
@@ -110,11 +205,15 @@ impl Client {
     /// Run `call` against the current endpoint, moving on when `retry` allows.
     async fn call<T, F, Fut>(&mut self, safe: bool, mut call: F) -> Result<T, ClientError>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(Conn) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
+        if !self.logged_in {
+            self.login().await?;
+        }
         let attempts = self.channels.len() * 3;
         let mut last = None;
+        let mut relogged = false;
         for attempt in 0..attempts {
             let result = tokio::time::timeout(self.timeout, call(self.channel())).await;
             let status = match result {
@@ -122,6 +221,17 @@ impl Client {
                 Ok(Err(s)) => s,
                 Err(_) => Status::deadline_exceeded("client timeout"),
             };
+            // An expired or revoked token, or auth enabled since this client logged in:
+            // nothing was applied; log in again once.
+            if self.user.is_some()
+                && !relogged
+                && (status.message() == KvError::InvalidAuthToken.to_string()
+                    || status.message() == KvError::UserEmpty.to_string())
+            {
+                relogged = true;
+                self.login().await?;
+                continue;
+            }
             let again = if safe {
                 try_elsewhere(&status)
             } else {
@@ -326,13 +436,51 @@ impl Client {
         .await
     }
 
+    /// etcd's UserAdd.
+    pub async fn user_add(&mut self, name: &str, password: &str) -> Result<(), ClientError> {
+        let req = pb::AuthUserAddRequest {
+            name: name.to_string(),
+            password: password.to_string(),
+            ..Default::default()
+        };
+        self.call(false, |ch| {
+            let req = req.clone();
+            async move { AuthClient::new(ch).user_add(req).await.map(|_| ()) }
+        })
+        .await
+    }
+
+    /// etcd's UserGrantRole (`root` needs no RoleAdd).
+    pub async fn user_grant_role(&mut self, user: &str, role: &str) -> Result<(), ClientError> {
+        let req = pb::AuthUserGrantRoleRequest {
+            user: user.to_string(),
+            role: role.to_string(),
+        };
+        self.call(false, |ch| {
+            let req = req.clone();
+            async move { AuthClient::new(ch).user_grant_role(req).await.map(|_| ()) }
+        })
+        .await
+    }
+
+    /// etcd's AuthEnable (needs user `root` with role `root`).
+    pub async fn auth_enable(&mut self) -> Result<(), ClientError> {
+        self.call(false, |ch| async move {
+            AuthClient::new(ch)
+                .auth_enable(pb::AuthEnableRequest {})
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
     /// Status of every endpoint, in order (an error for those that did not answer).
     pub async fn status_all(&self) -> Vec<(usize, Result<pb::StatusResponse, Status>)> {
         let mut out = Vec::new();
         for (i, ch) in self.channels.iter().enumerate() {
             let r = tokio::time::timeout(
                 self.timeout,
-                MaintenanceClient::new(ch.clone()).status(pb::StatusRequest {}),
+                MaintenanceClient::new(self.conn(ch)).status(pb::StatusRequest {}),
             )
             .await
             .unwrap_or_else(|_| Err(Status::deadline_exceeded("timeout")))

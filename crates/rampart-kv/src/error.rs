@@ -24,6 +24,8 @@ pub enum KvError {
     LeaseExists,
     #[error("etcdserver: too large lease TTL")]
     LeaseTtlTooLarge,
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
     #[error("etcdserver: no leader")]
@@ -40,6 +42,39 @@ pub enum KvError {
     LearnerNotReady,
     #[error("etcdserver: re-configuration failed due to not enough started members")]
     NotEnoughStartedMembers,
+    /// A membership change that the members reachable now could not commit.
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
     #[error("etcdserver: invalid range: {0}")]
     BadRange(String),
     #[error("storage error: {0}")]
@@ -56,6 +91,10 @@ impl KvError {
             | KvError::DuplicateKey
             | KvError::TooManyOps
             | KvError::RequestTooLarge
+            | KvError::UserEmpty
+            | KvError::RoleEmpty
+            | KvError::AuthFailed
+            | KvError::InvalidAuthMgmt
             | KvError::BadRange(_) => Code::InvalidArgument,
             KvError::Compacted { .. } | KvError::FutureRevision | KvError::LeaseTtlTooLarge => {
                 Code::OutOfRange
@@ -65,7 +104,20 @@ impl KvError {
             | KvError::PeerUrlExists
             | KvError::MemberNotLearner
             | KvError::LearnerNotReady
-            | KvError::NotEnoughStartedMembers => Code::FailedPrecondition,
+            | KvError::NotEnoughStartedMembers
+            | KvError::Unhealthy
+            | KvError::UserAlreadyExist
+            | KvError::UserNotFound
+            | KvError::RoleAlreadyExist
+            | KvError::RoleNotFound
+            | KvError::RoleNotGranted
+            | KvError::PermissionNotGranted
+            | KvError::AuthNotEnabled
+            | KvError::RootUserNotExist
+            | KvError::RootRoleNotExist => Code::FailedPrecondition,
+            KvError::PermissionDenied => Code::PermissionDenied,
+            KvError::NoSpace => Code::ResourceExhausted,
+            KvError::InvalidAuthToken => Code::Unauthenticated,
             KvError::NoLeader | KvError::Timeout => Code::Unavailable,
             KvError::Storage(_) | KvError::Internal(_) => Code::Internal,
         }

@@ -16,7 +16,7 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::log_store::AnyErr;
 use crate::proto::peer::Blob;
@@ -26,10 +26,21 @@ use crate::types::{Member, TypeConfig};
 /// Largest gRPC message between peers (log batches and snapshot chunks stay far below).
 pub const PEER_MAX_MESSAGE: usize = 64 << 20;
 
-/// A lazily connected gRPC channel to a peer URL such as `http://10.0.0.2:2380`.
-pub fn peer_client(url: &str, connect_timeout: Duration) -> Result<PeerClient<Channel>, String> {
-    let endpoint = Endpoint::from_shared(url.to_string())
-        .map_err(|e| format!("bad peer URL {url:?}: {e}"))?
+/// A lazily connected gRPC channel to a peer URL such as `http://10.0.0.2:2380`, or
+/// `https://...` with `tls` (this node's peer certificate and the trusted CA).
+pub fn peer_client(
+    url: &str,
+    connect_timeout: Duration,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<PeerClient<Channel>, String> {
+    let mut endpoint =
+        Endpoint::from_shared(url.to_string()).map_err(|e| format!("bad peer URL {url:?}: {e}"))?;
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls.clone())
+            .map_err(|e| format!("peer TLS for {url:?}: {e}"))?;
+    }
+    let endpoint = endpoint
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
@@ -53,6 +64,7 @@ pub(crate) fn from_blob<T: DeserializeOwned>(b: &Blob) -> Result<T, String> {
 #[derive(Debug, Clone)]
 pub struct Network {
     pub connect_timeout: Duration,
+    pub tls: Option<ClientTlsConfig>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -61,7 +73,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: u64, node: &Member) -> PeerConn {
         PeerConn {
             target,
-            client: peer_client(&node.peer_url, self.connect_timeout),
+            client: peer_client(&node.peer_url, self.connect_timeout, self.tls.as_ref()),
         }
     }
 }

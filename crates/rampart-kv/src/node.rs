@@ -4,24 +4,25 @@
 //! each waits at most `request_timeout` so that a cluster without quorum answers
 //! UNAVAILABLE instead of hanging.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
-use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{Config, ServerState, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 // `serve_with_incoming` ignores the builder's TCP_NODELAY, so the accepted sockets get it
 // here; without it small gRPC replies wait ~40 ms for Nagle and delayed ACKs.
 use tonic::transport::server::TcpIncoming;
 
+use crate::access::{self, Forwarded};
 use crate::error::KvError;
 use crate::log_store::LogStore;
 use crate::network::{Network, from_blob, peer_client, to_blob};
@@ -30,6 +31,7 @@ use crate::proto::peer::peer_client::PeerClient;
 use crate::proto::peer::{Empty, LeaseId};
 use crate::service;
 use crate::state::{self, Shared, StateMachine};
+use crate::tls::{self, TlsError, TlsFiles};
 use crate::types::{Command, Member, Raft, Reply, member_id};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +65,14 @@ pub struct NodeConfig {
     /// Largest request accepted (etcd's `--max-request-bytes`, 1.5 MiB by default).
     pub max_request_bytes: usize,
     pub watch_progress_interval: Duration,
+    /// How long an auth token stays valid (etcd's `--auth-token-ttl`, 300 s by default).
+    pub auth_token_ttl: Duration,
+    /// Largest state file before NOSPACE is raised (etcd's `--quota-backend-bytes`).
+    pub quota_backend_bytes: u64,
+    /// TLS on the client port (etcd's `--cert-file` ...); `None`: plain HTTP/2.
+    pub client_tls: Option<TlsFiles>,
+    /// Mutual TLS between members (etcd's `--peer-cert-file` ...); `None`: plain HTTP/2.
+    pub peer_tls: Option<TlsFiles>,
 }
 
 impl NodeConfig {
@@ -85,6 +95,10 @@ impl NodeConfig {
             history_retention: 100_000,
             max_request_bytes: 3 * 512 * 1024,
             watch_progress_interval: Duration::from_secs(600),
+            auth_token_ttl: Duration::from_secs(300),
+            quota_backend_bytes: crate::quota::DEFAULT_QUOTA_BYTES,
+            client_tls: None,
+            peer_tls: None,
         }
     }
 }
@@ -115,6 +129,8 @@ pub enum StartError {
     Raft(String),
     #[error("this node's peer URL {url} is not in --initial-cluster")]
     NotInCluster { url: String },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// Read-index rounds: whether one is running, and who waits for the next.
@@ -184,6 +200,8 @@ pub struct KvNode {
     tasks: Mutex<JoinSet<()>>,
     pub client_addr: SocketAddr,
     pub peer_addr: SocketAddr,
+    /// How this node connects to other members (mutual TLS), if configured.
+    pub(crate) peer_client_tls: Option<ClientTlsConfig>,
 }
 
 impl std::fmt::Debug for KvNode {
@@ -219,8 +237,25 @@ impl KvNode {
         }
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
+        // TLS files are read now, so a bad path stops the start with the flag's file named.
+        let client_server_tls = config
+            .client_tls
+            .as_ref()
+            .map(tls::server_config)
+            .transpose()?;
+        let peer_server_tls = config
+            .peer_tls
+            .as_ref()
+            .map(tls::server_config)
+            .transpose()?;
+        let peer_client_tls = config
+            .peer_tls
+            .as_ref()
+            .map(tls::client_config)
+            .transpose()?;
         let network = Network {
             connect_timeout: config.heartbeat.max(Duration::from_millis(200)),
+            tls: peer_client_tls.clone(),
         };
         let raft = Raft::new(id, Arc::new(raft_config), network, log, sm)
             .await
@@ -268,6 +303,7 @@ impl KvNode {
             tasks: Mutex::new(JoinSet::new()),
             client_addr,
             peer_addr,
+            peer_client_tls,
         });
 
         if node.config.cluster_state == ClusterState::New {
@@ -280,7 +316,7 @@ impl KvNode {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let shutdown = node.shutdown.clone();
-            let router = service::client_router(node.clone());
+            let router = service::client_router(node.clone(), client_server_tls)?;
             tasks.spawn(async move {
                 let incoming = TcpIncoming::from(client_listener).with_nodelay(Some(true));
                 if let Err(e) = router
@@ -291,7 +327,7 @@ impl KvNode {
                 }
             });
             let shutdown = node.shutdown.clone();
-            let router = service::peer_router(node.clone());
+            let router = service::peer_router(node.clone(), peer_server_tls)?;
             tasks.spawn(async move {
                 let incoming = TcpIncoming::from(peer_listener).with_nodelay(Some(true));
                 if let Err(e) = router
@@ -403,7 +439,7 @@ impl KvNode {
         }
     }
 
-    fn deadline(&self) -> Instant {
+    pub(crate) fn deadline(&self) -> Instant {
         Instant::now() + self.config.request_timeout
     }
 
@@ -436,14 +472,24 @@ impl KvNode {
             .get_node(&id)
             .cloned()
             .ok_or(KvError::NoLeader)?;
-        let client =
-            peer_client(&node.peer_url, Duration::from_secs(1)).map_err(KvError::Internal)?;
+        let client = peer_client(
+            &node.peer_url,
+            Duration::from_secs(1),
+            self.peer_client_tls.as_ref(),
+        )
+        .map_err(KvError::Internal)?;
         peers.insert(id, client.clone());
         Ok(client)
     }
 
-    /// Propose a write and wait for its result (forwarded when this node does not lead).
+    /// Propose one of the node's own writes (no client token) and wait for its result.
     pub async fn write(&self, cmd: Command) -> Result<Reply, KvError> {
+        self.write_as(cmd, None).await
+    }
+
+    /// Propose a client's write and wait for its result (forwarded when this node does not
+    /// lead, with the client's `token` so that the leader checks it again).
+    pub async fn write_as(&self, cmd: Command, token: Option<&str>) -> Result<Reply, KvError> {
         state::validate(&cmd)?;
         let deadline = self.deadline();
         loop {
@@ -451,7 +497,7 @@ impl KvNode {
             let attempt = if leader == self.id {
                 self.write_local(cmd.clone(), deadline).await
             } else {
-                self.forward_write(leader, &cmd, deadline).await
+                self.forward_write(leader, &cmd, token, deadline).await
             };
             match attempt {
                 // Not proposed anywhere (leadership moved first): safe to try again.
@@ -484,10 +530,15 @@ impl KvNode {
         &self,
         leader: u64,
         cmd: &Command,
+        token: Option<&str>,
         deadline: Instant,
     ) -> Result<Reply, KvError> {
         let mut client = self.peer(leader)?;
-        let blob = to_blob(cmd).map_err(KvError::Internal)?;
+        let fwd = Forwarded {
+            token: token.map(str::to_string),
+            cmd: cmd.clone(),
+        };
+        let blob = to_blob(&fwd).map_err(KvError::Internal)?;
         let mut req = tonic::Request::new(blob);
         req.set_timeout(deadline.saturating_duration_since(Instant::now()));
         match tokio::time::timeout_at(deadline, client.propose(req)).await {
@@ -498,6 +549,15 @@ impl KvNode {
             {
                 Err(KvError::NoLeader)
             }
+            // Refused by the leader's auth check: certainly not applied.
+            Ok(Err(status))
+                if matches!(
+                    status.code(),
+                    tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+                ) || status.message() == KvError::UserEmpty.to_string() =>
+            {
+                Err(auth_error(status.message()))
+            }
             // The leader may or may not have applied it.
             Ok(Err(_)) => Err(KvError::Timeout),
             Ok(Ok(resp)) => {
@@ -506,6 +566,28 @@ impl KvNode {
                 result
             }
         }
+    }
+
+    /// The keys attached to a lease (for the permission check of LeaseRevoke).
+    pub fn lease_keys(&self, id: i64) -> Vec<Vec<u8>> {
+        self.shared
+            .lease_keys(id)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    /// The leader's half of a forwarded write: check the client's token against this
+    /// node's auth state, then propose.
+    pub async fn propose_forwarded(
+        &self,
+        fwd: Forwarded,
+        deadline: Instant,
+    ) -> Result<Reply, KvError> {
+        let auth = self.shared.auth();
+        access::authorize_forwarded(&auth, &fwd, &|id| self.lease_keys(id))?;
+        state::validate(&fwd.cmd)?;
+        self.write_local(fwd.cmd, deadline).await
     }
 
     /// Make the next local read linearizable: wait until this node has applied everything
@@ -670,111 +752,6 @@ impl KvNode {
         i64::try_from(ms.div_ceil(1000)).unwrap_or(1).max(1)
     }
 
-    /// The members as etcd reports them.
-    pub fn members(&self) -> Vec<pb::Member> {
-        let metrics = self.raft.metrics().borrow().clone();
-        let membership = metrics.membership_config.membership();
-        let voters: BTreeSet<u64> = membership.voter_ids().collect();
-        let attrs = self
-            .shared
-            .members
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        membership
-            .nodes()
-            .map(|(id, node)| {
-                let a = attrs.get(id);
-                pb::Member {
-                    id: *id,
-                    name: a.map_or_else(|| node.name.clone(), |a| a.name.clone()),
-                    peer_ur_ls: vec![node.peer_url.clone()],
-                    client_ur_ls: a.map(|a| a.client_urls.clone()).unwrap_or_default(),
-                    is_learner: !voters.contains(id),
-                }
-            })
-            .collect()
-    }
-
-    /// etcd's MemberAdd: the member joins as a learner, and as a voter unless `learner`.
-    pub async fn member_add(&self, peer_url: &str, learner: bool) -> Result<pb::Member, KvError> {
-        let id = member_id(peer_url);
-        if self.members().iter().any(|m| m.id == id) {
-            return Err(KvError::PeerUrlExists);
-        }
-        let node = Member {
-            name: String::new(),
-            peer_url: peer_url.to_string(),
-        };
-        let deadline = self.deadline();
-        let r = tokio::time::timeout_at(deadline, self.raft.add_learner(id, node, false)).await;
-        membership_result(r)?;
-        if !learner {
-            let r = tokio::time::timeout_at(
-                deadline,
-                self.raft
-                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true),
-            )
-            .await;
-            membership_result(r)?;
-        }
-        Ok(pb::Member {
-            id,
-            name: String::new(),
-            peer_ur_ls: vec![peer_url.to_string()],
-            client_ur_ls: Vec::new(),
-            is_learner: learner,
-        })
-    }
-
-    /// etcd's MemberPromote: only a learner that has caught up with the leader.
-    pub async fn member_promote(&self, id: u64) -> Result<(), KvError> {
-        let member = self
-            .members()
-            .into_iter()
-            .find(|m| m.id == id)
-            .ok_or(KvError::MemberNotFound)?;
-        if !member.is_learner {
-            return Err(KvError::MemberNotLearner);
-        }
-        let metrics = self.raft.metrics().borrow().clone();
-        let matched = metrics
-            .replication
-            .as_ref()
-            .and_then(|r| r.get(&id).copied().flatten())
-            .map_or(0, |l| l.index);
-        let last = metrics.last_log_index.unwrap_or(0);
-        // etcd's rule: a learner is ready once it holds 90% of the leader's log.
-        if (matched as f64) < (last as f64) * 0.9 {
-            return Err(KvError::LearnerNotReady);
-        }
-        let r = tokio::time::timeout_at(
-            self.deadline(),
-            self.raft
-                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false),
-        )
-        .await;
-        membership_result(r)
-    }
-
-    /// etcd's MemberRemove.
-    pub async fn member_remove(&self, id: u64) -> Result<(), KvError> {
-        let member = self
-            .members()
-            .into_iter()
-            .find(|m| m.id == id)
-            .ok_or(KvError::MemberNotFound)?;
-        let change = if member.is_learner {
-            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
-        } else {
-            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
-        };
-        let r =
-            tokio::time::timeout_at(self.deadline(), self.raft.change_membership(change, false))
-                .await;
-        membership_result(r)
-    }
-
     pub fn is_leader(&self) -> bool {
         let m = self.raft.metrics();
         let m = m.borrow();
@@ -783,24 +760,6 @@ impl KvNode {
 
     pub fn max_request_bytes(&self) -> usize {
         self.config.max_request_bytes
-    }
-}
-
-type MembershipWrite<T> =
-    Result<Result<T, RaftError<u64, ClientWriteError<u64, Member>>>, tokio::time::error::Elapsed>;
-
-fn membership_result<T>(r: MembershipWrite<T>) -> Result<(), KvError> {
-    match r {
-        Err(_) => Err(KvError::Timeout),
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-            Err(KvError::NoLeader)
-        }
-        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => match e {
-            ChangeMembershipError::LearnerNotFound(_) => Err(KvError::MemberNotFound),
-            other => Err(KvError::Internal(other.to_string())),
-        },
-        Ok(Err(e)) => Err(KvError::Internal(e.to_string())),
     }
 }
 
@@ -860,6 +819,18 @@ async fn propose_loop(raft: Raft, mut rx: mpsc::UnboundedReceiver<Proposal>) {
             }
         });
     }
+}
+
+/// An auth refusal relayed by the leader, back as the error it was.
+fn auth_error(message: &str) -> KvError {
+    [
+        KvError::UserEmpty,
+        KvError::InvalidAuthToken,
+        KvError::PermissionDenied,
+    ]
+    .into_iter()
+    .find(|e| e.to_string() == message)
+    .unwrap_or(KvError::PermissionDenied)
 }
 
 fn reply_result(r: Reply) -> Result<Reply, KvError> {

@@ -7,13 +7,17 @@ use prost::Message;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Server;
+use tonic::metadata::MetadataMap;
 use tonic::transport::server::Router;
+use tonic::transport::{Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::access::{self, Caller, Forwarded};
+use crate::auth::AuthState;
 use crate::error::KvError;
 use crate::network::{PEER_MAX_MESSAGE, from_blob, to_blob};
 use crate::node::KvNode;
+use crate::proto::etcdserverpb::auth_server::AuthServer;
 use crate::proto::etcdserverpb::cluster_server::{Cluster, ClusterServer};
 use crate::proto::etcdserverpb::kv_server::{Kv, KvServer};
 use crate::proto::etcdserverpb::lease_server::{Lease, LeaseServer};
@@ -22,7 +26,9 @@ use crate::proto::etcdserverpb::watch_server::{Watch, WatchServer};
 use crate::proto::etcdserverpb::{self as pb, response_op};
 use crate::proto::peer::peer_server::{Peer, PeerServer};
 use crate::proto::peer::{Blob, Empty, LeaseId, LeaseTtl, ReadIndexReply};
-use crate::types::{Command, Reply};
+use crate::quota;
+use crate::tls::TlsError;
+use crate::types::{AlarmCommand, Command, Reply};
 
 /// The version reported by Maintenance.Status: the etcd API level this store speaks.
 pub const API_VERSION: &str = "3.5.0";
@@ -32,28 +38,45 @@ pub const API_VERSION: &str = "3.5.0";
 const GRPC_OVERHEAD: usize = 512 * 1024;
 
 #[derive(Clone)]
-struct Api {
-    node: Arc<KvNode>,
+pub(crate) struct Api {
+    pub(crate) node: Arc<KvNode>,
 }
 
-pub(crate) fn client_router(node: Arc<KvNode>) -> Router {
+/// A server builder, with TLS when configured.
+fn builder(tls: Option<ServerTlsConfig>) -> Result<Server, TlsError> {
+    let server = Server::builder().tcp_nodelay(true);
+    match tls {
+        Some(t) => server
+            .tls_config(t)
+            .map_err(|e| TlsError::Config(e.to_string())),
+        None => Ok(server),
+    }
+}
+
+pub(crate) fn client_router(
+    node: Arc<KvNode>,
+    tls: Option<ServerTlsConfig>,
+) -> Result<Router, TlsError> {
     let limit = node.max_request_bytes() + GRPC_OVERHEAD;
     let api = Api { node };
-    Server::builder()
-        .tcp_nodelay(true)
+    Ok(builder(tls)?
         .add_service(KvServer::new(api.clone()).max_decoding_message_size(limit))
         .add_service(WatchServer::new(api.clone()).max_decoding_message_size(limit))
         .add_service(LeaseServer::new(api.clone()).max_decoding_message_size(limit))
         .add_service(ClusterServer::new(api.clone()).max_decoding_message_size(limit))
-        .add_service(MaintenanceServer::new(api).max_decoding_message_size(limit))
+        .add_service(MaintenanceServer::new(api.clone()).max_decoding_message_size(limit))
+        .add_service(AuthServer::new(api).max_decoding_message_size(limit)))
 }
 
-pub(crate) fn peer_router(node: Arc<KvNode>) -> Router {
-    Server::builder().tcp_nodelay(true).add_service(
+pub(crate) fn peer_router(
+    node: Arc<KvNode>,
+    tls: Option<ServerTlsConfig>,
+) -> Result<Router, TlsError> {
+    Ok(builder(tls)?.add_service(
         PeerServer::new(Api { node })
             .max_decoding_message_size(PEER_MAX_MESSAGE)
             .max_encoding_message_size(PEER_MAX_MESSAGE),
-    )
+    ))
 }
 
 impl Api {
@@ -84,9 +107,62 @@ impl Api {
         }
     }
 
-    async fn write(&self, cmd: Command) -> Result<Reply, Status> {
-        self.node.write(cmd).await.map_err(Status::from)
+    /// The caller a request's `token` metadata names, and the auth state that decided it.
+    pub(crate) fn caller(&self, md: &MetadataMap) -> Result<(Arc<AuthState>, Caller), Status> {
+        let auth = self.node.shared.auth();
+        let who = access::caller(&auth, token(md))?;
+        Ok((auth, who))
     }
+
+    /// Check `cmd` against the caller's rights, then propose it (with the token, so that a
+    /// leader it is forwarded to checks it again).
+    pub(crate) async fn write(&self, md: &MetadataMap, cmd: Command) -> Result<Reply, Status> {
+        let (auth, who) = self.caller(md)?;
+        access::check_command(&auth, &who, &cmd, &|id| self.node.lease_keys(id))?;
+        self.check_quota(&cmd).await?;
+        let cmd = access::on_behalf(&auth, &who, cmd);
+        self.node
+            .write_as(cmd, token(md))
+            .await
+            .map_err(Status::from)
+    }
+
+    /// etcd's quota: a write that adds data and would take the state file past
+    /// `--quota-backend-bytes` raises NOSPACE (through the log) and is refused. While the
+    /// alarm is raised the state machine refuses such writes itself.
+    async fn check_quota(&self, cmd: &Command) -> Result<(), Status> {
+        if !quota::adds_data(cmd) || self.node.shared.alarms().nospace() {
+            return Ok(());
+        }
+        let size = u64::try_from(self.node.shared.db_size()).unwrap_or(0);
+        if size.saturating_add(quota::cost(cmd)) <= self.node.config.quota_backend_bytes {
+            return Ok(());
+        }
+        let raise = Command::Alarm(AlarmCommand::Activate {
+            member: self.node.id,
+            alarm: quota::NOSPACE,
+        });
+        if let Err(e) = self.node.write(raise).await {
+            tracing::warn!(error = %e, "raising the NOSPACE alarm failed");
+        }
+        tracing::warn!(
+            size,
+            quota = self.node.config.quota_backend_bytes,
+            "space quota exhausted: NOSPACE raised, writes refused until `alarm disarm`"
+        );
+        Err(KvError::NoSpace.into())
+    }
+
+    /// Only root (or anyone while auth is disabled).
+    pub(crate) fn require_root(&self, md: &MetadataMap) -> Result<(), Status> {
+        let (auth, who) = self.caller(md)?;
+        access::require_root(&auth, &who).map_err(Status::from)
+    }
+}
+
+/// The token etcd's clients send after `Authenticate`.
+fn token(md: &MetadataMap) -> Option<&str> {
+    md.get("token").and_then(|v| v.to_str().ok())
 }
 
 fn unexpected(r: &Reply) -> Status {
@@ -99,9 +175,15 @@ impl Kv for Api {
         &self,
         req: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
-        let req = req.into_inner();
+        let (md, _, req) = req.into_parts();
+        let (auth, who) = self.caller(&md)?;
+        access::check_range(&auth, &who, &req)?;
         if !req.serializable {
             self.node.linearize().await?;
+            // Checked again at the read point: a permission revoked before this read was
+            // ordered is applied here by now (the first check only spares the round).
+            let (auth, who) = self.caller(&md)?;
+            access::check_range(&auth, &who, &req)?;
         }
         let mut resp = self.node.shared.range(&req)?;
         self.fill(&mut resp.header);
@@ -109,9 +191,9 @@ impl Kv for Api {
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        let req = req.into_inner();
+        let (md, _, req) = req.into_parts();
         self.check_size(&req)?;
-        match self.write(Command::Put(req)).await? {
+        match self.write(&md, Command::Put(req)).await? {
             Reply::Put(mut r) => {
                 self.fill(&mut r.header);
                 Ok(Response::new(r))
@@ -124,9 +206,9 @@ impl Kv for Api {
         &self,
         req: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
-        let req = req.into_inner();
+        let (md, _, req) = req.into_parts();
         self.check_size(&req)?;
-        match self.write(Command::DeleteRange(req)).await? {
+        match self.write(&md, Command::DeleteRange(req)).await? {
             Reply::DeleteRange(mut r) => {
                 self.fill(&mut r.header);
                 Ok(Response::new(r))
@@ -136,11 +218,11 @@ impl Kv for Api {
     }
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
-        let req = req.into_inner();
+        let (md, _, req) = req.into_parts();
         self.check_size(&req)?;
         // Every txn goes through the log, read-only ones too: compares and reads then happen
         // at one point in the log order, which makes them linearizable for free.
-        match self.write(Command::Txn(req)).await? {
+        match self.write(&md, Command::Txn(req)).await? {
             Reply::Txn(mut r) => {
                 self.fill_txn(&mut r);
                 Ok(Response::new(r))
@@ -153,7 +235,8 @@ impl Kv for Api {
         &self,
         req: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
-        match self.write(Command::Compact(req.into_inner())).await? {
+        let (md, _, req) = req.into_parts();
+        match self.write(&md, Command::Compact(req)).await? {
             Reply::Compact(mut r) => {
                 self.fill(&mut r.header);
                 Ok(Response::new(r))
@@ -173,8 +256,14 @@ impl Watch for Api {
         &self,
         req: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let (_, who) = self.caller(req.metadata())?;
         let (tx, rx) = mpsc::channel(128);
-        tokio::spawn(crate::watch::serve(self.node.clone(), req.into_inner(), tx));
+        tokio::spawn(crate::watch::serve(
+            self.node.clone(),
+            who,
+            req.into_inner(),
+            tx,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -187,9 +276,12 @@ impl Lease for Api {
         &self,
         req: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
-        let req = req.into_inner();
+        let (md, _, req) = req.into_parts();
         let ttl = req.ttl.max(self.node.min_lease_ttl());
-        match self.write(Command::LeaseGrant { id: req.id, ttl }).await? {
+        match self
+            .write(&md, Command::LeaseGrant { id: req.id, ttl })
+            .await?
+        {
             Reply::LeaseGrant(mut r) => {
                 self.fill(&mut r.header);
                 Ok(Response::new(r))
@@ -202,8 +294,8 @@ impl Lease for Api {
         &self,
         req: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
-        let id = req.into_inner().id;
-        match self.write(Command::LeaseRevoke { id }).await? {
+        let (md, _, req) = req.into_parts();
+        match self.write(&md, Command::LeaseRevoke { id: req.id }).await? {
             Reply::LeaseRevoke(mut r) => {
                 self.fill(&mut r.header);
                 Ok(Response::new(r))
@@ -216,6 +308,7 @@ impl Lease for Api {
         &self,
         req: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        self.caller(req.metadata())?;
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let node = self.node.clone();
@@ -248,6 +341,7 @@ impl Lease for Api {
         &self,
         req: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        self.caller(req.metadata())?;
         let req = req.into_inner();
         let header = Some(self.node.header(self.node.shared.current_revision()));
         let Some((ttl, granted)) = self.node.lease_time_to_live(req.id).await? else {
@@ -274,8 +368,9 @@ impl Lease for Api {
 
     async fn lease_leases(
         &self,
-        _req: Request<pb::LeaseLeasesRequest>,
+        req: Request<pb::LeaseLeasesRequest>,
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
+        self.caller(req.metadata())?;
         self.node.linearize().await?;
         let ids = self
             .node
@@ -297,6 +392,7 @@ impl Cluster for Api {
         &self,
         req: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        self.require_root(req.metadata())?;
         let req = req.into_inner();
         let [url] = req.peer_ur_ls.as_slice() else {
             return Err(Status::invalid_argument(
@@ -315,6 +411,7 @@ impl Cluster for Api {
         &self,
         req: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        self.require_root(req.metadata())?;
         self.node.member_remove(req.into_inner().id).await?;
         Ok(Response::new(pb::MemberRemoveResponse {
             header: Some(self.node.header(self.node.shared.current_revision())),
@@ -339,6 +436,7 @@ impl Cluster for Api {
         &self,
         req: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        self.require_root(req.metadata())?;
         self.node.member_promote(req.into_inner().id).await?;
         Ok(Response::new(pb::MemberPromoteResponse {
             header: Some(self.node.header(self.node.shared.current_revision())),
@@ -349,10 +447,61 @@ impl Cluster for Api {
 
 #[tonic::async_trait]
 impl Maintenance for Api {
+    async fn alarm(
+        &self,
+        req: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
+        use pb::alarm_request::AlarmAction;
+        let (md, _, req) = req.into_parts();
+        let (member, alarm) = (req.member_id, req.alarm);
+        let cmd = match AlarmAction::try_from(req.action) {
+            Ok(AlarmAction::Get) => {
+                self.node.linearize().await?;
+                let alarms = self
+                    .node
+                    .shared
+                    .alarms()
+                    .list()
+                    .into_iter()
+                    .filter(|a| {
+                        (member == 0 || a.member_id == member) && (alarm == 0 || a.alarm == alarm)
+                    })
+                    .collect();
+                return Ok(Response::new(pb::AlarmResponse {
+                    header: Some(self.node.header(self.node.shared.current_revision())),
+                    alarms,
+                }));
+            }
+            Ok(AlarmAction::Activate) => AlarmCommand::Activate { member, alarm },
+            Ok(AlarmAction::Deactivate) => AlarmCommand::Deactivate { member, alarm },
+            Err(_) => return Err(Status::invalid_argument("etcdserver: unknown alarm action")),
+        };
+        let changed = match &cmd {
+            AlarmCommand::Activate { .. } => alarm != 0,
+            AlarmCommand::Deactivate { .. } => {
+                self.node.shared.alarms().0.contains(&(member, alarm))
+            }
+        };
+        self.write(&md, Command::Alarm(cmd)).await?;
+        Ok(Response::new(pb::AlarmResponse {
+            header: Some(self.node.header(self.node.shared.current_revision())),
+            alarms: if changed {
+                vec![pb::AlarmMember {
+                    member_id: member,
+                    alarm,
+                }]
+            } else {
+                Vec::new()
+            },
+        }))
+    }
+
     async fn status(
         &self,
         _req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        // Open to anyone, as in etcd (clients probe health before they log in).
+        let errors = self.node.shared.alarms().describe();
         let m = self.node.raft.metrics().borrow().clone();
         let is_learner = !m
             .membership_config
@@ -368,7 +517,7 @@ impl Maintenance for Api {
             raft_index: m.last_log_index.unwrap_or(0),
             raft_term: m.current_term,
             raft_applied_index: m.last_applied.map_or(0, |l| l.index),
-            errors: Vec::new(),
+            errors,
             db_size_in_use: size,
             is_learner,
         }))
@@ -400,11 +549,16 @@ impl Peer for Api {
     }
 
     async fn propose(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
-        let cmd: Command = from_blob(req.get_ref()).map_err(Status::invalid_argument)?;
+        let fwd: Forwarded = from_blob(req.get_ref()).map_err(Status::invalid_argument)?;
         let deadline = Instant::now() + self.node.config.request_timeout;
-        match self.node.write_local(cmd, deadline).await {
-            // Not proposed: tell the follower so it may retry elsewhere.
-            Err(KvError::NoLeader) => Err(KvError::NoLeader.into()),
+        match self.node.propose_forwarded(fwd, deadline).await {
+            // Not proposed: tell the follower so it may retry elsewhere (or give up).
+            Err(
+                e @ (KvError::NoLeader
+                | KvError::UserEmpty
+                | KvError::InvalidAuthToken
+                | KvError::PermissionDenied),
+            ) => Err(e.into()),
             result => Ok(Response::new(to_blob(&result).map_err(peer_err)?)),
         }
     }
@@ -416,6 +570,10 @@ impl Peer for Api {
         // Batched with this leader's own reads; a leader that lost its place answers NoLeader.
         let index = self.node.read_index().await?;
         Ok(Response::new(ReadIndexReply { index }))
+    }
+
+    async fn ping(&self, _req: Request<Empty>) -> Result<Response<Empty>, Status> {
+        Ok(Response::new(Empty {}))
     }
 
     async fn lease_keep_alive(&self, req: Request<LeaseId>) -> Result<Response<LeaseTtl>, Status> {

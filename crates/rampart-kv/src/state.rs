@@ -18,21 +18,24 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageIOError};
+use openraft::{EntryPayload, OptionalSend, SnapshotMeta, StorageIOError};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::access;
+use crate::auth::AuthState;
 use crate::error::KvError;
 use crate::log_store::{AnyErr, seal, unseal};
 use crate::proto::etcdserverpb::{self as pb, compare, request_op, response_op};
 use crate::proto::mvccpb::{Event, KeyValue, event::EventType};
+use crate::quota::{self, Alarms};
 use crate::types::{
     Command, Entry, LogId, Member, Reply, StorageError, StoredMembership, TypeConfig,
 };
@@ -42,6 +45,8 @@ const HIST: TableDefinition<i64, &[u8]> = TableDefinition::new("hist");
 const LEASES: TableDefinition<i64, &[u8]> = TableDefinition::new("leases");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const META_SM: &str = "sm";
+/// The replicated [`Control`] state, written only when it changes.
+const META_CONTROL: &str = "control";
 
 /// Most operations in one txn (etcd's default `--max-txn-ops`).
 pub const MAX_TXN_OPS: usize = 128;
@@ -57,6 +62,14 @@ pub struct SmMeta {
     pub compact_revision: i64,
     pub cluster_id: u64,
     pub members: BTreeMap<u64, MemberAttrs>,
+}
+
+/// Replicated state besides keys that changes rarely: auth and alarms. Each part is an
+/// `Arc` handed to readers as is; applying a change replaces the part.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Control {
+    pub auth: Arc<AuthState>,
+    pub alarms: Arc<Alarms>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +168,8 @@ pub struct Shared {
     pub events: broadcast::Sender<Arc<RevBatch>>,
     pub lessor: Mutex<Lessor>,
     pub members: Mutex<BTreeMap<u64, MemberAttrs>>,
+    auth: RwLock<Arc<AuthState>>,
+    alarms: RwLock<Arc<Alarms>>,
 }
 
 /// The state machine openraft drives.
@@ -164,6 +179,7 @@ pub struct StateMachine {
     meta: SmMeta,
     snapshot_path: PathBuf,
     retention: i64,
+    ctl: Control,
 }
 
 /// Why the state file cannot be used; the node refuses to start.
@@ -199,7 +215,7 @@ impl StateMachine {
             path: name.clone(),
             detail,
         };
-        let (meta, leases) = {
+        let (meta, leases, ctl) = {
             let rx = db.begin_read().map_err(|e| open(e.to_string()))?;
             let m = rx.open_table(META).map_err(|e| open(e.to_string()))?;
             let meta = match m.get(META_SM).map_err(|e| open(e.to_string()))? {
@@ -231,7 +247,11 @@ impl StateMachine {
                 unseal(v.value())
                     .map_err(|d| corrupt(format!("history of revision {}: {d}", k.value())))?;
             }
-            (meta, leases)
+            let ctl = match m.get(META_CONTROL).map_err(|e| open(e.to_string()))? {
+                Some(v) => decode::<Control>(v.value()).map_err(corrupt)?,
+                None => Control::default(),
+            };
+            (meta, leases, ctl)
         };
         let mut lessor = Lessor::default();
         for (id, ttl) in leases {
@@ -245,11 +265,14 @@ impl StateMachine {
             events: broadcast::channel(1024).0,
             lessor: Mutex::new(lessor),
             members: Mutex::new(meta.members.clone()),
+            auth: RwLock::new(ctl.auth.clone()),
+            alarms: RwLock::new(ctl.alarms.clone()),
         });
         let sm = StateMachine {
             shared: shared.clone(),
             meta,
             snapshot_path: dir.join("snapshot.bin"),
+            ctl,
             retention: i64::try_from(retention).unwrap_or(i64::MAX),
         };
         Ok((sm, shared))
@@ -323,6 +346,54 @@ where
     Ok(out)
 }
 
+/// A scan of the current keys in key order that keeps at most `keep` matches and only
+/// counts the rest, so `Range` with a limit (or `count_only`) holds `limit` values in
+/// memory, not the whole range. Without filters, keys past the window are not even decoded.
+fn scan_window<T>(
+    kv: &T,
+    r: &KeyRange<'_>,
+    keep: usize,
+    descend: bool,
+    filter: Option<&dyn Fn(&KeyValue) -> bool>,
+) -> Result<(Vec<KeyValue>, i64), KvError>
+where
+    T: ReadableTable<&'static [u8], &'static [u8]>,
+{
+    if r.is_single() || (r.end != [0] && r.end <= r.key) {
+        let mut kvs = scan(kv, r)?;
+        kvs.retain(|kv| filter.is_none_or(|f| f(kv)));
+        let count = i64::try_from(kvs.len()).unwrap_or(i64::MAX);
+        kvs.truncate(keep);
+        return Ok((kvs, count));
+    }
+    let iter = if r.end == [0] {
+        kv.range::<&[u8]>(r.key..).map_err(storage)?
+    } else {
+        kv.range::<&[u8]>(r.key..r.end).map_err(storage)?
+    };
+    let iter: Box<dyn Iterator<Item = _>> = if descend {
+        Box::new(iter.rev())
+    } else {
+        Box::new(iter)
+    };
+    let (mut out, mut count) = (Vec::new(), 0i64);
+    for item in iter {
+        let (_, v) = item.map_err(storage)?;
+        if out.len() >= keep && filter.is_none() {
+            count += 1;
+            continue;
+        }
+        let kv = decode_kv(v.value())?;
+        if filter.is_none_or(|f| f(&kv)) {
+            count += 1;
+            if out.len() < keep {
+                out.push(kv);
+            }
+        }
+    }
+    Ok((out, count))
+}
+
 fn decode_kv(sealed: &[u8]) -> Result<KeyValue, KvError> {
     decode(sealed).map_err(KvError::Storage)
 }
@@ -380,6 +451,45 @@ where
         key: &req.key,
         end: &req.range_end,
     };
+    let filter = |kv: &KeyValue| {
+        (req.min_mod_revision == 0 || kv.mod_revision >= req.min_mod_revision)
+            && (req.max_mod_revision == 0 || kv.mod_revision <= req.max_mod_revision)
+            && (req.min_create_revision == 0 || kv.create_revision >= req.min_create_revision)
+            && (req.max_create_revision == 0 || kv.create_revision <= req.max_create_revision)
+    };
+    let filtered = req.min_mod_revision != 0
+        || req.max_mod_revision != 0
+        || req.min_create_revision != 0
+        || req.max_create_revision != 0;
+    let by_key = req.sort_target == pb::range_request::SortTarget::Key as i32;
+    if (req.revision <= 0 || req.revision == current) && by_key {
+        let keep = if req.count_only {
+            0
+        } else if req.limit > 0 {
+            usize::try_from(req.limit).unwrap_or(usize::MAX)
+        } else {
+            usize::MAX
+        };
+        let descend = req.sort_order == pb::range_request::SortOrder::Descend as i32;
+        let (mut kvs, count) = scan_window(
+            kv,
+            &r,
+            keep,
+            descend,
+            filtered.then_some(&filter as &dyn Fn(&KeyValue) -> bool),
+        )?;
+        if req.keys_only {
+            for kv in &mut kvs {
+                kv.value.clear();
+            }
+        }
+        return Ok(pb::RangeResponse {
+            header: Some(header(current)),
+            more: req.limit > 0 && count > req.limit,
+            kvs,
+            count,
+        });
+    }
     let mut kvs = if req.revision <= 0 || req.revision == current {
         scan(kv, &r)?
     } else if req.revision > current {
@@ -391,12 +501,7 @@ where
     } else {
         scan_at(kv, hist, &r, req.revision, current)?
     };
-    kvs.retain(|kv| {
-        (req.min_mod_revision == 0 || kv.mod_revision >= req.min_mod_revision)
-            && (req.max_mod_revision == 0 || kv.mod_revision <= req.max_mod_revision)
-            && (req.min_create_revision == 0 || kv.create_revision >= req.min_create_revision)
-            && (req.max_create_revision == 0 || kv.create_revision <= req.max_create_revision)
-    });
+    kvs.retain(filter);
     sort_kvs(&mut kvs, req.sort_order, req.sort_target);
     let count = i64::try_from(kvs.len()).unwrap_or(i64::MAX);
     let mut more = false;
@@ -520,6 +625,22 @@ impl Shared {
             .unwrap_or(0)
     }
 
+    /// The auth state as last applied on this node.
+    pub fn auth(&self) -> Arc<AuthState> {
+        self.auth
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The alarms as last applied on this node.
+    pub fn alarms(&self) -> Arc<Alarms> {
+        self.alarms
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     pub fn current_revision(&self) -> i64 {
         self.revision.load(Ordering::Acquire)
     }
@@ -533,6 +654,8 @@ struct Writer<'t> {
     hist: Table<'t, i64, &'static [u8]>,
     leases: Table<'t, i64, &'static [u8]>,
     meta: &'t mut SmMeta,
+    ctl: &'t mut Control,
+    ctl_changed: bool,
     /// Events of the command being applied (they all get revision `meta.revision + 1`).
     pending: Vec<Event>,
     published: Vec<Arc<RevBatch>>,
@@ -932,6 +1055,35 @@ impl Writer<'_> {
 
     /// Apply one command; an error leaves no trace (checks run before any write).
     fn command(&mut self, cmd: &Command, index: u64) -> Reply {
+        if let Command::As {
+            user,
+            auth_revision,
+            cmd,
+        } = cmd
+        {
+            let auth = self.ctl.auth.clone();
+            if auth.enabled && auth.revision != *auth_revision {
+                let keys = |id| {
+                    self.lease(id)
+                        .ok()
+                        .flatten()
+                        .map(|l| l.keys.into_iter().collect())
+                        .unwrap_or_default()
+                };
+                let allowed = if auth.users.contains_key(user) {
+                    access::check_command(&auth, &Some(user.clone()), cmd, &keys)
+                } else {
+                    Err(KvError::PermissionDenied)
+                };
+                if let Err(e) = allowed {
+                    return Reply::Error(e);
+                }
+            }
+            return self.command(cmd, index);
+        }
+        if self.ctl.alarms.nospace() && quota::adds_data(cmd) {
+            return Reply::Error(KvError::NoSpace);
+        }
         let result = match cmd {
             Command::Put(p) => self.put(p).map(Reply::Put),
             Command::DeleteRange(d) => self.delete(d).map(Reply::DeleteRange),
@@ -951,6 +1103,7 @@ impl Writer<'_> {
             }
             Command::LeaseRevoke { id } => self.lease_revoke(*id).map(Reply::LeaseRevoke),
             Command::Batch(_) => Err(KvError::Internal("nested write batch".into())),
+            Command::As { .. } => Err(KvError::Internal("nested auth wrapper".into())),
             Command::SetMemberAttrs {
                 id,
                 name,
@@ -963,6 +1116,26 @@ impl Writer<'_> {
                         client_urls: client_urls.clone(),
                     },
                 );
+                Ok(Reply::Done {
+                    revision: self.meta.revision,
+                })
+            }
+            Command::Auth(a) => {
+                let mut next = AuthState::clone(&self.ctl.auth);
+                next.apply(a).map(|()| {
+                    self.ctl.auth = Arc::new(next);
+                    self.ctl_changed = true;
+                    Reply::Done {
+                        revision: self.meta.revision,
+                    }
+                })
+            }
+            Command::Alarm(a) => {
+                let mut next = Alarms::clone(&self.ctl.alarms);
+                if next.apply(a) {
+                    self.ctl.alarms = Arc::new(next);
+                    self.ctl_changed = true;
+                }
                 Ok(Reply::Done {
                     revision: self.meta.revision,
                 })
@@ -1022,6 +1195,7 @@ pub fn validate(cmd: &Command) -> Result<(), KvError> {
         Command::Put(p) if p.key.is_empty() => Err(KvError::EmptyKey),
         Command::DeleteRange(d) if d.key.is_empty() => Err(KvError::EmptyKey),
         Command::Txn(t) => validate_txn(t),
+        Command::As { cmd, .. } => validate(cmd),
         _ => Ok(()),
     }
 }
@@ -1090,20 +1264,16 @@ fn collect_writes<'a>(
     Ok(())
 }
 
+mod snapshot;
+
+pub use snapshot::{SnapshotBuilder, verify_snapshot_file};
+use snapshot::{decode_image, load_image, read_snapshot_file, write_snapshot_file};
+
 // ---------------------------------------------------------------------------------------
 // openraft glue
 
 fn io_err(e: impl std::fmt::Display) -> StorageError {
     StorageIOError::write_state_machine(&AnyErr(e.to_string())).into()
-}
-
-/// A self-contained image of the state, for snapshots.
-#[derive(Serialize, Deserialize)]
-struct Image {
-    meta: SmMeta,
-    kv: Vec<(Vec<u8>, Vec<u8>)>,
-    hist: Vec<(i64, Vec<u8>)>,
-    leases: Vec<(i64, Vec<u8>)>,
 }
 
 /// What applying a batch produced, for the caller to publish after the commit.
@@ -1116,18 +1286,21 @@ struct Applied {
 fn apply_batch(
     db: &Database,
     meta: &mut SmMeta,
+    ctl: &mut Control,
     entries: Vec<Entry>,
     retention: i64,
 ) -> Result<Applied, KvError> {
     let tx = db.begin_write().map_err(storage)?;
     let mut tx = tx;
     tx.set_durability(Durability::None).map_err(storage)?;
-    let (replies, published, effects) = {
+    let (replies, published, effects, ctl_changed) = {
         let mut w = Writer {
             kv: tx.open_table(KV).map_err(storage)?,
             hist: tx.open_table(HIST).map_err(storage)?,
             leases: tx.open_table(LEASES).map_err(storage)?,
             meta,
+            ctl,
+            ctl_changed: false,
             pending: Vec::new(),
             published: Vec::new(),
             lease_effects: Vec::new(),
@@ -1164,9 +1337,12 @@ fn apply_batch(
             w.meta.applied = Some(entry.log_id);
             replies.push(reply);
         }
-        (replies, w.published, w.lease_effects)
+        (replies, w.published, w.lease_effects, w.ctl_changed)
     };
     write_meta(&tx, meta)?;
+    if ctl_changed {
+        write_control(&tx, ctl)?;
+    }
     tx.commit().map_err(storage)?;
     Ok(Applied {
         replies,
@@ -1179,6 +1355,13 @@ fn write_meta(tx: &WriteTransaction, meta: &SmMeta) -> Result<(), KvError> {
     let bytes = encode(meta)?;
     let mut m = tx.open_table(META).map_err(storage)?;
     m.insert(META_SM, bytes.as_slice()).map_err(storage)?;
+    Ok(())
+}
+
+fn write_control(tx: &WriteTransaction, ctl: &Control) -> Result<(), KvError> {
+    let bytes = encode(ctl)?;
+    let mut m = tx.open_table(META).map_err(storage)?;
+    m.insert(META_CONTROL, bytes.as_slice()).map_err(storage)?;
     Ok(())
 }
 
@@ -1215,6 +1398,16 @@ impl StateMachine {
             .members
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = self.meta.members.clone();
+        *self
+            .shared
+            .auth
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = self.ctl.auth.clone();
+        *self
+            .shared
+            .alarms
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = self.ctl.alarms.clone();
         self.shared
             .cluster_id
             .store(self.meta.cluster_id, Ordering::Release);
@@ -1243,10 +1436,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let db = self.shared.db.clone();
         let mut meta = self.meta.clone();
+        let mut ctl = self.ctl.clone();
         let retention = self.retention;
-        let (meta, result) = tokio::task::spawn_blocking(move || {
-            let r = apply_batch(&db, &mut meta, entries, retention);
-            (meta, r)
+        let (meta, ctl, result) = tokio::task::spawn_blocking(move || {
+            let r = apply_batch(&db, &mut meta, &mut ctl, entries, retention);
+            (meta, ctl, r)
         })
         .await
         .map_err(io_err)?;
@@ -1256,6 +1450,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             effects,
         } = result.map_err(io_err)?;
         self.meta = meta;
+        self.ctl = ctl;
         self.publish(published, effects);
         Ok(replies)
     }
@@ -1277,7 +1472,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let image: Image = decode(&data).map_err(|e| {
+        let image = decode_image(&data).map_err(|e| {
             StorageError::from(StorageIOError::read_snapshot(
                 Some(meta.signature()),
                 &AnyErr(e),
@@ -1285,6 +1480,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })?;
         let db = self.shared.db.clone();
         let sm_meta = image.meta.clone();
+        self.ctl = image.ctl.clone();
         tokio::task::spawn_blocking(move || load_image(&db, &image))
             .await
             .map_err(io_err)?
@@ -1331,162 +1527,4 @@ impl StateMachine {
         }
         Ok(out)
     }
-}
-
-fn load_image(db: &Database, image: &Image) -> Result<(), KvError> {
-    let mut tx = db.begin_write().map_err(storage)?;
-    tx.set_durability(Durability::Immediate).map_err(storage)?;
-    {
-        let mut kv = tx.open_table(KV).map_err(storage)?;
-        kv.retain(|_, _| false).map_err(storage)?;
-        for (k, v) in &image.kv {
-            kv.insert(k.as_slice(), v.as_slice()).map_err(storage)?;
-        }
-        let mut hist = tx.open_table(HIST).map_err(storage)?;
-        hist.retain(|_, _| false).map_err(storage)?;
-        for (k, v) in &image.hist {
-            hist.insert(*k, v.as_slice()).map_err(storage)?;
-        }
-        let mut leases = tx.open_table(LEASES).map_err(storage)?;
-        leases.retain(|_, _| false).map_err(storage)?;
-        for (k, v) in &image.leases {
-            leases.insert(*k, v.as_slice()).map_err(storage)?;
-        }
-    }
-    write_meta(&tx, &image.meta)?;
-    tx.commit().map_err(storage)?;
-    Ok(())
-}
-
-/// Builds snapshots from a consistent read of the state.
-#[derive(Debug)]
-pub struct SnapshotBuilder {
-    db: Arc<Database>,
-    path: PathBuf,
-}
-
-impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let db = self.db.clone();
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || build_snapshot(&db, &path))
-            .await
-            .map_err(io_err)?
-            .map_err(|e| StorageIOError::write_snapshot(None, &AnyErr(e.to_string())).into())
-    }
-}
-
-fn build_snapshot(db: &Database, path: &Path) -> Result<Snapshot<TypeConfig>, KvError> {
-    // Make every earlier (non-durable) apply durable first: once this snapshot exists the
-    // log before it may be purged, and the state on disk must not be older than it.
-    let mut tx = db.begin_write().map_err(storage)?;
-    tx.set_durability(Durability::Immediate).map_err(storage)?;
-    tx.commit().map_err(storage)?;
-
-    let rx = db.begin_read().map_err(storage)?;
-    let meta = Shared::read_meta(&rx.open_table(META).map_err(storage)?)?;
-    let mut image = Image {
-        meta,
-        kv: Vec::new(),
-        hist: Vec::new(),
-        leases: Vec::new(),
-    };
-    for item in rx
-        .open_table(KV)
-        .map_err(storage)?
-        .iter()
-        .map_err(storage)?
-    {
-        let (k, v) = item.map_err(storage)?;
-        image.kv.push((k.value().to_vec(), v.value().to_vec()));
-    }
-    for item in rx
-        .open_table(HIST)
-        .map_err(storage)?
-        .iter()
-        .map_err(storage)?
-    {
-        let (k, v) = item.map_err(storage)?;
-        image.hist.push((k.value(), v.value().to_vec()));
-    }
-    for item in rx
-        .open_table(LEASES)
-        .map_err(storage)?
-        .iter()
-        .map_err(storage)?
-    {
-        let (k, v) = item.map_err(storage)?;
-        image.leases.push((k.value(), v.value().to_vec()));
-    }
-    let data = encode(&image)?;
-    let last = image.meta.applied;
-    let snapshot_id = match last {
-        Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, image.meta.revision),
-        None => format!("0-0-{}", image.meta.revision),
-    };
-    let meta = SnapshotMeta {
-        last_log_id: last,
-        last_membership: image.meta.membership.clone(),
-        snapshot_id,
-    };
-    write_snapshot_file(path, &meta, &data).map_err(KvError::Storage)?;
-    Ok(Snapshot {
-        meta,
-        snapshot: Box::new(Cursor::new(data)),
-    })
-}
-
-#[derive(Serialize, Deserialize)]
-struct SnapshotFile {
-    meta: SnapshotMeta<u64, Member>,
-    data: Vec<u8>,
-}
-
-fn write_snapshot_file(
-    path: &Path,
-    meta: &SnapshotMeta<u64, Member>,
-    data: &[u8],
-) -> Result<(), String> {
-    use std::io::Write;
-    let file = SnapshotFile {
-        meta: meta.clone(),
-        data: data.to_vec(),
-    };
-    let bytes = encode(&file).map_err(|e| e.to_string())?;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    f.write_all(&bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if let Some(dir) = path.parent()
-        && let Ok(d) = std::fs::File::open(dir)
-    {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
-fn read_snapshot_file(path: &Path) -> Result<Option<Snapshot<TypeConfig>>, String> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
-    };
-    let file: SnapshotFile = decode(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(Some(Snapshot {
-        meta: file.meta,
-        snapshot: Box::new(Cursor::new(file.data)),
-    }))
-}
-
-/// Check a snapshot file at start-up: a damaged one stops the node.
-pub fn verify_snapshot_file(dir: &Path) -> Result<(), StateOpenError> {
-    let path = dir.join("snapshot.bin");
-    read_snapshot_file(&path)
-        .map(|_| ())
-        .map_err(|detail| StateOpenError::Corrupt {
-            path: path.display().to_string(),
-            detail,
-        })
 }

@@ -5,6 +5,7 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::AuthCommand;
 use crate::error::KvError;
 use crate::proto::etcdserverpb as pb;
 
@@ -56,6 +57,26 @@ pub enum Command {
         name: String,
         client_urls: Vec<String>,
     },
+    /// A change to users, roles or the auth switch (applied to the replicated auth state).
+    Auth(AuthCommand),
+    /// Raise or clear an alarm (etcd's Maintenance.Alarm; see `quota`).
+    Alarm(AlarmCommand),
+    /// A client's write while auth is on: `user` was allowed it under auth revision
+    /// `auth_revision`. If the auth state changed before it is applied, every replica checks
+    /// it again against the state at that point (etcd's rule), so a revoke ordered before a
+    /// write always wins.
+    As {
+        user: String,
+        auth_revision: u64,
+        cmd: Box<Command>,
+    },
+}
+
+/// An alarm change: `(member id, etcd's AlarmType)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AlarmCommand {
+    Activate { member: u64, alarm: i32 },
+    Deactivate { member: u64, alarm: i32 },
 }
 
 /// The result of applying one [`Command`]. Headers carry the revision; the serving node fills

@@ -15,6 +15,8 @@ use tokio::sync::{broadcast, mpsc};
 use tonic::{Status, Streaming};
 
 use crate::KvError;
+use crate::access::{self, Caller};
+use crate::auth::PermKind;
 use crate::node::KvNode;
 use crate::proto::etcdserverpb::{self as pb, watch_create_request::FilterType, watch_request};
 use crate::proto::mvccpb::{Event, event::EventType};
@@ -61,19 +63,27 @@ type Out = mpsc::Sender<Result<pb::WatchResponse, Status>>;
 
 struct Stream {
     node: Arc<KvNode>,
+    /// The stream's user (auth): each watch is checked for READ when it is created.
+    caller: Caller,
     out: Out,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
 }
 
 /// Serve one Watch stream until the client goes away or the node shuts down.
-pub(crate) async fn serve(node: Arc<KvNode>, mut inbound: Streaming<pb::WatchRequest>, out: Out) {
+pub(crate) async fn serve(
+    node: Arc<KvNode>,
+    caller: Caller,
+    mut inbound: Streaming<pb::WatchRequest>,
+    out: Out,
+) {
     let mut events = node.shared.events.subscribe();
     let shutdown = node.shutdown_token();
     let mut progress = tokio::time::interval(node.config.watch_progress_interval);
     progress.reset();
     let mut s = Stream {
         node,
+        caller,
         out,
         watchers: BTreeMap::new(),
         next_id: 0,
@@ -151,9 +161,19 @@ impl Stream {
             }
             self.next_id
         };
-        if self.watchers.contains_key(&id) || c.key.is_empty() {
+        let denied = access::check_keys(
+            &self.node.shared.auth(),
+            &self.caller,
+            PermKind::Read,
+            &c.key,
+            &c.range_end,
+        )
+        .err();
+        if self.watchers.contains_key(&id) || c.key.is_empty() || denied.is_some() {
             let reason = if c.key.is_empty() {
                 KvError::EmptyKey.to_string()
+            } else if let Some(e) = denied {
+                e.to_string()
             } else {
                 "etcdserver: watch id already exists".to_string()
             };

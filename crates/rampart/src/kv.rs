@@ -10,9 +10,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
 use rampart_config::duration::parse_duration;
-use rampart_kv::client::{Client, prefix_end};
+use rampart_kv::client::{Client, Security, prefix_end};
 use rampart_kv::proto::etcdserverpb as pb;
 use rampart_kv::proto::mvccpb::event::EventType;
+use rampart_kv::tls::TlsFiles;
 use rampart_kv::{ClusterState, KvNode, NodeConfig};
 
 #[derive(Args)]
@@ -28,6 +29,23 @@ pub(crate) struct KvArgs {
     /// Longest wait for one request.
     #[arg(long, global = true, default_value = "5s", value_parser = duration)]
     command_timeout: Duration,
+    /// `user:password` to log in with (as etcdctl's --user).
+    #[arg(long = "user", id = "auth_user", global = true)]
+    user: Option<String>,
+    /// CA that signs the store's certificate: talk TLS (as etcdctl's --cacert).
+    #[arg(long = "cacert", id = "tls_cacert", global = true)]
+    cacert: Option<PathBuf>,
+    /// Client certificate and key for stores that require one (etcdctl's --cert/--key).
+    #[arg(
+        long = "cert",
+        id = "tls_cert",
+        global = true,
+        requires = "tls_key",
+        requires = "tls_cacert"
+    )]
+    cert: Option<PathBuf>,
+    #[arg(long = "key", id = "tls_key", global = true, requires = "tls_cert")]
+    key: Option<PathBuf>,
     #[command(subcommand)]
     command: KvCommand,
 }
@@ -114,6 +132,17 @@ enum KvCommand {
     Status,
     /// Load-test the endpoints (Rampart's store or etcd) and print throughput and latency.
     Bench(crate::kv_bench::BenchArgs),
+    /// Make a development CA and certificates for local TLS clusters (not for production:
+    /// the CA key is written next to the certificates).
+    Certs {
+        /// Where to write ca.pem, NAME.pem, NAME-key.pem, client.pem, client-key.pem.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Node names, comma-separated (each certificate is also valid for localhost,
+        /// 127.0.0.1 and ::1).
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -192,6 +221,35 @@ pub(crate) struct ServeArgs {
     history_retention: u64,
     #[arg(long, default_value_t = 3 * 512 * 1024)]
     max_request_bytes: usize,
+    /// Lifetime of auth tokens, in seconds (etcd's flag).
+    #[arg(long, default_value_t = 300)]
+    auth_token_ttl: u64,
+    /// Client port TLS: certificate (PEM); with it the client URLs are https.
+    #[arg(long, requires = "key_file")]
+    cert_file: Option<PathBuf>,
+    #[arg(long, requires = "cert_file")]
+    key_file: Option<PathBuf>,
+    /// CA that signs client certificates (checked when a client offers one).
+    #[arg(long, requires = "cert_file")]
+    trusted_ca_file: Option<PathBuf>,
+    /// Require a client certificate signed by --trusted-ca-file.
+    #[arg(long, requires = "trusted_ca_file")]
+    client_cert_auth: bool,
+    /// Peer TLS: this member's certificate, presented to and by other members.
+    #[arg(long, requires = "peer_key_file")]
+    peer_cert_file: Option<PathBuf>,
+    #[arg(long, requires = "peer_cert_file")]
+    peer_key_file: Option<PathBuf>,
+    /// CA that signs every member's peer certificate.
+    #[arg(long, requires = "peer_cert_file")]
+    peer_trusted_ca_file: Option<PathBuf>,
+    /// Require members to present a certificate signed by --peer-trusted-ca-file.
+    #[arg(long, requires = "peer_trusted_ca_file")]
+    peer_client_cert_auth: bool,
+    /// Size of the state file past which writes that add data raise the NOSPACE alarm and
+    /// are refused (etcd's flag; 0 means etcd's default, 2 GiB).
+    #[arg(long, default_value_t = 0)]
+    quota_backend_bytes: u64,
 }
 
 /// `http://host:port` → a socket address to listen on.
@@ -222,6 +280,30 @@ impl ServeArgs {
                 })
                 .collect::<Result<_>>()?,
         };
+        for (what, url, tls) in [
+            (
+                "--listen-client-urls",
+                &self.listen_client_urls,
+                self.cert_file.is_some(),
+            ),
+            (
+                "--listen-peer-urls",
+                &self.listen_peer_urls,
+                self.peer_cert_file.is_some(),
+            ),
+        ] {
+            if url.starts_with("https://") != tls {
+                bail!(
+                    "{what} {url}: use https:// exactly when the port's certificate is given \
+                     ({})",
+                    if what == "--listen-client-urls" {
+                        "--cert-file"
+                    } else {
+                        "--peer-cert-file"
+                    }
+                );
+            }
+        }
         Ok(NodeConfig {
             name: self.name.clone(),
             data_dir: self.data_dir.clone(),
@@ -245,8 +327,61 @@ impl ServeArgs {
             history_retention: self.history_retention,
             max_request_bytes: self.max_request_bytes,
             watch_progress_interval: Duration::from_secs(600),
+            auth_token_ttl: Duration::from_secs(self.auth_token_ttl),
+            client_tls: tls_files(
+                self.cert_file.as_ref(),
+                self.key_file.as_ref(),
+                self.trusted_ca_file.as_ref(),
+                self.client_cert_auth,
+            ),
+            peer_tls: tls_files(
+                self.peer_cert_file.as_ref(),
+                self.peer_key_file.as_ref(),
+                self.peer_trusted_ca_file.as_ref(),
+                self.peer_client_cert_auth,
+            ),
+            quota_backend_bytes: if self.quota_backend_bytes == 0 {
+                rampart_kv::quota::DEFAULT_QUOTA_BYTES
+            } else {
+                self.quota_backend_bytes
+            },
         })
     }
+}
+
+/// The client's TLS and credentials from the global flags.
+fn security(args: &KvArgs) -> Result<Security> {
+    let identity = args.cert.as_deref().zip(args.key.as_deref());
+    let tls = args
+        .cacert
+        .as_deref()
+        .map(|ca| rampart_kv::tls::client_tls(ca, identity))
+        .transpose()?;
+    let user = match &args.user {
+        None => None,
+        Some(u) => {
+            let (name, pw) = u
+                .split_once(':')
+                .ok_or_else(|| anyhow!("--user {u:?} is not user:password"))?;
+            Some((name.to_string(), pw.to_string()))
+        }
+    };
+    Ok(Security { tls, user })
+}
+
+/// One port's TLS settings from its flags (clap makes the certificate and key come together).
+fn tls_files(
+    cert: Option<&PathBuf>,
+    key: Option<&PathBuf>,
+    ca: Option<&PathBuf>,
+    client_cert_auth: bool,
+) -> Option<TlsFiles> {
+    Some(TlsFiles {
+        cert_file: cert?.clone(),
+        key_file: key?.clone(),
+        trusted_ca_file: ca.cloned(),
+        client_cert_auth,
+    })
 }
 
 fn hex_id(s: &str) -> Result<u64> {
@@ -283,13 +418,21 @@ async fn run_async(args: KvArgs) -> Result<ExitCode> {
         node.shutdown().await;
         return Ok(ExitCode::SUCCESS);
     }
+    if let KvCommand::Certs { dir, nodes } = &args.command {
+        for f in rampart_kv::tls::dev_certs(dir, nodes)? {
+            println!("{}", f.display());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if let KvCommand::Bench(bench) = args.command {
         crate::kv_bench::run(&args.endpoints, bench).await?;
         return Ok(ExitCode::SUCCESS);
     }
-    let mut c = Client::new(&args.endpoints, args.command_timeout)?;
+    let mut c = Client::with_security(&args.endpoints, args.command_timeout, security(&args)?)?;
     match args.command {
-        KvCommand::Serve(_) | KvCommand::Bench(_) => unreachable!("handled above"),
+        KvCommand::Serve(_) | KvCommand::Bench(_) | KvCommand::Certs { .. } => {
+            unreachable!("handled above")
+        }
         KvCommand::Get {
             key,
             prefix,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use rampart_kv::client::Client;
+use rampart_kv::client::{Client, Security};
 use rampart_kv::proto::etcdserverpb as pb;
 use rampart_kv::types::member_id;
 
@@ -26,6 +26,9 @@ pub(crate) struct NodeSettings {
     pub(crate) heartbeat: Duration,
     pub(crate) election_timeout: Duration,
     pub(crate) server_request_timeout: Duration,
+    /// TLS on both ports (mutual between nodes) and, once [`Cluster::enable_auth`] ran,
+    /// auth: see `Config::secure`.
+    pub(crate) secure: bool,
 }
 
 #[derive(Debug)]
@@ -47,7 +50,12 @@ pub(crate) struct Cluster {
     ids: std::sync::Mutex<Vec<u64>>,
     /// One single-endpoint client per node, for status probes and readiness reads.
     probes: Vec<Client>,
+    /// How every client reaches the nodes (TLS and the root login when secure).
+    security: Security,
 }
+
+/// The `root` password of secure runs.
+const ROOT_PASSWORD: &str = "jepsen";
 
 fn duration_flag(d: Duration) -> String {
     format!("{}ms", d.as_millis())
@@ -69,11 +77,36 @@ impl Cluster {
             tracing::warn!(?stale, "removed what an earlier run left behind");
         }
         let net = Net::create_with_control(prefix, nodes)?;
-        let ids =
-            std::sync::Mutex::new(net.nodes().map(|i| member_id(&peer_url(&net, i))).collect());
+        let secure = settings.secure;
+        let ids = std::sync::Mutex::new(
+            net.nodes()
+                .map(|i| member_id(&peer_url(&net, i, secure)))
+                .collect(),
+        );
+        let security = if secure {
+            // One certificate per node, named by (and valid for) its namespace address.
+            let names: Vec<String> = net.nodes().map(|i| net.addr(i).to_string()).collect();
+            let certs = settings.dir.join("certs");
+            rampart_kv::tls::dev_certs(&certs, &names).context("making certificates")?;
+            Security {
+                tls: Some(rampart_kv::tls::client_tls(
+                    &certs.join("ca.pem"),
+                    Some((&certs.join("client.pem"), &certs.join("client-key.pem"))),
+                )?),
+                user: Some(("root".into(), ROOT_PASSWORD.into())),
+            }
+        } else {
+            Security::default()
+        };
         let probes = net
             .nodes()
-            .map(|i| Client::new(&[client_url(&net, i)], Duration::from_millis(500)))
+            .map(|i| {
+                Client::with_security(
+                    &[client_url(&net, i, secure)],
+                    Duration::from_millis(500),
+                    security.clone(),
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let mut cluster = Self {
             nodes: (0..nodes)
@@ -86,6 +119,7 @@ impl Cluster {
             settings,
             ids,
             probes,
+            security,
         };
         for i in 1..=nodes {
             cluster.spawn(i)?;
@@ -103,7 +137,25 @@ impl Cluster {
 
     /// Node `i`'s client URL, as the harness (in the root namespace) dials it.
     pub(crate) fn client_url(&self, i: usize) -> String {
-        client_url(&self.net, i)
+        client_url(&self.net, i, self.settings.secure)
+    }
+
+    pub(crate) fn security(&self) -> Security {
+        self.security.clone()
+    }
+
+    /// Secure runs: add `root` with the root role and enable auth (through any node).
+    pub(crate) async fn enable_auth(&self) -> Result<()> {
+        let endpoints: Vec<String> = self.net.nodes().map(|i| self.client_url(i)).collect();
+        let plain = Security {
+            user: None,
+            ..self.security.clone()
+        };
+        let mut c = Client::with_security(&endpoints, Duration::from_secs(5), plain)?;
+        c.user_add("root", ROOT_PASSWORD).await?;
+        c.user_grant_role("root", "root").await?;
+        c.auth_enable().await?;
+        Ok(())
     }
 
     fn node(&mut self, i: usize) -> &mut Node {
@@ -126,7 +178,7 @@ impl Cluster {
         let initial_cluster = self
             .net
             .nodes()
-            .map(|j| format!("n{j}={}", peer_url(&self.net, j)))
+            .map(|j| format!("n{j}={}", peer_url(&self.net, j, self.settings.secure)))
             .collect::<Vec<_>>()
             .join(",");
         let log_path = self.log_path(i);
@@ -143,14 +195,15 @@ impl Cluster {
             super::Server::Rampart => {
                 let bin = self.settings.bin.to_string_lossy().into_owned();
                 let mut cmd = self.net.command(i, &bin);
+                let secure = self.settings.secure;
                 cmd.args(["kv", "serve", "--name", &format!("n{i}")])
                     .arg("--data-dir")
                     .arg(&data_dir)
                     .args([
                         "--listen-client-urls",
-                        &client_url(&self.net, i),
+                        &client_url(&self.net, i, secure),
                         "--listen-peer-urls",
-                        &peer_url(&self.net, i),
+                        &peer_url(&self.net, i, secure),
                         "--initial-cluster",
                         &initial_cluster,
                         "--initial-cluster-state",
@@ -162,6 +215,24 @@ impl Cluster {
                         "--request-timeout",
                         &duration_flag(self.settings.server_request_timeout),
                     ]);
+                if secure {
+                    let certs = self.settings.dir.join("certs");
+                    let own = self.net.addr(i).to_string();
+                    let cert = certs.join(format!("{own}.pem"));
+                    let key = certs.join(format!("{own}-key.pem"));
+                    let ca = certs.join("ca.pem");
+                    for (flag, path) in [
+                        ("--cert-file", &cert),
+                        ("--key-file", &key),
+                        ("--trusted-ca-file", &ca),
+                        ("--peer-cert-file", &cert),
+                        ("--peer-key-file", &key),
+                        ("--peer-trusted-ca-file", &ca),
+                    ] {
+                        cmd.arg(flag).arg(path);
+                    }
+                    cmd.args(["--client-cert-auth", "--peer-client-cert-auth"]);
+                }
                 cmd
             }
             super::Server::Etcd => {
@@ -171,13 +242,13 @@ impl Cluster {
                     .arg(&data_dir)
                     .args([
                         "--listen-client-urls",
-                        &client_url(&self.net, i),
+                        &client_url(&self.net, i, false),
                         "--advertise-client-urls",
-                        &client_url(&self.net, i),
+                        &client_url(&self.net, i, false),
                         "--listen-peer-urls",
-                        &peer_url(&self.net, i),
+                        &peer_url(&self.net, i, false),
                         "--initial-advertise-peer-urls",
-                        &peer_url(&self.net, i),
+                        &peer_url(&self.net, i, false),
                         "--initial-cluster",
                         &initial_cluster,
                         "--initial-cluster-state",
@@ -370,10 +441,14 @@ impl Drop for Cluster {
     }
 }
 
-fn client_url(net: &Net, i: usize) -> String {
-    format!("http://{}:{CLIENT_PORT}", net.addr(i))
+fn scheme(secure: bool) -> &'static str {
+    if secure { "https" } else { "http" }
 }
 
-fn peer_url(net: &Net, i: usize) -> String {
-    format!("http://{}:{PEER_PORT}", net.addr(i))
+fn client_url(net: &Net, i: usize, secure: bool) -> String {
+    format!("{}://{}:{CLIENT_PORT}", scheme(secure), net.addr(i))
+}
+
+fn peer_url(net: &Net, i: usize, secure: bool) -> String {
+    format!("{}://{}:{PEER_PORT}", scheme(secure), net.addr(i))
 }

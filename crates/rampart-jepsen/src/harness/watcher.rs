@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use rampart_kv::client::{Client, prefix_end};
+use rampart_kv::client::{Client, Security, prefix_end};
 use rampart_kv::proto::etcdserverpb as pb;
 use tokio::time::Instant;
 
@@ -29,6 +29,7 @@ pub(crate) async fn follow(
     stop: Instant,
     until: Option<i64>,
     timeout: Duration,
+    security: Security,
 ) -> Result<Vec<Seen>, String> {
     let mut seen: Vec<Seen> = Vec::new();
     let mut next = 1;
@@ -36,7 +37,7 @@ pub(crate) async fn follow(
     while Instant::now() < stop {
         let endpoint = endpoints[node % endpoints.len()].clone();
         node += 1;
-        let Ok(mut client) = Client::new(&[endpoint], timeout) else {
+        let Ok(mut client) = Client::with_security(&[endpoint], timeout, security.clone()) else {
             continue;
         };
         let create = pb::WatchCreateRequest {
@@ -137,9 +138,11 @@ pub(crate) async fn full_history(
     endpoints: &[String],
     prefix: &str,
     within: Duration,
+    security: &Security,
 ) -> Result<Vec<Seen>, String> {
     let deadline = Instant::now() + within;
-    let mut client = Client::new(endpoints, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    let mut client = Client::with_security(endpoints, Duration::from_secs(2), security.clone())
+        .map_err(|e| e.to_string())?;
     let current = client
         .range(pb::RangeRequest {
             key: prefix.as_bytes().to_vec(),
@@ -157,6 +160,7 @@ pub(crate) async fn full_history(
         deadline,
         Some(current),
         Duration::from_secs(2),
+        security.clone(),
     )
     .await?;
     let upto: Vec<Seen> = all

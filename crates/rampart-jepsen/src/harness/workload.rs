@@ -7,7 +7,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use rampart_kv::client::{Client, ClientError};
+use rampart_kv::client::{Client, ClientError, Security};
 use rampart_kv::proto::etcdserverpb as pb;
 use rampart_kv::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use tonic::Code;
@@ -27,6 +27,8 @@ pub(crate) struct Shared {
     last_seen: Vec<AtomicI64>,
     next_process: AtomicU64,
     pub(crate) tally: Tally,
+    /// TLS and credentials of every client (none unless the run is secure).
+    pub(crate) security: Security,
 }
 
 /// Counts of outcomes and of the errors behind `fail`/`info`, for the report.
@@ -68,7 +70,7 @@ impl Tally {
 }
 
 impl Shared {
-    pub(crate) fn new(history: HistoryWriter, keys: usize) -> Self {
+    pub(crate) fn new(history: HistoryWriter, keys: usize, security: Security) -> Self {
         Self {
             history,
             keys: (0..keys).map(|k| format!("k{k}")).collect(),
@@ -76,6 +78,7 @@ impl Shared {
             last_seen: (0..keys).map(|_| AtomicI64::new(0)).collect(),
             next_process: AtomicU64::new(0),
             tally: Tally::default(),
+            security,
         }
     }
 
@@ -110,8 +113,12 @@ pub(crate) async fn worker(
 ) -> Result<()> {
     let mut rng = fastrand::Rng::with_seed(seed);
     // A single endpoint: the client library must not move a write to another node.
-    let mut client = Client::new(std::slice::from_ref(&endpoint), settings.timeout)
-        .with_context(|| format!("client for {endpoint}"))?;
+    let mut client = Client::with_security(
+        std::slice::from_ref(&endpoint),
+        settings.timeout,
+        shared.security.clone(),
+    )
+    .with_context(|| format!("client for {endpoint}"))?;
     let mut process = shared.new_process();
     while Instant::now() < stop_at {
         let k = rng.usize(..shared.keys.len());

@@ -66,6 +66,31 @@ async fn kv_txn_history_leases_and_watch_behave_like_etcd() {
     assert!(r.more);
     let keys: Vec<_> = r.kvs.iter().map(|kv| kv.key.clone()).collect();
     assert_eq!(keys, vec![b"p/a".to_vec(), b"p/b".to_vec()]);
+    // A limited scan keeps only the window but still counts every match: descending by
+    // key, with a revision filter, and count_only.
+    let r = c
+        .range(pb::RangeRequest {
+            key: "p/".into(),
+            range_end: prefix_end(b"p/"),
+            limit: 1,
+            sort_order: pb::range_request::SortOrder::Descend as i32,
+            min_mod_revision: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let keys: Vec<_> = r.kvs.iter().map(|kv| kv.key.clone()).collect();
+    assert_eq!((keys, r.count, r.more), (vec![b"p/b".to_vec()], 2, true));
+    let r = c
+        .range(pb::RangeRequest {
+            key: "p/".into(),
+            range_end: prefix_end(b"p/"),
+            count_only: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((r.kvs.len(), r.count, r.more), (0, 3, false));
     let r = c
         .range(pb::RangeRequest {
             key: "p/".into(),
@@ -513,4 +538,145 @@ async fn a_damaged_state_file_refuses_to_start() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("state.redb"), "{err}");
+}
+
+/// The crate's client over TLS with a client certificate, logging in with a user: what
+/// `rampart kv --cacert/--cert/--key --user` and the Jepsen harness build on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_speaks_tls_and_logs_in() {
+    use rampart_kv::client::{Client, Security};
+    use rampart_kv::tls::{TlsFiles, client_config, dev_certs};
+
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    dev_certs(&certs, &["n1".into()]).unwrap();
+    let files = |name: &str, client_cert_auth: bool| TlsFiles {
+        cert_file: certs.join(format!("{name}.pem")),
+        key_file: certs.join(format!("{name}-key.pem")),
+        trusted_ca_file: Some(certs.join("ca.pem")),
+        client_cert_auth,
+    };
+    let mut cfg =
+        rampart_kv::NodeConfig::single("n1", dir.path().join("data"), free_addr(), free_addr());
+    cfg.client_tls = Some(files("n1", true));
+    let node = rampart_kv::KvNode::start(cfg.clone()).await.unwrap();
+    let ep = vec![cfg.listen_client.to_string()];
+    let tls = Some(client_config(&files("client", false)).unwrap());
+    let secure = |user: Option<(&str, &str)>| {
+        Client::with_security(
+            &ep,
+            Duration::from_secs(5),
+            Security {
+                tls: tls.clone(),
+                user: user.map(|(u, p)| (u.to_string(), p.to_string())),
+            },
+        )
+        .unwrap()
+    };
+
+    // Auth is off: credentials are ignored (as etcdctl does), and root is set up.
+    let mut admin = secure(Some(("root", "pw")));
+    admin.put(put("before", "1")).await.unwrap();
+    admin.user_add("root", "pw").await.unwrap();
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.auth_enable().await.unwrap();
+
+    let mut plain = Client::new(&ep, Duration::from_secs(2)).unwrap();
+    assert!(
+        plain.range(get("before")).await.is_err(),
+        "plain HTTP/2 was served"
+    );
+    let mut anonymous = secure(None);
+    let err = anonymous.put(put("k", "v")).await.unwrap_err();
+    assert_eq!(
+        err.status().unwrap().message(),
+        "etcdserver: user name is empty"
+    );
+    let mut wrong = secure(Some(("root", "nope")));
+    let err = wrong.range(get("before")).await.unwrap_err();
+    assert_eq!(
+        err.status().unwrap().message(),
+        "etcdserver: authentication failed, invalid user ID or password"
+    );
+    let mut root = secure(Some(("root", "pw")));
+    root.put(put("k", "v")).await.unwrap();
+    assert_eq!(root.range(get("k")).await.unwrap().kvs[0].value, b"v");
+    node.shutdown().await;
+}
+
+/// etcd's apply-time rule: a write checked under an older auth revision is checked again
+/// when applied, so a revoke ordered before it wins even if the check ran earlier.
+#[tokio::test]
+async fn a_write_checked_under_an_older_auth_revision_is_checked_again_at_apply() {
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+    use rampart_kv::auth::{AuthCommand, Perm, PermKind};
+    use rampart_kv::state::StateMachine;
+    use rampart_kv::types::{Command, Reply};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (mut sm, shared) = StateMachine::open(dir.path(), 0).unwrap();
+    let mut index = 0;
+    let mut apply = async |cmd: Command| {
+        index += 1;
+        let entry = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(cmd),
+        };
+        sm.apply(vec![entry]).await.unwrap().remove(0)
+    };
+    let grant = Perm {
+        kind: PermKind::ReadWrite,
+        key: b"app/".to_vec(),
+        range_end: b"app0".to_vec(),
+    };
+    for c in [
+        AuthCommand::UserAdd {
+            name: "root".into(),
+            password: None,
+        },
+        AuthCommand::UserGrantRole {
+            user: "root".into(),
+            role: "root".into(),
+        },
+        AuthCommand::UserAdd {
+            name: "alice".into(),
+            password: None,
+        },
+        AuthCommand::RoleAdd { name: "app".into() },
+        AuthCommand::RoleGrantPermission {
+            role: "app".into(),
+            perm: grant.clone(),
+        },
+        AuthCommand::UserGrantRole {
+            user: "alice".into(),
+            role: "app".into(),
+        },
+        AuthCommand::Enable {
+            secret: vec![1; 32],
+        },
+    ] {
+        assert!(matches!(apply(Command::Auth(c)).await, Reply::Done { .. }));
+    }
+    let checked_at = shared.auth().revision;
+    let write = |key: &str| Command::As {
+        user: "alice".into(),
+        auth_revision: checked_at,
+        cmd: Box::new(Command::Put(put(key, "v"))),
+    };
+    assert!(matches!(apply(write("app/a")).await, Reply::Put(_)));
+    // The permission is revoked after alice's next write was checked, before it applies.
+    let revoke = AuthCommand::RoleRevokePermission {
+        role: "app".into(),
+        key: grant.key,
+        range_end: grant.range_end,
+    };
+    assert!(matches!(
+        apply(Command::Auth(revoke)).await,
+        Reply::Done { .. }
+    ));
+    match apply(write("app/b")).await {
+        Reply::Error(e) => assert_eq!(e.to_string(), "etcdserver: permission denied"),
+        other => panic!("applied despite the revoke: {other:?}"),
+    }
 }

@@ -519,19 +519,31 @@ pub(crate) fn cluster(name: &str, addr: SocketAddr) -> String {
 /// its client address (`127.0.0.1:PORT`).
 pub(crate) fn spawn_kv_node(data: &Path) -> (Proc, String) {
     let (client, peer) = (free_port(), free_port());
-    let node = Proc::spawn(
+    spawn_kv_node_on(data, client, peer, &[])
+}
+
+/// `rampart kv serve` on given ports (a restart keeps its peer URL, its identity) with extra
+/// flags; returns the process and its client address.
+pub(crate) fn spawn_kv_node_on(
+    data: &Path,
+    client: u16,
+    peer: u16,
+    extra: &[&str],
+) -> (Proc, String) {
+    let client_url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let mut args = vec![
         "kv",
-        &[
-            "kv",
-            "serve",
-            "--data-dir",
-            data.to_str().expect("utf-8 path"),
-            "--listen-client-urls",
-            &format!("http://127.0.0.1:{client}"),
-            "--listen-peer-urls",
-            &format!("http://127.0.0.1:{peer}"),
-        ],
-    );
+        "serve",
+        "--data-dir",
+        data.to_str().expect("utf-8 path"),
+        "--listen-client-urls",
+        &client_url,
+        "--listen-peer-urls",
+        &peer_url,
+    ];
+    args.extend_from_slice(extra);
+    let node = Proc::spawn("kv", &args);
     (node, format!("127.0.0.1:{client}"))
 }
 
