@@ -129,6 +129,27 @@ async fn up_serves_the_demo_on_a_fresh_machine() {
         data.join("raft-log.redb").exists(),
         "the store keeps its data under --data-dir"
     );
+    // The issue-12 repro: a voter that cannot answer would wedge every later write; etcd's
+    // strict reconfiguration check refuses it, and the store keeps taking writes.
+    let rogue = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints=127.0.0.1:2379",
+            "--command-timeout=5s",
+            "member",
+            "add",
+            "rogue",
+            "--peer-urls=http://127.0.0.1:9",
+        ])
+        .output()
+        .expect("etcdctl (Debian's etcd-client; scripts/test.sh installs it)");
+    assert!(!rogue.status.success(), "member add rogue was accepted");
+    assert!(
+        String::from_utf8_lossy(&rogue.stderr).contains("unhealthy cluster"),
+        "{}",
+        String::from_utf8_lossy(&rogue.stderr)
+    );
+    assert_eq!(kv(&["put", "after-rogue", "still"]).trim(), "OK");
 
     // HTTP/1.1 through the catch-all route to the built-in demo upstream.
     let c1 = h1();
