@@ -90,7 +90,8 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_request_body_bytes: Option<u64>,
-    /// How long a request body may take: this long, plus one second for every
+    /// How long a client may keep the proxy waiting for request body bytes (time the
+    /// upstream is not reading does not count): this long, plus one second for every
     /// `min_request_body_rate` bytes received (Apache's `RequestReadTimeout body=20,MinRate=500`),
     /// so a client trickling bytes is cut off while a large upload at a fair rate is not.
     /// gRPC requests are exempt (long-lived streams).

@@ -81,20 +81,15 @@ impl ProxyBody {
         pace: Option<BodyPace>,
         abort: BodyAbort,
     ) -> Self {
-        let started = tokio::time::Instant::now();
         Self::Stream {
             inner,
             request: Some(Box::new(RequestBody {
                 max,
                 seen: 0,
                 abort,
-                started,
-                pace: pace.map(|p| {
-                    (
-                        p,
-                        Box::pin(tokio::time::sleep_until(p.deadline(started, 0))),
-                    )
-                }),
+                waited: Duration::ZERO,
+                waiting_since: None,
+                pace: pace.map(|p| (p, Box::pin(tokio::time::sleep(p.budget(0))))),
             })),
             guard: None,
             lease: None,
@@ -151,6 +146,9 @@ impl Body for ProxyBody {
                 let polled = Pin::new(&mut *inner).poll_frame(cx);
                 match polled {
                     Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(r) = request.as_mut() {
+                            r.stop_waiting();
+                        }
                         if let (Some(r), Some(data)) = (request.as_mut(), frame.data_ref()) {
                             r.seen += data.len() as u64;
                             if let Some(max) = r.max.filter(|max| r.seen > *max) {
@@ -231,13 +229,14 @@ pub struct BodyPace {
 }
 
 impl BodyPace {
-    pub fn deadline(&self, started: tokio::time::Instant, received: u64) -> tokio::time::Instant {
+    /// How long the client may have kept us waiting once `received` bytes have arrived.
+    pub fn budget(&self, received: u64) -> Duration {
         let earned = if self.min_rate == 0 {
             Duration::ZERO
         } else {
             Duration::from_secs_f64(received as f64 / self.min_rate as f64)
         };
-        started + self.timeout + earned
+        self.timeout + earned
     }
 }
 
@@ -246,8 +245,11 @@ pub struct RequestBody {
     max: Option<u64>,
     seen: u64,
     abort: BodyAbort,
-    started: tokio::time::Instant,
-    /// The deadline rule and its timer; none for long-lived streams (gRPC).
+    /// Time spent waiting for the client's bytes, so far. Time the body was not polled (the
+    /// upstream not reading fast) does not count against the client.
+    waited: Duration,
+    waiting_since: Option<tokio::time::Instant>,
+    /// The rule and its timer; none for long-lived streams (gRPC).
     pace: Option<(BodyPace, Pin<Box<tokio::time::Sleep>>)>,
 }
 
@@ -258,21 +260,39 @@ impl RequestBody {
         Box::new(reject)
     }
 
-    /// Whether the deadline (which grows with the bytes received) has passed; otherwise
-    /// the timer is armed to wake this task at the current deadline.
+    fn stop_waiting(&mut self) {
+        if let Some(since) = self.waiting_since.take() {
+            self.waited += since.elapsed();
+        }
+    }
+
+    /// The client has nothing for us: whether it has now kept us waiting longer than its
+    /// budget (which grows with the bytes received); otherwise the timer is armed to wake
+    /// this task when the budget runs out.
     fn timed_out(&mut self, cx: &mut Context<'_>) -> bool {
         let Some((pace, timer)) = self.pace.as_mut() else {
             return false;
         };
+        let now = tokio::time::Instant::now();
+        let since = match self.waiting_since {
+            Some(t) => t,
+            None => {
+                self.waiting_since = Some(now);
+                let left = pace.budget(self.seen).saturating_sub(self.waited);
+                timer.as_mut().reset(now + left);
+                now
+            }
+        };
         loop {
+            let waited = self.waited + tokio::time::Instant::now().saturating_duration_since(since);
+            let left = pace.budget(self.seen).saturating_sub(waited);
+            if left.is_zero() {
+                return true;
+            }
             if timer.as_mut().poll(cx).is_pending() {
                 return false;
             }
-            let deadline = pace.deadline(self.started, self.seen);
-            if tokio::time::Instant::now() >= deadline {
-                return true;
-            }
-            timer.as_mut().reset(deadline);
+            timer.as_mut().reset(tokio::time::Instant::now() + left);
         }
     }
 }

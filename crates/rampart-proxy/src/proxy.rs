@@ -750,9 +750,7 @@ async fn replayable(headers: &HeaderMap, body: Incoming, pace: Option<BodyPace>)
                 timeout: Duration::from_secs(3600),
                 min_rate: 0,
             });
-            match tokio::time::timeout_at(pace.deadline(tokio::time::Instant::now(), n), collect)
-                .await
-            {
+            match tokio::time::timeout(pace.budget(n), collect).await {
                 Ok(Ok(c)) => Replay::Bytes(c.to_bytes()),
                 Ok(Err(e)) => Replay::Failed(ProxyError::DownstreamBody(e.to_string())),
                 Err(_) => Replay::Failed(ProxyError::BodyRejected {

@@ -442,3 +442,59 @@ clusters:
         "cut off: {plain}"
     );
 }
+
+/// The body deadline counts only time spent waiting for the client: a fast client behind an
+/// upstream that stalls before reading is not cut off (nor blamed).
+#[tokio::test]
+async fn a_slow_upstream_does_not_make_a_fast_client_time_out() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    const BODY: usize = 64 * 1024 * 1024;
+    // An upstream that reads the head, stalls 1.5 s, then drains the body and answers.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        let mut s = BufReader::new(s);
+        let mut len = 0usize;
+        loop {
+            let mut line = String::new();
+            s.read_line(&mut line).await.unwrap();
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).await.unwrap();
+        s.get_mut()
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+    });
+    let tg = gateway(&format!(
+        r#"
+workers: 1
+access_log: {{ format: "off" }}
+listeners:
+  - name: main
+    address: "127.0.0.1:0"
+    route_table: t
+    limits: {{ request_body_timeout: 500ms, min_request_body_rate: 0 }}
+route_tables:
+  - name: t
+    virtual_hosts:
+      - {{ name: all, domains: ["*"], routes: [{{ forward: {{ cluster: u }} }}] }}
+clusters:
+  - {{ name: u, endpoints: ["{up}"] }}
+"#
+    ))
+    .await;
+    let req = Request::post(format!("http://{}/upload", tg.addr))
+        .body(Full::new(Bytes::from(vec![b'x'; BODY])))
+        .unwrap();
+    let r = send(&h1(), req).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}
