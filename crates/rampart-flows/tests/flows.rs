@@ -39,7 +39,7 @@ fn exclusive() -> RwLockWriteGuard<'static, ()> {
 /// Prints `*** SKIPPED: ... ***` to the real stderr: `eprintln!` would be captured (and
 /// hidden) by the test harness for a passing test.
 fn loud_skip(test: &str, why: &dyn std::fmt::Display) {
-    let _ = writeln!(std::io::stderr().lock(), "\n*** SKIPPED: {test}: {why} ***");
+    rampart_test_support::skip(test, why);
 }
 
 /// Returns true (after a loud line on stderr) when this machine cannot run BPF tests.

@@ -40,7 +40,7 @@ fn say(text: &str) {
 }
 
 fn loud_skip(test: &str, why: &dyn std::fmt::Display) {
-    say(&format!("\n*** SKIPPED: {test}: {why} ***"));
+    rampart_test_support::skip(test, why);
 }
 
 /// Returns true (after a loud line) when this machine cannot run these tests.

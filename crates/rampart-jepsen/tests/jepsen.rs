@@ -28,12 +28,9 @@ fn missing_requirements() -> Option<String> {
 macro_rules! require_root {
     ($name:literal) => {
         if let Some(why) = missing_requirements() {
-            // Straight to stderr: the test harness captures `eprintln!` of passing tests.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED: {}: needs root for network namespaces and iptables ({why}); \
-                 CI runs as root",
-                $name
+            rampart_test_support::skip(
+                $name,
+                &format!("needs root for network namespaces and iptables ({why}); CI runs as root"),
             );
             return;
         }

@@ -6,7 +6,6 @@
 //! dropped), anything else (1: refused) is a failure of the test setup.
 
 use std::collections::BTreeSet;
-use std::io::Write as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -41,13 +40,12 @@ fn missing_requirements() -> Option<String> {
 macro_rules! require_root {
     ($name:literal) => {
         if let Some(why) = missing_requirements() {
-            // Straight to stderr, not `eprintln!`: the test harness captures the macro's
-            // output of passing tests, which would make the skip silent.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED: {}: needs root and iproute2, iptables, python3 ({why}); \
-                 scripts/test.sh installs the tools and CI runs as root",
-                $name
+            rampart_test_support::skip(
+                $name,
+                &format!(
+                    "needs root and iproute2, iptables, python3 ({why}); scripts/test.sh \
+                     installs the tools and CI runs as root"
+                ),
             );
             return;
         }

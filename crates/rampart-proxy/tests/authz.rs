@@ -6,7 +6,10 @@
 #[cfg(not(feature = "policy"))]
 #[test]
 fn authz_tests_need_the_policy_feature() {
-    let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), "\n*** SKIPPED: the authz tests need `--features policy` (cargo test --workspace enables it) ***\n".as_bytes());
+    rampart_test_support::skip(
+        "authz",
+        &"needs `--features policy` (cargo test --workspace enables it)",
+    );
 }
 
 #[cfg(feature = "policy")]

@@ -6,7 +6,10 @@
 #[cfg(not(feature = "policy"))]
 #[test]
 fn normalisation_property_needs_the_policy_feature() {
-    let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), "\n*** SKIPPED: the path property test needs `--features policy` (cargo test --workspace enables it) ***\n".as_bytes());
+    rampart_test_support::skip(
+        "the_policy_and_the_upstream_see_the_same_path",
+        &"needs `--features policy` (cargo test --workspace enables it)",
+    );
 }
 
 #[cfg(feature = "policy")]

@@ -33,8 +33,9 @@ impl Drop for Mount {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_fails_writes_cleanly_and_stops_the_member() {
     if !is_root() {
-        eprintln!(
-            "SKIPPED: a_full_disk_fails_writes_cleanly_and_stops_the_member: needs root to mount a tmpfs"
+        rampart_test_support::skip(
+            "a_full_disk_fails_writes_cleanly_and_stops_the_member",
+            &"needs root to mount a tmpfs",
         );
         return;
     }

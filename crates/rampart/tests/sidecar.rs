@@ -135,9 +135,12 @@ async fn outbound_interception_recovers_the_original_destination() {
         .filter(|t| !have(t))
         .collect();
     if !root || !missing.is_empty() {
-        eprintln!(
-            "SKIPPED outbound_interception_recovers_the_original_destination: needs root and {missing:?} \
-             (root: {root}); scripts/test.sh installs them and CI runs as root"
+        rampart_test_support::skip(
+            "outbound_interception_recovers_the_original_destination",
+            &format!(
+                "needs root and {missing:?} (root: {root}); scripts/test.sh installs them and \
+                 CI runs as root"
+            ),
         );
         return;
     }

@@ -547,12 +547,8 @@ pub(crate) fn spawn_kv_node_on(
     (node, format!("127.0.0.1:{client}"))
 }
 
-/// Prints `*** SKIPPED: test: why ***` on the real stderr (the test harness captures
-/// `eprintln!` of passing tests, which would hide the skip).
+/// A loud skip outside CI, a failure in CI (`rampart_test_support::skip`).
+#[track_caller]
 pub(crate) fn loud_skip(test: &str, why: &dyn std::fmt::Display) {
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr().lock(),
-        "\n*** SKIPPED: {test}: {why} ***\n"
-    );
+    rampart_test_support::skip(test, why);
 }

@@ -1,0 +1,45 @@
+//! Support shared by the workspace's integration tests (a dev-dependency only; nothing in a
+//! shipped binary uses it).
+//!
+//! Not for: production code, or helpers only one test binary needs.
+
+use std::fmt::Display;
+use std::io::Write;
+
+/// Whether this run is CI's (`CI=true` or `CI=1`, as CI services and `.ci/run` set it).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// A test that cannot run its real check on this machine (not root, no BTF, a missing tool).
+///
+/// Outside CI: prints `*** SKIPPED: test: why ***` on the real stderr (the harness hides the
+/// captured output of passing tests, `eprintln!` included) and returns, so the caller returns
+/// too. In CI: panics, so that a machine that lost a capability cannot turn real checks into
+/// silent passes.
+#[track_caller]
+pub fn skip(test: &str, why: &dyn Display) {
+    assert!(
+        !in_ci(),
+        "{test} cannot run its real check in CI: {why}. CI must provide it (scripts/test.sh \
+         installs the tools; CI runs as root with BTF and tracefs)."
+    );
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "\n*** SKIPPED: {test}: {why} ***\n"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ci_is_recognised() {
+        // The variable is read, not cached: what CI sets is what counts.
+        assert_eq!(
+            in_ci(),
+            matches!(std::env::var("CI").as_deref(), Ok("true" | "1"))
+        );
+    }
+}
