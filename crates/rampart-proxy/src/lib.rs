@@ -235,7 +235,26 @@ impl Gateway {
 
     /// Validates nothing (a [`Config`] is already valid); compiles, binds any new listeners,
     /// then swaps atomically. On error the running config is untouched.
+    /// Applies a new config (from any source: the file, the admin API, later xDS). On
+    /// failure the running config stays, and the failure is recorded in one place for every
+    /// source: `rampart_config_reloads_total{result="failure"}`,
+    /// `rampart_config_last_reload_success 0` and `/config_dump`'s `last_reload_error`.
     pub async fn reload(&self, config: Config) -> Result<u64, GatewayError> {
+        let result = self.apply(config).await;
+        if let Err(e) = &result {
+            self.reject(e);
+        }
+        result
+    }
+
+    /// Records a rejected config (see [`Gateway::reload`]).
+    fn reject(&self, e: &GatewayError) {
+        self.shared.metrics.reload(false);
+        *self.lock_reload_error() = Some(e.to_string());
+        tracing::error!(error = %e, "config rejected; still serving the previous version");
+    }
+
+    async fn apply(&self, config: Config) -> Result<u64, GatewayError> {
         // Holding the listener lock serializes reloads.
         let mut listeners = self.listeners.lock().await;
         let old = self.shared.snapshot.load_full();
@@ -279,7 +298,8 @@ impl Gateway {
                     .and_then(rampart_config::from_yaml);
                 *self.lock_file_seen() = Some(bytes);
                 match parsed {
-                    Ok(cfg) => self.reload(cfg).await,
+                    // `reload` records its own failures.
+                    Ok(cfg) => return self.reload(cfg).await,
                     Err(e) => Err(GatewayError::Config(e)),
                 }
             }
@@ -289,9 +309,8 @@ impl Gateway {
             })),
         };
         if let Err(e) = &result {
-            self.shared.metrics.reload(false);
-            *self.lock_reload_error() = Some(e.to_string());
-            tracing::error!(path = %path.display(), error = %e, "config rejected; still serving the previous version");
+            tracing::error!(path = %path.display(), "the config file does not load");
+            self.reject(e);
         }
         result
     }

@@ -929,3 +929,41 @@ clusters:
     let head = read_head(&mut third).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 }
+
+/// A config given to `Gateway::reload` (as the admin API and later xDS do) that cannot be
+/// applied is recorded exactly as a rejected file is: the failure metric, the success gauge
+/// and `/config_dump`'s `last_reload_error`; the old config keeps serving.
+#[tokio::test]
+async fn a_rejected_reload_is_recorded_whatever_its_source() {
+    let a = upstream("a").await;
+    let v1 = config(
+        "          - forward: { cluster: a }\n",
+        &cluster("a", &[a.addr], ""),
+    );
+    let tg = gateway(&v1).await;
+    // A second listener on a port in use: validation passes, binding fails.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let v2 = v1.replace(
+        "route_tables:",
+        &format!(
+            "  - name: second\n    address: \"{}\"\n    route_table: t\nroute_tables:",
+            taken.local_addr().unwrap()
+        ),
+    );
+    let err = tg
+        .gw
+        .reload(rampart_config::from_yaml(&v2).unwrap())
+        .await
+        .unwrap_err();
+    let m = admin(&tg, "/metrics").await.text();
+    assert_eq!(
+        metric(&m, "rampart_config_reloads_total{result=\"failure\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(metric(&m, "rampart_config_last_reload_success"), Some(0.0));
+    let dump = admin(&tg, "/config_dump").await.json();
+    assert_eq!(dump["last_reload_error"], err.to_string());
+    assert_eq!(dump["version"], 1);
+    assert_eq!(get(tg.addr, "/", &[]).await.status, 200);
+}
