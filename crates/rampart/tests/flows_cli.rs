@@ -153,7 +153,15 @@ fn watch_and_serve_report_flows_and_detach_on_sigterm() {
     let lport = format!("local_port=\"{port}\"");
     let deadline = Instant::now() + Duration::from_secs(10);
     let metrics = loop {
-        let mut s = TcpStream::connect(&listen).unwrap();
+        // `serve` loads its programs before it listens: until then, connections are refused.
+        let Ok(mut s) = TcpStream::connect(&listen) else {
+            assert!(
+                Instant::now() < deadline,
+                "flows serve never listened on {listen}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
         s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
             .unwrap();
         let mut text = String::new();
