@@ -28,6 +28,7 @@ use regorus::Value;
 use crate::bundle::{Bundle, BundleError};
 use crate::compiled::Compiled;
 use crate::decision::Decision;
+pub use crate::error::DecideError;
 use crate::log::{DecisionLog, DecisionLogConfig};
 
 #[derive(Debug, Clone)]
@@ -54,22 +55,6 @@ impl Default for EngineConfig {
             vm: false,
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum DecideError {
-    #[error("unknown tenant {0:?}")]
-    UnknownTenant(String),
-    #[error("tenant {tenant:?}: {source}")]
-    Compile {
-        tenant: String,
-        #[source]
-        source: BundleError,
-    },
-    #[error("tenant {tenant:?}: evaluation failed: {message}")]
-    Eval { tenant: String, message: String },
-    #[error("tenant {tenant:?}: bad decision: {message}")]
-    BadDecision { tenant: String, message: String },
 }
 
 /// Where a tenant's bundle came from: directory tenants are removed when their directory

@@ -9,7 +9,7 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::decision::Decision;
-use crate::engine::DecideError;
+use crate::error::DecideError;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecisionLogConfig {

@@ -51,7 +51,7 @@ enum FlowsCommand {
         #[command(flatten)]
         filter: Filter,
         /// Refresh interval.
-        #[arg(long, default_value = "1s", value_parser = crate::kv::duration)]
+        #[arg(long, default_value = "1s", value_parser = crate::cli_args::duration)]
         interval: Duration,
         /// Rows shown.
         #[arg(long, default_value_t = 20)]

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
-use rampart_config::duration::parse_duration;
 use rampart_kv::client::{Client, Security, prefix_end};
 use rampart_kv::proto::etcdserverpb as pb;
 use rampart_kv::proto::mvccpb::event::EventType;
@@ -27,7 +26,7 @@ pub(crate) struct KvArgs {
     )]
     endpoints: Vec<String>,
     /// Longest wait for one request.
-    #[arg(long, global = true, default_value = "5s", value_parser = duration)]
+    #[arg(long, global = true, default_value = "5s", value_parser = crate::cli_args::duration)]
     command_timeout: Duration,
     /// `user:password` to log in with (as etcdctl's --user).
     #[arg(long = "user", id = "auth_user", global = true)]
@@ -48,10 +47,6 @@ pub(crate) struct KvArgs {
     key: Option<PathBuf>,
     #[command(subcommand)]
     command: KvCommand,
-}
-
-pub(crate) fn duration(s: &str) -> Result<Duration, String> {
-    parse_duration(s).map_err(|e| e.to_string())
 }
 
 #[derive(Subcommand)]
@@ -206,13 +201,13 @@ pub(crate) struct ServeArgs {
     initial_cluster: Option<String>,
     #[arg(long, default_value = "new", value_parser = ["new", "existing"])]
     initial_cluster_state: String,
-    #[arg(long, default_value = "5s", value_parser = duration)]
+    #[arg(long, default_value = "5s", value_parser = crate::cli_args::duration)]
     request_timeout: Duration,
     /// Raft heartbeat interval.
-    #[arg(long, default_value = "100ms", value_parser = duration)]
+    #[arg(long, default_value = "100ms", value_parser = crate::cli_args::duration)]
     heartbeat_interval: Duration,
     /// Raft election timeout (a random value between it and twice it is used).
-    #[arg(long, default_value = "1s", value_parser = duration)]
+    #[arg(long, default_value = "1s", value_parser = crate::cli_args::duration)]
     election_timeout: Duration,
     #[arg(long, default_value_t = 10_000)]
     snapshot_count: u64,

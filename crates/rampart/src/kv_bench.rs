@@ -43,7 +43,7 @@ pub(crate) struct BenchArgs {
     #[arg(long)]
     serializable: bool,
     /// Stop after this long even if `--total` is not reached.
-    #[arg(long, default_value = "60s", value_parser = crate::kv::duration)]
+    #[arg(long, default_value = "60s", value_parser = crate::cli_args::duration)]
     max_time: Duration,
 }
 

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 #[cfg(feature = "full")]
 mod admin_client;
 mod admin_token;
+mod cli_args;
 #[cfg(feature = "flows")]
 mod flows;
 #[cfg(feature = "full")]

@@ -25,7 +25,7 @@ enum PolicyCommand {
         #[arg(short = 'i', long = "input")]
         input: Option<PathBuf>,
         /// Longest evaluation
-        #[arg(long, default_value = "10s", value_parser = crate::kv::duration)]
+        #[arg(long, default_value = "10s", value_parser = crate::cli_args::duration)]
         timeout: Duration,
         /// The query, e.g. `data.authz.decision`
         query: String,
@@ -38,7 +38,7 @@ enum PolicyCommand {
         #[arg(short, long)]
         verbose: bool,
         /// Longest evaluation of one test
-        #[arg(long, default_value = "10s", value_parser = crate::kv::duration)]
+        #[arg(long, default_value = "10s", value_parser = crate::cli_args::duration)]
         timeout: Duration,
     },
     /// Upload a bundle directory to a running gateway (`PUT /policy/tenants/TENANT` on its
