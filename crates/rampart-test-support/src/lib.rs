@@ -30,6 +30,16 @@ pub fn skip(test: &str, why: &dyn Display) {
     );
 }
 
+/// A check that does not apply to this machine, as opposed to one it cannot run: for
+/// example a byte comparison with an artefact built against another kernel's headers. Prints
+/// the same loud line as [`skip`], in CI too.
+pub fn not_applicable(test: &str, why: &dyn Display) {
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "\n*** SKIPPED (not applicable here): {test}: {why} ***\n"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,15 +24,43 @@ fn skip_reason() -> Option<String> {
     None
 }
 
+/// A `rampart flows` child, killed if the test ends (or panics) without reaping it: a
+/// leaked tracer keeps its programs attached and fails every later test that counts them.
+struct Flows(Child);
+
+impl std::ops::Deref for Flows {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Flows {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Flows {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts `rampart flows ARGS` and waits for its "tracing" line on stderr.
-fn start(args: &[&str]) -> (Child, std::thread::JoinHandle<String>) {
-    let mut child = Command::new(bin())
-        .arg("flows")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+fn start(args: &[&str]) -> (Flows, std::thread::JoinHandle<String>) {
+    let mut child = Flows(
+        Command::new(bin())
+            .arg("flows")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut err = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -278,7 +306,7 @@ fn watch_filters_by_address_and_pid() {
         let mut b = [0; 5];
         s.read_exact(&mut b).unwrap();
     };
-    let collect = |mut child: Child| {
+    let collect = |mut child: Flows| {
         let mut out = String::new();
         child
             .stdout
