@@ -2,4 +2,5 @@
 
 mod api;
 mod cluster;
+mod storage_suite;
 mod support;
