@@ -4,7 +4,28 @@
 //! Not for: production code, or helpers only one test binary needs.
 
 use std::fmt::Display;
+use std::future::Future;
 use std::io::Write;
+use std::time::Duration;
+
+/// Polls `f` every 20 ms until it returns true (true) or `within` has passed (false); `f` runs
+/// at least once. Tests wait on observable state with this instead of sleeping.
+pub async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if f().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 /// Whether this run is CI's (`CI=true` or `CI=1`, as CI services and `.ci/run` set it).
 pub fn in_ci() -> bool {
@@ -43,6 +64,22 @@ pub fn not_applicable(test: &str, why: &dyn Display) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn eventually_polls_until_true_or_the_deadline() {
+        let mut n = 0;
+        assert!(
+            eventually(Duration::from_secs(5), || {
+                n += 1;
+                std::future::ready(n == 3)
+            })
+            .await
+        );
+        assert_eq!(n, 3);
+        let t0 = std::time::Instant::now();
+        assert!(!eventually(Duration::from_millis(60), || std::future::ready(false)).await);
+        assert!(t0.elapsed() >= Duration::from_millis(60));
+    }
 
     #[test]
     fn ci_is_recognised() {

@@ -96,23 +96,16 @@ pub(crate) async fn leader_of(nodes: &[Arc<KvNode>]) -> usize {
     }
 }
 
-/// Poll `f` until it returns true, for at most `within`.
-pub(crate) async fn eventually<F, Fut>(within: Duration, what: &str, mut f: F)
+/// Polls `f` until it returns true, failing the test after `within` with `what`.
+pub(crate) async fn eventually<F, Fut>(within: Duration, what: &str, f: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if f().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    assert!(
+        rampart_test_support::eventually(within, f).await,
+        "timed out waiting for: {what}"
+    );
 }
 
 /// A put that asks for the previous value.

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
@@ -153,21 +153,8 @@ pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Repl
     send(&h1(), get_req(addr, path, headers)).await
 }
 
-/// Polls `f` until it returns true or `within` passes.
-pub async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
-}
+#[allow(unused_imports)] // each test binary uses a different subset
+pub use rampart_test_support::eventually;
 
 /// Fetches an admin path.
 pub async fn admin(tg: &TestGateway, path: &str) -> Reply {

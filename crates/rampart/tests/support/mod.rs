@@ -243,23 +243,8 @@ impl Drop for Proc {
     }
 }
 
-/// Polls `f` every 20 ms until it returns true or `within` passes.
-pub(crate) async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if f().await {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+#[allow(unused_imports)] // each test binary uses a different subset
+pub(crate) use rampart_test_support::eventually;
 
 /// One response, fully read.
 #[derive(Debug)]
