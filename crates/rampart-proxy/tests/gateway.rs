@@ -967,3 +967,70 @@ async fn a_rejected_reload_is_recorded_whatever_its_source() {
     assert_eq!(dump["version"], 1);
     assert_eq!(get(tg.addr, "/", &[]).await.status, 200);
 }
+
+/// Reloads that add a listener, remove it, and move one to another address: each address
+/// answers exactly while the config has a listener on it.
+#[tokio::test]
+async fn reloads_add_remove_and_move_listeners() {
+    let a = upstream("a").await;
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (p1, p2) = (free(), free());
+    let with = |listeners: &[(&str, std::net::SocketAddr)]| {
+        let mut text = String::from(
+            "workers: 1\naccess_log: { format: \"off\" }\nadmin: { address: \"127.0.0.1:0\" }\nlisteners:\n",
+        );
+        for (name, addr) in listeners {
+            text.push_str(&format!(
+                "  - {{ name: {name}, address: \"{addr}\", route_table: t }}\n"
+            ));
+        }
+        text.push_str(&format!(
+            "route_tables:\n  - name: t\n    virtual_hosts:\n      - {{ name: all, domains: [\"*\"], routes: [{{ forward: {{ cluster: a }} }}] }}\nclusters:\n  - {{ name: a, endpoints: [\"{}\"] }}\n",
+            a.addr
+        ));
+        rampart_config::from_yaml(&text).unwrap()
+    };
+    let answers = |addr: std::net::SocketAddr| async move {
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            h1().request(get_req(addr, "/", &[])),
+        )
+        .await
+        {
+            Ok(Ok(r)) => r.status() == 200,
+            _ => false,
+        }
+    };
+    let closed = |addr: std::net::SocketAddr| async move {
+        eventually(Duration::from_secs(10), || async move {
+            tokio::net::TcpStream::connect(addr).await.is_err()
+        })
+        .await
+    };
+    let tg = gateway_from(with(&[("main", p1)]), vec![]).await;
+    assert!(answers(p1).await);
+
+    tg.gw
+        .reload(with(&[("main", p1), ("second", p2)]))
+        .await
+        .unwrap();
+    assert!(answers(p2).await, "an added listener serves");
+    assert!(answers(p1).await);
+
+    tg.gw.reload(with(&[("main", p1)])).await.unwrap();
+    assert!(closed(p2).await, "a removed listener stops accepting");
+    assert!(answers(p1).await);
+
+    tg.gw.reload(with(&[("main", p2)])).await.unwrap();
+    assert!(
+        answers(p2).await,
+        "a moved listener serves at its new address"
+    );
+    assert!(closed(p1).await, "and no longer at the old one");
+    assert_eq!(tg.gw.listener_addr("main").await, Some(p2));
+}

@@ -423,3 +423,46 @@ async fn certificates_reload_without_dropping_connections() {
         "the connection opened before the reload still works"
     );
 }
+
+/// A reload whose certificate does not load is rejected with the file named; the listener
+/// keeps serving the certificate it had.
+#[tokio::test]
+async fn a_broken_certificate_reload_keeps_the_old_certificate() {
+    let certs = Certs::new();
+    let ca = certs.ca("ca");
+    certs.leaf(&ca, "site", &["site.test", "v1.site.test"]);
+    let up = upstream("u").await;
+    let tls = format!(
+        "      certificates: [{{ cert: \"{}\", key: \"{}\" }}]\n",
+        certs.p("site.pem"),
+        certs.p("site.key")
+    );
+    let yaml = tls_listener_config(
+        &tls,
+        "          - forward: { cluster: u }\n",
+        &format!("  - {{ name: u, endpoints: [\"{}\"] }}\n", up.addr),
+    );
+    let tg = gateway(&yaml).await;
+    let connector = client(&certs.path("ca.pem"), &[b"http/1.1"], None);
+
+    std::fs::write(
+        certs.path("site.pem"),
+        "-----BEGIN CERTIFICATE-----\nbroken\n",
+    )
+    .unwrap();
+    let err = tg
+        .gw
+        .reload(rampart_config::from_yaml(&yaml).unwrap())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("site.pem"), "{err}");
+    let (_, names, status, _) = tls_get(tg.addr, &connector, "site.test", "/")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(names.contains(&"v1.site.test".to_owned()), "{names:?}");
+    let dump = admin(&tg, "/config_dump").await.json();
+    assert_eq!(dump["version"], 1);
+    assert_eq!(dump["last_reload_error"], err);
+}
