@@ -498,3 +498,89 @@ clusters:
     let r = send(&h1(), req).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
 }
+
+/// Outlier ejection ends by itself, the n-th ejection lasts n × base_ejection_time, and
+/// max_ejection_percent keeps a failing endpoint in service when ejecting it would pass the
+/// cap (one of the issue 13 missing tests).
+#[tokio::test]
+async fn ejections_end_grow_and_are_capped() {
+    let a_fails = Arc::new(AtomicBool::new(false));
+    let f = a_fails.clone();
+    let a = flaky("a", Duration::ZERO, move |_| {
+        if f.load(Ordering::SeqCst) { 500 } else { 200 }
+    })
+    .await;
+    let b = flaky("b", Duration::ZERO, |_| 500).await;
+    let tg = gateway(&one_route(
+        "",
+        &format!(
+            "  - {{ name: c, endpoints: [\"{}\", \"{}\"], outlier_detection: {{ consecutive_5xx: 1, base_ejection_time: 500ms, max_ejection_time: 10s, max_ejection_percent: 50 }} }}\n",
+            a.addr, b.addr
+        ),
+    ))
+    .await;
+    let state = |i: usize| {
+        let admin_addr = tg.admin.unwrap();
+        async move {
+            let j = get(admin_addr, "/clusters", &[]).await.json();
+            let e = &j["clusters"][0]["endpoints"][i];
+            (
+                e["state"].as_str().unwrap().to_owned(),
+                e["ejections"].as_u64().unwrap(),
+            )
+        }
+    };
+    // Sends until b has been hit `n` times in all (round robin skips it while ejected).
+    let hit_b = |n: usize| {
+        let addr = tg.addr;
+        let hits = b.hits.clone();
+        async move {
+            let c = h1();
+            while hits.load(Ordering::SeqCst) < n {
+                send(&c, get_req(addr, "/", &[])).await;
+            }
+        }
+    };
+    // How long b stays ejected, from the failure that ejected it.
+    let ejected_for = |n: u64| async move {
+        let t0 = std::time::Instant::now();
+        assert_eq!(state(1).await, ("ejected".to_owned(), n));
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                state(1).await.0 == "healthy"
+            })
+            .await,
+            "ejection {n} never ended"
+        );
+        t0.elapsed()
+    };
+
+    hit_b(1).await;
+    let first = ejected_for(1).await;
+    hit_b(2).await;
+    let second = ejected_for(2).await;
+    // Generous bounds: the admin polls add latency on a loaded machine.
+    assert!(
+        first >= Duration::from_millis(400) && first < Duration::from_millis(1200),
+        "first ejection {first:?} (base 500 ms)"
+    );
+    assert!(
+        second >= Duration::from_millis(900) && second > first + Duration::from_millis(300),
+        "second ejection {second:?} lasts twice the base (first {first:?})"
+    );
+
+    // b is ejected a third time; now a fails too, but ejecting it would take out more than
+    // 50 % of the cluster: a stays in service and takes every request.
+    hit_b(3).await;
+    assert_eq!(state(1).await.0, "ejected");
+    a_fails.store(true, Ordering::SeqCst);
+    for _ in 0..5 {
+        assert_eq!(get(tg.addr, "/", &[]).await.status, 500);
+    }
+    assert_eq!(state(0).await, ("healthy".to_owned(), 0));
+    assert_eq!(
+        b.hits.load(Ordering::SeqCst),
+        3,
+        "b stays out while ejected"
+    );
+}
