@@ -252,3 +252,91 @@ async fn learner_joins_by_snapshot_is_promoted_and_removed() {
         n.shutdown().await;
     }
 }
+
+/// A lease outlives a leader failover and the old leader's restart (keep-alives go to the
+/// new leader, the restarted member catches up with the leased key), then expires once
+/// nobody keeps it alive, deleting its key everywhere (one of issue 13's missing tests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_survive_failover_and_restart_then_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfgs = cluster_configs(dir.path(), 3);
+    let mut nodes: Vec<Option<_>> = start_all(&cfgs).await.into_iter().map(Some).collect();
+    let leader = leader_of(&live(&nodes)).await;
+    let mut all = client(&[&cfgs[0], &cfgs[1], &cfgs[2]]);
+    let lease = all.lease_grant(3).await.unwrap().id;
+    all.put(pb::PutRequest {
+        lease,
+        ..put("leased", "v")
+    })
+    .await
+    .unwrap();
+
+    // The leader goes; the survivors elect another, which keeps the lease alive.
+    let old = nodes[leader].take().unwrap();
+    old.shutdown().await;
+    drop(old);
+    let survivors: Vec<_> = (0..3).filter(|i| *i != leader).collect();
+    let mut c = client(&[&cfgs[survivors[0]], &cfgs[survivors[1]]]);
+    eventually(
+        Duration::from_secs(15),
+        "a keep-alive on the new leader",
+        || {
+            let mut c = c.clone();
+            async move {
+                c.lease_keep_alive_once(lease)
+                    .await
+                    .is_ok_and(|ttl| ttl > 0)
+            }
+        },
+    )
+    .await;
+    let ttl = c.lease_time_to_live(lease, true).await.unwrap();
+    assert!(ttl.ttl > 0, "{ttl:?}");
+    assert_eq!(ttl.keys, vec![b"leased".to_vec()]);
+
+    // The old leader comes back and serves the leased key (a linearizable read on it).
+    nodes[leader] = Some(restart(&cfgs[leader]).await);
+    let mut back = one(&cfgs[leader]);
+    eventually(
+        Duration::from_secs(15),
+        "the restarted member serves the key",
+        || {
+            let mut back = back.clone();
+            async move {
+                back.range(get("leased"))
+                    .await
+                    .is_ok_and(|r| r.kvs.len() == 1)
+            }
+        },
+    )
+    .await;
+    // Kept alive past its TTL while the membership settles: still there.
+    for _ in 0..4 {
+        assert!(c.lease_keep_alive_once(lease).await.unwrap() > 0);
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    assert_eq!(back.range(get("leased")).await.unwrap().kvs.len(), 1);
+
+    // Nobody keeps it alive: it expires and its key goes, on every member.
+    eventually(Duration::from_secs(15), "the lease expires", || {
+        let mut c = c.clone();
+        async move { c.range(get("leased")).await.is_ok_and(|r| r.kvs.is_empty()) }
+    })
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "the restarted member sees the expiry",
+        || {
+            let mut back = back.clone();
+            async move {
+                back.range(get("leased"))
+                    .await
+                    .is_ok_and(|r| r.kvs.is_empty())
+            }
+        },
+    )
+    .await;
+    for n in live(&nodes) {
+        n.shutdown().await;
+    }
+}
