@@ -52,14 +52,10 @@ pub(crate) async fn accept_loop(cx: AcceptCtx) {
         .iter()
         .any(|l| *l.name == *name && l.original_dst);
     loop {
-        // Waiting for a slot before accepting leaves excess clients in the kernel backlog.
-        let permit = tokio::select! {
-            () = stop.cancelled() => return,
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
+        // Accept, then wait for a slot: a worker never holds a slot while its own socket is
+        // idle (with several workers, a slot reserved that way starved connections queued on
+        // another worker's socket). When the listener is full, each worker holds at most one
+        // accepted connection waiting for a slot; the rest stay in the kernel backlog.
         let (stream, peer) = tokio::select! {
             () = stop.cancelled() => return,
             r = listener.accept() => match r {
@@ -70,6 +66,13 @@ pub(crate) async fn accept_loop(cx: AcceptCtx) {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
+            },
+        };
+        let permit = tokio::select! {
+            () = stop.cancelled() => return,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
             },
         };
         let _ = stream.set_nodelay(true);
