@@ -48,6 +48,8 @@ cargo fmt --all -- --check
 
 section "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+# The small sidecar build (no default features) must stay warning-free too.
+cargo clippy -p rampart --no-default-features --locked -- -D warnings
 
 section "shell scripts parse"
 for s in scripts/*.sh bench/*.sh .ci/run; do bash -n "$s"; done

@@ -5,12 +5,14 @@ use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 /// Where `rampart up` keeps the token, and where the CLI looks for it.
+#[cfg(feature = "full")]
 pub(crate) const DEFAULT_TOKEN_FILE: &str = "rampart-data/admin.token";
 
 /// The environment variable that overrides the token file for CLI commands.
+#[cfg(feature = "full")]
 pub(crate) const TOKEN_ENV: &str = "RAMPART_ADMIN_TOKEN";
 
 /// Creates `path` with a fresh random token (mode 0600) unless it exists.
@@ -36,7 +38,9 @@ pub(crate) fn ensure(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The token a CLI command sends: `RAMPART_ADMIN_TOKEN`, else the token file.
+/// The token a CLI command sends: `RAMPART_ADMIN_TOKEN`, else the token file. (The small
+/// build has no command that changes state through the admin API.)
+#[cfg(feature = "full")]
 pub(crate) fn for_client(path: &Path) -> Result<String> {
     if let Ok(t) = std::env::var(TOKEN_ENV)
         && !t.trim().is_empty()
@@ -51,7 +55,7 @@ pub(crate) fn for_client(path: &Path) -> Result<String> {
     })?;
     let t = text.trim();
     if t.is_empty() {
-        bail!("{} is empty", path.display());
+        anyhow::bail!("{} is empty", path.display());
     }
     Ok(t.to_owned())
 }

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 #[cfg(feature = "full")]
 mod admin_client;
 mod admin_token;
+#[cfg(any(feature = "full", feature = "flows"))]
 mod cli_args;
 #[cfg(feature = "flows")]
 mod flows;
