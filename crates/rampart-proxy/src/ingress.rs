@@ -70,17 +70,19 @@ pub(crate) fn prepare(
 
     let normal =
         normalize_path(parts.uri.path(), &http.path).map_err(|e| BadRequest(e.reason()))?;
-    let target = match parts.uri.query() {
+    // Built only when the URI changes or a redirect needs it: the common request (an
+    // origin-form target already in normal form) allocates nothing here.
+    let target = || match parts.uri.query() {
         Some(q) => format!("{}?{q}", normal.path),
         None => normal.path.clone().into_owned(),
     };
     if normal.unescaped_slashes && http.path.escaped_slashes == EscapedSlashes::UnescapeAndRedirect
     {
-        return Err(Refused::Redirect(target));
+        return Err(Refused::Redirect(target()));
     }
     let origin_form = parts.uri.scheme().is_none() && parts.uri.authority().is_none();
     if !origin_form || matches!(normal.path, Cow::Owned(_)) {
-        let pq = PathAndQuery::from_maybe_shared(bytes::Bytes::from(target))
+        let pq = PathAndQuery::from_maybe_shared(bytes::Bytes::from(target()))
             .map_err(|_| BadRequest("the request path is not valid after normalisation"))?;
         parts.uri = Uri::from(pq);
     }

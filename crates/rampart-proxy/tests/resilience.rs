@@ -393,6 +393,18 @@ async fn a_burst_never_opens_more_than_max_connections() {
     );
 }
 
+/// One route to `up` on a listener whose request bodies have 500 ms, plus 1 s per
+/// `min_rate` bytes received.
+fn body_limited(up: SocketAddr, min_rate: u64) -> String {
+    config("          - forward: { cluster: u }\n", &format!("  - {{ name: u, endpoints: [\"{up}\"] }}\n"))
+        .replace(
+            "    route_table: t\n",
+            &format!(
+                "    route_table: t\n    limits: {{ request_body_timeout: 500ms, min_request_body_rate: {min_rate} }}\n"
+            ),
+        )
+}
+
 /// A request body must keep pace (`request_body_timeout` plus 1 s per
 /// `min_request_body_rate` bytes) or end with 408; a gRPC stream, which may rightly pause
 /// between messages, is exempt.
@@ -400,25 +412,7 @@ async fn a_burst_never_opens_more_than_max_connections() {
 async fn slow_bodies_are_cut_except_grpc_streams() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = upstream("u").await;
-    let tg = gateway(&format!(
-        r#"
-workers: 1
-access_log: {{ format: "off" }}
-listeners:
-  - name: main
-    address: "127.0.0.1:0"
-    route_table: t
-    limits: {{ request_body_timeout: 500ms, min_request_body_rate: 1000 }}
-route_tables:
-  - name: t
-    virtual_hosts:
-      - {{ name: all, domains: ["*"], routes: [{{ forward: {{ cluster: u }} }}] }}
-clusters:
-  - {{ name: u, endpoints: ["{}"] }}
-"#,
-        up.addr
-    ))
-    .await;
+    let tg = gateway(&body_limited(up.addr, 1000)).await;
     let post = |content_type: &'static str| async move {
         let mut s = tokio::net::TcpStream::connect(tg.addr).await.unwrap();
         let head = format!(
@@ -474,24 +468,7 @@ async fn a_slow_upstream_does_not_make_a_fast_client_time_out() {
             .await
             .unwrap();
     });
-    let tg = gateway(&format!(
-        r#"
-workers: 1
-access_log: {{ format: "off" }}
-listeners:
-  - name: main
-    address: "127.0.0.1:0"
-    route_table: t
-    limits: {{ request_body_timeout: 500ms, min_request_body_rate: 0 }}
-route_tables:
-  - name: t
-    virtual_hosts:
-      - {{ name: all, domains: ["*"], routes: [{{ forward: {{ cluster: u }} }}] }}
-clusters:
-  - {{ name: u, endpoints: ["{up}"] }}
-"#
-    ))
-    .await;
+    let tg = gateway(&body_limited(up, 0)).await;
     let req = Request::post(format!("http://{}/upload", tg.addr))
         .body(Full::new(Bytes::from(vec![b'x'; BODY])))
         .unwrap();

@@ -360,8 +360,9 @@ async fn originates_tls_and_verifies_the_upstream() {
     }
 }
 
-#[tokio::test]
-async fn certificates_reload_without_dropping_connections() {
+/// A TLS listener serving `site.test` (certificate `site`, SANs site.test and
+/// v1.site.test, signed by `ca`) in front of an upstream; a client trusting `ca`.
+async fn site_on_tls() -> (Certs, Ca, Upstream, String, TestGateway, TlsConnector) {
     let certs = Certs::new();
     let ca = certs.ca("ca");
     certs.leaf(&ca, "site", &["site.test", "v1.site.test"]);
@@ -378,6 +379,12 @@ async fn certificates_reload_without_dropping_connections() {
     );
     let tg = gateway(&yaml).await;
     let connector = client(&certs.path("ca.pem"), &[b"http/1.1"], None);
+    (certs, ca, up, yaml, tg, connector)
+}
+
+#[tokio::test]
+async fn certificates_reload_without_dropping_connections() {
+    let (certs, ca, _up, yaml, tg, connector) = site_on_tls().await;
 
     // A keep-alive connection opened on the first certificate.
     let tcp = tokio::net::TcpStream::connect(tg.addr).await.unwrap();
@@ -428,22 +435,7 @@ async fn certificates_reload_without_dropping_connections() {
 /// keeps serving the certificate it had.
 #[tokio::test]
 async fn a_broken_certificate_reload_keeps_the_old_certificate() {
-    let certs = Certs::new();
-    let ca = certs.ca("ca");
-    certs.leaf(&ca, "site", &["site.test", "v1.site.test"]);
-    let up = upstream("u").await;
-    let tls = format!(
-        "      certificates: [{{ cert: \"{}\", key: \"{}\" }}]\n",
-        certs.p("site.pem"),
-        certs.p("site.key")
-    );
-    let yaml = tls_listener_config(
-        &tls,
-        "          - forward: { cluster: u }\n",
-        &format!("  - {{ name: u, endpoints: [\"{}\"] }}\n", up.addr),
-    );
-    let tg = gateway(&yaml).await;
-    let connector = client(&certs.path("ca.pem"), &[b"http/1.1"], None);
+    let (certs, _ca, _up, yaml, tg, connector) = site_on_tls().await;
 
     std::fs::write(
         certs.path("site.pem"),
