@@ -16,8 +16,9 @@ section() { printf '\n==> %s\n' "$*"; }
 # iptables, curl and util-linux (runuser) for the sidecar's interception test in a network
 # namespace; etcd-client (etcdctl) for the store's compatibility test; clang, bpftool,
 # libelf-dev and zlib1g-dev for the eBPF flow tracer (rampart-flows: libbpf is built from its
-# vendored source against Debian's libelf and zlib; clang compiles the BPF C).
-packages=(gcc make pkg-config iproute2 iptables curl util-linux etcd-client clang bpftool libelf-dev zlib1g-dev)
+# vendored source against Debian's libelf and zlib; clang compiles the BPF C); python3 for the
+# module-cycle check.
+packages=(python3 gcc make pkg-config iproute2 iptables curl util-linux etcd-client clang bpftool libelf-dev zlib1g-dev)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -50,6 +51,9 @@ section "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 # The small sidecar build (no default features) must stay warning-free too.
 cargo clippy -p rampart --no-default-features --locked -- -D warnings
+
+section "no module import cycles"
+python3 scripts/modcycles.py crates/*/src examples/filters/*/src
 
 section "shell scripts parse"
 for s in scripts/*.sh bench/*.sh .ci/run; do bash -n "$s"; done

@@ -204,6 +204,11 @@ fn jwks_url(s: &str) -> Result<http::Uri, String> {
     Ok(uri)
 }
 
+/// Checks a `jwt` entry's config; `path` ends in `.jwt`.
+pub fn parse(path: &str, config: &serde_json::Value) -> Result<Jwt, Vec<FieldError>> {
+    crate::check::parse_with(path, config, validate_jwt)
+}
+
 /// Validates a `jwt:` filter. `path` is where it sits, e.g. `listeners[0].filters[1].jwt`.
 /// Returns the validated value only when there is no error; every error found is returned.
 pub fn validate_jwt(path: &str, raw: &RawJwt) -> (Option<Jwt>, Vec<FieldError>) {

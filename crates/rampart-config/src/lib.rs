@@ -9,8 +9,11 @@
 // Panics on outside input are forbidden here; unit tests may unwrap (clippy.toml).
 #![warn(clippy::unwrap_used)]
 
+mod check;
 pub mod duration;
 mod error;
+pub mod filters;
+pub mod headers;
 pub mod http;
 pub mod jwt;
 pub mod model;
@@ -21,19 +24,21 @@ pub mod tls;
 mod validate;
 
 pub use error::{ConfigError, FieldError};
+pub use filters::FilterCatalog;
 pub use model::Config;
 pub use raw::RawConfig;
-pub use validate::{endpoint, validate};
+pub use validate::{endpoint, validate, validate_with};
 
 /// Parses YAML into the raw model. An error names the field path where parsing stopped.
 pub fn parse_yaml(text: &str) -> Result<RawConfig, ConfigError> {
     let mut path = String::new();
-    let result = serde_saphyr::with_deserializer_from_str(text, |de| {
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            path = e.path().to_string();
-            e.into_inner()
-        })
-    });
+    let result =
+        serde_saphyr::with_deserializer_from_str_with_options(text, check::yaml_options(), |de| {
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                path = e.path().to_string();
+                e.into_inner()
+            })
+        });
     result.map_err(|e| ConfigError::Parse {
         path: if path.is_empty() || path == "." {
             "(root)".to_owned()
@@ -55,11 +60,27 @@ pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
     validate(parse_yaml(text)?)
 }
 
+/// Parses and validates YAML text, filter configs included (see [`validate_with`]).
+pub fn from_yaml_with(text: &str, catalog: &dyn FilterCatalog) -> Result<Config, ConfigError> {
+    validate_with(parse_yaml(text)?, catalog)
+}
+
 /// Reads, parses and validates a YAML file.
 pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    from_yaml(&read(path)?)
+}
+
+/// Reads, parses and validates a YAML file, filter configs included.
+pub fn load_with(
+    path: &std::path::Path,
+    catalog: &dyn FilterCatalog,
+) -> Result<Config, ConfigError> {
+    from_yaml_with(&read(path)?, catalog)
+}
+
+fn read(path: &std::path::Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.display().to_string(),
         source,
-    })?;
-    from_yaml(&text)
+    })
 }

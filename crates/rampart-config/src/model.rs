@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use regex::Regex;
 
+pub use crate::headers::HeaderMutation;
 pub use crate::http::{EscapedSlashes, HttpOptions, PathOptions};
 pub use crate::jwt::{JwksSource, Jwt, JwtAlgorithm};
 use crate::raw::RawConfig;
@@ -33,6 +34,32 @@ impl Config {
 
     pub fn cluster(&self, name: &str) -> Option<&Cluster> {
         self.clusters.iter().find(|c| c.name == name)
+    }
+
+    /// Every filter chain entry with its field path (`listeners[0].filters[1]`), listeners
+    /// first, then routes in table order.
+    pub fn filter_entries(&self) -> Vec<(String, &FilterConfig)> {
+        let mut out = Vec::new();
+        for (li, l) in self.listeners.iter().enumerate() {
+            for (i, f) in l.filters.iter().enumerate() {
+                out.push((format!("listeners[{li}].filters[{i}]"), f));
+            }
+        }
+        for (ti, t) in self.route_tables.iter().enumerate() {
+            for (vi, v) in t.virtual_hosts.iter().enumerate() {
+                for (ri, r) in v.routes.iter().enumerate() {
+                    for (i, f) in r.filters.iter().enumerate() {
+                        out.push((
+                            format!(
+                                "route_tables[{ti}].virtual_hosts[{vi}].routes[{ri}].filters[{i}]"
+                            ),
+                            f,
+                        ));
+                    }
+                }
+            }
+        }
+        out
     }
 }
 
@@ -233,71 +260,13 @@ pub struct Redirect {
     pub strip_query: bool,
 }
 
-/// Header edits, applied in the order remove, set, add.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HeaderMutation {
-    pub add: Vec<(http::HeaderName, http::HeaderValue)>,
-    pub set: Vec<(http::HeaderName, http::HeaderValue)>,
-    pub remove: Vec<http::HeaderName>,
-}
-
-impl HeaderMutation {
-    pub fn is_empty(&self) -> bool {
-        self.add.is_empty() && self.set.is_empty() && self.remove.is_empty()
-    }
-
-    pub fn apply(&self, headers: &mut http::HeaderMap) {
-        for name in &self.remove {
-            headers.remove(name);
-        }
-        for (name, value) in &self.set {
-            headers.insert(name.clone(), value.clone());
-        }
-        for (name, value) in &self.add {
-            headers.append(name.clone(), value.clone());
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub enum FilterConfig {
-    HeaderMutation {
-        request: HeaderMutation,
-        response: HeaderMutation,
-    },
-    Cors(Cors),
-    RateLimit(RateLimit),
-    SidecarInbound,
-    Jwt(Jwt),
-    Authz(crate::policy::Authz),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cors {
-    pub allow_any_origin: bool,
-    pub allow_origins: Vec<String>,
-    pub allow_methods: String,
-    pub allow_headers: String,
-    pub expose_headers: String,
-    pub max_age: Option<Duration>,
-    pub allow_credentials: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RateLimit {
-    pub rate: u32,
-    pub per: Duration,
-    pub burst: u32,
-    pub key: RateLimitKey,
-    pub max_keys: usize,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RateLimitKey {
-    /// One bucket for the whole route (or listener).
-    Route,
-    ClientIp,
-    Header(http::HeaderName),
+/// One entry of a filter chain: the filter's registered name and its config, opaque here.
+/// The filter's factory (in the data plane) parses and checks `config`; see
+/// [`crate::check::FilterCatalog`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilterConfig {
+    pub name: String,
+    pub config: serde_json::Value,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

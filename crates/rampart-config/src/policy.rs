@@ -166,6 +166,11 @@ pub fn validate_policy(raw: &RawPolicy) -> (Policy, Vec<FieldError>) {
     )
 }
 
+/// Checks an `authz` entry's config; `path` ends in `.authz`.
+pub fn parse_authz(path: &str, config: &serde_json::Value) -> Result<Authz, Vec<FieldError>> {
+    crate::check::parse_with(path, config, validate_authz)
+}
+
 /// `path` is the filter entry's path plus `.authz`.
 pub fn validate_authz(path: &str, raw: &RawAuthz) -> (Option<Authz>, Vec<FieldError>) {
     let mut e = Vec::new();

@@ -1,6 +1,6 @@
 //! Raw configuration as written in YAML: plain serde structs that reject unknown fields.
 //!
-//! Nothing here is checked beyond its shape; [`crate::validate`] turns these into the
+//! Nothing here is checked beyond its shape; `validate()` turns these into the
 //! validated model. The shape follows Envoy: listener → route table → virtual host → route →
 //! cluster → endpoints, so that xDS resources map onto the same model later.
 
@@ -234,68 +234,21 @@ pub struct RawHeaderMutation {
     pub remove: Vec<String>,
 }
 
-/// A filter in a chain; written as a one-key map, e.g. `- cors: {...}`.
+/// A filter in a chain, written as a one-key map: `- cors: {...}`. The key is the filter's
+/// registered name; the value is its config, checked by the filter's factory.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum RawFilter {
-    HeaderMutation(RawHeaderMutationFilter),
-    Cors(RawCors),
-    RateLimit(RawRateLimit),
-    /// Marks traffic entering through a sidecar: `x-sidecar-injected: true` and
-    /// `x-original-host` (the Host the client sent).
-    SidecarInbound(RawSidecarInbound),
-    /// Verifies a bearer token (JWT) and hands its claims to later filters.
-    Jwt(crate::jwt::RawJwt),
-    /// Decide with the tenant's Rego policy (needs a top-level `policy:` section).
-    Authz(crate::policy::RawAuthz),
-}
+#[serde(transparent)]
+pub struct RawFilter(pub std::collections::BTreeMap<String, serde_json::Value>);
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RawSidecarInbound {}
+impl RawFilter {
+    pub fn new(name: &str, config: serde_json::Value) -> Self {
+        Self(BTreeMap::from([(name.to_owned(), config)]))
+    }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RawHeaderMutationFilter {
-    #[serde(default)]
-    pub request: Option<RawHeaderMutation>,
-    #[serde(default)]
-    pub response: Option<RawHeaderMutation>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RawCors {
-    /// Exact origins, or `*`.
-    pub allow_origins: Vec<String>,
-    #[serde(default)]
-    pub allow_methods: Vec<String>,
-    #[serde(default)]
-    pub allow_headers: Vec<String>,
-    #[serde(default)]
-    pub expose_headers: Vec<String>,
-    #[serde(default)]
-    pub max_age: Option<String>,
-    #[serde(default)]
-    pub allow_credentials: bool,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RawRateLimit {
-    /// Tokens added per `per` interval.
-    pub rate: u32,
-    /// Refill interval ("1s").
-    pub per: String,
-    /// Bucket size; defaults to `rate`.
-    #[serde(default)]
-    pub burst: Option<u32>,
-    /// `route`, `client_ip`, or `header:<name>`.
-    #[serde(default)]
-    pub key: Option<String>,
-    /// Most distinct keys tracked at once (oldest idle buckets are dropped first).
-    #[serde(default)]
-    pub max_keys: Option<usize>,
+    /// An entry for a filter that takes no config (`- sidecar_inbound: {}`).
+    pub fn named(name: &str) -> Self {
+        Self::new(name, serde_json::Value::Object(serde_json::Map::new()))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -6,45 +6,24 @@ use std::time::Duration;
 
 use regex::Regex;
 
-use crate::duration::parse_duration;
-use crate::error::{ConfigError, FieldError};
+use crate::check::Ctx;
+use crate::check::FilterCatalog;
+use crate::error::ConfigError;
+use crate::headers::{header_name, header_value, mutation};
 use crate::model::{
-    AccessLogFormat, Action, Cluster, ClusterKind, Config, Cors, DirectResponse, DomainPattern,
-    EndpointAddr, FilterConfig, Forward, HashPolicy, HeaderMutation, LbPolicy, Limits, Listener,
-    PathMatch, RateLimit, RateLimitKey, Redirect, Route, RouteMatch, RouteTable, UpstreamProtocol,
-    ValueMatch, ValueMatchKind, VirtualHost, WeightedCluster,
+    AccessLogFormat, Action, Cluster, ClusterKind, Config, DirectResponse, DomainPattern,
+    EndpointAddr, FilterConfig, Forward, HashPolicy, LbPolicy, Limits, Listener, PathMatch,
+    Redirect, Route, RouteMatch, RouteTable, UpstreamProtocol, ValueMatch, ValueMatchKind,
+    VirtualHost, WeightedCluster,
 };
 use crate::raw::{
-    RawCluster, RawConfig, RawFilter, RawForward, RawHeaderMutation, RawLimits, RawListener,
-    RawRoute, RawValueMatch,
+    RawCluster, RawConfig, RawFilter, RawForward, RawLimits, RawListener, RawRoute, RawValueMatch,
 };
 
 /// Largest compiled regex accepted, so a config cannot make the matcher huge.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
-struct Ctx {
-    errors: Vec<FieldError>,
-}
-
-impl Ctx {
-    fn err(&mut self, path: impl Into<String>, rule: impl Into<String>) {
-        self.errors.push(FieldError {
-            path: path.into(),
-            rule: rule.into(),
-        });
-    }
-
-    fn duration(&mut self, path: &str, value: Option<&str>, default: Duration) -> Duration {
-        match value.map(parse_duration) {
-            None => default,
-            Some(Ok(d)) => d,
-            Some(Err(e)) => {
-                self.err(path, e.to_string());
-                default
-            }
-        }
-    }
-
+impl Ctx<'_> {
     fn regex(&mut self, path: &str, pattern: &str) -> Option<Regex> {
         let anchored = format!("^(?:{pattern})$");
         match regex::RegexBuilder::new(&anchored)
@@ -80,10 +59,25 @@ impl Ctx {
     }
 }
 
-/// Validates a raw config, returning every error found.
+/// Validates a raw config, returning every error found. Filter configs are not checked
+/// (see [`validate_with`]); the data plane checks them before it runs a config.
 pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
-    let mut cx = Ctx { errors: Vec::new() };
+    validate_inner(raw, Ctx::default())
+}
 
+/// [`validate`], with each filter entry's config checked by `catalog`, so that every error in
+/// the file is reported at once.
+pub fn validate_with(raw: RawConfig, catalog: &dyn FilterCatalog) -> Result<Config, ConfigError> {
+    validate_inner(
+        raw,
+        Ctx {
+            catalog: Some(catalog),
+            ..Ctx::default()
+        },
+    )
+}
+
+fn validate_inner(raw: RawConfig, mut cx: Ctx<'_>) -> Result<Config, ConfigError> {
     let workers = match raw.workers {
         Some(0) => {
             cx.err("workers", "must be at least 1");
@@ -223,11 +217,6 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         cx.errors.extend(errors);
         policy
     });
-    if policy.is_none()
-        && let Some(path) = first_authz(&raw)
-    {
-        cx.err(path, "an authz filter needs a top-level policy section");
-    }
 
     if cx.errors.is_empty() {
         Ok(Config {
@@ -700,171 +689,34 @@ fn value_matches(cx: &mut Ctx, path: &str, raw: &[RawValueMatch], header: bool) 
         .collect()
 }
 
-fn header_name(cx: &mut Ctx, path: &str, s: &str) -> Option<http::HeaderName> {
-    http::HeaderName::from_bytes(s.as_bytes())
-        .map_err(|_| cx.err(path, format!("invalid header name {s:?}")))
-        .ok()
-}
-
-fn header_value(cx: &mut Ctx, path: &str, s: &str) -> Option<http::HeaderValue> {
-    http::HeaderValue::from_str(s)
-        .map_err(|_| cx.err(path, format!("invalid header value {s:?}")))
-        .ok()
-}
-
-fn mutation(cx: &mut Ctx, path: &str, m: Option<&RawHeaderMutation>) -> HeaderMutation {
-    let Some(m) = m else {
-        return HeaderMutation::default();
-    };
-    let mut pairs = |field: &str, map: &std::collections::BTreeMap<String, String>| {
-        map.iter()
-            .filter_map(|(k, v)| {
-                let p = format!("{path}.{field}.{k}");
-                let name = header_name(cx, &p, k);
-                let value = header_value(cx, &p, v);
-                Some((name?, value?))
-            })
-            .collect::<Vec<_>>()
-    };
-    let add = pairs("add", &m.add);
-    let set = pairs("set", &m.set);
-    let remove = m
-        .remove
-        .iter()
-        .enumerate()
-        .filter_map(|(i, k)| header_name(cx, &format!("{path}.remove[{i}]"), k))
-        .collect();
-    HeaderMutation { add, set, remove }
-}
-
-/// The path of the first `authz` filter, if any.
-fn first_authz(raw: &RawConfig) -> Option<String> {
-    let find = |fs: &[RawFilter]| fs.iter().position(|f| matches!(f, RawFilter::Authz(_)));
-    for (i, l) in raw.listeners.iter().enumerate() {
-        if let Some(j) = find(&l.filters) {
-            return Some(format!("listeners[{i}].filters[{j}].authz"));
-        }
-    }
-    for (ti, t) in raw.route_tables.iter().enumerate() {
-        for (vi, v) in t.virtual_hosts.iter().enumerate() {
-            for (ri, r) in v.routes.iter().enumerate() {
-                if let Some(j) = find(&r.filters) {
-                    return Some(format!(
-                        "route_tables[{ti}].virtual_hosts[{vi}].routes[{ri}].filters[{j}].authz"
-                    ));
-                }
-            }
-        }
-    }
-    None
-}
-
+/// Chain entries: each a one-key map from a filter name to its config. The config is checked
+/// by `catalog` when there is one (the data plane's filter registry), else left for it.
 fn filters(cx: &mut Ctx, path: &str, raw: &[RawFilter]) -> Vec<FilterConfig> {
-    raw.iter()
-        .enumerate()
-        .filter_map(|(i, f)| {
-            let fpath = format!("{path}[{i}]");
-            Some(match f {
-                RawFilter::HeaderMutation(h) => FilterConfig::HeaderMutation {
-                    request: mutation(cx, &format!("{fpath}.header_mutation.request"), h.request.as_ref()),
-                    response: mutation(cx, &format!("{fpath}.header_mutation.response"), h.response.as_ref()),
-                },
-                RawFilter::Cors(c) => {
-                    let cpath = format!("{fpath}.cors");
-                    if c.allow_origins.is_empty() {
-                        cx.err(format!("{cpath}.allow_origins"), "must list at least one origin (or \"*\")");
-                    }
-                    let allow_any_origin = c.allow_origins.iter().any(|o| o == "*");
-                    if allow_any_origin && c.allow_credentials {
-                        cx.err(
-                            format!("{cpath}.allow_credentials"),
-                            "cannot be true when allow_origins contains \"*\" (browsers reject it)",
-                        );
-                    }
-                    for (j, m) in c.allow_methods.iter().enumerate() {
-                        if http::Method::from_bytes(m.as_bytes()).is_err() {
-                            cx.err(format!("{cpath}.allow_methods[{j}]"), format!("invalid method {m:?}"));
-                        }
-                    }
-                    for (field, list) in [("allow_headers", &c.allow_headers), ("expose_headers", &c.expose_headers)] {
-                        for (j, h) in list.iter().enumerate() {
-                            header_name(cx, &format!("{cpath}.{field}[{j}]"), h);
-                        }
-                    }
-                    let max_age = c
-                        .max_age
-                        .as_deref()
-                        .map(|m| cx.duration(&format!("{cpath}.max_age"), Some(m), Duration::ZERO));
-                    FilterConfig::Cors(Cors {
-                        allow_any_origin,
-                        allow_origins: c.allow_origins.iter().filter(|o| *o != "*").cloned().collect(),
-                        allow_methods: if c.allow_methods.is_empty() {
-                            "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS".to_owned()
-                        } else {
-                            c.allow_methods.join(", ")
-                        },
-                        allow_headers: c.allow_headers.join(", "),
-                        expose_headers: c.expose_headers.join(", "),
-                        max_age,
-                        allow_credentials: c.allow_credentials,
-                    })
-                }
-                RawFilter::SidecarInbound(_) => FilterConfig::SidecarInbound,
-                RawFilter::Authz(a) => {
-                    let (authz, errors) = crate::policy::validate_authz(&format!("{fpath}.authz"), a);
-                    cx.errors.extend(errors);
-                    FilterConfig::Authz(authz?)
-                }
-                RawFilter::Jwt(j) => {
-                    let (jwt, errors) = crate::jwt::validate_jwt(&format!("{fpath}.jwt"), j);
-                    cx.errors.extend(errors);
-                    FilterConfig::Jwt(jwt?)
-                }
-                RawFilter::RateLimit(r) => {
-                    let rpath = format!("{fpath}.rate_limit");
-                    if r.rate == 0 {
-                        cx.err(format!("{rpath}.rate"), "must be at least 1");
-                    }
-                    let per = cx.duration(&format!("{rpath}.per"), Some(&r.per), Duration::from_secs(1));
-                    if per.is_zero() {
-                        cx.err(format!("{rpath}.per"), "must be longer than 0");
-                    }
-                    // Each key costs ~64 bytes whatever its size (a hash and a bucket).
-                    if r.max_keys.is_some_and(|n| n > MAX_RATE_LIMIT_KEYS) {
-                        cx.err(
-                            format!("{rpath}.max_keys"),
-                            format!("must be at most {MAX_RATE_LIMIT_KEYS}"),
-                        );
-                    }
-                    let key = match r.key.as_deref() {
-                        None | Some("route") => RateLimitKey::Route,
-                        Some("client_ip") => RateLimitKey::ClientIp,
-                        Some(k) => match k.strip_prefix("header:") {
-                            Some(h) => RateLimitKey::Header(header_name(cx, &format!("{rpath}.key"), h)?),
-                            None => {
-                                cx.err(
-                                    format!("{rpath}.key"),
-                                    format!("unknown key {k:?}; expected route, client_ip or header:<name>"),
-                                );
-                                return None;
-                            }
-                        },
-                    };
-                    FilterConfig::RateLimit(RateLimit {
-                        rate: r.rate,
-                        per,
-                        burst: r.burst.unwrap_or(r.rate).max(1),
-                        key,
-                        max_keys: r.max_keys.unwrap_or(100_000).max(1),
-                    })
-                }
-            })
-        })
-        .collect()
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, RawFilter(entry)) in raw.iter().enumerate() {
+        let fpath = format!("{path}[{i}]");
+        let mut names = entry.iter();
+        let (Some((name, config)), None) = (names.next(), names.next()) else {
+            cx.err(
+                fpath,
+                format!(
+                    "a filter is a one-key map from its name to its config (`- cors: {{...}}`); found {} keys",
+                    entry.len()
+                ),
+            );
+            continue;
+        };
+        if let Some(catalog) = cx.catalog {
+            let errors = catalog.check(name, &format!("{fpath}.{name}"), config);
+            cx.errors.extend(errors);
+        }
+        out.push(FilterConfig {
+            name: name.clone(),
+            config: config.clone(),
+        });
+    }
+    out
 }
-
-/// A rate limiter's table is bounded: 10 M keys are ~640 MiB.
-const MAX_RATE_LIMIT_KEYS: usize = 10_000_000;
 
 fn cluster(cx: &mut Ctx, path: &str, c: &RawCluster) -> Cluster {
     let kind = match c.kind.as_deref() {

@@ -179,6 +179,9 @@ pub(crate) async fn spawn(
                         if let Some(refused) = access.check(&req) {
                             return Ok(refused);
                         }
+                        if req.uri().path() == "/config" && req.method() == Method::PUT {
+                            return Ok(config_api(&shared, req).await);
+                        }
                         #[cfg(feature = "policy")]
                         if req.uri().path().starts_with("/policy/") {
                             return Ok::<_, std::convert::Infallible>(
@@ -344,6 +347,45 @@ async fn policy_api(shared: &Shared, req: Request<Incoming>) -> Response<Full<By
             StatusCode::NOT_FOUND,
             "GET /policy/tenants, PUT or DELETE /policy/tenants/<name>".into(),
         ),
+    }
+}
+
+/// Largest config accepted by `PUT /config`.
+const MAX_CONFIG_BODY: usize = 4 << 20;
+
+/// `PUT /config` (YAML, as in the config file): the admin config source applies it, and the
+/// answer is the new version or every error, each with its field path.
+async fn config_api(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    use http_body_util::{BodyExt, Limited};
+    let error = |status: StatusCode, e: &GatewayError| {
+        let errors: Vec<String> = match e {
+            GatewayError::Config(c) => c.field_errors().iter().map(ToString::to_string).collect(),
+            other => vec![other.to_string()],
+        };
+        let mut r = json(&serde_json::json!({ "error": e.to_string(), "errors": errors }));
+        *r.status_mut() = status;
+        r
+    };
+    let yaml = match Limited::new(req.into_body(), MAX_CONFIG_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            let mut r = json(&serde_json::json!({ "error": format!("cannot read the body: {e}") }));
+            *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+            return r;
+        }
+    };
+    let (reply, outcome) = tokio::sync::oneshot::channel();
+    let push = crate::source::AdminPush { yaml, reply };
+    if shared.admin_configs.send(push).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, &GatewayError::Stopped);
+    }
+    match outcome.await {
+        Ok(Ok(version)) => json(&serde_json::json!({ "version": version })),
+        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, &e),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, &GatewayError::Stopped),
     }
 }
 

@@ -15,11 +15,32 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 
-use crate::filter::BodyReject;
-use crate::pool::Lease;
-use crate::upstream::InflightGuard;
-
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A body chunk was refused; the stream is cut and, if nothing was sent yet, this answers.
+#[derive(Debug, Clone)]
+pub struct BodyReject {
+    pub status: http::StatusCode,
+    pub reason: String,
+}
+
+impl std::fmt::Display for BodyReject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status.as_u16(), self.reason)
+    }
+}
+
+impl std::error::Error for BodyReject {}
+
+/// What an upstream response body carries along: the pooled connection that feeds it and the
+/// endpoint's in-flight count. Driven while the body is polled, finished when it ends, dropped
+/// (connection discarded) when it fails or is dropped early.
+pub trait UpstreamTail: Send {
+    /// Drives the connection so the body it feeds can make progress.
+    fn drive(&mut self, cx: &mut Context<'_>);
+    /// The body completed: the connection may carry another request.
+    fn finish(&mut self);
+}
 
 /// Why a request body was cut short (a size limit, a filter, the client's own malformed or
 /// too slow body), shared between the body and the handler so that the handler answers with
@@ -47,9 +68,8 @@ pub enum ProxyBody {
         inner: Incoming,
         /// Set for a downstream request body: its limits and the abort slot.
         request: Option<Box<RequestBody>>,
-        guard: Option<InflightGuard>,
-        /// The upstream connection feeding `inner`, polled here and pooled when done.
-        lease: Option<Lease>,
+        /// Set for an upstream response body.
+        tail: Option<Box<dyn UpstreamTail>>,
     },
     Boxed(UnsyncBoxBody<Bytes, BoxError>),
 }
@@ -67,8 +87,7 @@ impl ProxyBody {
         Self::Stream {
             inner,
             request: None,
-            guard: None,
-            lease: None,
+            tail: None,
         }
     }
 
@@ -91,19 +110,17 @@ impl ProxyBody {
                 waiting_since: None,
                 pace: pace.map(|p| (p, Box::pin(tokio::time::sleep(p.budget(0))))),
             })),
-            guard: None,
-            lease: None,
+            tail: None,
         }
     }
 
     /// An upstream response body: keeps the endpoint counted as busy and drives (then
     /// returns) the upstream connection until the body ends.
-    pub fn upstream(inner: Incoming, guard: InflightGuard, lease: Option<Lease>) -> Self {
+    pub fn upstream(inner: Incoming, tail: Box<dyn UpstreamTail>) -> Self {
         Self::Stream {
             inner,
             request: None,
-            guard: Some(guard),
-            lease,
+            tail: Some(tail),
         }
     }
 
@@ -116,11 +133,10 @@ impl ProxyBody {
 }
 
 /// A body completed: its upstream connection may carry another request, its endpoint is free.
-fn finish(lease: &mut Option<Lease>, guard: &mut Option<InflightGuard>) {
-    if let Some(mut l) = lease.take() {
-        l.finish();
+fn finish(tail: &mut Option<Box<dyn UpstreamTail>>) {
+    if let Some(mut t) = tail.take() {
+        t.finish();
     }
-    guard.take();
 }
 
 impl Body for ProxyBody {
@@ -137,11 +153,10 @@ impl Body for ProxyBody {
             Self::Stream {
                 inner,
                 request,
-                guard,
-                lease,
+                tail,
             } => {
-                if let Some(l) = lease.as_mut() {
-                    l.drive(cx);
+                if let Some(t) = tail.as_mut() {
+                    t.drive(cx);
                 }
                 let polled = Pin::new(&mut *inner).poll_frame(cx);
                 match polled {
@@ -160,13 +175,12 @@ impl Body for ProxyBody {
                         }
                         // The server may stop polling once the body says it has ended.
                         if inner.is_end_stream() {
-                            finish(lease, guard);
+                            finish(tail);
                         }
                         Poll::Ready(Some(Ok(frame)))
                     }
                     Poll::Ready(Some(Err(e))) => {
-                        lease.take();
-                        guard.take();
+                        tail.take();
                         if let Some(r) = request {
                             // The client's fault (bad chunk framing, a reset, a short body):
                             // never the upstream's.
@@ -178,7 +192,7 @@ impl Body for ProxyBody {
                         Poll::Ready(Some(Err(Box::new(e))))
                     }
                     Poll::Ready(None) => {
-                        finish(lease, guard);
+                        finish(tail);
                         Poll::Ready(None)
                     }
                     Poll::Pending => match request {

@@ -12,28 +12,25 @@
 
 pub mod access_log;
 pub mod admin;
-#[cfg(feature = "policy")]
-pub mod authz;
 pub mod body;
 pub mod demo;
 pub mod error;
 pub mod filter;
-pub mod health;
+pub mod filters;
 mod ingress;
-pub mod jwt;
 pub mod metrics;
 mod observe;
-pub mod pool;
+#[cfg(feature = "policy")]
+pub mod policy;
 mod proxy;
 mod server;
 pub mod snapshot;
-pub mod stream;
+pub mod source;
 pub mod tls;
 pub mod upstream;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -45,11 +42,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access_log::AccessLog;
-use crate::filter::{BuildEnv, FilterBuildError};
+use crate::filter::{BuildEnv, FilterBuildError, FilterRegistry};
 use crate::metrics::Metrics;
-use crate::snapshot::{ExtraFilter, Snapshot};
+use crate::snapshot::{Builder, ExtraFilter, Snapshot};
 
-pub use crate::filter::{HttpFilter, RequestContext};
+pub use crate::filter::{FilterFactory, HttpFilter, RequestContext};
 
 /// State shared by every connection and the admin endpoint.
 pub(crate) struct Shared {
@@ -58,9 +55,28 @@ pub(crate) struct Shared {
     pub(crate) access_log: AccessLog,
     pub(crate) ready: AtomicBool,
     pub(crate) last_reload_error: std::sync::Mutex<Option<String>>,
+    /// Where the admin API sends `PUT /config` (the admin config source).
+    pub(crate) admin_configs: tokio::sync::mpsc::Sender<source::AdminPush>,
     /// For the admin API's `/policy/tenants`.
     #[cfg(feature = "policy")]
-    pub(crate) policy: Arc<authz::PolicyRuntime>,
+    pub(crate) policy: Arc<policy::PolicyRuntime>,
+}
+
+/// What a gateway is extended with: the filters config can name, and filters added in code.
+#[derive(Clone)]
+pub struct Plugins {
+    pub filters: FilterRegistry,
+    pub extra: Vec<ExtraFilter>,
+}
+
+impl Default for Plugins {
+    /// The built-in filters, nothing added.
+    fn default() -> Self {
+        Self {
+            filters: filters::builtins(),
+            extra: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +110,8 @@ pub enum GatewayError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the gateway has stopped")]
+    Stopped,
 }
 
 /// Where tasks run. Each `data` handle is one data-plane worker: the binary gives each its
@@ -136,57 +154,71 @@ pub struct Gateway {
     /// Cancelled at shutdown: connections finish their current request and close.
     drain: CancellationToken,
     connections: TaskTracker,
-    extra_filters: Vec<ExtraFilter>,
-    /// What filters of every config version share (key caches, metrics).
-    env: BuildEnv,
+    /// Builds each config version (filter registry, state filters share across versions).
+    builder: Builder,
     admin_addr: Option<SocketAddr>,
-    /// The config file's contents as last read, for the watcher.
-    file_seen: std::sync::Mutex<Option<Vec<u8>>>,
 }
 
 impl Gateway {
-    /// Binds every listener and the admin endpoint, then starts serving.
+    /// Binds every listener and the admin endpoint, then starts serving, with the built-in
+    /// filters.
     pub async fn start(config: Config, runtimes: Runtimes) -> Result<Arc<Self>, GatewayError> {
-        Self::start_with_filters(config, runtimes, Vec::new()).await
+        Self::start_with(config, runtimes, Plugins::default()).await
     }
 
-    /// As [`Gateway::start`], with filters added in code (see [`ExtraFilter`]).
+    /// As [`Gateway::start`], with the built-in filters and `extra` added in code.
     pub async fn start_with_filters(
         config: Config,
         runtimes: Runtimes,
-        extra_filters: Vec<ExtraFilter>,
+        extra: Vec<ExtraFilter>,
+    ) -> Result<Arc<Self>, GatewayError> {
+        let plugins = Plugins {
+            extra,
+            ..Plugins::default()
+        };
+        Self::start_with(config, runtimes, plugins).await
+    }
+
+    /// As [`Gateway::start`], with the filters of `plugins`.
+    pub async fn start_with(
+        config: Config,
+        runtimes: Runtimes,
+        plugins: Plugins,
     ) -> Result<Arc<Self>, GatewayError> {
         let metrics = Metrics::new();
         let access_log = AccessLog::new(config.access_log);
         let admin = config.admin.clone();
-        let tls = load_tls(&config)?;
         let drain = CancellationToken::new();
         let env = BuildEnv::new(
             metrics.clone(),
             runtimes.control.clone(),
             drain.child_token(),
         );
-        configure_policy(&env, &config)?;
-        let snap = Snapshot::build(
-            config,
-            1,
-            None,
-            &env,
-            &extra_filters,
-            runtimes.workers(),
-            tls,
-        )
-        .map_err(filter_error)?;
+        #[cfg(feature = "policy")]
+        let policy = {
+            let p = Arc::new(policy::PolicyRuntime::new(&metrics));
+            env.provide(p.clone());
+            p
+        };
+        let builder = Builder {
+            env,
+            filters: plugins.filters,
+            extra: plugins.extra,
+            workers: runtimes.workers(),
+        };
+        let snap = prepare(&builder, config, 1, None)?;
         resolve_dns(&snap, &runtimes).await;
         metrics.config_version.set(1);
+        let (admin_configs, admin_inbox) = tokio::sync::mpsc::channel(4);
         let shared = Arc::new(Shared {
+            admin_configs,
             snapshot: ArcSwap::from_pointee(snap),
             metrics,
             access_log,
             ready: AtomicBool::new(false),
             last_reload_error: std::sync::Mutex::new(None),
             #[cfg(feature = "policy")]
-            policy: env.policy.clone(),
+            policy,
         });
         let admin_addr = match admin {
             Some(a) => Some(admin::spawn(&a, shared.clone(), &runtimes.control).await?),
@@ -198,13 +230,12 @@ impl Gateway {
             listeners: tokio::sync::Mutex::new(HashMap::new()),
             drain,
             connections: TaskTracker::new(),
-            extra_filters,
-            env,
+            builder,
             admin_addr,
-            file_seen: std::sync::Mutex::new(None),
         });
         let cfg = gw.shared.snapshot.load().config.clone();
         gw.sync_listeners(&cfg).await?;
+        gw.add_source(Box::new(source::AdminSource { inbox: admin_inbox }));
         gw.shared.ready.store(true, Ordering::Release);
         Ok(gw)
     }
@@ -230,47 +261,63 @@ impl Gateway {
     /// put and removed through it (as the admin API and, later, the control plane do).
     #[cfg(feature = "policy")]
     pub fn policy_engine(&self) -> Option<Arc<rampart_policy::PolicyEngine>> {
-        self.env.policy.engine()
+        self.shared.policy.engine()
     }
 
-    /// Validates nothing (a [`Config`] is already valid); compiles, binds any new listeners,
-    /// then swaps atomically. On error the running config is untouched.
-    /// Applies a new config (from any source: the file, the admin API, later xDS). On
-    /// failure the running config stays, and the failure is recorded in one place for every
-    /// source: `rampart_config_reloads_total{result="failure"}`,
-    /// `rampart_config_last_reload_success 0` and `/config_dump`'s `last_reload_error`.
-    pub async fn reload(&self, config: Config) -> Result<u64, GatewayError> {
-        let result = self.apply(config).await;
-        if let Err(e) = &result {
-            self.reject(e);
+    /// The filters this gateway's configs can name.
+    pub fn filters(&self) -> &FilterRegistry {
+        &self.builder.filters
+    }
+
+    /// Applies a config from any source (the file, the admin API, later xDS): checks its
+    /// filters, compiles it, binds any new listeners, then swaps atomically; returns the new
+    /// version. `config` may be the error that reading it gave. On failure the running
+    /// config stays, and the failure is recorded in one place for every source:
+    /// `rampart_config_reloads_total{result="failure"}`, `rampart_config_last_reload_success
+    /// 0` and `/config_dump`'s `last_reload_error`.
+    pub async fn apply(
+        &self,
+        origin: &str,
+        config: Result<Config, ConfigError>,
+    ) -> Result<u64, GatewayError> {
+        let result = match config {
+            Ok(c) => self.install(c).await,
+            Err(e) => Err(GatewayError::Config(e)),
+        };
+        match &result {
+            Ok(version) => tracing::info!(origin, version, "config applied"),
+            Err(e) => {
+                self.shared.metrics.reload(false);
+                *self.lock_reload_error() = Some(e.to_string());
+                tracing::error!(origin, error = %e, "config rejected; still serving the previous version");
+            }
         }
         result
     }
 
-    /// Records a rejected config (see [`Gateway::reload`]).
-    fn reject(&self, e: &GatewayError) {
-        self.shared.metrics.reload(false);
-        *self.lock_reload_error() = Some(e.to_string());
-        tracing::error!(error = %e, "config rejected; still serving the previous version");
+    /// [`Gateway::apply`] for a config built in code.
+    pub async fn reload(&self, config: Config) -> Result<u64, GatewayError> {
+        self.apply("api", Ok(config)).await
     }
 
-    async fn apply(&self, config: Config) -> Result<u64, GatewayError> {
+    /// Runs a config source on the control runtime until the gateway shuts down.
+    pub fn add_source(self: &Arc<Self>, source: Box<dyn source::ConfigSource>) {
+        let applier = source::Applier {
+            gateway: Arc::downgrade(self),
+            origin: source.name(),
+        };
+        tracing::debug!(source = applier.origin, "config source started");
+        self.runtimes
+            .control
+            .spawn(source.run(applier, self.drain.clone()));
+    }
+
+    async fn install(&self, config: Config) -> Result<u64, GatewayError> {
         // Holding the listener lock serializes reloads.
         let mut listeners = self.listeners.lock().await;
         let old = self.shared.snapshot.load_full();
         let version = old.version + 1;
-        let tls = load_tls(&config)?;
-        configure_policy(&self.env, &config)?;
-        let snap = Snapshot::build(
-            config,
-            version,
-            Some(&old),
-            &self.env,
-            &self.extra_filters,
-            self.runtimes.workers(),
-            tls,
-        )
-        .map_err(filter_error)?;
+        let snap = prepare(&self.builder, config, version, Some(&old))?;
         resolve_dns(&snap, &self.runtimes).await;
         let cfg = snap.config.clone();
         // Bind new listeners before anything changes, so a bind failure rejects the reload.
@@ -280,45 +327,7 @@ impl Gateway {
         self.shared.metrics.config_version.set(version as i64);
         self.shared.metrics.reload(true);
         *self.lock_reload_error() = None;
-        tracing::info!(version, "config applied");
         Ok(version)
-    }
-
-    /// Reads, validates and applies a config file; failures are logged and counted. The
-    /// bytes read become the file watcher's reference, so one edit is applied once even when
-    /// both a SIGHUP and the watcher notice it.
-    pub async fn reload_from_file(&self, path: &Path) -> Result<u64, GatewayError> {
-        let result = match std::fs::read(path) {
-            Ok(bytes) => {
-                let parsed = std::str::from_utf8(&bytes)
-                    .map_err(|e| ConfigError::Parse {
-                        path: "(root)".into(),
-                        message: format!("not UTF-8: {e}"),
-                    })
-                    .and_then(rampart_config::from_yaml);
-                *self.lock_file_seen() = Some(bytes);
-                match parsed {
-                    // `reload` records its own failures.
-                    Ok(cfg) => return self.reload(cfg).await,
-                    Err(e) => Err(GatewayError::Config(e)),
-                }
-            }
-            Err(source) => Err(GatewayError::Config(ConfigError::Read {
-                path: path.display().to_string(),
-                source,
-            })),
-        };
-        if let Err(e) = &result {
-            tracing::error!(path = %path.display(), "the config file does not load");
-            self.reject(e);
-        }
-        result
-    }
-
-    fn lock_file_seen(&self) -> std::sync::MutexGuard<'_, Option<Vec<u8>>> {
-        self.file_seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn lock_reload_error(&self) -> std::sync::MutexGuard<'_, Option<String>> {
@@ -326,31 +335,6 @@ impl Gateway {
             .last_reload_error
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Watches a config file and reloads when its contents differ from the last contents
-    /// loaded (`loaded`: what the running config was read from). Polling survives editors
-    /// that replace files and Kubernetes' symlink swaps.
-    pub fn watch_file(self: &Arc<Self>, path: PathBuf, every: Duration, loaded: Vec<u8>) {
-        *self.lock_file_seen() = Some(loaded);
-        let gw = Arc::downgrade(self);
-        let stop = self.drain.clone();
-        self.runtimes.control.spawn(async move {
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(every) => {}
-                }
-                let Some(gw) = gw.upgrade() else { return };
-                let Ok(now) = std::fs::read(&path) else {
-                    continue;
-                };
-                if gw.lock_file_seen().as_ref() != Some(&now) {
-                    tracing::info!(path = %path.display(), "config file changed; reloading");
-                    let _ = gw.reload_from_file(&path).await;
-                }
-            }
-        });
     }
 
     /// Stops accepting, lets in-flight requests finish up to `deadline`, then returns.
@@ -361,8 +345,9 @@ impl Gateway {
             l.stop.cancel();
         }
         self.drain.cancel();
-        // Cancelled with `drain`: key set refreshes end at once.
-        self.env.jwks.shutdown().await;
+        // Cancelled with `drain`: filters' background work (key refreshes) ends at once.
+        self.builder.env.tasks.close();
+        self.builder.env.tasks.wait().await;
         self.connections.close();
         let drained = tokio::time::timeout(deadline, self.connections.wait())
             .await
@@ -483,6 +468,24 @@ impl Gateway {
     }
 }
 
+/// Checks `config`'s filter entries, loads its certificates and policy, and compiles it.
+fn prepare(
+    builder: &Builder,
+    config: Config,
+    version: u64,
+    prev: Option<&Snapshot>,
+) -> Result<Snapshot, GatewayError> {
+    let invalid = builder.filters.check_config(&config);
+    if !invalid.is_empty() {
+        return Err(GatewayError::Config(ConfigError::Invalid(invalid)));
+    }
+    let tls = load_tls(&config)?;
+    configure_policy(&builder.env, &config)?;
+    builder
+        .build(config, version, prev, tls)
+        .map_err(filter_error)
+}
+
 fn load_tls(config: &Config) -> Result<snapshot::TlsMaterial, GatewayError> {
     snapshot::TlsMaterial::load(config)
         .map_err(|(field, source)| GatewayError::Tls { field, source })
@@ -491,12 +494,14 @@ fn load_tls(config: &Config) -> Result<snapshot::TlsMaterial, GatewayError> {
 /// Starts or updates the policy engine for `config.policy` (a no-op without the feature).
 fn configure_policy(env: &BuildEnv, config: &Config) -> Result<(), GatewayError> {
     #[cfg(feature = "policy")]
-    env.policy
-        .configure(config.policy.as_ref())
-        .map_err(|message| GatewayError::Filter {
-            field: "policy.bundles_dir".into(),
-            message,
-        })?;
+    if let Some(policy) = env.get::<Arc<policy::PolicyRuntime>>() {
+        policy
+            .configure(config.policy.as_ref())
+            .map_err(|message| GatewayError::Filter {
+                field: "policy.bundles_dir".into(),
+                message,
+            })?;
+    }
     #[cfg(not(feature = "policy"))]
     let _ = (env, config);
     Ok(())
@@ -542,7 +547,7 @@ async fn resolve_dns(snap: &Snapshot, runtimes: &Runtimes) {
         {
             runtimes
                 .control
-                .spawn(health::check_loop(Arc::downgrade(c), hc.clone()));
+                .spawn(upstream::health::check_loop(Arc::downgrade(c), hc.clone()));
         }
         if c.has_dns() && !c.dns_refresh_started.swap(true, Ordering::AcqRel) {
             // Bounded so an unreachable resolver cannot stall a reload.

@@ -9,14 +9,6 @@ use http_body::{Body, Frame, SizeHint};
 use crate::body::{BodyAbort, BoxError, ProxyBody};
 use crate::filter::{BodyObserver, BodyReject};
 
-impl std::fmt::Display for BodyReject {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.status.as_u16(), self.reason)
-    }
-}
-
-impl std::error::Error for BodyReject {}
-
 pub(crate) struct ObservedBody {
     inner: ProxyBody,
     observers: Vec<Box<dyn BodyObserver>>,

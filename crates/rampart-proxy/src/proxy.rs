@@ -19,12 +19,13 @@ use crate::access_log::AccessEntry;
 use crate::body::{BodyAbort, BodyPace, ProxyBody};
 use crate::error::{Blame, ProxyError, local_response};
 use crate::filter::{BodyObserver, FilterRef, RequestContext, Verdict};
-use crate::health::{self, Outcome};
+use crate::filters::header_mutation;
 use crate::ingress::{self, strip_hop_by_hop};
 use crate::metrics::RouteStats;
 use crate::observe::ObservedBody;
 use crate::snapshot::{ListenerSnap, RouteData, Target};
-use crate::upstream::ClusterRuntime;
+use crate::upstream::health::{self, Outcome};
+use crate::upstream::{ClusterRuntime, ResponseTail};
 
 /// Default per-route timeout (as Envoy's), until the upstream's response headers arrive.
 const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -299,7 +300,7 @@ async fn serve_route(
         finish_response(resp, route, chain(), &mut ctx).await
     } else {
         let (mut rparts, rbody) = resp.into_parts();
-        route.response_headers.apply(&mut rparts.headers);
+        header_mutation::apply(&route.response_headers, &mut rparts.headers);
         Response::from_parts(rparts, rbody)
     }
 }
@@ -312,7 +313,7 @@ async fn finish_response<'f>(
     ctx: &mut RequestContext,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
-    route.response_headers.apply(&mut parts.headers);
+    header_mutation::apply(&route.response_headers, &mut parts.headers);
     for f in chain.clone().rev() {
         if let Verdict::Respond(replacement) =
             f.on_response_headers(ctx, &mut parts).resolve().await
@@ -475,7 +476,7 @@ async fn forward(
         header::HOST,
         f.host_rewrite.clone().unwrap_or(original_host),
     );
-    route.request_headers.apply(h);
+    header_mutation::apply(&route.request_headers, h);
 
     let path_and_query = match &f.prefix_rewrite {
         Some(rw) => {
@@ -632,7 +633,7 @@ async fn forward(
                 strip_hop_by_hop(&mut rparts.headers);
                 Ok(response_from_upstream(
                     rparts,
-                    ProxyBody::upstream(rbody, guard, lease),
+                    ProxyBody::upstream(rbody, ResponseTail::new(guard, lease)),
                 ))
             }
             Err(ProxyError::UpstreamTimeout { endpoint, .. }) if out_of_time => {
@@ -676,7 +677,7 @@ async fn forward_upgrade(
         strip_hop_by_hop(&mut rparts.headers);
         return Ok(response_from_upstream(
             rparts,
-            ProxyBody::upstream(rbody, guard, None),
+            ProxyBody::upstream(rbody, ResponseTail::new(guard, None)),
         ));
     }
     let upstream = hyper::upgrade::on(&mut resp);

@@ -11,10 +11,10 @@ use rampart_config::Config;
 use rampart_config::model::{Action, FilterConfig, Limits, UpstreamProtocol};
 use rampart_router::RouteTable;
 
-use crate::filter::{self, BuildEnv, FilterBuildError, FilterRef};
+use crate::filter::{BuildEnv, FilterBuildError, FilterRef, FilterRegistry};
 use crate::metrics::RouteStats;
-use crate::stream::UpstreamTls;
 use crate::upstream::ClusterRuntime;
+use crate::upstream::stream::UpstreamTls;
 
 /// Filters added in code rather than config, e.g. by an embedding program or a test.
 /// They are attached to every listener whose name matches (`*` for all), after the configured
@@ -96,20 +96,30 @@ pub struct Target {
     pub upstream_latency: Histogram,
 }
 
-impl Snapshot {
-    /// Compiles `config`. Clusters whose definition did not change are carried over from
-    /// `prev` with their connection pools, endpoint state and DNS results. Fails when a
-    /// filter's material does not load (e.g. a JWKS file that does not parse); the error names
-    /// the filter's field.
+/// What every config version of one gateway is built with.
+pub struct Builder {
+    /// State filters share across versions, metrics, the control runtime.
+    pub env: BuildEnv,
+    /// The filters config can name.
+    pub filters: FilterRegistry,
+    pub extra: Vec<ExtraFilter>,
+    /// Data-plane workers (each has its own upstream pools).
+    pub workers: usize,
+}
+
+impl Builder {
+    /// Compiles `config` into a [`Snapshot`]. Clusters whose definition did not change are
+    /// carried over from `prev` with their connection pools, endpoint state and DNS results.
+    /// Fails when a filter's material does not load (e.g. a JWKS file that does not parse);
+    /// the error names the filter's field.
     pub fn build(
+        &self,
         config: Config,
         version: u64,
         prev: Option<&Snapshot>,
-        env: &BuildEnv,
-        extra: &[ExtraFilter],
-        workers: usize,
         mut tls: TlsMaterial,
-    ) -> Result<Self, FilterBuildError> {
+    ) -> Result<Snapshot, FilterBuildError> {
+        let (env, extra, workers) = (&self.env, &self.extra, self.workers);
         let metrics = &env.metrics;
         let clusters: HashMap<String, Arc<ClusterRuntime>> = config
             .clusters
@@ -137,7 +147,7 @@ impl Snapshot {
             };
             let table_cfg = &config.route_tables[ti];
             let table = RouteTable::new(table_cfg);
-            let mut filters = build_filters(&l.filters, env, &format!("listeners[{li}]"))?;
+            let mut filters = self.chain(&l.filters, &format!("listeners[{li}]"))?;
             filters.extend(
                 extra
                     .iter()
@@ -167,7 +177,7 @@ impl Snapshot {
                     let path = format!("route_tables[{ti}].virtual_hosts[{vi}].routes[{ri}]");
                     vh_routes.push(RouteData {
                         name: r.name.as_str().into(),
-                        filters: build_filters(&r.filters, env, &path)?,
+                        filters: self.chain(&r.filters, &path)?,
                         targets,
                         local_stats: metrics.route_stats(&l.name, &r.name, ""),
                     });
@@ -187,28 +197,26 @@ impl Snapshot {
             listeners.insert(l.name.clone(), Arc::new(snap));
         }
 
-        Ok(Self {
+        Ok(Snapshot {
             version,
             config: Arc::new(config),
             listeners,
             clusters,
         })
     }
-}
 
-/// Builds a filter chain; `path` is where the chain's owner sits in the config.
-fn build_filters(
-    cfgs: &[FilterConfig],
-    env: &BuildEnv,
-    path: &str,
-) -> Result<Vec<FilterRef>, FilterBuildError> {
-    cfgs.iter()
-        .enumerate()
-        .map(|(i, f)| {
-            filter::build(f, env).map_err(|e| FilterBuildError {
-                field: format!("{path}.filters[{i}].{}", e.field),
-                message: e.message,
+    /// Builds a filter chain; `owner` is where the chain's owner sits in the config.
+    fn chain(
+        &self,
+        cfgs: &[FilterConfig],
+        owner: &str,
+    ) -> Result<Vec<FilterRef>, FilterBuildError> {
+        cfgs.iter()
+            .enumerate()
+            .map(|(i, f)| {
+                self.filters
+                    .build(f, &format!("{owner}.filters[{i}]"), &self.env)
             })
-        })
-        .collect()
+            .collect()
+    }
 }

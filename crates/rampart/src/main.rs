@@ -19,12 +19,14 @@ mod admin_client;
 mod admin_token;
 #[cfg(any(feature = "full", feature = "flows"))]
 mod cli_args;
+mod config_file;
 #[cfg(feature = "flows")]
 mod flows;
 #[cfg(feature = "full")]
 mod kv;
 #[cfg(feature = "full")]
 mod kv_bench;
+mod plugins;
 #[cfg(feature = "full")]
 mod policy;
 mod sidecar;
@@ -348,13 +350,13 @@ fn load(path: &std::path::Path) -> Result<(Config, Vec<u8>)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let text =
         std::str::from_utf8(&bytes).with_context(|| format!("{} is not UTF-8", path.display()))?;
-    let cfg =
-        rampart_config::from_yaml(text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let cfg = rampart_config::from_yaml_with(text, &plugins::filters())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok((cfg, bytes))
 }
 
 fn validate(path: &std::path::Path) -> ExitCode {
-    match rampart_config::load(path) {
+    match rampart_config::load_with(path, &plugins::filters()) {
         Ok(cfg) => {
             println!(
                 "{}: ok ({} listener(s), {} route table(s), {} cluster(s))",
@@ -587,16 +589,13 @@ fn demo_policy(cfg: &mut Config, dir: &std::path::Path) -> Result<()> {
 /// The small build has no policy engine: the demo runs without its authz routes.
 #[cfg(not(feature = "full"))]
 fn demo_policy(cfg: &mut Config, _dir: &std::path::Path) -> Result<()> {
-    use rampart_config::model::FilterConfig;
     tracing::warn!("this build has no policy engine; the demo's tenant routes are left out");
     cfg.policy = None;
     for t in &mut cfg.route_tables {
         t.virtual_hosts.retain(|vh| {
-            !vh.routes.iter().any(|r| {
-                r.filters
-                    .iter()
-                    .any(|f| matches!(f, FilterConfig::Authz(_)))
-            })
+            !vh.routes
+                .iter()
+                .any(|r| r.filters.iter().any(|f| f.name == "authz"))
         });
     }
     Ok(())
@@ -634,13 +633,19 @@ fn serve(
             data,
             control: tokio::runtime::Handle::current(),
         };
-        let gw = Gateway::start(cfg, runtimes).await?;
-        let path = file.as_ref().map(|(p, _)| *p);
-        if let (Some((p, bytes)), false) = (file, watch_every.is_zero()) {
-            gw.watch_file(p.to_path_buf(), watch_every, bytes);
-        }
+        let gw = Gateway::start_with(cfg, runtimes, plugins::plugins()).await?;
+        let hup = file.map(|(path, seen)| {
+            let hup = Arc::new(tokio::sync::Notify::new());
+            gw.add_source(Box::new(config_file::FileSource {
+                path: path.to_path_buf(),
+                every: watch_every,
+                seen,
+                hup: hup.clone(),
+            }));
+            hup
+        });
         let mut signals = Signals::new()?;
-        signals.serve(&gw, path).await;
+        signals.serve(hup.as_deref()).await;
         tracing::info!(deadline = ?drain, "shutting down: draining in-flight requests (signal again to stop now)");
         let clean = tokio::select! {
             clean = gw.shutdown(drain) => clean,
@@ -678,14 +683,14 @@ impl Signals {
         })
     }
 
-    /// Reloads `path` on SIGHUP; returns on SIGTERM or SIGINT.
-    async fn serve(&mut self, gw: &Arc<Gateway>, path: Option<&std::path::Path>) {
+    /// Has the config file read again on SIGHUP; returns on SIGTERM or SIGINT.
+    async fn serve(&mut self, reload: Option<&tokio::sync::Notify>) {
         loop {
             tokio::select! {
-                _ = self.hup.recv() => match path {
-                    Some(p) => {
-                        tracing::info!(path = %p.display(), "SIGHUP: reloading config");
-                        let _ = gw.reload_from_file(p).await;
+                _ = self.hup.recv() => match reload {
+                    Some(file) => {
+                        tracing::info!("SIGHUP: reading the config file again");
+                        file.notify_one();
                     }
                     None => tracing::warn!("SIGHUP ignored: running the embedded config, no file to reload"),
                 },

@@ -12,7 +12,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use rampart_config::raw::{
     RawAccessLog, RawAdmin, RawCluster, RawConfig, RawFilter, RawForward, RawLimits, RawListener,
-    RawMatch, RawPathMatch, RawRoute, RawRouteTable, RawSidecarInbound, RawVirtualHost,
+    RawMatch, RawPathMatch, RawRoute, RawRouteTable, RawVirtualHost,
 };
 use rampart_config::resilience::RawCircuitBreakers;
 
@@ -162,7 +162,7 @@ pub(crate) fn config(base: RawConfig, p: &SidecarPorts) -> RawConfig {
         "inbound",
         p.inbound,
         "sidecar-inbound",
-        vec![RawFilter::SidecarInbound(RawSidecarInbound {})],
+        vec![RawFilter::named("sidecar_inbound")],
         false,
     ));
     cfg

@@ -619,7 +619,9 @@ async fn sighup_reloads_the_config_file() {
     assert_eq!(metric(&m, LAST_RELOAD_OK), Some(1.0));
     assert!(config_dump(gw.admin).await["last_reload_error"].is_null());
     assert!(
-        gw.proc.stderr().contains("SIGHUP: reloading config"),
+        gw.proc
+            .stderr()
+            .contains("SIGHUP: reading the config file again"),
         "stderr:\n{}",
         gw.proc.stderr()
     );

@@ -38,9 +38,8 @@ async fn stack(test: &str, limits: &str, admin_extra: &str) -> Stack {
     // A port nobody listens on: the `down` cluster.
     let closed = free_port();
     let config = dir.path("rampart.yaml");
-    for _ in 0..3 {
-        let (gw, admin) = (local(free_port()), local(free_port()));
-        let yaml = format!(
+    let text = |gw: SocketAddr, admin: SocketAddr| {
+        format!(
             r#"
 workers: 1
 admin: {{ address: "{admin}", token_file: "{token_file}" {admin_extra} }}
@@ -96,29 +95,17 @@ clusters:
             token_file = token_file.display(),
             tenants = tenants.display(),
             up = up.addr,
-        );
-        write_atomically(&config, &yaml);
-        let mut proc = Proc::spawn(
-            &format!("serve ({test})"),
-            &["serve", "--config", config.to_str().unwrap()],
-        );
-        if await_ok(&mut proc, admin, "/ready").await {
-            return Stack {
-                gw,
-                admin,
-                token,
-                proc,
-                _up: up,
-                _dir: dir,
-            };
-        }
-        assert!(
-            lost_port_race(&proc),
-            "rampart serve did not start: {}",
-            proc.stderr()
-        );
+        )
+    };
+    let (proc, gw, admin) = spawn_serve(test, &config, text, &[]).await;
+    Stack {
+        gw,
+        admin,
+        token,
+        proc,
+        _up: up,
+        _dir: dir,
     }
-    panic!("no free ports after 3 tries");
 }
 
 /// A response read off a raw socket.

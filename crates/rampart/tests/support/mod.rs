@@ -460,29 +460,46 @@ pub(crate) fn config_file(addr: SocketAddr, admin: SocketAddr, body: &str) -> St
 pub(crate) async fn serve(test: &str, body: &str, extra: &[&str]) -> Served {
     let dir = TempDir::new(test);
     let config = dir.path("rampart.yaml");
+    let (proc, addr, admin) = spawn_serve(
+        test,
+        &config,
+        |addr, admin| config_file(addr, admin, body),
+        extra,
+    )
+    .await;
+    Served {
+        addr,
+        admin,
+        config,
+        proc,
+        _dir: dir,
+    }
+}
+
+/// Writes `text(listener, admin)` for two free ports to `config`, starts `rampart serve
+/// --config <config> <extra>` and waits for the admin `/ready`; tries other ports when
+/// another process took one meanwhile. Returns the process, the listener and admin address.
+pub(crate) async fn spawn_serve(
+    test: &str,
+    config: &Path,
+    text: impl Fn(SocketAddr, SocketAddr) -> String,
+    extra: &[&str],
+) -> (Proc, SocketAddr, SocketAddr) {
     for _ in 0..3 {
-        let addr = local(free_port());
-        let admin = local(free_port());
-        write_atomically(&config, &config_file(addr, admin, body));
+        let (addr, admin) = (local(free_port()), local(free_port()));
+        write_atomically(config, &text(addr, admin));
         let path = config.to_str().expect("utf-8 temp path");
         let mut args = vec!["serve", "--config", path];
         args.extend_from_slice(extra);
         let mut proc = Proc::spawn(&format!("serve ({test})"), &args);
         if await_ok(&mut proc, admin, "/ready").await {
-            return Served {
-                addr,
-                admin,
-                config,
-                proc,
-                _dir: dir,
-            };
+            return (proc, addr, admin);
         }
-        if !lost_port_race(&proc) {
-            panic!(
-                "rampart serve did not become ready; stderr:\n{}",
-                proc.stderr()
-            );
-        }
+        assert!(
+            lost_port_race(&proc),
+            "rampart serve did not become ready; stderr:\n{}",
+            proc.stderr()
+        );
     }
     panic!("rampart serve: no free ports after 3 tries");
 }

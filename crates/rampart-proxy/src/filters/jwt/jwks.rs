@@ -370,12 +370,12 @@ pub struct JwksRegistry {
 }
 
 impl JwksRegistry {
-    /// Refreshes run on `handle`, owned by this registry, until `stop` is cancelled.
-    pub fn new(handle: Handle, stop: CancellationToken) -> Self {
+    /// Refreshes run on `handle`, tracked by `tracker`, until `stop` is cancelled.
+    pub fn new(handle: Handle, tracker: TaskTracker, stop: CancellationToken) -> Self {
         Self {
             caches: Mutex::new(HashMap::new()),
             handle,
-            tracker: TaskTracker::new(),
+            tracker,
             stop,
         }
     }
@@ -531,7 +531,11 @@ mod tests {
             std::fs::write(&path, serde_json::json!({ "keys": keys }).to_string()).unwrap();
         };
         write(&["a"]);
-        let reg = JwksRegistry::new(Handle::current(), CancellationToken::new());
+        let reg = JwksRegistry::new(
+            Handle::current(),
+            TaskTracker::new(),
+            CancellationToken::new(),
+        );
         let source = JwksSource::File(path.clone());
         let cache = reg.get(&source, Duration::from_secs(3600)).unwrap();
         assert!(cache.keys().candidates(Some("a"), Algorithm::EdDSA).is_ok());
@@ -581,7 +585,11 @@ mod tests {
             serde_json::json!({ "keys": [ed_jwk("a")] }).to_string(),
         )
         .unwrap();
-        let reg = JwksRegistry::new(Handle::current(), CancellationToken::new());
+        let reg = JwksRegistry::new(
+            Handle::current(),
+            TaskTracker::new(),
+            CancellationToken::new(),
+        );
         let cache = reg
             .get(&JwksSource::File(path), Duration::from_secs(1))
             .unwrap();

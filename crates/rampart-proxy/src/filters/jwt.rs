@@ -31,8 +31,42 @@ use self::jwks::{JwksCache, NoKey};
 use crate::body::ProxyBody;
 use crate::error::local_response;
 use crate::filter::{
-    BuildEnv, FilterBuildError, Flow, HttpFilter, JwtClaims, RequestContext, Verdict,
+    BuildEnv, FilterBuildError, FilterFactory, FilterRef, Flow, HttpFilter, JwtClaims,
+    RequestContext, Verdict,
 };
+
+pub struct JwtFactory;
+
+impl FilterFactory for JwtFactory {
+    type Config = Jwt;
+
+    fn name(&self) -> &'static str {
+        "jwt"
+    }
+
+    fn parse(
+        &self,
+        path: &str,
+        config: &serde_json::Value,
+    ) -> Result<Jwt, Vec<rampart_config::FieldError>> {
+        rampart_config::jwt::parse(path, config)
+    }
+
+    fn build(&self, config: Jwt, env: &BuildEnv) -> Result<FilterRef, FilterBuildError> {
+        Ok(Arc::new(JwtFilter::new(&config, env)?))
+    }
+}
+
+/// The gateway's key sets, kept across versions so a reload does not refetch them.
+fn key_sets(env: &BuildEnv) -> Arc<JwksRegistry> {
+    env.shared(|env| {
+        Arc::new(JwksRegistry::new(
+            env.control.clone(),
+            env.tasks.clone(),
+            env.stop.clone(),
+        ))
+    })
+}
 
 /// Shortest HS256 secret accepted (RFC 7518 §3.2: at least the hash size).
 const MIN_HS256_SECRET: usize = 32;
@@ -209,7 +243,7 @@ pub struct JwtFilter {
 
 fn build_error(field: &str, message: impl Into<String>) -> FilterBuildError {
     FilterBuildError {
-        field: format!("jwt.{field}"),
+        field: field.to_owned(),
         message: message.into(),
     }
 }
@@ -225,7 +259,7 @@ impl JwtFilter {
                     JwksSource::Url { .. } => "jwks_url",
                 };
                 Some(
-                    env.jwks
+                    key_sets(env)
                         .get(source, cfg.refresh_interval)
                         .map_err(|m| build_error(field, m))?,
                 )

@@ -17,7 +17,7 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use rampart_config::model::{HealthCheck, OutlierDetection};
 
-use crate::upstream::{ClusterRuntime, Endpoint};
+use super::{ClusterRuntime, Endpoint};
 
 /// Milliseconds since the first call, on the monotonic clock.
 pub(crate) fn now_ms() -> u64 {

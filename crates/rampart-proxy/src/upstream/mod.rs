@@ -21,12 +21,16 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use rampart_config::model::{Cluster, ClusterKind, EndpointAddr, LbPolicy, UpstreamProtocol};
 
-use crate::body::ProxyBody;
+pub mod health;
+pub mod pool;
+pub mod stream;
+
+use self::health::{Health, now_ms};
+use self::pool::{H1Pool, Lease, PoolLimits};
+use self::stream::{UpstreamStream, UpstreamTls};
+use crate::body::{ProxyBody, UpstreamTail};
 use crate::error::ProxyError;
-use crate::health::{Health, now_ms};
 use crate::metrics::Metrics;
-use crate::pool::{H1Pool, Lease, PoolLimits};
-use crate::stream::{UpstreamStream, UpstreamTls};
 use rampart_router::consistent::{self, HashRing};
 
 thread_local! {
@@ -109,6 +113,37 @@ impl Drop for InflightGuard {
         self.endpoint.active.fetch_sub(1, Ordering::Relaxed);
         self.cluster_active.fetch_sub(1, Ordering::Relaxed);
         self.gauge.dec();
+    }
+}
+
+/// What an upstream response body holds until it ends: the endpoint's in-flight count and,
+/// for HTTP/1.1, the pooled connection (returned to the pool when the body completes).
+pub struct ResponseTail {
+    guard: Option<InflightGuard>,
+    lease: Option<Lease>,
+}
+
+impl ResponseTail {
+    pub fn new(guard: InflightGuard, lease: Option<Lease>) -> Box<Self> {
+        Box::new(Self {
+            guard: Some(guard),
+            lease,
+        })
+    }
+}
+
+impl UpstreamTail for ResponseTail {
+    fn drive(&mut self, cx: &mut Context<'_>) {
+        if let Some(l) = &mut self.lease {
+            l.drive(cx);
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(mut l) = self.lease.take() {
+            l.finish();
+        }
+        self.guard.take();
     }
 }
 

@@ -29,10 +29,10 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 
+use super::stream::{UpstreamStream, UpstreamTls};
+use super::{Counted, Endpoint, worker};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
-use crate::stream::{UpstreamStream, UpstreamTls};
-use crate::upstream::{Counted, Endpoint, worker};
 
 /// One HTTP/1.1 connection to an upstream endpoint.
 pub(crate) struct H1Conn {
@@ -294,7 +294,7 @@ impl H1Pool {
                 Some(Err(mut e)) => match e.take_message() {
                     // Never written: a stale idle connection. The upstream has not seen it.
                     Some(unsent) if reused => req = unsent,
-                    _ => return Err(reset(crate::upstream::root_cause(e.error()))),
+                    _ => return Err(reset(super::root_cause(e.error()))),
                 },
                 None => return Err(reset("connection closed before the response".into())),
             }
@@ -327,7 +327,7 @@ impl H1Pool {
             .await
             .map_err(|e| ProxyError::UpstreamReset {
                 endpoint: addr.to_string(),
-                reason: crate::upstream::root_cause(&e),
+                reason: super::root_cause(&e),
             })
     }
 }
