@@ -33,6 +33,7 @@ use crate::service;
 use crate::state::{self, Shared, StateMachine};
 use crate::tls::{self, TlsError, TlsFiles};
 use crate::types::{Command, Member, Raft, Reply, member_id};
+use crate::watch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClusterState {
@@ -198,6 +199,8 @@ pub struct KvNode {
     proposals: mpsc::UnboundedSender<Proposal>,
     shutdown: CancellationToken,
     tasks: Mutex<JoinSet<()>>,
+    /// Serves the Watch streams; also makes this node's response headers.
+    watches: Arc<watch::Hub>,
     pub client_addr: SocketAddr,
     pub peer_addr: SocketAddr,
     /// How this node connects to other members (mutual TLS), if configured.
@@ -291,6 +294,14 @@ impl KvNode {
             })?;
 
         let (proposals_tx, proposals_rx) = mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        let watches = Arc::new(watch::Hub::new(
+            shared.clone(),
+            raft.clone(),
+            id,
+            shutdown.clone(),
+            config.watch_progress_interval,
+        ));
         let node = Arc::new(KvNode {
             id,
             config,
@@ -299,8 +310,9 @@ impl KvNode {
             peers: Mutex::new(HashMap::new()),
             reads: Mutex::new(ReadRounds::default()),
             proposals: proposals_tx,
-            shutdown: CancellationToken::new(),
+            shutdown,
             tasks: Mutex::new(JoinSet::new()),
+            watches,
             client_addr,
             peer_addr,
             peer_client_tls,
@@ -428,15 +440,12 @@ impl KvNode {
 
     /// A response header for this node at `revision`.
     pub fn header(&self, revision: i64) -> pb::ResponseHeader {
-        pb::ResponseHeader {
-            cluster_id: self
-                .shared
-                .cluster_id
-                .load(std::sync::atomic::Ordering::Acquire),
-            member_id: self.id,
-            revision,
-            raft_term: self.raft.metrics().borrow().current_term,
-        }
+        self.watches.header(revision)
+    }
+
+    /// The hub this node's Watch streams are served from.
+    pub(crate) fn watches(&self) -> &Arc<watch::Hub> {
+        &self.watches
     }
 
     pub(crate) fn deadline(&self) -> Instant {
