@@ -1,8 +1,10 @@
-//! One store node: storage, Raft, the client and peer gRPC servers, and the leader's duties
-//! (expiring leases). Every request that needs the leader goes through here: writes are
-//! proposed locally or forwarded, linearizable reads get a read index from the leader, and
-//! each waits at most `request_timeout` so that a cluster without quorum answers
-//! UNAVAILABLE instead of hanging.
+//! One store node: storage, Raft and the leader's duties (expiring leases). Every request
+//! that needs the leader goes through here: writes are proposed locally or forwarded,
+//! linearizable reads get a read index from the leader, and each waits at most
+//! `request_timeout` so that a cluster without quorum answers UNAVAILABLE instead of hanging.
+//!
+//! The node knows nothing of gRPC serving: [`KvNode::start`] (in `server.rs`) opens it here
+//! and then serves the client and peer ports on it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -12,15 +14,11 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Config, ServerState, SnapshotPolicy};
-use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, ClientTlsConfig};
-// `serve_with_incoming` ignores the builder's TCP_NODELAY, so the accepted sockets get it
-// here; without it small gRPC replies wait ~40 ms for Nagle and delayed ACKs.
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Channel, ClientTlsConfig, ServerTlsConfig};
 
 use crate::access::{self, Forwarded};
 use crate::error::KvError;
@@ -29,7 +27,6 @@ use crate::network::{Network, from_blob, peer_client, to_blob};
 use crate::proto::etcdserverpb as pb;
 use crate::proto::peer::peer_client::PeerClient;
 use crate::proto::peer::{Empty, LeaseId};
-use crate::service;
 use crate::state::{self, Shared, StateMachine};
 use crate::tls::{self, TlsError, TlsFiles};
 use crate::types::{Command, Member, Raft, Reply, member_id};
@@ -216,9 +213,27 @@ impl std::fmt::Debug for KvNode {
     }
 }
 
+/// A node's storage and Raft, running but not serving yet: what [`KvNode::open`] hands to
+/// [`KvNode::assemble`].
+pub(crate) struct Opened {
+    id: u64,
+    raft: Raft,
+    shared: Arc<Shared>,
+    peer_client_tls: Option<ClientTlsConfig>,
+}
+
+/// The server side of TLS on the client and peer ports, read with the rest of the config.
+pub(crate) struct ServerTls {
+    pub(crate) client: Option<ServerTlsConfig>,
+    pub(crate) peer: Option<ServerTlsConfig>,
+}
+
+/// Where proposed writes wait for the proposer ([`KvNode::spawn_duties`] starts it).
+pub(crate) type ProposalQueue = mpsc::UnboundedReceiver<Proposal>;
+
 impl KvNode {
-    /// Open storage, start Raft and both servers. Returns once the sockets are bound.
-    pub async fn start(config: NodeConfig) -> Result<Arc<KvNode>, StartError> {
+    /// Open storage and start Raft; the first step of [`KvNode::start`].
+    pub(crate) async fn open(config: &NodeConfig) -> Result<(Opened, ServerTls), StartError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
             path: config.data_dir.display().to_string(),
             source,
@@ -241,16 +256,18 @@ impl KvNode {
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
         // TLS files are read now, so a bad path stops the start with the flag's file named.
-        let client_server_tls = config
-            .client_tls
-            .as_ref()
-            .map(tls::server_config)
-            .transpose()?;
-        let peer_server_tls = config
-            .peer_tls
-            .as_ref()
-            .map(tls::server_config)
-            .transpose()?;
+        let server_tls = ServerTls {
+            client: config
+                .client_tls
+                .as_ref()
+                .map(tls::server_config)
+                .transpose()?,
+            peer: config
+                .peer_tls
+                .as_ref()
+                .map(tls::server_config)
+                .transpose()?,
+        };
         let peer_client_tls = config
             .peer_tls
             .as_ref()
@@ -263,36 +280,29 @@ impl KvNode {
         let raft = Raft::new(id, Arc::new(raft_config), network, log, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
+        let opened = Opened {
+            id,
+            raft,
+            shared,
+            peer_client_tls,
+        };
+        Ok((opened, server_tls))
+    }
 
-        let client_listener = TcpListener::bind(config.listen_client)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: config.listen_client,
-                what: "client",
-                source,
-            })?;
-        let peer_listener = TcpListener::bind(config.listen_peer)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: config.listen_peer,
-                what: "peer",
-                source,
-            })?;
-        let client_addr = client_listener
-            .local_addr()
-            .map_err(|source| StartError::Listen {
-                addr: config.listen_client,
-                what: "client",
-                source,
-            })?;
-        let peer_addr = peer_listener
-            .local_addr()
-            .map_err(|source| StartError::Listen {
-                addr: config.listen_peer,
-                what: "peer",
-                source,
-            })?;
-
+    /// The node over `opened`, its servers bound to `client_addr` and `peer_addr`, and the
+    /// queue its proposer will read.
+    pub(crate) fn assemble(
+        config: NodeConfig,
+        opened: Opened,
+        client_addr: SocketAddr,
+        peer_addr: SocketAddr,
+    ) -> (Arc<KvNode>, ProposalQueue) {
+        let Opened {
+            id,
+            raft,
+            shared,
+            peer_client_tls,
+        } = opened;
         let (proposals_tx, proposals_rx) = mpsc::unbounded_channel();
         let shutdown = CancellationToken::new();
         let watches = Arc::new(watch::Hub::new(
@@ -317,53 +327,27 @@ impl KvNode {
             peer_addr,
             peer_client_tls,
         });
-
-        if node.config.cluster_state == ClusterState::New {
-            node.bootstrap().await?;
-        }
-
-        {
-            let mut tasks = node
-                .tasks
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let shutdown = node.shutdown.clone();
-            let router = service::client_router(node.clone(), client_server_tls)?;
-            tasks.spawn(async move {
-                let incoming = TcpIncoming::from(client_listener).with_nodelay(Some(true));
-                if let Err(e) = router
-                    .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-                    .await
-                {
-                    tracing::error!(error = %e, "client gRPC server stopped");
-                }
-            });
-            let shutdown = node.shutdown.clone();
-            let router = service::peer_router(node.clone(), peer_server_tls)?;
-            tasks.spawn(async move {
-                let incoming = TcpIncoming::from(peer_listener).with_nodelay(Some(true));
-                if let Err(e) = router
-                    .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-                    .await
-                {
-                    tracing::error!(error = %e, "peer gRPC server stopped");
-                }
-            });
-            tasks.spawn(propose_loop(node.raft.clone(), proposals_rx));
-            tasks.spawn(lease_expiry_loop(node.clone()));
-            tasks.spawn(publish_attributes(node.clone()));
-        }
-        tracing::info!(
-            id = format!("{:x}", node.id),
-            name = %node.config.name,
-            client = %node.client_addr,
-            peer = %node.peer_addr,
-            "kv node started"
-        );
-        Ok(node)
+        (node, proposals_rx)
     }
 
-    async fn bootstrap(&self) -> Result<(), StartError> {
+    /// Run `task` as one of this node's tasks: [`KvNode::shutdown`] stops it.
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .spawn(task);
+    }
+
+    /// Start the node's own duties: the proposer, lease expiry (while it leads) and
+    /// publishing its name and client URL.
+    pub(crate) fn spawn_duties(self: &Arc<Self>, proposals: ProposalQueue) {
+        self.spawn(propose_loop(self.raft.clone(), proposals));
+        self.spawn(lease_expiry_loop(self.clone()));
+        self.spawn(publish_attributes(self.clone()));
+    }
+
+    /// Initialize a new cluster from `initial_cluster`, unless the log already holds one.
+    pub(crate) async fn bootstrap(&self) -> Result<(), StartError> {
         let initialized = self
             .raft
             .is_initialized()
