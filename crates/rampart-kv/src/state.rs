@@ -22,6 +22,7 @@
 //!   compaction, and compaction itself.
 //! - `lease.rs`: leases: their keys in the state, their deadlines in memory ([`Lessor`]).
 //! - `apply.rs`: applying a batch of log entries in one redb transaction, command by command.
+//! - `control.rs`: applying the control commands: auth, alarms, member attributes.
 //! - `machine.rs`: openraft's `RaftStateMachine` on top, and publishing to readers.
 //! - `snapshot.rs`: snapshot images and the `snapshot.bin` file.
 //! - `validate.rs`: what a command must pass before it is proposed.
@@ -47,6 +48,7 @@ use crate::quota::Alarms;
 use crate::types::{LogId, StorageError, StoredMembership};
 
 mod apply;
+mod control;
 mod history;
 mod lease;
 mod machine;
@@ -160,48 +162,7 @@ impl StateMachine {
         tx.open_table(LEASES).map_err(|e| open(e.to_string()))?;
         tx.commit().map_err(|e| open(e.to_string()))?;
 
-        let corrupt = |detail: String| StateOpenError::Corrupt {
-            path: name.clone(),
-            detail,
-        };
-        let (meta, leases, ctl) = {
-            let rx = db.begin_read().map_err(|e| open(e.to_string()))?;
-            let m = rx.open_table(META).map_err(|e| open(e.to_string()))?;
-            let meta = match m.get(META_SM).map_err(|e| open(e.to_string()))? {
-                Some(v) => decode::<SmMeta>(v.value()).map_err(corrupt)?,
-                None => SmMeta {
-                    revision: 1,
-                    ..SmMeta::default()
-                },
-            };
-            let lt = rx.open_table(LEASES).map_err(|e| open(e.to_string()))?;
-            let mut leases = Vec::new();
-            for item in lt.iter().map_err(|e| open(e.to_string()))? {
-                let (k, v) = item.map_err(|e| open(e.to_string()))?;
-                let rec: LeaseRec = decode(v.value()).map_err(corrupt)?;
-                leases.push((k.value(), rec.ttl));
-            }
-            // Every key and every revision of history is checked too: a damaged value
-            // stops the node here, not a read at some later time.
-            let kv = rx.open_table(KV).map_err(|e| open(e.to_string()))?;
-            for item in kv.iter().map_err(|e| open(e.to_string()))? {
-                let (k, v) = item.map_err(|e| open(e.to_string()))?;
-                unseal(v.value()).map_err(|d| {
-                    corrupt(format!("key {:?}: {d}", String::from_utf8_lossy(k.value())))
-                })?;
-            }
-            let hist = rx.open_table(HIST).map_err(|e| open(e.to_string()))?;
-            for item in hist.iter().map_err(|e| open(e.to_string()))? {
-                let (k, v) = item.map_err(|e| open(e.to_string()))?;
-                unseal(v.value())
-                    .map_err(|d| corrupt(format!("history of revision {}: {d}", k.value())))?;
-            }
-            let ctl = match m.get(META_CONTROL).map_err(|e| open(e.to_string()))? {
-                Some(v) => decode::<Control>(v.value()).map_err(corrupt)?,
-                None => Control::default(),
-            };
-            (meta, leases, ctl)
-        };
+        let Loaded { meta, leases, ctl } = load(&db, &name)?;
         let mut lessor = Lessor::default();
         for (id, ttl) in leases {
             lessor.grant(id, ttl);
@@ -226,6 +187,61 @@ impl StateMachine {
         };
         Ok((sm, shared))
     }
+}
+
+/// What a state file holds besides keys and history, as [`load`] reads it.
+struct Loaded {
+    meta: SmMeta,
+    /// `(id, TTL)` of every lease.
+    leases: Vec<(i64, i64)>,
+    ctl: Control,
+}
+
+/// The meta, lease TTLs and control state of a state file being opened. Every key and every
+/// revision of history is checked on the way: a damaged value stops the node here, not a
+/// read at some later time.
+fn load(db: &Database, name: &str) -> Result<Loaded, StateOpenError> {
+    let open = |detail: String| StateOpenError::Open {
+        path: name.to_owned(),
+        detail,
+    };
+    let corrupt = |detail: String| StateOpenError::Corrupt {
+        path: name.to_owned(),
+        detail,
+    };
+    let rx = db.begin_read().map_err(|e| open(e.to_string()))?;
+    let m = rx.open_table(META).map_err(|e| open(e.to_string()))?;
+    let meta = match m.get(META_SM).map_err(|e| open(e.to_string()))? {
+        Some(v) => decode::<SmMeta>(v.value()).map_err(corrupt)?,
+        None => SmMeta {
+            revision: 1,
+            ..SmMeta::default()
+        },
+    };
+    let lt = rx.open_table(LEASES).map_err(|e| open(e.to_string()))?;
+    let mut leases = Vec::new();
+    for item in lt.iter().map_err(|e| open(e.to_string()))? {
+        let (k, v) = item.map_err(|e| open(e.to_string()))?;
+        let rec: LeaseRec = decode(v.value()).map_err(corrupt)?;
+        leases.push((k.value(), rec.ttl));
+    }
+    let kv = rx.open_table(KV).map_err(|e| open(e.to_string()))?;
+    for item in kv.iter().map_err(|e| open(e.to_string()))? {
+        let (k, v) = item.map_err(|e| open(e.to_string()))?;
+        unseal(v.value())
+            .map_err(|d| corrupt(format!("key {:?}: {d}", String::from_utf8_lossy(k.value()))))?;
+    }
+    let hist = rx.open_table(HIST).map_err(|e| open(e.to_string()))?;
+    for item in hist.iter().map_err(|e| open(e.to_string()))? {
+        let (k, v) = item.map_err(|e| open(e.to_string()))?;
+        unseal(v.value())
+            .map_err(|d| corrupt(format!("history of revision {}: {d}", k.value())))?;
+    }
+    let ctl = match m.get(META_CONTROL).map_err(|e| open(e.to_string()))? {
+        Some(v) => decode::<Control>(v.value()).map_err(corrupt)?,
+        None => Control::default(),
+    };
+    Ok(Loaded { meta, leases, ctl })
 }
 
 impl Shared {

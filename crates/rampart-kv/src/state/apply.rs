@@ -10,14 +10,11 @@ use redb::{Database, Durability};
 use super::lease::LeaseEffect;
 use super::write::Writer;
 use super::{
-    Control, HIST, KV, LEASES, MemberAttrs, RevBatch, SmMeta, header, storage, write_control,
-    write_meta,
+    Control, HIST, KV, LEASES, RevBatch, SmMeta, header, storage, write_control, write_meta,
 };
-use crate::access;
-use crate::auth::AuthState;
 use crate::error::KvError;
 use crate::proto::etcdserverpb as pb;
-use crate::quota::{self, Alarms};
+use crate::quota;
 use crate::types::{Command, Entry, Reply, StoredMembership};
 
 impl Writer<'_> {
@@ -29,23 +26,8 @@ impl Writer<'_> {
             cmd,
         } = cmd
         {
-            let auth = self.ctl.auth.clone();
-            if auth.enabled && auth.revision != *auth_revision {
-                let keys = |id| {
-                    self.lease(id)
-                        .ok()
-                        .flatten()
-                        .map(|l| l.keys.into_iter().collect())
-                        .unwrap_or_default()
-                };
-                let allowed = if auth.users.contains_key(user) {
-                    access::check_command(&auth, &Some(user.clone()), cmd, &keys)
-                } else {
-                    Err(KvError::PermissionDenied)
-                };
-                if let Err(e) = allowed {
-                    return Reply::Error(e);
-                }
+            if let Err(e) = self.recheck_as(user, *auth_revision, cmd) {
+                return Reply::Error(e);
             }
             return self.command(cmd, index);
         }
@@ -76,38 +58,9 @@ impl Writer<'_> {
                 id,
                 name,
                 client_urls,
-            } => {
-                self.meta.members.insert(
-                    *id,
-                    MemberAttrs {
-                        name: name.clone(),
-                        client_urls: client_urls.clone(),
-                    },
-                );
-                Ok(Reply::Done {
-                    revision: self.meta.revision,
-                })
-            }
-            Command::Auth(a) => {
-                let mut next = AuthState::clone(&self.ctl.auth);
-                next.apply(a).map(|()| {
-                    self.ctl.auth = Arc::new(next);
-                    self.ctl_changed = true;
-                    Reply::Done {
-                        revision: self.meta.revision,
-                    }
-                })
-            }
-            Command::Alarm(a) => {
-                let mut next = Alarms::clone(&self.ctl.alarms);
-                if next.apply(a) {
-                    self.ctl.alarms = Arc::new(next);
-                    self.ctl_changed = true;
-                }
-                Ok(Reply::Done {
-                    revision: self.meta.revision,
-                })
-            }
+            } => Ok(self.set_member_attrs(*id, name, client_urls)),
+            Command::Auth(a) => self.auth(a),
+            Command::Alarm(a) => Ok(self.alarm(a)),
         };
         match result {
             Ok(reply) => match self.finish() {

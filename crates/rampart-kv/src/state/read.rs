@@ -145,32 +145,8 @@ where
         || req.max_create_revision != 0;
     let by_key = req.sort_target == pb::range_request::SortTarget::Key as i32;
     if (req.revision <= 0 || req.revision == current) && by_key {
-        let keep = if req.count_only {
-            0
-        } else if req.limit > 0 {
-            usize::try_from(req.limit).unwrap_or(usize::MAX)
-        } else {
-            usize::MAX
-        };
-        let descend = req.sort_order == pb::range_request::SortOrder::Descend as i32;
-        let (mut kvs, count) = scan_window(
-            kv,
-            &r,
-            keep,
-            descend,
-            filtered.then_some(&filter as &dyn Fn(&KeyValue) -> bool),
-        )?;
-        if req.keys_only {
-            for kv in &mut kvs {
-                kv.value.clear();
-            }
-        }
-        return Ok(pb::RangeResponse {
-            header: Some(header(current)),
-            more: req.limit > 0 && count > req.limit,
-            kvs,
-            count,
-        });
+        let filter = filtered.then_some(&filter as &dyn Fn(&KeyValue) -> bool);
+        return range_window(kv, &r, req, current, filter);
     }
     let mut kvs = if req.revision <= 0 || req.revision == current {
         scan(kv, &r)?
@@ -202,6 +178,39 @@ where
         header: Some(header(current)),
         kvs,
         more,
+        count,
+    })
+}
+
+/// A Range at the current revision in key order, through [`scan_window`].
+fn range_window<T>(
+    kv: &T,
+    r: &KeyRange<'_>,
+    req: &pb::RangeRequest,
+    current: i64,
+    filter: Option<&dyn Fn(&KeyValue) -> bool>,
+) -> Result<pb::RangeResponse, KvError>
+where
+    T: ReadableTable<&'static [u8], &'static [u8]>,
+{
+    let keep = if req.count_only {
+        0
+    } else if req.limit > 0 {
+        usize::try_from(req.limit).unwrap_or(usize::MAX)
+    } else {
+        usize::MAX
+    };
+    let descend = req.sort_order == pb::range_request::SortOrder::Descend as i32;
+    let (mut kvs, count) = scan_window(kv, r, keep, descend, filter)?;
+    if req.keys_only {
+        for kv in &mut kvs {
+            kv.value.clear();
+        }
+    }
+    Ok(pb::RangeResponse {
+        header: Some(header(current)),
+        more: req.limit > 0 && count > req.limit,
+        kvs,
         count,
     })
 }
