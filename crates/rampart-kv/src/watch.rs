@@ -8,7 +8,7 @@
 //! history table, which holds every revision since the last compaction. A watcher whose
 //! next revision has been compacted away is cancelled with etcd's compacted error.
 //!
-//! The [`Hub`] is what streams are served from: the node builds it when it starts (and makes
+//! The `Hub` is what streams are served from: the node builds it when it starts (and makes
 //! its own response headers with it), the Watch service hands each new stream to it. It
 //! knows the applied state, this member's identity and Raft term, and the shutdown signal,
 //! and nothing of the node or the gRPC services.
