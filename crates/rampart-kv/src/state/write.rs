@@ -13,6 +13,9 @@ use crate::error::KvError;
 use crate::proto::etcdserverpb::{self as pb, compare, request_op, response_op};
 use crate::proto::mvccpb::{Event, KeyValue, event::EventType};
 
+/// One apply's view of the state: its open tables and the state kept beside the keys, and
+/// what the commands applied so far produced. The other files of `state/` add the lease,
+/// history, control and dispatch methods.
 pub(super) struct Writer<'t> {
     pub(super) kv: Table<'t, &'static [u8], &'static [u8]>,
     pub(super) hist: Table<'t, i64, &'static [u8]>,
