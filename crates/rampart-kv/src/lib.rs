@@ -31,6 +31,7 @@ pub mod network;
 pub mod node;
 pub mod proto;
 pub mod quota;
+mod server;
 pub mod service;
 pub mod state;
 pub mod tls;

@@ -1,8 +1,13 @@
-//! One store node: storage, Raft, the client and peer gRPC servers, and the leader's duties
-//! (expiring leases). Every request that needs the leader goes through here: writes are
-//! proposed locally or forwarded, linearizable reads get a read index from the leader, and
-//! each waits at most `request_timeout` so that a cluster without quorum answers
-//! UNAVAILABLE instead of hanging.
+//! One store node: storage, Raft and the leader's duties (expiring leases). Every request
+//! that needs the leader goes through here: writes are proposed locally or forwarded,
+//! linearizable reads get a read index from the leader, and each waits at most
+//! `request_timeout` so that a cluster without quorum answers UNAVAILABLE instead of hanging.
+//!
+//! The write path (proposal batching, forwarding) is in `node/writes.rs`, linearizable reads
+//! (read-index rounds) in `node/reads.rs`, membership changes in `membership.rs`.
+//!
+//! The node knows nothing of gRPC serving: [`KvNode::start`] (in `server.rs`) opens it here
+//! and then serves the client and peer ports on it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -10,29 +15,30 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::RaftError;
 use openraft::{Config, ServerState, SnapshotPolicy};
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, ClientTlsConfig};
-// `serve_with_incoming` ignores the builder's TCP_NODELAY, so the accepted sockets get it
-// here; without it small gRPC replies wait ~40 ms for Nagle and delayed ACKs.
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Channel, ClientTlsConfig, ServerTlsConfig};
 
-use crate::access::{self, Forwarded};
 use crate::error::KvError;
 use crate::log_store::LogStore;
-use crate::network::{Network, from_blob, peer_client, to_blob};
+use crate::network::{Network, peer_client};
 use crate::proto::etcdserverpb as pb;
+use crate::proto::peer::LeaseId;
 use crate::proto::peer::peer_client::PeerClient;
-use crate::proto::peer::{Empty, LeaseId};
-use crate::service;
 use crate::state::{self, Shared, StateMachine};
 use crate::tls::{self, TlsError, TlsFiles};
-use crate::types::{Command, Member, Raft, Reply, member_id};
+use crate::types::{Command, Member, Raft, member_id};
+use crate::watch;
+
+mod reads;
+mod writes;
+
+use reads::ReadRounds;
+use writes::{Proposal, propose_loop};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClusterState {
@@ -133,60 +139,6 @@ pub enum StartError {
     Tls(#[from] TlsError),
 }
 
-/// Read-index rounds: whether one is running, and who waits for the next.
-#[derive(Default)]
-struct ReadRounds {
-    running: bool,
-    waiting: Vec<oneshot::Sender<Turn>>,
-}
-
-enum Turn {
-    Done(Result<u64, KvError>),
-    /// Lead the next round (for yourself and everyone queued by then).
-    Lead,
-}
-
-/// The round a caller leads. Dropped unfinished (the caller was cancelled), it puts its
-/// batch back in the queue and hands the lead on, so no reader is stranded.
-struct Round<'a> {
-    node: &'a KvNode,
-    batch: Vec<oneshot::Sender<Turn>>,
-    finished: bool,
-}
-
-impl Round<'_> {
-    fn finish(&mut self, result: &Result<u64, KvError>) {
-        for tx in self.batch.drain(..) {
-            let _ = tx.send(Turn::Done(result.clone()));
-        }
-        self.finished = true;
-        self.hand_off();
-    }
-
-    fn hand_off(&mut self) {
-        let mut b = self
-            .node
-            .reads
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        b.waiting.append(&mut self.batch);
-        while let Some(tx) = b.waiting.pop() {
-            if tx.send(Turn::Lead).is_ok() {
-                return;
-            }
-        }
-        b.running = false;
-    }
-}
-
-impl Drop for Round<'_> {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.hand_off();
-        }
-    }
-}
-
 /// A running node.
 pub struct KvNode {
     pub id: u64,
@@ -198,6 +150,8 @@ pub struct KvNode {
     proposals: mpsc::UnboundedSender<Proposal>,
     shutdown: CancellationToken,
     tasks: Mutex<JoinSet<()>>,
+    /// Serves the Watch streams; also makes this node's response headers.
+    watches: Arc<watch::Hub>,
     pub client_addr: SocketAddr,
     pub peer_addr: SocketAddr,
     /// How this node connects to other members (mutual TLS), if configured.
@@ -213,9 +167,27 @@ impl std::fmt::Debug for KvNode {
     }
 }
 
+/// A node's storage and Raft, running but not serving yet: what [`KvNode::open`] hands to
+/// [`KvNode::assemble`].
+pub(crate) struct Opened {
+    id: u64,
+    raft: Raft,
+    shared: Arc<Shared>,
+    peer_client_tls: Option<ClientTlsConfig>,
+}
+
+/// The server side of TLS on the client and peer ports, read with the rest of the config.
+pub(crate) struct ServerTls {
+    pub(crate) client: Option<ServerTlsConfig>,
+    pub(crate) peer: Option<ServerTlsConfig>,
+}
+
+/// Where proposed writes wait for the proposer ([`KvNode::spawn_duties`] starts it).
+pub(crate) type ProposalQueue = mpsc::UnboundedReceiver<Proposal>;
+
 impl KvNode {
-    /// Open storage, start Raft and both servers. Returns once the sockets are bound.
-    pub async fn start(config: NodeConfig) -> Result<Arc<KvNode>, StartError> {
+    /// Open storage and start Raft; the first step of [`KvNode::start`].
+    pub(crate) async fn open(config: &NodeConfig) -> Result<(Opened, ServerTls), StartError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
             path: config.data_dir.display().to_string(),
             source,
@@ -238,16 +210,18 @@ impl KvNode {
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
         // TLS files are read now, so a bad path stops the start with the flag's file named.
-        let client_server_tls = config
-            .client_tls
-            .as_ref()
-            .map(tls::server_config)
-            .transpose()?;
-        let peer_server_tls = config
-            .peer_tls
-            .as_ref()
-            .map(tls::server_config)
-            .transpose()?;
+        let server_tls = ServerTls {
+            client: config
+                .client_tls
+                .as_ref()
+                .map(tls::server_config)
+                .transpose()?,
+            peer: config
+                .peer_tls
+                .as_ref()
+                .map(tls::server_config)
+                .transpose()?,
+        };
         let peer_client_tls = config
             .peer_tls
             .as_ref()
@@ -260,37 +234,38 @@ impl KvNode {
         let raft = Raft::new(id, Arc::new(raft_config), network, log, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
+        let opened = Opened {
+            id,
+            raft,
+            shared,
+            peer_client_tls,
+        };
+        Ok((opened, server_tls))
+    }
 
-        let client_listener = TcpListener::bind(config.listen_client)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: config.listen_client,
-                what: "client",
-                source,
-            })?;
-        let peer_listener = TcpListener::bind(config.listen_peer)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: config.listen_peer,
-                what: "peer",
-                source,
-            })?;
-        let client_addr = client_listener
-            .local_addr()
-            .map_err(|source| StartError::Listen {
-                addr: config.listen_client,
-                what: "client",
-                source,
-            })?;
-        let peer_addr = peer_listener
-            .local_addr()
-            .map_err(|source| StartError::Listen {
-                addr: config.listen_peer,
-                what: "peer",
-                source,
-            })?;
-
+    /// The node over `opened`, its servers bound to `client_addr` and `peer_addr`, and the
+    /// queue its proposer will read.
+    pub(crate) fn assemble(
+        config: NodeConfig,
+        opened: Opened,
+        client_addr: SocketAddr,
+        peer_addr: SocketAddr,
+    ) -> (Arc<KvNode>, ProposalQueue) {
+        let Opened {
+            id,
+            raft,
+            shared,
+            peer_client_tls,
+        } = opened;
         let (proposals_tx, proposals_rx) = mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        let watches = Arc::new(watch::Hub::new(
+            shared.clone(),
+            raft.clone(),
+            id,
+            shutdown.clone(),
+            config.watch_progress_interval,
+        ));
         let node = Arc::new(KvNode {
             id,
             config,
@@ -299,59 +274,34 @@ impl KvNode {
             peers: Mutex::new(HashMap::new()),
             reads: Mutex::new(ReadRounds::default()),
             proposals: proposals_tx,
-            shutdown: CancellationToken::new(),
+            shutdown,
             tasks: Mutex::new(JoinSet::new()),
+            watches,
             client_addr,
             peer_addr,
             peer_client_tls,
         });
-
-        if node.config.cluster_state == ClusterState::New {
-            node.bootstrap().await?;
-        }
-
-        {
-            let mut tasks = node
-                .tasks
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let shutdown = node.shutdown.clone();
-            let router = service::client_router(node.clone(), client_server_tls)?;
-            tasks.spawn(async move {
-                let incoming = TcpIncoming::from(client_listener).with_nodelay(Some(true));
-                if let Err(e) = router
-                    .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-                    .await
-                {
-                    tracing::error!(error = %e, "client gRPC server stopped");
-                }
-            });
-            let shutdown = node.shutdown.clone();
-            let router = service::peer_router(node.clone(), peer_server_tls)?;
-            tasks.spawn(async move {
-                let incoming = TcpIncoming::from(peer_listener).with_nodelay(Some(true));
-                if let Err(e) = router
-                    .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-                    .await
-                {
-                    tracing::error!(error = %e, "peer gRPC server stopped");
-                }
-            });
-            tasks.spawn(propose_loop(node.raft.clone(), proposals_rx));
-            tasks.spawn(lease_expiry_loop(node.clone()));
-            tasks.spawn(publish_attributes(node.clone()));
-        }
-        tracing::info!(
-            id = format!("{:x}", node.id),
-            name = %node.config.name,
-            client = %node.client_addr,
-            peer = %node.peer_addr,
-            "kv node started"
-        );
-        Ok(node)
+        (node, proposals_rx)
     }
 
-    async fn bootstrap(&self) -> Result<(), StartError> {
+    /// Run `task` as one of this node's tasks: [`KvNode::shutdown`] stops it.
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .spawn(task);
+    }
+
+    /// Start the node's own duties: the proposer, lease expiry (while it leads) and
+    /// publishing its name and client URL.
+    pub(crate) fn spawn_duties(self: &Arc<Self>, proposals: ProposalQueue) {
+        self.spawn(propose_loop(self.raft.clone(), proposals));
+        self.spawn(lease_expiry_loop(self.clone()));
+        self.spawn(publish_attributes(self.clone()));
+    }
+
+    /// Initialize a new cluster from `initial_cluster`, unless the log already holds one.
+    pub(crate) async fn bootstrap(&self) -> Result<(), StartError> {
         let initialized = self
             .raft
             .is_initialized()
@@ -428,15 +378,12 @@ impl KvNode {
 
     /// A response header for this node at `revision`.
     pub fn header(&self, revision: i64) -> pb::ResponseHeader {
-        pb::ResponseHeader {
-            cluster_id: self
-                .shared
-                .cluster_id
-                .load(std::sync::atomic::Ordering::Acquire),
-            member_id: self.id,
-            revision,
-            raft_term: self.raft.metrics().borrow().current_term,
-        }
+        self.watches.header(revision)
+    }
+
+    /// The hub this node's Watch streams are served from.
+    pub(crate) fn watches(&self) -> &Arc<watch::Hub> {
+        &self.watches
     }
 
     pub(crate) fn deadline(&self) -> Instant {
@@ -482,92 +429,6 @@ impl KvNode {
         Ok(client)
     }
 
-    /// Propose one of the node's own writes (no client token) and wait for its result.
-    pub async fn write(&self, cmd: Command) -> Result<Reply, KvError> {
-        self.write_as(cmd, None).await
-    }
-
-    /// Propose a client's write and wait for its result (forwarded when this node does not
-    /// lead, with the client's `token` so that the leader checks it again).
-    pub async fn write_as(&self, cmd: Command, token: Option<&str>) -> Result<Reply, KvError> {
-        state::validate(&cmd)?;
-        let deadline = self.deadline();
-        loop {
-            let leader = self.wait_leader(deadline).await?;
-            let attempt = if leader == self.id {
-                self.write_local(cmd.clone(), deadline).await
-            } else {
-                self.forward_write(leader, &cmd, token, deadline).await
-            };
-            match attempt {
-                // Not proposed anywhere (leadership moved first): safe to try again.
-                Err(KvError::NoLeader) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                other => return other,
-            }
-        }
-    }
-
-    /// The leader's half of a write. `NoLeader` means it was certainly not proposed.
-    ///
-    /// Writes are proposed in batches: openraft appends (and fsyncs) each proposal on its
-    /// own, so one proposal per write caps throughput at one write per fsync. Concurrent
-    /// writes queue here and go out together as one entry, with a few batches in flight.
-    pub async fn write_local(&self, cmd: Command, deadline: Instant) -> Result<Reply, KvError> {
-        let (tx, rx) = oneshot::channel();
-        self.proposals
-            .send((cmd, tx))
-            .map_err(|_| KvError::Internal("the proposer has stopped".into()))?;
-        match tokio::time::timeout_at(deadline, rx).await {
-            Err(_) => Err(KvError::Timeout),
-            Ok(Err(_)) => Err(KvError::Timeout),
-            Ok(Ok(r)) => r,
-        }
-    }
-
-    async fn forward_write(
-        &self,
-        leader: u64,
-        cmd: &Command,
-        token: Option<&str>,
-        deadline: Instant,
-    ) -> Result<Reply, KvError> {
-        let mut client = self.peer(leader)?;
-        let fwd = Forwarded {
-            token: token.map(str::to_string),
-            cmd: cmd.clone(),
-        };
-        let blob = to_blob(&fwd).map_err(KvError::Internal)?;
-        let mut req = tonic::Request::new(blob);
-        req.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        match tokio::time::timeout_at(deadline, client.propose(req)).await {
-            Err(_) => Err(KvError::Timeout),
-            Ok(Err(status))
-                if status.code() == tonic::Code::Unavailable
-                    && status.message() == KvError::NoLeader.to_string() =>
-            {
-                Err(KvError::NoLeader)
-            }
-            // Refused by the leader's auth check: certainly not applied.
-            Ok(Err(status))
-                if matches!(
-                    status.code(),
-                    tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
-                ) || status.message() == KvError::UserEmpty.to_string() =>
-            {
-                Err(auth_error(status.message()))
-            }
-            // The leader may or may not have applied it.
-            Ok(Err(_)) => Err(KvError::Timeout),
-            Ok(Ok(resp)) => {
-                let result: Result<Reply, KvError> =
-                    from_blob(resp.get_ref()).map_err(KvError::Internal)?;
-                result
-            }
-        }
-    }
-
     /// The keys attached to a lease (for the permission check of LeaseRevoke).
     pub fn lease_keys(&self, id: i64) -> Vec<Vec<u8>> {
         self.shared
@@ -575,134 +436,6 @@ impl KvNode {
             .ok()
             .flatten()
             .unwrap_or_default()
-    }
-
-    /// The leader's half of a forwarded write: check the client's token against this
-    /// node's auth state, then propose.
-    pub async fn propose_forwarded(
-        &self,
-        fwd: Forwarded,
-        deadline: Instant,
-    ) -> Result<Reply, KvError> {
-        let auth = self.shared.auth();
-        access::authorize_forwarded(&auth, &fwd, &|id| self.lease_keys(id))?;
-        state::validate(&fwd.cmd)?;
-        self.write_local(fwd.cmd, deadline).await
-    }
-
-    /// Make the next local read linearizable: wait until this node has applied everything
-    /// the leader had committed when it last confirmed its leadership.
-    pub async fn linearize(&self) -> Result<(), KvError> {
-        let deadline = self.deadline();
-        let index = self.read_index().await?;
-        self.wait_applied(index, deadline).await
-    }
-
-    /// A read index for this node's reads, shared: concurrent callers join one round (a
-    /// quorum heartbeat on the leader, or one `ReadIndex` call to it), as etcd batches its
-    /// read-index requests. Correct because every member of a round arrived before the round
-    /// started, so the leadership it confirms is at least as recent as each of their
-    /// requests. The caller that starts a round leads it; when it finishes, one of those who
-    /// queued meanwhile leads the next (also if the leader's request is cancelled).
-    pub async fn read_index(&self) -> Result<u64, KvError> {
-        let queued = {
-            let mut b = self
-                .reads
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if b.running {
-                let (tx, rx) = oneshot::channel();
-                b.waiting.push(tx);
-                Some(rx)
-            } else {
-                b.running = true;
-                None
-            }
-        };
-        if let Some(rx) = queued {
-            match rx.await {
-                Ok(Turn::Done(r)) => return r,
-                Ok(Turn::Lead) => {}
-                Err(_) => return Err(KvError::Internal("read-index round abandoned".into())),
-            }
-        }
-        let mut round = Round {
-            node: self,
-            batch: std::mem::take(
-                &mut self
-                    .reads
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .waiting,
-            ),
-            finished: false,
-        };
-        let result = self.fetch_read_index().await;
-        round.finish(&result);
-        result
-    }
-
-    async fn fetch_read_index(&self) -> Result<u64, KvError> {
-        let deadline = self.deadline();
-        loop {
-            let leader = self.wait_leader(deadline).await?;
-            let index = if leader == self.id {
-                self.read_index_local(deadline).await
-            } else {
-                self.forward_read_index(leader, deadline).await
-            };
-            match index {
-                Err(KvError::NoLeader) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                other => return other,
-            }
-        }
-    }
-
-    /// The leader's read index: the index a linearizable read must wait for.
-    ///
-    /// openraft's barrier is max(commit index, first entry of this term). That is too low
-    /// when a node restarts and resumes leadership in the same term: its stored commit index
-    /// may lag writes it had already acknowledged (storing it is not fsynced). The leader's
-    /// last log index at this moment bounds every acknowledged write (a leader holds every
-    /// committed entry), so the read waits for that, after leadership is confirmed. Found by
-    /// the Jepsen harness (leader killed and restarted within an election timeout).
-    pub async fn read_index_local(&self, deadline: Instant) -> Result<u64, KvError> {
-        let last = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
-        match tokio::time::timeout_at(deadline, self.raft.get_read_log_id()).await {
-            Err(_) => Err(KvError::Timeout),
-            Ok(Ok((read, _applied))) => Ok(read.map_or(0, |l| l.index).max(last)),
-            Ok(Err(RaftError::APIError(_))) => Err(KvError::NoLeader),
-            Ok(Err(e)) => Err(KvError::Internal(e.to_string())),
-        }
-    }
-
-    async fn forward_read_index(&self, leader: u64, deadline: Instant) -> Result<u64, KvError> {
-        let mut client = self.peer(leader)?;
-        let mut req = tonic::Request::new(Empty {});
-        req.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        match tokio::time::timeout_at(deadline, client.read_index(req)).await {
-            Err(_) => Err(KvError::Timeout),
-            Ok(Err(status)) if status.message() == KvError::NoLeader.to_string() => {
-                Err(KvError::NoLeader)
-            }
-            Ok(Err(_)) => Err(KvError::Timeout),
-            Ok(Ok(r)) => Ok(r.into_inner().index),
-        }
-    }
-
-    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), KvError> {
-        if index == 0 {
-            return Ok(());
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        self.raft
-            .wait(Some(left))
-            .applied_index_at_least(Some(index), "linearizable read")
-            .await
-            .map(|_| ())
-            .map_err(|_| KvError::Timeout)
     }
 
     /// Renew a lease (on the leader; forwarded otherwise). TTL 0 if it does not exist.
@@ -760,83 +493,6 @@ impl KvNode {
 
     pub fn max_request_bytes(&self) -> usize {
         self.config.max_request_bytes
-    }
-}
-
-type Proposal = (Command, oneshot::Sender<Result<Reply, KvError>>);
-
-/// Most writes in one proposal, and most proposals in flight at once.
-const MAX_BATCH: usize = 256;
-const MAX_IN_FLIGHT: usize = 4;
-
-/// Propose queued writes in batches. While `MAX_IN_FLIGHT` proposals are being committed,
-/// new writes queue up, so the batch size follows the load.
-async fn propose_loop(raft: Raft, mut rx: mpsc::UnboundedReceiver<Proposal>) {
-    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
-        let raft = raft.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let (cmds, waiters): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
-            let single = cmds.len() == 1;
-            let cmd = if single {
-                cmds.into_iter()
-                    .next()
-                    .unwrap_or(Command::Batch(Vec::new()))
-            } else {
-                Command::Batch(cmds)
-            };
-            let replies: Vec<Result<Reply, KvError>> = match raft.client_write(cmd).await {
-                Ok(resp) => match resp.data {
-                    Reply::Batch(rs) if !single => rs.into_iter().map(reply_result).collect(),
-                    other => vec![reply_result(other)],
-                },
-                Err(e) => {
-                    let e = match e {
-                        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
-                            KvError::NoLeader
-                        }
-                        RaftError::Fatal(e) => KvError::Storage(format!(
-                            "{e}; this member has stopped and must be restarted"
-                        )),
-                        other => KvError::Internal(other.to_string()),
-                    };
-                    vec![Err(e); waiters.len()]
-                }
-            };
-            for (tx, r) in waiters.into_iter().zip(replies) {
-                let _ = tx.send(r);
-            }
-        });
-    }
-}
-
-/// An auth refusal relayed by the leader, back as the error it was.
-fn auth_error(message: &str) -> KvError {
-    [
-        KvError::UserEmpty,
-        KvError::InvalidAuthToken,
-        KvError::PermissionDenied,
-    ]
-    .into_iter()
-    .find(|e| e.to_string() == message)
-    .unwrap_or(KvError::PermissionDenied)
-}
-
-fn reply_result(r: Reply) -> Result<Reply, KvError> {
-    match r {
-        Reply::Error(e) => Err(e),
-        other => Ok(other),
     }
 }
 

@@ -29,6 +29,7 @@ use crate::proto::peer::{Blob, Empty, LeaseId, LeaseTtl, ReadIndexReply};
 use crate::quota;
 use crate::tls::TlsError;
 use crate::types::{AlarmCommand, Command, Reply};
+use crate::watch;
 
 /// The version reported by Maintenance.Status: the etcd API level this store speaks.
 pub const API_VERSION: &str = "3.5.0";
@@ -258,8 +259,8 @@ impl Watch for Api {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let (_, who) = self.caller(req.metadata())?;
         let (tx, rx) = mpsc::channel(128);
-        tokio::spawn(crate::watch::serve(
-            self.node.clone(),
+        tokio::spawn(watch::serve(
+            self.node.watches().clone(),
             who,
             req.into_inner(),
             tx,

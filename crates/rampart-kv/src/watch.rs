@@ -7,20 +7,27 @@
 //! past, a slow stream that lagged the broadcast, a snapshot install) is filled from the
 //! history table, which holds every revision since the last compaction. A watcher whose
 //! next revision has been compacted away is cancelled with etcd's compacted error.
+//!
+//! The `Hub` is what streams are served from: the node builds it when it starts (and makes
+//! its own response headers with it), the Watch service hands each new stream to it. It
+//! knows the applied state, this member's identity and Raft term, and the shutdown signal,
+//! and nothing of the node or the gRPC services.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
 use crate::KvError;
 use crate::access::{self, Caller};
 use crate::auth::PermKind;
-use crate::node::KvNode;
 use crate::proto::etcdserverpb::{self as pb, watch_create_request::FilterType, watch_request};
 use crate::proto::mvccpb::{Event, event::EventType};
-use crate::state::{KeyRange, RevBatch};
+use crate::state::{KeyRange, RevBatch, Shared};
+use crate::types::Raft;
 
 /// Revisions read from history per step while catching up.
 const CATCH_UP_BATCH: usize = 256;
@@ -59,10 +66,52 @@ impl Watcher {
     }
 }
 
+/// What every watch stream of one member shares.
+pub(crate) struct Hub {
+    shared: Arc<Shared>,
+    raft: Raft,
+    member_id: u64,
+    shutdown: CancellationToken,
+    progress_interval: Duration,
+}
+
+impl Hub {
+    /// A hub for member `member_id`: streams end when `shutdown` is cancelled and send
+    /// progress notifications every `progress_interval`.
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        raft: Raft,
+        member_id: u64,
+        shutdown: CancellationToken,
+        progress_interval: Duration,
+    ) -> Self {
+        Hub {
+            shared,
+            raft,
+            member_id,
+            shutdown,
+            progress_interval,
+        }
+    }
+
+    /// A response header for this member at `revision`.
+    pub(crate) fn header(&self, revision: i64) -> pb::ResponseHeader {
+        pb::ResponseHeader {
+            cluster_id: self
+                .shared
+                .cluster_id
+                .load(std::sync::atomic::Ordering::Acquire),
+            member_id: self.member_id,
+            revision,
+            raft_term: self.raft.metrics().borrow().current_term,
+        }
+    }
+}
+
 type Out = mpsc::Sender<Result<pb::WatchResponse, Status>>;
 
 struct Stream {
-    node: Arc<KvNode>,
+    hub: Arc<Hub>,
     /// The stream's user (auth): each watch is checked for READ when it is created.
     caller: Caller,
     out: Out,
@@ -72,17 +121,17 @@ struct Stream {
 
 /// Serve one Watch stream until the client goes away or the node shuts down.
 pub(crate) async fn serve(
-    node: Arc<KvNode>,
+    hub: Arc<Hub>,
     caller: Caller,
     mut inbound: Streaming<pb::WatchRequest>,
     out: Out,
 ) {
-    let mut events = node.shared.events.subscribe();
-    let shutdown = node.shutdown_token();
-    let mut progress = tokio::time::interval(node.config.watch_progress_interval);
+    let mut events = hub.shared.events.subscribe();
+    let shutdown = hub.shutdown.clone();
+    let mut progress = tokio::time::interval(hub.progress_interval);
     progress.reset();
     let mut s = Stream {
-        node,
+        hub,
         caller,
         out,
         watchers: BTreeMap::new(),
@@ -114,7 +163,7 @@ impl Stream {
     }
 
     fn header(&self, revision: i64) -> Option<pb::ResponseHeader> {
-        Some(self.node.header(revision))
+        Some(self.hub.header(revision))
     }
 
     async fn request(&mut self, req: pb::WatchRequest) -> bool {
@@ -123,7 +172,7 @@ impl Stream {
             Some(watch_request::RequestUnion::CancelRequest(c))
                 if self.watchers.remove(&c.watch_id).is_some() =>
             {
-                let current = self.node.shared.current_revision();
+                let current = self.hub.shared.current_revision();
                 self.send(pb::WatchResponse {
                     header: self.header(current),
                     watch_id: c.watch_id,
@@ -135,7 +184,7 @@ impl Stream {
             Some(watch_request::RequestUnion::CancelRequest(_)) => true,
             Some(watch_request::RequestUnion::ProgressRequest(_)) => {
                 // Answer only when every watcher is caught up, so the revision is a promise.
-                let current = self.node.shared.current_revision();
+                let current = self.hub.shared.current_revision();
                 if self.watchers.values().all(|w| w.next_rev > current) {
                     self.send(pb::WatchResponse {
                         header: self.header(current),
@@ -152,7 +201,7 @@ impl Stream {
     }
 
     async fn create(&mut self, c: pb::WatchCreateRequest) -> bool {
-        let current = self.node.shared.current_revision();
+        let current = self.hub.shared.current_revision();
         let id = if c.watch_id != 0 {
             c.watch_id
         } else {
@@ -162,7 +211,7 @@ impl Stream {
             self.next_id
         };
         let denied = access::check_keys(
-            &self.node.shared.auth(),
+            &self.hub.shared.auth(),
             &self.caller,
             PermKind::Read,
             &c.key,
@@ -223,7 +272,7 @@ impl Stream {
                 return true;
             };
             let from = w.next_rev;
-            match self.node.shared.history(from, CATCH_UP_BATCH) {
+            match self.hub.shared.history(from, CATCH_UP_BATCH) {
                 Ok(revs) => {
                     let done = revs.len() < CATCH_UP_BATCH;
                     for (rev, events) in revs {
@@ -240,7 +289,7 @@ impl Stream {
                         tracing::warn!(error = %e, "watch history read failed");
                     }
                     self.watchers.remove(&id);
-                    let current = self.node.shared.current_revision();
+                    let current = self.hub.shared.current_revision();
                     let compact_revision = match e {
                         KvError::Compacted { compact_revision } => compact_revision,
                         _ => 0,
@@ -315,7 +364,7 @@ impl Stream {
     }
 
     async fn progress_notify(&mut self) -> bool {
-        let current = self.node.shared.current_revision();
+        let current = self.hub.shared.current_revision();
         let due: Vec<i64> = self
             .watchers
             .iter()
