@@ -223,176 +223,18 @@ pub fn validate_jwt(path: &str, raw: &RawJwt) -> (Option<Jwt>, Vec<FieldError>) 
             "must not be empty; omit it to accept any issuer",
         );
     }
-    let audiences = match &raw.audiences {
-        None => Vec::new(),
-        Some(list) => {
-            if list.is_empty() {
-                err(
-                    &mut e,
-                    format!("{path}.audiences"),
-                    "must list at least one audience; omit it to accept any",
-                );
-            }
-            for (i, a) in list.iter().enumerate() {
-                if a.is_empty() {
-                    err(
-                        &mut e,
-                        format!("{path}.audiences[{i}]"),
-                        "must not be empty",
-                    );
-                }
-            }
-            list.clone()
-        }
-    };
-
-    let algorithms = match &raw.algorithms {
-        None => vec![
-            JwtAlgorithm::RS256,
-            JwtAlgorithm::ES256,
-            JwtAlgorithm::EdDSA,
-        ],
-        Some(list) => {
-            if list.is_empty() {
-                err(
-                    &mut e,
-                    format!("{path}.algorithms"),
-                    "must list at least one algorithm; omit it for RS256, ES256, EdDSA",
-                );
-            }
-            let mut out = Vec::with_capacity(list.len());
-            for (i, s) in list.iter().enumerate() {
-                match JwtAlgorithm::parse(s) {
-                    Some(a) if out.contains(&a) => {
-                        err(
-                            &mut e,
-                            format!("{path}.algorithms[{i}]"),
-                            format!("duplicate algorithm {s:?}"),
-                        );
-                    }
-                    Some(a) => out.push(a),
-                    None => err(
-                        &mut e,
-                        format!("{path}.algorithms[{i}]"),
-                        format!(
-                            "unsupported algorithm {s:?}; expected HS256, RS256, ES256 or EdDSA"
-                        ),
-                    ),
-                }
-            }
-            out
-        }
-    };
-    let hs256 = algorithms.contains(&JwtAlgorithm::HS256);
+    let audiences = audiences(&mut e, path, raw.audiences.as_deref());
+    let algorithms = algorithms(&mut e, path, raw.algorithms.as_deref());
+    let hs256_secret_file = hs256_secret_file(&mut e, path, raw, &algorithms);
     let asymmetric = algorithms.iter().any(|a| *a != JwtAlgorithm::HS256);
-
-    let hs256_secret_file = match (&raw.hs256_secret_file, hs256) {
-        (Some(f), true) => crate::tls::readable_file(f)
-            .map_err(|rule| err(&mut e, format!("{path}.hs256_secret_file"), rule))
-            .ok(),
-        (Some(_), false) => {
-            err(
-                &mut e,
-                format!("{path}.hs256_secret_file"),
-                "is only used with HS256; add HS256 to algorithms or remove it",
-            );
-            None
-        }
-        (None, true) => {
-            let i = algorithms
-                .iter()
-                .position(|a| *a == JwtAlgorithm::HS256)
-                .unwrap_or_default();
-            err(
-                &mut e,
-                format!("{path}.algorithms[{i}]"),
-                "HS256 needs hs256_secret_file (the shared secret)",
-            );
-            None
-        }
-        (None, false) => None,
-    };
-
-    let jwks = match (&raw.jwks_file, &raw.jwks_url) {
-        (Some(f), None) => crate::tls::readable_file(f)
-            .map_err(|rule| err(&mut e, format!("{path}.jwks_file"), rule))
-            .ok()
-            .map(JwksSource::File),
-        (None, Some(u)) => {
-            let ca_file = raw.jwks_ca_file.as_ref().and_then(|f| {
-                crate::tls::readable_file(f)
-                    .map_err(|rule| err(&mut e, format!("{path}.jwks_ca_file"), rule))
-                    .ok()
-            });
-            jwks_url(u)
-                .map_err(|rule| err(&mut e, format!("{path}.jwks_url"), rule))
-                .ok()
-                .map(|uri| {
-                    if ca_file.is_some() && uri.scheme_str() != Some("https") {
-                        err(
-                            &mut e,
-                            format!("{path}.jwks_ca_file"),
-                            "only used with an https:// jwks_url",
-                        );
-                    }
-                    JwksSource::Url { uri, ca_file }
-                })
-        }
-        (Some(_), Some(_)) => {
-            err(&mut e, path, "set only one of jwks_file, jwks_url");
-            None
-        }
-        (None, None) => {
-            if asymmetric {
-                err(
-                    &mut e,
-                    path,
-                    "set one of jwks_file, jwks_url (the keys for RS256, ES256, EdDSA)",
-                );
-            }
-            None
-        }
-    };
-
-    let clock_skew = duration(
-        &mut e,
-        format!("{path}.clock_skew"),
-        raw.clock_skew.as_deref(),
-        Duration::from_secs(60),
-    );
-    if clock_skew > MAX_CLOCK_SKEW {
-        err(&mut e, format!("{path}.clock_skew"), "must be at most 1h");
-    }
-    let refresh_interval = duration(
-        &mut e,
-        format!("{path}.refresh_interval"),
-        raw.refresh_interval.as_deref(),
-        Duration::from_secs(300),
-    );
-    if refresh_interval < Duration::from_secs(1) {
-        err(
-            &mut e,
-            format!("{path}.refresh_interval"),
-            "must be at least 1s",
-        );
-    }
+    let jwks = jwks(&mut e, path, raw, asymmetric);
+    let clock_skew = clock_skew(&mut e, path, raw.clock_skew.as_deref());
+    let refresh_interval = refresh_interval(&mut e, path, raw.refresh_interval.as_deref());
     let from_header = match raw.from_header.as_deref() {
         None => Some(http::header::AUTHORIZATION),
         Some(h) => header(&mut e, format!("{path}.from_header"), h),
     };
-    let forward_claims_header = raw
-        .forward_claims_header
-        .as_deref()
-        .and_then(|h| header(&mut e, format!("{path}.forward_claims_header"), h));
-    if let (Some(f), Some(c)) = (&from_header, &forward_claims_header)
-        && f == c
-    {
-        err(
-            &mut e,
-            format!("{path}.forward_claims_header"),
-            "must differ from from_header",
-        );
-    }
+    let forward_claims_header = forward_claims_header(&mut e, path, raw, from_header.as_ref());
 
     let Some(from_header) = from_header else {
         return (None, e);
@@ -413,6 +255,188 @@ pub fn validate_jwt(path: &str, raw: &RawJwt) -> (Option<Jwt>, Vec<FieldError>) 
         optional: raw.optional,
     };
     (Some(jwt), e)
+}
+
+/// Unset: empty, and `aud` is not checked.
+fn audiences(e: &mut Vec<FieldError>, path: &str, list: Option<&[String]>) -> Vec<String> {
+    let Some(list) = list else {
+        return Vec::new();
+    };
+    if list.is_empty() {
+        err(
+            e,
+            format!("{path}.audiences"),
+            "must list at least one audience; omit it to accept any",
+        );
+    }
+    for (i, a) in list.iter().enumerate() {
+        if a.is_empty() {
+            err(e, format!("{path}.audiences[{i}]"), "must not be empty");
+        }
+    }
+    list.to_vec()
+}
+
+/// Unset: RS256, ES256, EdDSA. An unknown or repeated name is an error and left out.
+fn algorithms(e: &mut Vec<FieldError>, path: &str, list: Option<&[String]>) -> Vec<JwtAlgorithm> {
+    let Some(list) = list else {
+        return vec![
+            JwtAlgorithm::RS256,
+            JwtAlgorithm::ES256,
+            JwtAlgorithm::EdDSA,
+        ];
+    };
+    if list.is_empty() {
+        err(
+            e,
+            format!("{path}.algorithms"),
+            "must list at least one algorithm; omit it for RS256, ES256, EdDSA",
+        );
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for (i, s) in list.iter().enumerate() {
+        match JwtAlgorithm::parse(s) {
+            Some(a) if out.contains(&a) => {
+                err(
+                    e,
+                    format!("{path}.algorithms[{i}]"),
+                    format!("duplicate algorithm {s:?}"),
+                );
+            }
+            Some(a) => out.push(a),
+            None => err(
+                e,
+                format!("{path}.algorithms[{i}]"),
+                format!("unsupported algorithm {s:?}; expected HS256, RS256, ES256 or EdDSA"),
+            ),
+        }
+    }
+    out
+}
+
+/// The shared secret's file: required with HS256 and an error without it.
+fn hs256_secret_file(
+    e: &mut Vec<FieldError>,
+    path: &str,
+    raw: &RawJwt,
+    algorithms: &[JwtAlgorithm],
+) -> Option<PathBuf> {
+    let hs256 = algorithms.contains(&JwtAlgorithm::HS256);
+    match (&raw.hs256_secret_file, hs256) {
+        (Some(f), true) => crate::tls::readable_file(f)
+            .map_err(|rule| err(e, format!("{path}.hs256_secret_file"), rule))
+            .ok(),
+        (Some(_), false) => {
+            err(
+                e,
+                format!("{path}.hs256_secret_file"),
+                "is only used with HS256; add HS256 to algorithms or remove it",
+            );
+            None
+        }
+        (None, true) => {
+            let i = algorithms
+                .iter()
+                .position(|a| *a == JwtAlgorithm::HS256)
+                .unwrap_or_default();
+            err(
+                e,
+                format!("{path}.algorithms[{i}]"),
+                "HS256 needs hs256_secret_file (the shared secret)",
+            );
+            None
+        }
+        (None, false) => None,
+    }
+}
+
+/// The key set's `jwks_file` or `jwks_url`, required when an `asymmetric` algorithm is
+/// allowed.
+fn jwks(e: &mut Vec<FieldError>, path: &str, raw: &RawJwt, asymmetric: bool) -> Option<JwksSource> {
+    match (&raw.jwks_file, &raw.jwks_url) {
+        (Some(f), None) => crate::tls::readable_file(f)
+            .map_err(|rule| err(e, format!("{path}.jwks_file"), rule))
+            .ok()
+            .map(JwksSource::File),
+        (None, Some(u)) => {
+            let ca_file = raw.jwks_ca_file.as_ref().and_then(|f| {
+                crate::tls::readable_file(f)
+                    .map_err(|rule| err(e, format!("{path}.jwks_ca_file"), rule))
+                    .ok()
+            });
+            jwks_url(u)
+                .map_err(|rule| err(e, format!("{path}.jwks_url"), rule))
+                .ok()
+                .map(|uri| {
+                    if ca_file.is_some() && uri.scheme_str() != Some("https") {
+                        err(
+                            e,
+                            format!("{path}.jwks_ca_file"),
+                            "only used with an https:// jwks_url",
+                        );
+                    }
+                    JwksSource::Url { uri, ca_file }
+                })
+        }
+        (Some(_), Some(_)) => {
+            err(e, path, "set only one of jwks_file, jwks_url");
+            None
+        }
+        (None, None) => {
+            if asymmetric {
+                err(
+                    e,
+                    path,
+                    "set one of jwks_file, jwks_url (the keys for RS256, ES256, EdDSA)",
+                );
+            }
+            None
+        }
+    }
+}
+
+fn clock_skew(e: &mut Vec<FieldError>, path: &str, v: Option<&str>) -> Duration {
+    let clock_skew = duration(e, format!("{path}.clock_skew"), v, Duration::from_secs(60));
+    if clock_skew > MAX_CLOCK_SKEW {
+        err(e, format!("{path}.clock_skew"), "must be at most 1h");
+    }
+    clock_skew
+}
+
+fn refresh_interval(e: &mut Vec<FieldError>, path: &str, v: Option<&str>) -> Duration {
+    let interval = duration(
+        e,
+        format!("{path}.refresh_interval"),
+        v,
+        Duration::from_secs(300),
+    );
+    if interval < Duration::from_secs(1) {
+        err(e, format!("{path}.refresh_interval"), "must be at least 1s");
+    }
+    interval
+}
+
+/// The header the verified claims go out in; it must not be the one the token comes in.
+fn forward_claims_header(
+    e: &mut Vec<FieldError>,
+    path: &str,
+    raw: &RawJwt,
+    from_header: Option<&http::HeaderName>,
+) -> Option<http::HeaderName> {
+    let claims = raw
+        .forward_claims_header
+        .as_deref()
+        .and_then(|h| header(e, format!("{path}.forward_claims_header"), h));
+    if let (Some(f), Some(c)) = (from_header, &claims)
+        && f == c
+    {
+        err(
+            e,
+            format!("{path}.forward_claims_header"),
+            "must differ from from_header",
+        );
+    }
+    claims
 }
 
 #[cfg(test)]
