@@ -197,6 +197,19 @@ fn duration(errors: &mut Vec<FieldError>, path: String, v: &str) -> Option<Durat
     }
 }
 
+/// Each code in `list` (at `path`) must be an HTTP status, 100 to 599.
+fn http_statuses(errors: &mut Vec<FieldError>, path: &str, list: &[u16]) {
+    for (i, c) in list.iter().enumerate() {
+        if !(100..=599).contains(c) {
+            err(
+                errors,
+                format!("{path}[{i}]"),
+                format!("{c} is not an HTTP status"),
+            );
+        }
+    }
+}
+
 fn err(errors: &mut Vec<FieldError>, path: String, rule: impl Into<String>) {
     errors.push(FieldError {
         path,
@@ -220,6 +233,23 @@ pub fn validate_retry(path: &str, r: &RawRetryPolicy, errors: &mut Vec<FieldErro
         max_interval: Duration::from_millis(250),
         retry_non_idempotent: r.retry_non_idempotent,
     };
+    retry_on(path, r, &mut p, errors);
+    http_statuses(
+        errors,
+        &format!("{path}.retriable_status_codes"),
+        &r.retriable_status_codes,
+    );
+    if p.max_retries > 10 {
+        err(errors, format!("{path}.max_retries"), "must be at most 10");
+    }
+    if let Some(b) = &r.backoff {
+        backoff(path, b, &mut p, errors);
+    }
+    p
+}
+
+/// Sets `p`'s `on_*` flags from `retry_on`.
+fn retry_on(path: &str, r: &RawRetryPolicy, p: &mut RetryPolicy, errors: &mut Vec<FieldError>) {
     if r.retry_on.is_empty() {
         err(
             errors,
@@ -251,43 +281,32 @@ pub fn validate_retry(path: &str, r: &RawRetryPolicy, errors: &mut Vec<FieldErro
             ),
         }
     }
-    for (i, c) in r.retriable_status_codes.iter().enumerate() {
-        if !(100..=599).contains(c) {
+}
+
+/// Sets `p`'s intervals from `backoff`; `max_interval` defaults to ten times the base.
+fn backoff(path: &str, b: &RawBackoff, p: &mut RetryPolicy, errors: &mut Vec<FieldError>) {
+    if let Some(base) = duration(
+        errors,
+        format!("{path}.backoff.base_interval"),
+        &b.base_interval,
+    ) {
+        p.base_interval = base;
+        p.max_interval = base * 10;
+    }
+    if let Some(max) = b
+        .max_interval
+        .as_deref()
+        .and_then(|m| duration(errors, format!("{path}.backoff.max_interval"), m))
+    {
+        if max < p.base_interval {
             err(
                 errors,
-                format!("{path}.retriable_status_codes[{i}]"),
-                format!("{c} is not an HTTP status"),
+                format!("{path}.backoff.max_interval"),
+                "must not be shorter than base_interval",
             );
         }
+        p.max_interval = max;
     }
-    if p.max_retries > 10 {
-        err(errors, format!("{path}.max_retries"), "must be at most 10");
-    }
-    if let Some(b) = &r.backoff {
-        if let Some(base) = duration(
-            errors,
-            format!("{path}.backoff.base_interval"),
-            &b.base_interval,
-        ) {
-            p.base_interval = base;
-            p.max_interval = base * 10;
-        }
-        if let Some(max) = b
-            .max_interval
-            .as_deref()
-            .and_then(|m| duration(errors, format!("{path}.backoff.max_interval"), m))
-        {
-            if max < p.base_interval {
-                err(
-                    errors,
-                    format!("{path}.backoff.max_interval"),
-                    "must not be shorter than base_interval",
-                );
-            }
-            p.max_interval = max;
-        }
-    }
-    p
 }
 
 pub fn validate_circuit_breakers(
@@ -351,15 +370,11 @@ pub fn validate_health_check(
             "interval and timeout must be longer than 0",
         );
     }
-    for (i, c) in r.expected_statuses.iter().enumerate() {
-        if !(100..=599).contains(c) {
-            err(
-                errors,
-                format!("{path}.expected_statuses[{i}]"),
-                format!("{c} is not an HTTP status"),
-            );
-        }
-    }
+    http_statuses(
+        errors,
+        &format!("{path}.expected_statuses"),
+        &r.expected_statuses,
+    );
     let threshold = |errors: &mut Vec<FieldError>, field: &str, v: Option<u32>, d: u32| match v {
         Some(0) => {
             err(errors, format!("{path}.{field}"), "must be at least 1");
