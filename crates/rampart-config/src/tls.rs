@@ -438,6 +438,61 @@ impl Errors {
         }
     }
 
+    /// The `server_names` of `certificates[index]`. `claimed` maps each name taken so far to
+    /// the certificate that took it; a name may be served by one certificate only.
+    fn server_names(
+        &mut self,
+        cpath: &str,
+        names: &[String],
+        index: usize,
+        claimed: &mut Vec<(SniName, usize)>,
+    ) -> Vec<SniName> {
+        if names.is_empty() {
+            self.err(
+                format!("{cpath}.server_names"),
+                "must list at least one name; omit it to use the certificate's DNS names",
+            );
+        }
+        names
+            .iter()
+            .enumerate()
+            .filter_map(|(j, n)| {
+                let npath = format!("{cpath}.server_names[{j}]");
+                let name = SniName::parse(n)
+                    .map_err(|rule| self.err(&npath, rule))
+                    .ok()?;
+                if let Some((_, other)) = claimed.iter().find(|(c, _)| *c == name) {
+                    self.err(
+                        npath,
+                        format!("{name} is already served by certificates[{other}]"),
+                    );
+                    return None;
+                }
+                claimed.push((name.clone(), index));
+                Some(name)
+            })
+            .collect()
+    }
+
+    fn client_auth(&mut self, apath: &str, a: &RawClientAuth) -> ClientAuth {
+        let ca = self.readable_file(&format!("{apath}.ca"), &a.ca);
+        let allowed_sans = a
+            .allowed_sans
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                SanPattern::parse(p)
+                    .map_err(|rule| self.err(format!("{apath}.allowed_sans[{i}]"), rule))
+                    .ok()
+            })
+            .collect();
+        ClientAuth {
+            ca: ca.unwrap_or_default(),
+            required: a.required.unwrap_or(true),
+            allowed_sans,
+        }
+    }
+
     fn finish<T>(self, value: T) -> (Option<T>, Vec<FieldError>) {
         if self.0.is_empty() {
             (Some(value), self.0)
@@ -505,31 +560,10 @@ pub fn validate_listener_tls(
             let cpath = format!("{path}.certificates[{i}]");
             let cert = e.readable_file(&format!("{cpath}.cert"), &c.cert);
             let key = e.readable_file(&format!("{cpath}.key"), &c.key);
-            let server_names = c.server_names.as_ref().map(|names| {
-                if names.is_empty() {
-                    e.err(
-                        format!("{cpath}.server_names"),
-                        "must list at least one name; omit it to use the certificate's DNS names",
-                    );
-                }
-                names
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(j, n)| {
-                        let npath = format!("{cpath}.server_names[{j}]");
-                        let name = SniName::parse(n).map_err(|rule| e.err(&npath, rule)).ok()?;
-                        if let Some((_, other)) = claimed.iter().find(|(c, _)| *c == name) {
-                            e.err(
-                                npath,
-                                format!("{name} is already served by certificates[{other}]"),
-                            );
-                            return None;
-                        }
-                        claimed.push((name.clone(), i));
-                        Some(name)
-                    })
-                    .collect()
-            });
+            let server_names = c
+                .server_names
+                .as_ref()
+                .map(|names| e.server_names(&cpath, names, i, &mut claimed));
             ServerCertificate {
                 cert: cert.unwrap_or_default(),
                 key: key.unwrap_or_default(),
@@ -542,25 +576,10 @@ pub fn validate_listener_tls(
         None => vec![AlpnProtocol::H2, AlpnProtocol::Http11],
     };
     let min_version = e.min_version(&format!("{path}.min_version"), raw.min_version.as_deref());
-    let client_auth = raw.client_auth.as_ref().map(|a| {
-        let apath = format!("{path}.client_auth");
-        let ca = e.readable_file(&format!("{apath}.ca"), &a.ca);
-        let allowed_sans = a
-            .allowed_sans
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| {
-                SanPattern::parse(p)
-                    .map_err(|rule| e.err(format!("{apath}.allowed_sans[{i}]"), rule))
-                    .ok()
-            })
-            .collect();
-        ClientAuth {
-            ca: ca.unwrap_or_default(),
-            required: a.required.unwrap_or(true),
-            allowed_sans,
-        }
-    });
+    let client_auth = raw
+        .client_auth
+        .as_ref()
+        .map(|a| e.client_auth(&format!("{path}.client_auth"), a));
     e.finish(ListenerTls {
         certificates,
         alpn,
