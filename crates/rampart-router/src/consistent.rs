@@ -269,6 +269,81 @@ fn is_prime(n: usize) -> bool {
     true
 }
 
+/// A Maglev table size must be a prime, at most [`MAX_MAGLEV_TABLE_SIZE`], and give each of
+/// the `endpoints` a slot.
+fn check_table_size(table_size: usize, endpoints: usize) -> Result<(), BuildError> {
+    if table_size > MAX_MAGLEV_TABLE_SIZE {
+        return Err(BuildError::TableSizeTooLarge { table_size });
+    }
+    if !is_prime(table_size) {
+        return Err(BuildError::TableSizeNotPrime { table_size });
+    }
+    if table_size < endpoints {
+        return Err(BuildError::TableSizeTooSmall {
+            table_size,
+            endpoints,
+        });
+    }
+    Ok(())
+}
+
+/// Fills a [`Maglev`] table of `table_size` slots (slot → input index) from non-empty
+/// `endpoints`, taking turns in identity `order`.
+fn maglev_fill(endpoints: &[Endpoint<'_>], order: &[u32], table_size: usize) -> Box<[u32]> {
+    struct Filler {
+        index: u32,
+        /// Current position in this endpoint's permutation.
+        slot: u64,
+        skip: u64,
+        weight: u64,
+        /// Turns are taken while `round * weight >= target`; each turn adds `max_weight`.
+        target: u64,
+    }
+    let m = table_size as u64;
+    let max_weight = endpoints.iter().map(|e| u64::from(e.weight)).max();
+    let max_weight = max_weight.unwrap_or(1);
+    let mut fillers: Vec<Filler> = order
+        .iter()
+        .map(|&i| {
+            let id = endpoints[i as usize].id.as_bytes();
+            Filler {
+                index: i,
+                slot: xxh64(id, 0) % m,
+                skip: xxh64(id, 1) % (m - 1) + 1,
+                weight: u64::from(endpoints[i as usize].weight),
+                target: 0,
+            }
+        })
+        .collect();
+
+    const FREE: u32 = u32::MAX;
+    let mut table = vec![FREE; table_size];
+    let mut filled = 0;
+    // The heaviest endpoint takes a turn every round, so this ends within `M` rounds. Each
+    // permutation visits every slot once per `M` steps and a free slot always remains
+    // while filling, so the inner walk ends too.
+    let mut round: u64 = 1;
+    while filled < table_size {
+        for f in &mut fillers {
+            if filled == table_size {
+                break;
+            }
+            if round * f.weight < f.target {
+                continue;
+            }
+            f.target += max_weight;
+            while table[f.slot as usize] != FREE {
+                f.slot = (f.slot + f.skip) % m;
+            }
+            table[f.slot as usize] = f.index;
+            f.slot = (f.slot + f.skip) % m;
+            filled += 1;
+        }
+        round += 1;
+    }
+    table.into()
+}
+
 /// A Maglev lookup table (Eisenbud et al., NSDI 2016) with Envoy's weighted fill.
 ///
 /// Each endpoint walks its own permutation of the `M` slots (offset `xxh64(id, 0) % M`, step
@@ -312,84 +387,19 @@ impl Maglev {
         endpoints: &[Endpoint<'_>],
         table_size: usize,
     ) -> Result<Self, BuildError> {
-        if table_size > MAX_MAGLEV_TABLE_SIZE {
-            return Err(BuildError::TableSizeTooLarge { table_size });
-        }
-        if !is_prime(table_size) {
-            return Err(BuildError::TableSizeNotPrime { table_size });
-        }
-        if table_size < endpoints.len() {
-            return Err(BuildError::TableSizeTooSmall {
-                table_size,
-                endpoints: endpoints.len(),
-            });
-        }
+        check_table_size(table_size, endpoints.len())?;
         let order = identity_order(endpoints)?;
         let mut rank = vec![0u32; endpoints.len()];
         for (r, &i) in order.iter().enumerate() {
             rank[i as usize] = r as u32;
         }
-        if endpoints.is_empty() {
-            return Ok(Self {
-                table: Box::new([]),
-                order: order.into(),
-                rank: rank.into(),
-            });
-        }
-
-        struct Filler {
-            index: u32,
-            /// Current position in this endpoint's permutation.
-            slot: u64,
-            skip: u64,
-            weight: u64,
-            /// Turns are taken while `round * weight >= target`; each turn adds `max_weight`.
-            target: u64,
-        }
-        let m = table_size as u64;
-        let max_weight = endpoints.iter().map(|e| u64::from(e.weight)).max();
-        let max_weight = max_weight.unwrap_or(1);
-        let mut fillers: Vec<Filler> = order
-            .iter()
-            .map(|&i| {
-                let id = endpoints[i as usize].id.as_bytes();
-                Filler {
-                    index: i,
-                    slot: xxh64(id, 0) % m,
-                    skip: xxh64(id, 1) % (m - 1) + 1,
-                    weight: u64::from(endpoints[i as usize].weight),
-                    target: 0,
-                }
-            })
-            .collect();
-
-        const FREE: u32 = u32::MAX;
-        let mut table = vec![FREE; table_size];
-        let mut filled = 0;
-        // The heaviest endpoint takes a turn every round, so this ends within `M` rounds. Each
-        // permutation visits every slot once per `M` steps and a free slot always remains
-        // while filling, so the inner walk ends too.
-        let mut round: u64 = 1;
-        while filled < table_size {
-            for f in &mut fillers {
-                if filled == table_size {
-                    break;
-                }
-                if round * f.weight < f.target {
-                    continue;
-                }
-                f.target += max_weight;
-                while table[f.slot as usize] != FREE {
-                    f.slot = (f.slot + f.skip) % m;
-                }
-                table[f.slot as usize] = f.index;
-                f.slot = (f.slot + f.skip) % m;
-                filled += 1;
-            }
-            round += 1;
-        }
+        let table = if endpoints.is_empty() {
+            Box::new([]) as Box<[u32]>
+        } else {
+            maglev_fill(endpoints, &order, table_size)
+        };
         Ok(Self {
-            table: table.into(),
+            table,
             order: order.into(),
             rank: rank.into(),
         })
