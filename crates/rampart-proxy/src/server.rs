@@ -42,7 +42,6 @@ pub(crate) async fn accept_loop(cx: AcceptCtx) {
         drain,
         tracker,
     } = cx;
-    crate::upstream::set_worker(worker);
     let (active, total) = shared.metrics.downstream(&name);
     let recover_original_dst = shared
         .snapshot
@@ -92,6 +91,7 @@ pub(crate) async fn accept_loop(cx: AcceptCtx) {
         let conn = Arc::new(ConnCtx {
             shared: shared.clone(),
             listener: name.clone(),
+            worker,
             client: peer,
             client_ip: HeaderValue::from_str(&peer.ip().to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),

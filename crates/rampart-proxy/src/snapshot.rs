@@ -73,10 +73,9 @@ pub struct ListenerSnap {
     pub limits: Limits,
     /// Path normalisation, trusted headers and proxies (`ingress::prepare`).
     pub http: rampart_config::model::HttpOptions,
-    pub table: RouteTable,
+    /// Matching returns the route's [`RouteData`].
+    pub table: RouteTable<RouteData>,
     pub filters: Vec<FilterRef>,
-    /// `[virtual host][route]`, aligned with `table`.
-    pub routes: Vec<Vec<RouteData>>,
     pub no_route_stats: RouteStats,
 }
 
@@ -146,7 +145,6 @@ impl Builder {
                 continue;
             };
             let table_cfg = &config.route_tables[ti];
-            let table = RouteTable::new(table_cfg);
             let mut filters = self.chain(&l.filters, &format!("listeners[{li}]"))?;
             filters.extend(
                 extra
@@ -154,36 +152,15 @@ impl Builder {
                     .filter(|e| e.listener == "*" || e.listener == l.name)
                     .map(|e| e.filter.clone()),
             );
-            let mut routes = Vec::with_capacity(table_cfg.virtual_hosts.len());
-            for (vi, vh) in table_cfg.virtual_hosts.iter().enumerate() {
-                let mut vh_routes = Vec::with_capacity(vh.routes.len());
-                for (ri, r) in vh.routes.iter().enumerate() {
-                    let targets = match &r.action {
-                        Action::Forward(f) => f
-                            .clusters
-                            .iter()
-                            .filter_map(|w| {
-                                let rt = clusters.get(&w.cluster)?.clone();
-                                Some(Target {
-                                    cluster: rt,
-                                    name: w.cluster.as_str().into(),
-                                    stats: metrics.route_stats(&l.name, &r.name, &w.cluster),
-                                    upstream_latency: metrics.upstream_latency(&w.cluster),
-                                })
-                            })
-                            .collect(),
-                        Action::DirectResponse(_) | Action::Redirect(_) => Vec::new(),
-                    };
-                    let path = format!("route_tables[{ti}].virtual_hosts[{vi}].routes[{ri}]");
-                    vh_routes.push(RouteData {
-                        name: r.name.as_str().into(),
-                        filters: self.chain(&r.filters, &path)?,
-                        targets,
-                        local_stats: metrics.route_stats(&l.name, &r.name, ""),
-                    });
-                }
-                routes.push(vh_routes);
-            }
+            let table = RouteTable::with_data(table_cfg, |vi, ri, r| {
+                let path = format!("route_tables[{ti}].virtual_hosts[{vi}].routes[{ri}]");
+                Ok::<_, FilterBuildError>(RouteData {
+                    name: r.name.as_str().into(),
+                    filters: self.chain(&r.filters, &path)?,
+                    targets: targets(r, &clusters, &l.name, metrics),
+                    local_stats: metrics.route_stats(&l.name, &r.name, ""),
+                })
+            })?;
             let snap = ListenerSnap {
                 name: l.name.as_str().into(),
                 tls: tls.listeners.remove(&l.name),
@@ -191,7 +168,6 @@ impl Builder {
                 http: l.http.clone(),
                 table,
                 filters,
-                routes,
                 no_route_stats: metrics.route_stats(&l.name, "", ""),
             };
             listeners.insert(l.name.clone(), Arc::new(snap));
@@ -219,4 +195,27 @@ impl Builder {
             })
             .collect()
     }
+}
+
+/// One per weighted cluster of a forward action (those that exist); none for local answers.
+fn targets(
+    r: &rampart_config::model::Route,
+    clusters: &HashMap<String, Arc<ClusterRuntime>>,
+    listener: &str,
+    metrics: &crate::metrics::Metrics,
+) -> Vec<Target> {
+    let Action::Forward(f) = &r.action else {
+        return Vec::new();
+    };
+    f.clusters
+        .iter()
+        .filter_map(|w| {
+            Some(Target {
+                cluster: clusters.get(&w.cluster)?.clone(),
+                name: w.cluster.as_str().into(),
+                stats: metrics.route_stats(listener, &r.name, &w.cluster),
+                upstream_latency: metrics.upstream_latency(&w.cluster),
+            })
+        })
+        .collect()
 }

@@ -19,6 +19,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use http::{HeaderMap, Method};
 use rampart_config::model::{
@@ -55,11 +56,14 @@ impl NoRoute {
     }
 }
 
-/// A route table compiled for lookup.
+/// A route table compiled for lookup. Each route carries a `T` of the caller's (the data
+/// plane keeps its compiled route there: filters, targets, stats), which a match returns.
 #[derive(Debug, Clone)]
-pub struct RouteTable {
+pub struct RouteTable<T = ()> {
     pub name: String,
     virtual_hosts: Vec<VirtualHost>,
+    /// `[virtual host][route]`, as `virtual_hosts`.
+    data: Vec<Vec<Arc<T>>>,
     exact: HashMap<String, usize>,
     /// (suffix, vhost) longest first.
     suffixes: Vec<(String, usize)>,
@@ -69,7 +73,38 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
+    /// A table whose routes carry nothing of the caller's.
     pub fn new(table: &model::RouteTable) -> Self {
+        match Self::with_data(table, |_, _, _| Ok::<_, std::convert::Infallible>(())) {
+            Ok(t) => t,
+            Err(never) => match never {},
+        }
+    }
+}
+
+impl<T> RouteTable<T> {
+    /// A table whose routes carry `data(vhost index, route index, route)`; the first error
+    /// stops the build.
+    pub fn with_data<E>(
+        table: &model::RouteTable,
+        mut data: impl FnMut(usize, usize, &Route) -> Result<T, E>,
+    ) -> Result<Self, E> {
+        let data = table
+            .virtual_hosts
+            .iter()
+            .enumerate()
+            .map(|(vi, vh)| {
+                vh.routes
+                    .iter()
+                    .enumerate()
+                    .map(|(ri, r)| data(vi, ri, r).map(Arc::new))
+                    .collect::<Result<Vec<_>, E>>()
+            })
+            .collect::<Result<Vec<_>, E>>()?;
+        Ok(Self::compile(table, data))
+    }
+
+    fn compile(table: &model::RouteTable, data: Vec<Vec<Arc<T>>>) -> Self {
         let mut exact = HashMap::new();
         let mut suffixes = Vec::new();
         let mut prefixes = Vec::new();
@@ -94,6 +129,7 @@ impl RouteTable {
         Self {
             name: table.name.clone(),
             virtual_hosts: table.virtual_hosts.clone(),
+            data,
             exact,
             suffixes,
             prefixes,
@@ -136,33 +172,32 @@ impl RouteTable {
     }
 
     /// The first matching route.
-    pub fn route(&self, req: &RequestView<'_>) -> Result<Matched<'_>, NoRoute> {
+    pub fn route(&self, req: &RequestView<'_>) -> Result<Matched<'_, T>, NoRoute> {
         let vhost = self
             .virtual_host_index(req.authority)
             .ok_or(NoRoute::NoVirtualHost)?;
         let virtual_host = &self.virtual_hosts[vhost];
+        let data = self.data.get(vhost).ok_or(NoRoute::NoVirtualHost)?;
         virtual_host
             .routes
             .iter()
-            .enumerate()
-            .find(|(_, r)| route_matches(r, req))
-            .map(|(route, entry)| Matched {
-                vhost,
-                route,
+            .zip(data)
+            .find(|(r, _)| route_matches(r, req))
+            .map(|(entry, data)| Matched {
                 virtual_host,
                 entry,
+                data,
             })
             .ok_or(NoRoute::NoRouteMatched)
     }
 }
 
-/// A chosen route and where it sits in the table (for per-route state kept by index).
-#[derive(Debug, Clone, Copy)]
-pub struct Matched<'a> {
-    pub vhost: usize,
-    pub route: usize,
+/// A chosen route: its virtual host, its config, and what the caller attached to it.
+#[derive(Debug)]
+pub struct Matched<'a, T = ()> {
     pub virtual_host: &'a VirtualHost,
     pub entry: &'a Route,
+    pub data: &'a Arc<T>,
 }
 
 fn lower(s: &str) -> Cow<'_, str> {

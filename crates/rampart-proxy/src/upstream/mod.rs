@@ -5,7 +5,6 @@
 //! prior knowledge), keyed by endpoint address; the proxy picks the endpoint itself so that
 //! balancing is ours, not the pool's.
 
-use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -32,21 +31,6 @@ use crate::body::{ProxyBody, UpstreamTail};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use rampart_router::consistent::{self, HashRing};
-
-thread_local! {
-    /// Index of the data-plane worker running on this thread (0 when there is only one).
-    static WORKER: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Marks the calling thread as data-plane worker `i` (its upstream pools are `i`'s).
-pub fn set_worker(i: usize) {
-    WORKER.with(|w| w.set(i));
-}
-
-/// The calling thread's worker index.
-pub(crate) fn worker() -> usize {
-    WORKER.with(Cell::get)
-}
 
 /// One upstream address.
 #[derive(Debug)]
@@ -314,17 +298,19 @@ impl ClusterRuntime {
         }
     }
 
-    /// Sends a request (URI in origin form) to `ep`. For HTTP/1.1 the returned lease carries
-    /// the upstream connection and must stay with the response body.
+    /// Sends a request (URI in origin form) to `ep` on data-plane worker `worker`'s
+    /// connections. For HTTP/1.1 the returned lease carries the upstream connection and must
+    /// stay with the response body.
     pub async fn send(
         &self,
+        worker: usize,
         ep: &Endpoint,
         mut req: http::Request<ProxyBody>,
     ) -> Result<(http::Response<hyper::body::Incoming>, Option<Lease>), ProxyError> {
         match &self.transport {
             Transport::Http1(pool) => {
                 *req.version_mut() = http::Version::HTTP_11;
-                pool.send(ep, req).await.map(|(r, l)| (r, Some(l)))
+                pool.send(worker, ep, req).await.map(|(r, l)| (r, Some(l)))
             }
             Transport::Http2(clients) => {
                 let mut parts = req.uri().clone().into_parts();
@@ -333,7 +319,7 @@ impl ClusterRuntime {
                 *req.uri_mut() = http::Uri::from_parts(parts)
                     .map_err(|e| ProxyError::Internal(format!("upstream URI: {e}")))?;
                 *req.version_mut() = http::Version::HTTP_2;
-                let client = &clients[worker() % clients.len()];
+                let client = &clients[worker % clients.len()];
                 client.request(req).await.map(|r| (r, None)).map_err(|e| {
                     let endpoint = ep.addr.to_string();
                     if !e.is_connect() {

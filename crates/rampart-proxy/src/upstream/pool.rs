@@ -30,7 +30,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 
 use super::stream::{UpstreamStream, UpstreamTls};
-use super::{Counted, Endpoint, worker};
+use super::{Counted, Endpoint};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 
@@ -138,12 +138,16 @@ impl H1Pool {
     /// An idle connection, or a new one if the cluster is under `max_connections`; otherwise
     /// waits (as a pending request, up to `max_pending`) for either. Returns whether the
     /// connection was reused. The caller's timeout bounds the wait.
-    async fn acquire(&self, ep: &Endpoint) -> Result<(Box<H1Conn>, bool), ProxyError> {
+    async fn acquire(
+        &self,
+        ep: &Endpoint,
+        worker: usize,
+    ) -> Result<(Box<H1Conn>, bool), ProxyError> {
         let addr = ep.addr;
         // While others wait, a newcomer queues behind them rather than taking the next free
         // connection first: waiting requests are served in order, which bounds the tail.
         if self.pending.load(Ordering::Relaxed) == 0
-            && let Some(c) = self.checkout(addr)
+            && let Some(c) = self.checkout(worker, addr)
         {
             return Ok((c, true));
         }
@@ -165,7 +169,7 @@ impl H1Pool {
                 () = self.returned.notified() => {}
                 () = tokio::time::sleep(Duration::from_millis(5)) => {}
             }
-            if let Some(c) = self.checkout(addr) {
+            if let Some(c) = self.checkout(worker, addr) {
                 return Ok((c, true));
             }
             if self.reserve() {
@@ -175,17 +179,20 @@ impl H1Pool {
     }
 
     #[allow(clippy::vec_box)] // see the field
-    fn slot(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Box<H1Conn>>>> {
+    fn slot(
+        &self,
+        worker: usize,
+    ) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Box<H1Conn>>>> {
         // Each worker only touches its own slot, so the lock is never contended; a poisoned
         // one only means a panic elsewhere mid-push, and the map is still sound.
-        self.idle[worker() % self.idle.len()]
+        self.idle[worker % self.idle.len()]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The most recently used idle connection to `addr` that can still carry a request.
-    fn checkout(&self, addr: SocketAddr) -> Option<Box<H1Conn>> {
-        let mut slot = self.slot();
+    fn checkout(&self, worker: usize, addr: SocketAddr) -> Option<Box<H1Conn>> {
+        let mut slot = self.slot(worker);
         let list = slot.get_mut(&addr)?;
         while let Some(mut c) = list.pop() {
             if c.idle_since.elapsed() < self.limits.idle_timeout && c.reusable() {
@@ -195,12 +202,12 @@ impl H1Pool {
         None
     }
 
-    fn checkin(&self, addr: SocketAddr, mut c: Box<H1Conn>) {
+    fn checkin(&self, worker: usize, addr: SocketAddr, mut c: Box<H1Conn>) {
         if !c.reusable() {
             return;
         }
         c.idle_since = Instant::now();
-        let mut slot = self.slot();
+        let mut slot = self.slot(worker);
         let list = slot.entry(addr).or_default();
         if list.len() < self.limits.max_idle {
             list.push(c);
@@ -253,16 +260,17 @@ impl H1Pool {
         }))
     }
 
-    /// Sends `req` (origin-form URI) to `addr`; returns the response head and the lease that
-    /// must travel with the response body.
+    /// Sends `req` (origin-form URI) to `addr` on one of `worker`'s connections; returns the
+    /// response head and the lease that must travel with the response body.
     pub(crate) async fn send(
         self: &Arc<Self>,
+        worker: usize,
         ep: &Endpoint,
         mut req: Request<ProxyBody>,
     ) -> Result<(Response<Incoming>, Lease), ProxyError> {
         let addr = ep.addr;
         loop {
-            let (mut c, reused) = self.acquire(ep).await?;
+            let (mut c, reused) = self.acquire(ep, worker).await?;
             let mut fut = std::pin::pin!(c.sender.try_send_request(req));
             let result = poll_fn(|cx| {
                 let closed = c.drive(cx);
@@ -285,6 +293,7 @@ impl H1Pool {
                         conn: Some(c),
                         pool: self.clone(),
                         addr,
+                        worker,
                     };
                     if resp.body().is_end_stream() {
                         lease.finish();
@@ -337,6 +346,8 @@ pub struct Lease {
     conn: Option<Box<H1Conn>>,
     pool: Arc<H1Pool>,
     addr: SocketAddr,
+    /// Whose idle list the connection goes back to.
+    worker: usize,
 }
 
 impl Lease {
@@ -350,7 +361,7 @@ impl Lease {
     /// The body is complete: hand the connection back if it can carry another request.
     pub fn finish(&mut self) {
         if let Some(c) = self.conn.take() {
-            self.pool.checkin(self.addr, c);
+            self.pool.checkin(self.worker, self.addr, c);
         }
     }
 }
