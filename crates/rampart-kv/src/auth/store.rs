@@ -129,31 +129,13 @@ impl AuthState {
         match cmd {
             AuthCommand::Enable { secret } => {
                 if self.enabled {
+                    // Already on: no change, so the revision stays.
                     return Ok(());
                 }
-                let root = self.users.get(ROOT).ok_or(KvError::RootUserNotExist)?;
-                if !root.roles.contains(ROOT) {
-                    return Err(KvError::RootRoleNotExist);
-                }
-                self.enabled = true;
-                self.secret.clone_from(secret);
+                self.enable(secret)?;
             }
             AuthCommand::Disable => self.enabled = false,
-            AuthCommand::UserAdd { name, password } => {
-                if name.is_empty() {
-                    return Err(KvError::UserEmpty);
-                }
-                if self.users.contains_key(name) {
-                    return Err(KvError::UserAlreadyExist);
-                }
-                self.users.insert(
-                    name.clone(),
-                    User {
-                        password: password.clone(),
-                        roles: BTreeSet::new(),
-                    },
-                );
-            }
+            AuthCommand::UserAdd { name, password } => self.user_add(name, password.as_ref())?,
             AuthCommand::UserDelete { name } => {
                 if self.enabled && name == ROOT {
                     return Err(KvError::InvalidAuthMgmt);
@@ -177,51 +159,97 @@ impl AuthState {
                     return Err(KvError::RoleNotGranted);
                 }
             }
-            AuthCommand::RoleAdd { name } => {
-                if name.is_empty() {
-                    return Err(KvError::RoleEmpty);
-                }
-                if self.roles.contains_key(name) {
-                    return Err(KvError::RoleAlreadyExist);
-                }
-                self.roles.insert(name.clone(), Role::default());
-            }
-            AuthCommand::RoleDelete { name } => {
-                if self.enabled && name == ROOT {
-                    return Err(KvError::InvalidAuthMgmt);
-                }
-                self.roles.remove(name).ok_or(KvError::RoleNotFound)?;
-                for u in self.users.values_mut() {
-                    u.roles.remove(name);
-                }
-            }
-            AuthCommand::RoleGrantPermission { role, perm } => {
-                let r = self.role_mut(role)?;
-                // The same range granted again replaces its kind (as etcd does).
-                match r
-                    .perms
-                    .iter_mut()
-                    .find(|p| p.key == perm.key && p.range_end == perm.range_end)
-                {
-                    Some(p) => p.kind = perm.kind,
-                    None => r.perms.push(perm.clone()),
-                }
-            }
+            AuthCommand::RoleAdd { name } => self.role_add(name)?,
+            AuthCommand::RoleDelete { name } => self.role_delete(name)?,
+            AuthCommand::RoleGrantPermission { role, perm } => self.grant_permission(role, perm)?,
             AuthCommand::RoleRevokePermission {
                 role,
                 key,
                 range_end,
-            } => {
-                let r = self.role_mut(role)?;
-                let before = r.perms.len();
-                r.perms
-                    .retain(|p| !(p.key == *key && p.range_end == *range_end));
-                if r.perms.len() == before {
-                    return Err(KvError::PermissionNotGranted);
-                }
-            }
+            } => self.revoke_permission(role, key, range_end)?,
         }
         self.revision += 1;
+        Ok(())
+    }
+
+    /// Turns auth on with a new token `secret`; the `root` user must exist and hold `root`.
+    fn enable(&mut self, secret: &[u8]) -> Result<(), KvError> {
+        let root = self.users.get(ROOT).ok_or(KvError::RootUserNotExist)?;
+        if !root.roles.contains(ROOT) {
+            return Err(KvError::RootRoleNotExist);
+        }
+        self.enabled = true;
+        self.secret = secret.to_vec();
+        Ok(())
+    }
+
+    fn user_add(&mut self, name: &str, password: Option<&PasswordHash>) -> Result<(), KvError> {
+        if name.is_empty() {
+            return Err(KvError::UserEmpty);
+        }
+        if self.users.contains_key(name) {
+            return Err(KvError::UserAlreadyExist);
+        }
+        self.users.insert(
+            name.to_owned(),
+            User {
+                password: password.cloned(),
+                roles: BTreeSet::new(),
+            },
+        );
+        Ok(())
+    }
+
+    fn role_add(&mut self, name: &str) -> Result<(), KvError> {
+        if name.is_empty() {
+            return Err(KvError::RoleEmpty);
+        }
+        if self.roles.contains_key(name) {
+            return Err(KvError::RoleAlreadyExist);
+        }
+        self.roles.insert(name.to_owned(), Role::default());
+        Ok(())
+    }
+
+    /// Deletes the role and takes it from every user that held it.
+    fn role_delete(&mut self, name: &str) -> Result<(), KvError> {
+        if self.enabled && name == ROOT {
+            return Err(KvError::InvalidAuthMgmt);
+        }
+        self.roles.remove(name).ok_or(KvError::RoleNotFound)?;
+        for u in self.users.values_mut() {
+            u.roles.remove(name);
+        }
+        Ok(())
+    }
+
+    fn grant_permission(&mut self, role: &str, perm: &Perm) -> Result<(), KvError> {
+        let r = self.role_mut(role)?;
+        // The same range granted again replaces its kind (as etcd does).
+        match r
+            .perms
+            .iter_mut()
+            .find(|p| p.key == perm.key && p.range_end == perm.range_end)
+        {
+            Some(p) => p.kind = perm.kind,
+            None => r.perms.push(perm.clone()),
+        }
+        Ok(())
+    }
+
+    fn revoke_permission(
+        &mut self,
+        role: &str,
+        key: &[u8],
+        range_end: &[u8],
+    ) -> Result<(), KvError> {
+        let r = self.role_mut(role)?;
+        let before = r.perms.len();
+        r.perms
+            .retain(|p| !(p.key == key && p.range_end == range_end));
+        if r.perms.len() == before {
+            return Err(KvError::PermissionNotGranted);
+        }
         Ok(())
     }
 }
