@@ -78,6 +78,22 @@ struct Position {
     maker_at: Vec<u32>,
 }
 
+impl Position {
+    /// Nothing linearized yet, over `ops` operations and `values` value ids.
+    fn start(ops: usize, values: usize) -> Self {
+        let words = ops.div_ceil(64);
+        Self {
+            cache: Cache::new(words),
+            linearized: vec![0; words],
+            set_hash: 0,
+            state: None,
+            taken: Vec::new(),
+            needer_at: vec![0; values],
+            maker_at: vec![0; values],
+        }
+    }
+}
+
 struct Taken {
     call: u32,
     /// The register before this operation.
@@ -98,6 +114,56 @@ struct Deepest {
     pending: Vec<(u32, u32)>,
 }
 
+/// Whether `op` is known to have taken effect, at a known time.
+fn known_ok(op: &Op) -> bool {
+    op.outcome == Outcome::Ok && op.complete.is_some()
+}
+
+/// The history as a linked list behind a `HEAD` node: every operation's invocation and
+/// completion (at its `deadline`), in time order, each invocation linked to its completion.
+fn event_list(ops: &[&Op], deadline: &[u64]) -> Vec<Node> {
+    // (time, rank, op): at equal times invocations sort before completions, so
+    // operations that touch in time count as concurrent (the lenient reading of a clock
+    // with finite resolution); unknown completions sort after everything.
+    let mut entries: Vec<(u64, u8, u32)> = Vec::with_capacity(ops.len() * 2);
+    for (i, op) in ops.iter().enumerate() {
+        let i = i as u32;
+        entries.push((op.invoke, 0, i));
+        let rank = if known_ok(op) { 1 } else { 2 };
+        entries.push((deadline[i as usize], rank, i));
+    }
+    entries.sort_unstable();
+    let mut nodes = Vec::with_capacity(entries.len() + 1);
+    nodes.push(Node {
+        op: NIL,
+        ret: NIL,
+        unbounded: false,
+        prev: NIL,
+        next: NIL,
+    });
+    let mut ret_of = vec![NIL; ops.len()];
+    for (k, &(_, rank, op)) in entries.iter().enumerate() {
+        let idx = k as u32 + 1;
+        nodes[k].next = idx;
+        nodes.push(Node {
+            op,
+            ret: NIL,
+            unbounded: rank == 2,
+            prev: k as u32,
+            next: NIL,
+        });
+        if rank != 0 {
+            ret_of[op as usize] = idx;
+        }
+    }
+    for (k, &(_, rank, op)) in entries.iter().enumerate() {
+        if rank == 0 {
+            nodes[k + 1].ret = ret_of[op as usize];
+        }
+    }
+    nodes
+}
+
 impl<'a> Search<'a> {
     fn new(ops: &'a [&'a Op]) -> Self {
         let deadline: Vec<u64> = ops
@@ -107,47 +173,7 @@ impl<'a> Search<'a> {
                 _ => u64::MAX,
             })
             .collect();
-        let known = |op: &Op| op.outcome == Outcome::Ok && op.complete.is_some();
-        // (time, rank, op): at equal times invocations sort before completions, so
-        // operations that touch in time count as concurrent (the lenient reading of a clock
-        // with finite resolution); unknown completions sort after everything.
-        let mut entries: Vec<(u64, u8, u32)> = Vec::with_capacity(ops.len() * 2);
-        for (i, op) in ops.iter().enumerate() {
-            let i = i as u32;
-            entries.push((op.invoke, 0, i));
-            let rank = if known(op) { 1 } else { 2 };
-            entries.push((deadline[i as usize], rank, i));
-        }
-        entries.sort_unstable();
-        let mut nodes = Vec::with_capacity(entries.len() + 1);
-        nodes.push(Node {
-            op: NIL,
-            ret: NIL,
-            unbounded: false,
-            prev: NIL,
-            next: NIL,
-        });
-        let mut ret_of = vec![NIL; ops.len()];
-        for (k, &(_, rank, op)) in entries.iter().enumerate() {
-            let idx = k as u32 + 1;
-            nodes[k].next = idx;
-            nodes.push(Node {
-                op,
-                ret: NIL,
-                unbounded: rank == 2,
-                prev: k as u32,
-                next: NIL,
-            });
-            if rank != 0 {
-                ret_of[op as usize] = idx;
-            }
-        }
-        for (k, &(_, rank, op)) in entries.iter().enumerate() {
-            if rank == 0 {
-                nodes[k + 1].ret = ret_of[op as usize];
-            }
-        }
-
+        let nodes = event_list(ops, &deadline);
         let mut values = HashMap::from([(None, 0)]);
         let mut id = |v: Option<i64>| {
             let next = values.len() as u32;
@@ -156,7 +182,7 @@ impl<'a> Search<'a> {
         let mut needs = Vec::with_capacity(ops.len());
         let mut makes = Vec::with_capacity(ops.len());
         for op in ops {
-            let (need, make) = match (op.kind, known(op)) {
+            let (need, make) = match (op.kind, known_ok(op)) {
                 (OpKind::Read(v), _) => (id(v), NIL),
                 (OpKind::Write(v), _) => (NIL, id(Some(v))),
                 (OpKind::Cas { expected, new }, true) => (id(Some(expected)), id(Some(new))),
@@ -199,16 +225,7 @@ impl<'a> Search<'a> {
         if let Some(op) = self.needs_unwritten_value() {
             return (self.unwritten(op), 0);
         }
-        let words = self.ops.len().div_ceil(64);
-        let mut at = Position {
-            cache: Cache::new(words),
-            linearized: vec![0; words],
-            set_hash: 0,
-            state: None,
-            taken: Vec::new(),
-            needer_at: vec![0; self.values.len()],
-            maker_at: vec![0; self.values.len()],
-        };
+        let mut at = Position::start(self.ops.len(), self.values.len());
         let mut deepest: Option<Deepest> = None;
         let mut steps = 0u64;
         let mut entry = NIL;
