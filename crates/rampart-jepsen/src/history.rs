@@ -374,36 +374,45 @@ struct Pairer {
 
 impl Pairer {
     fn push(&mut self, line: usize, e: Event) -> Result<(), HistoryError> {
-        let bad = |rule| HistoryError::BadValue {
-            line,
-            f: e.f,
-            kind: e.kind,
-            value: e.value,
-            rule,
-        };
         if e.kind == EventType::Invoke {
-            let kind = match (e.f, e.value) {
-                (Func::Read, Value::Null) => OpKind::Read(None),
-                (Func::Read, _) => return Err(bad("a read is invoked with null")),
-                (Func::Write, Value::Int(v)) => OpKind::Write(v),
-                (Func::Write, _) => return Err(bad("a write is invoked with an integer")),
-                (Func::Cas, Value::Pair(expected, new)) => OpKind::Cas { expected, new },
-                (Func::Cas, _) => return Err(bad("a cas is invoked with [expected, new]")),
-            };
-            self.open
-                .entry(e.process)
-                .or_default()
-                .push((self.ops.len(), line));
-            self.ops.push(Op {
-                process: e.process,
-                key: e.key,
-                kind,
-                outcome: Outcome::Info,
-                invoke: e.time,
-                complete: None,
-            });
-            return Ok(());
+            self.invoke(line, e)
+        } else {
+            self.complete(line, e)
         }
+    }
+
+    /// Opens an operation for the event's process.
+    fn invoke(&mut self, line: usize, e: Event) -> Result<(), HistoryError> {
+        let kind = match (e.f, e.value) {
+            (Func::Read, Value::Null) => OpKind::Read(None),
+            (Func::Read, _) => return Err(bad_value(line, &e, "a read is invoked with null")),
+            (Func::Write, Value::Int(v)) => OpKind::Write(v),
+            (Func::Write, _) => {
+                return Err(bad_value(line, &e, "a write is invoked with an integer"));
+            }
+            (Func::Cas, Value::Pair(expected, new)) => OpKind::Cas { expected, new },
+            (Func::Cas, _) => {
+                return Err(bad_value(line, &e, "a cas is invoked with [expected, new]"));
+            }
+        };
+        self.open
+            .entry(e.process)
+            .or_default()
+            .push((self.ops.len(), line));
+        self.ops.push(Op {
+            process: e.process,
+            key: e.key,
+            kind,
+            outcome: Outcome::Info,
+            invoke: e.time,
+            complete: None,
+        });
+        Ok(())
+    }
+
+    /// Completes the process's latest open operation, which must be for the same function
+    /// and key, and not later than the completion.
+    fn complete(&mut self, line: usize, e: Event) -> Result<(), HistoryError> {
         let Some((idx, invoke_line)) = self.open.get_mut(&e.process).and_then(Vec::pop) else {
             return Err(HistoryError::NoInvocation {
                 line,
@@ -432,31 +441,7 @@ impl Pairer {
                 invoked: op.invoke,
             });
         }
-        match (op.kind, e.value) {
-            (OpKind::Read(_), v) if e.kind == EventType::Ok => {
-                op.kind = OpKind::Read(match v {
-                    Value::Null => None,
-                    Value::Int(v) => Some(v),
-                    Value::Pair(..) => {
-                        return Err(bad("a read returns null or an integer"));
-                    }
-                });
-            }
-            // Failed or unknown reads returned nothing; whatever the line says is ignored.
-            (OpKind::Read(_), _) | (OpKind::Write(_) | OpKind::Cas { .. }, Value::Null) => {}
-            (OpKind::Write(w), Value::Int(v)) if w == v => {}
-            (OpKind::Write(_), _) => {
-                return Err(bad(
-                    "a write's completion repeats its invoked value or is null",
-                ));
-            }
-            (OpKind::Cas { expected, new }, Value::Pair(a, b)) if (a, b) == (expected, new) => {}
-            (OpKind::Cas { .. }, _) => {
-                return Err(bad(
-                    "a cas's completion repeats its invoked pair or is null",
-                ));
-            }
-        }
+        op.kind = completed_kind(op.kind, line, &e)?;
         op.outcome = match e.kind {
             EventType::Ok => Outcome::Ok,
             EventType::Fail => Outcome::Fail,
@@ -468,6 +453,44 @@ impl Pairer {
 
     fn finish(self) -> Vec<Op> {
         self.ops
+    }
+}
+
+/// The operation as its completion `e` leaves it: an `ok` read learns the value it read;
+/// anything else must repeat its invoked value, or be null.
+fn completed_kind(kind: OpKind, line: usize, e: &Event) -> Result<OpKind, HistoryError> {
+    match (kind, e.value) {
+        (OpKind::Read(_), v) if e.kind == EventType::Ok => Ok(OpKind::Read(match v {
+            Value::Null => None,
+            Value::Int(v) => Some(v),
+            Value::Pair(..) => {
+                return Err(bad_value(line, e, "a read returns null or an integer"));
+            }
+        })),
+        // Failed or unknown reads returned nothing; whatever the line says is ignored.
+        (OpKind::Read(_), _) | (OpKind::Write(_) | OpKind::Cas { .. }, Value::Null) => Ok(kind),
+        (OpKind::Write(w), Value::Int(v)) if w == v => Ok(kind),
+        (OpKind::Write(_), _) => Err(bad_value(
+            line,
+            e,
+            "a write's completion repeats its invoked value or is null",
+        )),
+        (OpKind::Cas { expected, new }, Value::Pair(a, b)) if (a, b) == (expected, new) => Ok(kind),
+        (OpKind::Cas { .. }, _) => Err(bad_value(
+            line,
+            e,
+            "a cas's completion repeats its invoked pair or is null",
+        )),
+    }
+}
+
+fn bad_value(line: usize, e: &Event, rule: &'static str) -> HistoryError {
+    HistoryError::BadValue {
+        line,
+        f: e.f,
+        kind: e.kind,
+        value: e.value,
+        rule,
     }
 }
 
