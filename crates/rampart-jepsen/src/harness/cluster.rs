@@ -192,78 +192,8 @@ impl Cluster {
         fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
         let mut cmd = match self.settings.server {
-            super::Server::Rampart => {
-                let bin = self.settings.bin.to_string_lossy().into_owned();
-                let mut cmd = self.net.command(i, &bin);
-                let secure = self.settings.secure;
-                cmd.args(["kv", "serve", "--name", &format!("n{i}")])
-                    .arg("--data-dir")
-                    .arg(&data_dir)
-                    .args([
-                        "--listen-client-urls",
-                        &client_url(&self.net, i, secure),
-                        "--listen-peer-urls",
-                        &peer_url(&self.net, i, secure),
-                        "--initial-cluster",
-                        &initial_cluster,
-                        "--initial-cluster-state",
-                        "new",
-                        "--heartbeat-interval",
-                        &duration_flag(self.settings.heartbeat),
-                        "--election-timeout",
-                        &duration_flag(self.settings.election_timeout),
-                        "--request-timeout",
-                        &duration_flag(self.settings.server_request_timeout),
-                    ]);
-                if secure {
-                    let certs = self.settings.dir.join("certs");
-                    let own = self.net.addr(i).to_string();
-                    let cert = certs.join(format!("{own}.pem"));
-                    let key = certs.join(format!("{own}-key.pem"));
-                    let ca = certs.join("ca.pem");
-                    for (flag, path) in [
-                        ("--cert-file", &cert),
-                        ("--key-file", &key),
-                        ("--trusted-ca-file", &ca),
-                        ("--peer-cert-file", &cert),
-                        ("--peer-key-file", &key),
-                        ("--peer-trusted-ca-file", &ca),
-                    ] {
-                        cmd.arg(flag).arg(path);
-                    }
-                    cmd.args(["--client-cert-auth", "--peer-client-cert-auth"]);
-                }
-                cmd
-            }
-            super::Server::Etcd => {
-                let mut cmd = self.net.command(i, "etcd");
-                cmd.args(["--name", &format!("n{i}")])
-                    .arg("--data-dir")
-                    .arg(&data_dir)
-                    .args([
-                        "--listen-client-urls",
-                        &client_url(&self.net, i, false),
-                        "--advertise-client-urls",
-                        &client_url(&self.net, i, false),
-                        "--listen-peer-urls",
-                        &peer_url(&self.net, i, false),
-                        "--initial-advertise-peer-urls",
-                        &peer_url(&self.net, i, false),
-                        "--initial-cluster",
-                        &initial_cluster,
-                        "--initial-cluster-state",
-                        "new",
-                        "--initial-cluster-token",
-                        "rampart-jepsen",
-                        "--heartbeat-interval",
-                        &self.settings.heartbeat.as_millis().to_string(),
-                        "--election-timeout",
-                        &self.settings.election_timeout.as_millis().to_string(),
-                        "--log-level",
-                        "warn",
-                    ]);
-                cmd
-            }
+            super::Server::Rampart => self.rampart_command(i, &data_dir, &initial_cluster),
+            super::Server::Etcd => self.etcd_command(i, &data_dir, &initial_cluster),
         };
         cmd.stdin(Stdio::null()).stdout(log).stderr(log_err);
         let child = cmd
@@ -274,6 +204,82 @@ impl Cluster {
         node.child = Some(child);
         node.paused = false;
         Ok(())
+    }
+
+    /// `rampart kv serve` for node `i`, with TLS on both ports when secure.
+    fn rampart_command(&self, i: usize, data_dir: &Path, initial_cluster: &str) -> Command {
+        let bin = self.settings.bin.to_string_lossy().into_owned();
+        let mut cmd = self.net.command(i, &bin);
+        let secure = self.settings.secure;
+        cmd.args(["kv", "serve", "--name", &format!("n{i}")])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args([
+                "--listen-client-urls",
+                &client_url(&self.net, i, secure),
+                "--listen-peer-urls",
+                &peer_url(&self.net, i, secure),
+                "--initial-cluster",
+                initial_cluster,
+                "--initial-cluster-state",
+                "new",
+                "--heartbeat-interval",
+                &duration_flag(self.settings.heartbeat),
+                "--election-timeout",
+                &duration_flag(self.settings.election_timeout),
+                "--request-timeout",
+                &duration_flag(self.settings.server_request_timeout),
+            ]);
+        if secure {
+            let certs = self.settings.dir.join("certs");
+            let own = self.net.addr(i).to_string();
+            let cert = certs.join(format!("{own}.pem"));
+            let key = certs.join(format!("{own}-key.pem"));
+            let ca = certs.join("ca.pem");
+            for (flag, path) in [
+                ("--cert-file", &cert),
+                ("--key-file", &key),
+                ("--trusted-ca-file", &ca),
+                ("--peer-cert-file", &cert),
+                ("--peer-key-file", &key),
+                ("--peer-trusted-ca-file", &ca),
+            ] {
+                cmd.arg(flag).arg(path);
+            }
+            cmd.args(["--client-cert-auth", "--peer-client-cert-auth"]);
+        }
+        cmd
+    }
+
+    /// `etcd` for node `i`, as the reference to compare Rampart with.
+    fn etcd_command(&self, i: usize, data_dir: &Path, initial_cluster: &str) -> Command {
+        let mut cmd = self.net.command(i, "etcd");
+        cmd.args(["--name", &format!("n{i}")])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args([
+                "--listen-client-urls",
+                &client_url(&self.net, i, false),
+                "--advertise-client-urls",
+                &client_url(&self.net, i, false),
+                "--listen-peer-urls",
+                &peer_url(&self.net, i, false),
+                "--initial-advertise-peer-urls",
+                &peer_url(&self.net, i, false),
+                "--initial-cluster",
+                initial_cluster,
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                "rampart-jepsen",
+                "--heartbeat-interval",
+                &self.settings.heartbeat.as_millis().to_string(),
+                "--election-timeout",
+                &self.settings.election_timeout.as_millis().to_string(),
+                "--log-level",
+                "warn",
+            ]);
+        cmd
     }
 
     pub(crate) fn is_running(&self, i: usize) -> bool {
