@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use rampart_kv::client::Client;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::checker::{self, Report, Verdict};
 use crate::history::{EventType, HistoryWriter, Value};
@@ -233,164 +234,56 @@ impl fmt::Display for Outcome {
 /// set up the network failed); a misbehaving store is reported in the [`Outcome`].
 pub async fn run(cfg: Config) -> Result<Outcome> {
     cfg.validate()?;
-    let history_path = cfg.dir.join("history.jsonl");
-    // Old node data would start the registers from old values, which the checker (whose
-    // registers start absent) would rightly call a violation.
-    if history_path.exists() || cfg.dir.join("n1").exists() {
-        bail!(
-            "{} already holds a run (history or node data): pick a new directory or delete it",
-            cfg.dir.display()
-        );
-    }
-    std::fs::create_dir_all(&cfg.dir).with_context(|| format!("creating {}", cfg.dir.display()))?;
-    let settings = cluster::NodeSettings {
-        server: cfg.server,
-        bin: cfg.rampart_bin.clone(),
-        dir: cfg.dir.clone(),
-        heartbeat: cfg.heartbeat,
-        election_timeout: cfg.election_timeout,
-        server_request_timeout: cfg.request_timeout * 2,
-        secure: cfg.secure,
-    };
-    let mut cluster = cluster::Cluster::start(&cfg.prefix, cfg.nodes, settings)?;
-    cluster.wait_ready(cfg.settle_timeout).await?;
-    if cfg.secure {
-        cluster.enable_auth().await?;
-    }
-    let security = cluster.security();
-    eprintln!(
-        "cluster of {} up (data and logs in {}); running {} clients for {:?}",
-        cfg.nodes,
-        cluster.dir().display(),
-        cfg.clients,
-        cfg.duration
-    );
-
-    let history = HistoryWriter::create(&history_path)?;
-    let shared = Arc::new(workload::Shared::new(history, cfg.keys, security.clone()));
-    let client_settings = workload::ClientSettings {
-        timeout: cfg.request_timeout,
-        serializable_reads: cfg.serializable_reads,
-    };
-    let mut rng = fastrand::Rng::with_seed(cfg.seed);
-    let stop_at = Instant::now() + cfg.duration;
-    let mut workers = tokio::task::JoinSet::new();
-    for w in 0..cfg.clients {
-        let endpoint = cluster.client_url(w % cfg.nodes + 1);
-        workers.spawn(workload::worker(
-            shared.clone(),
-            endpoint,
-            client_settings,
-            rng.u64(..),
-            stop_at,
-        ));
-    }
-    // Keys are "k0", "k1", ...: one watcher on the prefix follows all of them.
-    let endpoints: Vec<String> = (1..=cfg.nodes).map(|i| cluster.client_url(i)).collect();
-    let watch = tokio::spawn(watcher::follow(
-        endpoints.clone(),
-        "k",
-        tokio::time::Instant::from_std(stop_at),
-        None,
-        cfg.request_timeout,
-        security.clone(),
-    ));
-    let mut nemesis_log = NemesisLog::default();
+    let mut run = Run::start(cfg).await?;
+    let mut rng = fastrand::Rng::with_seed(run.cfg.seed);
+    let stop_at = Instant::now() + run.cfg.duration;
+    let workers = run.spawn_workers(&mut rng, stop_at);
+    let watch = run.spawn_watcher(stop_at);
     let nemesis_result = nemesis::run(
-        &mut cluster,
-        &cfg.schedule,
+        &mut run.cluster,
+        &run.cfg.schedule,
         &mut rng,
-        &shared.history,
+        &run.shared.history,
         stop_at,
-        &mut nemesis_log,
     )
     .await;
-    // Every operation is bounded, so the workers finish soon after `stop_at`.
-    let mut worker_errors = Vec::new();
-    while let Some(r) = workers.join_next().await {
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => worker_errors.push(format!("{e:#}")),
-            Err(e) => worker_errors.push(format!("worker panicked: {e}")),
-        }
-    }
-    nemesis_result.context("the nemesis failed")?;
+    let worker_errors = join_workers(workers).await;
+    let nemesis_log = nemesis_result.context("the nemesis failed")?;
+    let tally = &run.shared.tally;
     let (ok, fail, info) = (
-        shared.tally.ok.load(Ordering::Relaxed),
-        shared.tally.fail.load(Ordering::Relaxed),
-        shared.tally.info.load(Ordering::Relaxed),
+        tally.ok.load(Ordering::Relaxed),
+        tally.fail.load(Ordering::Relaxed),
+        tally.info.load(Ordering::Relaxed),
     );
-    let errors = shared.tally.errors();
+    let errors = tally.errors();
     let mut problems: Vec<String> = worker_errors
         .into_iter()
         .map(|e| format!("a client failed: {e}"))
         .collect();
 
-    let mut watch_events = None;
     // Settle, then read every key through a healthy cluster.
-    let final_values = match cluster.wait_ready(cfg.settle_timeout).await {
-        Ok(()) => read_all(&cluster, &shared, client_settings, cfg.settle_timeout).await,
-        Err(e) => {
-            problems.push(format!("after healing: {e:#}"));
-            BTreeMap::new()
-        }
-    };
-    if final_values.len() < cfg.keys {
+    let final_values = run
+        .settle_and_read_all("after healing", &mut problems)
+        .await;
+    if final_values.len() < run.cfg.keys {
         problems.push(format!(
             "only {} of {} keys could be read after healing",
             final_values.len(),
-            cfg.keys
+            run.cfg.keys
         ));
     }
-
-    // Every committed revision reached the watcher once and in order, across the faults.
-    match watch.await {
-        Ok(Ok(seen)) if problems.is_empty() => {
-            match watcher::full_history(&endpoints, "k", cfg.settle_timeout, &security).await {
-                Ok(full) => {
-                    shared.history.flush()?;
-                    let ops = crate::history::read_history(&history_path)?;
-                    problems.extend(
-                        watcher::compare(&seen, &full, &ops)
-                            .into_iter()
-                            .map(|p| format!("watch: {p}")),
-                    );
-                    watch_events = Some((seen.len(), full.len()));
-                }
-                Err(e) => problems.push(format!("watch: {e}")),
-            }
-        }
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => problems.push(format!("watch: {e}")),
-        Err(e) => problems.push(format!("the watcher panicked: {e}")),
-    }
-
+    let watch_events = run.check_watch(watch, &mut problems).await?;
     let mut after_restart = None;
-    if cfg.restart_check && problems.is_empty() {
-        eprintln!("killing and restarting every node");
-        cluster.kill_all()?;
-        cluster.revive_all()?;
-        let after = match cluster.wait_ready(cfg.settle_timeout).await {
-            Ok(()) => read_all(&cluster, &shared, client_settings, cfg.settle_timeout).await,
-            Err(e) => {
-                problems.push(format!("after a full restart: {e:#}"));
-                BTreeMap::new()
-            }
-        };
-        for (key, before) in &final_values {
-            match after.get(key) {
-                Some(v) if v == before => {}
-                Some(v) => problems.push(format!(
-                    "key {key} read {before:?} before the full restart and {v:?} after, \
-                     with no writes in between: an acknowledged write was lost, or a \
-                     linearizable read after the restart was stale"
-                )),
-                None => problems.push(format!("key {key} could not be read after the restart")),
-            }
-        }
-        after_restart = Some(after);
+    if run.cfg.restart_check && problems.is_empty() {
+        after_restart = Some(run.restart_check(&final_values, &mut problems).await?);
     }
-    shared.history.flush()?;
+    run.shared.history.flush()?;
+    let Run {
+        cfg,
+        cluster,
+        history_path,
+        ..
+    } = run;
     drop(cluster);
 
     let path = history_path.clone();
@@ -413,6 +306,200 @@ pub async fn run(cfg: Config) -> Result<Outcome> {
     })
 }
 
+/// A run under way: its settings, the cluster, and what the clients share.
+struct Run {
+    cfg: Config,
+    cluster: cluster::Cluster,
+    shared: Arc<workload::Shared>,
+    client_settings: workload::ClientSettings,
+    /// Every node's client URL.
+    endpoints: Vec<String>,
+    history_path: PathBuf,
+}
+
+impl Run {
+    /// Starts the cluster in the fresh directory `cfg.dir` (with auth when secure) and
+    /// creates the history there.
+    async fn start(cfg: Config) -> Result<Self> {
+        let history_path = cfg.dir.join("history.jsonl");
+        // Old node data would start the registers from old values, which the checker (whose
+        // registers start absent) would rightly call a violation.
+        if history_path.exists() || cfg.dir.join("n1").exists() {
+            bail!(
+                "{} already holds a run (history or node data): pick a new directory or delete it",
+                cfg.dir.display()
+            );
+        }
+        std::fs::create_dir_all(&cfg.dir)
+            .with_context(|| format!("creating {}", cfg.dir.display()))?;
+        let settings = cluster::NodeSettings {
+            server: cfg.server,
+            bin: cfg.rampart_bin.clone(),
+            dir: cfg.dir.clone(),
+            heartbeat: cfg.heartbeat,
+            election_timeout: cfg.election_timeout,
+            server_request_timeout: cfg.request_timeout * 2,
+            secure: cfg.secure,
+        };
+        let cluster = cluster::Cluster::start(&cfg.prefix, cfg.nodes, settings)?;
+        cluster.wait_ready(cfg.settle_timeout).await?;
+        if cfg.secure {
+            cluster.enable_auth().await?;
+        }
+        eprintln!(
+            "cluster of {} up (data and logs in {}); running {} clients for {:?}",
+            cfg.nodes,
+            cluster.dir().display(),
+            cfg.clients,
+            cfg.duration
+        );
+        let history = HistoryWriter::create(&history_path)?;
+        let shared = Arc::new(workload::Shared::new(history, cfg.keys, cluster.security()));
+        let client_settings = workload::ClientSettings {
+            timeout: cfg.request_timeout,
+            serializable_reads: cfg.serializable_reads,
+        };
+        let endpoints = (1..=cfg.nodes).map(|i| cluster.client_url(i)).collect();
+        Ok(Self {
+            cfg,
+            cluster,
+            shared,
+            client_settings,
+            endpoints,
+            history_path,
+        })
+    }
+
+    /// The clients, each bound to one node, working until `stop_at`.
+    fn spawn_workers(&self, rng: &mut fastrand::Rng, stop_at: Instant) -> JoinSet<Result<()>> {
+        let mut workers = JoinSet::new();
+        for w in 0..self.cfg.clients {
+            let endpoint = self.cluster.client_url(w % self.cfg.nodes + 1);
+            workers.spawn(workload::worker(
+                self.shared.clone(),
+                endpoint,
+                self.client_settings,
+                rng.u64(..),
+                stop_at,
+            ));
+        }
+        workers
+    }
+
+    /// The watcher, following every key until `stop_at`.
+    fn spawn_watcher(&self, stop_at: Instant) -> JoinHandle<Result<Vec<watcher::Seen>, String>> {
+        let nodes = watcher::Nodes {
+            endpoints: self.endpoints.clone(),
+            timeout: self.cfg.request_timeout,
+            security: self.shared.security.clone(),
+        };
+        // Keys are "k0", "k1", ...: one watcher on the prefix follows all of them.
+        tokio::spawn(watcher::follow(
+            nodes,
+            "k",
+            tokio::time::Instant::from_std(stop_at),
+            None,
+        ))
+    }
+
+    /// Waits for the cluster to settle, then reads every key; a cluster that does not
+    /// settle is a problem `when` (e.g. "after healing") and yields no values.
+    async fn settle_and_read_all(
+        &self,
+        when: &str,
+        problems: &mut Vec<String>,
+    ) -> BTreeMap<String, Option<i64>> {
+        match self.cluster.wait_ready(self.cfg.settle_timeout).await {
+            Ok(()) => {
+                read_all(
+                    &self.cluster,
+                    &self.shared,
+                    self.client_settings,
+                    self.cfg.settle_timeout,
+                )
+                .await
+            }
+            Err(e) => {
+                problems.push(format!("{when}: {e:#}"));
+                BTreeMap::new()
+            }
+        }
+    }
+
+    /// Every committed revision reached the watcher once and in order, across the faults.
+    /// Returns the events the watcher saw and those in the store's history, when compared.
+    async fn check_watch(
+        &self,
+        watch: JoinHandle<Result<Vec<watcher::Seen>, String>>,
+        problems: &mut Vec<String>,
+    ) -> Result<Option<(usize, usize)>> {
+        match watch.await {
+            Ok(Ok(seen)) if problems.is_empty() => {
+                let security = &self.shared.security;
+                let within = self.cfg.settle_timeout;
+                match watcher::full_history(&self.endpoints, "k", within, security).await {
+                    Ok(full) => {
+                        self.shared.history.flush()?;
+                        let ops = crate::history::read_history(&self.history_path)?;
+                        problems.extend(
+                            watcher::compare(&seen, &full, &ops)
+                                .into_iter()
+                                .map(|p| format!("watch: {p}")),
+                        );
+                        return Ok(Some((seen.len(), full.len())));
+                    }
+                    Err(e) => problems.push(format!("watch: {e}")),
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => problems.push(format!("watch: {e}")),
+            Err(e) => problems.push(format!("the watcher panicked: {e}")),
+        }
+        Ok(None)
+    }
+
+    /// Kills and restarts every node, then checks that each key still reads as in
+    /// `final_values`. Returns what it read after the restart.
+    async fn restart_check(
+        &mut self,
+        final_values: &BTreeMap<String, Option<i64>>,
+        problems: &mut Vec<String>,
+    ) -> Result<BTreeMap<String, Option<i64>>> {
+        eprintln!("killing and restarting every node");
+        self.cluster.kill_all()?;
+        self.cluster.revive_all()?;
+        let after = self
+            .settle_and_read_all("after a full restart", problems)
+            .await;
+        for (key, before) in final_values {
+            match after.get(key) {
+                Some(v) if v == before => {}
+                Some(v) => problems.push(format!(
+                    "key {key} read {before:?} before the full restart and {v:?} after, \
+                     with no writes in between: an acknowledged write was lost, or a \
+                     linearizable read after the restart was stale"
+                )),
+                None => problems.push(format!("key {key} could not be read after the restart")),
+            }
+        }
+        Ok(after)
+    }
+}
+
+/// Waits for every worker (each operation is bounded, so they finish soon after their
+/// stop); returns their failures.
+async fn join_workers(mut workers: JoinSet<Result<()>>) -> Vec<String> {
+    let mut errors = Vec::new();
+    while let Some(r) = workers.join_next().await {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => errors.push(format!("{e:#}")),
+            Err(e) => errors.push(format!("worker panicked: {e}")),
+        }
+    }
+    errors
+}
+
 /// Reads every key linearizably, recording each attempt, retrying until each read succeeds
 /// or `within` passes. Returns the keys that were read.
 async fn read_all(
@@ -425,15 +512,19 @@ async fn read_all(
     let deadline = Instant::now() + within;
     let endpoints: Vec<String> = (1..=cluster.len()).map(|i| cluster.client_url(i)).collect();
     let mut values = BTreeMap::new();
-    let Ok(mut client) =
-        Client::with_security(&endpoints, settings.timeout, shared.security.clone())
+    let Ok(client) = Client::with_security(&endpoints, settings.timeout, shared.security.clone())
     else {
         return values;
+    };
+    let mut session = workload::Session {
+        shared,
+        client,
+        settings,
     };
     for (k, key) in shared.keys.iter().enumerate() {
         while Instant::now() < deadline {
             let process = shared.new_process();
-            match workload::read(shared, &mut client, process, k, settings).await {
+            match session.read(process, k).await {
                 Ok((EventType::Ok, v)) => {
                     let v = match v {
                         Value::Int(v) => Some(v),

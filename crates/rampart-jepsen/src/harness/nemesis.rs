@@ -105,20 +105,23 @@ enum Undo {
     Heal,
 }
 
-/// Runs the schedule until `stop_at`; always leaves the cluster healed, every node
-/// running and unpaused, even when applying a fault fails.
+/// Runs the schedule until `stop_at`, returning what it did; always leaves the cluster
+/// healed, every node running and unpaused, even when applying a fault fails.
 pub(crate) async fn run(
     cluster: &mut Cluster,
     schedule: &Schedule,
     rng: &mut fastrand::Rng,
     history: &HistoryWriter,
     stop_at: Instant,
-    log: &mut NemesisLog,
-) -> Result<()> {
-    let result = run_inner(cluster, schedule, rng, history, stop_at, log).await;
+) -> Result<NemesisLog> {
+    let result = run_inner(cluster, schedule, rng, history, stop_at).await;
     let healed = heal(cluster.net()).await;
     let revived = cluster.revive_all();
-    result.and(healed).and(revived)
+    // The first failure is the one reported: the run's own, then healing, then reviving.
+    let log = result?;
+    healed?;
+    revived?;
+    Ok(log)
 }
 
 async fn run_inner(
@@ -127,11 +130,11 @@ async fn run_inner(
     rng: &mut fastrand::Rng,
     history: &HistoryWriter,
     stop_at: Instant,
-    log: &mut NemesisLog,
-) -> Result<()> {
+) -> Result<NemesisLog> {
+    let mut log = NemesisLog::default();
     if schedule.faults.is_empty() {
         sleep_until(stop_at).await;
-        return Ok(());
+        return Ok(log);
     }
     sleep_until((Instant::now() + schedule.quiet).min(stop_at)).await;
     for &fault in schedule.faults.iter().cycle() {
@@ -165,27 +168,32 @@ async fn run_inner(
                 if new_term { ", a new term" } else { "" }
             ),
         );
-        let what = match undo {
-            Undo::Restart(i) => {
-                cluster.spawn(i)?;
-                format!("restarted node {i}")
-            }
-            Undo::Resume(i) => {
-                cluster.pause(i, false)?;
-                format!("resumed node {i}")
-            }
-            Undo::Heal => {
-                heal(cluster.net()).await?;
-                "healed the network".to_owned()
-            }
-        };
+        let what = revert(cluster, undo).await?;
         log.note(history, &format!("end {fault}: {what}"));
         sleep_until((Instant::now() + schedule.quiet).min(stop_at)).await;
         if Instant::now() >= stop_at {
             break;
         }
     }
-    Ok(())
+    Ok(log)
+}
+
+/// Ends a fault; says what it did.
+async fn revert(cluster: &mut Cluster, undo: Undo) -> Result<String> {
+    Ok(match undo {
+        Undo::Restart(i) => {
+            cluster.spawn(i)?;
+            format!("restarted node {i}")
+        }
+        Undo::Resume(i) => {
+            cluster.pause(i, false)?;
+            format!("resumed node {i}")
+        }
+        Undo::Heal => {
+            heal(cluster.net()).await?;
+            "healed the network".to_owned()
+        }
+    })
 }
 
 fn describe(leader: Option<(usize, u64)>) -> String {

@@ -20,17 +20,29 @@ pub(crate) type Seen = (i64, String, String);
 /// A stream silent for this long (while the clients keep writing) counts as stuck.
 const QUIET: Duration = Duration::from_secs(3);
 
+/// How the watcher reaches the nodes: one endpoint at a time, in turn.
+#[derive(Debug, Clone)]
+pub(crate) struct Nodes {
+    pub(crate) endpoints: Vec<String>,
+    /// Per-request timeout of each client.
+    pub(crate) timeout: Duration,
+    pub(crate) security: Security,
+}
+
 /// Follow every key under `prefix` from revision 1 until `stop` (or until revision `until`
 /// has been seen). Returns the events seen, or a description of a duplicate or
 /// out-of-order event (the stream went backwards).
 pub(crate) async fn follow(
-    endpoints: Vec<String>,
+    nodes: Nodes,
     prefix: &str,
     stop: Instant,
     until: Option<i64>,
-    timeout: Duration,
-    security: Security,
 ) -> Result<Vec<Seen>, String> {
+    let Nodes {
+        endpoints,
+        timeout,
+        security,
+    } = nodes;
     let mut seen: Vec<Seen> = Vec::new();
     let mut next = 1;
     let mut node = 0;
@@ -154,15 +166,12 @@ pub(crate) async fn full_history(
         .map_err(|e| format!("reading the current revision: {e}"))?
         .header
         .map_or(0, |h| h.revision);
-    let all = follow(
-        endpoints.to_vec(),
-        prefix,
-        deadline,
-        Some(current),
-        Duration::from_secs(2),
-        security.clone(),
-    )
-    .await?;
+    let nodes = Nodes {
+        endpoints: endpoints.to_vec(),
+        timeout: Duration::from_secs(2),
+        security: security.clone(),
+    };
+    let all = follow(nodes, prefix, deadline, Some(current)).await?;
     let upto: Vec<Seen> = all
         .into_iter()
         .filter(|(rev, _, _)| *rev <= current)

@@ -113,28 +113,33 @@ pub(crate) async fn worker(
 ) -> Result<()> {
     let mut rng = fastrand::Rng::with_seed(seed);
     // A single endpoint: the client library must not move a write to another node.
-    let mut client = Client::with_security(
+    let client = Client::with_security(
         std::slice::from_ref(&endpoint),
         settings.timeout,
         shared.security.clone(),
     )
     .with_context(|| format!("client for {endpoint}"))?;
+    let mut session = Session {
+        shared: &shared,
+        client,
+        settings,
+    };
     let mut process = shared.new_process();
     while Instant::now() < stop_at {
         let k = rng.usize(..shared.keys.len());
         let roll = rng.u8(..100);
         let kind = if roll < 50 {
-            read(&shared, &mut client, process, k, settings).await?.0
+            session.read(process, k).await?.0
         } else if roll < 75 {
             let v = shared.next_value.fetch_add(1, Ordering::Relaxed);
-            write(&shared, &mut client, process, k, v, settings).await?
+            session.write(process, k, v).await?
         } else {
             let expected = match shared.last_seen[k].load(Ordering::Relaxed) {
                 0 => rng.i64(1..=shared.next_value.load(Ordering::Relaxed)),
                 v => v,
             };
             let new = shared.next_value.fetch_add(1, Ordering::Relaxed);
-            cas(&shared, &mut client, process, k, expected, new, settings).await?
+            session.cas(process, k, expected, new).await?
         };
         if kind == EventType::Info {
             process = shared.new_process();
@@ -150,132 +155,126 @@ fn op_bound(settings: ClientSettings) -> Duration {
     settings.timeout * 4 + Duration::from_secs(1)
 }
 
-/// Reads key `k` and records it; returns the outcome and the value read. Errors are
-/// `fail`: a read changes nothing.
-pub(crate) async fn read(
-    shared: &Shared,
-    client: &mut Client,
-    process: u64,
-    k: usize,
-    settings: ClientSettings,
-) -> Result<(EventType, Value)> {
-    let key = &shared.keys[k];
-    let h = &shared.history;
-    h.record(process, EventType::Invoke, Func::Read, key, Value::Null)?;
-    let req = pb::RangeRequest {
-        key: key.as_bytes().to_vec(),
-        serializable: settings.serializable_reads,
-        ..Default::default()
-    };
-    let result = tokio::time::timeout(op_bound(settings), client.range(req)).await;
-    let resp = match result {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => {
-            h.record(process, EventType::Fail, Func::Read, key, Value::Null)?;
-            shared.tally.count(EventType::Fail, Some(&brief(&e)));
-            return Ok((EventType::Fail, Value::Null));
-        }
-        Err(_) => {
-            h.record(process, EventType::Fail, Func::Read, key, Value::Null)?;
-            shared
-                .tally
-                .count(EventType::Fail, Some("harness bound elapsed"));
-            return Ok((EventType::Fail, Value::Null));
-        }
-    };
-    let value = match resp.kvs.first() {
-        None => Value::Null,
-        Some(kv) => {
-            let text = String::from_utf8_lossy(&kv.value);
-            let Ok(v) = text.parse::<i64>() else {
-                // Only this harness writes these keys, and only decimal integers: a value
-                // that is not one is corruption, not a client error.
-                h.record(process, EventType::Fail, Func::Read, key, Value::Null)?;
-                bail!("key {key} holds {text:?}, which this harness never wrote (corruption?)");
-            };
-            shared.saw(k, v);
-            Value::Int(v)
-        }
-    };
-    h.record(process, EventType::Ok, Func::Read, key, value)?;
-    shared.tally.count(EventType::Ok, None);
-    Ok((EventType::Ok, value))
+/// One client's connection, as its operations use it: each operation on it is recorded in
+/// the shared history and tallied.
+pub(crate) struct Session<'a> {
+    pub(crate) shared: &'a Shared,
+    pub(crate) client: Client,
+    pub(crate) settings: ClientSettings,
 }
 
-async fn write(
-    shared: &Shared,
-    client: &mut Client,
-    process: u64,
-    k: usize,
-    v: i64,
-    settings: ClientSettings,
-) -> Result<EventType> {
-    let key = &shared.keys[k];
-    let h = &shared.history;
-    h.record(process, EventType::Invoke, Func::Write, key, Value::Int(v))?;
-    let req = pb::PutRequest {
-        key: key.as_bytes().to_vec(),
-        value: v.to_string().into_bytes(),
-        ..Default::default()
-    };
-    let result = tokio::time::timeout(op_bound(settings), client.put(req)).await;
-    let (kind, error) = match result {
-        Ok(Ok(_)) => {
-            shared.saw(k, v);
-            (EventType::Ok, None)
-        }
-        Ok(Err(e)) => (write_error_outcome(&e), Some(brief(&e))),
-        Err(_) => (EventType::Info, Some("harness bound elapsed".to_owned())),
-    };
-    h.record(process, kind, Func::Write, key, Value::Int(v))?;
-    shared.tally.count(kind, error.as_deref());
-    Ok(kind)
-}
-
-async fn cas(
-    shared: &Shared,
-    client: &mut Client,
-    process: u64,
-    k: usize,
-    expected: i64,
-    new: i64,
-    settings: ClientSettings,
-) -> Result<EventType> {
-    let key = &shared.keys[k];
-    let h = &shared.history;
-    let value = Value::Pair(expected, new);
-    h.record(process, EventType::Invoke, Func::Cas, key, value)?;
-    let req = pb::TxnRequest {
-        compare: vec![pb::Compare {
-            result: CompareResult::Equal as i32,
-            target: CompareTarget::Value as i32,
+impl Session<'_> {
+    /// Reads key `k` and records it; returns the outcome and the value read. Errors are
+    /// `fail`: a read changes nothing.
+    pub(crate) async fn read(&mut self, process: u64, k: usize) -> Result<(EventType, Value)> {
+        let (shared, settings) = (self.shared, self.settings);
+        let key = &shared.keys[k];
+        let h = &shared.history;
+        h.record(process, EventType::Invoke, Func::Read, key, Value::Null)?;
+        let req = pb::RangeRequest {
             key: key.as_bytes().to_vec(),
-            target_union: Some(TargetUnion::Value(expected.to_string().into_bytes())),
+            serializable: settings.serializable_reads,
             ..Default::default()
-        }],
-        success: vec![pb::RequestOp {
-            request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+        };
+        let result = tokio::time::timeout(op_bound(settings), self.client.range(req)).await;
+        let resp = match result {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => {
+                h.record(process, EventType::Fail, Func::Read, key, Value::Null)?;
+                shared.tally.count(EventType::Fail, Some(&brief(&e)));
+                return Ok((EventType::Fail, Value::Null));
+            }
+            Err(_) => {
+                h.record(process, EventType::Fail, Func::Read, key, Value::Null)?;
+                shared
+                    .tally
+                    .count(EventType::Fail, Some("harness bound elapsed"));
+                return Ok((EventType::Fail, Value::Null));
+            }
+        };
+        let value = match resp.kvs.first() {
+            None => Value::Null,
+            Some(kv) => {
+                let text = String::from_utf8_lossy(&kv.value);
+                let Ok(v) = text.parse::<i64>() else {
+                    // Only this harness writes these keys, and only decimal integers: a value
+                    // that is not one is corruption, not a client error.
+                    h.record(process, EventType::Fail, Func::Read, key, Value::Null)?;
+                    bail!("key {key} holds {text:?}, which this harness never wrote (corruption?)");
+                };
+                shared.saw(k, v);
+                Value::Int(v)
+            }
+        };
+        h.record(process, EventType::Ok, Func::Read, key, value)?;
+        shared.tally.count(EventType::Ok, None);
+        Ok((EventType::Ok, value))
+    }
+
+    /// Writes `v` to key `k` and records it.
+    async fn write(&mut self, process: u64, k: usize, v: i64) -> Result<EventType> {
+        let (shared, settings) = (self.shared, self.settings);
+        let key = &shared.keys[k];
+        let h = &shared.history;
+        h.record(process, EventType::Invoke, Func::Write, key, Value::Int(v))?;
+        let req = pb::PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: v.to_string().into_bytes(),
+            ..Default::default()
+        };
+        let result = tokio::time::timeout(op_bound(settings), self.client.put(req)).await;
+        let (kind, error) = match result {
+            Ok(Ok(_)) => {
+                shared.saw(k, v);
+                (EventType::Ok, None)
+            }
+            Ok(Err(e)) => (write_error_outcome(&e), Some(brief(&e))),
+            Err(_) => (EventType::Info, Some("harness bound elapsed".to_owned())),
+        };
+        h.record(process, kind, Func::Write, key, Value::Int(v))?;
+        shared.tally.count(kind, error.as_deref());
+        Ok(kind)
+    }
+
+    /// Sets key `k` to `new` if it holds `expected`, and records it.
+    async fn cas(&mut self, process: u64, k: usize, expected: i64, new: i64) -> Result<EventType> {
+        let (shared, settings) = (self.shared, self.settings);
+        let key = &shared.keys[k];
+        let h = &shared.history;
+        let value = Value::Pair(expected, new);
+        h.record(process, EventType::Invoke, Func::Cas, key, value)?;
+        let req = pb::TxnRequest {
+            compare: vec![pb::Compare {
+                result: CompareResult::Equal as i32,
+                target: CompareTarget::Value as i32,
                 key: key.as_bytes().to_vec(),
-                value: new.to_string().into_bytes(),
+                target_union: Some(TargetUnion::Value(expected.to_string().into_bytes())),
                 ..Default::default()
-            })),
-        }],
-        failure: Vec::new(),
-    };
-    let result = tokio::time::timeout(op_bound(settings), client.txn(req)).await;
-    let (kind, error) = match result {
-        Ok(Ok(resp)) if resp.succeeded => {
-            shared.saw(k, new);
-            (EventType::Ok, None)
-        }
-        // The comparison failed: the txn ran and certainly did not put.
-        Ok(Ok(_)) => (EventType::Fail, None),
-        Ok(Err(e)) => (write_error_outcome(&e), Some(brief(&e))),
-        Err(_) => (EventType::Info, Some("harness bound elapsed".to_owned())),
-    };
-    h.record(process, kind, Func::Cas, key, value)?;
-    shared.tally.count(kind, error.as_deref());
-    Ok(kind)
+            }],
+            success: vec![pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                    key: key.as_bytes().to_vec(),
+                    value: new.to_string().into_bytes(),
+                    ..Default::default()
+                })),
+            }],
+            failure: Vec::new(),
+        };
+        let result = tokio::time::timeout(op_bound(settings), self.client.txn(req)).await;
+        let (kind, error) = match result {
+            Ok(Ok(resp)) if resp.succeeded => {
+                shared.saw(k, new);
+                (EventType::Ok, None)
+            }
+            // The comparison failed: the txn ran and certainly did not put.
+            Ok(Ok(_)) => (EventType::Fail, None),
+            Ok(Err(e)) => (write_error_outcome(&e), Some(brief(&e))),
+            Err(_) => (EventType::Info, Some("harness bound elapsed".to_owned())),
+        };
+        h.record(process, kind, Func::Cas, key, value)?;
+        shared.tally.count(kind, error.as_deref());
+        Ok(kind)
+    }
 }
 
 /// How a failed write or cas ended: `fail` only when it certainly had no effect (there was
