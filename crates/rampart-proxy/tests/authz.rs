@@ -270,8 +270,20 @@ clusters:
                 .as_deref()
                 == Some(rev)
         };
+        // Each change lands while the load is running: at least 50 requests since the last.
+        let progressed = |since: usize| {
+            let done = done.clone();
+            move || {
+                let n = done.load(Ordering::Relaxed);
+                async move { n >= since + 50 }
+            }
+        };
         for rev in ["2", "3", "4"] {
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            let since = done.load(Ordering::Relaxed);
+            assert!(
+                eventually(Duration::from_secs(10), progressed(since)).await,
+                "no load"
+            );
             write(rev);
             assert!(
                 eventually(Duration::from_secs(10), || seen_rev(rev)).await,
@@ -280,15 +292,26 @@ clusters:
         }
         // A bundle that does not compile, then one whose own test fails: both rejected, and
         // the last good revision keeps serving.
+        let rejected = |n: u32| {
+            let text = tg.gw.metrics().encode();
+            let want = format!("rampart_policy_bundles_rejected_total {n}");
+            async move { text.lines().any(|l| l == want) }
+        };
         std::fs::write(dir.join("live/authz.rego"), "package authz\ndecision if {").unwrap();
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert!(
+            eventually(Duration::from_secs(10), || rejected(1)).await,
+            "not rejected"
+        );
         assert!(seen_rev("4").await);
         std::fs::write(
             dir.join("live/authz.rego"),
             "package authz\ndecision := false\ntest_allows if decision\n",
         )
         .unwrap();
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert!(
+            eventually(Duration::from_secs(10), || rejected(2)).await,
+            "not rejected"
+        );
         assert!(seen_rev("4").await);
 
         done.store(usize::MAX, Ordering::Relaxed);

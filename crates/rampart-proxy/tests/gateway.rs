@@ -762,7 +762,14 @@ async fn reload_swaps_atomically_and_keeps_in_flight_on_old_config() {
     let tg = gateway(&v1).await;
     let addr = tg.addr;
     let old = tokio::spawn(async move { get(addr, "/delay/500", &[]).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let t = tg.gw.metrics().encode();
+            async move { t.contains("rampart_upstream_requests_active{cluster=\"a\"} 1") }
+        })
+        .await,
+        "the first request never reached its upstream"
+    );
 
     // The listener keeps its configured address, so it is not rebound; only routing changes.
     let v2 = config("          - forward: { cluster: b }\n", &clusters);
@@ -790,40 +797,47 @@ async fn reload_swaps_atomically_and_keeps_in_flight_on_old_config() {
     );
 }
 
+/// Connections an upstream accepted, and closed.
+#[derive(Default)]
+struct Conns {
+    accepted: std::sync::atomic::AtomicUsize,
+    closed: std::sync::atomic::AtomicUsize,
+}
+
 /// An upstream that answers one request per connection and then closes it without saying so
 /// (no `connection: close`), so the proxy's pooled connection goes stale while idle.
-async fn one_shot_upstream() -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) {
+async fn one_shot_upstream() -> (std::net::SocketAddr, std::sync::Arc<Conns>) {
+    use std::sync::atomic::Ordering::SeqCst;
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = accepted.clone();
+    let conns = std::sync::Arc::new(Conns::default());
+    let count = conns.clone();
     tokio::spawn(async move {
         loop {
             let Ok((mut s, _)) = l.accept().await else {
                 return;
             };
-            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            count.accepted.fetch_add(1, SeqCst);
+            let count = count.clone();
             tokio::spawn(async move {
                 let head = read_head(&mut s).await;
-                if head.is_empty() {
-                    return;
+                if !head.is_empty() {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
                 }
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                drop(s);
+                count.closed.fetch_add(1, SeqCst);
             });
         }
     });
-    (addr, accepted)
+    (addr, conns)
 }
 
 #[tokio::test]
 async fn stale_pooled_connections_are_replaced_transparently() {
-    let (addr, accepted) = one_shot_upstream().await;
+    use std::sync::atomic::Ordering::SeqCst;
+    let (addr, conns) = one_shot_upstream().await;
     let tg = gateway(&config(
         "          - forward: { cluster: u }\n",
         &cluster("u", &[addr], ""),
@@ -833,10 +847,14 @@ async fn stale_pooled_connections_are_replaced_transparently() {
         let r = get(tg.addr, "/", &[]).await;
         assert_eq!(r.status, 200, "request {i}: {}", r.text());
         assert_eq!(r.text(), "ok");
-        // Let the upstream close the connection the proxy pooled.
-        tokio::time::sleep(Duration::from_millis(80)).await;
+        // The upstream has closed the connection the proxy pooled.
+        let closed = || {
+            let n = conns.closed.load(SeqCst);
+            async move { n > i }
+        };
+        assert!(eventually(Duration::from_secs(5), closed).await);
     }
-    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 5);
+    assert_eq!(conns.accepted.load(SeqCst), 5);
 }
 
 #[tokio::test]

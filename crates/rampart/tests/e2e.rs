@@ -223,18 +223,13 @@ async fn up_serves_the_demo_on_a_fresh_machine() {
 
     // In-process eBPF flow tracing when this build has it and runs as root.
     if cfg!(feature = "flows") && rustix::process::geteuid().as_raw() == 0 {
-        let mut flows = String::new();
-        for _ in 0..50 {
-            flows = metrics(local(9435)).await;
-            if flows.contains("rampart_flows_opened_total") {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(
-            flows.contains("rampart_flows_opened_total"),
-            "flow metrics:\n{flows}"
-        );
+        let seen = eventually(Duration::from_secs(5), || async {
+            metrics(local(9435))
+                .await
+                .contains("rampart_flows_opened_total")
+        })
+        .await;
+        assert!(seen, "flow metrics:\n{}", metrics(local(9435)).await);
     } else {
         loud_skip(
             "up_serves_the_demo_on_a_fresh_machine (its flow-metrics part)",
