@@ -270,26 +270,8 @@ impl TcCounter {
     pub fn attach(interface: &str, opts: TcCounterOptions) -> Result<Self, FlowsError> {
         opts.validate()?;
         check_tc_environment()?;
-        let no_such = |source: std::io::Error| FlowsError::NoSuchInterface {
-            name: interface.to_owned(),
-            source,
-        };
-        let ifindex = interface_index(interface).map_err(no_such)?;
-        let ifindex_i32 = i32::try_from(ifindex).map_err(|_| {
-            no_such(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("interface index {ifindex} out of range"),
-            ))
-        })?;
-        let netns = current_netns().map_err(|source| FlowsError::ProcStatus {
-            path: "/proc/thread-self/ns/net".into(),
-            source,
-        })?;
-        let netns_file =
-            File::open("/proc/thread-self/ns/net").map_err(|source| FlowsError::ProcStatus {
-                path: "/proc/thread-self/ns/net".into(),
-                source,
-            })?;
+        let (ifindex, ifindex_i32) = lookup_interface(interface)?;
+        let (netns, netns_file) = thread_netns()?;
 
         let capture = libbpf_log::Capture::begin();
         let mut storage = MaybeUninit::uninit();
@@ -309,66 +291,12 @@ impl TcCounter {
         let counters = MapHandle::try_from(&skel.maps.rf_tc_counters)
             .map_err(map_err("rf_tc_counters", "duplicate fd"))?;
 
-        let tc_err = |hook: &'static str, op: &'static str| {
-            let interface = interface.to_owned();
-            move |source| FlowsError::Tc {
-                interface,
-                hook,
-                op,
-                source,
-            }
-        };
         let ingress_fd = skel.progs.rf_tc_ingress.as_fd();
         let egress_fd = skel.progs.rf_tc_egress.as_fd();
-        // Handle and priority 0: the kernel picks free ones, so filters of others on the same
-        // hook are never replaced; attach() returns the hook with the chosen values.
-        let mut ingress = TcHookBuilder::new(ingress_fd)
-            .ifindex(ifindex_i32)
-            .replace(false)
-            .hook(TC_INGRESS);
-        let mut egress = TcHookBuilder::new(egress_fd)
-            .ifindex(ifindex_i32)
-            .replace(false)
-            .hook(TC_EGRESS);
-
-        // Attaching without a clsact qdisc fails with EINVAL: then create it, and own it.
-        // (libbpf's hook_create succeeds on an existing qdisc, so it cannot tell us.)
-        let mut owns_qdisc = false;
-        let mut qdisc = TcHookBuilder::new(ingress_fd)
-            .ifindex(ifindex_i32)
-            .hook(TC_INGRESS | TC_EGRESS);
-        let ingress = match ingress.attach() {
-            Ok(h) => h,
-            Err(e) if e.kind() == libbpf_rs::ErrorKind::InvalidInput => {
-                qdisc.create().map_err(tc_err("clsact qdisc", "create"))?;
-                match ingress.attach() {
-                    Ok(h) => {
-                        owns_qdisc = true;
-                        h
-                    }
-                    Err(source) => {
-                        let _ = qdisc.destroy();
-                        return Err(tc_err("ingress", "attach")(source));
-                    }
-                }
-            }
-            Err(source) => return Err(tc_err("ingress", "attach")(source)),
-        };
-        let egress = match egress.attach() {
-            Ok(h) => h,
-            Err(source) => {
-                let mut ingress = ingress;
-                let _ = ingress.detach();
-                if owns_qdisc {
-                    let _ = qdisc.destroy();
-                }
-                return Err(tc_err("egress", "attach")(source));
-            }
-        };
-        let filters = [
-            (ingress.get_handle(), ingress.get_priority()),
-            (egress.get_handle(), egress.get_priority()),
-        ];
+        let Attached {
+            filters,
+            owns_qdisc,
+        } = attach_filters(interface, ifindex_i32, [ingress_fd, egress_fd])?;
         let dup = |fd: std::os::fd::BorrowedFd<'_>| {
             fd.try_clone_to_owned()
                 .map_err(|source| FlowsError::ProcStatus {
@@ -543,6 +471,114 @@ impl Drop for TcCounter {
             tracing::warn!(interface = %self.interface, "detaching the TC counter: {e}");
         }
     }
+}
+
+/// The filters [`attach_filters`] added, and whether it created the clsact qdisc.
+struct Attached {
+    /// `(handle, priority)`, ingress and egress.
+    filters: [(u32, u32); 2],
+    owns_qdisc: bool,
+}
+
+/// Adds the ingress and egress `progs` as direct-action filters on `interface`, creating its
+/// clsact qdisc when it has none. On failure nothing of ours is left attached.
+fn attach_filters(
+    interface: &str,
+    ifindex_i32: i32,
+    progs: [std::os::fd::BorrowedFd<'_>; 2],
+) -> Result<Attached, FlowsError> {
+    let tc_err = |hook: &'static str, op: &'static str| {
+        let interface = interface.to_owned();
+        move |source| FlowsError::Tc {
+            interface,
+            hook,
+            op,
+            source,
+        }
+    };
+    let [ingress_fd, egress_fd] = progs;
+    // Handle and priority 0: the kernel picks free ones, so filters of others on the same
+    // hook are never replaced; attach() returns the hook with the chosen values.
+    let mut ingress = TcHookBuilder::new(ingress_fd)
+        .ifindex(ifindex_i32)
+        .replace(false)
+        .hook(TC_INGRESS);
+    let mut egress = TcHookBuilder::new(egress_fd)
+        .ifindex(ifindex_i32)
+        .replace(false)
+        .hook(TC_EGRESS);
+
+    // Attaching without a clsact qdisc fails with EINVAL: then create it, and own it.
+    // (libbpf's hook_create succeeds on an existing qdisc, so it cannot tell us.)
+    let mut owns_qdisc = false;
+    let mut qdisc = TcHookBuilder::new(ingress_fd)
+        .ifindex(ifindex_i32)
+        .hook(TC_INGRESS | TC_EGRESS);
+    let ingress = match ingress.attach() {
+        Ok(h) => h,
+        Err(e) if e.kind() == libbpf_rs::ErrorKind::InvalidInput => {
+            qdisc.create().map_err(tc_err("clsact qdisc", "create"))?;
+            match ingress.attach() {
+                Ok(h) => {
+                    owns_qdisc = true;
+                    h
+                }
+                Err(source) => {
+                    let _ = qdisc.destroy();
+                    return Err(tc_err("ingress", "attach")(source));
+                }
+            }
+        }
+        Err(source) => return Err(tc_err("ingress", "attach")(source)),
+    };
+    let egress = match egress.attach() {
+        Ok(h) => h,
+        Err(source) => {
+            let mut ingress = ingress;
+            let _ = ingress.detach();
+            if owns_qdisc {
+                let _ = qdisc.destroy();
+            }
+            return Err(tc_err("egress", "attach")(source));
+        }
+    };
+    Ok(Attached {
+        filters: [
+            (ingress.get_handle(), ingress.get_priority()),
+            (egress.get_handle(), egress.get_priority()),
+        ],
+        owns_qdisc,
+    })
+}
+
+/// `interface`'s index in the calling thread's network namespace, also as libbpf's `i32`.
+fn lookup_interface(interface: &str) -> Result<(u32, i32), FlowsError> {
+    let no_such = |source: std::io::Error| FlowsError::NoSuchInterface {
+        name: interface.to_owned(),
+        source,
+    };
+    let ifindex = interface_index(interface).map_err(no_such)?;
+    let ifindex_i32 = i32::try_from(ifindex).map_err(|_| {
+        no_such(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("interface index {ifindex} out of range"),
+        ))
+    })?;
+    Ok((ifindex, ifindex_i32))
+}
+
+/// The calling thread's network namespace: its inode number and an open handle to it.
+fn thread_netns() -> Result<(u64, File), FlowsError> {
+    let netns = current_netns().map_err(|source| FlowsError::ProcStatus {
+        path: "/proc/thread-self/ns/net".into(),
+        source,
+    })?;
+    let netns_file =
+        File::open("/proc/thread-self/ns/net").map_err(|source| FlowsError::ProcStatus {
+            path: "/proc/thread-self/ns/net".into(),
+            source,
+        })?;
+    Ok((netns, netns_file))
 }
 
 /// Detaches our egress and ingress filters (by handle and priority), then destroys the qdisc
