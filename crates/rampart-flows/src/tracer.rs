@@ -126,6 +126,31 @@ pub fn check_object(path: &std::path::Path) -> Result<Vec<String>, FlowsError> {
         .collect())
 }
 
+/// A reader of the `rf_events` ring: each event it decodes goes to the returned receiver,
+/// each it cannot is counted in `decode_errors`.
+fn event_ring(
+    events: &MapHandle,
+    decode_errors: Arc<AtomicU64>,
+) -> Result<(RingBuffer<'static>, mpsc::Receiver<FlowEvent>), FlowsError> {
+    let (tx, pending) = mpsc::channel();
+    let mut builder = RingBufferBuilder::new();
+    builder
+        .add(events, move |data: &[u8]| {
+            match raw::decode_event(data) {
+                // The receiver lives as long as the ring buffer (same struct).
+                Some(ev) => drop(tx.send(ev)),
+                None => drop(decode_errors.fetch_add(1, Ordering::Relaxed)),
+            }
+            0
+        })
+        .map_err(|source| FlowsError::RingBuffer { op: "add", source })?;
+    let ring = builder.build().map_err(|source| FlowsError::RingBuffer {
+        op: "build",
+        source,
+    })?;
+    Ok((ring, pending))
+}
+
 impl FlowTracer {
     /// Checks the environment, loads the programs and attaches them.
     pub fn start(opts: FlowTracerOptions) -> Result<Self, FlowsError> {
@@ -182,24 +207,8 @@ impl FlowTracer {
         let events = handle(&skel.maps.rf_events, "rf_events")?;
         drop(skel);
 
-        let (tx, pending) = mpsc::channel();
         let decode_errors = Arc::new(AtomicU64::new(0));
-        let errors = Arc::clone(&decode_errors);
-        let mut builder = RingBufferBuilder::new();
-        builder
-            .add(&events, move |data: &[u8]| {
-                match raw::decode_event(data) {
-                    // The receiver lives as long as the ring buffer (same struct).
-                    Some(ev) => drop(tx.send(ev)),
-                    None => drop(errors.fetch_add(1, Ordering::Relaxed)),
-                }
-                0
-            })
-            .map_err(|source| FlowsError::RingBuffer { op: "add", source })?;
-        let ring = builder.build().map_err(|source| FlowsError::RingBuffer {
-            op: "build",
-            source,
-        })?;
+        let (ring, pending) = event_ring(&events, Arc::clone(&decode_errors))?;
 
         Ok(Self {
             links,
