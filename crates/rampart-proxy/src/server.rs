@@ -1,6 +1,7 @@
 //! Accepting downstream connections and serving them with hyper (HTTP/1.1 and h2c).
 
 use std::future::{Future, poll_fn};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -11,9 +12,11 @@ use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use rampart_config::model::Limits;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -55,24 +58,11 @@ pub(crate) async fn accept_loop(cx: AcceptCtx) {
         // idle (with several workers, a slot reserved that way starved connections queued on
         // another worker's socket). When the listener is full, each worker holds at most one
         // accepted connection waiting for a slot; the rest stay in the kernel backlog.
-        let (stream, peer) = tokio::select! {
-            () = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(listener = %name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((stream, peer)) = accept(&listener, &name, &stop).await else {
+            return;
         };
-        let permit = tokio::select! {
-            () = stop.cancelled() => return,
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
+        let Some(permit) = acquire_slot(&slots, &stop).await else {
+            return;
         };
         let _ = stream.set_nodelay(true);
         let tls = shared
@@ -105,34 +95,76 @@ pub(crate) async fn accept_loop(cx: AcceptCtx) {
         // shared by every connection.
         let drain = drain.child_token();
         tracker.spawn(async move {
-            match tls {
-                None => serve_connection(stream, conn, drain).await,
-                Some(acceptor) => {
-                    let timeout = conn
-                        .shared
-                        .snapshot
-                        .load()
-                        .listeners
-                        .get(&*conn.listener)
-                        .map_or(Duration::from_secs(10), |l| l.limits.header_read_timeout);
-                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => serve_connection(tls, conn, drain).await,
-                        Ok(Err(e)) => {
-                            tracing::debug!(client = %conn.client, error = %e, "TLS handshake failed");
-                        }
-                        Err(_) => tracing::debug!(client = %conn.client, "TLS handshake timed out"),
-                    }
-                }
-            }
+            serve_accepted(stream, tls, conn, drain).await;
             active.dec();
             drop(permit);
         });
     }
 }
 
+/// The next connection on `listener`, or None once `stop` is cancelled.
+async fn accept(
+    listener: &TcpListener,
+    name: &str,
+    stop: &CancellationToken,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return None,
+            r = listener.accept() => match r {
+                Ok(x) => return Some(x),
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(listener = %name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+/// One of the listener's connection slots, or None once `stop` is cancelled (or the
+/// semaphore is closed).
+async fn acquire_slot(
+    slots: &Arc<Semaphore>,
+    stop: &CancellationToken,
+) -> Option<OwnedSemaphorePermit> {
+    tokio::select! {
+        () = stop.cancelled() => None,
+        p = slots.clone().acquire_owned() => p.ok(),
+    }
+}
+
+/// Serves an accepted connection: directly, or after a TLS handshake that must finish within
+/// the listener's header read timeout.
+async fn serve_accepted(
+    stream: TcpStream,
+    tls: Option<TlsAcceptor>,
+    conn: Arc<ConnCtx>,
+    drain: CancellationToken,
+) {
+    let Some(acceptor) = tls else {
+        return serve_connection(stream, conn, drain).await;
+    };
+    let timeout = conn
+        .shared
+        .snapshot
+        .load()
+        .listeners
+        .get(&*conn.listener)
+        .map_or(Duration::from_secs(10), |l| l.limits.header_read_timeout);
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => serve_connection(tls, conn, drain).await,
+        Ok(Err(e)) => {
+            tracing::debug!(client = %conn.client, error = %e, "TLS handshake failed");
+        }
+        Err(_) => tracing::debug!(client = %conn.client, "TLS handshake timed out"),
+    }
+}
+
 /// The address the client connected to before an iptables REDIRECT (`SO_ORIGINAL_DST`), or
 /// None when the connection was not redirected (the original destination is this listener).
-fn original_destination(stream: &TcpStream) -> Option<std::net::SocketAddr> {
+fn original_destination(stream: &TcpStream) -> Option<SocketAddr> {
     let sock = socket2::SockRef::from(stream);
     let local = stream.local_addr().ok()?;
     let dst = if local.is_ipv4() {
@@ -156,23 +188,7 @@ where
         .get(&*conn.listener)
         .map(|l| l.limits.clone())
         .unwrap_or_default();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .header_read_timeout(limits.header_read_timeout)
-        // hyper's minimum buffer is 8 KiB; validation enforces it.
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .max_headers(limits.max_header_count);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(1024);
-    // No keep-alive PINGs from our side: their bytes would count as activity and the idle
-    // watchdog below could never close an idle HTTP/2 connection. A silent peer is closed by
-    // the watchdog instead.
+    let builder = http_builder(&limits);
     let activity = Arc::new(AtomicU64::new(0));
     let io = TokioIo::new(Tracked {
         inner: stream,
@@ -226,6 +242,28 @@ where
         Poll::Pending
     })
     .await;
+}
+
+/// hyper's HTTP/1.1 and HTTP/2 settings from the listener's limits.
+fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(limits.header_read_timeout)
+        // hyper's minimum buffer is 8 KiB; validation enforces it.
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_header_count);
+    // No keep-alive PINGs from our side: their bytes would count as activity and the idle
+    // watchdog in `serve_connection` could never close an idle HTTP/2 connection. A silent
+    // peer is closed by the watchdog instead.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(1024);
+    builder
 }
 
 /// Two ticks without a byte read or written and without a request in progress: idle.
