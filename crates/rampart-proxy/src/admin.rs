@@ -32,6 +32,7 @@ use tokio::runtime::Handle;
 use hyper_util::rt::TokioTimer;
 use rampart_config::model::Admin;
 
+use crate::upstream::ClusterRuntime;
 use crate::{GatewayError, Shared};
 
 /// Who may call the admin API.
@@ -414,62 +415,8 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 )
             }
         }
-        "/config_dump" => {
-            let snap = shared.snapshot.load();
-            let last_error = shared
-                .last_reload_error
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone();
-            json(&serde_json::json!({
-                "version": snap.version,
-                "last_reload_error": last_error,
-                "config": snap.config.raw,
-            }))
-        }
-        "/clusters" => {
-            let snap = shared.snapshot.load();
-            let mut names: Vec<_> = snap.clusters.keys().collect();
-            names.sort();
-            let clusters: Vec<_> = names
-                .into_iter()
-                .map(|name| {
-                    let c = &snap.clusters[name];
-                    let eps: Vec<_> = c
-                        .endpoints()
-                        .iter()
-                        .map(|e| {
-                            serde_json::json!({
-                                "address": e.addr.to_string(),
-                                "source": e.source,
-                                "state": e.health.state(),
-                                "ejections": e.health.ejections(),
-                                "active_requests": e.active(),
-                                "total_requests": e.total(),
-                                "failures": e.failures(),
-                            })
-                        })
-                        .collect();
-                    let cb = &c.config.circuit_breakers;
-                    serde_json::json!({
-                        "name": name,
-                        "active_requests": c.active(),
-                        "circuit_breakers": {
-                            "max_connections": cb.max_connections,
-                            "max_pending_requests": cb.max_pending_requests,
-                            "max_requests": cb.max_requests,
-                            "max_retries": cb.max_retries,
-                            "retry_budget_percent": cb.retry_budget_percent,
-                        },
-                        "lb_policy": format!("{:?}", c.config.lb_policy),
-                        "protocol": format!("{:?}", c.config.protocol),
-                        "configured_endpoints": c.config.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                        "endpoints": eps,
-                    })
-                })
-                .collect();
-            json(&serde_json::json!({ "clusters": clusters }))
-        }
+        "/config_dump" => config_dump(shared),
+        "/clusters" => clusters(shared),
         "/" => respond(
             StatusCode::OK,
             "text/plain",
@@ -477,4 +424,66 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         ),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
+}
+
+/// `GET /config_dump`: the active config as written, its version, and the last rejected
+/// reload's error.
+fn config_dump(shared: &Shared) -> Response<Full<Bytes>> {
+    let snap = shared.snapshot.load();
+    let last_error = shared
+        .last_reload_error
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    json(&serde_json::json!({
+        "version": snap.version,
+        "last_reload_error": last_error,
+        "config": snap.config.raw,
+    }))
+}
+
+/// `GET /clusters`: every cluster by name, with its settings and its endpoints' state.
+fn clusters(shared: &Shared) -> Response<Full<Bytes>> {
+    let snap = shared.snapshot.load();
+    let mut names: Vec<_> = snap.clusters.keys().collect();
+    names.sort();
+    let clusters: Vec<_> = names
+        .into_iter()
+        .map(|name| cluster_json(name, &snap.clusters[name]))
+        .collect();
+    json(&serde_json::json!({ "clusters": clusters }))
+}
+
+fn cluster_json(name: &str, c: &ClusterRuntime) -> serde_json::Value {
+    let eps: Vec<_> = c
+        .endpoints()
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "address": e.addr.to_string(),
+                "source": e.source,
+                "state": e.health.state(),
+                "ejections": e.health.ejections(),
+                "active_requests": e.active(),
+                "total_requests": e.total(),
+                "failures": e.failures(),
+            })
+        })
+        .collect();
+    let cb = &c.config.circuit_breakers;
+    serde_json::json!({
+        "name": name,
+        "active_requests": c.active(),
+        "circuit_breakers": {
+            "max_connections": cb.max_connections,
+            "max_pending_requests": cb.max_pending_requests,
+            "max_requests": cb.max_requests,
+            "max_retries": cb.max_retries,
+            "retry_budget_percent": cb.retry_budget_percent,
+        },
+        "lb_policy": format!("{:?}", c.config.lb_policy),
+        "protocol": format!("{:?}", c.config.protocol),
+        "configured_endpoints": c.config.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "endpoints": eps,
+    })
 }
