@@ -85,36 +85,11 @@ async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let path = req.uri().path().to_owned();
     let mut resp = if let Some(n) = path.strip_prefix("/bytes/") {
-        match n.parse::<usize>() {
-            Ok(n) => {
-                let chunks = (0..n.div_ceil(CHUNK)).map(move |i| {
-                    let len = CHUNK.min(n - i * CHUNK);
-                    Ok::<_, BoxError>(Frame::data(Bytes::from(vec![b'x'; len])))
-                });
-                let mut r =
-                    Response::new(ProxyBody::boxed(StreamBody::new(futures_lite_iter(chunks))));
-                r.headers_mut().insert(header::CONTENT_LENGTH, n.into());
-                r
-            }
-            Err(_) => text(StatusCode::BAD_REQUEST, "bad length\n"),
-        }
+        bytes(n)
     } else if let Some(ms) = path.strip_prefix("/delay/") {
-        match ms.parse::<u64>() {
-            Ok(ms) => {
-                tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
-                text(StatusCode::OK, format!("waited {ms} ms\n"))
-            }
-            Err(_) => text(StatusCode::BAD_REQUEST, "bad delay\n"),
-        }
+        delay(ms).await
     } else if let Some(code) = path.strip_prefix("/status/") {
-        match code
-            .parse::<u16>()
-            .ok()
-            .and_then(|c| StatusCode::from_u16(c).ok())
-        {
-            Some(s) => text(s, format!("{s}\n")),
-            None => text(StatusCode::BAD_REQUEST, "bad status\n"),
-        }
+        status(code)
     } else if path.starts_with("/echo") && req.method() != http::Method::GET {
         let body = req.into_body();
         let mut r = Response::new(ProxyBody::stream(body));
@@ -124,46 +99,96 @@ async fn handle(
         );
         r
     } else if path == "/count" {
-        let mut body = req.into_body();
-        let mut n: u64 = 0;
-        while let Some(frame) = body.frame().await {
-            match frame {
-                Ok(f) => n += f.data_ref().map_or(0, |d| d.len() as u64),
-                Err(_) => return Ok(text(StatusCode::BAD_REQUEST, "body failed\n")),
-            }
+        match body_len(req.into_body()).await {
+            Some(n) => text(StatusCode::OK, format!("{n}\n")),
+            // Returned as it is: a failed body gets no x-upstream-name header.
+            None => return Ok(text(StatusCode::BAD_REQUEST, "body failed\n")),
         }
-        text(StatusCode::OK, format!("{n}\n"))
     } else {
-        let headers: serde_json::Map<String, serde_json::Value> = req
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned().into(),
-                )
-            })
-            .collect();
-        let body = serde_json::json!({
-            "server": &*name,
-            "method": req.method().as_str(),
-            "path": path,
-            "query": req.uri().query(),
-            "version": format!("{:?}", req.version()),
-            "peer": peer.to_string(),
-            "headers": headers,
-        });
-        let mut r = text(StatusCode::OK, body.to_string() + "\n");
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("application/json"),
-        );
-        r
+        describe(&name, peer, &req, &path)
     };
     if let Ok(v) = header::HeaderValue::from_str(&name) {
         resp.headers_mut().insert("x-upstream-name", v);
     }
     Ok(resp)
+}
+
+/// `/bytes/N`: N bytes, streamed in chunks.
+fn bytes(n: &str) -> Response<ProxyBody> {
+    let Ok(n) = n.parse::<usize>() else {
+        return text(StatusCode::BAD_REQUEST, "bad length\n");
+    };
+    let chunks = (0..n.div_ceil(CHUNK)).map(move |i| {
+        let len = CHUNK.min(n - i * CHUNK);
+        Ok::<_, BoxError>(Frame::data(Bytes::from(vec![b'x'; len])))
+    });
+    let mut r = Response::new(ProxyBody::boxed(StreamBody::new(futures_lite_iter(chunks))));
+    r.headers_mut().insert(header::CONTENT_LENGTH, n.into());
+    r
+}
+
+/// `/delay/MS`: answers after MS milliseconds (at most a minute).
+async fn delay(ms: &str) -> Response<ProxyBody> {
+    let Ok(ms) = ms.parse::<u64>() else {
+        return text(StatusCode::BAD_REQUEST, "bad delay\n");
+    };
+    tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
+    text(StatusCode::OK, format!("waited {ms} ms\n"))
+}
+
+/// `/status/CODE`: answers with that status.
+fn status(code: &str) -> Response<ProxyBody> {
+    match code
+        .parse::<u16>()
+        .ok()
+        .and_then(|c| StatusCode::from_u16(c).ok())
+    {
+        Some(s) => text(s, format!("{s}\n")),
+        None => text(StatusCode::BAD_REQUEST, "bad status\n"),
+    }
+}
+
+/// The request body's length in bytes, or None when reading it failed.
+async fn body_len(mut body: Incoming) -> Option<u64> {
+    let mut n: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        n += frame.ok()?.data_ref().map_or(0, |d| d.len() as u64);
+    }
+    Some(n)
+}
+
+/// Any other path: the request described in JSON.
+fn describe(
+    name: &str,
+    peer: SocketAddr,
+    req: &Request<Incoming>,
+    path: &str,
+) -> Response<ProxyBody> {
+    let headers: serde_json::Map<String, serde_json::Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned().into(),
+            )
+        })
+        .collect();
+    let body = serde_json::json!({
+        "server": name,
+        "method": req.method().as_str(),
+        "path": path,
+        "query": req.uri().query(),
+        "version": format!("{:?}", req.version()),
+        "peer": peer.to_string(),
+        "headers": headers,
+    });
+    let mut r = text(StatusCode::OK, body.to_string() + "\n");
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 /// Adapts an iterator into a stream without pulling in a streams crate.
