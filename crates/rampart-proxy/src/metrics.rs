@@ -57,6 +57,7 @@ impl RouteStats {
 }
 
 impl Metrics {
+    // One registration per metric, in exposition order: a flat table, read whole.
     pub fn new() -> Self {
         let mut r = Registry::with_prefix("rampart");
         let requests = Family::<Labels, Counter>::default();
