@@ -54,15 +54,6 @@ pub struct RetryPolicy {
     pub retry_non_idempotent: bool,
 }
 
-impl RetryPolicy {
-    /// Whether a response status asks for another try.
-    pub fn retry_status(&self, status: u16) -> bool {
-        (self.on_5xx && (500..600).contains(&status))
-            || (self.on_gateway_error && matches!(status, 502..=504))
-            || self.statuses.contains(&status)
-    }
-}
-
 /// `clusters[].circuit_breakers`; Envoy's defaults.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -97,19 +88,6 @@ impl Default for CircuitBreakers {
             max_retries: 3,
             retry_budget_percent: None,
             min_retry_concurrency: 3,
-        }
-    }
-}
-
-impl CircuitBreakers {
-    /// Whether one more retry may start with `retries` retries and `active` requests in flight.
-    pub fn retry_allowed(&self, retries: usize, active: usize) -> bool {
-        match self.retry_budget_percent {
-            Some(pct) => {
-                let budget = active * pct as usize / 100;
-                retries < budget.max(self.min_retry_concurrency)
-            }
-            None => retries < self.max_retries,
         }
     }
 }
@@ -448,22 +426,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retry_budget_caps_by_share_with_a_floor() {
-        let cb = CircuitBreakers {
-            retry_budget_percent: Some(20),
-            min_retry_concurrency: 3,
-            ..CircuitBreakers::default()
-        };
-        assert!(cb.retry_allowed(2, 0), "the floor always allows 3");
-        assert!(!cb.retry_allowed(3, 10));
-        assert!(cb.retry_allowed(19, 100));
-        assert!(!cb.retry_allowed(20, 100));
-        let plain = CircuitBreakers::default();
-        assert!(plain.retry_allowed(2, 1000));
-        assert!(!plain.retry_allowed(3, 1000));
-    }
-
-    #[test]
     fn retry_conditions() {
         let mut errors = Vec::new();
         let p = validate_retry(
@@ -484,6 +446,6 @@ mod tests {
         );
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!(errors[0].path, "r.retry_on[2]");
-        assert!(p.retry_status(503) && p.retry_status(409) && !p.retry_status(500));
+        assert!(p.on_gateway_error && !p.on_5xx && p.statuses == [409]);
     }
 }

@@ -6,7 +6,35 @@
 use std::fmt::Display;
 use std::future::Future;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::time::Duration;
+
+/// A loopback port nobody listens on, for a server the test starts (often another process,
+/// which cannot be handed a bound socket). Tests run in parallel and the probe socket is
+/// released before the server binds, so the kernel could hand one port to two tests: a port
+/// given out once is never given out again in this process. Another process may still take
+/// it meanwhile; callers that spawn servers retry on a lost race.
+pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind an ephemeral port")
+            .port();
+        let mut given = GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+}
+
+/// `127.0.0.1:port`.
+pub fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
 
 /// Polls `f` every 20 ms until it returns true (true) or `within` has passed (false); `f` runs
 /// at least once. Tests wait on observable state with this instead of sleeping.

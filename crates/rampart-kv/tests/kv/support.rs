@@ -9,20 +9,9 @@ use rampart_kv::client::Client;
 use rampart_kv::proto::etcdserverpb as pb;
 use rampart_kv::{ClusterState, KvNode, NodeConfig};
 
-/// A loopback address nobody listens on. Tests run in parallel and each releases its probe
-/// socket before the node binds, so the kernel could hand the same port to two tests: ports
-/// given out once are never given out again in this process.
+/// A loopback address nobody listens on (see `rampart_test_support::free_port`).
 pub(crate) fn free_addr() -> SocketAddr {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let mut given = GIVEN.lock().unwrap();
-        if !given.contains(&addr.port()) {
-            given.push(addr.port());
-            return addr;
-        }
-    }
+    rampart_test_support::local(rampart_test_support::free_port())
 }
 
 /// Configs for an `n`-node cluster with data under `dir/nodeI`.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use hyper::body::Incoming;
-use rampart_config::model::RetryPolicy;
+use rampart_config::model::{CircuitBreakers, RetryPolicy};
 
 use crate::body::BodyPace;
 use crate::error::ProxyError;
@@ -120,13 +120,26 @@ impl<'a> RetryToken<'a> {
     pub(super) fn take(cluster: &'a ClusterRuntime) -> Option<Self> {
         let cb = &cluster.config.circuit_breakers;
         let retries = &cluster.retries_active;
-        if cb.retry_allowed(retries.load(Ordering::Relaxed), cluster.active()) {
+        if budget_allows(cb, retries.load(Ordering::Relaxed), cluster.active()) {
             retries.fetch_add(1, Ordering::Relaxed);
             Some(Self(retries))
         } else {
             cluster.stats.overflows.inc();
             None
         }
+    }
+}
+
+/// Whether one more retry may start with `retries` retries and `active` requests in flight:
+/// within the retry budget's share of active requests (with its floor), else under
+/// `max_retries` (Envoy's two ways to bound retries).
+fn budget_allows(cb: &CircuitBreakers, retries: usize, active: usize) -> bool {
+    match cb.retry_budget_percent {
+        Some(pct) => {
+            let budget = active * pct as usize / 100;
+            retries < budget.max(cb.min_retry_concurrency)
+        }
+        None => retries < cb.max_retries,
     }
 }
 
@@ -219,6 +232,22 @@ mod tests {
             "past the deadline"
         );
         assert_eq!(decide(None, 1, 3, s, false), Decision::Done, "no policy");
+    }
+
+    #[test]
+    fn retry_budget_caps_by_share_with_a_floor() {
+        let cb = CircuitBreakers {
+            retry_budget_percent: Some(20),
+            min_retry_concurrency: 3,
+            ..CircuitBreakers::default()
+        };
+        assert!(budget_allows(&cb, 2, 0), "the floor always allows 3");
+        assert!(!budget_allows(&cb, 3, 10));
+        assert!(budget_allows(&cb, 19, 100));
+        assert!(!budget_allows(&cb, 20, 100));
+        let plain = CircuitBreakers::default();
+        assert!(budget_allows(&plain, 2, 1000));
+        assert!(!budget_allows(&plain, 3, 1000));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -28,30 +28,7 @@ pub(crate) fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_rampart")
 }
 
-/// A port that was free a moment ago: bind 127.0.0.1:0, read the port, drop the socket.
-/// A loopback port nobody listens on. Tests run in parallel and release the probe socket
-/// before the server binds, so the kernel could hand one port to two tests: a port given
-/// out once is never given out again in this process.
-pub(crate) fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("bind an ephemeral port")
-            .port();
-        let mut given = GIVEN
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
-}
-
-pub(crate) fn local(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
+pub(crate) use rampart_test_support::{free_port, local};
 
 /// A scratch directory, removed on drop.
 pub(crate) struct TempDir(PathBuf);
