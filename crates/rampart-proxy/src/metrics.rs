@@ -27,12 +27,14 @@ pub struct Metrics {
     downstream_total: Family<Labels, Counter>,
     upstream_connections: Family<Labels, Gauge>,
     upstream_requests: Family<Labels, Gauge>,
+    upstream_pending: Family<Labels, Gauge>,
     cluster_events: Family<Labels, Counter>,
     jwt_requests: Family<Labels, Counter>,
     request_errors: Family<Labels, Counter>,
     pub config_version: Gauge,
     reloads: Family<Labels, Counter>,
     pub config_last_reload_ok: Gauge,
+    source_checks: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -104,6 +106,12 @@ impl Metrics {
             "Upstream requests in flight",
             upstream_requests.clone(),
         );
+        let upstream_pending = Family::<Labels, Gauge>::default();
+        r.register(
+            "upstream_requests_pending",
+            "Requests waiting for an upstream connection (max_connections reached)",
+            upstream_pending.clone(),
+        );
         let cluster_events = Family::<Labels, Counter>::default();
         r.register(
             "cluster_events",
@@ -141,6 +149,12 @@ impl Metrics {
             config_last_reload_ok.clone(),
         );
         config_last_reload_ok.set(1);
+        let source_checks = Family::<Labels, Counter>::default();
+        r.register(
+            "config_source_checks",
+            "Times a config source looked for a new config (file polls and SIGHUPs)",
+            source_checks.clone(),
+        );
         Self {
             registry: Arc::new(Mutex::new(r)),
             requests,
@@ -150,12 +164,14 @@ impl Metrics {
             downstream_total,
             upstream_connections,
             upstream_requests,
+            upstream_pending,
             cluster_events,
             jwt_requests,
             request_errors,
             config_version,
             reloads,
             config_last_reload_ok,
+            source_checks,
         }
     }
 
@@ -219,6 +235,19 @@ impl Metrics {
         self.upstream_requests
             .get_or_create(&vec![("cluster", cluster.to_owned())])
             .clone()
+    }
+
+    pub fn upstream_pending(&self, cluster: &str) -> Gauge {
+        self.upstream_pending
+            .get_or_create(&vec![("cluster", cluster.to_owned())])
+            .clone()
+    }
+
+    /// Counts one look for a new config by `source`.
+    pub fn source_checked(&self, source: &str) {
+        self.source_checks
+            .get_or_create(&vec![("source", source.to_owned())])
+            .inc();
     }
 
     pub fn cluster_event(&self, cluster: &str, event: &'static str) -> Counter {

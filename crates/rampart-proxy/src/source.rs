@@ -44,6 +44,14 @@ impl Applier {
         }
     }
 
+    /// Counts one look for a new config (`rampart_config_source_checks_total{source}`), so
+    /// that tests and operators can tell a source is alive.
+    pub fn checked(&self) {
+        if let Some(gw) = self.gateway.upgrade() {
+            gw.metrics().source_checked(self.origin);
+        }
+    }
+
     /// Parses and validates YAML with the gateway's filters, so a filter's config errors
     /// come with the rest.
     pub fn parse_yaml(&self, text: &str) -> Result<Config, ConfigError> {

@@ -235,7 +235,14 @@ async fn pending_requests_wait_for_a_connection_then_overflow() {
     );
     // The second waits for the one connection; the third finds the pending slot taken.
     let second = tokio::spawn(async move { get(addr, "/", &[]).await.status });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let t = tg.gw.metrics().encode();
+            async move { t.contains("rampart_upstream_requests_pending{cluster=\"c\"} 1") }
+        })
+        .await,
+        "the second request never waited for the connection"
+    );
     let third = get(tg.addr, "/", &[]).await;
     assert_eq!(third.status, 503, "{}", third.text());
     assert_eq!(third.header("x-rampart-overloaded"), Some("true"));

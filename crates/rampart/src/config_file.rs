@@ -24,6 +24,7 @@ impl FileSource {
     /// One look at the file. An unreadable file is a rejection only when asked for (SIGHUP):
     /// while polling, a file briefly missing during a rename is not an error.
     async fn check(&mut self, applier: &Applier, forced: bool) {
+        applier.checked();
         let bytes = match std::fs::read(&self.path) {
             Ok(b) => b,
             Err(source) if forced => {

@@ -807,8 +807,11 @@ async fn an_edit_seen_by_sighup_and_watcher_applies_once() {
     gw.rewrite(&all_to("b", b.addr));
     gw.proc.signal("HUP");
     await_metric(gw.admin, RELOAD_OK, 1.0).await;
-    // Give the watcher several intervals to (wrongly) apply the same bytes again.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The watcher looks at the file three more times after that (each a chance to apply the
+    // same bytes again, wrongly).
+    let checks = "rampart_config_source_checks_total{source=\"file\"}";
+    let seen = metric(&metrics(gw.admin).await, checks).unwrap_or(0.0);
+    await_metric_at_least(gw.admin, checks, seen + 3.0).await;
     let m = metrics(gw.admin).await;
     assert_eq!(metric(&m, VERSION), Some(2.0), "metrics:\n{m}");
     assert_eq!(metric(&m, RELOAD_OK), Some(1.0), "metrics:\n{m}");

@@ -25,7 +25,7 @@ pub mod pool;
 pub mod stream;
 
 use self::health::{Health, now_ms};
-use self::pool::{H1Pool, Lease, PoolLimits};
+use self::pool::{H1Pool, Lease, PoolGauges, PoolLimits};
 use self::stream::{UpstreamStream, UpstreamTls};
 use crate::body::{ProxyBody, UpstreamTail};
 use crate::error::ProxyError;
@@ -237,7 +237,10 @@ impl ClusterRuntime {
                     max_connections: config.circuit_breakers.max_connections,
                     max_pending: config.circuit_breakers.max_pending_requests,
                 },
-                connector.gauge.clone(),
+                PoolGauges {
+                    connections: connector.gauge.clone(),
+                    pending: metrics.upstream_pending(&config.name),
+                },
                 config.name.clone(),
                 tls.clone(),
             ))),

@@ -69,8 +69,10 @@ pub(crate) struct H1Pool {
     gauge: Gauge,
     /// Connections open or being opened, against `max_connections`.
     slots: Arc<AtomicUsize>,
-    /// Requests waiting for a connection because `max_connections` is reached.
+    /// Requests waiting for a connection because `max_connections` is reached (this pool's
+    /// count decides; the gauge shows the cluster's).
     pending: AtomicUsize,
+    pending_gauge: Gauge,
     /// Signalled when a connection is checked in.
     returned: Notify,
     cluster: String,
@@ -86,12 +88,21 @@ pub(crate) struct PoolLimits {
     pub(crate) max_pending: usize,
 }
 
+/// The cluster's gauges a pool keeps up to date.
+pub(crate) struct PoolGauges {
+    /// Open connections.
+    pub(crate) connections: Gauge,
+    /// Requests waiting for a connection.
+    pub(crate) pending: Gauge,
+}
+
 /// Decrements the pending count when a waiting request stops waiting.
-struct Pending<'a>(&'a AtomicUsize);
+struct Pending<'a>(&'a AtomicUsize, &'a Gauge);
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+        self.1.dec();
     }
 }
 
@@ -99,16 +110,17 @@ impl H1Pool {
     pub(crate) fn new(
         workers: usize,
         limits: PoolLimits,
-        gauge: Gauge,
+        gauges: PoolGauges,
         cluster: String,
         tls: Arc<ArcSwapOption<UpstreamTls>>,
     ) -> Self {
         Self {
             idle: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
             limits,
-            gauge,
+            gauge: gauges.connections,
             slots: Arc::default(),
             pending: AtomicUsize::new(0),
+            pending_gauge: gauges.pending,
             returned: Notify::new(),
             cluster,
             tls,
@@ -161,7 +173,8 @@ impl H1Pool {
                 limit: "max_pending_requests",
             });
         }
-        let _pending = Pending(&self.pending);
+        self.pending_gauge.inc();
+        let _pending = Pending(&self.pending, &self.pending_gauge);
         loop {
             // A check-in wakes one waiter; closed connections (and check-ins on another
             // worker's list) are noticed by the short re-check.

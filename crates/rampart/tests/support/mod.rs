@@ -329,10 +329,19 @@ pub(crate) async fn metrics(admin: SocketAddr) -> String {
 
 /// Polls `/metrics` until `series` has `value`; panics with the last scrape otherwise.
 pub(crate) async fn await_metric(admin: SocketAddr, series: &str, value: f64) {
+    await_metric_where(admin, series, value, |v| v == value).await;
+}
+
+/// Waits until `series` is at least `value`.
+pub(crate) async fn await_metric_at_least(admin: SocketAddr, series: &str, value: f64) {
+    await_metric_where(admin, series, value, |v| v >= value).await;
+}
+
+async fn await_metric_where(admin: SocketAddr, series: &str, value: f64, ok: impl Fn(f64) -> bool) {
     let deadline = Instant::now() + STARTUP;
     loop {
         let scrape = metrics(admin).await;
-        if metric(&scrape, series) == Some(value) {
+        if metric(&scrape, series).is_some_and(&ok) {
             return;
         }
         assert!(
