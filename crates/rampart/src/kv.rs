@@ -54,23 +54,7 @@ enum KvCommand {
     /// Run a store node.
     Serve(Box<ServeArgs>),
     /// Read a key (or every key with a prefix).
-    Get {
-        key: String,
-        #[arg(long)]
-        prefix: bool,
-        /// Read at this past revision.
-        #[arg(long, default_value_t = 0)]
-        rev: i64,
-        #[arg(long, default_value_t = 0)]
-        limit: i64,
-        #[arg(long)]
-        keys_only: bool,
-        #[arg(long)]
-        count_only: bool,
-        /// Serve from the local node without confirming with the leader.
-        #[arg(long)]
-        serializable: bool,
-    },
+    Get(GetArgs),
     /// Every key with a prefix (same as `get --prefix`).
     Range {
         #[arg(long)]
@@ -104,19 +88,7 @@ enum KvCommand {
         set: String,
     },
     /// Print events on a key or prefix.
-    Watch {
-        key: String,
-        #[arg(long)]
-        prefix: bool,
-        /// Start from this revision (history first, then live).
-        #[arg(long, default_value_t = 0)]
-        rev: i64,
-        #[arg(long)]
-        prev_kv: bool,
-        /// Stop after this many events.
-        #[arg(long)]
-        count: Option<usize>,
-    },
+    Watch(WatchArgs),
     /// Compact history up to a revision.
     Compact { revision: i64 },
     #[command(subcommand)]
@@ -138,6 +110,40 @@ enum KvCommand {
         #[arg(long, value_delimiter = ',', required = true)]
         nodes: Vec<String>,
     },
+}
+
+#[derive(Args)]
+struct GetArgs {
+    key: String,
+    #[arg(long)]
+    prefix: bool,
+    /// Read at this past revision.
+    #[arg(long, default_value_t = 0)]
+    rev: i64,
+    #[arg(long, default_value_t = 0)]
+    limit: i64,
+    #[arg(long)]
+    keys_only: bool,
+    #[arg(long)]
+    count_only: bool,
+    /// Serve from the local node without confirming with the leader.
+    #[arg(long)]
+    serializable: bool,
+}
+
+#[derive(Args)]
+struct WatchArgs {
+    key: String,
+    #[arg(long)]
+    prefix: bool,
+    /// Start from this revision (history first, then live).
+    #[arg(long, default_value_t = 0)]
+    rev: i64,
+    #[arg(long)]
+    prev_kv: bool,
+    /// Stop after this many events.
+    #[arg(long)]
+    count: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -264,41 +270,8 @@ impl ServeArgs {
             .initial_advertise_peer_urls
             .clone()
             .unwrap_or_else(|| self.listen_peer_urls.clone());
-        let initial_cluster = match &self.initial_cluster {
-            None => vec![(self.name.clone(), advertise_peer.clone())],
-            Some(s) => s
-                .split(',')
-                .map(|m| {
-                    m.split_once('=')
-                        .map(|(n, u)| (n.trim().to_string(), u.trim().to_string()))
-                        .ok_or_else(|| anyhow!("--initial-cluster: {m:?} is not name=peerURL"))
-                })
-                .collect::<Result<_>>()?,
-        };
-        for (what, url, tls) in [
-            (
-                "--listen-client-urls",
-                &self.listen_client_urls,
-                self.cert_file.is_some(),
-            ),
-            (
-                "--listen-peer-urls",
-                &self.listen_peer_urls,
-                self.peer_cert_file.is_some(),
-            ),
-        ] {
-            if url.starts_with("https://") != tls {
-                bail!(
-                    "{what} {url}: use https:// exactly when the port's certificate is given \
-                     ({})",
-                    if what == "--listen-client-urls" {
-                        "--cert-file"
-                    } else {
-                        "--peer-cert-file"
-                    }
-                );
-            }
-        }
+        let initial_cluster = self.initial_cluster(&advertise_peer)?;
+        self.check_url_schemes()?;
         Ok(NodeConfig {
             name: self.name.clone(),
             data_dir: self.data_dir.clone(),
@@ -341,6 +314,49 @@ impl ServeArgs {
                 self.quota_backend_bytes
             },
         })
+    }
+
+    /// `--initial-cluster` as (name, peer URL) pairs; this node alone when it is not given.
+    fn initial_cluster(&self, advertise_peer: &str) -> Result<Vec<(String, String)>> {
+        let Some(s) = &self.initial_cluster else {
+            return Ok(vec![(self.name.clone(), advertise_peer.to_string())]);
+        };
+        s.split(',')
+            .map(|m| {
+                m.split_once('=')
+                    .map(|(n, u)| (n.trim().to_string(), u.trim().to_string()))
+                    .ok_or_else(|| anyhow!("--initial-cluster: {m:?} is not name=peerURL"))
+            })
+            .collect()
+    }
+
+    /// A listen URL is https:// exactly when its port's certificate is given.
+    fn check_url_schemes(&self) -> Result<()> {
+        for (what, url, tls) in [
+            (
+                "--listen-client-urls",
+                &self.listen_client_urls,
+                self.cert_file.is_some(),
+            ),
+            (
+                "--listen-peer-urls",
+                &self.listen_peer_urls,
+                self.peer_cert_file.is_some(),
+            ),
+        ] {
+            if url.starts_with("https://") != tls {
+                bail!(
+                    "{what} {url}: use https:// exactly when the port's certificate is given \
+                     ({})",
+                    if what == "--listen-client-urls" {
+                        "--cert-file"
+                    } else {
+                        "--peer-cert-file"
+                    }
+                );
+            }
+        }
+        Ok(())
     }
 }
 
@@ -399,19 +415,7 @@ pub(crate) fn run(args: KvArgs) -> Result<ExitCode> {
 
 async fn run_async(args: KvArgs) -> Result<ExitCode> {
     if let KvCommand::Serve(serve) = &args.command {
-        let node = KvNode::start(serve.node_config()?).await?;
-        tokio::select! {
-            r = crate::wait_for_termination() => r?,
-            reason = node.stopped_on_error() => {
-                // Let the requests that failed with it get their answers out first.
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                node.shutdown().await;
-                bail!("the store stopped: {reason}");
-            }
-        }
-        tracing::info!("shutting down the kv node");
-        node.shutdown().await;
-        return Ok(ExitCode::SUCCESS);
+        return serve_node(serve).await;
     }
     if let KvCommand::Certs { dir, nodes } = &args.command {
         for f in rampart_kv::tls::dev_certs(dir, nodes)? {
@@ -428,209 +432,237 @@ async fn run_async(args: KvArgs) -> Result<ExitCode> {
         KvCommand::Serve(_) | KvCommand::Bench(_) | KvCommand::Certs { .. } => {
             unreachable!("handled above")
         }
-        KvCommand::Get {
-            key,
-            prefix,
-            rev,
-            limit,
-            keys_only,
-            count_only,
-            serializable,
-        } => {
-            let range_end = if prefix {
-                prefix_end(key.as_bytes())
-            } else {
-                Vec::new()
-            };
-            let r = c
-                .range(pb::RangeRequest {
-                    key: key.into_bytes(),
-                    range_end,
-                    limit,
-                    revision: rev,
-                    keys_only,
-                    count_only,
-                    serializable,
-                    ..Default::default()
-                })
-                .await?;
-            if count_only {
-                println!("{}", r.count);
-            }
-            for kv in r.kvs {
-                println!("{}", String::from_utf8_lossy(&kv.key));
-                if !keys_only {
-                    println!("{}", String::from_utf8_lossy(&kv.value));
-                }
-            }
-        }
-        KvCommand::Range { prefix, limit } => {
-            let r = c
-                .range(pb::RangeRequest {
-                    range_end: prefix_end(prefix.as_bytes()),
-                    key: prefix.into_bytes(),
-                    limit,
-                    ..Default::default()
-                })
-                .await?;
-            for kv in r.kvs {
-                println!(
-                    "{}\n{}",
-                    String::from_utf8_lossy(&kv.key),
-                    String::from_utf8_lossy(&kv.value)
-                );
-            }
-        }
-        KvCommand::Put { key, value, lease } => {
-            let lease = lease.as_deref().map(lease_id).transpose()?.unwrap_or(0);
-            c.put(pb::PutRequest {
-                key: key.into_bytes(),
-                value: value.into_bytes(),
-                lease,
-                ..Default::default()
-            })
-            .await?;
-            println!("OK");
-        }
-        KvCommand::Del { key, prefix } => {
-            let range_end = if prefix {
-                prefix_end(key.as_bytes())
-            } else {
-                Vec::new()
-            };
-            let r = c
-                .delete(pb::DeleteRangeRequest {
-                    key: key.into_bytes(),
-                    range_end,
-                    prev_kv: false,
-                })
-                .await?;
-            println!("{}", r.deleted);
-        }
+        KvCommand::Get(get_args) => get(&mut c, get_args).await?,
+        KvCommand::Range { prefix, limit } => range(&mut c, prefix, limit).await?,
+        KvCommand::Put { key, value, lease } => put(&mut c, key, value, lease).await?,
+        KvCommand::Del { key, prefix } => del(&mut c, key, prefix).await?,
         KvCommand::Txn {
             key,
             expect,
             absent,
             set,
-        } => {
-            use pb::compare::{CompareResult, CompareTarget, TargetUnion};
-            let compare = match (expect, absent) {
-                (Some(v), _) => pb::Compare {
-                    result: CompareResult::Equal as i32,
-                    target: CompareTarget::Value as i32,
-                    key: key.clone().into_bytes(),
-                    target_union: Some(TargetUnion::Value(v.into_bytes())),
-                    range_end: Vec::new(),
-                },
-                (None, true) => pb::Compare {
-                    result: CompareResult::Equal as i32,
-                    target: CompareTarget::Version as i32,
-                    key: key.clone().into_bytes(),
-                    target_union: Some(TargetUnion::Version(0)),
-                    range_end: Vec::new(),
-                },
-                (None, false) => bail!("give --expect VALUE or --absent"),
-            };
-            let r = c
-                .txn(pb::TxnRequest {
-                    compare: vec![compare],
-                    success: vec![pb::RequestOp {
-                        request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
-                            key: key.into_bytes(),
-                            value: set.into_bytes(),
-                            ..Default::default()
-                        })),
-                    }],
-                    failure: Vec::new(),
-                })
-                .await?;
-            if r.succeeded {
-                println!("SUCCESS");
-            } else {
-                println!("FAILURE");
-                return Ok(ExitCode::from(2));
-            }
-        }
-        KvCommand::Watch {
-            key,
-            prefix,
-            rev,
-            prev_kv,
-            count,
-        } => {
-            let range_end = if prefix {
-                prefix_end(key.as_bytes())
-            } else {
-                Vec::new()
-            };
-            let (_tx, mut stream) = c
-                .watch(pb::WatchCreateRequest {
-                    key: key.into_bytes(),
-                    range_end,
-                    start_revision: rev,
-                    prev_kv,
-                    ..Default::default()
-                })
-                .await?;
-            let mut seen = 0;
-            while let Some(resp) = stream.message().await? {
-                if resp.canceled {
-                    bail!("watch cancelled: {}", resp.cancel_reason);
-                }
-                for ev in resp.events {
-                    let kind = if ev.r#type == EventType::Delete as i32 {
-                        "DELETE"
-                    } else {
-                        "PUT"
-                    };
-                    let kv = ev.kv.unwrap_or_default();
-                    println!(
-                        "{kind}\n{}\n{}",
-                        String::from_utf8_lossy(&kv.key),
-                        String::from_utf8_lossy(&kv.value)
-                    );
-                    seen += 1;
-                    if count.is_some_and(|n| seen >= n) {
-                        return Ok(ExitCode::SUCCESS);
-                    }
-                }
-            }
-        }
+        } => return txn(&mut c, key, expect, absent, set).await,
+        KvCommand::Watch(watch_args) => watch(&mut c, watch_args).await?,
         KvCommand::Compact { revision } => {
             c.compact(revision).await?;
             println!("compacted revision {revision}");
         }
         KvCommand::Lease(cmd) => lease(&mut c, cmd).await?,
         KvCommand::Member(cmd) => member(&mut c, cmd).await?,
-        KvCommand::Status => {
-            let mut failed = false;
-            for (i, r) in c.status_all().await {
-                let ep = &args.endpoints[i];
-                match r {
-                    Ok(s) => println!(
-                        "{ep}, {:x}, {}, leader {:x}, term {}, index {}, applied {}, revision {}, db {} B{}",
-                        s.header.as_ref().map_or(0, |h| h.member_id),
-                        s.version,
-                        s.leader,
-                        s.raft_term,
-                        s.raft_index,
-                        s.raft_applied_index,
-                        s.header.as_ref().map_or(0, |h| h.revision),
-                        s.db_size,
-                        if s.is_learner { ", learner" } else { "" }
-                    ),
-                    Err(e) => {
-                        failed = true;
-                        println!("{ep}: {}", e.message());
-                    }
-                }
-            }
-            if failed {
-                return Ok(ExitCode::FAILURE);
+        KvCommand::Status => return status(&mut c, &args.endpoints).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs a store node until SIGTERM/SIGINT, or until it stops on an error.
+async fn serve_node(serve: &ServeArgs) -> Result<ExitCode> {
+    let node = KvNode::start(serve.node_config()?).await?;
+    tokio::select! {
+        r = crate::wait_for_termination() => r?,
+        reason = node.stopped_on_error() => {
+            // Let the requests that failed with it get their answers out first.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            node.shutdown().await;
+            bail!("the store stopped: {reason}");
+        }
+    }
+    tracing::info!("shutting down the kv node");
+    node.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The end of the range a key names: every key with it as prefix, or the key alone.
+fn range_end(key: &str, prefix: bool) -> Vec<u8> {
+    if prefix {
+        prefix_end(key.as_bytes())
+    } else {
+        Vec::new()
+    }
+}
+
+async fn get(c: &mut Client, a: GetArgs) -> Result<()> {
+    let r = c
+        .range(pb::RangeRequest {
+            range_end: range_end(&a.key, a.prefix),
+            key: a.key.into_bytes(),
+            limit: a.limit,
+            revision: a.rev,
+            keys_only: a.keys_only,
+            count_only: a.count_only,
+            serializable: a.serializable,
+            ..Default::default()
+        })
+        .await?;
+    if a.count_only {
+        println!("{}", r.count);
+    }
+    for kv in r.kvs {
+        println!("{}", String::from_utf8_lossy(&kv.key));
+        if !a.keys_only {
+            println!("{}", String::from_utf8_lossy(&kv.value));
+        }
+    }
+    Ok(())
+}
+
+async fn range(c: &mut Client, prefix: String, limit: i64) -> Result<()> {
+    let r = c
+        .range(pb::RangeRequest {
+            range_end: prefix_end(prefix.as_bytes()),
+            key: prefix.into_bytes(),
+            limit,
+            ..Default::default()
+        })
+        .await?;
+    for kv in r.kvs {
+        println!(
+            "{}\n{}",
+            String::from_utf8_lossy(&kv.key),
+            String::from_utf8_lossy(&kv.value)
+        );
+    }
+    Ok(())
+}
+
+async fn put(c: &mut Client, key: String, value: String, lease: Option<String>) -> Result<()> {
+    let lease = lease.as_deref().map(lease_id).transpose()?.unwrap_or(0);
+    c.put(pb::PutRequest {
+        key: key.into_bytes(),
+        value: value.into_bytes(),
+        lease,
+        ..Default::default()
+    })
+    .await?;
+    println!("OK");
+    Ok(())
+}
+
+async fn del(c: &mut Client, key: String, prefix: bool) -> Result<()> {
+    let r = c
+        .delete(pb::DeleteRangeRequest {
+            range_end: range_end(&key, prefix),
+            key: key.into_bytes(),
+            prev_kv: false,
+        })
+        .await?;
+    println!("{}", r.deleted);
+    Ok(())
+}
+
+/// Compare-and-swap; exits with 2 when the comparison fails.
+async fn txn(
+    c: &mut Client,
+    key: String,
+    expect: Option<String>,
+    absent: bool,
+    set: String,
+) -> Result<ExitCode> {
+    use pb::compare::{CompareResult, CompareTarget, TargetUnion};
+    let compare = match (expect, absent) {
+        (Some(v), _) => pb::Compare {
+            result: CompareResult::Equal as i32,
+            target: CompareTarget::Value as i32,
+            key: key.clone().into_bytes(),
+            target_union: Some(TargetUnion::Value(v.into_bytes())),
+            range_end: Vec::new(),
+        },
+        (None, true) => pb::Compare {
+            result: CompareResult::Equal as i32,
+            target: CompareTarget::Version as i32,
+            key: key.clone().into_bytes(),
+            target_union: Some(TargetUnion::Version(0)),
+            range_end: Vec::new(),
+        },
+        (None, false) => bail!("give --expect VALUE or --absent"),
+    };
+    let r = c
+        .txn(pb::TxnRequest {
+            compare: vec![compare],
+            success: vec![pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                    key: key.into_bytes(),
+                    value: set.into_bytes(),
+                    ..Default::default()
+                })),
+            }],
+            failure: Vec::new(),
+        })
+        .await?;
+    if r.succeeded {
+        println!("SUCCESS");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("FAILURE");
+        Ok(ExitCode::from(2))
+    }
+}
+
+/// Prints events until the stream ends or `--count` events have been printed.
+async fn watch(c: &mut Client, a: WatchArgs) -> Result<()> {
+    let (_tx, mut stream) = c
+        .watch(pb::WatchCreateRequest {
+            range_end: range_end(&a.key, a.prefix),
+            key: a.key.into_bytes(),
+            start_revision: a.rev,
+            prev_kv: a.prev_kv,
+            ..Default::default()
+        })
+        .await?;
+    let mut seen = 0;
+    while let Some(resp) = stream.message().await? {
+        if resp.canceled {
+            bail!("watch cancelled: {}", resp.cancel_reason);
+        }
+        for ev in resp.events {
+            let kind = if ev.r#type == EventType::Delete as i32 {
+                "DELETE"
+            } else {
+                "PUT"
+            };
+            let kv = ev.kv.unwrap_or_default();
+            println!(
+                "{kind}\n{}\n{}",
+                String::from_utf8_lossy(&kv.key),
+                String::from_utf8_lossy(&kv.value)
+            );
+            seen += 1;
+            if a.count.is_some_and(|n| seen >= n) {
+                return Ok(());
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
+}
+
+/// One line per endpoint; fails when any endpoint did not answer.
+async fn status(c: &mut Client, endpoints: &[String]) -> Result<ExitCode> {
+    let mut failed = false;
+    for (i, r) in c.status_all().await {
+        let ep = &endpoints[i];
+        match r {
+            Ok(s) => println!(
+                "{ep}, {:x}, {}, leader {:x}, term {}, index {}, applied {}, revision {}, db {} B{}",
+                s.header.as_ref().map_or(0, |h| h.member_id),
+                s.version,
+                s.leader,
+                s.raft_term,
+                s.raft_index,
+                s.raft_applied_index,
+                s.header.as_ref().map_or(0, |h| h.revision),
+                s.db_size,
+                if s.is_learner { ", learner" } else { "" }
+            ),
+            Err(e) => {
+                failed = true;
+                println!("{ep}: {}", e.message());
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn lease(c: &mut Client, cmd: LeaseCommand) -> Result<()> {
