@@ -66,32 +66,7 @@ enum LogFormat {
 enum Command {
     /// Run the whole stack on embedded defaults: the gateway on 127.0.0.1:8080, admin on
     /// 127.0.0.1:9901, and a built-in demo upstream on 127.0.0.1:8081.
-    Up {
-        /// Use this gateway config instead of the embedded demo (reloaded on change and SIGHUP).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Do not start the built-in demo upstream.
-        #[arg(long)]
-        no_demo_upstream: bool,
-        /// Where the embedded config store (etcd API on 127.0.0.1:2379) keeps its data.
-        #[arg(long, default_value = "rampart-data/kv")]
-        data_dir: PathBuf,
-        /// Do not start the embedded config store.
-        #[arg(long)]
-        no_store: bool,
-        /// Where the demo's policy bundles (one directory per tenant) are written and watched.
-        #[arg(long, default_value = "rampart-data/policy/tenants")]
-        policy_dir: PathBuf,
-        /// The admin API's bearer token (created, mode 0600, when missing), unless the config
-        /// names its own `admin.token_file`. Default: `admin.token` beside --data-dir
-        /// (rampart-data/admin.token).
-        #[arg(long)]
-        admin_token_file: Option<PathBuf>,
-        /// Where eBPF flow metrics are served when tracing can run (root, BTF, tracefs; builds
-        /// with the `flows` feature). "off" disables tracing.
-        #[arg(long, default_value = "127.0.0.1:9435")]
-        flows_listen: String,
-    },
+    Up(UpArgs),
     /// Run the gateway from a config file; reloads it on change and on SIGHUP.
     Serve {
         #[arg(long, short)]
@@ -133,6 +108,34 @@ enum Command {
 }
 
 #[derive(clap::Args)]
+struct UpArgs {
+    /// Use this gateway config instead of the embedded demo (reloaded on change and SIGHUP).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Do not start the built-in demo upstream.
+    #[arg(long)]
+    no_demo_upstream: bool,
+    /// Where the embedded config store (etcd API on 127.0.0.1:2379) keeps its data.
+    #[arg(long, default_value = "rampart-data/kv")]
+    data_dir: PathBuf,
+    /// Do not start the embedded config store.
+    #[arg(long)]
+    no_store: bool,
+    /// Where the demo's policy bundles (one directory per tenant) are written and watched.
+    #[arg(long, default_value = "rampart-data/policy/tenants")]
+    policy_dir: PathBuf,
+    /// The admin API's bearer token (created, mode 0600, when missing), unless the config
+    /// names its own `admin.token_file`. Default: `admin.token` beside --data-dir
+    /// (rampart-data/admin.token).
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// Where eBPF flow metrics are served when tracing can run (root, BTF, tracefs; builds
+    /// with the `flows` feature). "off" disables tracing.
+    #[arg(long, default_value = "127.0.0.1:9435")]
+    flows_listen: String,
+}
+
+#[derive(clap::Args)]
 struct SidecarArgs {
     /// The local application's port (on 127.0.0.1).
     #[arg(long)]
@@ -161,24 +164,27 @@ struct SidecarArgs {
 enum SidecarCommand {
     /// Print (or apply, or remove) the iptables rules that send the application's traffic
     /// through the sidecar.
-    Iptables {
-        #[arg(long, default_value_t = 15006)]
-        inbound_port: u16,
-        #[arg(long, default_value_t = 15001)]
-        outbound_port: u16,
-        /// Inbound ports to capture (comma-separated); all TCP ports when absent.
-        #[arg(long, value_delimiter = ',')]
-        app_ports: Vec<u16>,
-        /// The user the sidecar runs as: its own connections are not redirected.
-        #[arg(long)]
-        proxy_uid: u32,
-        /// Install the rules instead of printing them.
-        #[arg(long, conflicts_with = "remove")]
-        apply: bool,
-        /// Remove previously installed rules.
-        #[arg(long)]
-        remove: bool,
-    },
+    Iptables(IptablesArgs),
+}
+
+#[derive(clap::Args)]
+struct IptablesArgs {
+    #[arg(long, default_value_t = 15006)]
+    inbound_port: u16,
+    #[arg(long, default_value_t = 15001)]
+    outbound_port: u16,
+    /// Inbound ports to capture (comma-separated); all TCP ports when absent.
+    #[arg(long, value_delimiter = ',')]
+    app_ports: Vec<u16>,
+    /// The user the sidecar runs as: its own connections are not redirected.
+    #[arg(long)]
+    proxy_uid: u32,
+    /// Install the rules instead of printing them.
+    #[arg(long, conflicts_with = "remove")]
+    apply: bool,
+    /// Remove previously installed rules.
+    #[arg(long)]
+    remove: bool,
 }
 
 fn main() -> ExitCode {
@@ -224,125 +230,120 @@ fn run(cmd: Command) -> Result<ExitCode> {
             let (cfg, bytes) = load(&config)?;
             serve(cfg, Some((&config, bytes)), every, None, None)
         }
-        Command::Up {
-            config,
-            no_demo_upstream,
-            data_dir,
-            no_store,
-            policy_dir,
-            admin_token_file,
-            flows_listen,
-        } => {
-            let _flows = in_process_flows(&flows_listen);
-            let admin_token_file = admin_token_file.unwrap_or_else(|| {
-                data_dir
-                    .parent()
-                    .unwrap_or_else(|| std::path::Path::new("."))
-                    .join("admin.token")
-            });
-            let demo =
-                (!no_demo_upstream).then(|| DEMO_UPSTREAM.parse().expect("constant address"));
-            let store = if no_store {
-                None
-            } else {
-                embedded_store(data_dir)
-            };
-            match &config {
-                Some(path) => {
-                    let (mut cfg, bytes) = load(path)?;
-                    admin_token(&mut cfg, &admin_token_file)?;
-                    serve(
-                        cfg,
-                        Some((path, bytes)),
-                        Duration::from_secs(1),
-                        demo,
-                        store,
-                    )
-                }
-                None => {
-                    let mut cfg =
-                        rampart_config::from_yaml(DEMO_CONFIG).context("embedded demo config")?;
-                    demo_policy(&mut cfg, &policy_dir)?;
-                    admin_token(&mut cfg, &admin_token_file)?;
-                    serve(cfg, None, Duration::from_secs(1), demo, store)
-                }
-            }
-        }
+        Command::Up(args) => up(args),
         Command::Sidecar {
-            command:
-                Some(SidecarCommand::Iptables {
-                    inbound_port,
-                    outbound_port,
-                    app_ports,
-                    proxy_uid,
-                    apply,
-                    remove,
-                }),
+            command: Some(SidecarCommand::Iptables(args)),
             ..
-        } => {
-            let rules = if remove {
-                sidecar::remove_rules()
-            } else {
-                sidecar::install_rules(&sidecar::Interception {
-                    inbound_port,
-                    outbound_port,
-                    app_ports,
-                    proxy_uid,
-                })
-            };
-            if apply || remove {
-                sidecar::run_rules(&rules, remove)?;
-            } else {
-                sidecar::print_rules(&rules);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => sidecar_iptables(args),
         Command::Sidecar {
             command: None,
-            run: Some(a),
-        } => {
-            let base = match &a.config {
-                Some(path) => {
-                    let text = std::fs::read_to_string(path)
-                        .with_context(|| format!("cannot read {}", path.display()))?;
-                    rampart_config::parse_yaml(&text)
-                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
-                }
-                None => rampart_config::RawConfig::default(),
-            };
-            let ports = sidecar::SidecarPorts {
-                app_port: a.app_port,
-                app_max_connections: a.app_max_connections,
-                inbound: a.inbound,
-                outbound: a.outbound,
-                admin: a.admin,
-                workers: a.workers,
-                access_log: a.access_log,
-            };
-            let cfg = rampart_config::validate(sidecar::config(base, &ports))
-                .map_err(|e| anyhow::anyhow!("sidecar config: {e}"))?;
-            serve(cfg, None, Duration::ZERO, None, None)
-        }
+            run: Some(args),
+        } => sidecar(args),
         Command::Sidecar { .. } => {
             anyhow::bail!("rampart sidecar needs --app-port (or the iptables subcommand)")
         }
-        Command::DemoUpstream { listen, name } => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let stop = CancellationToken::new();
-                let addr = rampart_proxy::demo::bind_and_serve(listen, name, stop.clone())
-                    .await
-                    .with_context(|| format!("cannot listen on {listen}"))?;
-                tracing::info!(%addr, "demo upstream listening");
-                wait_for_termination().await?;
-                stop.cancel();
-                Ok(ExitCode::SUCCESS)
-            })
+        Command::DemoUpstream { listen, name } => demo_upstream(listen, name),
+    }
+}
+
+/// `rampart up`: the gateway on the given config or the embedded demo, with the embedded
+/// store, the demo upstream and in-process flow tracing unless turned off.
+fn up(a: UpArgs) -> Result<ExitCode> {
+    let _flows = in_process_flows(&a.flows_listen);
+    let admin_token_file = a.admin_token_file.unwrap_or_else(|| {
+        a.data_dir
+            .parent()
+            .unwrap_or_else(|| std::path::Path::new("."))
+            .join("admin.token")
+    });
+    let demo = (!a.no_demo_upstream).then(|| DEMO_UPSTREAM.parse().expect("constant address"));
+    let store = if a.no_store {
+        None
+    } else {
+        embedded_store(a.data_dir)
+    };
+    match &a.config {
+        Some(path) => {
+            let (mut cfg, bytes) = load(path)?;
+            admin_token(&mut cfg, &admin_token_file)?;
+            serve(
+                cfg,
+                Some((path, bytes)),
+                Duration::from_secs(1),
+                demo,
+                store,
+            )
+        }
+        None => {
+            let mut cfg = rampart_config::from_yaml(DEMO_CONFIG).context("embedded demo config")?;
+            demo_policy(&mut cfg, &a.policy_dir)?;
+            admin_token(&mut cfg, &admin_token_file)?;
+            serve(cfg, None, Duration::from_secs(1), demo, store)
         }
     }
+}
+
+/// `rampart sidecar iptables`: prints, installs or removes the interception rules.
+fn sidecar_iptables(a: IptablesArgs) -> Result<ExitCode> {
+    let rules = if a.remove {
+        sidecar::remove_rules()
+    } else {
+        sidecar::install_rules(&sidecar::Interception {
+            inbound_port: a.inbound_port,
+            outbound_port: a.outbound_port,
+            app_ports: a.app_ports,
+            proxy_uid: a.proxy_uid,
+        })
+    };
+    if a.apply || a.remove {
+        sidecar::run_rules(&rules, a.remove)?;
+    } else {
+        sidecar::print_rules(&rules);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rampart sidecar`: the gateway with the sidecar's listeners on top of `--config`, if any.
+fn sidecar(a: SidecarArgs) -> Result<ExitCode> {
+    let base = match &a.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            rampart_config::parse_yaml(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+        None => rampart_config::RawConfig::default(),
+    };
+    let ports = sidecar::SidecarPorts {
+        app_port: a.app_port,
+        app_max_connections: a.app_max_connections,
+        inbound: a.inbound,
+        outbound: a.outbound,
+        admin: a.admin,
+        workers: a.workers,
+        access_log: a.access_log,
+    };
+    let cfg = rampart_config::validate(sidecar::config(base, &ports))
+        .map_err(|e| anyhow::anyhow!("sidecar config: {e}"))?;
+    serve(cfg, None, Duration::ZERO, None, None)
+}
+
+/// `rampart demo-upstream`: the built-in upstream alone, until SIGTERM/SIGINT.
+fn demo_upstream(listen: SocketAddr, name: String) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let stop = CancellationToken::new();
+        let addr = rampart_proxy::demo::bind_and_serve(listen, name, stop.clone())
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        tracing::info!(%addr, "demo upstream listening");
+        wait_for_termination().await?;
+        stop.cancel();
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// Reads and validates a config file; returns the config and the bytes it came from.
