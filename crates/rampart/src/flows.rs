@@ -47,27 +47,30 @@ enum FlowsCommand {
         count: Option<u64>,
     },
     /// A live view of flows sorted by bytes
-    Top {
-        #[command(flatten)]
-        filter: Filter,
-        /// Refresh interval.
-        #[arg(long, default_value = "1s", value_parser = crate::cli_args::duration)]
-        interval: Duration,
-        /// Rows shown.
-        #[arg(long, default_value_t = 20)]
-        rows: usize,
-        /// Stop after this many refreshes (default: until SIGINT/SIGTERM).
-        #[arg(long)]
-        iterations: Option<u64>,
-        /// Print plain tables one after another instead of redrawing the screen.
-        #[arg(long)]
-        no_clear: bool,
-    },
+    Top(TopArgs),
     /// Serve Prometheus metrics about flows
     Serve {
         #[arg(long, default_value = "127.0.0.1:9435")]
         listen: SocketAddr,
     },
+}
+
+#[derive(Args)]
+struct TopArgs {
+    #[command(flatten)]
+    filter: Filter,
+    /// Refresh interval.
+    #[arg(long, default_value = "1s", value_parser = crate::cli_args::duration)]
+    interval: Duration,
+    /// Rows shown.
+    #[arg(long, default_value_t = 20)]
+    rows: usize,
+    /// Stop after this many refreshes (default: until SIGINT/SIGTERM).
+    #[arg(long)]
+    iterations: Option<u64>,
+    /// Print plain tables one after another instead of redrawing the screen.
+    #[arg(long)]
+    no_clear: bool,
 }
 
 /// Which flows to show. Unset fields match everything.
@@ -140,15 +143,7 @@ fn run_inner(args: FlowsArgs) -> Result<()> {
     );
     let result = match args.command {
         FlowsCommand::Watch { filter, count } => watch(&tracer, &filter, count, &stop),
-        FlowsCommand::Top {
-            filter,
-            interval,
-            rows,
-            iterations,
-            no_clear,
-        } => top(
-            &tracer, &filter, interval, rows, iterations, no_clear, &stop,
-        ),
+        FlowsCommand::Top(args) => top(&tracer, args, &stop),
         FlowsCommand::Serve { listen } => serve(tracer, listen, &stop),
     };
     // `tracer` (when still owned here) is dropped on return: programs and links detach.
@@ -276,16 +271,15 @@ fn watch(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn top(
-    tracer: &FlowTracer,
-    filter: &Filter,
-    interval: Duration,
-    rows: usize,
-    iterations: Option<u64>,
-    no_clear: bool,
-    stop: &AtomicBool,
-) -> Result<()> {
+/// Redraws the table of flows every `interval` until stopped or `iterations` are done.
+fn top(tracer: &FlowTracer, args: TopArgs, stop: &AtomicBool) -> Result<()> {
+    let TopArgs {
+        filter,
+        interval,
+        rows,
+        iterations,
+        no_clear,
+    } = args;
     let mut done = 0u64;
     while !stop.load(Ordering::Relaxed) && iterations.is_none_or(|n| done < n) {
         let deadline = Instant::now() + interval;
