@@ -443,8 +443,6 @@ fn embedded_store(_data_dir: PathBuf) -> Option<StoreConfig> {
     None
 }
 
-/// Runs the gateway until SIGTERM/SIGINT; SIGHUP reloads `path`. The main thread runs the
-/// control runtime (admin, DNS, reloads, signals); data-plane workers run on their own threads.
 /// Runs flow tracing and its metrics endpoint on a thread while the returned guard lives,
 /// when this build and this process can (root, kernel BTF, tracefs); otherwise logs why not.
 #[cfg(feature = "flows")]
@@ -602,6 +600,8 @@ fn demo_policy(cfg: &mut Config, _dir: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// Runs the gateway until SIGTERM/SIGINT; SIGHUP reloads `file`. The main thread runs the
+/// control runtime (admin, DNS, reloads, signals); data-plane workers run on their own threads.
 fn serve(
     cfg: Config,
     file: Option<(&std::path::Path, Vec<u8>)>,
