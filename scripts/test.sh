@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/rampart/target}"
 mkdir -p "$CARGO_TARGET_DIR"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# Incremental state only pays off while editing; for a whole-suite run it is tens of GB of
+# disk (it filled this machine's disk once) for no speed-up.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 section() { printf '\n==> %s\n' "$*"; }
 
