@@ -40,3 +40,4 @@ pub mod watch;
 
 pub use error::KvError;
 pub use node::{ClusterState, KvNode, NodeConfig};
+pub use server::Listeners;

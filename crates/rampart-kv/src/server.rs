@@ -16,17 +16,40 @@ use tonic::transport::server::TcpIncoming;
 use crate::node::{ClusterState, KvNode, NodeConfig, StartError};
 use crate::service;
 
-impl KvNode {
-    /// Open storage, start Raft and both servers. Returns once the sockets are bound.
-    pub async fn start(config: NodeConfig) -> Result<Arc<KvNode>, StartError> {
-        let (opened, tls) = KvNode::open(&config).await?;
+/// A member's client and peer sockets, bound before it starts: by [`KvNode::start`] from its
+/// config, or by a caller that wants to hold them from the moment it picks the ports.
+pub struct Listeners {
+    pub client: std::net::TcpListener,
+    pub peer: std::net::TcpListener,
+}
 
-        let client_listener = TcpListener::bind(config.listen_client)
-            .await
-            .map_err(listen_error(config.listen_client, "client"))?;
-        let peer_listener = TcpListener::bind(config.listen_peer)
-            .await
-            .map_err(listen_error(config.listen_peer, "peer"))?;
+impl Listeners {
+    /// Binds the configured client and peer addresses.
+    pub fn bind(config: &NodeConfig) -> Result<Self, StartError> {
+        let bind = |addr, what| std::net::TcpListener::bind(addr).map_err(listen_error(addr, what));
+        Ok(Self {
+            client: bind(config.listen_client, "client")?,
+            peer: bind(config.listen_peer, "peer")?,
+        })
+    }
+}
+
+impl KvNode {
+    /// Binds the configured ports, opens storage, starts Raft and both servers. Returns once
+    /// serving. Binding comes first, so a port in use fails the start before Raft runs.
+    pub async fn start(config: NodeConfig) -> Result<Arc<KvNode>, StartError> {
+        let listeners = Listeners::bind(&config)?;
+        Self::start_on(config, listeners).await
+    }
+
+    /// [`KvNode::start`] on sockets the caller bound.
+    pub async fn start_on(
+        config: NodeConfig,
+        listeners: Listeners,
+    ) -> Result<Arc<KvNode>, StartError> {
+        let (opened, tls) = KvNode::open(&config).await?;
+        let client_listener = tokio_listener(listeners.client, config.listen_client, "client")?;
+        let peer_listener = tokio_listener(listeners.peer, config.listen_peer, "peer")?;
         let client_addr = client_listener
             .local_addr()
             .map_err(listen_error(config.listen_client, "client"))?;
@@ -52,6 +75,16 @@ impl KvNode {
         );
         Ok(node)
     }
+}
+
+fn tokio_listener(
+    l: std::net::TcpListener,
+    addr: SocketAddr,
+    what: &'static str,
+) -> Result<TcpListener, StartError> {
+    l.set_nonblocking(true)
+        .and_then(|()| TcpListener::from_std(l))
+        .map_err(listen_error(addr, what))
 }
 
 fn listen_error(addr: SocketAddr, what: &'static str) -> impl FnOnce(std::io::Error) -> StartError {

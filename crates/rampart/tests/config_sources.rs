@@ -84,8 +84,9 @@ async fn start(test: &str, source: Source) -> Stack {
 }
 
 impl Stack {
+    /// The file for `body`, with the listeners as configured (port 0, so they are kept).
     fn text(&self, body: &str) -> String {
-        file_text(self.addr, self.admin, &self.token_file, body)
+        file_text(ANY_PORT, ANY_PORT, &self.token_file, body)
     }
 
     /// Offers a config through `source`; the admin API answers, the file does not.

@@ -30,7 +30,7 @@ async fn kv_txn_history_leases_and_watch_behave_like_etcd() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = cluster_configs(dir.path(), 1).remove(0);
     cfg.watch_progress_interval = Duration::from_millis(300);
-    let node = rampart_kv::KvNode::start(cfg.clone()).await.unwrap();
+    let node = start(cfg.clone()).await.unwrap();
     let mut c = client(&[&cfg]);
 
     // Revisions: an empty store is at 1; each write adds one.
@@ -457,7 +457,7 @@ async fn kv_txn_history_leases_and_watch_behave_like_etcd() {
 async fn a_damaged_log_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = cluster_configs(dir.path(), 1).remove(0);
-    let node = rampart_kv::KvNode::start(cfg.clone()).await.unwrap();
+    let node = start(cfg.clone()).await.unwrap();
     let mut c = client(&[&cfg]);
     let marker = "MARKER-0123456789-ABCDEFGHIJ";
     for i in 0..20 {
@@ -492,10 +492,7 @@ async fn a_damaged_log_refuses_to_start() {
     // A truncated file is refused too.
     let half = bytes.len() / 2;
     std::fs::write(&log, &bytes[..half]).unwrap();
-    let err = rampart_kv::KvNode::start(cfg.clone())
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = start(cfg.clone()).await.unwrap_err().to_string();
     assert!(err.contains("raft-log.redb"), "{err}");
 }
 
@@ -503,7 +500,7 @@ async fn a_damaged_log_refuses_to_start() {
 async fn a_damaged_state_file_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = cluster_configs(dir.path(), 1).remove(0);
-    let node = rampart_kv::KvNode::start(cfg.clone()).await.unwrap();
+    let node = start(cfg.clone()).await.unwrap();
     let mut c = client(&[&cfg]);
     let marker = "STATE-MARKER-0123456789-ABCDEFGHIJ";
     c.put(put("k", marker)).await.unwrap();
@@ -533,10 +530,7 @@ async fn a_damaged_state_file_refuses_to_start() {
     let err = refused_start(&cfg).await;
     assert!(err.contains("state.redb"), "{err}");
     std::fs::write(&state, &bytes[..bytes.len() / 3]).unwrap();
-    let err = rampart_kv::KvNode::start(cfg.clone())
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = start(cfg.clone()).await.unwrap_err().to_string();
     assert!(err.contains("state.redb"), "{err}");
 }
 
@@ -559,7 +553,7 @@ async fn client_speaks_tls_and_logs_in() {
     let mut cfg =
         rampart_kv::NodeConfig::single("n1", dir.path().join("data"), free_addr(), free_addr());
     cfg.client_tls = Some(files("n1", true));
-    let node = rampart_kv::KvNode::start(cfg.clone()).await.unwrap();
+    let node = start(cfg.clone()).await.unwrap();
     let ep = vec![cfg.listen_client.to_string()];
     let tls = Some(client_config(&files("client", false)).unwrap());
     let secure = |user: Option<(&str, &str)>| {
@@ -689,7 +683,7 @@ async fn a_write_checked_under_an_older_auth_revision_is_checked_again_at_apply(
 async fn a_lagging_watch_is_cancelled_by_compaction_never_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = cluster_configs(dir.path(), 1).remove(0);
-    let node = rampart_kv::KvNode::start(cfg.clone()).await.unwrap();
+    let node = start(cfg.clone()).await.unwrap();
     let mut c = client(&[&cfg]);
     let first = c
         .put(put("lag/0", "x"))

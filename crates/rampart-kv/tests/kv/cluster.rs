@@ -218,7 +218,7 @@ async fn learner_joins_by_snapshot_is_promoted_and_removed() {
     assert!(added.members.iter().any(|m| m.id == id && m.is_learner));
     let mut new_cfg = newcomer.clone();
     new_cfg.cluster_state = rampart_kv::ClusterState::Existing;
-    let learner = rampart_kv::KvNode::start(new_cfg.clone()).await.unwrap();
+    let learner = start(new_cfg.clone()).await.unwrap();
     let mut lc = one(&new_cfg);
     eventually(Duration::from_secs(20), "the learner has every key", || {
         let mut lc = lc.clone();

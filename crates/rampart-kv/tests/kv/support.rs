@@ -9,9 +9,39 @@ use rampart_kv::client::Client;
 use rampart_kv::proto::etcdserverpb as pb;
 use rampart_kv::{ClusterState, KvNode, NodeConfig};
 
-/// A loopback address nobody listens on (see `rampart_test_support::free_port`).
+/// Sockets bound by [`free_addr`], held until a node starts on them ([`start`]).
+static HELD: std::sync::Mutex<Vec<std::net::TcpListener>> = std::sync::Mutex::new(Vec::new());
+
+/// A loopback address bound here and held, so no other test can take it before the node
+/// that [`start`]s on it.
 pub(crate) fn free_addr() -> SocketAddr {
-    rampart_test_support::local(rampart_test_support::free_port())
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    HELD.lock().unwrap().push(l);
+    addr
+}
+
+/// The held socket for `addr`, if [`free_addr`] still holds it.
+fn take_held(addr: SocketAddr) -> Option<std::net::TcpListener> {
+    let mut held = HELD.lock().unwrap();
+    let at = held
+        .iter()
+        .position(|l| l.local_addr().is_ok_and(|a| a == addr))?;
+    Some(held.swap_remove(at))
+}
+
+/// Starts a node: on the sockets [`free_addr`] held for it, the first time; binding its
+/// addresses again on a restart (its own earlier run released them).
+pub(crate) async fn start(config: NodeConfig) -> Result<Arc<KvNode>, rampart_kv::node::StartError> {
+    match (
+        take_held(config.listen_client),
+        take_held(config.listen_peer),
+    ) {
+        (Some(client), Some(peer)) => {
+            KvNode::start_on(config, rampart_kv::Listeners { client, peer }).await
+        }
+        _ => KvNode::start(config).await,
+    }
 }
 
 /// Configs for an `n`-node cluster with data under `dir/nodeI`.
@@ -44,7 +74,7 @@ pub(crate) fn cluster_configs(dir: &Path, n: usize) -> Vec<NodeConfig> {
 pub(crate) async fn start_all(configs: &[NodeConfig]) -> Vec<Arc<KvNode>> {
     let mut nodes = Vec::new();
     for c in configs {
-        nodes.push(KvNode::start(c.clone()).await.unwrap());
+        nodes.push(start(c.clone()).await.unwrap());
     }
     nodes
 }
@@ -55,7 +85,7 @@ pub(crate) async fn restart(config: &NodeConfig) -> Arc<KvNode> {
     c.cluster_state = ClusterState::Existing;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match KvNode::start(c.clone()).await {
+        match start(c.clone()).await {
             Ok(n) => return n,
             Err(e) if tokio::time::Instant::now() < deadline => {
                 let _ = e;
@@ -119,7 +149,7 @@ pub(crate) fn get(key: &str) -> pb::RangeRequest {
 pub(crate) async fn refused_start(config: &NodeConfig) -> String {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match KvNode::start(config.clone()).await {
+        match start(config.clone()).await {
             Ok(_) => panic!(
                 "a node started from damaged files in {}",
                 config.data_dir.display()

@@ -28,6 +28,7 @@ pub(crate) fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_rampart")
 }
 
+#[allow(unused_imports)] // each test binary uses a different subset
 pub(crate) use rampart_test_support::{free_port, local};
 
 /// A scratch directory, removed on drop.
@@ -382,38 +383,49 @@ pub(crate) async fn await_ok(proc: &mut Proc, addr: SocketAddr, path: &str) -> b
     );
 }
 
-/// Ports are picked free and then bound by the child; another process may win the race.
-/// A start that fails with "address in use" is retried on new ports.
-pub(crate) fn lost_port_race(proc: &Proc) -> bool {
-    proc.stderr().contains("Address already in use")
-}
-
-/// A `rampart demo-upstream` process on a free port.
+/// A `rampart demo-upstream` process on a port of its choosing.
 pub(crate) struct Upstream {
     pub(crate) addr: SocketAddr,
     /// Kept for its drop: the process dies with the guard.
     _proc: Proc,
 }
 
+/// The upstream binds port 0 itself and says which port it got, so no other test can take
+/// its port between a probe and the bind.
 pub(crate) async fn demo_upstream(name: &str) -> Upstream {
-    for _ in 0..3 {
-        let addr = local(free_port());
-        let listen = addr.to_string();
-        let mut proc = Proc::spawn(
-            &format!("demo-upstream {name}"),
-            &["demo-upstream", "--listen", &listen, "--name", name],
+    let mut proc = Proc::spawn(
+        &format!("demo-upstream {name}"),
+        &["demo-upstream", "--listen", "127.0.0.1:0", "--name", name],
+    );
+    let addr = bound(&mut proc, "demo upstream listening addr=").await;
+    assert!(
+        await_ok(&mut proc, addr, "/").await,
+        "demo upstream {name} did not start; stderr:\n{}",
+        proc.stderr()
+    );
+    Upstream { addr, _proc: proc }
+}
+
+/// The address a child process logged after `marker` (e.g. `... local=127.0.0.1:PORT ...`):
+/// how tests learn the port of a server that bound port 0.
+pub(crate) async fn bound(proc: &mut Proc, marker: &str) -> SocketAddr {
+    let deadline = Instant::now() + STARTUP;
+    loop {
+        let found = proc.stderr().lines().find_map(|l| {
+            let at = l.find(marker)? + marker.len();
+            l[at..].split_whitespace().next()?.parse().ok()
+        });
+        if let Some(addr) = found {
+            return addr;
+        }
+        assert!(
+            proc.exited().is_none() && Instant::now() < deadline,
+            "{} never logged {marker:?}; stderr:\n{}",
+            proc.label,
+            proc.stderr()
         );
-        if await_ok(&mut proc, addr, "/").await {
-            return Upstream { addr, _proc: proc };
-        }
-        if !lost_port_race(&proc) {
-            panic!(
-                "demo upstream {name} did not start; stderr:\n{}",
-                proc.stderr()
-            );
-        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("demo upstream {name}: no free port after 3 tries");
 }
 
 /// A `rampart serve` process on free ports, with its config file.
@@ -426,9 +438,10 @@ pub(crate) struct Served {
 }
 
 impl Served {
-    /// Writes a new config with the same ports (atomically).
+    /// Writes a new config with the same listeners (atomically): as configured, on port 0,
+    /// so the running listeners are kept.
     pub(crate) fn rewrite(&self, body: &str) {
-        write_atomically(&self.config, &config_file(self.addr, self.admin, body));
+        write_atomically(&self.config, &config_file(ANY_PORT, ANY_PORT, body));
     }
 }
 
@@ -462,33 +475,34 @@ pub(crate) async fn serve(test: &str, body: &str, extra: &[&str]) -> Served {
     }
 }
 
-/// Writes `text(listener, admin)` for two free ports to `config`, starts `rampart serve
-/// --config <config> <extra>` and waits for the admin `/ready`; tries other ports when
-/// another process took one meanwhile. Returns the process, the listener and admin address.
+/// Writes `text(listener, admin)` to `config` with both addresses on port 0, starts
+/// `rampart serve --config <config> <extra>`, learns the ports it bound from its log and
+/// waits for the admin `/ready`. The server binds its own ports, so no other test can take
+/// one between a probe and the bind. Returns the process, the listener and admin address.
 pub(crate) async fn spawn_serve(
     test: &str,
     config: &Path,
     text: impl Fn(SocketAddr, SocketAddr) -> String,
     extra: &[&str],
 ) -> (Proc, SocketAddr, SocketAddr) {
-    for _ in 0..3 {
-        let (addr, admin) = (local(free_port()), local(free_port()));
-        write_atomically(config, &text(addr, admin));
-        let path = config.to_str().expect("utf-8 temp path");
-        let mut args = vec!["serve", "--config", path];
-        args.extend_from_slice(extra);
-        let mut proc = Proc::spawn(&format!("serve ({test})"), &args);
-        if await_ok(&mut proc, admin, "/ready").await {
-            return (proc, addr, admin);
-        }
-        assert!(
-            lost_port_race(&proc),
-            "rampart serve did not become ready; stderr:\n{}",
-            proc.stderr()
-        );
-    }
-    panic!("rampart serve: no free ports after 3 tries");
+    write_atomically(config, &text(ANY_PORT, ANY_PORT));
+    let path = config.to_str().expect("utf-8 temp path");
+    let mut args = vec!["serve", "--config", path];
+    args.extend_from_slice(extra);
+    let mut proc = Proc::spawn(&format!("serve ({test})"), &args);
+    let addr = bound(&mut proc, "listener=main local=").await;
+    let admin = bound(&mut proc, "admin endpoint listening local=").await;
+    assert!(
+        await_ok(&mut proc, admin, "/ready").await,
+        "rampart serve did not become ready; stderr:\n{}",
+        proc.stderr()
+    );
+    (proc, addr, admin)
 }
+
+/// `127.0.0.1:0`: what configs written by tests listen on (the server picks the port).
+pub(crate) const ANY_PORT: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
 /// A route table `main` with one catch-all virtual host holding `routes` (YAML list items
 /// indented by 10 spaces), then `clusters` (list items indented by 2).
