@@ -20,6 +20,8 @@ mod admin_token;
 #[cfg(any(feature = "full", feature = "flows"))]
 mod cli_args;
 mod config_file;
+#[cfg(feature = "full")]
+mod control_plane;
 #[cfg(feature = "flows")]
 mod flows;
 #[cfg(feature = "full")]
@@ -98,6 +100,10 @@ enum Command {
     /// TCP flow tracing with eBPF: `watch` (JSON lines), `top`, `serve` (Prometheus).
     #[cfg(feature = "flows")]
     Flows(flows::FlowsArgs),
+    /// Serve a config file's listeners, routes and clusters over Envoy's xDS (ADS, State of
+    /// the World and Delta) on 127.0.0.1:18000.
+    #[cfg(feature = "full")]
+    ControlPlane(control_plane::ControlPlaneArgs),
     /// Run the built-in demo upstream alone (for tests and benchmarks).
     DemoUpstream {
         #[arg(long, default_value = DEMO_UPSTREAM)]
@@ -242,6 +248,8 @@ fn run(cmd: Command) -> Result<ExitCode> {
         Command::Sidecar { .. } => {
             anyhow::bail!("rampart sidecar needs --app-port (or the iptables subcommand)")
         }
+        #[cfg(feature = "full")]
+        Command::ControlPlane(args) => control_plane::run(&args),
         Command::DemoUpstream { listen, name } => demo_upstream(listen, name),
     }
 }

@@ -1,0 +1,158 @@
+//! Delta (incremental) xDS over ADS: each response carries only the resources the client
+//! lacks or has an old version of, and the names it should remove.
+//!
+//! Per stream and type: the names subscribed (`*` or, for listeners and clusters, an empty
+//! first subscription: all), the version of each resource the client holds (from
+//! `initial_resource_versions` on reconnect, then from what was sent), and the nonce awaiting
+//! an answer. As with State of the World, one response per type is in flight at a time, and
+//! a NACK is not answered with the same versions again.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::snapshot::wildcard_type;
+use crate::status::Outcome;
+use crate::stream::{Common, Gone, Handler};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
+};
+
+#[derive(Default)]
+struct TypeState {
+    wildcard: bool,
+    names: BTreeSet<String>,
+    /// Name → version the client holds (or was last sent).
+    known: HashMap<String, String>,
+    in_flight: Option<String>,
+    /// Whether the first response for the type has gone (it is sent even when empty, so a
+    /// client's warming can finish).
+    answered: bool,
+}
+
+impl TypeState {
+    fn wants(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+}
+
+pub(crate) struct Stream {
+    common: Common<DeltaDiscoveryResponse>,
+    types: HashMap<String, TypeState>,
+}
+
+impl Stream {
+    pub(crate) fn new(common: Common<DeltaDiscoveryResponse>) -> Self {
+        Self {
+            common,
+            types: HashMap::new(),
+        }
+    }
+}
+
+impl Handler for Stream {
+    type Req = DeltaDiscoveryRequest;
+    type Resp = DeltaDiscoveryResponse;
+
+    fn common(&mut self) -> &mut Common<DeltaDiscoveryResponse> {
+        &mut self.common
+    }
+
+    fn types(&self) -> Vec<String> {
+        self.types.keys().cloned().collect()
+    }
+
+    async fn request(&mut self, req: DeltaDiscoveryRequest) -> Result<(), Gone> {
+        self.common.note_node(req.node.as_ref());
+        let type_url = req.type_url.clone();
+        let first = !self.types.contains_key(&type_url);
+        let st = self.types.entry(type_url.clone()).or_default();
+        if first {
+            st.known = req.initial_resource_versions.clone();
+            st.wildcard = req.resource_names_subscribe.is_empty() && wildcard_type(&type_url);
+        }
+        for name in &req.resource_names_subscribe {
+            if name == "*" {
+                st.wildcard = true;
+            } else {
+                st.names.insert(name.clone());
+            }
+        }
+        for name in &req.resource_names_unsubscribe {
+            if name == "*" {
+                st.wildcard = false;
+            } else {
+                st.names.remove(name);
+            }
+            // Subscribing again later sends it again.
+            st.known.remove(name);
+        }
+        if !req.response_nonce.is_empty() && st.in_flight.as_deref() == Some(&*req.response_nonce) {
+            st.in_flight = None;
+            let version = self.common.current().version.to_string();
+            let outcome = match &req.error_detail {
+                Some(e) => {
+                    tracing::warn!(node = %self.common.node, type_url, error = %e.message, "config rejected by the client");
+                    Outcome::Nacked(e.message.clone())
+                }
+                None => Outcome::Acked,
+            };
+            self.common
+                .nodes
+                .record(&self.common.node, &type_url, &version, outcome);
+        }
+        self.push_if_due(&type_url).await
+    }
+
+    /// Sends what the client lacks of one type, when nothing of it is in flight.
+    async fn push_if_due(&mut self, type_url: &str) -> Result<(), Gone> {
+        let snap = self.common.current();
+        let Some(st) = self.types.get_mut(type_url) else {
+            return Ok(());
+        };
+        if st.in_flight.is_some() {
+            return Ok(());
+        }
+        let current = snap.of(type_url);
+        let resources: Vec<Resource> = current
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter(|r| st.wants(&r.name) && st.known.get(&r.name) != Some(&r.version))
+            .map(|r| Resource {
+                name: r.name.clone(),
+                version: r.version.clone(),
+                resource: Some(r.body.clone()),
+                ..Default::default()
+            })
+            .collect();
+        let removed: Vec<String> = st
+            .known
+            .keys()
+            .filter(|n| !current.is_some_and(|m| m.contains_key(*n)))
+            .cloned()
+            .collect();
+        if resources.is_empty() && removed.is_empty() && st.answered {
+            return Ok(());
+        }
+        for r in &resources {
+            st.known.insert(r.name.clone(), r.version.clone());
+        }
+        for n in &removed {
+            st.known.remove(n);
+        }
+        st.answered = true;
+        let nonce = self.common.next_nonce();
+        st.in_flight = Some(nonce.clone());
+        let version = snap.version.to_string();
+        self.common
+            .nodes
+            .record(&self.common.node, type_url, &version, Outcome::Sent);
+        let resp = DeltaDiscoveryResponse {
+            system_version_info: version,
+            resources,
+            type_url: type_url.to_owned(),
+            removed_resources: removed,
+            nonce,
+            ..Default::default()
+        };
+        self.common.send(resp).await
+    }
+}

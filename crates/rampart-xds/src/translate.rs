@@ -1,0 +1,300 @@
+//! A Rampart config as Envoy resources, all delivered over ADS:
+//!
+//! - each listener: an HTTP connection manager whose routes come from RDS (named after the
+//!   listener's route table) and whose last HTTP filter is the router;
+//! - each route table: a route configuration (domains, path/method matches, forward with
+//!   weighted clusters, prefix and host rewrites and timeout; direct responses; redirects);
+//! - each static cluster: an EDS cluster and its load assignment; a cluster with DNS names is
+//!   a STRICT_DNS cluster carrying its endpoints inline (EDS endpoints must be addresses).
+//!
+//! Rampart's own filters (policy, JWT, rate limits) are not translated yet: Rampart proxies
+//! that need them still take their config from a file.
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster as EnvoyCluster, cluster};
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, AggregatedConfigSource, ConfigSource, DataSource, SocketAddress, address,
+    config_source, data_source, socket_address,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+};
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+use envoy_types::pb::envoy::config::route::v3::{
+    DirectResponseAction, RedirectAction, Route as EnvoyRoute, RouteAction, RouteConfiguration,
+    RouteMatch as EnvoyMatch, VirtualHost as EnvoyVirtualHost, WeightedCluster as EnvoyWeighted,
+    redirect_action, route, route_action, route_match, weighted_cluster,
+};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher;
+use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value};
+use envoy_types::util::pack_any;
+use rampart_config::Config;
+use rampart_config::model::{
+    Action, Cluster, DomainPattern, EndpointAddr, Forward, LbPolicy, PathMatch, Redirect, Route,
+    RouteTable,
+};
+
+use crate::snapshot::{CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot};
+
+/// Every resource of `config`, as a snapshot numbered `version`.
+pub fn snapshot(config: &Config, version: u64) -> Snapshot {
+    let mut out: Vec<(&'static str, String, Any)> = Vec::new();
+    for l in &config.listeners {
+        out.push((LISTENER, l.name.clone(), pack_any(listener(l))));
+    }
+    for t in &config.route_tables {
+        out.push((ROUTE, t.name.clone(), pack_any(route_table(t))));
+    }
+    for c in &config.clusters {
+        out.push((CLUSTER, c.name.clone(), pack_any(cluster(c))));
+        if eds(c) {
+            out.push((ENDPOINT, c.name.clone(), pack_any(load_assignment(c))));
+        }
+    }
+    Snapshot::new(version, out)
+}
+
+/// Resources come over the same ADS stream.
+fn ads() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: 2, // V3
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+            AggregatedConfigSource::default(),
+        )),
+        ..Default::default()
+    }
+}
+
+fn socket(ip: String, port: u16) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: ip,
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(port))),
+            ..Default::default()
+        })),
+    }
+}
+
+fn duration(d: Duration) -> PbDuration {
+    PbDuration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+pub fn listener(l: &rampart_config::model::Listener) -> Listener {
+    let hcm = HttpConnectionManager {
+        stat_prefix: l.name.clone(),
+        route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
+            config_source: Some(ads()),
+            route_config_name: l.route_table.clone(),
+        })),
+        http_filters: vec![HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+                Router::default(),
+            ))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Listener {
+        name: l.name.clone(),
+        address: Some(socket(l.address.ip().to_string(), l.address.port())),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(filter::ConfigType::TypedConfig(pack_any(hcm))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+pub fn route_table(t: &RouteTable) -> RouteConfiguration {
+    RouteConfiguration {
+        name: t.name.clone(),
+        virtual_hosts: t
+            .virtual_hosts
+            .iter()
+            .map(|vh| EnvoyVirtualHost {
+                name: vh.name.clone(),
+                domains: vh.domains.iter().map(domain).collect(),
+                routes: vh.routes.iter().map(route).collect(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn domain(d: &DomainPattern) -> String {
+    match d {
+        DomainPattern::Exact(s) => s.clone(),
+        DomainPattern::Suffix(s) => format!("*{s}"),
+        DomainPattern::Prefix(s) => format!("{s}*"),
+        DomainPattern::Any => "*".into(),
+    }
+}
+
+fn route(r: &Route) -> EnvoyRoute {
+    let path = match &r.matcher.path {
+        None => route_match::PathSpecifier::Prefix("/".into()),
+        Some(PathMatch::Prefix(p)) => route_match::PathSpecifier::Prefix(p.clone()),
+        Some(PathMatch::Exact(p)) => route_match::PathSpecifier::Path(p.clone()),
+        Some(PathMatch::Regex(re)) => route_match::PathSpecifier::SafeRegex(RegexMatcher {
+            regex: re.as_str().to_owned(),
+            ..Default::default()
+        }),
+    };
+    let action = match &r.action {
+        Action::Forward(f) => route::Action::Route(forward(f)),
+        Action::DirectResponse(d) => route::Action::DirectResponse(DirectResponseAction {
+            status: u32::from(d.status.as_u16()),
+            body: Some(DataSource {
+                specifier: Some(data_source::Specifier::InlineString(d.body.clone())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        Action::Redirect(rd) => route::Action::Redirect(redirect(rd)),
+    };
+    EnvoyRoute {
+        name: r.name.clone(),
+        r#match: Some(EnvoyMatch {
+            path_specifier: Some(path),
+            ..Default::default()
+        }),
+        action: Some(action),
+        ..Default::default()
+    }
+}
+
+fn forward(f: &Forward) -> RouteAction {
+    let clusters = match f.clusters.as_slice() {
+        [one] => route_action::ClusterSpecifier::Cluster(one.cluster.clone()),
+        many => route_action::ClusterSpecifier::WeightedClusters(EnvoyWeighted {
+            clusters: many
+                .iter()
+                .map(|w| weighted_cluster::ClusterWeight {
+                    name: w.cluster.clone(),
+                    weight: Some(UInt32Value { value: w.weight }),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }),
+    };
+    RouteAction {
+        cluster_specifier: Some(clusters),
+        prefix_rewrite: f.prefix_rewrite.clone().unwrap_or_default(),
+        host_rewrite_specifier: f.host_rewrite.as_ref().and_then(|h| {
+            h.to_str()
+                .ok()
+                .map(|h| route_action::HostRewriteSpecifier::HostRewriteLiteral(h.to_owned()))
+        }),
+        timeout: f.timeout.map(duration),
+        ..Default::default()
+    }
+}
+
+fn redirect(r: &Redirect) -> RedirectAction {
+    // Envoy's response codes: MOVED_PERMANENTLY 0, FOUND 1, SEE_OTHER 2, TEMPORARY 3,
+    // PERMANENT 4.
+    let response_code = match r.status.as_u16() {
+        302 => 1,
+        303 => 2,
+        307 => 3,
+        308 => 4,
+        _ => 0,
+    };
+    let path = match (&r.path, &r.prefix_rewrite) {
+        (Some(p), _) => Some(redirect_action::PathRewriteSpecifier::PathRedirect(
+            p.clone(),
+        )),
+        (None, Some(p)) => Some(redirect_action::PathRewriteSpecifier::PrefixRewrite(
+            p.clone(),
+        )),
+        (None, None) => None,
+    };
+    RedirectAction {
+        host_redirect: r.host.clone().unwrap_or_default(),
+        port_redirect: r.port.map(u32::from).unwrap_or_default(),
+        response_code,
+        strip_query: r.strip_query,
+        scheme_rewrite_specifier: r
+            .scheme
+            .clone()
+            .map(redirect_action::SchemeRewriteSpecifier::SchemeRedirect),
+        path_rewrite_specifier: path,
+    }
+}
+
+/// A cluster whose endpoints are all addresses is an EDS cluster.
+fn eds(c: &Cluster) -> bool {
+    c.endpoints.iter().all(|e| matches!(e, EndpointAddr::Ip(_)))
+}
+
+pub fn cluster(c: &Cluster) -> EnvoyCluster {
+    let lb_policy = match c.lb_policy {
+        LbPolicy::RoundRobin => cluster::LbPolicy::RoundRobin,
+        LbPolicy::LeastRequest => cluster::LbPolicy::LeastRequest,
+        LbPolicy::RingHash => cluster::LbPolicy::RingHash,
+        LbPolicy::Maglev => cluster::LbPolicy::Maglev,
+    };
+    let mut out = EnvoyCluster {
+        name: c.name.clone(),
+        connect_timeout: Some(duration(c.connect_timeout)),
+        lb_policy: lb_policy as i32,
+        ..Default::default()
+    };
+    if eds(c) {
+        out.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Eds as i32,
+        ));
+        out.eds_cluster_config = Some(cluster::EdsClusterConfig {
+            eds_config: Some(ads()),
+            service_name: String::new(),
+        });
+    } else {
+        out.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::StrictDns as i32,
+        ));
+        out.load_assignment = Some(load_assignment(c));
+    }
+    out
+}
+
+pub fn load_assignment(c: &Cluster) -> ClusterLoadAssignment {
+    let lb_endpoints = c
+        .endpoints
+        .iter()
+        .map(|e| {
+            let address = match e {
+                EndpointAddr::Ip(a) => socket(a.ip().to_string(), a.port()),
+                EndpointAddr::Dns { host, port } => socket(host.clone(), *port),
+            };
+            LbEndpoint {
+                host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                    address: Some(address),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }
+        })
+        .collect();
+    ClusterLoadAssignment {
+        cluster_name: c.name.clone(),
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
