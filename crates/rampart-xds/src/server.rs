@@ -116,6 +116,7 @@ impl AggregatedDiscoveryService for Ads {
         let common = Common::new(self.cache.tx.subscribe(), tx, self.cache.nodes.clone());
         tokio::spawn(stream::drive(
             sotw::Stream::new(common),
+            "sotw",
             request.into_inner(),
         ));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -129,6 +130,7 @@ impl AggregatedDiscoveryService for Ads {
         let common = Common::new(self.cache.tx.subscribe(), tx, self.cache.nodes.clone());
         tokio::spawn(stream::drive(
             delta::Stream::new(common),
+            "delta",
             request.into_inner(),
         ));
         Ok(Response::new(ReceiverStream::new(rx)))

@@ -1,8 +1,17 @@
-//! What each connected node has been sent and what it did with it, per type: the data for
-//! `rampart xds status` (as `istioctl proxy-status` shows it).
+//! What each connected node has been sent and what it did with it, per type (the data for
+//! `rampart xds status`, as `istioctl proxy-status` shows it), and the control plane's
+//! Prometheus metrics: streams open, responses pushed, NACKs received.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
 
 /// What a client answered, or that a version is on its way.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,14 +30,94 @@ pub struct TypeStatus {
     pub nacked: Option<(String, String)>,
 }
 
-/// Every node's state, shared by all streams.
-#[derive(Debug, Clone, Default)]
-pub struct Nodes(Arc<Mutex<BTreeMap<String, BTreeMap<String, TypeStatus>>>>);
+/// Every node's state and the counters, shared by all streams.
+#[derive(Clone)]
+pub struct Nodes {
+    state: Arc<Mutex<BTreeMap<String, BTreeMap<String, TypeStatus>>>>,
+    registry: Arc<Mutex<Registry>>,
+    streams: Family<Labels, Gauge>,
+    pushes: Family<Labels, Counter>,
+    nacks: Family<Labels, Counter>,
+}
+
+impl std::fmt::Debug for Nodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nodes").finish_non_exhaustive()
+    }
+}
+
+impl Default for Nodes {
+    fn default() -> Self {
+        let mut r = Registry::with_prefix("rampart_xds");
+        let streams = Family::<Labels, Gauge>::default();
+        r.register(
+            "streams_active",
+            "Open ADS streams by flavour (sotw, delta)",
+            streams.clone(),
+        );
+        let pushes = Family::<Labels, Counter>::default();
+        r.register("pushes", "Responses sent, by resource type", pushes.clone());
+        let nacks = Family::<Labels, Counter>::default();
+        r.register(
+            "nacks",
+            "Responses a client rejected, by resource type",
+            nacks.clone(),
+        );
+        Self {
+            state: Arc::default(),
+            registry: Arc::new(Mutex::new(r)),
+            streams,
+            pushes,
+            nacks,
+        }
+    }
+}
+
+/// Counts an open stream until dropped.
+pub(crate) struct StreamGuard(Gauge);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// `type.googleapis.com/envoy.config.cluster.v3.Cluster` → `Cluster`.
+pub fn short_type(type_url: &str) -> &str {
+    type_url.rsplit('.').next().unwrap_or(type_url)
+}
 
 impl Nodes {
+    pub(crate) fn stream_opened(&self, flavour: &'static str) -> StreamGuard {
+        let g = self
+            .streams
+            .get_or_create(&vec![("flavour", flavour.to_owned())])
+            .clone();
+        g.inc();
+        StreamGuard(g)
+    }
+
+    /// The metrics in Prometheus' text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let reg = self
+            .registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &reg);
+        out
+    }
+
     pub(crate) fn record(&self, node: &str, type_url: &str, version: &str, outcome: Outcome) {
+        let labels = vec![("type", short_type(type_url).to_owned())];
+        match &outcome {
+            Outcome::Sent => self.pushes.get_or_create(&labels).inc(),
+            Outcome::Nacked(_) => self.nacks.get_or_create(&labels).inc(),
+            Outcome::Acked => 0,
+        };
         let mut all = self
-            .0
+            .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let st = all
@@ -48,7 +137,7 @@ impl Nodes {
 
     /// A copy of every node's state: node → type URL → status.
     pub fn snapshot(&self) -> BTreeMap<String, BTreeMap<String, TypeStatus>> {
-        self.0
+        self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()

@@ -79,10 +79,14 @@ pub(crate) trait Handler: Send {
 }
 
 /// Serves a stream until the client goes away or the cache closes.
-pub(crate) async fn drive<H: Handler>(mut h: H, mut requests: Streaming<H::Req>)
-where
+pub(crate) async fn drive<H: Handler>(
+    mut h: H,
+    flavour: &'static str,
+    mut requests: Streaming<H::Req>,
+) where
     H::Req: prost::Message + Default,
 {
+    let _open = h.common().nodes.stream_opened(flavour);
     loop {
         tokio::select! {
             req = requests.next() => match req {

@@ -18,6 +18,9 @@ pub(crate) struct ControlPlaneArgs {
     /// Where ADS listens.
     #[arg(long, default_value = "127.0.0.1:18000")]
     listen: SocketAddr,
+    /// Where `/status` (what each node was sent and answered) and `/metrics` are served.
+    #[arg(long, default_value = "127.0.0.1:18001")]
+    admin: SocketAddr,
     /// How often the file is compared with what was last served; 0s: never.
     #[arg(long, default_value = "1s")]
     watch_interval: String,
@@ -41,6 +44,10 @@ pub(crate) fn run(args: &ControlPlaneArgs) -> Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         tracing::info!(%addr, "xds listening");
+        let admin = serve_admin(args.admin, cache.clone(), stop.clone())
+            .await
+            .with_context(|| format!("cannot listen on {}", args.admin))?;
+        tracing::info!(addr = %admin, "xds admin listening");
         let watch = async {
             if every.is_zero() {
                 std::future::pending::<()>().await;
@@ -81,4 +88,125 @@ fn read(path: &Path) -> Result<(rampart_config::Config, Vec<u8>)> {
     let config = rampart_config::from_yaml_with(text, &crate::plugins::filters())
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok((config, bytes))
+}
+
+/// `GET /status` (JSON: node → type → sent, acked, nacked) and `GET /metrics` (Prometheus),
+/// read-only, on `addr` until `stop`.
+async fn serve_admin(
+    addr: SocketAddr,
+    cache: rampart_xds::Cache,
+    stop: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                () = stop.cancelled() => return,
+                a = listener.accept() => match a {
+                    Ok(a) => a,
+                    Err(_) => continue,
+                },
+            };
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let resp = admin_response(&cache, req.method(), req.uri().path());
+                        async move { Ok::<_, std::convert::Infallible>(resp) }
+                    });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc);
+                let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+            });
+        }
+    });
+    Ok(local)
+}
+
+fn admin_response(
+    cache: &rampart_xds::Cache,
+    method: &http::Method,
+    path: &str,
+) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    let (status, ctype, body) = match (method, path) {
+        (&http::Method::GET, "/metrics") => {
+            (200, "text/plain; version=0.0.4", cache.nodes().encode())
+        }
+        (&http::Method::GET, "/status") => {
+            (200, "application/json", status_json(cache).to_string())
+        }
+        _ => (404, "text/plain", "GET /status or /metrics\n".to_owned()),
+    };
+    let mut resp = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+    *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(ctype),
+    );
+    resp
+}
+
+fn status_json(cache: &rampart_xds::Cache) -> serde_json::Value {
+    let nodes: serde_json::Map<String, serde_json::Value> = cache
+        .nodes()
+        .snapshot()
+        .into_iter()
+        .map(|(node, types)| {
+            let types: serde_json::Map<String, serde_json::Value> = types
+                .into_iter()
+                .map(|(t, s)| {
+                    let v = serde_json::json!({
+                        "sent": s.sent,
+                        "acked": s.acked,
+                        "nacked": s.nacked.map(|(version, error)| serde_json::json!({"version": version, "error": error})),
+                    });
+                    (rampart_xds::status::short_type(&t).to_owned(), v)
+                })
+                .collect();
+            (node, serde_json::Value::Object(types))
+        })
+        .collect();
+    serde_json::json!({ "snapshot": cache.current().version, "nodes": nodes })
+}
+
+#[derive(clap::Args)]
+pub(crate) struct StatusArgs {
+    /// The control plane's admin address (`rampart control-plane --admin`).
+    #[arg(long, default_value = "127.0.0.1:18001")]
+    admin: SocketAddr,
+}
+
+/// `rampart xds status`: one line per node and type, as `istioctl proxy-status` prints.
+pub(crate) fn status(args: &StatusArgs) -> Result<ExitCode> {
+    let (code, body) =
+        crate::admin_client::send(args.admin, http::Method::GET, "/status", None, Vec::new())?;
+    anyhow::ensure!(code.is_success(), "{}: {body}", code);
+    let v: serde_json::Value = serde_json::from_str(&body).context("the status is not JSON")?;
+    println!(
+        "{:<24} {:<24} {:<18} {:<18} NACKED",
+        "NODE", "TYPE", "SENT", "ACKED"
+    );
+    for (node, types) in v["nodes"].as_object().into_iter().flatten() {
+        for (t, s) in types.as_object().into_iter().flatten() {
+            let nacked = match &s["nacked"] {
+                serde_json::Value::Null => "-".to_owned(),
+                n => format!(
+                    "{} ({})",
+                    n["version"].as_str().unwrap_or(""),
+                    n["error"].as_str().unwrap_or("")
+                ),
+            };
+            println!(
+                "{:<24} {:<24} {:<18} {:<18} {}",
+                node,
+                t,
+                s["sent"].as_str().unwrap_or(""),
+                s["acked"].as_str().unwrap_or(""),
+                nacked
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -104,6 +104,10 @@ enum Command {
     /// the World and Delta) on 127.0.0.1:18000.
     #[cfg(feature = "full")]
     ControlPlane(control_plane::ControlPlaneArgs),
+    /// Ask a control plane what each node was sent and answered.
+    #[cfg(feature = "full")]
+    #[command(subcommand)]
+    Xds(XdsCommand),
     /// Run the built-in demo upstream alone (for tests and benchmarks).
     DemoUpstream {
         #[arg(long, default_value = DEMO_UPSTREAM)]
@@ -111,6 +115,15 @@ enum Command {
         #[arg(long, default_value = "demo")]
         name: String,
     },
+}
+
+/// `rampart xds ...`
+#[cfg(feature = "full")]
+#[derive(clap::Subcommand)]
+enum XdsCommand {
+    /// Per node and resource type: the version sent, the version acknowledged, and any
+    /// rejection with the client's error.
+    Status(control_plane::StatusArgs),
 }
 
 #[derive(clap::Args)]
@@ -250,6 +263,8 @@ fn run(cmd: Command) -> Result<ExitCode> {
         }
         #[cfg(feature = "full")]
         Command::ControlPlane(args) => control_plane::run(&args),
+        #[cfg(feature = "full")]
+        Command::Xds(XdsCommand::Status(args)) => control_plane::status(&args),
         Command::DemoUpstream { listen, name } => demo_upstream(listen, name),
     }
 }

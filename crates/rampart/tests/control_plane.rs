@@ -56,11 +56,14 @@ async fn control_plane_serves_a_config_file_over_ads_and_follows_its_changes() {
         file,
         "--listen",
         "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
         "--watch-interval",
         "50ms",
     ];
     let mut proc = Proc::spawn("control-plane", &args);
     let addr = bound(&mut proc, "xds listening addr=").await;
+    let admin = bound(&mut proc, "xds admin listening addr=").await;
 
     let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
         .await
@@ -74,6 +77,10 @@ async fn control_plane_serves_a_config_file_over_ads_and_follows_its_changes() {
     let ask = |answering: Option<
         &envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse,
     >| DiscoveryRequest {
+        node: Some(envoy_types::pb::envoy::config::core::v3::Node {
+            id: "proxy-1".into(),
+            ..Default::default()
+        }),
         type_url: CDS.into(),
         version_info: answering
             .map(|r| r.version_info.clone())
@@ -106,4 +113,54 @@ async fn control_plane_serves_a_config_file_over_ads_and_follows_its_changes() {
     let second = next().await;
     assert_eq!(names(&second), ["a", "c"]);
     assert_ne!(second.version_info, first.version_info);
+
+    // Rejected: `rampart xds status` shows the node's last good version and the error.
+    let mut nack = ask(Some(&second));
+    nack.version_info = first.version_info.clone();
+    nack.error_detail = Some(envoy_types::pb::google::rpc::Status {
+        code: 3,
+        message: "cluster c refused".into(),
+        ..Default::default()
+    });
+    tx.send(nack).await.unwrap();
+    let status_line = || {
+        let out = std::process::Command::new(bin())
+            .args(["xds", "status", "--admin", &admin.to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.starts_with("proxy-1 ") && l.contains("Cluster"))
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
+    let shown = eventually(Duration::from_secs(10), || {
+        let line = status_line();
+        async move { line.contains("cluster c refused") }
+    })
+    .await;
+    let line = status_line();
+    assert!(shown, "{line}");
+    assert!(
+        line.contains(&first.version_info),
+        "acked stays the first version: {line}"
+    );
+    assert!(
+        line.contains(&second.version_info),
+        "sent and rejected: {line}"
+    );
+    let metrics = get(admin, "/metrics").await.text();
+    assert!(
+        metrics.contains("rampart_xds_nacks_total{type=\"Cluster\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("rampart_xds_streams_active{flavour=\"sotw\"} 1"),
+        "{metrics}"
+    );
 }
