@@ -18,5 +18,7 @@ pub mod status;
 mod stream;
 pub mod translate;
 
+/// Envoy's API types, for clients of this crate (Rampart proxies, tests).
+pub use envoy_types;
 pub use server::{Ads, Cache};
 pub use snapshot::Snapshot;

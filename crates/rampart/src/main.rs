@@ -32,6 +32,8 @@ mod plugins;
 #[cfg(feature = "full")]
 mod policy;
 mod sidecar;
+#[cfg(feature = "full")]
+mod xds_client;
 
 /// mimalloc: measurably less CPU than glibc malloc on the proxy's many small, short-lived
 /// allocations (at 1000 connections, 4.3 vs 5.9 CPU-seconds per 100k requests). Built with
@@ -104,6 +106,10 @@ enum Command {
     /// the World and Delta) on 127.0.0.1:18000.
     #[cfg(feature = "full")]
     ControlPlane(control_plane::ControlPlaneArgs),
+    /// Run a gateway that takes its listeners, routes and clusters from a control plane
+    /// over xDS (Delta ADS), keeping the last good config when the control plane is gone.
+    #[cfg(feature = "full")]
+    Proxy(xds_client::ProxyArgs),
     /// Ask a control plane what each node was sent and answered.
     #[cfg(feature = "full")]
     #[command(subcommand)]
@@ -247,7 +253,12 @@ fn run(cmd: Command) -> Result<ExitCode> {
             let every = rampart_config::duration::parse_duration(&watch_interval)
                 .context("--watch-interval")?;
             let (cfg, bytes) = load(&config)?;
-            serve(cfg, Some((&config, bytes)), every, None, None)
+            let around = Around {
+                file: Some((&config, bytes)),
+                watch_every: every,
+                ..Around::default()
+            };
+            serve(cfg, around)
         }
         Command::Up(args) => up(args),
         Command::Sidecar {
@@ -265,6 +276,8 @@ fn run(cmd: Command) -> Result<ExitCode> {
         Command::ControlPlane(args) => control_plane::run(&args),
         #[cfg(feature = "full")]
         Command::Xds(XdsCommand::Status(args)) => control_plane::status(&args),
+        #[cfg(feature = "full")]
+        Command::Proxy(args) => xds_client::proxy(args),
         Command::DemoUpstream { listen, name } => demo_upstream(listen, name),
     }
 }
@@ -289,19 +302,25 @@ fn up(a: UpArgs) -> Result<ExitCode> {
         Some(path) => {
             let (mut cfg, bytes) = load(path)?;
             admin_token(&mut cfg, &admin_token_file)?;
-            serve(
-                cfg,
-                Some((path, bytes)),
-                Duration::from_secs(1),
-                demo,
+            let around = Around {
+                file: Some((path, bytes)),
+                watch_every: Duration::from_secs(1),
+                demo_upstream: demo,
                 store,
-            )
+                ..Around::default()
+            };
+            serve(cfg, around)
         }
         None => {
             let mut cfg = rampart_config::from_yaml(DEMO_CONFIG).context("embedded demo config")?;
             demo_policy(&mut cfg, &a.policy_dir)?;
             admin_token(&mut cfg, &admin_token_file)?;
-            serve(cfg, None, Duration::from_secs(1), demo, store)
+            let around = Around {
+                demo_upstream: demo,
+                store,
+                ..Around::default()
+            };
+            serve(cfg, around)
         }
     }
 }
@@ -348,7 +367,7 @@ fn sidecar(a: SidecarArgs) -> Result<ExitCode> {
     };
     let cfg = rampart_config::validate(sidecar::config(base, &ports))
         .map_err(|e| anyhow::anyhow!("sidecar config: {e}"))?;
-    serve(cfg, None, Duration::ZERO, None, None)
+    serve(cfg, Around::default())
 }
 
 /// `rampart demo-upstream`: the built-in upstream alone, until SIGTERM/SIGINT.
@@ -625,13 +644,27 @@ fn demo_policy(cfg: &mut Config, _dir: &std::path::Path) -> Result<()> {
 
 /// Runs the gateway until SIGTERM/SIGINT; SIGHUP reloads `file`. The main thread runs the
 /// control runtime (admin, DNS, reloads, signals); data-plane workers run on their own threads.
-fn serve(
-    cfg: Config,
-    file: Option<(&std::path::Path, Vec<u8>)>,
+/// What `serve` runs besides the gateway.
+#[derive(Default)]
+struct Around<'a> {
+    /// The config file to follow (polled every `watch_every` unless zero, and on SIGHUP),
+    /// with the bytes the running config came from.
+    file: Option<(&'a std::path::Path, Vec<u8>)>,
     watch_every: Duration,
     demo_upstream: Option<SocketAddr>,
     store: Option<StoreConfig>,
-) -> Result<ExitCode> {
+    /// `(ADS server URL, node id)`: take config from a control plane.
+    xds: Option<(String, String)>,
+}
+
+fn serve(cfg: Config, around: Around<'_>) -> Result<ExitCode> {
+    let Around {
+        file,
+        watch_every,
+        demo_upstream,
+        store,
+        xds,
+    } = around;
     let workers = Workers::start(cfg.workers)?;
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -668,6 +701,12 @@ fn serve(
             }));
             hup
         });
+        #[cfg(feature = "full")]
+        if let Some((server, node)) = xds {
+            gw.add_source(Box::new(xds_client::XdsSource::new(server, node)));
+        }
+        #[cfg(not(feature = "full"))]
+        let _ = xds;
         let mut signals = Signals::new()?;
         signals.serve(hup.as_deref()).await;
         tracing::info!(deadline = ?drain, "shutting down: draining in-flight requests (signal again to stop now)");

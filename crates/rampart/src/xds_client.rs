@@ -1,0 +1,222 @@
+//! A Rampart proxy fed over xDS: a Delta ADS client as a config source. It subscribes to all
+//! listeners and clusters, then to the route configurations the listeners name and the
+//! endpoints of EDS clusters; once the set is whole it goes through the gateway's one
+//! `apply`, and is ACKed, or NACKed with the reason (the proxy keeps serving its last good
+//! config). When the control plane is gone the proxy keeps serving, reconnects with backoff
+//! and resumes with the versions it holds (`initial_resource_versions`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use rampart_xds::envoy_types::pb::envoy::config::core::v3::Node;
+use rampart_xds::envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use rampart_xds::envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+};
+use rampart_xds::envoy_types::pb::google::rpc::Status as RpcStatus;
+use rampart_proxy::source::{Applier, ConfigSource, SourceFuture};
+use rampart_xds::reverse::{self, Held, Incomplete};
+use rampart_xds::snapshot::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+#[derive(clap::Args)]
+pub(crate) struct ProxyArgs {
+    /// The control plane's ADS address.
+    #[arg(long, default_value = "127.0.0.1:18000")]
+    xds: SocketAddr,
+    /// This proxy's node id, as the control plane reports it.
+    #[arg(long)]
+    node_id: String,
+    /// The admin endpoint (read-only: config comes from the control plane).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin: SocketAddr,
+    /// Data-plane worker threads (default: one per CPU).
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+/// `rampart proxy`: starts with no listeners; the control plane supplies them.
+pub(crate) fn proxy(a: ProxyArgs) -> anyhow::Result<ExitCode> {
+    let mut yaml = format!("admin: {{ address: \"{}\" }}\n", a.admin);
+    if let Some(w) = a.workers {
+        yaml.push_str(&format!("workers: {w}\n"));
+    }
+    let cfg = rampart_config::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let around = crate::Around {
+        xds: Some((format!("http://{}", a.xds), a.node_id)),
+        ..crate::Around::default()
+    };
+    crate::serve(cfg, around)
+}
+
+/// Longest wait between two connection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+pub(crate) struct XdsSource {
+    /// `http://host:port` of the control plane's ADS.
+    pub(crate) server: String,
+    pub(crate) node: String,
+    /// What the proxy holds, kept across connections.
+    held: Held,
+    /// Type → name → version held (sent back on reconnect).
+    versions: HashMap<String, HashMap<String, String>>,
+    /// Whether the current connection got a response (then backoff starts over).
+    answered: bool,
+}
+
+impl XdsSource {
+    pub(crate) fn new(server: String, node: String) -> Self {
+        Self {
+            server,
+            node,
+            held: BTreeMap::new(),
+            versions: HashMap::new(),
+            answered: false,
+        }
+    }
+
+    fn request(&self, type_url: &str) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            node: Some(Node {
+                id: self.node.clone(),
+                ..Default::default()
+            }),
+            type_url: type_url.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    /// One connection, until it fails or `stop`.
+    async fn session(&mut self, applier: &Applier, stop: &CancellationToken) -> Result<(), String> {
+        let mut client = AggregatedDiscoveryServiceClient::connect(self.server.clone())
+            .await
+            .map_err(|e| format!("cannot connect to {}: {e}", self.server))?;
+        let (tx, rx) = mpsc::channel(16);
+        let mut responses = client
+            .delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map_err(|e| e.to_string())?
+            .into_inner();
+        // Named subscriptions made on this connection.
+        let mut subscribed: HashMap<&'static str, BTreeSet<String>> = HashMap::new();
+        for t in [CLUSTER, LISTENER] {
+            let mut req = self.request(t);
+            req.initial_resource_versions = self.versions.get(t).cloned().unwrap_or_default();
+            tx.send(req).await.map_err(|e| e.to_string())?;
+        }
+        loop {
+            let resp = tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                r = responses.next() => match r {
+                    Some(Ok(r)) => r,
+                    Some(Err(e)) => return Err(e.to_string()),
+                    None => return Err("the control plane closed the stream".into()),
+                },
+            };
+            self.answered = true;
+            self.take(&resp);
+            for req in self.follow(&mut subscribed) {
+                tx.send(req).await.map_err(|e| e.to_string())?;
+            }
+            let error = self.offer(applier).await;
+            let mut answer = self.request(&resp.type_url);
+            answer.response_nonce = resp.nonce.clone();
+            answer.error_detail = error.map(|message| RpcStatus {
+                code: 3, // INVALID_ARGUMENT
+                message,
+                ..Default::default()
+            });
+            tx.send(answer).await.map_err(|e| e.to_string())?;
+        }
+    }
+
+    /// Records a response's resources and removals.
+    fn take(&mut self, resp: &DeltaDiscoveryResponse) {
+        let held = self.held.entry(resp.type_url.clone()).or_default();
+        let versions = self.versions.entry(resp.type_url.clone()).or_default();
+        for r in &resp.resources {
+            if let Some(body) = &r.resource {
+                held.insert(r.name.clone(), body.clone());
+                versions.insert(r.name.clone(), r.version.clone());
+            }
+        }
+        for name in &resp.removed_resources {
+            held.remove(name);
+            versions.remove(name);
+        }
+    }
+
+    /// Subscriptions to follow what listeners and clusters name.
+    fn follow(
+        &self,
+        subscribed: &mut HashMap<&'static str, BTreeSet<String>>,
+    ) -> Vec<DeltaDiscoveryRequest> {
+        let Ok((routes, eds)) = reverse::wanted(&self.held) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (t, want) in [(ROUTE, routes), (ENDPOINT, eds)] {
+            let want: BTreeSet<String> = want.into_iter().collect();
+            let have = subscribed.entry(t).or_default();
+            if *have == want {
+                continue;
+            }
+            let mut req = self.request(t);
+            if have.is_empty() {
+                req.initial_resource_versions = self.versions.get(t).cloned().unwrap_or_default();
+            }
+            req.resource_names_subscribe = want.difference(have).cloned().collect();
+            req.resource_names_unsubscribe = have.difference(&want).cloned().collect();
+            *have = want;
+            out.push(req);
+        }
+        out
+    }
+
+    /// Applies the held set when it is whole; the error to NACK with, if any.
+    async fn offer(&self, applier: &Applier) -> Option<String> {
+        match reverse::config(&self.held) {
+            Err(Incomplete::Waiting(what)) => {
+                tracing::debug!(waiting = ?what, "xDS config still warming");
+                None
+            }
+            Err(Incomplete::Invalid(why)) => Some(why),
+            Ok(raw) => {
+                let config = rampart_config::validate_with(raw, &crate::plugins::filters());
+                applier.apply(config).await.err().map(|e| e.to_string())
+            }
+        }
+    }
+}
+
+impl ConfigSource for XdsSource {
+    fn name(&self) -> &'static str {
+        "xds"
+    }
+
+    fn run(mut self: Box<Self>, applier: Applier, stop: CancellationToken) -> SourceFuture {
+        Box::pin(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                if let Err(e) = self.session(&applier, &stop).await {
+                    // A connection that worked starts the backoff over.
+                    if std::mem::take(&mut self.answered) {
+                        backoff = Duration::from_millis(100);
+                    }
+                    tracing::warn!(error = %e, retry_in = ?backoff, "xDS connection lost; serving the last good config");
+                } else {
+                    return;
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        })
+    }
+}
