@@ -55,6 +55,23 @@ pub fn parse_yaml(text: &str) -> Result<RawConfig, ConfigError> {
     })
 }
 
+/// Reads one YAML document as a JSON value, the way config files are read (YAML 1.2
+/// booleans); an error names the place where reading stopped.
+pub fn yaml_value(text: &str) -> Result<serde_json::Value, ConfigError> {
+    serde_saphyr::with_deserializer_from_str_with_options(text, check::yaml_options(), |de| {
+        serde::Deserialize::deserialize(de)
+    })
+    .map_err(|e| ConfigError::Parse {
+        path: "(root)".into(),
+        message: e
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or("invalid YAML")
+            .to_owned(),
+    })
+}
+
 /// Parses and validates YAML text.
 pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
     validate(parse_yaml(text)?)

@@ -10,6 +10,7 @@
 #![warn(clippy::unwrap_used)]
 
 mod delta;
+pub mod desired;
 pub mod reverse;
 mod server;
 pub mod snapshot;

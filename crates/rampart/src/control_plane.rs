@@ -1,6 +1,6 @@
-//! `rampart control-plane`: serves a config file to Envoy (and, later, Rampart proxies) over
-//! ADS, re-translating it when the file changes. A file that does not validate is logged and
-//! the last good snapshot keeps being served.
+//! `rampart control-plane`: serves the desired state — from the config store, or a config
+//! file — to Envoy and Rampart proxies over ADS, re-translating it when it changes. A state
+//! that does not validate is logged and the last good snapshot keeps being served.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,9 +12,18 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Args)]
 pub(crate) struct ControlPlaneArgs {
-    /// The config whose listeners, routes and clusters are served.
-    #[arg(long, short)]
-    config: PathBuf,
+    /// A config file whose listeners, routes and clusters are served.
+    #[arg(
+        long,
+        short,
+        required_unless_present = "store",
+        conflicts_with = "store"
+    )]
+    config: Option<PathBuf>,
+    /// Serve the desired state kept in the config store (`rampart apply`) at these
+    /// endpoints, comma-separated, following its changes.
+    #[arg(long, value_delimiter = ',')]
+    store: Option<Vec<String>>,
     /// Where ADS listens.
     #[arg(long, default_value = "127.0.0.1:18000")]
     listen: SocketAddr,
@@ -34,10 +43,7 @@ pub(crate) fn run(args: &ControlPlaneArgs) -> Result<ExitCode> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let (config, mut seen) = read(&args.config)?;
         let cache = rampart_xds::Cache::new();
-        let mut version = 1;
-        cache.publish(rampart_xds::translate::snapshot(&config, version));
         let stop = CancellationToken::new();
         let addr = cache
             .spawn(args.listen, stop.clone())
@@ -48,37 +54,101 @@ pub(crate) fn run(args: &ControlPlaneArgs) -> Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", args.admin))?;
         tracing::info!(addr = %admin, "xds admin listening");
-        let watch = async {
-            if every.is_zero() {
-                std::future::pending::<()>().await;
-            }
-            loop {
-                tokio::time::sleep(every).await;
-                let Ok(bytes) = std::fs::read(&args.config) else {
-                    continue;
-                };
-                if bytes == seen {
-                    continue;
-                }
-                seen = bytes;
-                match read(&args.config) {
-                    Ok((config, _)) => {
-                        version += 1;
-                        cache.publish(rampart_xds::translate::snapshot(&config, version));
-                        tracing::info!(version, "config changed; new snapshot published");
-                    }
-                    Err(e) => tracing::error!(error = %e, "config rejected; still serving the last good snapshot"),
-                }
+        let follow = async {
+            match (&args.config, &args.store) {
+                (Some(path), _) => follow_file(&cache, path, every).await,
+                (None, Some(endpoints)) => follow_store(&cache, endpoints).await,
+                (None, None) => Ok(()),
             }
         };
         tokio::select! {
             r = crate::wait_for_termination() => r?,
-            () = watch => {}
+            r = follow => r?,
         }
         stop.cancel();
         tokio::time::sleep(Duration::from_millis(50)).await;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Publishes `config` as the next snapshot.
+fn publish(cache: &rampart_xds::Cache, config: &rampart_config::Config) {
+    let version = cache.current().version + 1;
+    cache.publish(rampart_xds::translate::snapshot(config, version));
+    tracing::info!(version, "new snapshot published");
+}
+
+/// Serves the file, polling it every `every` (never when zero).
+async fn follow_file(cache: &rampart_xds::Cache, path: &Path, every: Duration) -> Result<()> {
+    let (config, mut seen) = read(path)?;
+    publish(cache, &config);
+    if every.is_zero() {
+        std::future::pending::<()>().await;
+    }
+    loop {
+        tokio::time::sleep(every).await;
+        let Ok(bytes) = std::fs::read(path) else {
+            continue;
+        };
+        if bytes == seen {
+            continue;
+        }
+        seen = bytes;
+        match read(path) {
+            Ok((config, _)) => publish(cache, &config),
+            Err(e) => {
+                tracing::error!(error = %e, "config rejected; still serving the last good snapshot");
+            }
+        }
+    }
+}
+
+/// Serves the store's desired state: all of it now, then again after every change under
+/// the prefix (changes arriving together are read once). A lost watch is opened again.
+async fn follow_store(cache: &rampart_xds::Cache, endpoints: &[String]) -> Result<()> {
+    use rampart_kv::client::prefix_end;
+    use rampart_kv::proto::etcdserverpb as pb;
+    use rampart_xds::desired::PREFIX;
+    let store = crate::desired::StoreArgs {
+        endpoints: endpoints.to_vec(),
+    };
+    let mut c = crate::desired::client(&store)?;
+    loop {
+        let state = match crate::desired::load(&mut c).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the store; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        match crate::desired::check(&state.resources) {
+            Ok(config) => publish(cache, &config),
+            Err(errors) => {
+                tracing::error!(errors = ?errors, "config rejected; still serving the last good snapshot");
+            }
+        }
+        let create = pb::WatchCreateRequest {
+            key: PREFIX.into(),
+            range_end: prefix_end(PREFIX.as_bytes()),
+            start_revision: state.revision + 1,
+            ..Default::default()
+        };
+        let Ok((_tx, mut events)) = c.watch(create).await else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        // Wait for a change (the first response only confirms the watch).
+        loop {
+            match events.message().await {
+                Ok(Some(w)) if !w.events.is_empty() => break,
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        // Let a burst of writes settle into one snapshot.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn read(path: &Path) -> Result<(rampart_config::Config, Vec<u8>)> {
@@ -169,6 +239,14 @@ fn status_json(cache: &rampart_xds::Cache) -> serde_json::Value {
         })
         .collect();
     serde_json::json!({ "snapshot": cache.current().version, "nodes": nodes })
+}
+
+/// `rampart xds ...`
+#[derive(clap::Subcommand)]
+pub(crate) enum XdsCommand {
+    /// Per node and resource type: the version sent, the version acknowledged, and any
+    /// rejection with the client's error.
+    Status(StatusArgs),
 }
 
 #[derive(clap::Args)]

@@ -22,6 +22,8 @@ mod cli_args;
 mod config_file;
 #[cfg(feature = "full")]
 mod control_plane;
+#[cfg(feature = "full")]
+mod desired;
 #[cfg(feature = "flows")]
 mod flows;
 #[cfg(feature = "full")]
@@ -110,10 +112,19 @@ enum Command {
     /// over xDS (Delta ADS), keeping the last good config when the control plane is gone.
     #[cfg(feature = "full")]
     Proxy(xds_client::ProxyArgs),
+    /// Create or update resources in the config store from multi-document YAML.
+    #[cfg(feature = "full")]
+    Apply(desired::ApplyArgs),
+    /// Show resources kept in the config store.
+    #[cfg(feature = "full")]
+    Get(desired::GetArgs),
+    /// Remove a resource from the config store.
+    #[cfg(feature = "full")]
+    Delete(desired::DeleteArgs),
     /// Ask a control plane what each node was sent and answered.
     #[cfg(feature = "full")]
     #[command(subcommand)]
-    Xds(XdsCommand),
+    Xds(control_plane::XdsCommand),
     /// Run the built-in demo upstream alone (for tests and benchmarks).
     DemoUpstream {
         #[arg(long, default_value = DEMO_UPSTREAM)]
@@ -121,15 +132,6 @@ enum Command {
         #[arg(long, default_value = "demo")]
         name: String,
     },
-}
-
-/// `rampart xds ...`
-#[cfg(feature = "full")]
-#[derive(clap::Subcommand)]
-enum XdsCommand {
-    /// Per node and resource type: the version sent, the version acknowledged, and any
-    /// rejection with the client's error.
-    Status(control_plane::StatusArgs),
 }
 
 #[derive(clap::Args)]
@@ -275,9 +277,15 @@ fn run(cmd: Command) -> Result<ExitCode> {
         #[cfg(feature = "full")]
         Command::ControlPlane(args) => control_plane::run(&args),
         #[cfg(feature = "full")]
-        Command::Xds(XdsCommand::Status(args)) => control_plane::status(&args),
+        Command::Xds(control_plane::XdsCommand::Status(args)) => control_plane::status(&args),
         #[cfg(feature = "full")]
         Command::Proxy(args) => xds_client::proxy(args),
+        #[cfg(feature = "full")]
+        Command::Apply(args) => desired::apply(&args),
+        #[cfg(feature = "full")]
+        Command::Get(args) => desired::get(&args),
+        #[cfg(feature = "full")]
+        Command::Delete(args) => desired::delete(&args),
         Command::DemoUpstream { listen, name } => demo_upstream(listen, name),
     }
 }
