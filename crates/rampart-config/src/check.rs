@@ -135,7 +135,6 @@ mod tests {
 
     #[derive(Debug, serde::Deserialize)]
     #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
     struct Raw {
         rate: u32,
         keys: Vec<String>,
@@ -143,6 +142,11 @@ mod tests {
 
     #[test]
     fn shape_errors_name_the_field() {
+        let ok: Raw = typed("p.x", &serde_json::json!({"rate": 3, "keys": ["a"]})).unwrap();
+        assert_eq!(
+            (ok.rate, ok.keys.as_slice()),
+            (3, ["a".to_owned()].as_slice())
+        );
         let v = serde_json::json!({"rate": "ten", "keys": []});
         let e = typed::<Raw>("listeners[0].filters[2].x", &v).unwrap_err();
         assert_eq!(e.path, "listeners[0].filters[2].x.rate");

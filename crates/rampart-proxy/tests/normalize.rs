@@ -21,34 +21,10 @@ mod with_policy {
 
     use super::common::*;
 
-    /// Segments as attackers write them, plus ordinary ones.
-    fn segment() -> impl Strategy<Value = String> {
-        prop_oneof![
-            Just(".".to_owned()),
-            Just("..".to_owned()),
-            Just("%2e".to_owned()),
-            Just("%2E%2e".to_owned()),
-            Just(".%2e".to_owned()),
-            Just(String::new()),
-            Just("..;x".to_owned()),
-            Just(";".to_owned()),
-            Just("a%2fb".to_owned()),
-            Just("%5C".to_owned()),
-            Just("%00".to_owned()),
-            Just("%zz".to_owned()),
-            Just("v1".to_owned()),
-            Just("%76%31".to_owned()),
-            "[a-zA-Z0-9._~;=@:+!$&'()*,-]{1,6}",
-            "(%[0-9a-fA-F]{2}){1,3}",
-        ]
-    }
+    use rampart_test_support::paths::has_dot_segment;
 
     fn path() -> impl Strategy<Value = String> {
-        proptest::collection::vec(segment(), 0..7).prop_map(|s| format!("/{}", s.join("/")))
-    }
-
-    fn has_dot_segment(p: &str) -> bool {
-        p.split('/').any(|s| s == "." || s == "..")
+        rampart_test_support::paths::path(&[], 7)
     }
 
     #[test]

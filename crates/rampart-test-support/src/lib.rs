@@ -3,6 +3,8 @@
 //!
 //! Not for: production code, or helpers only one test binary needs.
 
+pub mod paths;
+
 use std::fmt::Display;
 use std::future::Future;
 use std::io::Write;
