@@ -96,7 +96,7 @@ pub(crate) async fn handle(
     let mut log = AccessEntry::start(&parts, conn.client, conn.shared.access_log.enabled());
     let (mut resp, stats) =
         match ingress::prepare(&mut parts, &lsnap.http, conn.scheme, conn.client.ip()) {
-            Ok(()) => match select(&lsnap, &parts, fastrand::u64(..)) {
+            Ok(()) => match select(&lsnap, &parts, || fastrand::u64(..)) {
                 Ok(picked) => {
                     let stats = picked.stats();
                     let mut x = Exchange {
@@ -225,11 +225,11 @@ impl<'s> Selected<'s> {
 }
 
 /// Picks the route for a prepared request, and for a forwarding route its cluster (`roll`
-/// chooses among weighted clusters).
+/// chooses among weighted clusters; it is called only for those).
 fn select<'s>(
     lsnap: &'s ListenerSnap,
     parts: &request::Parts,
-    roll: u64,
+    roll: impl FnOnce() -> u64,
 ) -> Result<Selected<'s>, ProxyError> {
     let host = authority(parts).ok_or(ProxyError::MissingHost)?;
     let view = RequestView {
@@ -246,7 +246,7 @@ fn select<'s>(
     let (route, data) = (matched.entry, &**matched.data);
     let target = match &route.action {
         Action::Forward(f) if data.targets.len() > 1 => {
-            let picked = pick_weighted(&f.clusters, roll);
+            let picked = pick_weighted(&f.clusters, roll());
             data.targets.iter().find(|t| Some(&*t.name) == picked)
         }
         Action::Forward(_) => data.targets.first(),
