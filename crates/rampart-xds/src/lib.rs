@@ -11,6 +11,7 @@
 
 mod delta;
 pub mod desired;
+pub mod extra;
 pub mod reverse;
 mod server;
 pub mod snapshot;

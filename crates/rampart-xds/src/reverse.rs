@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
-use envoy_types::pb::envoy::config::core::v3::{Address, address, socket_address};
+use envoy_types::pb::envoy::config::core::v3::{Address, Metadata, address, socket_address};
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
 use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
 use envoy_types::pb::envoy::config::route::v3::{
-    RouteConfiguration, redirect_action, route, route_action, route_match,
+    RouteConfiguration, VirtualHost, redirect_action, route, route_action, route_match,
 };
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager,
@@ -19,6 +19,7 @@ use prost::Message;
 use rampart_config::RawConfig;
 use serde_json::{Value, json};
 
+use crate::extra;
 use crate::snapshot::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 
 /// Resources a client holds: type URL → name → body.
@@ -143,12 +144,23 @@ fn duration(d: &PbDuration) -> String {
     format!("{}ms", d.seconds * 1000 + i64::from(d.nanos) / 1_000_000)
 }
 
-fn listener(l: &Listener) -> Result<Value, String> {
-    Ok(json!({
+/// A listener as Rampart config: Envoy's fields, then the Rampart settings carried along.
+pub(crate) fn listener(l: &Listener) -> Result<Value, String> {
+    let mut out = json!({
         "name": l.name,
         "address": socket(l.address.as_ref()).map_err(|e| format!("listener {}: {e}", l.name))?,
         "route_table": route_table_of(l)?,
-    }))
+    });
+    with_extra(&mut out, l.metadata.as_ref()).map_err(|e| format!("listener {}: {e}", l.name))?;
+    Ok(out)
+}
+
+/// Lays the Rampart settings in `md` (if any) over `native`.
+fn with_extra(native: &mut Value, md: Option<&Metadata>) -> Result<(), String> {
+    if let Some(e) = extra::read(md)? {
+        extra::merge(native, e);
+    }
+    Ok(())
 }
 
 fn route_table(rc: &RouteConfiguration) -> Result<Value, String> {
@@ -159,15 +171,36 @@ fn route_table(rc: &RouteConfiguration) -> Result<Value, String> {
             let routes = vh
                 .routes
                 .iter()
-                .map(|r| one_route(r).map_err(|e| format!("route {}: {e}", r.name)))
-                .collect::<Result<Vec<_>, String>>()?;
-            Ok(json!({ "name": vh.name, "domains": vh.domains, "routes": routes }))
+                .map(|r| {
+                    let mut out = one_route(r)?;
+                    with_extra(&mut out, r.metadata.as_ref())?;
+                    Ok(out)
+                })
+                .collect::<Result<Vec<_>, String>>()
+                .map_err(|e| format!("virtual host {}: {e}", vh.name))?;
+            let mut out = virtual_host_fields(vh)?;
+            with_extra(&mut out, vh.metadata.as_ref())
+                .map_err(|e| format!("virtual host {}: {e}", vh.name))?;
+            out["routes"] = Value::Array(routes);
+            Ok(out)
         })
         .collect::<Result<Vec<_>, String>>()?;
     Ok(json!({ "name": rc.name, "virtual_hosts": hosts }))
 }
 
-fn one_route(r: &envoy_types::pb::envoy::config::route::v3::Route) -> Result<Value, String> {
+/// A virtual host's own fields (its routes aside), from Envoy's fields only.
+pub(crate) fn virtual_host_fields(vh: &VirtualHost) -> Result<Value, String> {
+    Ok(json!({ "name": vh.name, "domains": vh.domains }))
+}
+
+/// A route from Envoy's fields only.
+pub(crate) fn one_route(
+    r: &envoy_types::pb::envoy::config::route::v3::Route,
+) -> Result<Value, String> {
+    one_route_native(r).map_err(|e| format!("route {}: {e}", r.name))
+}
+
+fn one_route_native(r: &envoy_types::pb::envoy::config::route::v3::Route) -> Result<Value, String> {
     let path = match r.r#match.as_ref().and_then(|m| m.path_specifier.as_ref()) {
         Some(route_match::PathSpecifier::Prefix(p)) => json!({ "prefix": p }),
         Some(route_match::PathSpecifier::Path(p)) => json!({ "exact": p }),
@@ -262,7 +295,18 @@ fn redirect(r: &envoy_types::pb::envoy::config::route::v3::RedirectAction) -> Va
     out
 }
 
+/// A cluster as Rampart config, with the Rampart settings carried along.
 fn cluster(c: &Cluster, cla: Option<&ClusterLoadAssignment>) -> Result<Value, String> {
+    let mut out = cluster_native(c, cla)?;
+    with_extra(&mut out, c.metadata.as_ref()).map_err(|e| format!("cluster {}: {e}", c.name))?;
+    Ok(out)
+}
+
+/// A cluster from Envoy's fields only.
+pub(crate) fn cluster_native(
+    c: &Cluster,
+    cla: Option<&ClusterLoadAssignment>,
+) -> Result<Value, String> {
     let assignment = cla.or(c.load_assignment.as_ref());
     let endpoints = assignment
         .into_iter()

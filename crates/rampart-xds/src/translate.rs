@@ -7,14 +7,14 @@
 //! - each static cluster: an EDS cluster and its load assignment; a cluster with DNS names is
 //!   a STRICT_DNS cluster carrying its endpoints inline (EDS endpoints must be addresses).
 //!
-//! Rampart's own filters (policy, JWT, rate limits) are not translated yet: Rampart proxies
-//! that need them still take their config from a file.
+//! What Envoy's fields cannot say (Rampart's filters, limits, header mutations, resilience
+//! settings) rides along in each resource's metadata ([`crate::extra`]).
 
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster as EnvoyCluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, AggregatedConfigSource, ConfigSource, DataSource, SocketAddress, address,
+    Address, AggregatedConfigSource, ConfigSource, DataSource, Metadata, SocketAddress, address,
     config_source, data_source, socket_address,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
@@ -38,25 +38,69 @@ use rampart_config::model::{
     Action, Cluster, DomainPattern, EndpointAddr, Forward, LbPolicy, PathMatch, Redirect, Route,
     RouteTable,
 };
+use rampart_config::raw::RawRouteTable;
 
 use crate::snapshot::{CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot};
+use crate::{extra, reverse};
 
 /// Every resource of `config`, as a snapshot numbered `version`.
+///
+/// Each resource carries, in its metadata, the Rampart settings Envoy's fields cannot
+/// express ([`crate::extra`]), so that a Rampart proxy reading it back gets the whole
+/// config.
 pub fn snapshot(config: &Config, version: u64) -> Snapshot {
+    let raw = &config.raw;
     let mut out: Vec<(&'static str, String, Any)> = Vec::new();
     for l in &config.listeners {
-        out.push((LISTENER, l.name.clone(), pack_any(listener(l))));
+        let mut el = listener(l);
+        let r = raw.listeners.iter().find(|r| r.name == l.name);
+        el.metadata = carry("Listener", r, reverse::listener(&el));
+        out.push((LISTENER, l.name.clone(), pack_any(el)));
     }
     for t in &config.route_tables {
-        out.push((ROUTE, t.name.clone(), pack_any(route_table(t))));
+        let mut rc = route_table(t);
+        if let Some(r) = raw.route_tables.iter().find(|r| r.name == t.name) {
+            carry_routes(&mut rc, r);
+        }
+        out.push((ROUTE, t.name.clone(), pack_any(rc)));
     }
     for c in &config.clusters {
-        out.push((CLUSTER, c.name.clone(), pack_any(cluster(c))));
-        if eds(c) {
-            out.push((ENDPOINT, c.name.clone(), pack_any(load_assignment(c))));
+        let mut ec = cluster(c);
+        let cla = eds(c).then(|| load_assignment(c));
+        let r = raw.clusters.iter().find(|r| r.name == c.name);
+        ec.metadata = carry("Cluster", r, reverse::cluster_native(&ec, cla.as_ref()));
+        out.push((CLUSTER, c.name.clone(), pack_any(ec)));
+        if let Some(cla) = cla {
+            out.push((ENDPOINT, c.name.clone(), pack_any(cla)));
         }
     }
     Snapshot::new(version, out)
+}
+
+/// The metadata carrying what `raw` holds beyond `native` (what reading the Envoy resource
+/// back gives).
+fn carry<T: serde::Serialize>(
+    kind: &str,
+    raw: Option<&T>,
+    native: Result<serde_json::Value, String>,
+) -> Option<Metadata> {
+    let raw = serde_json::to_value(raw?).ok()?;
+    let native = native.unwrap_or_default();
+    extra::metadata(kind, extra::remainder(&raw, &native))
+}
+
+/// [`carry`] for each virtual host (its own settings) and each route of a route table.
+fn carry_routes(rc: &mut RouteConfiguration, raw: &RawRouteTable) {
+    for (vh, rvh) in rc.virtual_hosts.iter_mut().zip(&raw.virtual_hosts) {
+        for (r, rr) in vh.routes.iter_mut().zip(&rvh.routes) {
+            r.metadata = carry("Route", Some(rr), reverse::one_route(r));
+        }
+        let mut own = serde_json::to_value(rvh).unwrap_or_default();
+        if let Some(o) = own.as_object_mut() {
+            o.remove("routes");
+        }
+        vh.metadata = carry("VirtualHost", Some(&own), reverse::virtual_host_fields(vh));
+    }
 }
 
 /// Resources come over the same ADS stream.
