@@ -306,10 +306,21 @@ impl Gateway {
             gateway: Arc::downgrade(self),
             origin: source.name(),
         };
+        if source.warms() {
+            // Set before the control runtime (which serves `/ready`) runs again.
+            self.shared.ready.store(false, Ordering::Release);
+        }
         tracing::debug!(source = applier.origin, "config source started");
         self.runtimes
             .control
             .spawn(source.run(applier, self.drain.clone()));
+    }
+
+    /// A warming source's first config is in: ready, unless already shutting down.
+    fn warmed(&self) {
+        if !self.drain.is_cancelled() {
+            self.shared.ready.store(true, Ordering::Release);
+        }
     }
 
     async fn install(&self, config: Config) -> Result<u64, GatewayError> {

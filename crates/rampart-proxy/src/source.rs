@@ -23,6 +23,12 @@ pub trait ConfigSource: Send + 'static {
     /// Names the source in logs and rejections (`file`, `admin`, `xds`).
     fn name(&self) -> &'static str;
 
+    /// Whether the gateway waits for this source's first config before it reports ready
+    /// (`/ready`), as Envoy's init manager waits for the first xDS response.
+    fn warms(&self) -> bool {
+        false
+    }
+
     fn run(self: Box<Self>, applier: Applier, stop: CancellationToken) -> SourceFuture;
 }
 
@@ -39,7 +45,13 @@ impl Applier {
     /// way the outcome is counted and kept as the last error. Returns the new version.
     pub async fn apply(&self, config: Result<Config, ConfigError>) -> Result<u64, GatewayError> {
         match self.gateway.upgrade() {
-            Some(gw) => gw.apply(self.origin, config).await,
+            Some(gw) => {
+                let result = gw.apply(self.origin, config).await;
+                if result.is_ok() {
+                    gw.warmed();
+                }
+                result
+            }
             None => Err(GatewayError::Stopped),
         }
     }

@@ -71,6 +71,37 @@ pub(crate) fn run(args: &ControlPlaneArgs) -> Result<ExitCode> {
     })
 }
 
+/// The control plane inside `rampart up`: ADS on `listen`, status on `admin`, serving the
+/// store at `endpoints` until `stop`.
+pub(crate) async fn embedded(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    endpoints: Vec<String>,
+    stop: CancellationToken,
+) -> Result<()> {
+    let cache = rampart_xds::Cache::new();
+    let addr = cache
+        .spawn(listen, stop.clone())
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(%addr, "xds listening");
+    let admin = serve_admin(admin, cache.clone(), stop.clone())
+        .await
+        .with_context(|| format!("cannot listen on {admin}"))?;
+    tracing::info!(addr = %admin, "xds admin listening");
+    tokio::spawn(async move {
+        tokio::select! {
+            () = stop.cancelled() => {}
+            r = follow_store(&cache, &endpoints) => {
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "the control plane stopped following the store");
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
 /// Publishes `config` as the next snapshot.
 fn publish(cache: &rampart_xds::Cache, config: &rampart_config::Config) {
     let version = cache.current().version + 1;

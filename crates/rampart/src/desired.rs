@@ -111,7 +111,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 /// Writes `puts` and `deletes` if none of their keys changed since `state` was read.
-async fn commit(
+pub(crate) async fn commit(
     c: &mut Client,
     state: &State,
     puts: &[&Resource],

@@ -35,6 +35,8 @@ mod plugins;
 mod policy;
 mod sidecar;
 #[cfg(feature = "full")]
+mod up_stack;
+#[cfg(feature = "full")]
 mod xds_client;
 
 /// mimalloc: measurably less CPU than glibc malloc on the proxy's many small, short-lived
@@ -136,7 +138,9 @@ enum Command {
 
 #[derive(clap::Args)]
 struct UpArgs {
-    /// Use this gateway config instead of the embedded demo (reloaded on change and SIGHUP).
+    /// Use this gateway config instead of the embedded demo. With the store, its listeners,
+    /// routes and clusters are imported into an empty store and changed with `rampart
+    /// apply`; with --no-store, the file is reloaded on change and SIGHUP.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Do not start the built-in demo upstream.
@@ -145,9 +149,16 @@ struct UpArgs {
     /// Where the embedded config store (etcd API on 127.0.0.1:2379) keeps its data.
     #[arg(long, default_value = "rampart-data/kv")]
     data_dir: PathBuf,
-    /// Do not start the embedded config store.
+    /// Do not start the embedded config store (nor the control plane: the gateway then
+    /// runs on the config itself, reloading the file on change).
     #[arg(long)]
     no_store: bool,
+    /// Where the embedded control plane serves ADS (the gateway is its first client).
+    #[arg(long, default_value = "127.0.0.1:18000")]
+    xds_listen: SocketAddr,
+    /// The control plane's `/status` and `/metrics` (`rampart xds status`).
+    #[arg(long, default_value = "127.0.0.1:18001")]
+    xds_admin: SocketAddr,
     /// Where the demo's policy bundles (one directory per tenant) are written and watched.
     #[arg(long, default_value = "rampart-data/policy/tenants")]
     policy_dir: PathBuf,
@@ -304,33 +315,47 @@ fn up(a: UpArgs) -> Result<ExitCode> {
     let store = if a.no_store {
         None
     } else {
-        embedded_store(a.data_dir)
+        embedded_store(a.data_dir.clone())
     };
-    match &a.config {
+    let (mut cfg, file) = match &a.config {
         Some(path) => {
-            let (mut cfg, bytes) = load(path)?;
-            admin_token(&mut cfg, &admin_token_file)?;
-            let around = Around {
-                file: Some((path, bytes)),
-                watch_every: Duration::from_secs(1),
-                demo_upstream: demo,
-                store,
-                ..Around::default()
-            };
-            serve(cfg, around)
+            let (cfg, bytes) = load(path)?;
+            (cfg, Some((path.as_path(), bytes)))
         }
         None => {
             let mut cfg = rampart_config::from_yaml(DEMO_CONFIG).context("embedded demo config")?;
             demo_policy(&mut cfg, &a.policy_dir)?;
-            admin_token(&mut cfg, &admin_token_file)?;
-            let around = Around {
-                demo_upstream: demo,
-                store,
-                ..Around::default()
-            };
-            serve(cfg, around)
+            (cfg, None)
         }
+    };
+    admin_token(&mut cfg, &admin_token_file)?;
+    let mut around = Around {
+        watch_every: Duration::from_secs(1),
+        demo_upstream: demo,
+        ..Around::default()
+    };
+    #[cfg(feature = "full")]
+    if let Some(store) = store {
+        // The real path: store → control plane → ADS → this gateway.
+        let (bootstrap, import) = up_stack::split(cfg)?;
+        around.xds = Some(xds_client::XdsSource::new(
+            vec![format!("http://{}", a.xds_listen)],
+            "rampart-up".into(),
+            bootstrap.raw.clone(),
+        ));
+        around.control_plane = Some(up_stack::ControlPlane {
+            listen: a.xds_listen,
+            admin: a.xds_admin,
+            store: store.listen_client,
+            import,
+        });
+        around.store = Some(store);
+        return serve(bootstrap, around);
     }
+    #[cfg(not(feature = "full"))]
+    let _ = store;
+    around.file = file;
+    serve(cfg, around)
 }
 
 /// `rampart sidecar iptables`: prints, installs or removes the interception rules.
@@ -661,8 +686,12 @@ struct Around<'a> {
     watch_every: Duration,
     demo_upstream: Option<SocketAddr>,
     store: Option<StoreConfig>,
-    /// `(ADS server URL, node id)`: take config from a control plane.
-    xds: Option<(String, String)>,
+    /// Take listeners, routes and clusters from control planes.
+    #[cfg(feature = "full")]
+    xds: Option<xds_client::XdsSource>,
+    /// Run a control plane on the store (started with it) before the gateway.
+    #[cfg(feature = "full")]
+    control_plane: Option<up_stack::ControlPlane>,
 }
 
 fn serve(cfg: Config, around: Around<'_>) -> Result<ExitCode> {
@@ -671,7 +700,10 @@ fn serve(cfg: Config, around: Around<'_>) -> Result<ExitCode> {
         watch_every,
         demo_upstream,
         store,
+        #[cfg(feature = "full")]
         xds,
+        #[cfg(feature = "full")]
+        control_plane,
     } = around;
     let workers = Workers::start(cfg.workers)?;
     let control = tokio::runtime::Builder::new_current_thread()
@@ -694,6 +726,11 @@ fn serve(cfg: Config, around: Around<'_>) -> Result<ExitCode> {
         };
         #[cfg(not(feature = "full"))]
         let _ = store;
+        let stop_cp = CancellationToken::new();
+        #[cfg(feature = "full")]
+        if let Some(cp) = control_plane {
+            up_stack::start(cp, stop_cp.clone()).await?;
+        }
         let runtimes = Runtimes {
             data,
             control: tokio::runtime::Handle::current(),
@@ -710,11 +747,9 @@ fn serve(cfg: Config, around: Around<'_>) -> Result<ExitCode> {
             hup
         });
         #[cfg(feature = "full")]
-        if let Some((server, node)) = xds {
-            gw.add_source(Box::new(xds_client::XdsSource::new(server, node)));
+        if let Some(xds) = xds {
+            gw.add_source(Box::new(xds));
         }
-        #[cfg(not(feature = "full"))]
-        let _ = xds;
         let mut signals = Signals::new()?;
         signals.serve(hup.as_deref()).await;
         tracing::info!(deadline = ?drain, "shutting down: draining in-flight requests (signal again to stop now)");
@@ -726,6 +761,7 @@ fn serve(cfg: Config, around: Around<'_>) -> Result<ExitCode> {
             }
         };
         stop_demo.cancel();
+        stop_cp.cancel();
         #[cfg(feature = "full")]
         if let Some(node) = store {
             node.shutdown().await;

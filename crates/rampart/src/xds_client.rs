@@ -3,7 +3,9 @@
 //! endpoints of EDS clusters; once the set is whole it goes through the gateway's one
 //! `apply`, and is ACKed, or NACKed with the reason (the proxy keeps serving its last good
 //! config). When the control plane is gone the proxy keeps serving, reconnects with backoff
-//! and resumes with the versions it holds (`initial_resource_versions`).
+//! (to the next control plane when several are given) and resumes with the versions it
+//! holds (`initial_resource_versions`). The gateway-wide settings (admin, workers, policy
+//! engine, access log) come from a local bootstrap, as Envoy's do.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -25,9 +27,10 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Args)]
 pub(crate) struct ProxyArgs {
-    /// The control plane's ADS address.
-    #[arg(long, default_value = "127.0.0.1:18000")]
-    xds: SocketAddr,
+    /// The control planes' ADS addresses, comma-separated: the proxy talks to one and moves
+    /// to the next when it is gone.
+    #[arg(long, default_value = "127.0.0.1:18000", value_delimiter = ',')]
+    xds: Vec<SocketAddr>,
     /// This proxy's node id, as the control plane reports it.
     #[arg(long)]
     node_id: String,
@@ -46,8 +49,9 @@ pub(crate) fn proxy(a: ProxyArgs) -> anyhow::Result<ExitCode> {
         yaml.push_str(&format!("workers: {w}\n"));
     }
     let cfg = rampart_config::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let servers = a.xds.iter().map(|s| format!("http://{s}")).collect();
     let around = crate::Around {
-        xds: Some((format!("http://{}", a.xds), a.node_id)),
+        xds: Some(XdsSource::new(servers, a.node_id, cfg.raw.clone())),
         ..crate::Around::default()
     };
     crate::serve(cfg, around)
@@ -57,9 +61,12 @@ pub(crate) fn proxy(a: ProxyArgs) -> anyhow::Result<ExitCode> {
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub(crate) struct XdsSource {
-    /// `http://host:port` of the control plane's ADS.
-    pub(crate) server: String,
-    pub(crate) node: String,
+    /// `http://host:port` of each control plane's ADS; `next` is tried first.
+    servers: Vec<String>,
+    next: usize,
+    node: String,
+    /// The gateway-wide settings; xDS supplies the listeners, routes and clusters.
+    bootstrap: rampart_config::RawConfig,
     /// What the proxy holds, kept across connections.
     held: Held,
     /// Type → name → version held (sent back on reconnect).
@@ -69,10 +76,16 @@ pub(crate) struct XdsSource {
 }
 
 impl XdsSource {
-    pub(crate) fn new(server: String, node: String) -> Self {
+    pub(crate) fn new(
+        servers: Vec<String>,
+        node: String,
+        bootstrap: rampart_config::RawConfig,
+    ) -> Self {
         Self {
-            server,
+            servers,
+            next: 0,
             node,
+            bootstrap,
             held: BTreeMap::new(),
             versions: HashMap::new(),
             answered: false,
@@ -92,9 +105,11 @@ impl XdsSource {
 
     /// One connection, until it fails or `stop`.
     async fn session(&mut self, applier: &Applier, stop: &CancellationToken) -> Result<(), String> {
-        let mut client = AggregatedDiscoveryServiceClient::connect(self.server.clone())
+        let server = self.servers[self.next % self.servers.len()].clone();
+        let mut client = AggregatedDiscoveryServiceClient::connect(server.clone())
             .await
-            .map_err(|e| format!("cannot connect to {}: {e}", self.server))?;
+            .map_err(|e| format!("cannot connect to {server}: {e}"))?;
+        tracing::info!(%server, "xDS stream open");
         let (tx, rx) = mpsc::channel(16);
         let mut responses = client
             .delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -185,7 +200,13 @@ impl XdsSource {
                 None
             }
             Err(Incomplete::Invalid(why)) => Some(why),
-            Ok(raw) => {
+            Ok(dynamic) => {
+                let raw = rampart_config::RawConfig {
+                    listeners: dynamic.listeners,
+                    route_tables: dynamic.route_tables,
+                    clusters: dynamic.clusters,
+                    ..self.bootstrap.clone()
+                };
                 let config = rampart_config::validate_with(raw, &crate::plugins::filters());
                 applier.apply(config).await.err().map(|e| e.to_string())
             }
@@ -198,6 +219,10 @@ impl ConfigSource for XdsSource {
         "xds"
     }
 
+    fn warms(&self) -> bool {
+        true
+    }
+
     fn run(mut self: Box<Self>, applier: Applier, stop: CancellationToken) -> SourceFuture {
         Box::pin(async move {
             let mut backoff = Duration::from_millis(100);
@@ -207,6 +232,8 @@ impl ConfigSource for XdsSource {
                     if std::mem::take(&mut self.answered) {
                         backoff = Duration::from_millis(100);
                     }
+                    // The next attempt goes to the next control plane.
+                    self.next = (self.next + 1) % self.servers.len();
                     tracing::warn!(error = %e, retry_in = ?backoff, "xDS connection lost; serving the last good config");
                 } else {
                     return;

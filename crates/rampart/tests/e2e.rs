@@ -51,10 +51,10 @@ const VERSION: &str = "rampart_config_version";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_serves_the_demo_on_a_fresh_machine() {
     let (gw, admin) = (local(8080), local(9901));
-    for port in [8080, 9901, 8081, 2379, 2380, 9435] {
+    for port in [8080, 9901, 8081, 2379, 2380, 9435, 18000, 18001] {
         assert!(
             std::net::TcpListener::bind(local(port)).is_ok(),
-            "port {port} is in use; this test runs `rampart up` on its fixed ports 8080/9901/8081/2379/2380/9435"
+            "port {port} is in use; this test runs `rampart up` on its fixed ports 8080/9901/8081/2379/2380/9435/18000/18001"
         );
     }
     let dir = TempDir::new("up");
@@ -259,6 +259,8 @@ async fn up_serves_the_demo_on_a_fresh_machine() {
         up.stdout()
     );
 
+    served_over_ads_from_the_store(gw).await;
+
     // SIGTERM with idle keep-alive connections (HTTP/1.1 and HTTP/2) still open.
     let t = Instant::now();
     up.signal("TERM");
@@ -269,6 +271,58 @@ async fn up_serves_the_demo_on_a_fresh_machine() {
         "idle connections held the drain"
     );
     drop((c1, c2));
+}
+
+/// The demo reached the gateway the real way: imported into the store, served by the
+/// embedded control plane over ADS (every type acknowledged), and a route applied to the
+/// store is served.
+async fn served_over_ads_from_the_store(gw: std::net::SocketAddr) {
+    let status = send(&h1(), request(Method::GET, local(18001), "/status", &[])).await;
+    assert_eq!(status.status, StatusCode::OK);
+    let node = &status.json()["nodes"]["rampart-up"];
+    for t in [
+        "Listener",
+        "RouteConfiguration",
+        "Cluster",
+        "ClusterLoadAssignment",
+    ] {
+        assert!(node[t]["acked"].is_string(), "{t} not acknowledged: {node}");
+        assert_eq!(node[t]["acked"], node[t]["sent"], "{t}: {node}");
+        assert!(node[t]["nacked"].is_null(), "{t}: {node}");
+    }
+    let rampart = |args: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "rampart {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let mut table: serde_json::Value =
+        serde_json::from_str(rampart(&["get", "routetable", "main"]).trim_start_matches("---\n"))
+            .expect("`rampart get` prints JSON documents");
+    let hosts = table["virtual_hosts"].as_array_mut().unwrap();
+    let default = hosts.iter_mut().find(|h| h["name"] == "default").unwrap();
+    default["routes"].as_array_mut().unwrap().insert(
+        0,
+        serde_json::json!({ "name": "applied", "match": { "path": { "exact": "/applied" } },
+                            "direct_response": { "status": 200, "body": "applied\n" } }),
+    );
+    let dir = TempDir::new("up-apply");
+    let file = dir.path("route.yaml");
+    std::fs::write(&file, table.to_string()).unwrap();
+    let out = rampart(&["apply", "-f", file.to_str().unwrap()]);
+    assert_eq!(out.trim(), "RouteTable/main configured");
+    let served = eventually(Duration::from_secs(5), || async {
+        let r = send(&h1(), request(Method::GET, gw, "/applied", &[])).await;
+        r.status == StatusCode::OK && r.text() == "applied\n"
+    })
+    .await;
+    assert!(served, "the applied route was not served");
 }
 
 #[tokio::test]
