@@ -22,5 +22,5 @@ pub mod translate;
 
 /// Envoy's API types, for clients of this crate (Rampart proxies, tests).
 pub use envoy_types;
-pub use server::{Ads, Cache};
+pub use server::{ADMIT_BURST, ADMIT_PER_SECOND, Ads, Cache};
 pub use snapshot::Snapshot;

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
+use std::time::Instant;
 
 use envoy_types::pb::google::protobuf::Any;
 
@@ -30,11 +31,19 @@ pub struct Resource {
 }
 
 /// Resources by type URL, then by name.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
     /// Increases with every snapshot a cache publishes.
     pub version: u64,
     types: BTreeMap<&'static str, BTreeMap<String, Resource>>,
+    /// When it was made (push latency counts from here).
+    pub made: Instant,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Self::new(0, [])
+    }
 }
 
 impl Snapshot {
@@ -56,7 +65,11 @@ impl Snapshot {
                 },
             );
         }
-        Self { version, types }
+        Self {
+            version,
+            types,
+            made: Instant::now(),
+        }
     }
 
     /// The resources of one type (empty for a type not served).

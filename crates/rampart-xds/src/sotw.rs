@@ -110,6 +110,7 @@ impl Handler for Stream {
         self.common
             .nodes
             .record(&self.common.node, type_url, &version, Outcome::Sent);
+        self.common.nodes.pushed_after(type_url, snap.made);
         let resp = DiscoveryResponse {
             version_info: version,
             resources,

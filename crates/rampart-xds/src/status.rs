@@ -1,6 +1,7 @@
 //! What each connected node has been sent and what it did with it, per type (the data for
 //! `rampart xds status`, as `istioctl proxy-status` shows it), and the control plane's
-//! Prometheus metrics: streams open, responses pushed, NACKs received.
+//! Prometheus metrics: streams open and refused, responses pushed and their latency, NACKs
+//! received.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -9,6 +10,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, String)>;
@@ -38,6 +40,11 @@ pub struct Nodes {
     streams: Family<Labels, Gauge>,
     pushes: Family<Labels, Counter>,
     nacks: Family<Labels, Counter>,
+    refused: Counter,
+    latency: Family<Labels, Histogram>,
+    /// Open streams per node: a node's state is dropped with its last stream, so the table
+    /// holds connected nodes only (a storm of made-up node ids leaves nothing behind).
+    streams_of: Arc<Mutex<BTreeMap<String, usize>>>,
 }
 
 impl std::fmt::Debug for Nodes {
@@ -63,12 +70,29 @@ impl Default for Nodes {
             "Responses a client rejected, by resource type",
             nacks.clone(),
         );
+        let refused = Counter::default();
+        r.register(
+            "streams_refused",
+            "New streams turned away (RESOURCE_EXHAUSTED) because they came faster than the admission rate",
+            refused.clone(),
+        );
+        let latency = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        r.register(
+            "push_latency_seconds",
+            "From a snapshot's publication to a response of it sent, by resource type",
+            latency.clone(),
+        );
         Self {
             state: Arc::default(),
             registry: Arc::new(Mutex::new(r)),
             streams,
             pushes,
             nacks,
+            refused,
+            latency,
+            streams_of: Arc::default(),
         }
     }
 }
@@ -95,6 +119,43 @@ impl Nodes {
             .clone();
         g.inc();
         StreamGuard(g)
+    }
+
+    pub(crate) fn refused(&self) {
+        self.refused.inc();
+    }
+
+    pub(crate) fn pushed_after(&self, type_url: &str, since: std::time::Instant) {
+        self.latency
+            .get_or_create(&vec![("type", short_type(type_url).to_owned())])
+            .observe(since.elapsed().as_secs_f64());
+    }
+
+    /// A stream learned its node id.
+    pub(crate) fn node_connected(&self, node: &str) {
+        *self.lock_streams().entry(node.to_owned()).or_default() += 1;
+    }
+
+    /// A stream of `node` ended; the node's state goes with its last stream.
+    pub(crate) fn node_disconnected(&self, node: &str) {
+        let mut streams = self.lock_streams();
+        let Some(n) = streams.get_mut(node) else {
+            return;
+        };
+        *n -= 1;
+        if *n == 0 {
+            streams.remove(node);
+            self.state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(node);
+        }
+    }
+
+    fn lock_streams(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, usize>> {
+        self.streams_of
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The metrics in Prometheus' text format.

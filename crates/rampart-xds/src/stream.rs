@@ -23,6 +23,14 @@ pub(crate) struct Common<Resp> {
     pub(crate) nodes: Nodes,
 }
 
+impl<Resp> Drop for Common<Resp> {
+    fn drop(&mut self) {
+        if !self.node.is_empty() {
+            self.nodes.node_disconnected(&self.node);
+        }
+    }
+}
+
 impl<Resp> Common<Resp> {
     pub(crate) fn new(
         snapshots: watch::Receiver<Arc<Snapshot>>,
@@ -44,6 +52,7 @@ impl<Resp> Common<Resp> {
             && self.node.is_empty()
         {
             self.node = n.id.clone();
+            self.nodes.node_connected(&self.node);
         }
     }
 

@@ -60,7 +60,10 @@ struct Server {
 
 impl Server {
     async fn start() -> Self {
-        let cache = Cache::new();
+        Self::start_with(Cache::new()).await
+    }
+
+    async fn start_with(cache: Cache) -> Self {
         cache.publish(rampart_xds::translate::snapshot(&config(9001, "v1"), 1));
         let stop = CancellationToken::new();
         let addr = cache
@@ -402,4 +405,118 @@ async fn delta_nack_does_not_loop() {
     assert_eq!(l.type_url, LISTENER, "the NACKed clusters were resent");
     let st = &s.cache.nodes().snapshot()["test-node"][CLUSTER];
     assert_eq!(st.nacked.as_ref().map(|n| n.1.as_str()), Some("no thanks"));
+}
+
+type Opened = Result<
+    (
+        mpsc::Sender<DeltaDiscoveryRequest>,
+        tonic::Streaming<DeltaDiscoveryResponse>,
+    ),
+    tonic::Status,
+>;
+
+/// One Delta stream for `node`, asking for all clusters: its first response, or the status
+/// the server refused the stream with.
+async fn open_as(
+    client: &AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+    node: &str,
+) -> Opened {
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(DeltaDiscoveryRequest {
+        node: Some(Node {
+            id: node.into(),
+            ..Default::default()
+        }),
+        type_url: CLUSTER.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut responses = client
+        .clone()
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let first = tokio::time::timeout(WAIT, responses.next())
+        .await
+        .expect("a response in time")
+        .expect("the stream is open")?;
+    assert_eq!(first.type_url, CLUSTER);
+    Ok((tx, responses))
+}
+
+#[tokio::test]
+async fn a_reconnect_storm_is_admitted_at_the_set_rate_and_everyone_gets_in() {
+    // 10 at once, then 20 a second: 40 proxies arriving together.
+    let s = Server::start_with(Cache::with_admission(20.0, 10.0)).await;
+    let first = open_all(&s.client, (0..40).map(|i| format!("proxy-{i}"))).await;
+    let admitted: Vec<_> = first.iter().filter(|r| r.is_ok()).collect();
+    let refused: Vec<_> = first.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        (10..=13).contains(&admitted.len()),
+        "{} admitted of 40",
+        admitted.len()
+    );
+    assert!(
+        refused
+            .iter()
+            .all(|e| e.code() == tonic::Code::ResourceExhausted),
+        "{refused:?}"
+    );
+    let m = s.cache.nodes().encode();
+    assert!(
+        m.contains(&format!(
+            "rampart_xds_streams_refused_total {}",
+            refused.len()
+        )),
+        "{m}"
+    );
+    assert!(
+        m.contains("rampart_xds_push_latency_seconds_count{type=\"Cluster\"}"),
+        "{m}"
+    );
+    // The refused ones come back (as a proxy's backoff would) and get in.
+    let mut open: Vec<_> = first.into_iter().flatten().collect();
+    let mut waiting: Vec<String> = (0..40)
+        .map(|i| format!("proxy-{i}"))
+        .filter(|n| !s.cache.nodes().snapshot().contains_key(n))
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !waiting.is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut still = Vec::new();
+        for n in waiting {
+            match open_as(&s.client, &n).await {
+                Ok(o) => open.push(o),
+                Err(_) => still.push(n),
+            }
+        }
+        waiting = still;
+    }
+    assert!(waiting.is_empty(), "never admitted: {waiting:?}");
+    assert_eq!(s.cache.nodes().snapshot().len(), 40);
+    // Nodes leave the status table with their streams.
+    drop(open);
+    let gone = rampart_test_support::eventually(Duration::from_secs(5), || async {
+        s.cache.nodes().snapshot().is_empty()
+    })
+    .await;
+    assert!(gone, "{:?}", s.cache.nodes().snapshot().keys());
+}
+
+/// Opens a stream per node, all at once.
+async fn open_all(
+    client: &AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+    nodes: impl Iterator<Item = String>,
+) -> Vec<Opened> {
+    let mut set = tokio::task::JoinSet::new();
+    for n in nodes {
+        let c = client.clone();
+        set.spawn(async move { open_as(&c, &n).await });
+    }
+    let mut out = Vec::new();
+    while let Some(r) = set.join_next().await {
+        out.push(r.unwrap());
+    }
+    out
 }

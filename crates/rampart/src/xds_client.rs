@@ -238,9 +238,12 @@ impl ConfigSource for XdsSource {
                 } else {
                     return;
                 }
+                // Jittered (half to all of the backoff), so that proxies losing the same
+                // control plane do not all come back in the same instant.
+                let wait = backoff.mul_f64(0.5 + fastrand::f64() / 2.0);
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(wait) => {}
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
