@@ -104,7 +104,12 @@ pub(crate) async fn embedded(
 
 /// Publishes `config` as the next snapshot.
 fn publish(cache: &rampart_xds::Cache, config: &rampart_config::Config) {
-    let version = cache.current().version + 1;
+    publish_at(cache, config, cache.current().version + 1);
+}
+
+/// Publishes `config` as snapshot `version`. Served from the store, the version is the
+/// store revision read, so control planes side by side number the same state alike.
+fn publish_at(cache: &rampart_xds::Cache, config: &rampart_config::Config, version: u64) {
     cache.publish(rampart_xds::translate::snapshot(config, version));
     tracing::info!(version, "new snapshot published");
 }
@@ -154,7 +159,7 @@ async fn follow_store(cache: &rampart_xds::Cache, endpoints: &[String]) -> Resul
             }
         };
         match crate::desired::check(&state.resources) {
-            Ok(config) => publish(cache, &config),
+            Ok(config) => publish_at(cache, &config, u64::try_from(state.revision).unwrap_or(0)),
             Err(errors) => {
                 tracing::error!(errors = ?errors, "config rejected; still serving the last good snapshot");
             }

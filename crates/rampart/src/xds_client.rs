@@ -106,14 +106,26 @@ impl XdsSource {
     /// One connection, until it fails or `stop`.
     async fn session(&mut self, applier: &Applier, stop: &CancellationToken) -> Result<(), String> {
         let server = self.servers[self.next % self.servers.len()].clone();
-        let mut client = AggregatedDiscoveryServiceClient::connect(server.clone())
+        // A control plane that stops answering without closing the connection (a host gone,
+        // a partition) is noticed by HTTP/2 pings, not after the kernel's TCP timeouts.
+        let channel = tonic::transport::Endpoint::from_shared(server.clone())
+            .map_err(|e| format!("{server}: {e}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
+            .connect()
             .await
             .map_err(|e| format!("cannot connect to {server}: {e}"))?;
+        let mut client = AggregatedDiscoveryServiceClient::new(channel);
         tracing::info!(%server, "xDS stream open");
         let (tx, rx) = mpsc::channel(16);
-        let mut responses = client
-            .delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+        // The stream's response headers come at once from a live control plane.
+        let opened =
+            client.delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let mut responses = tokio::time::timeout(Duration::from_secs(5), opened)
             .await
+            .map_err(|_| format!("{server} did not open the stream"))?
             .map_err(|e| e.to_string())?
             .into_inner();
         // Named subscriptions made on this connection.
