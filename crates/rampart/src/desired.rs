@@ -28,6 +28,9 @@ pub(crate) struct ApplyArgs {
     /// Check and show what would change; write nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Show each change as a unified diff of the resource (with --dry-run: `kubectl diff`).
+    #[arg(long)]
+    diff: bool,
     #[command(flatten)]
     store: StoreArgs,
 }
@@ -201,12 +204,32 @@ pub(crate) fn apply(a: &ApplyArgs) -> Result<ExitCode> {
             }
             let suffix = if a.dry_run { " (dry run)" } else { "" };
             println!("{} {what}{suffix}", d.id());
+            if a.diff && what != "unchanged" {
+                print!("{}", diff(before, d));
+            }
         }
         if !a.dry_run && !changed.is_empty() {
             commit(&mut c, &state, &changed, &[]).await?;
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `before` → `after` as a unified diff of their pretty JSON (`/dev/null` when new).
+fn diff(before: Option<&Resource>, after: &Resource) -> String {
+    let pretty = |r: &Resource| serde_json::to_string_pretty(&r.spec).unwrap_or_default() + "\n";
+    let old = before.map(pretty).unwrap_or_default();
+    let new = pretty(after);
+    let from = if before.is_some() {
+        format!("a/{}", after.id())
+    } else {
+        "/dev/null".to_owned()
+    };
+    similar::TextDiff::from_lines(&old, &new)
+        .unified_diff()
+        .context_radius(3)
+        .header(&from, &format!("b/{}", after.id()))
+        .to_string()
 }
 
 pub(crate) fn get(a: &GetArgs) -> Result<ExitCode> {

@@ -116,8 +116,28 @@ async fn apply_get_delete_and_a_proxy_serving_the_store_through_the_control_plan
     };
     assert!(serves("one").await, "{}", proxy.stderr());
 
-    // A store write reaches the proxy.
+    // A store write reaches the proxy; first its diff, with nothing written.
     std::fs::write(&file, docs("two", "c")).unwrap();
+    let (ok, out, err) = rampart(&["apply", "-f", f, "--endpoints", &ep, "--dry-run", "--diff"]);
+    assert!(ok, "{err}");
+    let diff: Vec<&str> = out.lines().collect();
+    assert!(diff.contains(&"--- a/RouteTable/main"), "{out}");
+    assert!(diff.contains(&"+++ b/RouteTable/main"), "{out}");
+    assert!(
+        diff.iter()
+            .any(|l| l.starts_with('-') && l.contains("\"body\": \"one\"")),
+        "{out}"
+    );
+    assert!(
+        diff.iter()
+            .any(|l| l.starts_with('+') && l.contains("\"body\": \"two\"")),
+        "{out}"
+    );
+    assert!(
+        !out.contains("a/Cluster/c"),
+        "an unchanged resource has no diff: {out}"
+    );
+    assert!(serves("one").await, "a dry run changed the store");
     let (ok, out, err) = rampart(&["apply", "-f", f, "--endpoints", &ep]);
     assert!(ok, "{err}");
     assert!(
