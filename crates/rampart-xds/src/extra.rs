@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 
 /// The metadata key (a reverse-DNS filter namespace, as Envoy asks).
 pub const KEY: &str = "rampart.dev";
-const TYPED_STRUCT: &str = "type.googleapis.com/xds.type.v3.TypedStruct";
+pub(crate) const TYPED_STRUCT: &str = "type.googleapis.com/xds.type.v3.TypedStruct";
 const RAMPART_TYPES: &str = "type.rampart.dev/rampart.config.v1.";
 
 /// `xds.type.v3.TypedStruct`: a type URL and a JSON-like value (Envoy's API ships it; the
@@ -173,7 +173,7 @@ pub fn read(md: Option<&Metadata>) -> Result<Option<Value>, String> {
     Ok(typed.value.map(|s| from_struct(&s)))
 }
 
-fn to_struct(fields: Map<String, Value>) -> Struct {
+pub(crate) fn to_struct(fields: Map<String, Value>) -> Struct {
     Struct {
         fields: fields.into_iter().map(|(k, v)| (k, to_value(v))).collect(),
     }

@@ -11,6 +11,7 @@
 
 mod delta;
 pub mod desired;
+mod envoy_filters;
 pub mod extra;
 pub mod reverse;
 mod server;
@@ -21,6 +22,7 @@ mod stream;
 pub mod translate;
 
 /// Envoy's API types, for clients of this crate (Rampart proxies, tests).
+pub use envoy_filters::POLICY_CLUSTER;
 pub use envoy_types;
 pub use server::{ADMIT_BURST, ADMIT_PER_SECOND, Ads, Cache};
 pub use snapshot::Snapshot;

@@ -52,10 +52,22 @@ impl Snapshot {
         version: u64,
         resources: impl IntoIterator<Item = (&'static str, String, Any)>,
     ) -> Self {
+        Self::with_versions(
+            version,
+            resources.into_iter().map(|(t, n, b)| (t, n, b, None)),
+        )
+    }
+
+    /// [`Snapshot::new`], where a resource may bring its own content version (one whose
+    /// encoding is not canonical: protobuf maps encode in a hash map's order).
+    pub fn with_versions(
+        version: u64,
+        resources: impl IntoIterator<Item = (&'static str, String, Any, Option<String>)>,
+    ) -> Self {
         let mut types: BTreeMap<&'static str, BTreeMap<String, Resource>> =
             TYPES.iter().map(|t| (*t, BTreeMap::new())).collect();
-        for (type_url, name, body) in resources {
-            let version = content_version(&body);
+        for (type_url, name, body, given) in resources {
+            let version = given.unwrap_or_else(|| content_version(&body));
             types.entry(type_url).or_default().insert(
                 name.clone(),
                 Resource {
