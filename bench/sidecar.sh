@@ -126,7 +126,7 @@ small_build() {
     else
         command -v cargo >/dev/null 2>&1 || die "cargo not found (or set RAMPART_SMALL_BIN)"
         log "small build: cargo build --profile small -p rampart --no-default-features"
-        cargo build --profile small -p rampart --no-default-features
+        cargo build --profile small -p rampart --no-default-features --features mimalloc
         SMALL_NOTE="\`cargo build --profile small -p rampart --no-default-features\` (size-optimized profile, fat LTO, without the \`full\` feature; the \`full\` feature is still empty, so the code is the default build's)"
         small_dir="$CARGO_TARGET_DIR"
         bin="$small_dir/small/rampart"

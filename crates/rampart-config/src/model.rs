@@ -281,9 +281,11 @@ pub struct Cluster {
     pub idle_timeout: Duration,
     pub max_idle_per_endpoint: usize,
     pub circuit_breakers: CircuitBreakers,
-    pub health_check: Option<HealthCheck>,
+    /// Boxed, as `tls`: most clusters have neither, and inline they cost every cluster
+    /// their size (ten thousand clusters: megabytes).
+    pub health_check: Option<Box<HealthCheck>>,
     pub outlier_detection: Option<OutlierDetection>,
-    pub tls: Option<crate::tls::ClusterTls>,
+    pub tls: Option<Box<crate::tls::ClusterTls>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -382,11 +382,12 @@ fn cluster(cx: &mut Ctx, path: &str, c: &RawCluster) -> Cluster {
                 h,
                 &mut cx.errors,
             )
+            .map(Box::new)
         }),
         tls: c.tls.as_ref().and_then(|t| {
             let (tls, errors) = crate::tls::validate_cluster_tls(&format!("{path}.tls"), t);
             cx.errors.extend(errors);
-            tls
+            tls.map(Box::new)
         }),
         outlier_detection: c.outlier_detection.as_ref().map(|o| {
             crate::resilience::validate_outlier(

@@ -438,7 +438,8 @@ fn config_dump(shared: &Shared) -> Response<Full<Bytes>> {
     json(&serde_json::json!({
         "version": snap.version,
         "last_reload_error": last_error,
-        "config": snap.config.raw,
+        "config": serde_json::from_slice::<serde_json::Value>(&snap.source)
+            .unwrap_or(serde_json::Value::Null),
     }))
 }
 

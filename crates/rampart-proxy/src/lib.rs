@@ -67,6 +67,10 @@ pub(crate) struct Shared {
 pub struct Plugins {
     pub filters: FilterRegistry,
     pub extra: Vec<ExtraFilter>,
+    /// Run on the control thread after each config is installed, e.g. to hand the memory
+    /// building it took back to the OS (the binary's allocator keeps freed pages until it
+    /// next allocates much, and an idle proxy rarely does).
+    pub after_install: Option<fn()>,
 }
 
 impl Default for Plugins {
@@ -75,6 +79,7 @@ impl Default for Plugins {
         Self {
             filters: filters::builtins(),
             extra: Vec::new(),
+            after_install: None,
         }
     }
 }
@@ -205,6 +210,7 @@ impl Gateway {
             filters: plugins.filters,
             extra: plugins.extra,
             workers: runtimes.workers(),
+            after_install: plugins.after_install,
         };
         let snap = prepare(&builder, config, 1, None)?;
         resolve_dns(&snap, &runtimes).await;
@@ -237,6 +243,9 @@ impl Gateway {
         gw.sync_listeners(&cfg).await?;
         gw.add_source(Box::new(source::AdminSource { inbox: admin_inbox }));
         gw.shared.ready.store(true, Ordering::Release);
+        if let Some(f) = gw.builder.after_install {
+            f();
+        }
         Ok(gw)
     }
 
@@ -338,6 +347,10 @@ impl Gateway {
         self.shared.metrics.config_version.set(version as i64);
         self.shared.metrics.reload(true);
         *self.lock_reload_error() = None;
+        drop(old);
+        if let Some(f) = self.builder.after_install {
+            f();
+        }
         Ok(version)
     }
 
@@ -556,9 +569,10 @@ async fn resolve_dns(snap: &Snapshot, runtimes: &Runtimes) {
         if let Some(hc) = &c.config.health_check
             && !c.health_checks_started.swap(true, Ordering::AcqRel)
         {
-            runtimes
-                .control
-                .spawn(upstream::health::check_loop(Arc::downgrade(c), hc.clone()));
+            runtimes.control.spawn(upstream::health::check_loop(
+                Arc::downgrade(c),
+                (**hc).clone(),
+            ));
         }
         if c.has_dns() && !c.dns_refresh_started.swap(true, Ordering::AcqRel) {
             // Bounded so an unreachable resolver cannot stall a reload.

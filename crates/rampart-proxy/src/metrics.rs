@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-type Labels = Vec<(&'static str, String)>;
+pub type Labels = Vec<(&'static str, String)>;
 
 fn latency_histogram() -> Histogram {
     // 50 µs .. ~26 s
@@ -250,13 +250,9 @@ impl Metrics {
             .inc();
     }
 
-    pub fn cluster_event(&self, cluster: &str, event: &'static str) -> Counter {
-        self.cluster_events
-            .get_or_create(&vec![
-                ("cluster", cluster.to_owned()),
-                ("event", event.to_owned()),
-            ])
-            .clone()
+    /// `rampart_cluster_events_total{cluster, event}`, for series made as events happen.
+    pub fn cluster_events(&self) -> Family<Labels, Counter> {
+        self.cluster_events.clone()
     }
 
     pub fn jwt_result(&self, result: &'static str) -> Counter {

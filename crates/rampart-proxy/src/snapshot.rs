@@ -27,7 +27,11 @@ pub struct ExtraFilter {
 
 pub struct Snapshot {
     pub version: u64,
+    /// The config running, its `raw` part moved out into `source`.
     pub config: Arc<Config>,
+    /// The config as written (JSON), for `/config_dump`: kept as bytes, since the raw
+    /// structs of ten thousand routes and clusters take tens of megabytes.
+    pub source: bytes::Bytes,
     pub listeners: HashMap<String, Arc<ListenerSnap>>,
     pub clusters: HashMap<String, Arc<ClusterRuntime>>,
 }
@@ -84,14 +88,17 @@ pub struct RouteData {
     pub filters: Vec<FilterRef>,
     /// One per weighted cluster of a forward action; empty otherwise.
     pub targets: Vec<Target>,
-    /// Stats for responses that did not go to a cluster (direct, redirect, local replies).
-    pub local_stats: RouteStats,
+    /// Stats for responses that did not go to a cluster (direct, redirect, local replies),
+    /// made on first use: most routes forward, and ten thousand routes' worth of unused
+    /// series is megabytes.
+    pub local_stats: std::sync::OnceLock<RouteStats>,
 }
 
 pub struct Target {
     pub cluster: Arc<ClusterRuntime>,
     pub name: Arc<str>,
-    pub stats: RouteStats,
+    /// Made on first use (most of ten thousand routes may never see a request).
+    pub stats: std::sync::OnceLock<RouteStats>,
     pub upstream_latency: Histogram,
 }
 
@@ -104,6 +111,8 @@ pub struct Builder {
     pub extra: Vec<ExtraFilter>,
     /// Data-plane workers (each has its own upstream pools).
     pub workers: usize,
+    /// See [`crate::Plugins::after_install`].
+    pub after_install: Option<fn()>,
 }
 
 impl Builder {
@@ -113,38 +122,52 @@ impl Builder {
     /// the error names the filter's field.
     pub fn build(
         &self,
-        config: Config,
+        mut config: Config,
         version: u64,
         prev: Option<&Snapshot>,
         mut tls: TlsMaterial,
     ) -> Result<Snapshot, FilterBuildError> {
         let (env, extra, workers) = (&self.env, &self.extra, self.workers);
         let metrics = &env.metrics;
-        let clusters: HashMap<String, Arc<ClusterRuntime>> = config
-            .clusters
-            .iter()
+        // Clusters and route tables move into their runtimes and routers: nothing reads
+        // them from the config afterwards, and with ten thousand of each a second copy is
+        // megabytes.
+        let clusters: HashMap<String, Arc<ClusterRuntime>> = std::mem::take(&mut config.clusters)
+            .into_iter()
             .map(|c| {
                 let reused = prev
                     .and_then(|p| p.clusters.get(&c.name))
-                    .filter(|old| old.config == *c)
+                    .filter(|old| old.config == c)
                     .cloned();
-                let rt = reused.unwrap_or_else(|| ClusterRuntime::new(c.clone(), metrics, workers));
+                let name = c.name.clone();
+                let rt = reused.unwrap_or_else(|| ClusterRuntime::new(c, metrics, workers));
                 // Every version re-reads certificates, so a reload picks up renewed files.
-                rt.set_tls(tls.clusters.remove(&c.name));
-                (c.name.clone(), rt)
+                rt.set_tls(tls.clusters.remove(&name));
+                (name, rt)
             })
             .collect();
 
+        let mut tables = std::mem::take(&mut config.route_tables);
         let mut listeners = HashMap::new();
         for (li, l) in config.listeners.iter().enumerate() {
-            let Some(ti) = config
-                .route_tables
-                .iter()
-                .position(|t| t.name == l.route_table)
-            else {
+            let Some(ti) = tables.iter().position(|t| t.name == l.route_table) else {
                 continue;
             };
-            let table_cfg = &config.route_tables[ti];
+            // The last listener on a table takes it; any before get a copy.
+            let shared = config.listeners[li + 1..]
+                .iter()
+                .any(|o| o.route_table == l.route_table);
+            let table_cfg = if shared {
+                tables[ti].clone()
+            } else {
+                std::mem::replace(
+                    &mut tables[ti],
+                    rampart_config::model::RouteTable {
+                        name: l.route_table.clone(),
+                        virtual_hosts: Vec::new(),
+                    },
+                )
+            };
             let mut filters = self.chain(&l.filters, &format!("listeners[{li}]"))?;
             filters.extend(
                 extra
@@ -157,8 +180,8 @@ impl Builder {
                 Ok::<_, FilterBuildError>(RouteData {
                     name: r.name.as_str().into(),
                     filters: self.chain(&r.filters, &path)?,
-                    targets: targets(r, &clusters, &l.name, metrics),
-                    local_stats: metrics.route_stats(&l.name, &r.name, ""),
+                    targets: targets(r, &clusters, metrics),
+                    local_stats: std::sync::OnceLock::new(),
                 })
             })?;
             let snap = ListenerSnap {
@@ -173,8 +196,10 @@ impl Builder {
             listeners.insert(l.name.clone(), Arc::new(snap));
         }
 
+        let source = serde_json::to_vec(&std::mem::take(&mut config.raw)).unwrap_or_default();
         Ok(Snapshot {
             version,
+            source: source.into(),
             config: Arc::new(config),
             listeners,
             clusters,
@@ -201,7 +226,6 @@ impl Builder {
 fn targets(
     r: &rampart_config::model::Route,
     clusters: &HashMap<String, Arc<ClusterRuntime>>,
-    listener: &str,
     metrics: &crate::metrics::Metrics,
 ) -> Vec<Target> {
     let Action::Forward(f) = &r.action else {
@@ -213,7 +237,7 @@ fn targets(
             Some(Target {
                 cluster: clusters.get(&w.cluster)?.clone(),
                 name: w.cluster.as_str().into(),
-                stats: metrics.route_stats(listener, &r.name, &w.cluster),
+                stats: std::sync::OnceLock::new(),
                 upstream_latency: metrics.upstream_latency(&w.cluster),
             })
         })

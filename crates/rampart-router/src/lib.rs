@@ -75,7 +75,9 @@ pub struct RouteTable<T = ()> {
 impl RouteTable {
     /// A table whose routes carry nothing of the caller's.
     pub fn new(table: &model::RouteTable) -> Self {
-        match Self::with_data(table, |_, _, _| Ok::<_, std::convert::Infallible>(())) {
+        match Self::with_data(table.clone(), |_, _, _| {
+            Ok::<_, std::convert::Infallible>(())
+        }) {
             Ok(t) => t,
             Err(never) => match never {},
         }
@@ -86,7 +88,7 @@ impl<T> RouteTable<T> {
     /// A table whose routes carry `data(vhost index, route index, route)`; the first error
     /// stops the build.
     pub fn with_data<E>(
-        table: &model::RouteTable,
+        table: model::RouteTable,
         mut data: impl FnMut(usize, usize, &Route) -> Result<T, E>,
     ) -> Result<Self, E> {
         let data = table
@@ -104,7 +106,9 @@ impl<T> RouteTable<T> {
         Ok(Self::compile(table, data))
     }
 
-    fn compile(table: &model::RouteTable, data: Vec<Vec<Arc<T>>>) -> Self {
+    /// Takes the table's virtual hosts as they are (no copy: a proxy with ten thousand
+    /// routes would hold them twice).
+    fn compile(table: model::RouteTable, data: Vec<Vec<Arc<T>>>) -> Self {
         let mut exact = HashMap::new();
         let mut suffixes = Vec::new();
         let mut prefixes = Vec::new();
@@ -127,8 +131,8 @@ impl<T> RouteTable<T> {
         suffixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
         prefixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
         Self {
-            name: table.name.clone(),
-            virtual_hosts: table.virtual_hosts.clone(),
+            name: table.name,
+            virtual_hosts: table.virtual_hosts,
             data,
             exact,
             suffixes,

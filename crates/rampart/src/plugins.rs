@@ -15,5 +15,21 @@ pub(crate) fn plugins() -> Plugins {
     Plugins {
         filters: filters(),
         extra: Vec::new(),
+        after_install: cfg!(feature = "mimalloc").then_some(reclaim as fn()),
+    }
+}
+
+/// Returns the pages freed while a config was built to the OS: mimalloc keeps them until
+/// the thread next allocates much, which an idle proxy's control thread rarely does (with
+/// ten thousand clusters, about 24 MiB stayed resident).
+// The workspace's one `unsafe`: an FFI call that takes no pointers (mimalloc has no safe
+// wrapper for it).
+#[allow(unsafe_code)]
+fn reclaim() {
+    #[cfg(feature = "mimalloc")]
+    // SAFETY: mi_collect only walks and purges the calling thread's heap and the arenas;
+    // it takes no pointers.
+    unsafe {
+        libmimalloc_sys::mi_collect(true);
     }
 }

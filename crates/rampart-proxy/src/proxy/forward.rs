@@ -266,7 +266,7 @@ impl Attempts<'_> {
             {
                 drop(result);
                 drop(guard);
-                cluster.stats.retries.inc();
+                cluster.stats.retry();
                 let mut pause = health::backoff(made, r.base_interval, r.max_interval);
                 if let Some(d) = deadline {
                     pause = pause.min(d.saturating_duration_since(Instant::now()));
@@ -347,7 +347,7 @@ impl Attempts<'_> {
                     });
                 }
                 if matches!(e, ProxyError::Overflow { .. }) {
-                    cluster.stats.overflows.inc();
+                    cluster.stats.overflow();
                 } else if e.blame() == Blame::Upstream {
                     // Only the upstream's own failures count against the endpoint.
                     ep.record_failure();

@@ -98,7 +98,7 @@ pub(crate) async fn handle(
         match ingress::prepare(&mut parts, &lsnap.http, conn.scheme, conn.client.ip()) {
             Ok(()) => match select(&lsnap, &parts, || fastrand::u64(..)) {
                 Ok(picked) => {
-                    let stats = picked.stats();
+                    let stats = picked.stats(&conn.shared.metrics, &lsnap.name);
                     let mut x = Exchange {
                         conn: &conn,
                         lsnap: &lsnap,
@@ -219,8 +219,16 @@ struct Selected<'s> {
 
 impl<'s> Selected<'s> {
     /// What the response counts toward: the target's stats, or the route's local ones.
-    fn stats(&self) -> &'s RouteStats {
-        self.target.map_or(&self.data.local_stats, |t| &t.stats)
+    fn stats(&self, metrics: &crate::metrics::Metrics, listener: &str) -> &'s RouteStats {
+        match self.target {
+            Some(t) => t
+                .stats
+                .get_or_init(|| metrics.route_stats(listener, &self.data.name, &t.name)),
+            None => self
+                .data
+                .local_stats
+                .get_or_init(|| metrics.route_stats(listener, &self.data.name, "")),
+        }
     }
 }
 

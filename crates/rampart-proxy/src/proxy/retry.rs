@@ -124,7 +124,7 @@ impl<'a> RetryToken<'a> {
             retries.fetch_add(1, Ordering::Relaxed);
             Some(Self(retries))
         } else {
-            cluster.stats.overflows.inc();
+            cluster.stats.overflow();
             None
         }
     }

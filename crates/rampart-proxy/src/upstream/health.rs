@@ -144,7 +144,7 @@ pub fn observe(cluster: &ClusterRuntime, ep: &Endpoint, outcome: Outcome) -> boo
         return false;
     }
     ep.health.eject(od, now);
-    cluster.stats.ejections.inc();
+    cluster.stats.ejection();
     tracing::warn!(cluster = %cluster.name(), endpoint = %ep.addr, ejections = ep.health.ejections(), "outlier detection ejected an endpoint");
     true
 }

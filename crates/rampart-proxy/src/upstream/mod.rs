@@ -17,6 +17,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use rampart_config::model::{Cluster, ClusterKind, EndpointAddr, LbPolicy, UpstreamProtocol};
 
@@ -29,7 +30,7 @@ use self::pool::{H1Pool, Lease, PoolGauges, PoolLimits};
 use self::stream::{UpstreamStream, UpstreamTls};
 use crate::body::{ProxyBody, UpstreamTail};
 use crate::error::ProxyError;
-use crate::metrics::Metrics;
+use crate::metrics::{Labels, Metrics};
 use rampart_router::consistent::{self, HashRing};
 
 /// One upstream address.
@@ -201,10 +202,34 @@ pub struct ClusterRuntime {
 }
 
 /// Resilience counters of one cluster.
+/// A cluster's rare events (`rampart_cluster_events_total`), each series made when it
+/// first happens rather than for every cluster up front.
 pub(crate) struct ClusterStats {
-    pub(crate) retries: Counter,
-    pub(crate) overflows: Counter,
-    pub(crate) ejections: Counter,
+    events: Family<Labels, Counter>,
+    cluster: Arc<str>,
+}
+
+impl ClusterStats {
+    fn count(&self, event: &'static str) {
+        self.events
+            .get_or_create(&vec![
+                ("cluster", self.cluster.to_string()),
+                ("event", event.to_owned()),
+            ])
+            .inc();
+    }
+
+    pub(crate) fn retry(&self) {
+        self.count("retry");
+    }
+
+    pub(crate) fn overflow(&self) {
+        self.count("overflow");
+    }
+
+    pub(crate) fn ejection(&self) {
+        self.count("ejection");
+    }
 }
 
 impl ClusterRuntime {
@@ -260,9 +285,8 @@ impl ClusterRuntime {
             })
             .collect();
         let stats = ClusterStats {
-            retries: metrics.cluster_event(&config.name, "retry"),
-            overflows: metrics.cluster_event(&config.name, "overflow"),
-            ejections: metrics.cluster_event(&config.name, "ejection"),
+            events: metrics.cluster_events(),
+            cluster: config.name.as_str().into(),
         };
         let endpoints =
             ArcSwap::from_pointee(EndpointSet::new(statics, config.lb_policy, &config.name));
@@ -408,7 +432,7 @@ impl ClusterRuntime {
     /// `hash` is the request's key for hashing policies (None: pick at random).
     pub fn pick(&self, hash: Option<u64>) -> Result<InflightGuard, ProxyError> {
         if self.active() >= self.config.circuit_breakers.max_requests {
-            self.stats.overflows.inc();
+            self.stats.overflow();
             return Err(ProxyError::Overflow {
                 cluster: self.config.name.clone(),
                 limit: "max_requests",
