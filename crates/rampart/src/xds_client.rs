@@ -57,6 +57,15 @@ pub(crate) fn proxy(a: ProxyArgs) -> anyhow::Result<ExitCode> {
     crate::serve(cfg, around)
 }
 
+/// What one response changed of one type: each name with its body and version before.
+struct Undo {
+    type_url: String,
+    before: Vec<(
+        String,
+        Option<(rampart_xds::envoy_types::pb::google::protobuf::Any, String)>,
+    )>,
+}
+
 /// Longest wait between two connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -145,11 +154,14 @@ impl XdsSource {
                 },
             };
             self.answered = true;
-            self.take(&resp);
+            let undo = self.take(&resp);
             for req in self.follow(&mut subscribed) {
                 tx.send(req).await.map_err(|e| e.to_string())?;
             }
             let error = self.offer(applier).await;
+            if error.is_some() {
+                self.revert(undo);
+            }
             let mut answer = self.request(&resp.type_url);
             answer.response_nonce = resp.nonce.clone();
             answer.error_detail = error.map(|message| RpcStatus {
@@ -161,19 +173,52 @@ impl XdsSource {
         }
     }
 
-    /// Records a response's resources and removals.
-    fn take(&mut self, resp: &DeltaDiscoveryResponse) {
+    /// Records a response's resources and removals; returns what they replaced, to put
+    /// back if the result is rejected.
+    fn take(&mut self, resp: &DeltaDiscoveryResponse) -> Undo {
         let held = self.held.entry(resp.type_url.clone()).or_default();
         let versions = self.versions.entry(resp.type_url.clone()).or_default();
+        let mut undo = Undo {
+            type_url: resp.type_url.clone(),
+            before: Vec::new(),
+        };
+        let mut note =
+            |name: &str, held: &BTreeMap<String, _>, versions: &HashMap<String, String>| {
+                let prev = held.get(name).cloned().zip(versions.get(name).cloned());
+                undo.before.push((name.to_owned(), prev));
+            };
         for r in &resp.resources {
             if let Some(body) = &r.resource {
+                note(&r.name, held, versions);
                 held.insert(r.name.clone(), body.clone());
                 versions.insert(r.name.clone(), r.version.clone());
             }
         }
         for name in &resp.removed_resources {
+            note(name, held, versions);
             held.remove(name);
             versions.remove(name);
+        }
+        undo
+    }
+
+    /// Puts back what a rejected response replaced: the proxy holds (and on reconnect
+    /// reports) the versions it runs, and later updates apply on top of those rather than
+    /// failing again on the rejected one.
+    fn revert(&mut self, undo: Undo) {
+        let held = self.held.entry(undo.type_url.clone()).or_default();
+        let versions = self.versions.entry(undo.type_url).or_default();
+        for (name, prev) in undo.before.into_iter().rev() {
+            match prev {
+                Some((body, version)) => {
+                    held.insert(name.clone(), body);
+                    versions.insert(name, version);
+                }
+                None => {
+                    held.remove(&name);
+                    versions.remove(&name);
+                }
+            }
         }
     }
 

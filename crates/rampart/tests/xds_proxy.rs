@@ -1,6 +1,7 @@
 //! A Rampart proxy fed over xDS by a Rampart control plane, both real processes: the proxy
 //! starts with no listeners, serves what the control plane sends, follows a route change,
-//! keeps serving when the control plane dies, and catches up when it comes back.
+//! keeps serving when the control plane dies, catches up when it comes back, and NACKs what
+//! it cannot run without holding on to it.
 
 mod support;
 
@@ -124,5 +125,12 @@ async fn a_proxy_fed_over_xds_follows_changes_and_survives_the_control_plane() {
         serves(addr, "three").await,
         "the last good config keeps serving"
     );
+    // The rejected listener is not kept: a later route change applies on top of the last
+    // good listener instead of failing again on the rejected one.
+    write_atomically(
+        &path,
+        &config("four").replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
+    );
+    assert!(serves(addr, "four").await, "{}", proxy.stderr());
     drop(taken);
 }
