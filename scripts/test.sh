@@ -20,8 +20,8 @@ section() { printf '\n==> %s\n' "$*"; }
 # namespace; etcd-client (etcdctl) for the store's compatibility test; clang, bpftool,
 # libelf-dev and zlib1g-dev for the eBPF flow tracer (rampart-flows: libbpf is built from its
 # vendored source against Debian's libelf and zlib; clang compiles the BPF C); python3 for the
-# module-cycle check.
-packages=(python3 gcc make pkg-config iproute2 iptables curl util-linux etcd-client clang bpftool libelf-dev zlib1g-dev)
+# module-cycle check, and python3-venv for the independent xDS client's virtualenv.
+packages=(python3 python3-venv gcc make pkg-config iproute2 iptables curl util-linux etcd-client clang bpftool libelf-dev zlib1g-dev)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -42,6 +42,17 @@ if [[ $(id -u) -eq 0 ]] && ! mountpoint -q /sys/kernel/tracing; then
     section "mount -t tracefs tracefs /sys/kernel/tracing"
     mount -t tracefs tracefs /sys/kernel/tracing
 fi
+
+# An xDS client Rampart did not write (scripts/xds_client.py): Python's gRPC and protoc, in
+# a virtualenv beside the build cache (PyPI wheels; reused across runs).
+venv=/var/cache/rampart/venv
+if ! "$venv/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null; then
+    section "python venv with grpcio and grpcio-tools ($venv)"
+    mkdir -p "$(dirname "$venv")"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q grpcio==1.85.4 grpcio-tools==1.85.4
+fi
+export RAMPART_PYTHON="$venv/bin/python"
 
 for c in rustfmt clippy; do
     rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"

@@ -3,7 +3,10 @@
 //!
 //! Not for: production code, or helpers only one test binary needs.
 
+mod envoy;
 pub mod paths;
+
+pub use envoy::envoy_proto_dir;
 
 use std::fmt::Display;
 use std::future::Future;
