@@ -26,6 +26,9 @@ struct TypeState {
     /// Whether the first response for the type has gone (it is sent even when empty, so a
     /// client's warming can finish).
     answered: bool,
+    /// The snapshot version the client has everything due from (nothing changed since in
+    /// its subscription): the next push need only look at what changed after it.
+    synced: Option<u64>,
 }
 
 impl TypeState {
@@ -68,6 +71,9 @@ impl Handler for Stream {
         if first {
             st.known = req.initial_resource_versions.clone();
             st.wildcard = req.resource_names_subscribe.is_empty() && wildcard_type(&type_url);
+        }
+        if !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty() {
+            st.synced = None;
         }
         for name in &req.resource_names_subscribe {
             if name == "*" {
@@ -112,23 +118,16 @@ impl Handler for Stream {
             return Ok(());
         }
         let current = snap.of(type_url);
-        let resources: Vec<Resource> = current
-            .into_iter()
-            .flat_map(|m| m.values())
-            .filter(|r| st.wants(&r.name) && st.known.get(&r.name) != Some(&r.version))
-            .map(|r| Resource {
-                name: r.name.clone(),
-                version: r.version.clone(),
-                resource: Some(r.body.clone()),
-                ..Default::default()
-            })
-            .collect();
-        let removed: Vec<String> = st
-            .known
-            .keys()
-            .filter(|n| !current.is_some_and(|m| m.contains_key(*n)))
-            .cloned()
-            .collect();
+        // Up to date with the snapshot before this one: only its changes can be due.
+        let (resources, removed) = match st.synced.and_then(|v| snap.changed_since(v, type_url)) {
+            Some(names) => due(st, current, names.iter()),
+            None => {
+                let all = current.into_iter().flat_map(|m| m.keys());
+                let known: Vec<String> = st.known.keys().cloned().collect();
+                due(st, current, all.chain(known.iter()))
+            }
+        };
+        st.synced = Some(snap.version);
         if resources.is_empty() && removed.is_empty() && st.answered {
             return Ok(());
         }
@@ -156,4 +155,34 @@ impl Handler for Stream {
         };
         self.common.send(resp).await
     }
+}
+
+/// Of `names`, the resources the client wants and lacks (or holds in another version), and
+/// those it holds that are gone; each name once.
+fn due<'a>(
+    st: &TypeState,
+    current: Option<&std::collections::BTreeMap<String, crate::snapshot::Resource>>,
+    names: impl Iterator<Item = &'a String>,
+) -> (Vec<Resource>, Vec<String>) {
+    let mut seen = BTreeSet::new();
+    let (mut resources, mut removed) = (Vec::new(), Vec::new());
+    for name in names {
+        if !seen.insert(name) {
+            continue;
+        }
+        match current.and_then(|m| m.get(name)) {
+            Some(r) if st.wants(name) && st.known.get(name) != Some(&r.version) => {
+                resources.push(Resource {
+                    name: r.name.clone(),
+                    version: r.version.clone(),
+                    resource: Some(r.body.clone()),
+                    ..Default::default()
+                });
+            }
+            Some(_) => {}
+            None if st.known.contains_key(name) => removed.push(name.clone()),
+            None => {}
+        }
+    }
+    (resources, removed)
 }

@@ -111,6 +111,8 @@ impl Cache {
 
     /// Publishes `snapshot`; streams push what changed for them.
     pub fn publish(&self, snapshot: Snapshot) {
+        // What changed is worked out once here, not by every stream.
+        let snapshot = snapshot.since(&self.current());
         self.tx.send_replace(Arc::new(snapshot));
     }
 

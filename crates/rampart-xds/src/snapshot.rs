@@ -38,6 +38,17 @@ pub struct Snapshot {
     types: BTreeMap<&'static str, BTreeMap<String, Resource>>,
     /// When it was made (push latency counts from here).
     pub made: Instant,
+    /// What changed since the snapshot published before it ([`Snapshot::since`]): so a
+    /// stream up to date with that one looks at these names only, not at every resource.
+    changes: Option<Changes>,
+}
+
+/// The names, by type, that differ between two snapshots (changed, added or removed).
+#[derive(Debug, Clone, PartialEq)]
+struct Changes {
+    /// The version of the snapshot compared with.
+    from: u64,
+    names: BTreeMap<&'static str, Vec<String>>,
 }
 
 impl Default for Snapshot {
@@ -81,7 +92,43 @@ impl Snapshot {
             version,
             types,
             made: Instant::now(),
+            changes: None,
         }
+    }
+
+    /// Records what differs from `prev` (the snapshot published before this one).
+    pub fn since(mut self, prev: &Snapshot) -> Self {
+        let mut names = BTreeMap::new();
+        for t in TYPES {
+            let (old, new) = (prev.of(t), self.of(t));
+            let mut changed: Vec<String> = new
+                .into_iter()
+                .flatten()
+                .filter(|(n, r)| {
+                    old.and_then(|o| o.get(*n)).map(|o| &o.version) != Some(&r.version)
+                })
+                .map(|(n, _)| n.clone())
+                .collect();
+            changed.extend(
+                old.into_iter()
+                    .flat_map(|o| o.keys())
+                    .filter(|n| !new.is_some_and(|m| m.contains_key(*n)))
+                    .cloned(),
+            );
+            names.insert(t, changed);
+        }
+        self.changes = Some(Changes {
+            from: prev.version,
+            names,
+        });
+        self
+    }
+
+    /// The names of `type_url` that changed since snapshot `version`, when this snapshot
+    /// knows (it was published right after that one).
+    pub fn changed_since(&self, version: u64, type_url: &str) -> Option<&[String]> {
+        let c = self.changes.as_ref().filter(|c| c.from == version)?;
+        Some(c.names.get(type_url).map_or(&[][..], Vec::as_slice))
     }
 
     /// The resources of one type (empty for a type not served).
@@ -115,6 +162,32 @@ mod tests {
             type_url: CLUSTER.into(),
             value: v.to_vec(),
         }
+    }
+
+    #[test]
+    fn a_snapshot_knows_what_changed_since_the_one_before() {
+        let a = Snapshot::new(
+            1,
+            [
+                (CLUSTER, "kept".to_owned(), any(b"1")),
+                (CLUSTER, "changed".to_owned(), any(b"1")),
+                (CLUSTER, "gone".to_owned(), any(b"1")),
+            ],
+        );
+        let b = Snapshot::new(
+            2,
+            [
+                (CLUSTER, "kept".to_owned(), any(b"1")),
+                (CLUSTER, "changed".to_owned(), any(b"2")),
+                (CLUSTER, "new".to_owned(), any(b"1")),
+            ],
+        )
+        .since(&a);
+        let mut changed = b.changed_since(1, CLUSTER).unwrap().to_vec();
+        changed.sort();
+        assert_eq!(changed, ["changed", "gone", "new"]);
+        assert_eq!(b.changed_since(1, ROUTE), Some(&[][..]));
+        assert_eq!(b.changed_since(0, CLUSTER), None, "not the one before");
     }
 
     #[test]
