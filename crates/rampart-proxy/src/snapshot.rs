@@ -127,26 +127,12 @@ impl Builder {
         prev: Option<&Snapshot>,
         mut tls: TlsMaterial,
     ) -> Result<Snapshot, FilterBuildError> {
-        let (env, extra, workers) = (&self.env, &self.extra, self.workers);
+        let (env, extra) = (&self.env, &self.extra);
         let metrics = &env.metrics;
         // Clusters and route tables move into their runtimes and routers: nothing reads
         // them from the config afterwards, and with ten thousand of each a second copy is
         // megabytes.
-        let clusters: HashMap<String, Arc<ClusterRuntime>> = std::mem::take(&mut config.clusters)
-            .into_iter()
-            .map(|c| {
-                let reused = prev
-                    .and_then(|p| p.clusters.get(&c.name))
-                    .filter(|old| old.config == c)
-                    .cloned();
-                let name = c.name.clone();
-                let rt = reused.unwrap_or_else(|| ClusterRuntime::new(c, metrics, workers));
-                // Every version re-reads certificates, so a reload picks up renewed files.
-                rt.set_tls(tls.clusters.remove(&name));
-                (name, rt)
-            })
-            .collect();
-
+        let clusters = self.clusters(std::mem::take(&mut config.clusters), prev, &mut tls);
         let mut tables = std::mem::take(&mut config.route_tables);
         let mut listeners = HashMap::new();
         for (li, l) in config.listeners.iter().enumerate() {
@@ -157,17 +143,7 @@ impl Builder {
             let shared = config.listeners[li + 1..]
                 .iter()
                 .any(|o| o.route_table == l.route_table);
-            let table_cfg = if shared {
-                tables[ti].clone()
-            } else {
-                std::mem::replace(
-                    &mut tables[ti],
-                    rampart_config::model::RouteTable {
-                        name: l.route_table.clone(),
-                        virtual_hosts: Vec::new(),
-                    },
-                )
-            };
+            let table_cfg = take_or_copy(&mut tables[ti], shared);
             let mut filters = self.chain(&l.filters, &format!("listeners[{li}]"))?;
             filters.extend(
                 extra
@@ -206,6 +182,30 @@ impl Builder {
         })
     }
 
+    /// A runtime per cluster; one whose definition did not change is carried over from
+    /// `prev`. Every version re-reads certificates, so a reload picks up renewed files.
+    fn clusters(
+        &self,
+        clusters: Vec<rampart_config::model::Cluster>,
+        prev: Option<&Snapshot>,
+        tls: &mut TlsMaterial,
+    ) -> HashMap<String, Arc<ClusterRuntime>> {
+        clusters
+            .into_iter()
+            .map(|c| {
+                let reused = prev
+                    .and_then(|p| p.clusters.get(&c.name))
+                    .filter(|old| old.config == c)
+                    .cloned();
+                let name = c.name.clone();
+                let rt = reused
+                    .unwrap_or_else(|| ClusterRuntime::new(c, &self.env.metrics, self.workers));
+                rt.set_tls(tls.clusters.remove(&name));
+                (name, rt)
+            })
+            .collect()
+    }
+
     /// Builds a filter chain; `owner` is where the chain's owner sits in the config.
     fn chain(
         &self,
@@ -220,6 +220,21 @@ impl Builder {
             })
             .collect()
     }
+}
+
+/// The route table itself when nothing else needs it, else a copy.
+fn take_or_copy(
+    table: &mut rampart_config::model::RouteTable,
+    shared: bool,
+) -> rampart_config::model::RouteTable {
+    if shared {
+        return table.clone();
+    }
+    let empty = rampart_config::model::RouteTable {
+        name: table.name.clone(),
+        virtual_hosts: Vec::new(),
+    };
+    std::mem::replace(table, empty)
 }
 
 /// One per weighted cluster of a forward action (those that exist); none for local answers.

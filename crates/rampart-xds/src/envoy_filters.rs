@@ -190,7 +190,7 @@ fn local_rate_limit(f: &FilterConfig) -> Option<LocalRateLimit> {
         token_bucket: Some(TokenBucket {
             max_tokens: r.burst,
             tokens_per_fill: Some(UInt32Value { value: r.rate }),
-            fill_interval: Some(crate::translate::duration(r.per)),
+            fill_interval: Some(crate::pbtime::duration(r.per)),
         }),
         filter_enabled: Some(all()),
         filter_enforced: Some(all()),
@@ -322,9 +322,7 @@ fn remote_jwks(
     envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::RemoteJwks {
         http_uri: Some(envoy_types::pb::envoy::config::core::v3::HttpUri {
             uri: url.to_owned(),
-            timeout: Some(crate::translate::duration(std::time::Duration::from_secs(
-                5,
-            ))),
+            timeout: Some(crate::pbtime::duration(std::time::Duration::from_secs(5))),
             http_upstream_type: Some(
                 envoy_types::pb::envoy::config::core::v3::http_uri::HttpUpstreamType::Cluster(
                     authority,

@@ -1,10 +1,10 @@
 //! Rampart-only settings riding on Envoy resources.
 //!
-//! [`crate::translate`] expresses what it can in Envoy's own fields; whatever a resource's
+//! `translate` expresses what it can in Envoy's own fields; whatever a resource's
 //! Rampart config holds beyond that (listener limits, filters, header mutations, retries,
 //! health checks...) travels as a typed struct in the resource's metadata
 //! (`typed_filter_metadata["rampart.dev"]`, an `xds.type.v3.TypedStruct` naming the Rampart
-//! config type). Envoy ignores metadata it has no filter for; [`crate::reverse`] merges it
+//! config type). Envoy ignores metadata it has no filter for; `reverse` merges it
 //! back over what it read from Envoy's fields.
 //!
 //! The remainder is computed, not listed: the config minus what reading the translated

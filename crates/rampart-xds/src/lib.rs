@@ -13,6 +13,7 @@ mod delta;
 pub mod desired;
 mod envoy_filters;
 pub mod extra;
+mod pbtime;
 pub mod reverse;
 mod server;
 pub mod snapshot;

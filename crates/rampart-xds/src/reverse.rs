@@ -1,5 +1,5 @@
 //! Envoy resources back into a Rampart config, for Rampart proxies fed over xDS: the subset
-//! [`crate::translate`] emits (listeners on RDS, route configurations, EDS or DNS clusters),
+//! `translate` emits (listeners on RDS, route configurations, EDS or DNS clusters),
 //! read into the raw config so that the usual validation, with its field paths, decides.
 
 use std::collections::BTreeMap;

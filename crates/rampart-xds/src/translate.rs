@@ -10,8 +10,6 @@
 //! What Envoy's fields cannot say (Rampart's filters, limits, header mutations, resilience
 //! settings) rides along in each resource's metadata ([`crate::extra`]).
 
-use std::time::Duration;
-
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster as EnvoyCluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
     Address, AggregatedConfigSource, ConfigSource, DataSource, Metadata, SocketAddress, address,
@@ -31,7 +29,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher;
-use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value};
+use envoy_types::pb::google::protobuf::{Any, UInt32Value};
 use envoy_types::util::pack_any;
 use rampart_config::Config;
 use rampart_config::model::{
@@ -40,6 +38,7 @@ use rampart_config::model::{
 };
 use rampart_config::raw::RawRouteTable;
 
+use crate::pbtime::duration;
 use crate::snapshot::{CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot};
 use crate::{envoy_filters, extra, reverse};
 
@@ -164,13 +163,6 @@ fn socket(ip: String, port: u16) -> Address {
             port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(port))),
             ..Default::default()
         })),
-    }
-}
-
-pub(crate) fn duration(d: Duration) -> PbDuration {
-    PbDuration {
-        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
     }
 }
 

@@ -22,6 +22,7 @@ mod cli_args;
 mod config_file;
 #[cfg(feature = "full")]
 mod control_plane;
+mod demo;
 #[cfg(feature = "full")]
 mod desired;
 #[cfg(feature = "flows")]
@@ -46,8 +47,6 @@ mod xds_client;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// The demo config `rampart up` runs when given no `--config`.
-const DEMO_CONFIG: &str = include_str!("../../../examples/rampart.yaml");
 /// Where `rampart up` starts its built-in upstream (the demo config's `demo` cluster).
 const DEMO_UPSTREAM: &str = "127.0.0.1:8081";
 
@@ -324,12 +323,13 @@ fn up(a: UpArgs) -> Result<ExitCode> {
             (cfg, Some((path.as_path(), bytes)))
         }
         None => {
-            let mut cfg = rampart_config::from_yaml(DEMO_CONFIG).context("embedded demo config")?;
-            demo_policy(&mut cfg, &a.policy_dir)?;
+            let mut cfg =
+                rampart_config::from_yaml(demo::DEMO_CONFIG).context("embedded demo config")?;
+            demo::demo_policy(&mut cfg, &a.policy_dir)?;
             (cfg, None)
         }
     };
-    admin_token(&mut cfg, &admin_token_file)?;
+    demo::admin_token(&mut cfg, &admin_token_file)?;
     let mut around = Around {
         watch_every: Duration::from_secs(1),
         demo_upstream: demo,
@@ -582,98 +582,6 @@ impl Drop for InProcessFlows {
             let _ = t.join();
         }
     }
-}
-
-/// The example tenants' bundles, embedded for `rampart up`.
-#[cfg(feature = "full")]
-const DEMO_BUNDLES: &[(&str, &str)] = &[
-    (
-        "acme/.manifest",
-        include_str!("../../../examples/policy/tenants/acme/.manifest"),
-    ),
-    (
-        "acme/authz.rego",
-        include_str!("../../../examples/policy/tenants/acme/authz.rego"),
-    ),
-    (
-        "acme/authz_test.rego",
-        include_str!("../../../examples/policy/tenants/acme/authz_test.rego"),
-    ),
-    (
-        "acme/data.json",
-        include_str!("../../../examples/policy/tenants/acme/data.json"),
-    ),
-    (
-        "globex/authz.rego",
-        include_str!("../../../examples/policy/tenants/globex/authz.rego"),
-    ),
-    (
-        "globex/authz_test.rego",
-        include_str!("../../../examples/policy/tenants/globex/authz_test.rego"),
-    ),
-    (
-        "globex/data.json",
-        include_str!("../../../examples/policy/tenants/globex/data.json"),
-    ),
-];
-
-/// Gives the admin endpoint a token file (created on first start) unless the config has one.
-fn admin_token(cfg: &mut Config, path: &std::path::Path) -> Result<()> {
-    let Some(admin) = cfg.admin.as_mut() else {
-        return Ok(());
-    };
-    if admin.token_file.is_some() {
-        return Ok(());
-    }
-    admin_token::ensure(path)?;
-    admin.token_file = Some(path.to_path_buf());
-    if let Some(raw) = cfg.raw.admin.as_mut() {
-        raw.token_file = Some(path.display().to_string());
-    }
-    tracing::info!(
-        token_file = %path.display(),
-        "admin API: changes need `Authorization: Bearer <token>` with the token in this file"
-    );
-    Ok(())
-}
-
-/// Writes the demo bundles into `dir` (files already there are kept, so edits survive a
-/// restart) and points the demo config's policy engine at it.
-#[cfg(feature = "full")]
-fn demo_policy(cfg: &mut Config, dir: &std::path::Path) -> Result<()> {
-    for (rel, text) in DEMO_BUNDLES {
-        let path = dir.join(rel);
-        if path.exists() {
-            continue;
-        }
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create {}", parent.display()))?;
-        }
-        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    if let Some(p) = cfg.policy.as_mut() {
-        p.bundles_dir = Some(dir.to_path_buf());
-    }
-    if let Some(p) = cfg.raw.policy.as_mut() {
-        p.bundles_dir = Some(dir.display().to_string());
-    }
-    Ok(())
-}
-
-/// The small build has no policy engine: the demo runs without its authz routes.
-#[cfg(not(feature = "full"))]
-fn demo_policy(cfg: &mut Config, _dir: &std::path::Path) -> Result<()> {
-    tracing::warn!("this build has no policy engine; the demo's tenant routes are left out");
-    cfg.policy = None;
-    for t in &mut cfg.route_tables {
-        t.virtual_hosts.retain(|vh| {
-            !vh.routes
-                .iter()
-                .any(|r| r.filters.iter().any(|f| f.name == "authz"))
-        });
-    }
-    Ok(())
 }
 
 /// Runs the gateway until SIGTERM/SIGINT; SIGHUP reloads `file`. The main thread runs the
