@@ -114,7 +114,8 @@ impl Handler for Stream {
         let Some(st) = self.types.get_mut(type_url) else {
             return Ok(());
         };
-        if st.in_flight.is_some() {
+        // In flight, or already up to date with this very snapshot (an ACK): nothing due.
+        if st.in_flight.is_some() || st.synced == Some(snap.version) {
             return Ok(());
         }
         let current = snap.of(type_url);
