@@ -57,6 +57,11 @@ export RAMPART_PYTHON="$venv/bin/python"
 for c in rustfmt clippy; do
     rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
 done
+# The WASM tests build their guests from Rust sources (crates/rampart-wasm/guests) for WASI
+# preview 1 (core modules) and preview 2 (components).
+for t in wasm32-wasip1 wasm32-wasip2; do
+    rustup target list --installed 2>/dev/null | grep -qx "$t" || rustup target add "$t"
+done
 
 section "cargo fmt --check"
 cargo fmt --all -- --check

@@ -5,8 +5,10 @@
 
 mod envoy;
 pub mod paths;
+mod wasm;
 
 pub use envoy::envoy_proto_dir;
+pub use wasm::wasm_guest;
 
 use std::fmt::Display;
 use std::future::Future;

@@ -28,13 +28,18 @@ pub(crate) fn ensure(path: &Path) -> Result<()> {
         .and_then(|mut f| f.read_exact(&mut raw))
         .context("cannot read /dev/urandom for the admin token")?;
     let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    write_private(path, &token)
+}
+
+/// Creates `path` (which must not exist) readable by its owner only, holding `secret`.
+pub(crate) fn write_private(path: &Path, secret: &str) -> Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
         .with_context(|| format!("cannot create {}", path.display()))?;
-    writeln!(f, "{token}").with_context(|| format!("cannot write {}", path.display()))?;
+    writeln!(f, "{secret}").with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 

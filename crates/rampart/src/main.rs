@@ -38,6 +38,8 @@ mod sidecar;
 #[cfg(feature = "full")]
 mod up_stack;
 #[cfg(feature = "full")]
+mod wasm;
+#[cfg(feature = "full")]
 mod xds_client;
 
 /// mimalloc: measurably less CPU than glibc malloc on the proxy's many small, short-lived
@@ -127,6 +129,11 @@ enum Command {
     #[cfg(feature = "full")]
     #[command(subcommand)]
     Xds(control_plane::XdsCommand),
+    /// The WASM sandbox: run a WASI command under a capability profile, sign and verify
+    /// modules, inspect one.
+    #[cfg(feature = "full")]
+    #[command(subcommand)]
+    Wasm(wasm::WasmCommand),
     /// Run the built-in demo upstream alone (for tests and benchmarks).
     DemoUpstream {
         #[arg(long, default_value = DEMO_UPSTREAM)]
@@ -289,6 +296,8 @@ fn run(cmd: Command) -> Result<ExitCode> {
         Command::ControlPlane(args) => control_plane::run(&args),
         #[cfg(feature = "full")]
         Command::Xds(control_plane::XdsCommand::Status(args)) => control_plane::status(&args),
+        #[cfg(feature = "full")]
+        Command::Wasm(cmd) => wasm::run(cmd),
         #[cfg(feature = "full")]
         Command::Proxy(args) => xds_client::proxy(args),
         #[cfg(feature = "full")]
