@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// The compiled guest `name` (`hello`, `escape`, `spin`, ...) for `target`, or why it could
-/// not be built (the target not installed: scripts/test.sh adds both).
+/// The compiled guest `name` (`hello`, `escape`, `spin`; `rampart_test_plugins`, the
+/// proxy-wasm plugin, for wasm32-wasip1) for `target`, or why it could not be built (the
+/// target not installed: scripts/test.sh adds both).
 pub fn wasm_guest(target: &str, name: &str) -> Result<PathBuf, String> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let dir = BUILT.get_or_init(build).clone()?;
@@ -30,9 +31,14 @@ fn build() -> Result<PathBuf, String> {
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| workspace.join("target"), PathBuf::from)
         .join("wasm-guests");
-    for target in ["wasm32-wasip1", "wasm32-wasip2"] {
+    // The commands for both targets; the proxy-wasm plugins for preview 1, as Envoy's are.
+    for (target, packages) in [
+        ("wasm32-wasip1", &["--workspace"][..]),
+        ("wasm32-wasip2", &["-p", "rampart-test-guests"][..]),
+    ] {
         let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .args(["build", "--release", "--locked", "--target", target])
+            .args(packages)
             .arg("--manifest-path")
             .arg(&manifest)
             .env("CARGO_TARGET_DIR", &target_dir)

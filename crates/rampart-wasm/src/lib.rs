@@ -20,6 +20,7 @@ pub mod command;
 mod error;
 pub mod inspect;
 mod profile;
+pub mod proxy_wasm;
 mod sandbox;
 pub mod signing;
 
