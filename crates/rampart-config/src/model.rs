@@ -24,6 +24,8 @@ pub struct Config {
     pub route_tables: Vec<RouteTable>,
     pub clusters: Vec<Cluster>,
     pub policy: Option<crate::policy::Policy>,
+    /// The keys `wasm` filters' modules must be signed with (checked where modules load).
+    pub wasm: WasmTrust,
     pub raw: RawConfig,
 }
 
@@ -61,6 +63,13 @@ impl Config {
         }
         out
     }
+}
+
+/// The top-level `wasm:` section: the Ed25519 public keys (base64) plugin modules must be
+/// signed with. The gateway hands it to filter factories through their build environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WasmTrust {
+    pub trusted_keys: Vec<String>,
 }
 
 /// The admin endpoint: where it listens and who may use it.

@@ -31,6 +31,17 @@ pub struct RawConfig {
     /// The policy engine used by `authz` filters.
     #[serde(default)]
     pub policy: Option<crate::policy::RawPolicy>,
+    /// What `wasm` filters' modules must be signed with.
+    #[serde(default)]
+    pub wasm: Option<RawWasm>,
+}
+
+/// `wasm:` — the Ed25519 public keys (base64) a plugin module's signature must verify under.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawWasm {
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

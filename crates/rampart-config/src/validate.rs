@@ -102,6 +102,17 @@ fn validate_inner(raw: RawConfig, mut cx: Ctx<'_>) -> Result<Config, ConfigError
         policy
     });
 
+    let wasm_trusted_keys: Vec<String> = raw
+        .wasm
+        .as_ref()
+        .map(|w| w.trusted_keys.clone())
+        .unwrap_or_default();
+    for (i, k) in wasm_trusted_keys.iter().enumerate() {
+        if k.trim().is_empty() {
+            cx.err(format!("wasm.trusted_keys[{i}]"), "must not be empty");
+        }
+    }
+
     if cx.errors.is_empty() {
         Ok(Config {
             workers,
@@ -112,6 +123,9 @@ fn validate_inner(raw: RawConfig, mut cx: Ctx<'_>) -> Result<Config, ConfigError
             route_tables,
             clusters,
             policy,
+            wasm: crate::model::WasmTrust {
+                trusted_keys: wasm_trusted_keys,
+            },
             raw,
         })
     } else {

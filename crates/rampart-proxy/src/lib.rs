@@ -505,6 +505,8 @@ fn prepare(
     }
     let tls = load_tls(&config)?;
     configure_policy(&builder.env, &config)?;
+    // Filters that load signed code (wasm) check it against the config's trusted keys.
+    builder.env.provide(config.wasm.clone());
     builder
         .build(config, version, prev, tls)
         .map_err(filter_error)

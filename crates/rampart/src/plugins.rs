@@ -8,6 +8,8 @@ use rampart_proxy::filter::FilterRegistry;
 pub(crate) fn filters() -> FilterRegistry {
     let mut r = rampart_proxy::filters::builtins();
     r.register(rampart_filter_api_key::ApiKeyFactory);
+    #[cfg(feature = "full")]
+    r.register(rampart_filter_wasm::WasmFactory);
     r
 }
 
