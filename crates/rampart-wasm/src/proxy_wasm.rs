@@ -29,6 +29,9 @@ const BAD_ARGUMENT: i32 = 2;
 const INVALID_MEMORY_ACCESS: i32 = 6;
 const UNIMPLEMENTED: i32 = 12;
 
+/// Most entries a plugin may leave in a header map.
+pub const MAX_HEADERS: usize = 512;
+
 /// The root context's id; request contexts count up from it.
 const ROOT: i32 = 1;
 
@@ -526,6 +529,10 @@ fn set_header(
         Some(m) => {
             if replace {
                 m.retain(|(name, _)| !name.eq_ignore_ascii_case(&key));
+            }
+            // A plugin cannot grow a header map without bound.
+            if m.len() >= MAX_HEADERS {
+                return BAD_ARGUMENT;
             }
             m.push((key, value));
             OK

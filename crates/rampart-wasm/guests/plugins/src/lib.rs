@@ -1,6 +1,10 @@
 //! A proxy-wasm plugin written the way Envoy plugins are, with the public SDK: adds the
 //! request header named in its configuration (`name=value`), answers 403 itself when the
 //! request carries `x-deny`, replaces `x-replace`, removes `x-remove`, and marks responses.
+//!
+//! Configured `fail=trap`, `fail=loop`, `fail=flood` or `fail=log`, it misbehaves on every
+//! request instead (a panic, an endless loop, ten thousand headers, a million log lines),
+//! for the host's adversarial tests.
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
@@ -52,6 +56,25 @@ impl Context for Request {}
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _n: usize, _end_of_stream: bool) -> Action {
+        if self.header.0 == "fail" {
+            match self.header.1.as_str() {
+                "trap" => panic!("a plugin bug"),
+                "loop" => loop {
+                    std::hint::black_box(&self.header);
+                },
+                "flood" => {
+                    for i in 0..10_000 {
+                        self.add_http_request_header(&format!("x-flood-{i}"), "x");
+                    }
+                }
+                _ => {
+                    for i in 0..1_000_000 {
+                        log::info!("flood {i}");
+                    }
+                }
+            }
+            return Action::Continue;
+        }
         if self.get_http_request_header("x-deny").is_some() {
             self.send_http_response(403, vec![("x-denied-by", "plugin")], Some(b"denied by plugin\n"));
             return Action::Pause;
