@@ -70,6 +70,7 @@ impl Config {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WasmTrust {
     pub trusted_keys: Vec<String>,
+    pub cache_dir: Option<std::path::PathBuf>,
 }
 
 /// The admin endpoint: where it listens and who may use it.

@@ -36,12 +36,17 @@ pub struct RawConfig {
     pub wasm: Option<RawWasm>,
 }
 
-/// `wasm:` — the Ed25519 public keys (base64) a plugin module's signature must verify under.
+/// `wasm:` — the Ed25519 public keys (base64) a plugin module's signature must verify under,
+/// and where compiled plugins are cached.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RawWasm {
     #[serde(default)]
     pub trusted_keys: Vec<String>,
+    /// Where compiled plugins are kept across restarts (a directory only the gateway's user
+    /// may write); none: compiled at each start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

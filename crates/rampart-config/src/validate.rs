@@ -102,16 +102,7 @@ fn validate_inner(raw: RawConfig, mut cx: Ctx<'_>) -> Result<Config, ConfigError
         policy
     });
 
-    let wasm_trusted_keys: Vec<String> = raw
-        .wasm
-        .as_ref()
-        .map(|w| w.trusted_keys.clone())
-        .unwrap_or_default();
-    for (i, k) in wasm_trusted_keys.iter().enumerate() {
-        if k.trim().is_empty() {
-            cx.err(format!("wasm.trusted_keys[{i}]"), "must not be empty");
-        }
-    }
+    let wasm = wasm_section(&raw, &mut cx);
 
     if cx.errors.is_empty() {
         Ok(Config {
@@ -123,13 +114,40 @@ fn validate_inner(raw: RawConfig, mut cx: Ctx<'_>) -> Result<Config, ConfigError
             route_tables,
             clusters,
             policy,
-            wasm: crate::model::WasmTrust {
-                trusted_keys: wasm_trusted_keys,
-            },
+            wasm,
             raw,
         })
     } else {
         Err(ConfigError::Invalid(cx.errors))
+    }
+}
+
+/// The top-level `wasm:` section.
+fn wasm_section(raw: &RawConfig, cx: &mut Ctx) -> crate::model::WasmTrust {
+    let wasm_trusted_keys: Vec<String> = raw
+        .wasm
+        .as_ref()
+        .map(|w| w.trusted_keys.clone())
+        .unwrap_or_default();
+    let wasm_cache_dir = raw
+        .wasm
+        .as_ref()
+        .and_then(|w| w.cache_dir.as_ref())
+        .map(std::path::PathBuf::from);
+    if wasm_cache_dir
+        .as_ref()
+        .is_some_and(|d| d.as_os_str().is_empty())
+    {
+        cx.err("wasm.cache_dir", "must not be empty");
+    }
+    for (i, k) in wasm_trusted_keys.iter().enumerate() {
+        if k.trim().is_empty() {
+            cx.err(format!("wasm.trusted_keys[{i}]"), "must not be empty");
+        }
+    }
+    crate::model::WasmTrust {
+        trusted_keys: wasm_trusted_keys,
+        cache_dir: wasm_cache_dir,
     }
 }
 

@@ -14,32 +14,44 @@
 //!
 //! The module's signature is checked and the plugin started (and its configuration
 //! accepted) when the config is applied, so a bad module rejects the config with the
-//! field's path. Each worker thread runs its own VM, made on its first request (no lock on
-//! the request path). A plugin that traps or runs past its deadline fails only that request
-//! (500, or on through with `fail_open`), and its VM is replaced on the thread's next
-//! request. Request and response headers reach the plugin with `:method`, `:path`,
-//! `:authority`, `:scheme` / `:status`; the path was normalised before any filter runs, so
-//! a plugin's change to `:path` is refused (logged), not applied.
+//! field's path; compiled modules are reused across versions (and kept in
+//! `wasm.cache_dir` across restarts when set). Each worker thread runs its own VM, made
+//! when the filter is built (no lock on the request path); a new config version starts new
+//! VMs while requests in flight finish on the old ones. A plugin that traps or runs past
+//! its deadline fails only that request (500, or on through with `fail_open`), and its VM
+//! is replaced.
+//!
+//! What a plugin sees: request and response heads with `:method`, `:path`, `:authority`,
+//! `:scheme` / `:status` (the path was normalised before any filter runs, so a change to
+//! `:path` is refused, logged); bodies, buffered while it pauses (up to 1 MiB); trailers;
+//! HTTP calls to the gateway's clusters (the request waits for the answer); ticks, shared
+//! data and queues; request properties. Calls made from body callbacks are not sent.
+//! Metrics per plugin: `rampart_wasm_calls_total`, `rampart_wasm_failures_total`,
+//! `rampart_wasm_callback_seconds`.
 
-use std::cell::RefCell;
+mod callout;
+mod convert;
+mod phases;
+mod vms;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, PoisonError};
 
-use http::{HeaderName, HeaderValue, StatusCode, request, response};
+use http::StatusCode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use rampart_config::FieldError;
 use rampart_config::filters::typed;
 use rampart_config::model::WasmTrust;
 use rampart_proxy::body::ProxyBody;
-use rampart_proxy::filter::{
-    BuildEnv, FilterBuildError, FilterFactory, FilterRef, Flow, HttpFilter, RequestContext,
-};
-use rampart_wasm::proxy_wasm::{LocalResponse, Verdict, Vm};
+use rampart_proxy::callout::Upstreams;
+use rampart_proxy::filter::{BuildEnv, FilterBuildError, FilterFactory, FilterRef};
+use rampart_wasm::proxy_wasm::{Plugin, Prepared, Vm};
 use rampart_wasm::signing::TrustedKeys;
-use rampart_wasm::{Limits, Sandbox, WasmError};
+use rampart_wasm::{Limits, ModuleCache, Sandbox, WasmError};
 
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,43 +126,44 @@ impl FilterFactory for WasmFactory {
             )
         })?;
         check_signature(&config, &bytes, env).map_err(|m| fail("module", m))?;
-        let sandbox = env
-            .shared(|_| {
-                SharedSandbox(
-                    Sandbox::new(Limits::default())
-                        .map(Arc::new)
-                        .map_err(|e| e.to_string()),
-                )
-            })
-            .0
-            .map_err(|m| fail("module", m))?;
-        let module = wasmtime::Module::new(sandbox.engine(), &bytes)
-            .map_err(|e| fail("module", format!("does not compile: {e:#}")))?;
-        // Started once here, so a plugin that rejects its configuration rejects the config.
-        Vm::start(&sandbox, &module, &config.config).map_err(|e| fail("config", e.to_string()))?;
-        let plugin = config
+        let engine = env.shared(Engine::new);
+        let sandbox = engine.sandbox.clone().map_err(|m| fail("module", m))?;
+        let module = engine.compile(env, &bytes).map_err(|m| fail("module", m))?;
+        let name = config
             .module
             .file_stem()
             .map_or_else(|| "plugin".to_owned(), |s| s.to_string_lossy().into_owned());
+        let plugin = Plugin {
+            config: config.config,
+            name: name.clone(),
+            vm_id: name.clone(),
+        };
+        let prepared =
+            Prepared::new(&sandbox, &module, plugin).map_err(|e| fail("module", e.to_string()))?;
+        // Started once here, so a plugin that rejects its configuration rejects the config.
+        Vm::start(&sandbox, &prepared, None).map_err(|e| fail("config", e.to_string()))?;
         let metrics = env.shared(Metrics::register);
-        Ok(Arc::new(WasmFilter {
-            shared: Arc::new(Shared {
-                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-                sandbox,
-                module,
-                config: config.config,
-                fail_open: config.fail_open,
-                calls: metrics
-                    .calls
-                    .get_or_create(&vec![("plugin", plugin.clone())])
-                    .clone(),
-                failures: metrics
-                    .failures
-                    .get_or_create(&vec![("plugin", plugin.clone())])
-                    .clone(),
-                plugin,
-            }),
-        }))
+        let labels = vec![("plugin", name.clone())];
+        let shared = Arc::new(Shared {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            sandbox,
+            prepared,
+            fail_open: config.fail_open,
+            upstreams: env.get::<Upstreams>(),
+            calls: metrics.calls.get_or_create(&labels).clone(),
+            failures: metrics.failures.get_or_create(&labels).clone(),
+            time: metrics.time.get_or_create(&labels).clone(),
+            plugin: name,
+        });
+        for worker in &env.workers {
+            let s = Arc::downgrade(&shared);
+            worker.spawn(async move {
+                if let Some(s) = s.upgrade() {
+                    vms::warm(&s);
+                }
+            });
+        }
+        Ok(Arc::new(WasmFilter { shared }))
     }
 }
 
@@ -176,16 +189,64 @@ fn check_signature(config: &WasmFilterConfig, bytes: &[u8], env: &BuildEnv) -> R
         .map_err(|e| e.to_string())
 }
 
-/// One sandbox per gateway, shared by its wasm filters.
+/// One sandbox per gateway, shared by its wasm filters, and the modules compiled for it
+/// (by content: a new config version with the same module does not compile it again).
 #[derive(Clone)]
-struct SharedSandbox(Result<Arc<Sandbox>, String>);
+struct Engine {
+    sandbox: Result<Arc<Sandbox>, String>,
+    compiled: Arc<Mutex<HashMap<Vec<u8>, wasmtime::Module>>>,
+}
+
+impl Engine {
+    fn new(_: &BuildEnv) -> Self {
+        Self {
+            sandbox: Sandbox::new(Limits::default())
+                .map(Arc::new)
+                .map_err(|e| e.to_string()),
+            compiled: Arc::default(),
+        }
+    }
+
+    /// Most modules kept compiled in memory (each version's are reused by the next).
+    const KEEP: usize = 64;
+
+    fn compile(&self, env: &BuildEnv, bytes: &[u8]) -> Result<wasmtime::Module, String> {
+        let sandbox = self.sandbox.as_ref().map_err(Clone::clone)?;
+        let key = ring::digest::digest(&ring::digest::SHA256, bytes)
+            .as_ref()
+            .to_vec();
+        let mut compiled = self.compiled.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(m) = compiled.get(&key) {
+            return Ok(m.clone());
+        }
+        let dir = env.get::<WasmTrust>().and_then(|w| w.cache_dir);
+        let module = match dir {
+            Some(d) => ModuleCache::new(d).and_then(|c| c.module(sandbox.engine(), bytes)),
+            None => wasmtime::Module::new(sandbox.engine(), bytes)
+                .map_err(|e| WasmError::Compile(format!("{e:#}"))),
+        }
+        .map_err(|e| e.to_string())?;
+        if compiled.len() >= Self::KEEP {
+            compiled.clear();
+        }
+        compiled.insert(key, module.clone());
+        Ok(module)
+    }
+}
 
 type Labels = Vec<(&'static str, String)>;
+type TimeFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+fn callback_histogram() -> Histogram {
+    // 1 µs to about 260 ms.
+    Histogram::new(exponential_buckets(1e-6, 4.0, 10))
+}
 
 #[derive(Clone)]
 struct Metrics {
     calls: Family<Labels, Counter>,
     failures: Family<Labels, Counter>,
+    time: TimeFamily,
 }
 
 impl Metrics {
@@ -193,6 +254,7 @@ impl Metrics {
         let m = Self {
             calls: Family::default(),
             failures: Family::default(),
+            time: Family::new_with_constructor(callback_histogram),
         };
         env.metrics.register_with(|r| {
             r.register("wasm_calls", "Requests a wasm plugin was called for", m.calls.clone());
@@ -201,6 +263,11 @@ impl Metrics {
                 "Plugin calls that trapped, ran past their deadline or broke the ABI (the VM is replaced)",
                 m.failures.clone(),
             );
+            r.register(
+                "wasm_callback_seconds",
+                "Time spent in a plugin's callbacks, per call into the VM",
+                m.time.clone(),
+            );
         });
         m
     }
@@ -208,235 +275,36 @@ impl Metrics {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// A plugin as one config version runs it.
 struct Shared {
     id: u64,
     sandbox: Arc<Sandbox>,
-    module: wasmtime::Module,
-    config: Vec<u8>,
+    prepared: Prepared,
     fail_open: bool,
+    upstreams: Option<Upstreams>,
     plugin: String,
     calls: Counter,
     failures: Counter,
+    time: Histogram,
+}
+
+impl Shared {
+    /// A VM failed outside a request (a tick, a queue notice): counted and logged.
+    fn failed_vm(&self, e: &WasmError) {
+        self.failures.inc();
+        tracing::warn!(plugin = %self.plugin, error = %e, "wasm plugin failed");
+    }
+
+    /// A VM failed on a request: counted and logged; the response to answer with unless
+    /// the filter fails open.
+    fn failed_request(&self, e: &WasmError) -> Option<http::Response<ProxyBody>> {
+        self.failures.inc();
+        tracing::warn!(plugin = %self.plugin, error = %e, fail_open = self.fail_open, "wasm plugin failed");
+        (!self.fail_open)
+            .then(|| convert::plain(StatusCode::INTERNAL_SERVER_ERROR, "plugin failed\n"))
+    }
 }
 
 pub struct WasmFilter {
     shared: Arc<Shared>,
-}
-
-thread_local! {
-    /// This thread's VM of each plugin, with the filter it belongs to (entries of filters
-    /// a reload dropped are cleared on the next lookup).
-    static VMS: RefCell<HashMap<u64, (Weak<Shared>, Vm)>> = RefCell::new(HashMap::new());
-}
-
-/// The request's context id in a plugin's VM, kept between the header phases.
-#[derive(Clone, Default)]
-struct Contexts(HashMap<u64, i32>);
-
-impl WasmFilter {
-    /// Runs `f` on this thread's VM of the plugin, making it first if needed; a failure
-    /// drops the VM (the next request gets a fresh one).
-    fn with_vm<T>(
-        &self,
-        f: impl FnOnce(&Sandbox, &mut Vm) -> Result<T, WasmError>,
-    ) -> Result<T, WasmError> {
-        let s = &self.shared;
-        VMS.with(|cell| {
-            let mut vms = cell.borrow_mut();
-            vms.retain(|_, (owner, _)| owner.strong_count() > 0);
-            let vm = match vms.entry(s.id) {
-                std::collections::hash_map::Entry::Occupied(e) => &mut e.into_mut().1,
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    let vm = Vm::start(&s.sandbox, &s.module, &s.config)?;
-                    &mut e.insert((Arc::downgrade(s), vm)).1
-                }
-            };
-            let result = f(&s.sandbox, vm);
-            for line in vm.take_logs() {
-                tracing::info!(plugin = %s.plugin, level = line.level, "{}", line.message);
-            }
-            if result.is_err() {
-                vms.remove(&s.id);
-            }
-            result
-        })
-    }
-
-    /// A failed call: counted, logged, and the request answered per `fail_open`.
-    fn failed<'a>(&self, e: &WasmError) -> Flow<'a> {
-        self.shared.failures.inc();
-        tracing::warn!(plugin = %self.shared.plugin, error = %e, fail_open = self.shared.fail_open, "wasm plugin failed");
-        if self.shared.fail_open {
-            Flow::Continue
-        } else {
-            Flow::Respond(plain(StatusCode::INTERNAL_SERVER_ERROR, "plugin failed\n"))
-        }
-    }
-}
-
-impl HttpFilter for WasmFilter {
-    fn name(&self) -> &'static str {
-        "wasm"
-    }
-
-    fn on_request_headers<'a>(
-        &'a self,
-        ctx: &'a mut RequestContext,
-        req: &'a mut request::Parts,
-    ) -> Flow<'a> {
-        self.shared.calls.inc();
-        let mut headers = request_pairs(req);
-        let outcome = self.with_vm(|sb, vm| {
-            let id = vm.open(sb)?;
-            let verdict = vm.request_headers(sb, id, &mut headers, false)?;
-            if !matches!(verdict, Verdict::Continue) {
-                vm.done(sb, id)?;
-            }
-            Ok((id, verdict))
-        });
-        match outcome {
-            Ok((id, Verdict::Continue)) => {
-                ctx.extensions
-                    .get_or_insert_default::<Contexts>()
-                    .0
-                    .insert(self.shared.id, id);
-                apply_request(req, &headers, &self.shared.plugin);
-                Flow::Continue
-            }
-            Ok((_, Verdict::Respond(r))) => Flow::Respond(local(r)),
-            // Nothing this host offers can resume a paused request yet.
-            Ok((_, Verdict::Paused)) => {
-                self.failed(&WasmError::Trap("the plugin paused the request".into()))
-            }
-            Err(e) => self.failed(&e),
-        }
-    }
-
-    fn on_response_headers<'a>(
-        &'a self,
-        ctx: &'a mut RequestContext,
-        resp: &'a mut response::Parts,
-    ) -> Flow<'a> {
-        let Some(id) = ctx
-            .extensions
-            .get::<Contexts>()
-            .and_then(|c| c.0.get(&self.shared.id).copied())
-        else {
-            return Flow::Continue;
-        };
-        let mut headers = vec![(":status".to_owned(), resp.status.as_str().to_owned())];
-        headers.extend(pairs(&resp.headers));
-        let outcome = self.with_vm(|sb, vm| {
-            let verdict = vm.response_headers(sb, id, &mut headers, false)?;
-            vm.done(sb, id)?;
-            Ok(verdict)
-        });
-        match outcome {
-            Ok(Verdict::Continue) => {
-                replace_headers(&mut resp.headers, &headers, &self.shared.plugin);
-                Flow::Continue
-            }
-            Ok(Verdict::Respond(r)) => Flow::Respond(local(r)),
-            Ok(Verdict::Paused) => {
-                self.failed(&WasmError::Trap("the plugin paused the response".into()))
-            }
-            Err(e) => self.failed(&e),
-        }
-    }
-}
-
-/// The headers a plugin sees: pseudo-headers first, then each header whose value is text.
-fn request_pairs(req: &request::Parts) -> Vec<(String, String)> {
-    let mut out = vec![
-        (":method".to_owned(), req.method.as_str().to_owned()),
-        (
-            ":path".to_owned(),
-            req.uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_owned(),
-        ),
-    ];
-    if let Some(host) = req
-        .headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-    {
-        out.push((":authority".to_owned(), host.to_owned()));
-    }
-    out.push((
-        ":scheme".to_owned(),
-        req.uri.scheme_str().unwrap_or("http").to_owned(),
-    ));
-    out.extend(pairs(&req.headers));
-    out
-}
-
-fn pairs(headers: &http::HeaderMap) -> impl Iterator<Item = (String, String)> + '_ {
-    headers.iter().filter_map(|(k, v)| {
-        v.to_str()
-            .ok()
-            .map(|v| (k.as_str().to_owned(), v.to_owned()))
-    })
-}
-
-fn apply_request(req: &mut request::Parts, after: &[(String, String)], plugin: &str) {
-    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
-    if let Some((_, p)) = after.iter().find(|(k, _)| k == ":path")
-        && p != path
-    {
-        tracing::warn!(plugin, from = path, to = %p, "a wasm plugin's change to :path is not applied (paths are normalised before filters run)");
-    }
-    replace_headers(&mut req.headers, after, plugin);
-}
-
-/// The text headers of `map` become those in `after` (pseudo-headers aside); headers whose
-/// values are not text, which the plugin never saw, stay.
-fn replace_headers(map: &mut http::HeaderMap, after: &[(String, String)], plugin: &str) {
-    let text: Vec<HeaderName> = map
-        .iter()
-        .filter(|(_, v)| v.to_str().is_ok())
-        .map(|(k, _)| k.clone())
-        .collect();
-    for k in text {
-        map.remove(&k);
-    }
-    for (k, v) in after.iter().filter(|(k, _)| !k.starts_with(':')) {
-        match (
-            HeaderName::from_bytes(k.as_bytes()),
-            HeaderValue::from_str(v),
-        ) {
-            (Ok(k), Ok(v)) => {
-                map.append(k, v);
-            }
-            _ => {
-                tracing::warn!(plugin, header = %k, "a wasm plugin set an invalid header; dropped");
-            }
-        }
-    }
-}
-
-fn local(r: LocalResponse) -> http::Response<ProxyBody> {
-    let mut resp = http::Response::new(ProxyBody::full(r.body));
-    *resp.status_mut() =
-        StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    for (k, v) in r.headers {
-        if let (Ok(k), Ok(v)) = (
-            HeaderName::from_bytes(k.as_bytes()),
-            HeaderValue::from_str(&v),
-        ) {
-            resp.headers_mut().append(k, v);
-        }
-    }
-    resp
-}
-
-fn plain(status: StatusCode, body: &'static str) -> http::Response<ProxyBody> {
-    let mut resp = http::Response::new(ProxyBody::full(body));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
 }

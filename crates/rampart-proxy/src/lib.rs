@@ -13,6 +13,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod body;
+pub mod callout;
 pub mod demo;
 pub mod error;
 pub mod filter;
@@ -194,11 +195,14 @@ impl Gateway {
         let access_log = AccessLog::new(config.access_log);
         let admin = config.admin.clone();
         let drain = CancellationToken::new();
-        let env = BuildEnv::new(
+        let mut env = BuildEnv::new(
             metrics.clone(),
             runtimes.control.clone(),
             drain.child_token(),
         );
+        env.workers = runtimes.data.clone();
+        let upstreams = callout::Upstreams::default();
+        env.provide(upstreams.clone());
         #[cfg(feature = "policy")]
         let policy = {
             let p = Arc::new(policy::PolicyRuntime::new(&metrics));
@@ -226,6 +230,7 @@ impl Gateway {
             #[cfg(feature = "policy")]
             policy,
         });
+        upstreams.attach(&shared);
         let admin_addr = match admin {
             Some(a) => Some(admin::spawn(&a, shared.clone(), &runtimes.control).await?),
             None => None,

@@ -81,9 +81,17 @@ impl<'a> Flow<'a> {
     }
 }
 
-/// Sees body chunks of one request or response, in order.
+/// Sees body chunks of one request or response, in order, then its trailers if any.
+///
+/// An observer may rewrite a chunk, or hold it back by leaving it empty (to buffer) and
+/// release what it held in a later chunk; the chunk with `end_of_stream` comes exactly
+/// once, before any trailers, and is where whatever is held must go out.
 pub trait BodyObserver: Send {
     fn on_data(&mut self, chunk: &mut Bytes, end_of_stream: bool) -> Result<(), BodyReject>;
+
+    fn on_trailers(&mut self, _trailers: &mut http::HeaderMap) -> Result<(), BodyReject> {
+        Ok(())
+    }
 }
 
 /// A filter. Implementations are shared by all requests and must be cheap to call.

@@ -63,6 +63,8 @@ pub struct BuildEnv {
     pub stop: CancellationToken,
     /// Background work to wait for at shutdown.
     pub tasks: TaskTracker,
+    /// The data-plane workers' runtimes, for per-worker state made ahead of requests.
+    pub workers: Vec<Handle>,
     shared: Mutex<http::Extensions>,
 }
 
@@ -73,6 +75,7 @@ impl BuildEnv {
             control,
             stop,
             tasks: TaskTracker::new(),
+            workers: Vec::new(),
             shared: Mutex::new(http::Extensions::new()),
         }
     }

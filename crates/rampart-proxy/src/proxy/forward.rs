@@ -197,6 +197,9 @@ async fn request_body(
         Replay::Failed(e) => return Err(e),
         Replay::Stream(body) => body,
     };
+    if body.is_end_stream() && !observers.is_empty() {
+        return empty_observed(parts, body, observers);
+    }
     let mut abort = None;
     let mut body = if body.is_end_stream() && observers.is_empty() {
         ProxyBody::stream(body)
@@ -213,6 +216,36 @@ async fn request_body(
         replay: None,
         stream: Some(body),
         abort,
+    })
+}
+
+/// A request without a body: its observers hear of the end at once and the request keeps
+/// its framing (no chunked encoding for a GET); what an observer adds becomes the body.
+fn empty_observed(
+    parts: &mut request::Parts,
+    body: Incoming,
+    mut observers: Vec<Box<dyn BodyObserver>>,
+) -> Result<Payload, ProxyError> {
+    let mut added = Bytes::new();
+    for o in &mut observers {
+        o.on_data(&mut added, true)
+            .map_err(|r| ProxyError::BodyRejected {
+                status: r.status,
+                reason: r.reason,
+            })?;
+    }
+    if added.is_empty() {
+        return Ok(Payload {
+            replay: None,
+            stream: Some(ProxyBody::stream(body)),
+            abort: None,
+        });
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Ok(Payload {
+        replay: Some(added),
+        stream: None,
+        abort: None,
     })
 }
 
