@@ -40,6 +40,10 @@ pub(crate) struct ProxyArgs {
     /// Data-plane worker threads (default: one per CPU).
     #[arg(long)]
     workers: Option<usize>,
+    /// Ed25519 public keys (base64, comma-separated) that wasm plugins named by the control
+    /// plane must be signed with (the bootstrap's `wasm.trusted_keys`).
+    #[arg(long, value_delimiter = ',')]
+    wasm_trusted_key: Vec<String>,
 }
 
 /// `rampart proxy`: starts with no listeners; the control plane supplies them.
@@ -47,6 +51,10 @@ pub(crate) fn proxy(a: ProxyArgs) -> anyhow::Result<ExitCode> {
     let mut yaml = format!("admin: {{ address: \"{}\" }}\n", a.admin);
     if let Some(w) = a.workers {
         yaml.push_str(&format!("workers: {w}\n"));
+    }
+    if !a.wasm_trusted_key.is_empty() {
+        let keys = serde_json::to_string(&a.wasm_trusted_key)?;
+        yaml.push_str(&format!("wasm: {{ trusted_keys: {keys} }}\n"));
     }
     let cfg = rampart_config::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
     let servers = a.xds.iter().map(|s| format!("http://{s}")).collect();
