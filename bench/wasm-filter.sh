@@ -109,7 +109,7 @@ section="<!-- wasm-filter:begin -->
 
 - Command: \`bash bench/wasm-filter.sh\` (BENCH_DURATION=$DURATION, BENCH_CONNS=$CONNS, BENCH_WORKERS=$WORKERS)
 - Date: $(date -u '+%Y-%m-%d %H:%M UTC'); machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)
-- Rampart: ${RAMPART_VERSION}; one \`rampart serve\` (access log off), the built-in demo upstream; /plugin runs the signed SDK plugin (adds a header, edits two, reads :path, marks the response: two calls into the VM per request plus context create/done/log/delete), /plain does not; wrk \`--latency -s bench/latency.lua\` (-t1 at one connection, -t2 above) after a ${WARMUP} s warm-up, wrk, Rampart and the upstream on the same 2 cores.
+- Rampart: ${RAMPART_VERSION}; one \`rampart serve\` (access log off), the built-in demo upstream; /plugin runs the signed SDK plugin (adds a header, edits two, reads :path, marks the response: seven calls into the VM per request — context create, request headers, response headers, response body, done, log, delete — with header maps lent, not copied), /plain does not; wrk \`--latency -s bench/latency.lua\` (-t1 at one connection, -t2 above) after a ${WARMUP} s warm-up, wrk, Rampart and the upstream on the same 2 cores.
 
 $TABLE
 <!-- wasm-filter:end -->"

@@ -80,27 +80,50 @@ impl Prepared {
     }
 }
 
+/// An export with its arity, read once (a function's type is not free to ask for).
+#[derive(Clone, Copy)]
+struct Export {
+    func: Func,
+    params: usize,
+    results: usize,
+}
+
+impl Export {
+    fn of(store: &Store<Host>, func: Option<Func>) -> Option<Self> {
+        let func = func?;
+        let ty = func.ty(store);
+        Some(Self {
+            func,
+            params: ty.params().len(),
+            results: ty.results().len(),
+        })
+    }
+}
+
 /// The callbacks a VM calls, looked up once.
 #[derive(Clone, Copy)]
 struct Exports {
-    context_create: Option<Func>,
-    request_headers: Option<Func>,
-    request_body: Option<Func>,
-    request_trailers: Option<Func>,
-    response_headers: Option<Func>,
-    response_body: Option<Func>,
-    response_trailers: Option<Func>,
-    done: Option<Func>,
-    log: Option<Func>,
-    delete: Option<Func>,
-    tick: Option<Func>,
-    queue_ready: Option<Func>,
-    call_response: Option<Func>,
+    context_create: Option<Export>,
+    request_headers: Option<Export>,
+    request_body: Option<Export>,
+    request_trailers: Option<Export>,
+    response_headers: Option<Export>,
+    response_body: Option<Export>,
+    response_trailers: Option<Export>,
+    done: Option<Export>,
+    log: Option<Export>,
+    delete: Option<Export>,
+    tick: Option<Export>,
+    queue_ready: Option<Export>,
+    call_response: Option<Export>,
 }
 
 impl Exports {
     fn find(instance: &Instance, store: &mut Store<Host>) -> Self {
-        let mut f = |name: &str| instance.get_func(&mut *store, name);
+        let mut f = |name: &str| {
+            let func = instance.get_func(&mut *store, name);
+            Export::of(store, func)
+        };
         Self {
             context_create: f("proxy_on_context_create"),
             request_headers: f("proxy_on_request_headers"),
@@ -157,12 +180,15 @@ impl Vm {
         };
         // A reactor's (cdylib's) initialiser: the SDK's `main!` runs in it.
         let init = instance.get_func(&mut vm.store, "_initialize");
+        let init = Export::of(&vm.store, init);
         vm.call(sandbox, init, &[])?;
         vm.call(sandbox, vm.exports.context_create, &[ROOT, 0])?;
         let on_start = instance.get_func(&mut vm.store, "proxy_on_vm_start");
+        let on_start = Export::of(&vm.store, on_start);
         vm.call(sandbox, on_start, &[ROOT, 0])?;
         let size = i32::try_from(prepared.plugin.config.len()).unwrap_or(i32::MAX);
         let on_configure = instance.get_func(&mut vm.store, "proxy_on_configure");
+        let on_configure = Export::of(&vm.store, on_configure);
         if on_configure.is_some() && vm.call(sandbox, on_configure, &[ROOT, size])? == 0 {
             return Err(WasmError::Instantiate(
                 "the plugin rejected its configuration (proxy_on_configure returned false)".into(),
@@ -374,7 +400,7 @@ impl Vm {
         &mut self,
         sandbox: &Sandbox,
         context: i32,
-        f: Option<Func>,
+        f: Option<Export>,
         args: &[i32],
     ) -> Result<Verdict, WasmError> {
         let host = self.store.data_mut();
@@ -394,18 +420,23 @@ impl Vm {
 
     /// Calls an export (absent: nothing to do) with i32 arguments under a fresh deadline;
     /// its i32 result (0 when it returns nothing).
-    fn call(&mut self, sandbox: &Sandbox, f: Option<Func>, args: &[i32]) -> Result<i32, WasmError> {
+    fn call(
+        &mut self,
+        sandbox: &Sandbox,
+        f: Option<Export>,
+        args: &[i32],
+    ) -> Result<i32, WasmError> {
         let Some(f) = f else { return Ok(0) };
-        let ty = f.ty(&self.store);
         let mut params = [const { Val::I32(0) }; 5];
         for (p, a) in params.iter_mut().zip(args) {
             *p = Val::I32(*a);
         }
-        let n = ty.params().len().min(params.len());
+        let n = f.params.min(params.len());
         let mut results = [Val::I32(0)];
-        let r = ty.results().len().min(1);
+        let r = f.results.min(1);
         sandbox.arm(&mut self.store);
-        f.call(&mut self.store, &params[..n], &mut results[..r])
+        f.func
+            .call(&mut self.store, &params[..n], &mut results[..r])
             .map_err(|e| WasmError::from_run(&e, sandbox.limits().deadline))?;
         Ok(results[0].i32().unwrap_or(0))
     }
