@@ -101,3 +101,14 @@ fn read(path: &std::path::Path) -> Result<String, ConfigError> {
         source,
     })
 }
+
+/// Whether `name` can name a function: a DNS label (1–63 of `a-z`, `0-9` and `-`, not
+/// starting or ending with `-`), so it fits store keys, metric labels and host names alike.
+pub fn is_function_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}

@@ -233,6 +233,9 @@ pub enum Action {
     Forward(Forward),
     DirectResponse(DirectResponse),
     Redirect(Redirect),
+    /// A function deployed to the gateway answers (its name; deployed or not, checked per
+    /// request: functions come and go without a config change).
+    Function(String),
 }
 
 #[derive(Debug, Clone)]

@@ -141,6 +141,9 @@ pub struct RawRoute {
     pub direct_response: Option<RawDirectResponse>,
     #[serde(default)]
     pub redirect: Option<RawRedirect>,
+    /// Answer with a deployed function (`rampart fn deploy`) instead of a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
     #[serde(default)]
     pub request_headers: Option<RawHeaderMutation>,
     #[serde(default)]

@@ -87,6 +87,8 @@ route_tables:
           - { match: { headers: [{ name: "bad header", exact: x }] }, forward: { cluster: c, timeout: 1x } }
           - { forward: { cluster: c }, filters: [{ rate_limit: { rate: 0, per: 1s, key: cookie } }] }
           - { forward: { cluster: c }, filters: [{ cors: { allow_origins: ["*"], allow_credentials: true } }] }
+          - { function: "Hello World" }
+          - { function: hello, forward: { cluster: c } }
 clusters:
   - { name: c, endpoints: ["127.0.0.1:9000", "not an address", "db.internal:5432"], lb_policy: random }
   - { name: c, endpoints: [] }
@@ -110,6 +112,8 @@ clusters:
         "route_tables[0].virtual_hosts[0].routes[8].filters[0].rate_limit.rate: must be at least 1",
         "route_tables[0].virtual_hosts[0].routes[8].filters[0].rate_limit.key: unknown key \"cookie\"",
         "route_tables[0].virtual_hosts[0].routes[9].filters[0].cors.allow_credentials: cannot be true",
+        "route_tables[0].virtual_hosts[0].routes[10].function: \"Hello World\" is not a function name",
+        "route_tables[0].virtual_hosts[0].routes[11]: set exactly one action",
         "clusters[0].endpoints[1]: \"not an address\" is not ip:port or host:port",
         "clusters[0].lb_policy: unknown policy \"random\"",
         "clusters[1].endpoints: must list at least one endpoint",

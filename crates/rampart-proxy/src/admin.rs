@@ -417,12 +417,32 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/config_dump" => config_dump(shared),
         "/clusters" => clusters(shared),
+        p if p == "/functions" || p.starts_with("/functions/") => functions(shared, &p[10..]),
         "/" => respond(
             StatusCode::OK,
             "text/plain",
-            "rampart admin: /metrics /ready /config_dump /clusters\n".into(),
+            "rampart admin: /metrics /ready /config_dump /clusters /functions\n".into(),
         ),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+/// `GET /functions[/NAME[/logs]]`: the function runtime's view, when one is linked.
+fn functions(shared: &Shared, rest: &str) -> Response<Full<Bytes>> {
+    let Some(host) = &shared.functions else {
+        return respond(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "this gateway runs no functions\n".into(),
+        );
+    };
+    match host.admin(rest) {
+        Some(v) => json(&v),
+        None => respond(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "no such function\n".into(),
+        ),
     }
 }
 

@@ -18,6 +18,7 @@ pub mod demo;
 pub mod error;
 pub mod filter;
 pub mod filters;
+pub mod function;
 mod ingress;
 pub mod metrics;
 mod observe;
@@ -61,6 +62,8 @@ pub(crate) struct Shared {
     /// For the admin API's `/policy/tenants`.
     #[cfg(feature = "policy")]
     pub(crate) policy: Arc<policy::PolicyRuntime>,
+    /// Serves `function:` routes, when the binary links a function runtime.
+    pub(crate) functions: Option<Arc<dyn function::FunctionHost>>,
 }
 
 /// What a gateway is extended with: the filters config can name, and filters added in code.
@@ -72,6 +75,8 @@ pub struct Plugins {
     /// building it took back to the OS (the binary's allocator keeps freed pages until it
     /// next allocates much, and an idle proxy rarely does).
     pub after_install: Option<fn()>,
+    /// The runtime `function:` routes go to; without one they answer 503.
+    pub functions: Option<Arc<dyn function::FunctionHost>>,
 }
 
 impl Default for Plugins {
@@ -81,6 +86,7 @@ impl Default for Plugins {
             filters: filters::builtins(),
             extra: Vec::new(),
             after_install: None,
+            functions: None,
         }
     }
 }
@@ -209,6 +215,9 @@ impl Gateway {
             env.provide(p.clone());
             p
         };
+        if let Some(f) = &plugins.functions {
+            f.attach(&env);
+        }
         let builder = Builder {
             env,
             filters: plugins.filters,
@@ -229,6 +238,7 @@ impl Gateway {
             last_reload_error: std::sync::Mutex::new(None),
             #[cfg(feature = "policy")]
             policy,
+            functions: plugins.functions,
         });
         upstreams.attach(&shared);
         let admin_addr = match admin {

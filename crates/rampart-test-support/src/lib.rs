@@ -8,7 +8,7 @@ pub mod paths;
 mod wasm;
 
 pub use envoy::envoy_proto_dir;
-pub use wasm::wasm_guest;
+pub use wasm::{function_example, wasm_guest};
 
 use std::fmt::Display;
 use std::future::Future;

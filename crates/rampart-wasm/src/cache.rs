@@ -57,6 +57,44 @@ impl ModuleCache {
         )
     }
 
+    /// As [`ModuleCache::component`], keyed by the source's SHA-256 (lower-case hex) that
+    /// the caller already checked: a hit reads no source at all (a function's cold start
+    /// after idle eviction), and `source` is asked for only on a miss.
+    pub fn component_keyed(
+        &self,
+        engine: &Engine,
+        sha256_hex: &str,
+        source: impl FnOnce() -> Result<Vec<u8>, WasmError>,
+    ) -> Result<Component, WasmError> {
+        let hex = sha256_hex.len() == 64
+            && sha256_hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !hex {
+            return Err(WasmError::Compile(format!(
+                "{sha256_hex:?} is not a lower-case hex SHA-256"
+            )));
+        }
+        let path = self.entry_for(engine, sha256_hex, "cwasm-component");
+        if path.is_file() {
+            // SAFETY: as in `module`: only this cache's own entries are read.
+            #[allow(unsafe_code)]
+            match unsafe { Component::deserialize_file(engine, &path) } {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "unusable cache entry; compiling again");
+                }
+            }
+        }
+        let bytes = source()?;
+        self.load(
+            &path,
+            |_| Err(wasmtime::format_err!("not cached")),
+            || Component::new(engine, &bytes),
+            Component::serialize,
+        )
+    }
+
     /// The entry at `path` if it loads, else `compile`d and kept there.
     fn load<A>(
         &self,
@@ -81,14 +119,19 @@ impl ModuleCache {
     }
 
     fn entry(&self, engine: &Engine, bytes: &[u8], ext: &str) -> PathBuf {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut h);
         let source: String = digest(&SHA256, bytes)
             .as_ref()
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        self.dir.join(format!("{source}-{:016x}.{ext}", h.finish()))
+        self.entry_for(engine, &source, ext)
+    }
+
+    fn entry_for(&self, engine: &Engine, sha256_hex: &str, ext: &str) -> PathBuf {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut h);
+        self.dir
+            .join(format!("{sha256_hex}-{:016x}.{ext}", h.finish()))
     }
 }
 

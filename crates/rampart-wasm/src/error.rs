@@ -31,7 +31,7 @@ pub enum WasmError {
 }
 
 impl WasmError {
-    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| WasmError::Io { path, source }
     }

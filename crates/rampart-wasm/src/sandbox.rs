@@ -54,10 +54,12 @@ pub struct Sandbox {
 impl Sandbox {
     pub fn new(limits: Limits) -> Result<Self, WasmError> {
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_core_instances(limits.instances)
+        // A component holds several core instances (a Rust wasip2 one: its module and the
+        // shims that wire its imports) and tables, but one memory.
+        pool.total_core_instances(limits.instances.saturating_mul(4))
             .total_component_instances(limits.instances)
             .total_memories(limits.instances)
-            .total_tables(limits.instances)
+            .total_tables(limits.instances.saturating_mul(2))
             .max_memory_size(limits.memory_bytes)
             .table_elements(limits.table_elements);
         let mut config = Config::new();

@@ -174,6 +174,13 @@ fn route_table(rc: &RouteConfiguration) -> Result<Value, String> {
                 .map(|r| {
                     let mut out = one_route(r)?;
                     with_extra(&mut out, r.metadata.as_ref())?;
+                    // A function route reaches Envoy as the 503 it answers there; a
+                    // Rampart proxy runs the function the metadata names instead.
+                    if let Some(o) = out.as_object_mut()
+                        && o.contains_key("function")
+                    {
+                        o.remove("direct_response");
+                    }
                     Ok(out)
                 })
                 .collect::<Result<Vec<_>, String>>()

@@ -274,6 +274,17 @@ fn route(r: &Route) -> EnvoyRoute {
             ..Default::default()
         }),
         Action::Redirect(rd) => route::Action::Redirect(redirect(rd)),
+        // Envoy has no functions: it answers 503; the name rides in the metadata.
+        Action::Function(name) => route::Action::DirectResponse(DirectResponseAction {
+            status: 503,
+            body: Some(DataSource {
+                specifier: Some(data_source::Specifier::InlineString(format!(
+                    "function {name} runs on Rampart proxies only\n"
+                ))),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
     };
     let mut per_filter = std::collections::HashMap::new();
     for f in &r.filters {

@@ -66,3 +66,22 @@ fn a_set_still_warming_says_what_it_waits_for() {
     );
     assert!(!h[LISTENER].is_empty());
 }
+
+#[test]
+fn a_function_route_reaches_envoy_as_503_and_rampart_as_the_function() {
+    let text = "listeners:\n  - { name: main, address: \"127.0.0.1:8080\", route_table: main }\n\
+                route_tables:\n  - name: main\n    virtual_hosts:\n      - name: all\n        domains: [\"*\"]\n        routes:\n          \
+                - { name: fn-hello, match: { path: { prefix: /hello } }, function: hello }\n          \
+                - { match: { path: { prefix: / } }, forward: { cluster: up } }\n\
+                clusters:\n  - { name: up, endpoints: [\"127.0.0.1:9\"] }\n";
+    let original = rampart_config::from_yaml(text).unwrap();
+    let snap = rampart_xds::translate::snapshot(&original, 1);
+    // Envoy sees a direct response (status 503, varint 0xf7 0x03) saying why.
+    let body = &snap.of(ROUTE).unwrap()["main"].body.value;
+    assert!(body.windows(3).any(|w| w == [8, 0xf7, 3]));
+    assert!(String::from_utf8_lossy(body).contains("function hello runs on Rampart proxies only"));
+    let back = rampart_config::validate(reverse::config(&held(&snap)).unwrap()).unwrap();
+    assert_eq!(dynamic(&back), dynamic(&original));
+    let route = &back.route_tables[0].virtual_hosts[0].routes[0];
+    assert!(matches!(&route.action, rampart_config::model::Action::Function(n) if n == "hello"));
+}

@@ -28,6 +28,8 @@ mod desired;
 #[cfg(feature = "flows")]
 mod flows;
 #[cfg(feature = "full")]
+mod functions;
+#[cfg(feature = "full")]
 mod kv;
 #[cfg(feature = "full")]
 mod kv_bench;
@@ -134,6 +136,10 @@ enum Command {
     #[cfg(feature = "full")]
     #[command(subcommand)]
     Wasm(wasm::WasmCommand),
+    /// Functions (wasi:http components) in the config store, served by every gateway.
+    #[cfg(feature = "full")]
+    #[command(subcommand, name = "fn")]
+    Fn(functions::FnCommand),
     /// Run the built-in demo upstream alone (for tests and benchmarks).
     DemoUpstream {
         #[arg(long, default_value = DEMO_UPSTREAM)]
@@ -178,6 +184,11 @@ struct UpArgs {
     /// with the `flows` feature). "off" disables tracing.
     #[arg(long, default_value = "127.0.0.1:9435")]
     flows_listen: String,
+    #[cfg(feature = "full")]
+    /// A function (`rampart fn deploy`) unused this long is dropped from memory; its next
+    /// request loads it from the compiled cache (0s: after every request).
+    #[arg(long, default_value = "5m", value_parser = cli_args::duration)]
+    fn_idle_timeout: Duration,
 }
 
 #[derive(clap::Args)]
@@ -299,6 +310,8 @@ fn run(cmd: Command) -> Result<ExitCode> {
         #[cfg(feature = "full")]
         Command::Wasm(cmd) => wasm::run(cmd),
         #[cfg(feature = "full")]
+        Command::Fn(cmd) => Ok(functions::run(cmd)),
+        #[cfg(feature = "full")]
         Command::Proxy(args) => xds_client::proxy(args),
         #[cfg(feature = "full")]
         Command::Apply(args) => desired::apply(&args),
@@ -358,6 +371,13 @@ fn up(a: UpArgs) -> Result<ExitCode> {
             admin: a.xds_admin,
             store: store.listen_client,
             import,
+        });
+        let mut settings = rampart_fn::Settings::new(functions::cache_dir(&a.data_dir));
+        settings.idle_timeout = a.fn_idle_timeout;
+        settings.trusted_keys = bootstrap.wasm.trusted_keys.clone();
+        around.functions = Some(functions::Options {
+            settings,
+            store: vec![store.listen_client.to_string()],
         });
         around.store = Some(store);
         return serve(bootstrap, around);
@@ -610,6 +630,9 @@ struct Around<'a> {
     /// Run a control plane on the store (started with it) before the gateway.
     #[cfg(feature = "full")]
     control_plane: Option<up_stack::ControlPlane>,
+    /// Serve the store's functions.
+    #[cfg(feature = "full")]
+    functions: Option<functions::Options>,
 }
 
 fn serve(cfg: Config, around: Around<'_>) -> Result<ExitCode> {
@@ -622,6 +645,8 @@ fn serve(cfg: Config, around: Around<'_>) -> Result<ExitCode> {
         xds,
         #[cfg(feature = "full")]
         control_plane,
+        #[cfg(feature = "full")]
+        functions,
     } = around;
     let workers = Workers::start(cfg.workers)?;
     let control = tokio::runtime::Builder::new_current_thread()
@@ -653,7 +678,22 @@ fn serve(cfg: Config, around: Around<'_>) -> Result<ExitCode> {
             data,
             control: tokio::runtime::Handle::current(),
         };
-        let gw = Gateway::start_with(cfg, runtimes, plugins::plugins()).await?;
+        #[allow(unused_mut)]
+        let mut plugins = plugins::plugins();
+        #[cfg(feature = "full")]
+        let follow = match functions {
+            Some(f) => {
+                let (host, follow) = f.start(stop_cp.clone())?;
+                plugins.functions = Some(host);
+                Some(follow)
+            }
+            None => None,
+        };
+        let gw = Gateway::start_with(cfg, runtimes, plugins).await?;
+        #[cfg(feature = "full")]
+        if let Some(follow) = follow {
+            tokio::spawn(follow);
+        }
         let hup = file.map(|(path, seen)| {
             let hup = Arc::new(tokio::sync::Notify::new());
             gw.add_source(Box::new(config_file::FileSource {

@@ -18,6 +18,7 @@ pub(crate) fn plugins() -> Plugins {
         filters: filters(),
         extra: Vec::new(),
         after_install: cfg!(feature = "mimalloc").then_some(reclaim as fn()),
+        functions: None,
     }
 }
 

@@ -57,6 +57,7 @@ fn catch_all(table: &str, cluster: &str) -> RawRouteTable {
                 }),
                 direct_response: None,
                 redirect: None,
+                function: None,
                 trusted_headers: Vec::new(),
                 request_headers: None,
                 response_headers: None,

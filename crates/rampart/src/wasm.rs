@@ -99,7 +99,7 @@ fn read(path: &Path) -> Result<Vec<u8>> {
 }
 
 /// `MODULE.sig` beside the module.
-fn signature_path(module: &Path) -> PathBuf {
+pub(crate) fn signature_path(module: &Path) -> PathBuf {
     let mut p = module.as_os_str().to_owned();
     p.push(".sig");
     PathBuf::from(p)

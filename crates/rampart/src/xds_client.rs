@@ -44,6 +44,15 @@ pub(crate) struct ProxyArgs {
     /// plane must be signed with (the bootstrap's `wasm.trusted_keys`).
     #[arg(long, value_delimiter = ',')]
     wasm_trusted_key: Vec<String>,
+    /// Serve the functions kept in this config store (its client endpoints, comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    functions_store: Vec<String>,
+    /// Where compiled functions are kept (default: a directory under the system's temp dir).
+    #[arg(long)]
+    functions_cache: Option<std::path::PathBuf>,
+    /// A function unused this long is dropped from memory (0s: after every request).
+    #[arg(long, default_value = "5m", value_parser = crate::cli_args::duration)]
+    fn_idle_timeout: Duration,
 }
 
 /// `rampart proxy`: starts with no listeners; the control plane supplies them.
@@ -58,8 +67,21 @@ pub(crate) fn proxy(a: ProxyArgs) -> anyhow::Result<ExitCode> {
     }
     let cfg = rampart_config::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
     let servers = a.xds.iter().map(|s| format!("http://{s}")).collect();
+    let functions = (!a.functions_store.is_empty()).then(|| {
+        let cache = a.functions_cache.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("rampart-functions-{}", a.node_id))
+        });
+        let mut settings = rampart_fn::Settings::new(cache);
+        settings.idle_timeout = a.fn_idle_timeout;
+        settings.trusted_keys = a.wasm_trusted_key.clone();
+        crate::functions::Options {
+            settings,
+            store: a.functions_store.clone(),
+        }
+    });
     let around = crate::Around {
         xds: Some(XdsSource::new(servers, a.node_id, cfg.raw.clone())),
+        functions,
         ..crate::Around::default()
     };
     crate::serve(cfg, around)

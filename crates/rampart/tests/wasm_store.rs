@@ -79,19 +79,7 @@ async fn a_signed_plugin_applied_to_the_store_runs_in_an_xds_fed_proxy() {
     assert!(ready, "the store did not come up");
     apply(&dir, &eps, &docs(&m, "acme", up.addr));
 
-    let mut cp = Proc::spawn(
-        "control-plane",
-        &[
-            "control-plane",
-            "--store",
-            &eps,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-        ],
-    );
-    let ads = bound(&mut cp, "xds listening addr=").await.to_string();
+    let (_cp, ads) = spawn_control_plane(&eps).await;
     let key_arg = format!("--wasm-trusted-key={}", public.trim());
     let mut proxy = Proc::spawn(
         "proxy",

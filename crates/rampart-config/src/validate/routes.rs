@@ -229,13 +229,16 @@ fn route_match(cx: &mut Ctx, path: &str, m: &RawMatch) -> RouteMatch {
 fn action(cx: &mut Ctx, path: &str, r: &RawRoute, clusters: &HashSet<&str>) -> Option<Action> {
     let actions = usize::from(r.forward.is_some())
         + usize::from(r.direct_response.is_some())
-        + usize::from(r.redirect.is_some());
+        + usize::from(r.redirect.is_some())
+        + usize::from(r.function.is_some());
     if actions != 1 {
         cx.err(
             path,
-            "set exactly one action: forward, direct_response or redirect",
+            "set exactly one action: forward, direct_response, redirect or function",
         );
         None
+    } else if let Some(name) = &r.function {
+        function_name(cx, &format!("{path}.function"), name).map(Action::Function)
     } else if let Some(f) = &r.forward {
         forward(cx, &format!("{path}.forward"), f, clusters).map(Action::Forward)
     } else if let Some(d) = &r.direct_response {
@@ -247,6 +250,19 @@ fn action(cx: &mut Ctx, path: &str, r: &RawRoute, clusters: &HashSet<&str>) -> O
             &format!("{path}.redirect"),
             rd,
         )))
+    }
+}
+
+/// A function's name: what `rampart fn deploy` accepts (a DNS label).
+fn function_name(cx: &mut Ctx, path: &str, name: &str) -> Option<String> {
+    if crate::is_function_name(name) {
+        Some(name.to_owned())
+    } else {
+        cx.err(
+            path,
+            format!("{name:?} is not a function name (1-63 of a-z, 0-9 and '-', not starting or ending with '-')"),
+        );
+        None
     }
 }
 

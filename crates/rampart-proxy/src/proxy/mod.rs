@@ -340,6 +340,7 @@ async fn act(
         Action::Redirect(r) => {
             return local::redirect(r, route, parts, x.conn.scheme, &x.lsnap.http.path);
         }
+        Action::Function(name) => return function(x, ctx, name, parts, body).await,
         Action::Forward(f) => f,
     };
     let observers: Vec<Box<dyn BodyObserver>> = if x.has_filters() {
@@ -362,6 +363,30 @@ async fn act(
             e.to_response()
         }
     }
+}
+
+/// Hands the request to the function runtime the binary linked.
+async fn function(
+    x: &Exchange<'_>,
+    ctx: &RequestContext,
+    name: &str,
+    parts: &request::Parts,
+    body: Incoming,
+) -> Response<ProxyBody> {
+    let Some(host) = &x.conn.shared.functions else {
+        return local_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this gateway runs no functions\n",
+        );
+    };
+    let call = crate::function::Invocation {
+        request_id: ctx.request_id.clone(),
+        client: x.conn.client,
+        scheme: x.conn.scheme,
+        body_limit: x.body_limit(),
+    };
+    host.invoke(name, Request::from_parts(parts.clone(), body), call)
+        .await
 }
 
 /// Applies the route's response header edits and the response filters (innermost first).

@@ -554,3 +554,22 @@ pub(crate) fn spawn_kv_node_on(
 pub(crate) fn loud_skip(test: &str, why: &dyn std::fmt::Display) {
     rampart_test_support::skip(test, why);
 }
+
+/// `rampart control-plane` serving the store at `eps` over ADS on a free port, and that
+/// port's address.
+pub(crate) async fn spawn_control_plane(eps: &str) -> (Proc, String) {
+    let mut cp = Proc::spawn(
+        "control-plane",
+        &[
+            "control-plane",
+            "--store",
+            eps,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ],
+    );
+    let ads = bound(&mut cp, "xds listening addr=").await.to_string();
+    (cp, ads)
+}

@@ -1,0 +1,249 @@
+//! Functions in the replicated store: specs at `/rampart/functions/<name>`, components as
+//! content-addressed chunked blobs (`rampart_fn::blob`), and a gateway following both.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use rampart_fn::Functions;
+use rampart_fn::blob::{BLOB_PREFIX, BlobRef, CHUNK_BYTES, chunks};
+use rampart_fn::spec::{FunctionSpec, SPEC_PREFIX};
+use rampart_kv::client::{Client, prefix_end};
+use rampart_kv::proto::etcdserverpb as pb;
+use tokio_util::sync::CancellationToken;
+
+fn range_prefix(prefix: &str) -> pb::RangeRequest {
+    pb::RangeRequest {
+        key: prefix.into(),
+        range_end: prefix_end(prefix.as_bytes()),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn spec_key(name: &str) -> String {
+    format!("{SPEC_PREFIX}{name}")
+}
+
+/// Writes `bytes` as a blob (chunks already there are not written again).
+pub(crate) async fn put_blob(c: &mut Client, bytes: &[u8]) -> Result<BlobRef> {
+    let r = BlobRef::of(bytes, CHUNK_BYTES)?;
+    let have = c
+        .range(pb::RangeRequest {
+            count_only: true,
+            ..range_prefix(&r.prefix()?)
+        })
+        .await
+        .context("cannot read the store")?
+        .count;
+    if have != i64::from(r.chunks) {
+        for (key, chunk) in chunks(&r, bytes, CHUNK_BYTES)? {
+            c.put(pb::PutRequest {
+                key: key.into_bytes(),
+                value: chunk.to_vec(),
+                ..Default::default()
+            })
+            .await
+            .context("cannot write a chunk to the store")?;
+        }
+    }
+    Ok(r)
+}
+
+/// The blob `r` names, checked against it.
+pub(crate) async fn get_blob(c: &mut Client, r: &BlobRef) -> Result<Vec<u8>> {
+    let resp = c
+        .range(range_prefix(&r.prefix()?))
+        .await
+        .context("cannot read the store")?;
+    let parts = resp
+        .kvs
+        .into_iter()
+        .map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), kv.value))
+        .collect();
+    Ok(r.assemble(parts)?)
+}
+
+/// Every function spec (or why its value is not one), and the revision read at.
+pub(crate) async fn specs(
+    c: &mut Client,
+) -> Result<(Vec<(String, Result<FunctionSpec, String>)>, i64)> {
+    let resp = c
+        .range(range_prefix(SPEC_PREFIX))
+        .await
+        .context("cannot read the store")?;
+    let revision = resp.header.map_or(0, |h| h.revision);
+    let out = resp
+        .kvs
+        .into_iter()
+        .map(|kv| {
+            let key = String::from_utf8_lossy(&kv.key).into_owned();
+            let name = key.trim_start_matches(SPEC_PREFIX).to_owned();
+            let spec = serde_json::from_slice::<FunctionSpec>(&kv.value)
+                .map_err(|e| format!("{key}: not a function spec: {e}"));
+            (name, spec)
+        })
+        .collect();
+    Ok((out, revision))
+}
+
+pub(crate) async fn put_spec(c: &mut Client, spec: &FunctionSpec) -> Result<()> {
+    c.put(pb::PutRequest {
+        key: spec_key(&spec.name).into_bytes(),
+        value: serde_json::to_vec(spec)?,
+        ..Default::default()
+    })
+    .await
+    .context("cannot write the function to the store")?;
+    Ok(())
+}
+
+pub(crate) async fn delete_spec(c: &mut Client, name: &str) -> Result<bool> {
+    let resp = c
+        .delete(pb::DeleteRangeRequest {
+            key: spec_key(name).into_bytes(),
+            ..Default::default()
+        })
+        .await
+        .context("cannot delete from the store")?;
+    Ok(resp.deleted > 0)
+}
+
+/// Deletes blobs no spec names any more; returns how many. (A deploy racing this one may
+/// lose chunks written before its spec: the gateways then refuse it, and it is deployed
+/// again.)
+pub(crate) async fn collect_garbage(c: &mut Client) -> Result<usize> {
+    let (specs, _) = specs(c).await?;
+    let used: HashSet<String> = specs
+        .into_iter()
+        .filter_map(|(_, s)| s.ok())
+        .map(|s| s.blob.sha256)
+        .collect();
+    let keys = c
+        .range(pb::RangeRequest {
+            keys_only: true,
+            ..range_prefix(BLOB_PREFIX)
+        })
+        .await
+        .context("cannot read the store")?;
+    let mut unused: Vec<String> = keys
+        .kvs
+        .iter()
+        .filter_map(|kv| {
+            let key = String::from_utf8_lossy(&kv.key);
+            let digest = key.strip_prefix(BLOB_PREFIX)?.split('/').next()?.to_owned();
+            (!used.contains(&digest)).then_some(digest)
+        })
+        .collect();
+    unused.sort();
+    unused.dedup();
+    for d in &unused {
+        c.delete(pb::DeleteRangeRequest {
+            ..delete_prefix(&format!("{BLOB_PREFIX}{d}/"))
+        })
+        .await
+        .context("cannot delete from the store")?;
+    }
+    Ok(unused.len())
+}
+
+fn delete_prefix(prefix: &str) -> pb::DeleteRangeRequest {
+    pb::DeleteRangeRequest {
+        key: prefix.into(),
+        range_end: prefix_end(prefix.as_bytes()),
+        ..Default::default()
+    }
+}
+
+/// Keeps `functions` equal to the store's: deploys new and changed specs (fetching their
+/// blobs), removes deleted ones; reads everything again after each change under the spec
+/// prefix. A lost store or watch is retried.
+pub(crate) async fn follow(functions: Functions, endpoints: Vec<String>, stop: CancellationToken) {
+    let store = crate::desired::StoreArgs { endpoints };
+    let mut c = match crate::desired::client(&store) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "functions: no store to follow");
+            return;
+        }
+    };
+    loop {
+        let revision = tokio::select! {
+            () = stop.cancelled() => return,
+            r = sync(&functions, &mut c) => r,
+        };
+        let Ok(revision) = revision
+            .map_err(|e| tracing::warn!(error = %e, "functions: cannot read the store; retrying"))
+        else {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = changed(&mut c, revision) => {}
+        }
+        // Let a burst of writes settle.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One pass: the store's specs made the running set. Returns the revision read at.
+async fn sync(functions: &Functions, c: &mut Client) -> Result<i64> {
+    let (specs, revision) = specs(c).await?;
+    let running = functions.specs();
+    let mut seen = HashSet::new();
+    for (name, spec) in specs {
+        seen.insert(name.clone());
+        let spec = match spec {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(function = %name, error = %e, "functions: not deployed");
+                functions.reject(&name, e);
+                continue;
+            }
+        };
+        if running.get(&name) == Some(&spec) {
+            continue;
+        }
+        let bytes = match get_blob(c, &spec.blob).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(function = %name, error = %e, "functions: cannot read the component");
+                functions.reject(&name, format!("{e:#}"));
+                continue;
+            }
+        };
+        let f = functions.clone();
+        let deployed = tokio::task::spawn_blocking(move || f.deploy(&spec, &bytes)).await?;
+        if let Err(e) = deployed {
+            tracing::error!(function = %name, error = %e, "functions: not deployed");
+        }
+    }
+    for name in running.keys().filter(|n| !seen.contains(*n)) {
+        functions.remove(name);
+        tracing::info!(function = %name, "function removed");
+    }
+    Ok(revision)
+}
+
+/// Returns after the next change under the spec prefix (or when the watch breaks).
+async fn changed(c: &mut Client, revision: i64) {
+    let create = pb::WatchCreateRequest {
+        key: SPEC_PREFIX.into(),
+        range_end: prefix_end(SPEC_PREFIX.as_bytes()),
+        start_revision: revision + 1,
+        ..Default::default()
+    };
+    let Ok((_tx, mut events)) = c.watch(create).await else {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        return;
+    };
+    loop {
+        match events.message().await {
+            Ok(Some(w)) if !w.events.is_empty() => return,
+            Ok(Some(_)) => {}
+            _ => return,
+        }
+    }
+}
