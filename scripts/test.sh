@@ -63,6 +63,11 @@ for t in wasm32-wasip1 wasm32-wasip2; do
     rustup target list --installed 2>/dev/null | grep -qx "$t" || rustup target add "$t"
 done
 
+# `wasmtime serve` for the functions' parity test (a Rampart-served component must answer as
+# wasmtime's own host answers).
+RAMPART_WASMTIME="$(bash scripts/install-wasmtime-cli.sh)"
+export RAMPART_WASMTIME
+
 section "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -170,6 +170,31 @@ impl Stack {
     }
 }
 
+/// `wasm` with a custom section of `n` bytes appended (valid in components as in modules).
+fn with_custom_section(wasm: &[u8], n: usize) -> Vec<u8> {
+    fn leb(mut v: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"padding";
+    let mut payload = Vec::new();
+    leb(name.len(), &mut payload);
+    payload.extend_from_slice(name);
+    payload.resize(payload.len() + n, 0xab);
+    let mut out = wasm.to_vec();
+    out.push(0);
+    leb(payload.len(), &mut out);
+    out.extend_from_slice(&payload);
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployed_components_answer_through_the_gateway_with_their_logs() {
     const T: &str = "deployed_components_answer_through_the_gateway_with_their_logs";
@@ -212,6 +237,13 @@ async fn deployed_components_answer_through_the_gateway_with_their_logs() {
         ],
     )
     .await;
+    // A component larger than a store chunk (padded with a custom section, which a runtime
+    // skips): stored as several chunks, reassembled and checked by every gateway.
+    let padded = s.dir.path("padded.wasm");
+    std::fs::write(&padded, with_custom_section(&std::fs::read(&hello).unwrap(), 1_300_000)).unwrap();
+    s.deploy("padded", padded.to_str().unwrap(), &["--route", "/padded", "--allow-unsigned"]).await;
+    let r = s.call(http::Method::GET, "/padded", &[], "").await;
+    assert_eq!((r.status, r.text()), (http::StatusCode::OK, "hello, world\n".into()));
     // Not granted the cluster it asks for.
     s.deploy(
         "fetch-denied",
@@ -316,7 +348,9 @@ async fn deployed_components_answer_through_the_gateway_with_their_logs() {
         &s.eps,
     ]);
     assert!(ok, "{err}");
-    for f in ["hello", "echo", "json", "fetch", "fetch-denied"] {
+    let padded_len = std::fs::metadata(&padded).unwrap().len().to_string();
+    assert!(out.lines().any(|l| l.starts_with("padded") && l.contains(&padded_len)), "{out}");
+    for f in ["hello", "echo", "json", "fetch", "fetch-denied", "padded"] {
         assert!(
             out.lines().any(|l| l.starts_with(f) && l.contains("warm")),
             "{f} in {out}"
@@ -680,4 +714,108 @@ async fn signatures_are_checked_like_plugins() {
         &s.eps,
     ]);
     assert!(!ok && err.contains("wasm32-wasip2"), "{err}");
+}
+
+/// `wasmtime serve` (scripts/install-wasmtime-cli.sh; `RAMPART_WASMTIME` names it).
+fn wasmtime_cli() -> Result<String, String> {
+    let path = std::env::var("RAMPART_WASMTIME").unwrap_or_else(|_| {
+        let home = std::env::var("CARGO_HOME")
+            .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
+        format!("{home}/bin/wasmtime")
+    });
+    if std::path::Path::new(&path).is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "no wasmtime at {path}: run `bash scripts/install-wasmtime-cli.sh` (scripts/test.sh does)"
+        ))
+    }
+}
+
+/// `wasmtime serve` running `component` with `env`, once it answers.
+async fn wasmtime_serve(cli: &str, component: &str, env: &[&str]) -> (Proc, SocketAddr) {
+    let addr = local(free_port());
+    let a = addr.to_string();
+    let mut args = vec!["serve", "--addr", &a, "-Scli"];
+    for e in env {
+        args.extend(["--env", e]);
+    }
+    args.push(component);
+    let mut p = Proc::spawn_program("wasmtime serve", cli, &args);
+    let up = eventually(STARTUP, || async { tokio::net::TcpStream::connect(addr).await.is_ok() }).await;
+    assert!(up, "wasmtime serve did not start: {}", p.stderr());
+    assert!(p.exited().is_none());
+    (p, addr)
+}
+
+/// What must match between the two hosts: status, body, content type, and what the
+/// function echoed of the request (minus the headers a gateway adds on the way:
+/// x-request-id, x-forwarded-*).
+fn answer(r: &Reply) -> (u16, String, Vec<(String, String)>) {
+    let mut h: Vec<(String, String)> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| {
+            let k = k.as_str();
+            k == "content-type"
+                || (k.starts_with("x-echo-") && !k.starts_with("x-echo-x-forwarded-") && k != "x-echo-x-request-id")
+        })
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    h.sort();
+    (r.status.as_u16(), r.text(), h)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_components_answer_alike_on_rampart_and_wasmtime_serve() {
+    const T: &str = "the_same_components_answer_alike_on_rampart_and_wasmtime_serve";
+    let (Some(hello), Some(echo), Some(json), Some(fetch)) = (
+        example(T, "hello"),
+        example(T, "echo"),
+        example(T, "json"),
+        example(T, "fetch"),
+    ) else {
+        return;
+    };
+    let cli = match wasmtime_cli() {
+        Ok(c) => c,
+        Err(why) => return loud_skip(T, &why),
+    };
+    let s = Stack::start("fn-parity", &[]).await;
+    let greeting = "GREETING_NAME=parity";
+    let status = "UPSTREAM_PATH=/status/201";
+    s.deploy("hello", &hello, &["--route", "/hello", "--allow-unsigned", "--env", greeting]).await;
+    s.deploy("echo", &echo, &["--route", "/echo", "--allow-unsigned"]).await;
+    s.deploy("json", &json, &["--route", "/json", "--allow-unsigned"]).await;
+    s.deploy("fetch", &fetch, &["--route", "/fetch", "--allow-unsigned", "--cluster", "backend", "--env", status]).await;
+    // wasmtime serve reaches the same upstream by address (it has no clusters).
+    let upstream = format!("UPSTREAM={}", s._up.addr);
+    let servers = [
+        ("/hello", wasmtime_serve(&cli, &hello, &[greeting]).await),
+        ("/echo", wasmtime_serve(&cli, &echo, &[]).await),
+        ("/json", wasmtime_serve(&cli, &json, &[]).await),
+        ("/fetch", wasmtime_serve(&cli, &fetch, &[&upstream, status]).await),
+    ];
+    let cases: [(&str, http::Method, &str, &[(&str, &str)], &str); 8] = [
+        ("/hello", http::Method::GET, "/hello", &[], ""),
+        ("/hello", http::Method::DELETE, "/hello/x?y=z", &[], ""),
+        ("/echo", http::Method::POST, "/echo/a?b=c", &[("x-thing", "one"), ("content-type", "text/x-test")], "the body"),
+        ("/echo", http::Method::PUT, "/echo", &[("x-multi", "a"), ("accept", "text/plain")], &"x".repeat(100_000)),
+        ("/json", http::Method::POST, "/json", &[("content-type", "application/json")], r#"{"z":[true,null,"q",{"k":-1.5}],"a":"b"}"#),
+        ("/json", http::Method::POST, "/json", &[], "[1,2]"),
+        ("/json", http::Method::POST, "/json", &[], "{broken"),
+        ("/fetch", http::Method::GET, "/fetch", &[], ""),
+    ];
+    for (function, method, path, headers, body) in cases {
+        let (_, theirs) = &servers.iter().find(|(f, _)| *f == function).unwrap().1;
+        let mut req = http::Request::builder()
+            .method(method.clone())
+            .uri(format!("http://{theirs}{path}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let reference = send(&h1(), req.body(Full::new(Bytes::from(body.to_owned()))).unwrap()).await;
+        let ours = s.call(method.clone(), path, headers, body).await;
+        assert_eq!(answer(&ours), answer(&reference), "{method} {path}");
+    }
 }
