@@ -83,6 +83,16 @@ start_up() {
     STARTED_PIDS+=("$UP_PID")
     wait_ready "rampart up" "$UP_PID" "http://127.0.0.1:$ADMIN/ready" "$OUT_DIR/up.log"
 }
+# Waits (up to 20 s) until /hello is answered by the function.
+await_hello() {
+    local got=""
+    for _ in $(seq 1 200); do
+        got="$(curl -sS --max-time 2 "http://127.0.0.1:$LISTEN/hello" 2>&1 || true)"
+        [[ "$got" == hello* ]] && return 0
+        sleep 0.1
+    done
+    die "hello does not answer through the gateway; last answer: $got"
+}
 deploy() {
     "$RAMPART_BIN" fn deploy hello "$HELLO" --route /hello --allow-unsigned "$@" | sed -n 's/.* version \([0-9a-f]*\) .*/\1/p'
 }
@@ -147,8 +157,7 @@ metric_mean_us() {
 # --- 1 and 3: one `up` with the default idle timeout --------------------------------------------
 start_up
 deploy >/dev/null
-for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$LISTEN/hello" 2>/dev/null | grep -q hello && break; sleep 0.1; done
-curl -fsS "http://127.0.0.1:$LISTEN/hello" | grep -q '^hello' || die "hello does not answer through the gateway"
+await_hello
 log "first request after deploy, $DEPLOYS deploys"
 AFTER_DEPLOY="$(python3 "$OUT_DIR/timed.py" deploys "$DEPLOYS" "$LISTEN" "$RAMPART_BIN" "$ADMIN" "$HELLO")"
 log "after deploy: $AFTER_DEPLOY"
@@ -180,7 +189,7 @@ stop_pid "$UP_PID"
 
 # --- 2: `up` with --fn-idle-timeout 0s: every request a cold start -------------------------------
 start_up --fn-idle-timeout 0s
-for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$LISTEN/hello" 2>/dev/null | grep -q hello && break; sleep 0.1; done
+await_hello
 log "first request after idle eviction, $COLD requests"
 AFTER_IDLE="$(python3 "$OUT_DIR/timed.py" cold "$COLD" "$LISTEN")"
 log "after idle eviction: $AFTER_IDLE"

@@ -260,6 +260,7 @@ async fn up_serves_the_demo_on_a_fresh_machine() {
     );
 
     served_over_ads_from_the_store(gw).await;
+    serves_a_deployed_function(gw, &dir.path("admin.token")).await;
 
     // SIGTERM with idle keep-alive connections (HTTP/1.1 and HTTP/2) still open.
     let t = Instant::now();
@@ -271,6 +272,61 @@ async fn up_serves_the_demo_on_a_fresh_machine() {
         "idle connections held the drain"
     );
     drop((c1, c2));
+}
+
+/// `rampart ARGS` succeeds; its stdout.
+fn rampart(args: &[&str]) -> String {
+    let out = std::process::Command::new(bin())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rampart {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `rampart fn deploy` with its defaults reaches `up`'s store, and the function answers on
+/// :8080 at its route.
+async fn serves_a_deployed_function(gw: SocketAddr, token_file: &std::path::Path) {
+    let hello = match rampart_test_support::function_example("hello") {
+        Ok(p) => p,
+        Err(why) => {
+            return loud_skip(
+                "up_serves_the_demo_on_a_fresh_machine (its functions part)",
+                &why,
+            );
+        }
+    };
+    let out = rampart(&[
+        "fn",
+        "deploy",
+        "hello",
+        hello.to_str().unwrap(),
+        "--route",
+        "/fn/hello",
+        "--env",
+        "GREETING_NAME=up",
+        "--allow-unsigned",
+    ]);
+    assert!(out.contains("function hello version"), "{out}");
+    let served = eventually(Duration::from_secs(10), || async {
+        let r = send(&h1(), request(Method::GET, gw, "/fn/hello", &[])).await;
+        r.status == StatusCode::OK && r.text() == "hello, up\n"
+    })
+    .await;
+    assert!(
+        served,
+        "the deployed function did not answer on the gateway"
+    );
+    let list = rampart(&["fn", "list", "--token-file", token_file.to_str().unwrap()]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("hello") && l.contains("warm")),
+        "{list}"
+    );
 }
 
 /// The demo reached the gateway the real way: imported into the store, served by the
@@ -290,18 +346,6 @@ async fn served_over_ads_from_the_store(gw: std::net::SocketAddr) {
         assert_eq!(node[t]["acked"], node[t]["sent"], "{t}: {node}");
         assert!(node[t]["nacked"].is_null(), "{t}: {node}");
     }
-    let rampart = |args: &[&str]| {
-        let out = std::process::Command::new(bin())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "rampart {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
     let mut table: serde_json::Value =
         serde_json::from_str(rampart(&["get", "routetable", "main"]).trim_start_matches("---\n"))
             .expect("`rampart get` prints JSON documents");

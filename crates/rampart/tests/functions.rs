@@ -240,10 +240,22 @@ async fn deployed_components_answer_through_the_gateway_with_their_logs() {
     // A component larger than a store chunk (padded with a custom section, which a runtime
     // skips): stored as several chunks, reassembled and checked by every gateway.
     let padded = s.dir.path("padded.wasm");
-    std::fs::write(&padded, with_custom_section(&std::fs::read(&hello).unwrap(), 1_300_000)).unwrap();
-    s.deploy("padded", padded.to_str().unwrap(), &["--route", "/padded", "--allow-unsigned"]).await;
+    std::fs::write(
+        &padded,
+        with_custom_section(&std::fs::read(&hello).unwrap(), 1_300_000),
+    )
+    .unwrap();
+    s.deploy(
+        "padded",
+        padded.to_str().unwrap(),
+        &["--route", "/padded", "--allow-unsigned"],
+    )
+    .await;
     let r = s.call(http::Method::GET, "/padded", &[], "").await;
-    assert_eq!((r.status, r.text()), (http::StatusCode::OK, "hello, world\n".into()));
+    assert_eq!(
+        (r.status, r.text()),
+        (http::StatusCode::OK, "hello, world\n".into())
+    );
     // Not granted the cluster it asks for.
     s.deploy(
         "fetch-denied",
@@ -349,7 +361,11 @@ async fn deployed_components_answer_through_the_gateway_with_their_logs() {
     ]);
     assert!(ok, "{err}");
     let padded_len = std::fs::metadata(&padded).unwrap().len().to_string();
-    assert!(out.lines().any(|l| l.starts_with("padded") && l.contains(&padded_len)), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("padded") && l.contains(&padded_len)),
+        "{out}"
+    );
     for f in ["hello", "echo", "json", "fetch", "fetch-denied", "padded"] {
         assert!(
             out.lines().any(|l| l.starts_with(f) && l.contains("warm")),
@@ -742,7 +758,10 @@ async fn wasmtime_serve(cli: &str, component: &str, env: &[&str]) -> (Proc, Sock
     }
     args.push(component);
     let mut p = Proc::spawn_program("wasmtime serve", cli, &args);
-    let up = eventually(STARTUP, || async { tokio::net::TcpStream::connect(addr).await.is_ok() }).await;
+    let up = eventually(STARTUP, || async {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
     assert!(up, "wasmtime serve did not start: {}", p.stderr());
     assert!(p.exited().is_none());
     (p, addr)
@@ -758,7 +777,9 @@ fn answer(r: &Reply) -> (u16, String, Vec<(String, String)>) {
         .filter(|(k, _)| {
             let k = k.as_str();
             k == "content-type"
-                || (k.starts_with("x-echo-") && !k.starts_with("x-echo-x-forwarded-") && k != "x-echo-x-request-id")
+                || (k.starts_with("x-echo-")
+                    && !k.starts_with("x-echo-x-forwarded-")
+                    && k != "x-echo-x-request-id")
         })
         .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
         .collect();
@@ -784,24 +805,65 @@ async fn the_same_components_answer_alike_on_rampart_and_wasmtime_serve() {
     let s = Stack::start("fn-parity", &[]).await;
     let greeting = "GREETING_NAME=parity";
     let status = "UPSTREAM_PATH=/status/201";
-    s.deploy("hello", &hello, &["--route", "/hello", "--allow-unsigned", "--env", greeting]).await;
-    s.deploy("echo", &echo, &["--route", "/echo", "--allow-unsigned"]).await;
-    s.deploy("json", &json, &["--route", "/json", "--allow-unsigned"]).await;
-    s.deploy("fetch", &fetch, &["--route", "/fetch", "--allow-unsigned", "--cluster", "backend", "--env", status]).await;
+    s.deploy(
+        "hello",
+        &hello,
+        &["--route", "/hello", "--allow-unsigned", "--env", greeting],
+    )
+    .await;
+    s.deploy("echo", &echo, &["--route", "/echo", "--allow-unsigned"])
+        .await;
+    s.deploy("json", &json, &["--route", "/json", "--allow-unsigned"])
+        .await;
+    s.deploy(
+        "fetch",
+        &fetch,
+        &[
+            "--route",
+            "/fetch",
+            "--allow-unsigned",
+            "--cluster",
+            "backend",
+            "--env",
+            status,
+        ],
+    )
+    .await;
     // wasmtime serve reaches the same upstream by address (it has no clusters).
     let upstream = format!("UPSTREAM={}", s._up.addr);
     let servers = [
         ("/hello", wasmtime_serve(&cli, &hello, &[greeting]).await),
         ("/echo", wasmtime_serve(&cli, &echo, &[]).await),
         ("/json", wasmtime_serve(&cli, &json, &[]).await),
-        ("/fetch", wasmtime_serve(&cli, &fetch, &[&upstream, status]).await),
+        (
+            "/fetch",
+            wasmtime_serve(&cli, &fetch, &[&upstream, status]).await,
+        ),
     ];
     let cases: [(&str, http::Method, &str, &[(&str, &str)], &str); 8] = [
         ("/hello", http::Method::GET, "/hello", &[], ""),
         ("/hello", http::Method::DELETE, "/hello/x?y=z", &[], ""),
-        ("/echo", http::Method::POST, "/echo/a?b=c", &[("x-thing", "one"), ("content-type", "text/x-test")], "the body"),
-        ("/echo", http::Method::PUT, "/echo", &[("x-multi", "a"), ("accept", "text/plain")], &"x".repeat(100_000)),
-        ("/json", http::Method::POST, "/json", &[("content-type", "application/json")], r#"{"z":[true,null,"q",{"k":-1.5}],"a":"b"}"#),
+        (
+            "/echo",
+            http::Method::POST,
+            "/echo/a?b=c",
+            &[("x-thing", "one"), ("content-type", "text/x-test")],
+            "the body",
+        ),
+        (
+            "/echo",
+            http::Method::PUT,
+            "/echo",
+            &[("x-multi", "a"), ("accept", "text/plain")],
+            &"x".repeat(100_000),
+        ),
+        (
+            "/json",
+            http::Method::POST,
+            "/json",
+            &[("content-type", "application/json")],
+            r#"{"z":[true,null,"q",{"k":-1.5}],"a":"b"}"#,
+        ),
         ("/json", http::Method::POST, "/json", &[], "[1,2]"),
         ("/json", http::Method::POST, "/json", &[], "{broken"),
         ("/fetch", http::Method::GET, "/fetch", &[], ""),
@@ -814,7 +876,11 @@ async fn the_same_components_answer_alike_on_rampart_and_wasmtime_serve() {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let reference = send(&h1(), req.body(Full::new(Bytes::from(body.to_owned()))).unwrap()).await;
+        let reference = send(
+            &h1(),
+            req.body(Full::new(Bytes::from(body.to_owned()))).unwrap(),
+        )
+        .await;
         let ours = s.call(method.clone(), path, headers, body).await;
         assert_eq!(answer(&ours), answer(&reference), "{method} {path}");
     }
