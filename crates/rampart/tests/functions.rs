@@ -787,6 +787,15 @@ fn answer(r: &Reply) -> (u16, String, Vec<(String, String)>) {
     (r.status.as_u16(), r.text(), h)
 }
 
+/// Which server, method, path, headers, body.
+type Case<'a> = (
+    &'a str,
+    http::Method,
+    &'a str,
+    &'a [(&'a str, &'a str)],
+    &'a str,
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_components_answer_alike_on_rampart_and_wasmtime_serve() {
     const T: &str = "the_same_components_answer_alike_on_rampart_and_wasmtime_serve";
@@ -840,7 +849,7 @@ async fn the_same_components_answer_alike_on_rampart_and_wasmtime_serve() {
             wasmtime_serve(&cli, &fetch, &[&upstream, status]).await,
         ),
     ];
-    let cases: [(&str, http::Method, &str, &[(&str, &str)], &str); 8] = [
+    let cases: [Case<'_>; 8] = [
         ("/hello", http::Method::GET, "/hello", &[], ""),
         ("/hello", http::Method::DELETE, "/hello/x?y=z", &[], ""),
         (
