@@ -20,6 +20,7 @@ pub mod model;
 pub mod policy;
 pub mod raw;
 pub mod resilience;
+pub mod template;
 pub mod tls;
 mod validate;
 

@@ -209,6 +209,8 @@ pub enum PathMatch {
     Prefix(String),
     /// Anchored: the whole path must match.
     Regex(Regex),
+    /// `/users/{id}`, matched segment by segment.
+    Template(crate::template::PathTemplate),
 }
 
 #[derive(Debug, Clone)]

@@ -170,13 +170,16 @@ pub struct RawMatch {
     pub query: Vec<RawValueMatch>,
 }
 
-/// Exactly one of the three must be set.
+/// Exactly one must be set.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RawPathMatch {
     pub exact: Option<String>,
     pub prefix: Option<String>,
     pub regex: Option<String>,
+    /// `/users/{id}`: a parameter matches one whole segment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
 }
 
 /// A header or query parameter condition: at most one of `exact`, `prefix`, `regex`;

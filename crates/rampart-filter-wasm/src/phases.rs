@@ -233,7 +233,7 @@ impl Body {
     }
 
     fn reject(&self, status: StatusCode, reason: String) -> BodyReject {
-        BodyReject { status, reason }
+        BodyReject::new(status, reason)
     }
 
     fn failed(&mut self, e: &WasmError, chunk: &mut Bytes) -> Result<(), BodyReject> {

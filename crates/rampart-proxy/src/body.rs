@@ -22,6 +22,19 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct BodyReject {
     pub status: http::StatusCode,
     pub reason: String,
+    /// A whole answer the observer prepared (its content type and body, e.g. an RFC 9457
+    /// problem document); without one the client gets the reason as text.
+    pub answer: Option<(http::HeaderValue, Bytes)>,
+}
+
+impl BodyReject {
+    pub fn new(status: http::StatusCode, reason: impl Into<String>) -> Self {
+        Self {
+            status,
+            reason: reason.into(),
+            answer: None,
+        }
+    }
 }
 
 impl std::fmt::Display for BodyReject {
@@ -269,7 +282,7 @@ pub struct RequestBody {
 
 impl RequestBody {
     fn reject(&self, status: http::StatusCode, reason: String) -> BoxError {
-        let reject = BodyReject { status, reason };
+        let reject = BodyReject::new(status, reason);
         self.abort.set(reject.clone());
         Box::new(reject)
     }

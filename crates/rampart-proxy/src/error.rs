@@ -35,7 +35,12 @@ pub enum ProxyError {
     BodyTooLarge { limit: u64 },
     /// The proxy itself cut the request body short (a size limit or a body filter).
     #[error("{reason}")]
-    BodyRejected { status: StatusCode, reason: String },
+    BodyRejected {
+        status: StatusCode,
+        reason: String,
+        /// The answer a body filter prepared (content type, body), if any.
+        answer: Option<Box<(HeaderValue, Bytes)>>,
+    },
     /// A circuit breaker of the cluster is open.
     #[error("cluster {cluster:?} is overloaded: {limit} reached")]
     Overflow {
@@ -134,6 +139,20 @@ impl ProxyError {
 
     /// A short local response with the public reason; the details are logged.
     pub fn to_response(&self) -> Response<ProxyBody> {
+        if let Self::BodyRejected {
+            status,
+            answer: Some(a),
+            ..
+        } = self
+        {
+            let mut resp = Response::new(ProxyBody::full(a.1.clone()));
+            *resp.status_mut() = *status;
+            resp.headers_mut()
+                .insert(http::header::CONTENT_TYPE, a.0.clone());
+            resp.headers_mut()
+                .insert("x-rampart-local", HeaderValue::from_static("1"));
+            return resp;
+        }
         let reason = self.public_reason();
         let mut resp = local_response(self.status(), &format!("{reason}\n"));
         // The reason, for gRPC's grpc-message (clients show it).

@@ -157,10 +157,10 @@ impl BodyObserver for RejectWord {
         let mut window = std::mem::take(&mut self.tail);
         window.extend_from_slice(chunk);
         if window.windows(9).any(|w| w == b"forbidden") {
-            return Err(BodyReject {
-                status: StatusCode::UNPROCESSABLE_ENTITY,
-                reason: "body contains a forbidden word".into(),
-            });
+            return Err(BodyReject::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "body contains a forbidden word",
+            ));
         }
         self.tail = window[window.len().saturating_sub(8)..].to_vec();
         Ok(())

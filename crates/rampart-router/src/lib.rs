@@ -25,6 +25,7 @@ use http::{HeaderMap, Method};
 use rampart_config::model::{
     self, DomainPattern, PathMatch, Route, ValueMatch, ValueMatchKind, VirtualHost, WeightedCluster,
 };
+use rampart_config::template::{PathTemplate, Segment};
 
 pub mod consistent;
 pub mod normalize;
@@ -228,6 +229,43 @@ fn strip_port(authority: &str) -> &str {
     }
 }
 
+/// Whether `path` fits `t`: as many segments, literals equal, parameters non-empty.
+pub fn template_matches(t: &PathTemplate, path: &str) -> bool {
+    template_walk(t, path, |_, _| {})
+}
+
+/// Each parameter of `t` with its segment of `path` (as received: still percent-encoded),
+/// or `None` when `path` does not fit.
+pub fn template_captures<'t, 'p>(
+    t: &'t PathTemplate,
+    path: &'p str,
+) -> Option<Vec<(&'t str, &'p str)>> {
+    let mut out = Vec::new();
+    template_walk(t, path, |name, value| out.push((name, value))).then_some(out)
+}
+
+fn template_walk<'t, 'p>(
+    t: &'t PathTemplate,
+    path: &'p str,
+    mut param: impl FnMut(&'t str, &'p str),
+) -> bool {
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    let mut pieces = rest.split('/');
+    for seg in t.segments() {
+        let Some(piece) = pieces.next() else {
+            return false;
+        };
+        match seg {
+            Segment::Literal(l) if l == piece => {}
+            Segment::Param(name) if !piece.is_empty() => param(name, piece),
+            _ => return false,
+        }
+    }
+    pieces.next().is_none()
+}
+
 /// Whether every condition of a route holds for the request.
 pub fn route_matches(route: &Route, req: &RequestView<'_>) -> bool {
     let m = &route.matcher;
@@ -236,6 +274,7 @@ pub fn route_matches(route: &Route, req: &RequestView<'_>) -> bool {
             PathMatch::Exact(e) => req.path == e,
             PathMatch::Prefix(pre) => req.path.starts_with(pre.as_str()),
             PathMatch::Regex(r) => r.is_match(req.path),
+            PathMatch::Template(t) => template_matches(t, req.path),
         };
         if !ok {
             return false;

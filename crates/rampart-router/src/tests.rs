@@ -291,3 +291,71 @@ proptest! {
         let _ = percent_decode(&s);
     }
 }
+
+fn template_of(segs: &[(bool, String)]) -> rampart_config::template::PathTemplate {
+    let text: String = segs
+        .iter()
+        .enumerate()
+        .map(|(i, (param, lit))| {
+            if *param {
+                format!("/{{p{i}}}")
+            } else {
+                format!("/{lit}")
+            }
+        })
+        .collect();
+    rampart_config::template::PathTemplate::parse(&text).unwrap()
+}
+
+proptest! {
+    /// A path made from a template (each parameter any non-empty segment) matches it and
+    /// yields exactly those values; one segment more or less, or a changed literal, does not.
+    #[test]
+    fn templates_match_by_segment(
+        segs in proptest::collection::vec((any::<bool>(), "[a-z0-9._-]{1,6}"), 1..6),
+        values in proptest::collection::vec("[A-Za-z0-9%._~:@!$&'()*+,;=-]{1,8}", 6),
+    ) {
+        let t = template_of(&segs);
+        let path: String = segs
+            .iter()
+            .enumerate()
+            .map(|(i, (param, lit))| format!("/{}", if *param { &values[i] } else { lit }))
+            .collect();
+        let caps = crate::template_captures(&t, &path).expect("fits");
+        let want: Vec<String> = segs.iter().enumerate().filter(|(_, (p, _))| *p).map(|(i, _)| values[i].clone()).collect();
+        prop_assert_eq!(caps.iter().map(|(_, v)| v.to_string()).collect::<Vec<_>>(), want);
+        prop_assert!(crate::template_matches(&t, &path));
+        let (longer, slashed) = (format!("{path}/extra"), format!("{path}/"));
+        prop_assert!(!crate::template_matches(&t, &longer));
+        prop_assert!(!crate::template_matches(&t, &slashed));
+        if let Some(i) = segs.iter().position(|(p, _)| !*p) {
+            let mut other = segs.clone();
+            other[i].1.push('x');
+            let changed: String = other.iter().enumerate().map(|(j, (param, lit))| format!("/{}", if *param { &values[j] } else { lit })).collect();
+            prop_assert!(!crate::template_matches(&t, &changed));
+        }
+        // The regex Envoy gets agrees.
+        let re = regex::Regex::new(&t.to_regex()).unwrap();
+        prop_assert!(re.is_match(&path));
+    }
+
+    /// Matching never panics, whatever the path.
+    #[test]
+    fn template_matching_takes_any_path(path in "\\PC{0,40}") {
+        let t = rampart_config::template::PathTemplate::parse("/a/{b}/c").unwrap();
+        let _ = crate::template_captures(&t, &path);
+    }
+}
+
+#[test]
+fn empty_parameters_do_not_match() {
+    let t = rampart_config::template::PathTemplate::parse("/users/{id}").unwrap();
+    assert!(crate::template_matches(&t, "/users/7"));
+    assert!(!crate::template_matches(&t, "/users/"));
+    assert!(!crate::template_matches(&t, "/users"));
+    assert!(!crate::template_matches(&t, "users/7"));
+    assert_eq!(
+        crate::template_captures(&t, "/users/a%2Fb"),
+        Some(vec![("id", "a%2Fb")])
+    );
+}

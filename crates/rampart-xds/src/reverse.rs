@@ -181,6 +181,12 @@ fn route_table(rc: &RouteConfiguration) -> Result<Value, String> {
                     {
                         o.remove("direct_response");
                     }
+                    // Likewise a template reaches Envoy as its regex.
+                    if let Some(p) = out["match"]["path"].as_object_mut()
+                        && p.contains_key("template")
+                    {
+                        p.remove("regex");
+                    }
                     Ok(out)
                 })
                 .collect::<Result<Vec<_>, String>>()

@@ -262,6 +262,11 @@ fn route(r: &Route) -> EnvoyRoute {
             regex: re.as_str().to_owned(),
             ..Default::default()
         }),
+        // The same match as a regex (the template itself rides in the metadata).
+        Some(PathMatch::Template(t)) => route_match::PathSpecifier::SafeRegex(RegexMatcher {
+            regex: t.to_regex(),
+            ..Default::default()
+        }),
     };
     let action = match &r.action {
         Action::Forward(f) => route::Action::Route(forward(f)),

@@ -68,10 +68,11 @@ fn a_set_still_warming_says_what_it_waits_for() {
 }
 
 #[test]
-fn a_function_route_reaches_envoy_as_503_and_rampart_as_the_function() {
+fn function_and_template_routes_reach_envoy_in_its_terms_and_rampart_whole() {
     let text = "listeners:\n  - { name: main, address: \"127.0.0.1:8080\", route_table: main }\n\
                 route_tables:\n  - name: main\n    virtual_hosts:\n      - name: all\n        domains: [\"*\"]\n        routes:\n          \
                 - { name: fn-hello, match: { path: { prefix: /hello } }, function: hello }\n          \
+                - { name: user, match: { path: { template: \"/users/{id}\" } }, forward: { cluster: up } }\n          \
                 - { match: { path: { prefix: / } }, forward: { cluster: up } }\n\
                 clusters:\n  - { name: up, endpoints: [\"127.0.0.1:9\"] }\n";
     let original = rampart_config::from_yaml(text).unwrap();
@@ -84,4 +85,8 @@ fn a_function_route_reaches_envoy_as_503_and_rampart_as_the_function() {
     assert_eq!(dynamic(&back), dynamic(&original));
     let route = &back.route_tables[0].virtual_hosts[0].routes[0];
     assert!(matches!(&route.action, rampart_config::model::Action::Function(n) if n == "hello"));
+    let user = &back.route_tables[0].virtual_hosts[0].routes[1];
+    assert!(
+        matches!(&user.matcher.path, Some(rampart_config::model::PathMatch::Template(t)) if t.as_str() == "/users/{id}")
+    );
 }

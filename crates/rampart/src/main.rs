@@ -33,6 +33,8 @@ mod functions;
 mod kv;
 #[cfg(feature = "full")]
 mod kv_bench;
+#[cfg(feature = "full")]
+mod openapi;
 mod plugins;
 #[cfg(feature = "full")]
 mod policy;
@@ -140,6 +142,10 @@ enum Command {
     #[cfg(feature = "full")]
     #[command(subcommand, name = "fn")]
     Fn(functions::FnCommand),
+    /// OpenAPI 3.1 specs: lint one, import its operations as validated routes.
+    #[cfg(feature = "full")]
+    #[command(subcommand)]
+    Openapi(openapi::OpenApiCommand),
     /// Run the built-in demo upstream alone (for tests and benchmarks).
     DemoUpstream {
         #[arg(long, default_value = DEMO_UPSTREAM)]
@@ -311,6 +317,8 @@ fn run(cmd: Command) -> Result<ExitCode> {
         Command::Wasm(cmd) => wasm::run(cmd),
         #[cfg(feature = "full")]
         Command::Fn(cmd) => Ok(functions::run(cmd)),
+        #[cfg(feature = "full")]
+        Command::Openapi(cmd) => Ok(openapi::run(cmd)),
         #[cfg(feature = "full")]
         Command::Proxy(args) => xds_client::proxy(args),
         #[cfg(feature = "full")]

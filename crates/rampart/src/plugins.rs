@@ -10,6 +10,8 @@ pub(crate) fn filters() -> FilterRegistry {
     r.register(rampart_filter_api_key::ApiKeyFactory);
     #[cfg(feature = "full")]
     r.register(rampart_filter_wasm::WasmFactory);
+    #[cfg(feature = "full")]
+    r.register(rampart_filter_openapi::OpenApiFactory);
     r
 }
 

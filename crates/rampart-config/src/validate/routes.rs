@@ -182,14 +182,18 @@ fn route(cx: &mut Ctx, path: &str, r: &RawRoute, name: String, clusters: &HashSe
 fn route_match(cx: &mut Ctx, path: &str, m: &RawMatch) -> RouteMatch {
     let path_match = m.path.as_ref().and_then(|p| {
         let ppath = format!("{path}.match.path");
-        match (&p.exact, &p.prefix, &p.regex) {
-            (Some(e), None, None) => Some(PathMatch::Exact(e.clone())),
-            (None, Some(pre), None) => Some(PathMatch::Prefix(pre.clone())),
-            (None, None, Some(re)) => cx
+        match (&p.exact, &p.prefix, &p.regex, &p.template) {
+            (Some(e), None, None, None) => Some(PathMatch::Exact(e.clone())),
+            (None, Some(pre), None, None) => Some(PathMatch::Prefix(pre.clone())),
+            (None, None, Some(re), None) => cx
                 .regex(&format!("{ppath}.regex"), re)
                 .map(PathMatch::Regex),
+            (None, None, None, Some(t)) => crate::template::PathTemplate::parse(t)
+                .map_err(|e| cx.err(format!("{ppath}.template"), e))
+                .ok()
+                .map(PathMatch::Template),
             _ => {
-                cx.err(ppath, "set exactly one of exact, prefix, regex");
+                cx.err(ppath, "set exactly one of exact, prefix, regex, template");
                 None
             }
         }

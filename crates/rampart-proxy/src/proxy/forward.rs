@@ -232,6 +232,7 @@ fn empty_observed(
             .map_err(|r| ProxyError::BodyRejected {
                 status: r.status,
                 reason: r.reason,
+                answer: r.answer.map(Box::new),
             })?;
     }
     if added.is_empty() {
@@ -377,6 +378,7 @@ impl Attempts<'_> {
                     return Err(ProxyError::BodyRejected {
                         status: r.status,
                         reason: r.reason.clone(),
+                        answer: r.answer.clone().map(Box::new),
                     });
                 }
                 if matches!(e, ProxyError::Overflow { .. }) {

@@ -106,6 +106,7 @@ pub(super) async fn replayable(
                 Err(_) => Replay::Failed(ProxyError::BodyRejected {
                     status: StatusCode::REQUEST_TIMEOUT,
                     reason: "the request body was not received in time".into(),
+                    answer: None,
                 }),
             }
         }

@@ -1,0 +1,342 @@
+//! `openapi`: requests checked against their operation of an OpenAPI 3.1 spec.
+//!
+//! ```yaml
+//! filters:
+//!   - openapi:
+//!       spec: api/shop.yaml        # with the files its $refs name
+//!       operation: createOrder     # operationId (or "METHOD /path" without one)
+//!       mode: enforce              # enforce (default): 400 problem+json | report: log and count
+//!       max_body_bytes: 1048576    # a larger body is refused (413) when it must be checked
+//!       base_path: /api            # the spec's paths are served under this prefix
+//! ```
+//!
+//! Parameters (path, query, header, cookie) and the content type are checked on the request
+//! head; a body with a JSON schema is held until it is whole, checked, then sent on. A spec
+//! is compiled once per content (every route of an import shares it) and again only when a
+//! reload finds it changed. Every violation counts in
+//! `rampart_openapi_violations_total{operation}`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Response, StatusCode, request};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use rampart_config::FieldError;
+use rampart_config::filters::typed;
+use rampart_openapi::spec::Spec;
+use rampart_openapi::validate::{Head, Validators, Violation, problem};
+use rampart_proxy::body::ProxyBody;
+use rampart_proxy::filter::{
+    BodyObserver, BodyReject, BuildEnv, FilterBuildError, FilterFactory, FilterRef, Flow,
+    HttpFilter, RequestContext,
+};
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOpenApi {
+    spec: String,
+    operation: String,
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    max_body_bytes: Option<u64>,
+    #[serde(default)]
+    base_path: Option<String>,
+}
+
+/// A checked `openapi` config.
+#[derive(Debug, Clone)]
+pub struct OpenApiConfig {
+    pub spec: PathBuf,
+    pub operation: String,
+    pub enforce: bool,
+    pub max_body: usize,
+    /// The prefix the spec's paths are served under (`rampart openapi import --base-path`).
+    pub base_path: String,
+}
+
+/// Registers as `openapi`.
+pub struct OpenApiFactory;
+
+impl FilterFactory for OpenApiFactory {
+    type Config = OpenApiConfig;
+
+    fn name(&self) -> &'static str {
+        "openapi"
+    }
+
+    fn parse(
+        &self,
+        path: &str,
+        config: &serde_json::Value,
+    ) -> Result<OpenApiConfig, Vec<FieldError>> {
+        let raw: RawOpenApi = typed(path, config).map_err(|e| vec![e])?;
+        let mut errors = Vec::new();
+        let enforce = match raw.mode.as_deref() {
+            None | Some("enforce") => true,
+            Some("report") => false,
+            Some(other) => {
+                errors.push(FieldError {
+                    path: format!("{path}.mode"),
+                    rule: format!("{other:?}: use enforce or report"),
+                });
+                true
+            }
+        };
+        if raw.operation.is_empty() {
+            errors.push(FieldError {
+                path: format!("{path}.operation"),
+                rule: "must name an operation".into(),
+            });
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(OpenApiConfig {
+            spec: PathBuf::from(raw.spec),
+            operation: raw.operation,
+            enforce,
+            max_body: usize::try_from(raw.max_body_bytes.unwrap_or(1 << 20)).unwrap_or(usize::MAX),
+            base_path: raw
+                .base_path
+                .unwrap_or_default()
+                .trim_end_matches('/')
+                .to_owned(),
+        })
+    }
+
+    fn build(&self, config: OpenApiConfig, env: &BuildEnv) -> Result<FilterRef, FilterBuildError> {
+        let cache = env.shared(|env| {
+            let c = Arc::new(Compiled::default());
+            env.metrics.register_with(|r| {
+                r.register(
+                    "openapi_violations",
+                    "Requests that did not match their OpenAPI operation",
+                    c.violations.clone(),
+                );
+            });
+            c
+        });
+        let fail = |field: &str, message: String| FilterBuildError {
+            field: field.into(),
+            message,
+        };
+        let validators = cache.get(&config.spec).map_err(|m| fail("spec", m))?;
+        let Some(op) = validators.get(&config.operation) else {
+            let mut known: Vec<&str> = validators.operations().map(|o| o.id.as_str()).collect();
+            known.sort_unstable();
+            return Err(fail(
+                "operation",
+                format!(
+                    "no operation {:?} in {} (it has {known:?})",
+                    config.operation,
+                    config.spec.display()
+                ),
+            ));
+        };
+        let checks_body = op.checks_body();
+        let violations = cache.violations.get_or_create(&Labels {
+            operation: config.operation.clone(),
+        });
+        Ok(Arc::new(OpenApiFilter {
+            validators,
+            checks_body,
+            violations: violations.clone(),
+            config,
+        }))
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Labels {
+    operation: String,
+}
+
+/// Specs compiled once per content, shared by every route (and version) that uses them.
+#[derive(Default)]
+struct Compiled {
+    specs: Mutex<HashMap<PathBuf, (String, Arc<Validators>)>>,
+    violations: Family<Labels, Counter>,
+}
+
+impl Compiled {
+    fn get(&self, path: &PathBuf) -> Result<Arc<Validators>, String> {
+        let spec = Spec::load(path).map_err(|p| join(&p))?;
+        // The documents as read: an unchanged spec is not compiled again.
+        let key = serde_json::to_string(&spec.documents).unwrap_or_default();
+        let mut specs = self.specs.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((k, v)) = specs.get(path)
+            && *k == key
+        {
+            return Ok(v.clone());
+        }
+        let v = Arc::new(Validators::compile(&spec).map_err(|p| join(&p))?);
+        specs.insert(path.clone(), (key, v.clone()));
+        Ok(v)
+    }
+}
+
+fn join(p: &[rampart_openapi::Problem]) -> String {
+    p.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+struct OpenApiFilter {
+    validators: Arc<Validators>,
+    config: OpenApiConfig,
+    checks_body: bool,
+    violations: Counter,
+}
+
+/// The request's content type, for its body check.
+#[derive(Clone)]
+struct ContentType(Option<String>);
+
+impl OpenApiFilter {
+    /// What to do about `found`: nothing, count and log (report), or answer 400 (enforce).
+    fn verdict(&self, ctx: &RequestContext, found: &[Violation]) -> Option<(String, Bytes)> {
+        if found.is_empty() {
+            return None;
+        }
+        self.violations.inc();
+        let doc = problem(&self.config.operation, 400, found);
+        tracing::info!(operation = %self.config.operation, request_id = ?ctx.request_id, problems = %doc["errors"], "request does not match the API");
+        self.config.enforce.then(|| {
+            (
+                doc["detail"].as_str().unwrap_or("").to_owned(),
+                Bytes::from(doc.to_string()),
+            )
+        })
+    }
+}
+
+const PROBLEM: &str = "application/problem+json";
+
+impl HttpFilter for OpenApiFilter {
+    fn name(&self) -> &'static str {
+        "openapi"
+    }
+
+    fn on_request_headers<'a>(
+        &'a self,
+        ctx: &'a mut RequestContext,
+        req: &'a mut request::Parts,
+    ) -> Flow<'a> {
+        let Some(op) = self.validators.get(&self.config.operation) else {
+            return Flow::Continue;
+        };
+        let path = req.uri.path();
+        let head = Head {
+            path: path
+                .strip_prefix(self.config.base_path.as_str())
+                .unwrap_or(path),
+            query: req.uri.query(),
+            headers: &req.headers,
+        };
+        let found = op.check_head(&head, &op.op.path);
+        if let Some((_, body)) = self.verdict(ctx, &found) {
+            let mut r = Response::new(ProxyBody::full(body));
+            *r.status_mut() = StatusCode::BAD_REQUEST;
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static(PROBLEM),
+            );
+            return Flow::Respond(r);
+        }
+        if self.checks_body {
+            let ct = req
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            ctx.extensions.insert(ContentType(ct));
+        }
+        Flow::Continue
+    }
+
+    fn request_body_observer(&self, ctx: &RequestContext) -> Option<Box<dyn BodyObserver>> {
+        if !self.checks_body {
+            return None;
+        }
+        let ct = ctx
+            .extensions
+            .get::<ContentType>()
+            .cloned()
+            .unwrap_or(ContentType(None));
+        Some(Box::new(BodyCheck {
+            filter: FilterHandle {
+                validators: self.validators.clone(),
+                config: self.config.clone(),
+                violations: self.violations.clone(),
+                request_id: ctx.request_id.clone(),
+            },
+            content_type: ct.0,
+            held: BytesMut::new(),
+        }))
+    }
+}
+
+/// What a body check needs of its filter (observers outlive the borrow of it).
+struct FilterHandle {
+    validators: Arc<Validators>,
+    config: OpenApiConfig,
+    violations: Counter,
+    request_id: HeaderValue,
+}
+
+/// Holds the body until it is whole, then checks it.
+struct BodyCheck {
+    filter: FilterHandle,
+    content_type: Option<String>,
+    held: BytesMut,
+}
+
+impl BodyObserver for BodyCheck {
+    fn on_data(&mut self, chunk: &mut Bytes, end_of_stream: bool) -> Result<(), BodyReject> {
+        let f = &self.filter;
+        if self.held.len() + chunk.len() > f.config.max_body {
+            return Err(BodyReject::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the body is larger than the {} bytes the API check reads",
+                    f.config.max_body
+                ),
+            ));
+        }
+        self.held.extend_from_slice(chunk);
+        *chunk = Bytes::new();
+        if !end_of_stream {
+            return Ok(());
+        }
+        let body = std::mem::take(&mut self.held).freeze();
+        let found = f
+            .validators
+            .get(&f.config.operation)
+            .map(|op| op.check_body(self.content_type.as_deref(), &body))
+            .unwrap_or_default();
+        if !found.is_empty() {
+            f.violations.inc();
+            let doc = problem(&f.config.operation, 400, &found);
+            tracing::info!(operation = %f.config.operation, request_id = ?f.request_id, problems = %doc["errors"], "request body does not match the API");
+            if f.config.enforce {
+                let mut reject = BodyReject::new(
+                    StatusCode::BAD_REQUEST,
+                    doc["detail"].as_str().unwrap_or(""),
+                );
+                reject.answer = Some((
+                    HeaderValue::from_static(PROBLEM),
+                    Bytes::from(doc.to_string()),
+                ));
+                return Err(reject);
+            }
+        }
+        *chunk = body;
+        Ok(())
+    }
+}

@@ -1,0 +1,48 @@
+//! OpenAPI 3.1 for Rampart (3.0 specs are upgraded on load):
+//!
+//! - [`spec::Spec`]: a spec with every file its relative `$ref`s name, each under its own
+//!   `file://` URI so that JSON Schema references (`$ref`, `$id`, `$dynamicRef`) resolve as
+//!   written; remote references are not fetched.
+//! - [`lint`]: structure and reference problems, each at a JSON pointer.
+//! - [`operation`]: each operation's method, path template, id, tags, security,
+//!   parameters and request body.
+//! - [`validate`]: requests checked against their operation, compiled once per spec
+//!   (JSON Schema 2020-12 with formats, via the jsonschema crate), problems as RFC 9457
+//!   documents.
+//!
+//! Routes from a spec (`rampart openapi import`) and the gateway filter that runs the
+//! validators live with their users (the binary, `rampart-filter-openapi`).
+
+pub mod lint;
+pub mod operation;
+pub mod spec;
+pub mod validate;
+
+use std::fmt;
+
+/// Something wrong with a spec, where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// A JSON pointer into the root document (empty: the document as a whole).
+    pub pointer: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(pointer: &str, message: impl Into<String>) -> Self {
+        Self {
+            pointer: pointer.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.pointer.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "#{}: {}", self.pointer, self.message)
+        }
+    }
+}

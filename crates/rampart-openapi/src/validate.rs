@@ -1,0 +1,422 @@
+//! Requests checked against their operation: parameters read in their style (`form`,
+//! `simple`, `spaceDelimited`, `pipeDelimited`; exploded or not) and typed by their schema,
+//! the content type against the operation's media ranges, JSON bodies against their schema
+//! under JSON Schema 2020-12 with formats. Everything is compiled once per spec version;
+//! a request only runs validators.
+
+use std::collections::HashMap;
+
+use jsonschema::Validator;
+use percent_encoding::percent_decode_str;
+use rampart_config::template::PathTemplate;
+use referencing::{Draft, Registry};
+use serde_json::{Value, json};
+
+use crate::Problem;
+use crate::operation::{In, Operation, Param, operations};
+use crate::spec::Spec;
+
+/// One way a request differs from its operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// `/path/id`, `/query/limit`, `/header/x-api-key`, `/cookie/session`, `/body/items/0`,
+    /// or `/content-type`.
+    pub pointer: String,
+    pub detail: String,
+}
+
+impl Violation {
+    fn new(pointer: String, detail: impl Into<String>) -> Self {
+        Self {
+            pointer,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// A spec's operations, each with its validators.
+pub struct Validators {
+    ops: HashMap<String, Compiled>,
+}
+
+type Media = (String, Option<Validator>);
+
+pub struct Compiled {
+    pub op: Operation,
+    params: Vec<(Param, Option<Validator>)>,
+    /// Whether a body is required, and each media range with its validator (JSON ones).
+    body: Option<(bool, Vec<Media>)>,
+}
+
+/// The request's head as the gateway decided it.
+pub struct Head<'a> {
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a http::HeaderMap,
+}
+
+impl Validators {
+    pub fn compile(spec: &Spec) -> Result<Self, Vec<Problem>> {
+        let ops = operations(spec)?;
+        // Each document under its URI, and each schema with an absolute `$id` under that
+        // (an OpenAPI document is not a schema, so nothing would find them inside it).
+        let mut resources: Vec<(String, Value)> = spec
+            .documents
+            .iter()
+            .map(|(u, d)| (u.clone(), d.clone()))
+            .collect();
+        for doc in spec.documents.values() {
+            with_ids(doc, &mut resources);
+        }
+        let registry = Registry::new()
+            .extend(
+                resources
+                    .into_iter()
+                    .map(|(uri, doc)| (uri, Draft::Draft202012.create_resource(doc))),
+            )
+            .and_then(referencing::RegistryBuilder::prepare)
+            .map_err(|e| vec![Problem::new("", format!("references: {e}"))])?;
+        let mut out = HashMap::new();
+        let mut problems = Vec::new();
+        for op in ops {
+            match Compiled::new(&registry, op) {
+                Ok(c) => {
+                    out.insert(c.op.id.clone(), c);
+                }
+                Err(p) => problems.push(p),
+            }
+        }
+        if problems.is_empty() {
+            Ok(Self { ops: out })
+        } else {
+            Err(problems)
+        }
+    }
+
+    pub fn get(&self, operation: &str) -> Option<&Compiled> {
+        self.ops.get(operation)
+    }
+
+    pub fn operations(&self) -> impl Iterator<Item = &Operation> {
+        self.ops.values().map(|c| &c.op)
+    }
+}
+
+fn with_ids(v: &Value, out: &mut Vec<(String, Value)>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(id)) = m.get("$id")
+                && id.contains("://")
+                && !out.iter().any(|(u, _)| u == id)
+            {
+                out.push((id.trim_end_matches('#').to_owned(), v.clone()));
+            }
+            m.values().for_each(|x| with_ids(x, out));
+        }
+        Value::Array(a) => a.iter().for_each(|x| with_ids(x, out)),
+        _ => {}
+    }
+}
+
+fn validator(
+    registry: &Registry<'_>,
+    (uri, pointer): &(String, String),
+) -> Result<Validator, Problem> {
+    let escaped: String = pointer
+        .split('/')
+        .map(|s| {
+            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("/");
+    jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft202012)
+        .with_registry(registry)
+        .should_validate_formats(true)
+        .build(&json!({ "$ref": format!("{uri}#{escaped}") }))
+        .map_err(|e| Problem::new(pointer, format!("schema: {e}")))
+}
+
+impl Compiled {
+    fn new(registry: &Registry<'_>, op: Operation) -> Result<Self, Problem> {
+        let params = op
+            .params
+            .iter()
+            .map(|p| {
+                Ok((
+                    p.clone(),
+                    p.schema
+                        .as_ref()
+                        .map(|s| validator(registry, s))
+                        .transpose()?,
+                ))
+            })
+            .collect::<Result<Vec<_>, Problem>>()?;
+        let body = op
+            .body
+            .as_ref()
+            .map(|b| {
+                let media = b
+                    .content
+                    .iter()
+                    .map(|(m, s)| {
+                        let v = if is_json(m) {
+                            s.as_ref().map(|s| validator(registry, s)).transpose()?
+                        } else {
+                            None
+                        };
+                        Ok((m.clone(), v))
+                    })
+                    .collect::<Result<Vec<_>, Problem>>()?;
+                Ok::<_, Problem>((b.required, media))
+            })
+            .transpose()?;
+        Ok(Self { op, params, body })
+    }
+
+    /// Whether the body must be read to check it (a JSON schema applies).
+    pub fn checks_body(&self) -> bool {
+        self.body
+            .as_ref()
+            .is_some_and(|(required, m)| *required || m.iter().any(|(_, v)| v.is_some()))
+    }
+
+    /// The parameters, and the content type when the operation takes a body.
+    pub fn check_head(&self, head: &Head<'_>, template: &PathTemplate) -> Vec<Violation> {
+        let mut out = Vec::new();
+        let captured = rampart_router::template_captures(template, head.path).unwrap_or_default();
+        let query = parse_pairs(head.query.unwrap_or(""), '&', true);
+        let cookies: Vec<(String, String)> = head
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| parse_pairs(v, ';', false))
+            .collect();
+        for (p, v) in &self.params {
+            let raw: Vec<String> = match p.location {
+                In::Path => captured
+                    .iter()
+                    .filter(|(n, _)| *n == p.name)
+                    .map(|(_, v)| decode(v, false))
+                    .collect(),
+                In::Query => query
+                    .iter()
+                    .filter(|(n, _)| *n == p.name)
+                    .map(|(_, v)| v.clone())
+                    .collect(),
+                In::Header => head
+                    .headers
+                    .get_all(p.name.as_str())
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .map(str::to_owned)
+                    .collect(),
+                In::Cookie => cookies
+                    .iter()
+                    .filter(|(n, _)| *n == p.name)
+                    .map(|(_, v)| v.clone())
+                    .collect(),
+            };
+            let at = format!("/{}/{}", location(p.location), p.name);
+            if raw.is_empty() {
+                if p.required {
+                    out.push(Violation::new(at, "required"));
+                }
+                continue;
+            }
+            let value = match typed(p, &raw) {
+                Ok(v) => v,
+                Err(e) => {
+                    out.push(Violation::new(at, e));
+                    continue;
+                }
+            };
+            if let Some(v) = v {
+                out.extend(
+                    v.iter_errors(&value).map(|e| {
+                        Violation::new(format!("{at}{}", e.instance_path()), e.to_string())
+                    }),
+                );
+            }
+        }
+        if let Some((_, media)) = &self.body
+            && let Some(ct) = head
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+            && media_index(media, ct).is_none()
+        {
+            let allowed: Vec<&str> = media.iter().map(|(m, _)| m.as_str()).collect();
+            out.push(Violation::new(
+                "/content-type".into(),
+                format!("{ct:?} is not one of {allowed:?}"),
+            ));
+        }
+        out
+    }
+
+    /// The body (whole) against the schema of its media type.
+    pub fn check_body(&self, content_type: Option<&str>, body: &[u8]) -> Vec<Violation> {
+        let Some((required, media)) = &self.body else {
+            return Vec::new();
+        };
+        if body.is_empty() {
+            return if *required {
+                vec![Violation::new("/body".into(), "a body is required")]
+            } else {
+                Vec::new()
+            };
+        }
+        let Some(ct) = content_type else {
+            return vec![Violation::new(
+                "/content-type".into(),
+                "a body needs a content type",
+            )];
+        };
+        let Some(i) = media_index(media, ct) else {
+            return Vec::new(); // told by check_head
+        };
+        let Some(v) = &media[i].1 else {
+            return Vec::new();
+        };
+        match serde_json::from_slice::<Value>(body) {
+            Ok(value) => v
+                .iter_errors(&value)
+                .map(|e| Violation::new(format!("/body{}", e.instance_path()), e.to_string()))
+                .collect(),
+            Err(e) => vec![Violation::new("/body".into(), format!("not JSON: {e}"))],
+        }
+    }
+}
+
+fn location(l: In) -> &'static str {
+    match l {
+        In::Path => "path",
+        In::Query => "query",
+        In::Header => "header",
+        In::Cookie => "cookie",
+    }
+}
+
+fn is_json(media: &str) -> bool {
+    let essence = media.split(';').next().unwrap_or("").trim();
+    essence == "application/json"
+        || essence.ends_with("+json")
+        || essence == "*/*"
+        || essence == "application/*"
+}
+
+/// Which of the spec's media ranges `content_type` falls in (most specific first).
+fn media_index(media: &[Media], content_type: &str) -> Option<usize> {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let (ty, _) = essence.split_once('/')?;
+    let range = |m: &str| m.split(';').next().unwrap_or("").trim().to_owned();
+    media
+        .iter()
+        .position(|(m, _)| range(m) == essence)
+        .or_else(|| {
+            media
+                .iter()
+                .position(|(m, _)| range(m) == format!("{ty}/*"))
+        })
+        .or_else(|| media.iter().position(|(m, _)| range(m) == "*/*"))
+}
+
+fn decode(s: &str, plus_is_space: bool) -> String {
+    let s = if plus_is_space {
+        s.replace('+', " ")
+    } else {
+        s.to_owned()
+    };
+    percent_decode_str(&s).decode_utf8_lossy().into_owned()
+}
+
+fn parse_pairs(s: &str, sep: char, form: bool) -> Vec<(String, String)> {
+    s.split(sep)
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k, form), decode(v, form))
+        })
+        .collect()
+}
+
+/// A string as the JSON value its schema type asks for (left a string when it does not
+/// parse, so that the schema reports it).
+fn scalar(kind: Option<&str>, s: &str) -> Value {
+    match kind {
+        Some("integer") => s
+            .parse::<i64>()
+            .map_or_else(|_| Value::from(s), Value::from),
+        Some("number") => s
+            .parse::<f64>()
+            .ok()
+            .and_then(|n| serde_json::Number::from_f64(n).map(Value::Number))
+            .unwrap_or_else(|| Value::from(s)),
+        Some("boolean") => match s {
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            _ => Value::from(s),
+        },
+        Some("null") if s.is_empty() => Value::Null,
+        _ => Value::from(s),
+    }
+}
+
+/// A parameter's raw values read in its style.
+fn typed(p: &Param, raw: &[String]) -> Result<Value, String> {
+    let delimiter = match p.style.as_str() {
+        "spaceDelimited" => ' ',
+        "pipeDelimited" => '|',
+        _ => ',',
+    };
+    match p.kind.as_deref() {
+        Some("array") => {
+            let parts: Vec<&str> =
+                if p.explode && p.location != In::Header && p.location != In::Path {
+                    raw.iter().map(String::as_str).collect()
+                } else {
+                    raw.iter().flat_map(|r| r.split(delimiter)).collect()
+                };
+            Ok(Value::Array(
+                parts
+                    .into_iter()
+                    .map(|s| scalar(p.items.as_deref(), s))
+                    .collect(),
+            ))
+        }
+        Some("object") if !p.explode || p.location == In::Path || p.location == In::Header => {
+            let parts: Vec<&str> = raw[0].split(delimiter).collect();
+            if !parts.len().is_multiple_of(2) {
+                return Err("expected name,value pairs".into());
+            }
+            Ok(Value::Object(
+                parts
+                    .chunks(2)
+                    .map(|kv| (kv[0].to_owned(), Value::from(kv[1])))
+                    .collect(),
+            ))
+        }
+        _ if raw.len() > 1 => Err(format!("given {} times; expected once", raw.len())),
+        kind => Ok(scalar(kind, &raw[0])),
+    }
+}
+
+/// An RFC 9457 problem document for `violations` of `operation`.
+pub fn problem(operation: &str, status: u16, violations: &[Violation]) -> Value {
+    json!({
+        "type": "https://rampart.dev/problems/request-validation",
+        "title": "The request does not match the API",
+        "status": status,
+        "detail": format!("{} problem(s) with the request for operation {operation}", violations.len()),
+        "operation": operation,
+        "errors": violations.iter().map(|v| json!({ "pointer": v.pointer, "detail": v.detail })).collect::<Vec<_>>(),
+    })
+}
