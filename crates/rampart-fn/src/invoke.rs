@@ -111,11 +111,16 @@ impl Guest {
         // Every epoch tick (1 ms) a running guest yields to the worker's other tasks; past
         // its deadline it traps instead.
         store.set_epoch_deadline(1);
+        // tokio's yield_now: the worker polls its sockets before running the guest again
+        // (a plain yield may be re-polled first, starving the worker's other requests).
         store.epoch_deadline_callback(move |_| {
             if Instant::now() >= deadline {
                 Ok(UpdateDeadline::Interrupt)
             } else {
-                Ok(UpdateDeadline::Yield(1))
+                Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::task::yield_now()),
+                ))
             }
         });
         match ready.instantiate_async(&mut store).await {

@@ -51,16 +51,9 @@ impl Stack {
     async fn start(test: &str, proxy_args: &[&str]) -> Self {
         let dir = TempDir::new(test);
         let up = demo_upstream("backend").await;
-        let (store, eps) = spawn_kv_node(&dir.path("kv"));
-        let ready = eventually(Duration::from_secs(15), || async {
-            rampart(&["get", "cluster", "--endpoints", &eps]).0
-        })
-        .await;
-        assert!(ready, "the store did not come up");
-        let desired = dir.path("desired.yaml");
-        std::fs::write(
-            &desired,
-            format!(
+        let (store, eps) = store_with(
+            &dir,
+            &format!(
                 "kind: Listener\nname: main\naddress: \"127.0.0.1:0\"\nroute_table: main\n---\n\
                  kind: RouteTable\nname: main\nvirtual_hosts:\n  - name: all\n    domains: [\"*\"]\n    routes:\n      \
                  - match: {{ path: {{ prefix: / }} }}\n        forward: {{ cluster: backend }}\n---\n\
@@ -68,15 +61,7 @@ impl Stack {
                 up.addr
             ),
         )
-        .unwrap();
-        let (ok, out, err) = rampart(&[
-            "apply",
-            "-f",
-            desired.to_str().unwrap(),
-            "--endpoints",
-            &eps,
-        ]);
-        assert!(ok, "apply: {out}{err}");
+        .await;
         let (cp, ads) = spawn_control_plane(&eps).await;
         let cache = dir.path("fn-cache");
         let mut args = vec![
@@ -527,14 +512,17 @@ async fn misbehaving_functions_fail_only_their_own_requests() {
         let req = s.req(http::Method::GET, "/spin", &[("host", "bad.test")], "");
         async move { send(&h1(), req).await.status }
     });
-    let busy = eventually(Duration::from_secs(2), || async {
-        let r = s
-            .call(http::Method::GET, "/ok", &[("host", "bad.test")], "")
-            .await;
-        r.status == http::StatusCode::SERVICE_UNAVAILABLE
-            && r.header("x-rampart-overloaded") == Some("function")
+    // Once the spin holds the only slot, the next request is refused at once.
+    let held = eventually(Duration::from_secs(2), || async {
+        get(s.admin, "/functions/bad").await.json()["inflight"] == 1
     })
     .await;
+    assert!(held, "the spinning request never ran");
+    let r = s
+        .call(http::Method::GET, "/ok", &[("host", "bad.test")], "")
+        .await;
+    let busy = r.status == http::StatusCode::SERVICE_UNAVAILABLE
+        && r.header("x-rampart-overloaded") == Some("function");
     assert!(busy, "no 503 while the only slot was taken");
     assert_eq!(spin.await.unwrap(), http::StatusCode::INTERNAL_SERVER_ERROR);
     let r = s

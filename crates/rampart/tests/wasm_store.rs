@@ -71,13 +71,7 @@ async fn a_signed_plugin_applied_to_the_store_runs_in_an_xds_fed_proxy() {
     assert!(ok, "{err}");
 
     let up = demo_upstream("up").await;
-    let (_store, eps) = spawn_kv_node(&dir.path("kv"));
-    let ready = eventually(Duration::from_secs(15), || async {
-        rampart(&["get", "cluster", "--endpoints", &eps]).0
-    })
-    .await;
-    assert!(ready, "the store did not come up");
-    apply(&dir, &eps, &docs(&m, "acme", up.addr));
+    let (_store, eps) = store_with(&dir, &docs(&m, "acme", up.addr)).await;
 
     let (_cp, ads) = spawn_control_plane(&eps).await;
     let key_arg = format!("--wasm-trusted-key={}", public.trim());

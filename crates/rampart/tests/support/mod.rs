@@ -573,3 +573,33 @@ pub(crate) async fn spawn_control_plane(eps: &str) -> (Proc, String) {
     let ads = bound(&mut cp, "xds listening addr=").await.to_string();
     (cp, ads)
 }
+
+/// A fresh store (`rampart kv serve` on free ports) holding `desired` (multi-document YAML,
+/// written with `rampart apply`), once it answers; and its client endpoint.
+pub(crate) async fn store_with(dir: &TempDir, desired: &str) -> (Proc, String) {
+    let (store, eps) = spawn_kv_node(&dir.path("kv"));
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let ready = eventually(Duration::from_secs(15), || async {
+        cli(&["get", "cluster", "--endpoints", &eps]).0
+    })
+    .await;
+    assert!(ready, "the store did not come up");
+    let file = dir.path("desired.yaml");
+    std::fs::write(&file, desired).unwrap();
+    let (ok, out) = cli(&["apply", "-f", file.to_str().unwrap(), "--endpoints", &eps]);
+    assert!(ok, "apply: {out}");
+    (store, eps)
+}
