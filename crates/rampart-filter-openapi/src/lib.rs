@@ -8,13 +8,18 @@
 //!       mode: enforce              # enforce (default): 400 problem+json | report: log and count
 //!       max_body_bytes: 1048576    # a larger body is refused (413) when it must be checked
 //!       base_path: /api            # the spec's paths are served under this prefix
+//!       responses: report          # off (default) | report | enforce (502 problem+json for a
+//!                                  # status or content type the spec does not document; a
+//!                                  # body that does not match is cut off)
 //! ```
 //!
 //! Parameters (path, query, header, cookie) and the content type are checked on the request
 //! head; a body with a JSON schema is held until it is whole, checked, then sent on. A spec
 //! is compiled once per content (every route of an import shares it) and again only when a
 //! reload finds it changed. Every violation counts in
-//! `rampart_openapi_violations_total{operation}`.
+//! `rampart_openapi_violations_total{operation}`. A request that passes carries its operation
+//! (`filter::ApiOperation`: id, method, path, tags, security) to the filters after this one:
+//! an `authz` filter there sees it as `input.operation`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -31,8 +36,8 @@ use rampart_openapi::spec::Spec;
 use rampart_openapi::validate::{Head, Validators, Violation, problem};
 use rampart_proxy::body::ProxyBody;
 use rampart_proxy::filter::{
-    BodyObserver, BodyReject, BuildEnv, FilterBuildError, FilterFactory, FilterRef, Flow,
-    HttpFilter, RequestContext,
+    ApiOperation, BodyObserver, BodyReject, BuildEnv, FilterBuildError, FilterFactory, FilterRef,
+    Flow, HttpFilter, RequestContext,
 };
 
 #[derive(Debug, serde::Deserialize)]
@@ -46,6 +51,8 @@ struct RawOpenApi {
     max_body_bytes: Option<u64>,
     #[serde(default)]
     base_path: Option<String>,
+    #[serde(default)]
+    responses: Option<String>,
 }
 
 /// A checked `openapi` config.
@@ -57,6 +64,37 @@ pub struct OpenApiConfig {
     pub max_body: usize,
     /// The prefix the spec's paths are served under (`rampart openapi import --base-path`).
     pub base_path: String,
+    /// Responses checked against the documented ones: not at all, reported, or enforced.
+    pub responses: Mode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Off,
+    Report,
+    Enforce,
+}
+
+fn mode(
+    path: &str,
+    field: &str,
+    v: Option<&str>,
+    default: Mode,
+    errors: &mut Vec<FieldError>,
+) -> Mode {
+    match v {
+        None => default,
+        Some("off") => Mode::Off,
+        Some("report") => Mode::Report,
+        Some("enforce") => Mode::Enforce,
+        Some(other) => {
+            errors.push(FieldError {
+                path: format!("{path}.{field}"),
+                rule: format!("{other:?}: use off, report or enforce"),
+            });
+            default
+        }
+    }
 }
 
 /// Registers as `openapi`.
@@ -76,17 +114,20 @@ impl FilterFactory for OpenApiFactory {
     ) -> Result<OpenApiConfig, Vec<FieldError>> {
         let raw: RawOpenApi = typed(path, config).map_err(|e| vec![e])?;
         let mut errors = Vec::new();
-        let enforce = match raw.mode.as_deref() {
-            None | Some("enforce") => true,
-            Some("report") => false,
-            Some(other) => {
-                errors.push(FieldError {
-                    path: format!("{path}.mode"),
-                    rule: format!("{other:?}: use enforce or report"),
-                });
-                true
-            }
-        };
+        let enforce = mode(
+            path,
+            "mode",
+            raw.mode.as_deref(),
+            Mode::Enforce,
+            &mut errors,
+        ) == Mode::Enforce;
+        let responses = mode(
+            path,
+            "responses",
+            raw.responses.as_deref(),
+            Mode::Off,
+            &mut errors,
+        );
         if raw.operation.is_empty() {
             errors.push(FieldError {
                 path: format!("{path}.operation"),
@@ -106,6 +147,7 @@ impl FilterFactory for OpenApiFactory {
                 .unwrap_or_default()
                 .trim_end_matches('/')
                 .to_owned(),
+            responses,
         })
     }
 
@@ -139,13 +181,30 @@ impl FilterFactory for OpenApiFactory {
             ));
         };
         let checks_body = op.checks_body();
-        let violations = cache.violations.get_or_create(&Labels {
-            operation: config.operation.clone(),
-        });
+        let operation = ApiOperation(Arc::new(serde_json::json!({
+            "id": op.op.id,
+            "method": op.op.method.as_str(),
+            "path": op.op.path.as_str(),
+            "tags": op.op.tags,
+            "security": op.op.security,
+        })));
+        // Each guard released at once: a second get_or_create while one is held deadlocks.
+        let counter = |direction| {
+            cache
+                .violations
+                .get_or_create(&Labels {
+                    operation: config.operation.clone(),
+                    direction,
+                })
+                .clone()
+        };
+        let (violations, response_violations) = (counter("request"), counter("response"));
         Ok(Arc::new(OpenApiFilter {
             validators,
+            operation,
             checks_body,
-            violations: violations.clone(),
+            violations,
+            response_violations,
             config,
         }))
     }
@@ -154,6 +213,8 @@ impl FilterFactory for OpenApiFactory {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Labels {
     operation: String,
+    /// `request` or `response`.
+    direction: &'static str,
 }
 
 /// Specs compiled once per content, shared by every route (and version) that uses them.
@@ -189,9 +250,12 @@ fn join(p: &[rampart_openapi::Problem]) -> String {
 
 struct OpenApiFilter {
     validators: Arc<Validators>,
+    /// For the filters after this one (a policy deciding by operation).
+    operation: ApiOperation,
     config: OpenApiConfig,
     checks_body: bool,
     violations: Counter,
+    response_violations: Counter,
 }
 
 /// The request's content type, for its body check.
@@ -249,6 +313,7 @@ impl HttpFilter for OpenApiFilter {
             );
             return Flow::Respond(r);
         }
+        ctx.extensions.insert(self.operation.clone());
         if self.checks_body {
             let ct = req
                 .headers
@@ -258,6 +323,70 @@ impl HttpFilter for OpenApiFilter {
             ctx.extensions.insert(ContentType(ct));
         }
         Flow::Continue
+    }
+
+    fn on_response_headers<'a>(
+        &'a self,
+        ctx: &'a mut RequestContext,
+        resp: &'a mut http::response::Parts,
+    ) -> Flow<'a> {
+        if self.config.responses == Mode::Off || resp.headers.contains_key("x-rampart-local") {
+            return Flow::Continue;
+        }
+        let Some(op) = self.validators.get(&self.config.operation) else {
+            return Flow::Continue;
+        };
+        let ct = resp
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        let found = op.check_response_head(resp.status.as_u16(), ct);
+        if found.is_empty() {
+            return Flow::Continue;
+        }
+        self.response_violations.inc();
+        let doc = problem(&self.config.operation, 502, &found);
+        tracing::warn!(operation = %self.config.operation, request_id = ?ctx.request_id, status = resp.status.as_u16(), problems = %doc["errors"], "response does not match the API");
+        if self.config.responses == Mode::Enforce {
+            let mut r = Response::new(ProxyBody::full(Bytes::from(doc.to_string())));
+            *r.status_mut() = StatusCode::BAD_GATEWAY;
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static(PROBLEM),
+            );
+            return Flow::Respond(r);
+        }
+        Flow::Continue
+    }
+
+    fn response_body_observer(
+        &self,
+        ctx: &RequestContext,
+        resp: &http::response::Parts,
+    ) -> Option<Box<dyn BodyObserver>> {
+        let status = resp.status.as_u16();
+        let op = self.validators.get(&self.config.operation)?;
+        if self.config.responses == Mode::Off
+            || resp.headers.contains_key("x-rampart-local")
+            || !op.checks_response_body(status)
+        {
+            return None;
+        }
+        Some(Box::new(ResponseCheck {
+            filter: FilterHandle {
+                validators: self.validators.clone(),
+                config: self.config.clone(),
+                violations: self.response_violations.clone(),
+                request_id: ctx.request_id.clone(),
+            },
+            status,
+            content_type: resp
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            held: BytesMut::new(),
+        }))
     }
 
     fn request_body_observer(&self, ctx: &RequestContext) -> Option<Box<dyn BodyObserver>> {
@@ -334,6 +463,56 @@ impl BodyObserver for BodyCheck {
                     Bytes::from(doc.to_string()),
                 ));
                 return Err(reject);
+            }
+        }
+        *chunk = body;
+        Ok(())
+    }
+}
+
+/// Holds a response body until it is whole, then checks it. Its head has gone out: an
+/// enforced violation cuts the body off (the client sees an incomplete response).
+struct ResponseCheck {
+    filter: FilterHandle,
+    status: u16,
+    content_type: Option<String>,
+    held: BytesMut,
+}
+
+impl BodyObserver for ResponseCheck {
+    fn on_data(&mut self, chunk: &mut Bytes, end_of_stream: bool) -> Result<(), BodyReject> {
+        let f = &self.filter;
+        if self.held.len() + chunk.len() > f.config.max_body {
+            // Too large to check: let it through as it comes, unchecked.
+            let mut out = std::mem::take(&mut self.held);
+            out.extend_from_slice(chunk);
+            *chunk = out.freeze();
+            self.filter.config.responses = Mode::Off;
+            return Ok(());
+        }
+        if f.config.responses == Mode::Off {
+            return Ok(());
+        }
+        self.held.extend_from_slice(chunk);
+        *chunk = Bytes::new();
+        if !end_of_stream {
+            return Ok(());
+        }
+        let body = std::mem::take(&mut self.held).freeze();
+        let found = f
+            .validators
+            .get(&f.config.operation)
+            .map(|op| op.check_response_body(self.status, self.content_type.as_deref(), &body))
+            .unwrap_or_default();
+        if !found.is_empty() {
+            f.violations.inc();
+            let doc = problem(&f.config.operation, 502, &found);
+            tracing::warn!(operation = %f.config.operation, request_id = ?f.request_id, problems = %doc["errors"], "response body does not match the API");
+            if f.config.responses == Mode::Enforce {
+                return Err(BodyReject::new(
+                    StatusCode::BAD_GATEWAY,
+                    "the response does not match the API",
+                ));
             }
         }
         *chunk = body;

@@ -54,6 +54,9 @@ pub struct Operation {
     pub security: Value,
     pub params: Vec<Param>,
     pub body: Option<Body>,
+    /// Documented responses by status key (`200`, `2XX`, `default`), each with its media
+    /// ranges and their schemas' places.
+    pub responses: Vec<(String, Body)>,
 }
 
 fn esc(s: &str) -> String {
@@ -161,7 +164,7 @@ fn operation(
             ));
         }
     }
-    let body = match op.get("requestBody") {
+    let request_body = match op.get("requestBody") {
         Some(b) => match body(spec, base, &format!("{pointer}/requestBody"), b) {
             Ok(b) => Some(b),
             Err(e) => {
@@ -171,6 +174,13 @@ fn operation(
         },
         None => None,
     };
+    let mut responses = Vec::new();
+    for (code, r) in op["responses"].as_object().into_iter().flatten() {
+        match body(spec, base, &format!("{pointer}/responses/{}", esc(code)), r) {
+            Ok(b) => responses.push((code.to_ascii_uppercase(), b)),
+            Err(e) => problems.push(e),
+        }
+    }
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -193,7 +203,8 @@ fn operation(
             .cloned()
             .unwrap_or(Value::Array(Vec::new())),
         params,
-        body,
+        body: request_body,
+        responses,
     })
 }
 

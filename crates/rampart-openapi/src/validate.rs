@@ -46,6 +46,8 @@ pub struct Compiled {
     params: Vec<(Param, Option<Validator>)>,
     /// Whether a body is required, and each media range with its validator (JSON ones).
     body: Option<(bool, Vec<Media>)>,
+    /// Each documented response's status key and media ranges.
+    responses: Vec<(String, Vec<Media>)>,
 }
 
 /// The request's head as the gateway decided it.
@@ -171,7 +173,70 @@ impl Compiled {
                 Ok::<_, Problem>((b.required, media))
             })
             .transpose()?;
-        Ok(Self { op, params, body })
+        let responses = op
+            .responses
+            .iter()
+            .map(|(code, b)| Ok((code.clone(), media_validators(registry, &b.content)?)))
+            .collect::<Result<Vec<_>, Problem>>()?;
+        Ok(Self {
+            op,
+            params,
+            body,
+            responses,
+        })
+    }
+
+    /// The documented response for `status`: its code, else its class (`2XX`), else
+    /// `default`.
+    fn response(&self, status: u16) -> Option<&[Media]> {
+        let code = status.to_string();
+        let class = format!("{}XX", status / 100);
+        [code.as_str(), class.as_str(), "DEFAULT"]
+            .iter()
+            .find_map(|k| self.responses.iter().find(|(c, _)| c == k))
+            .map(|(_, m)| m.as_slice())
+    }
+
+    /// Whether a response with `status` has a JSON schema to check its body against.
+    pub fn checks_response_body(&self, status: u16) -> bool {
+        self.response(status)
+            .is_some_and(|m| m.iter().any(|(_, v)| v.is_some()))
+    }
+
+    /// A response's status and content type against the documented responses.
+    pub fn check_response_head(&self, status: u16, content_type: Option<&str>) -> Vec<Violation> {
+        let Some(media) = self.response(status) else {
+            return vec![Violation::new(
+                "/status".into(),
+                format!("{status} is not a documented response"),
+            )];
+        };
+        match content_type {
+            Some(ct) if !media.is_empty() && media_index(media, ct).is_none() => {
+                let allowed: Vec<&str> = media.iter().map(|(m, _)| m.as_str()).collect();
+                vec![Violation::new(
+                    "/content-type".into(),
+                    format!("{ct:?} is not one of {allowed:?}"),
+                )]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// A whole response body against the schema of its status and media type.
+    pub fn check_response_body(
+        &self,
+        status: u16,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> Vec<Violation> {
+        let (Some(media), Some(ct)) = (self.response(status), content_type) else {
+            return Vec::new();
+        };
+        match media_index(media, ct).and_then(|i| media[i].1.as_ref()) {
+            Some(v) => json_violations(v, body),
+            None => Vec::new(),
+        }
     }
 
     /// Whether the body must be read to check it (a JSON schema applies).
@@ -280,13 +345,35 @@ impl Compiled {
         let Some(v) = &media[i].1 else {
             return Vec::new();
         };
-        match serde_json::from_slice::<Value>(body) {
-            Ok(value) => v
-                .iter_errors(&value)
-                .map(|e| Violation::new(format!("/body{}", e.instance_path()), e.to_string()))
-                .collect(),
-            Err(e) => vec![Violation::new("/body".into(), format!("not JSON: {e}"))],
-        }
+        json_violations(v, body)
+    }
+}
+
+/// Each media range with a validator when it is JSON and has a schema.
+fn media_validators(
+    registry: &Registry<'_>,
+    content: &[(String, Option<(String, String)>)],
+) -> Result<Vec<Media>, Problem> {
+    content
+        .iter()
+        .map(|(m, s)| {
+            let v = if is_json(m) {
+                s.as_ref().map(|s| validator(registry, s)).transpose()?
+            } else {
+                None
+            };
+            Ok((m.clone(), v))
+        })
+        .collect()
+}
+
+fn json_violations(v: &Validator, body: &[u8]) -> Vec<Violation> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(value) => v
+            .iter_errors(&value)
+            .map(|e| Violation::new(format!("/body{}", e.instance_path()), e.to_string()))
+            .collect(),
+        Err(e) => vec![Violation::new("/body".into(), format!("not JSON: {e}"))],
     }
 }
 

@@ -242,3 +242,32 @@ fn lint_names_each_problem_at_its_pointer() {
         "{problems:#?}"
     );
 }
+
+#[test]
+fn responses_by_code_class_and_default() {
+    let spec = Spec::from_text(
+        "openapi: 3.1.0\ninfo: { title: t, version: '1' }\npaths:\n  /x:\n    get:\n      operationId: x\n      responses:\n        '200': { description: ok, content: { application/json: { schema: { type: object, required: [id] } } } }\n        '4XX': { description: client, content: { application/problem+json: { schema: { type: object } } } }\n",
+    )
+    .unwrap();
+    let v = Validators::compile(&spec).unwrap();
+    let x = v.get("x").unwrap();
+    assert_eq!(x.check_response_head(200, Some("application/json")), vec![]);
+    assert_eq!(
+        pointers(&x.check_response_head(200, Some("text/html"))),
+        ["/content-type"]
+    );
+    assert_eq!(
+        x.check_response_head(404, Some("application/problem+json")),
+        vec![]
+    );
+    assert_eq!(pointers(&x.check_response_head(500, None)), ["/status"]);
+    assert!(x.checks_response_body(200) && !x.checks_response_body(500));
+    assert_eq!(
+        x.check_response_body(200, Some("application/json"), br#"{"id":1}"#),
+        vec![]
+    );
+    assert_eq!(
+        pointers(&x.check_response_body(200, Some("application/json"), b"{}")),
+        ["/body"]
+    );
+}

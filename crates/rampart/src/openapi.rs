@@ -20,7 +20,7 @@ pub(crate) enum OpenApiCommand {
     /// Check a spec (3.1, or 3.0 upgraded): structure, references, operations, schemas.
     Lint { spec: PathBuf },
     /// Make a spec's operations routes to a cluster, each validating its requests.
-    Import(ImportArgs),
+    Import(Box<ImportArgs>),
 }
 
 #[derive(clap::Args)]
@@ -41,11 +41,85 @@ pub(crate) struct ImportArgs {
     /// `enforce` (400 problem+json) or `report` (log and count only).
     #[arg(long, default_value = "enforce", value_parser = ["enforce", "report"])]
     mode: String,
+    /// Responses against the documented ones: `off`, `report` (log and count), or `enforce`
+    /// (502 for an undocumented status or content type; a non-conforming body is cut off).
+    #[arg(long, default_value = "off", value_parser = ["off", "report", "enforce"])]
+    responses: String,
+    /// A filter entry (JSON, e.g. `{"authz":{...}}`) added after the validation on every
+    /// route, where it sees the operation (an authz policy reads `input.operation`).
+    #[arg(long = "with-filter")]
+    with_filter: Vec<String>,
+    /// `SCHEME=FILTER_JSON`: the filter that enforces a security scheme of the spec (e.g.
+    /// `bearer={"jwt":{...}}`), put first on the routes of operations that require that
+    /// scheme (operations with several alternatives are left to a policy).
+    #[arg(long = "scheme")]
+    schemes: Vec<String>,
     /// Show what would change; write nothing.
     #[arg(long)]
     dry_run: bool,
     #[command(flatten)]
     store: StoreArgs,
+}
+
+/// Filter entries given on the command line, checked as JSON objects of one key.
+struct Extra {
+    after: Vec<Value>,
+    schemes: Vec<(String, Value)>,
+}
+
+fn filter_entry(text: &str, what: &str) -> Result<Value> {
+    let v: Value = serde_json::from_str(text).with_context(|| format!("{what}: not JSON"))?;
+    anyhow::ensure!(
+        v.as_object().is_some_and(|o| o.len() == 1),
+        "{what}: a filter entry is an object with one key, the filter's name"
+    );
+    Ok(v)
+}
+
+impl Extra {
+    fn parse(a: &ImportArgs) -> Result<Self> {
+        let after = a
+            .with_filter
+            .iter()
+            .map(|f| filter_entry(f, "--with-filter"))
+            .collect::<Result<_>>()?;
+        let schemes = a
+            .schemes
+            .iter()
+            .map(|s| {
+                let (name, json) = s
+                    .split_once('=')
+                    .context("--scheme: expected SCHEME=FILTER_JSON")?;
+                Ok((name.to_owned(), filter_entry(json, "--scheme")?))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { after, schemes })
+    }
+
+    /// The filters for `op`: its security scheme's, the validation, then the others.
+    fn chain(&self, op: &Operation, validation: Value) -> Vec<Value> {
+        let mut out = Vec::new();
+        match op.security.as_array().map(Vec::as_slice) {
+            Some([one]) => {
+                for (scheme, filter) in &self.schemes {
+                    if one.get(scheme).is_some() {
+                        out.push(filter.clone());
+                    }
+                }
+            }
+            Some(several) if several.len() > 1 && !self.schemes.is_empty() => {
+                eprintln!(
+                    "note: operation {} accepts {} security alternatives; no scheme filter added (a policy can read input.operation.security)",
+                    op.id,
+                    several.len()
+                );
+            }
+            _ => {}
+        }
+        out.push(validation);
+        out.extend(self.after.iter().cloned());
+        out
+    }
 }
 
 pub(crate) fn run(cmd: OpenApiCommand) -> ExitCode {
@@ -121,7 +195,12 @@ fn specificity(op: &Operation) -> Vec<(u8, String)> {
 }
 
 /// One route per operation.
-fn routes(a: &ImportArgs, spec_path: &std::path::Path, ops: &mut [Operation]) -> Vec<Value> {
+fn routes(
+    a: &ImportArgs,
+    extra: &Extra,
+    spec_path: &std::path::Path,
+    ops: &mut [Operation],
+) -> Vec<Value> {
     ops.sort_by(|x, y| {
         let (sx, sy) = (specificity(x), specificity(y));
         sy.len()
@@ -133,6 +212,9 @@ fn routes(a: &ImportArgs, spec_path: &std::path::Path, ops: &mut [Operation]) ->
     ops.iter()
         .map(|op| {
             let mut filter = json!({ "spec": spec_path, "operation": op.id, "mode": a.mode });
+            if a.responses != "off" {
+                filter["responses"] = json!(a.responses);
+            }
             if !base.is_empty() {
                 filter["base_path"] = json!(base);
             }
@@ -143,7 +225,7 @@ fn routes(a: &ImportArgs, spec_path: &std::path::Path, ops: &mut [Operation]) ->
                     "methods": [op.method.as_str()],
                 },
                 "forward": { "cluster": a.cluster },
-                "filters": [{ "openapi": filter }],
+                "filters": extra.chain(op, json!({ "openapi": filter })),
             })
         })
         .collect()
@@ -187,7 +269,8 @@ fn import(a: &ImportArgs) -> Result<ExitCode> {
     let path = std::fs::canonicalize(&a.spec)?;
     let mut ops =
         rampart_openapi::operation::operations(&spec).map_err(|p| anyhow::anyhow!("{p:?}"))?;
-    let new = routes(a, &path, &mut ops);
+    let extra = Extra::parse(a)?;
+    let new = routes(a, &extra, &path, &mut ops);
     let count = new.len();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -257,7 +340,7 @@ mod tests {
     #[test]
     fn concrete_paths_come_before_templates_and_reimport_replaces() {
         let spec = Spec::from_text(
-            "openapi: 3.1.0\ninfo: { title: t, version: '1' }\npaths:\n  /orders/{id}:\n    parameters: [{ name: id, in: path, required: true }]\n    get: { operationId: one, responses: {} }\n  /orders/summary:\n    get: { operationId: summary, responses: {} }\n  /orders:\n    get: { operationId: all, responses: {} }\n",
+            "openapi: 3.1.0\ninfo: { title: t, version: '1' }\npaths:\n  /orders/{id}:\n    parameters: [{ name: id, in: path, required: true }]\n    get: { operationId: one, security: [{ key: [] }], responses: {} }\n  /orders/summary:\n    get: { operationId: summary, responses: {} }\n  /orders:\n    get: { operationId: all, responses: {} }\n",
         )
         .unwrap();
         let mut ops = rampart_openapi::operation::operations(&spec).unwrap();
@@ -268,12 +351,29 @@ mod tests {
             base_path: "/api/".into(),
             route_table: None,
             mode: "enforce".into(),
+            responses: "off".into(),
+            with_filter: vec![r#"{"authz":{"tenant":{"fixed":"acme"}}}"#.into()],
+            schemes: vec![r#"key={"api_key":{"clients":{"ci":"0123456789abcdef"}}}"#.into()],
             dry_run: false,
             store: StoreArgs {
                 endpoints: Vec::new(),
             },
         };
-        let rs = routes(&a, std::path::Path::new("/x/shop.yaml"), &mut ops);
+        let extra = Extra::parse(&a).unwrap();
+        let rs = routes(&a, &extra, std::path::Path::new("/x/shop.yaml"), &mut ops);
+        // `one` requires the key scheme alone: its filter first; the policy after validation.
+        let chain: Vec<&str> = rs[1]["filters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_object().unwrap().keys().next().unwrap().as_str())
+            .collect();
+        assert_eq!(chain, ["api_key", "openapi", "authz"]);
+        let lens: Vec<usize> = rs
+            .iter()
+            .map(|r| r["filters"].as_array().unwrap().len())
+            .collect();
+        assert_eq!(lens, [2, 3, 2]);
         let names: Vec<&str> = rs.iter().map(|r| r["name"].as_str().unwrap()).collect();
         assert_eq!(
             names,
@@ -284,7 +384,7 @@ mod tests {
             ]
         );
         assert_eq!(rs[1]["match"]["path"]["template"], "/api/orders/{id}");
-        assert_eq!(rs[1]["filters"][0]["openapi"]["base_path"], "/api");
+        assert_eq!(rs[1]["filters"][1]["openapi"]["base_path"], "/api");
         let table = Resource {
             kind: Kind::RouteTable,
             name: "main".into(),

@@ -79,6 +79,8 @@ async fn imported_operations_validate_requests_before_the_upstream() {
             "shop",
             "--base-path",
             "/echo",
+            "--responses",
+            "report",
             "--endpoints",
             &eps,
         ])
@@ -216,9 +218,19 @@ async fn imported_operations_validate_requests_before_the_upstream() {
     assert!(
         metric(
             &m,
-            r#"rampart_openapi_violations_total{operation="createOrder"}"#
+            r#"rampart_openapi_violations_total{operation="createOrder",direction="request"}"#
         )
         .is_some_and(|v| v >= 2.0),
+        "{m}"
+    );
+    // Responses are reported, not refused (--responses report): createOrder documents 201,
+    // the echo answered 200, and the client still got its answer above.
+    assert!(
+        metric(
+            &m,
+            r#"rampart_openapi_violations_total{operation="createOrder",direction="response"}"#
+        )
+        .is_some_and(|v| v >= 1.0),
         "{m}"
     );
 

@@ -52,6 +52,12 @@ pub struct RequestContext {
 #[derive(Debug, Clone)]
 pub struct JwtClaims(pub Arc<serde_json::Value>);
 
+/// The API operation a request was matched to (put in [`RequestContext::extensions`] by the
+/// `openapi` filter): `{"id", "method", "path", "tags", "security"}`, so that a policy after
+/// it can decide by operation ("tag admin needs role admin").
+#[derive(Debug, Clone)]
+pub struct ApiOperation(pub Arc<serde_json::Value>);
+
 pub type FilterFuture<'a> = Pin<Box<dyn Future<Output = Verdict> + Send + 'a>>;
 
 /// What a header phase decided.

@@ -29,8 +29,8 @@ use rampart_policy::{PolicyEngine, Value};
 
 use crate::error::local_response;
 use crate::filter::{
-    BuildEnv, FilterBuildError, FilterFactory, FilterRef, Flow, HttpFilter, JwtClaims,
-    RequestContext,
+    ApiOperation, BuildEnv, FilterBuildError, FilterFactory, FilterRef, Flow, HttpFilter,
+    JwtClaims, RequestContext,
 };
 use crate::policy::PolicyRuntime;
 
@@ -202,6 +202,9 @@ pub fn input(ctx: &RequestContext, req: &request::Parts, tenant: &str) -> Value 
     if let Some(claims) = ctx.extensions.get::<JwtClaims>() {
         doc.insert(s("jwt"), Value::from((*claims.0).clone()));
     }
+    if let Some(op) = ctx.extensions.get::<ApiOperation>() {
+        doc.insert(s("operation"), Value::from((*op.0).clone()));
+    }
     doc.insert(s("listener"), s(&ctx.listener));
     doc.insert(s("route"), s(&ctx.route));
     if let Some(c) = &ctx.cluster {
@@ -323,7 +326,14 @@ mod tests {
         assert_eq!(v["query"]["x"], serde_json::json!(["1", "2"]));
         assert_eq!(v["source"]["address"], "10.0.0.7");
         assert_eq!(v["cluster"], "c");
-        assert!(v.get("jwt").is_none());
+        assert!(v.get("jwt").is_none() && v.get("operation").is_none());
+        let mut ctx = ctx;
+        ctx.extensions
+            .insert(crate::filter::ApiOperation(std::sync::Arc::new(
+                serde_json::json!({ "id": "createOrder", "tags": ["orders", "admin"] }),
+            )));
+        let v: serde_json::Value = serde_json::to_value(input(&ctx, &req, "acme")).unwrap();
+        assert_eq!(v["operation"]["tags"][1], "admin");
     }
 
     proptest! {
