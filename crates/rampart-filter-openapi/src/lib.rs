@@ -205,7 +205,7 @@ impl FilterFactory for OpenApiFactory {
             checks_body,
             violations,
             response_violations,
-            config,
+            config: Arc::new(config),
         }))
     }
 }
@@ -250,9 +250,10 @@ fn join(p: &[rampart_openapi::Problem]) -> String {
 
 struct OpenApiFilter {
     validators: Arc<Validators>,
+    /// Shared with the body checks (cloned per request).
     /// For the filters after this one (a policy deciding by operation).
     operation: ApiOperation,
-    config: OpenApiConfig,
+    config: Arc<OpenApiConfig>,
     checks_body: bool,
     violations: Counter,
     response_violations: Counter,
@@ -385,7 +386,8 @@ impl HttpFilter for OpenApiFilter {
                 .get(http::header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
-            held: BytesMut::new(),
+            held: Held::default(),
+            gave_up: false,
         }))
     }
 
@@ -406,7 +408,7 @@ impl HttpFilter for OpenApiFilter {
                 request_id: ctx.request_id.clone(),
             },
             content_type: ct.0,
-            held: BytesMut::new(),
+            held: Held::default(),
         }))
     }
 }
@@ -414,7 +416,7 @@ impl HttpFilter for OpenApiFilter {
 /// What a body check needs of its filter (observers outlive the borrow of it).
 struct FilterHandle {
     validators: Arc<Validators>,
-    config: OpenApiConfig,
+    config: Arc<OpenApiConfig>,
     violations: Counter,
     request_id: HeaderValue,
 }
@@ -423,13 +425,44 @@ struct FilterHandle {
 struct BodyCheck {
     filter: FilterHandle,
     content_type: Option<String>,
-    held: BytesMut,
+    held: Held,
+}
+
+/// Chunks held back, joined only when there is more than one.
+#[derive(Default)]
+struct Held {
+    chunks: Vec<Bytes>,
+    len: usize,
+}
+
+impl Held {
+    fn push(&mut self, chunk: &mut Bytes) {
+        if !chunk.is_empty() {
+            self.len += chunk.len();
+            self.chunks.push(std::mem::take(chunk));
+        }
+    }
+
+    fn take(&mut self) -> Bytes {
+        self.len = 0;
+        match self.chunks.len() {
+            0 => Bytes::new(),
+            1 => self.chunks.pop().unwrap_or_default(),
+            _ => {
+                let mut all = BytesMut::with_capacity(self.chunks.iter().map(Bytes::len).sum());
+                for c in self.chunks.drain(..) {
+                    all.extend_from_slice(&c);
+                }
+                all.freeze()
+            }
+        }
+    }
 }
 
 impl BodyObserver for BodyCheck {
     fn on_data(&mut self, chunk: &mut Bytes, end_of_stream: bool) -> Result<(), BodyReject> {
         let f = &self.filter;
-        if self.held.len() + chunk.len() > f.config.max_body {
+        if self.held.len + chunk.len() > f.config.max_body {
             return Err(BodyReject::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
@@ -438,12 +471,11 @@ impl BodyObserver for BodyCheck {
                 ),
             ));
         }
-        self.held.extend_from_slice(chunk);
-        *chunk = Bytes::new();
+        self.held.push(chunk);
         if !end_of_stream {
             return Ok(());
         }
-        let body = std::mem::take(&mut self.held).freeze();
+        let body = self.held.take();
         let found = f
             .validators
             .get(&f.config.operation)
@@ -476,29 +508,29 @@ struct ResponseCheck {
     filter: FilterHandle,
     status: u16,
     content_type: Option<String>,
-    held: BytesMut,
+    held: Held,
+    /// Past the size limit: passed on unchecked.
+    gave_up: bool,
 }
 
 impl BodyObserver for ResponseCheck {
     fn on_data(&mut self, chunk: &mut Bytes, end_of_stream: bool) -> Result<(), BodyReject> {
         let f = &self.filter;
-        if self.held.len() + chunk.len() > f.config.max_body {
-            // Too large to check: let it through as it comes, unchecked.
-            let mut out = std::mem::take(&mut self.held);
-            out.extend_from_slice(chunk);
-            *chunk = out.freeze();
-            self.filter.config.responses = Mode::Off;
+        if self.gave_up {
             return Ok(());
         }
-        if f.config.responses == Mode::Off {
+        if self.held.len + chunk.len() > f.config.max_body {
+            // Too large to check: what was held goes out with this chunk, unchecked.
+            self.held.push(chunk);
+            *chunk = self.held.take();
+            self.gave_up = true;
             return Ok(());
         }
-        self.held.extend_from_slice(chunk);
-        *chunk = Bytes::new();
+        self.held.push(chunk);
         if !end_of_stream {
             return Ok(());
         }
-        let body = std::mem::take(&mut self.held).freeze();
+        let body = self.held.take();
         let found = f
             .validators
             .get(&f.config.operation)

@@ -10,9 +10,12 @@
 //!   (JSON Schema 2020-12 with formats, via the jsonschema crate), problems as RFC 9457
 //!   documents.
 //!
+//! - [`codegen`]: a Rust crate (serde types, an axum server trait, a reqwest client).
+//!
 //! Routes from a spec (`rampart openapi import`) and the gateway filter that runs the
 //! validators live with their users (the binary, `rampart-filter-openapi`).
 
+pub mod codegen;
 pub mod lint;
 pub mod operation;
 pub mod spec;

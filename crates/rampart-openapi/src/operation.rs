@@ -50,6 +50,8 @@ pub struct Operation {
     pub method: http::Method,
     pub path: PathTemplate,
     pub tags: Vec<String>,
+    pub summary: Option<String>,
+    pub description: Option<String>,
     /// The security requirements in force (the operation's, else the spec's).
     pub security: Value,
     pub params: Vec<Param>,
@@ -122,12 +124,14 @@ pub fn operations(spec: &Spec) -> Result<Vec<Operation>, Vec<Problem>> {
     }
 }
 
-fn operation(
+/// The path item's parameters overlaid with the operation's (an operation's parameter
+/// replaces the path item's of the same name and place).
+fn merged_params(
     spec: &Spec,
-    (base, item_pointer, item): (&str, &str, &Value),
-    (method, pointer, op): (&str, &str, &Value),
-    template: &PathTemplate,
-) -> Result<Operation, Vec<Problem>> {
+    base: &str,
+    (item_pointer, item): (&str, &Value),
+    (pointer, op): (&str, &Value),
+) -> (Vec<Param>, Vec<Problem>) {
     let mut problems = Vec::new();
     let mut params: Vec<Param> = Vec::new();
     for (list, lp) in [
@@ -136,7 +140,6 @@ fn operation(
     ] {
         for (i, p) in list.as_array().into_iter().flatten().enumerate() {
             match param(spec, base, &format!("{lp}/{i}"), p) {
-                // An operation's parameter replaces the path item's of the same name and place.
                 Ok(p) => {
                     params.retain(|q| !(q.name == p.name && q.location == p.location));
                     params.push(p);
@@ -145,6 +148,16 @@ fn operation(
             }
         }
     }
+    (params, problems)
+}
+
+fn operation(
+    spec: &Spec,
+    (base, item_pointer, item): (&str, &str, &Value),
+    (method, pointer, op): (&str, &str, &Value),
+    template: &PathTemplate,
+) -> Result<Operation, Vec<Problem>> {
+    let (params, mut problems) = merged_params(spec, base, (item_pointer, item), (pointer, op));
     for name in template.params() {
         if !params
             .iter()
@@ -191,6 +204,8 @@ fn operation(
             .map_or_else(|| format!("{upper} {}", template.as_str()), str::to_owned),
         method: http::Method::from_bytes(upper.as_bytes()).unwrap_or(http::Method::GET),
         path: template.clone(),
+        summary: op["summary"].as_str().map(str::to_owned),
+        description: op["description"].as_str().map(str::to_owned),
         tags: op["tags"]
             .as_array()
             .into_iter()

@@ -271,3 +271,34 @@ fn responses_by_code_class_and_default() {
         ["/body"]
     );
 }
+
+mod never_panics {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+        /// Whatever a client sends (query, cookie, header values, path, body), the checks
+        /// answer with violations, never a panic.
+        #[test]
+        fn requests(query in "\\PC{0,60}", cookie in "[ -~]{0,40}", trace in "[ -~]{0,20}", id in "[^/?#]{0,12}", body in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let (_, v) = shop();
+            let _ = head_problems(&v, "listOrders", "/orders", Some(&query), &[("x-trace", &trace), ("cookie", &cookie)]);
+            let path = format!("/orders/{id}");
+            let _ = head_problems(&v, "getOrder", &path, Some(&query), &[("cookie", &cookie)]);
+            let c = v.get("createOrder").unwrap();
+            let _ = c.check_body(Some("application/json"), &body);
+            let _ = c.check_body(Some(&trace), &body);
+        }
+
+        /// Any text as a spec: an error or a spec, never a panic.
+        #[test]
+        fn specs(text in "\\PC{0,200}") {
+            if let Ok(spec) = Spec::from_text(&format!("openapi: 3.1.0\n{text}")) {
+                let _ = rampart_openapi::lint::lint(&spec);
+            }
+            let _ = Spec::from_text(&text);
+        }
+    }
+}

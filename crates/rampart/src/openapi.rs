@@ -21,6 +21,21 @@ pub(crate) enum OpenApiCommand {
     Lint { spec: PathBuf },
     /// Make a spec's operations routes to a cluster, each validating its requests.
     Import(Box<ImportArgs>),
+    /// Write a Rust crate for the spec: serde types for every schema, with --server an axum
+    /// service trait and router, with --client a reqwest client.
+    Codegen {
+        spec: PathBuf,
+        /// The crate's directory (created; files in it are overwritten).
+        #[arg(long)]
+        out: PathBuf,
+        /// The package name (default: from the spec's file name).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        server: bool,
+        #[arg(long)]
+        client: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -126,6 +141,13 @@ pub(crate) fn run(cmd: OpenApiCommand) -> ExitCode {
     let result = match cmd {
         OpenApiCommand::Lint { spec } => lint(&spec),
         OpenApiCommand::Import(a) => import(&a),
+        OpenApiCommand::Codegen {
+            spec,
+            out,
+            name,
+            server,
+            client,
+        } => codegen(&spec, &out, name, server, client),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
@@ -169,6 +191,50 @@ fn lint(path: &std::path::Path) -> Result<ExitCode> {
         path.display(),
         spec.version,
         ops.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn codegen(
+    path: &std::path::Path,
+    out: &std::path::Path,
+    name: Option<String>,
+    server: bool,
+    client: bool,
+) -> Result<ExitCode> {
+    let Some(spec) = load_clean(path)? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let name = name.unwrap_or_else(|| {
+        let stem = path
+            .file_stem()
+            .map_or_else(|| "api".into(), |s| s.to_string_lossy().into_owned());
+        format!(
+            "{}-api",
+            stem.to_ascii_lowercase().replace(['_', ' ', '.'], "-")
+        )
+    });
+    let opts = rampart_openapi::codegen::Options {
+        name,
+        server,
+        client,
+    };
+    let files =
+        rampart_openapi::codegen::generate(&spec, &opts).map_err(|p| anyhow::anyhow!("{p:?}"))?;
+    for (rel, text) in &files {
+        let target = out.join(rel);
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        std::fs::write(&target, text)
+            .with_context(|| format!("cannot write {}", target.display()))?;
+    }
+    println!(
+        "{}: {} file(s) of crate {} written",
+        out.display(),
+        files.len(),
+        opts.name
     );
     Ok(ExitCode::SUCCESS)
 }
