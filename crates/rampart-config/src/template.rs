@@ -10,6 +10,58 @@ pub enum Segment {
     Literal(String),
     /// `{name}`: any non-empty segment.
     Param(String),
+    /// Parameters inside a segment (`{base}...{head}`, `{name}.{ext}`): literals and
+    /// parameters alternating, never two parameters side by side.
+    Mixed(Vec<Part>),
+}
+
+/// A piece of a [`Segment::Mixed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Part {
+    Literal(String),
+    Param(String),
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// A segment with parameters inside it, as parts.
+fn mixed(i: usize, seg: &str) -> Result<Vec<Part>, String> {
+    let mut parts = Vec::new();
+    let mut rest = seg;
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix('{') {
+            let end = after
+                .find('}')
+                .ok_or_else(|| format!("segment {i} ({seg:?}): an unclosed '{{'"))?;
+            let name = &after[..end];
+            if !valid_name(name) {
+                return Err(format!(
+                    "segment {i} ({seg:?}): a parameter name is letters, digits, '_', '-' or '.'"
+                ));
+            }
+            if matches!(parts.last(), Some(Part::Param(_))) {
+                return Err(format!(
+                    "segment {i} ({seg:?}): two parameters side by side cannot be told apart"
+                ));
+            }
+            parts.push(Part::Param(name.to_owned()));
+            rest = &after[end + 1..];
+        } else {
+            let end = rest.find('{').unwrap_or(rest.len());
+            let lit = &rest[..end];
+            if lit.contains('}') {
+                return Err(format!("segment {i} ({seg:?}): a '}}' without its '{{'"));
+            }
+            parts.push(Part::Literal(lit.to_owned()));
+            rest = &rest[end..];
+        }
+    }
+    Ok(parts)
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -31,37 +83,44 @@ impl PathTemplate {
             return Err(format!("{text:?} must start with '/'"));
         };
         let mut segments = Vec::new();
-        let mut names: Vec<&str> = Vec::new();
+        let mut names: Vec<String> = Vec::new();
         for (i, seg) in rest.split('/').enumerate() {
             let whole = seg
                 .strip_prefix('{')
                 .and_then(|s| s.strip_suffix('}'))
                 .filter(|n| !n.contains(['{', '}']));
-            if let Some(name) = whole {
-                let ok = !name.is_empty()
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-                if !ok {
+            let names_here: Vec<String> = if let Some(name) = whole {
+                if !valid_name(name) {
                     return Err(format!(
                         "segment {i} ({seg:?}): a parameter name is letters, digits, '_', '-' or '.'"
                     ));
                 }
-                if names.contains(&name) {
-                    return Err(format!("parameter {name:?} appears twice"));
-                }
-                names.push(name);
                 segments.push(Segment::Param(name.to_owned()));
+                vec![name.to_owned()]
             } else if seg.contains(['{', '}']) {
-                return Err(format!(
-                    "segment {i} ({seg:?}): a parameter must be a whole segment, like {{name}}"
-                ));
+                let parts = mixed(i, seg)?;
+                let names = parts
+                    .iter()
+                    .filter_map(|p| match p {
+                        Part::Param(n) => Some(n.clone()),
+                        Part::Literal(_) => None,
+                    })
+                    .collect();
+                segments.push(Segment::Mixed(parts));
+                names
             } else if seg.contains(['?', '#']) {
                 return Err(format!(
                     "segment {i} ({seg:?}): no query or fragment in a path"
                 ));
             } else {
                 segments.push(Segment::Literal(seg.to_owned()));
+                Vec::new()
+            };
+            for name in names_here {
+                if names.contains(&name) {
+                    return Err(format!("parameter {name:?} appears twice"));
+                }
+                names.push(name);
             }
         }
         Ok(Self {
@@ -80,9 +139,19 @@ impl PathTemplate {
 
     /// The parameters' names, in order.
     pub fn params(&self) -> impl Iterator<Item = &str> {
-        self.segments.iter().filter_map(|s| match s {
-            Segment::Param(n) => Some(n.as_str()),
-            Segment::Literal(_) => None,
+        self.segments.iter().flat_map(|s| {
+            let names: Vec<&str> = match s {
+                Segment::Param(n) => vec![n.as_str()],
+                Segment::Literal(_) => Vec::new(),
+                Segment::Mixed(parts) => parts
+                    .iter()
+                    .filter_map(|p| match p {
+                        Part::Param(n) => Some(n.as_str()),
+                        Part::Literal(_) => None,
+                    })
+                    .collect(),
+            };
+            names
         })
     }
 
@@ -94,6 +163,14 @@ impl PathTemplate {
             match s {
                 Segment::Literal(l) => out.push_str(&regex::escape(l)),
                 Segment::Param(_) => out.push_str("[^/]+"),
+                Segment::Mixed(parts) => {
+                    for p in parts {
+                        match p {
+                            Part::Literal(l) => out.push_str(&regex::escape(l)),
+                            Part::Param(_) => out.push_str("[^/]+?"),
+                        }
+                    }
+                }
             }
         }
         out.push('$');
@@ -113,7 +190,9 @@ mod tests {
         assert_eq!(PathTemplate::parse("/").unwrap().segments().len(), 1);
         for (bad, why) in [
             ("users/{id}", "start with '/'"),
-            ("/files/{name}.{ext}", "whole segment"),
+            ("/files/{name}{ext}", "side by side"),
+            ("/files/{name.x", "unclosed"),
+            ("/files/x}", "without its"),
             ("/a/{id}/b/{id}", "twice"),
             ("/a/{}", "parameter name"),
             ("/a/{x y}", "parameter name"),

@@ -25,7 +25,7 @@ use http::{HeaderMap, Method};
 use rampart_config::model::{
     self, DomainPattern, PathMatch, Route, ValueMatch, ValueMatchKind, VirtualHost, WeightedCluster,
 };
-use rampart_config::template::{PathTemplate, Segment};
+use rampart_config::template::{Part, PathTemplate, Segment};
 
 pub mod consistent;
 pub mod normalize;
@@ -260,10 +260,66 @@ fn template_walk<'t, 'p>(
         match seg {
             Segment::Literal(l) if l == piece => {}
             Segment::Param(name) if !piece.is_empty() => param(name, piece),
+            Segment::Mixed(parts) if mixed_walk(parts, piece, &mut param) => {}
             _ => return false,
         }
     }
     pieces.next().is_none()
+}
+
+/// A segment with parameters inside (`{base}...{head}`): a trailing literal is matched at
+/// the end, the others leftmost; each parameter takes at least one character.
+fn mixed_walk<'t, 'p>(
+    parts: &'t [Part],
+    piece: &'p str,
+    param: &mut impl FnMut(&'t str, &'p str),
+) -> bool {
+    let (parts, piece) = match parts.split_last() {
+        Some((Part::Literal(l), rest)) => match piece.strip_suffix(l.as_str()) {
+            Some(p) => (rest, p),
+            None => return false,
+        },
+        _ => (parts, piece),
+    };
+    let mut found: Vec<(&'t str, &'p str)> = Vec::new();
+    let mut at = 0;
+    let mut i = 0;
+    while i < parts.len() {
+        match &parts[i] {
+            Part::Literal(l) => {
+                if !piece[at..].starts_with(l.as_str()) {
+                    return false;
+                }
+                at += l.len();
+            }
+            Part::Param(name) => {
+                // Up to the next literal (leftmost, at least one character), else the rest.
+                let end = match parts.get(i + 1) {
+                    Some(Part::Literal(next)) => {
+                        let from = at + piece[at..].chars().next().map_or(0, char::len_utf8);
+                        match piece.get(from..).and_then(|r| r.find(next.as_str())) {
+                            Some(off) => from + off,
+                            None => return false,
+                        }
+                    }
+                    _ => piece.len(),
+                };
+                if end <= at {
+                    return false;
+                }
+                found.push((name, &piece[at..end]));
+                at = end;
+            }
+        }
+        i += 1;
+    }
+    if at != piece.len() {
+        return false;
+    }
+    for (n, v) in found {
+        param(n, v);
+    }
+    true
 }
 
 /// Whether every condition of a route holds for the request.

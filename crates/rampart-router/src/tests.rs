@@ -359,3 +359,32 @@ fn empty_parameters_do_not_match() {
         Some(vec![("id", "a%2Fb")])
     );
 }
+
+#[test]
+fn parameters_inside_a_segment() {
+    let t = rampart_config::template::PathTemplate::parse("/repos/{owner}/compare/{base}...{head}")
+        .unwrap();
+    assert_eq!(
+        crate::template_captures(&t, "/repos/me/compare/main...feature"),
+        Some(vec![("owner", "me"), ("base", "main"), ("head", "feature")])
+    );
+    assert_eq!(
+        crate::template_captures(&t, "/repos/me/compare/v1.0...v2...x"),
+        Some(vec![("owner", "me"), ("base", "v1.0"), ("head", "v2...x")])
+    );
+    assert!(!crate::template_matches(&t, "/repos/me/compare/...feature"));
+    assert!(!crate::template_matches(&t, "/repos/me/compare/main..."));
+    assert!(!crate::template_matches(&t, "/repos/me/compare/main"));
+    let file = rampart_config::template::PathTemplate::parse("/files/{name}.tar.{ext}").unwrap();
+    assert_eq!(
+        crate::template_captures(&file, "/files/a.b.tar.gz"),
+        Some(vec![("name", "a.b"), ("ext", "gz")])
+    );
+    let trailing = rampart_config::template::PathTemplate::parse("/x/{id}-v").unwrap();
+    assert_eq!(
+        crate::template_captures(&trailing, "/x/a-v-v"),
+        Some(vec![("id", "a-v")])
+    );
+    let re = regex::Regex::new(&t.to_regex()).unwrap();
+    assert!(re.is_match("/repos/me/compare/main...feature"));
+}

@@ -255,7 +255,8 @@ fn specificity(op: &Operation) -> Vec<(u8, String)> {
         .iter()
         .map(|s| match s {
             rampart_config::template::Segment::Literal(l) => (0, l.clone()),
-            rampart_config::template::Segment::Param(_) => (1, String::new()),
+            rampart_config::template::Segment::Mixed(_) => (1, String::new()),
+            rampart_config::template::Segment::Param(_) => (2, String::new()),
         })
         .collect()
 }

@@ -16,6 +16,8 @@ struct Op {
     query: Option<String>,
     /// The JSON body's Rust type, if the operation takes one.
     body: Option<String>,
+    /// Whether axum can route it: its router takes parameters only as whole segments.
+    routable: bool,
 }
 
 pub(crate) struct Api {
@@ -78,18 +80,12 @@ impl Api {
                 );
                 name
             });
-            let body = o.body.as_ref().and_then(|b| {
-                let (_, place) = b.content.iter().find(|(m, s)| {
-                    s.is_some() && (m == "application/json" || m.ends_with("+json"))
-                })?;
-                let (uri, pointer) = place.as_ref()?;
-                let schema = spec.documents.get(uri)?.pointer(pointer)?;
-                Some(types.type_of(schema, &format!("{stem}Body"), "body"))
-            });
-            let mut summary = Vec::new();
-            for text in [&o.summary, &o.description].into_iter().flatten() {
-                summary.extend(text.lines().map(|l| l.trim_end().to_owned()));
-            }
+            let body = body_type(spec, o, &stem, types);
+            let summary = [&o.summary, &o.description]
+                .into_iter()
+                .flatten()
+                .flat_map(|t| t.lines().map(|l| l.trim_end().to_owned()))
+                .collect();
             out.push(Op {
                 fn_name: field_name(&o.id),
                 method: o.method.as_str().to_ascii_lowercase(),
@@ -98,6 +94,11 @@ impl Api {
                 path_params: path_struct,
                 query: query_struct,
                 body,
+                routable: !o
+                    .path
+                    .segments()
+                    .iter()
+                    .any(|s| matches!(s, rampart_config::template::Segment::Mixed(_))),
             });
         }
         Self { ops: out, params }
@@ -109,59 +110,52 @@ impl Api {
 
     pub(crate) fn server(&self) -> String {
         let mut s = String::from(
-            "//! The API as an axum service: implement [`Api`], serve [`router`].\n\nuse std::future::Future;\nuse std::sync::Arc;\n\nuse axum::extract::State;\nuse axum::http::HeaderMap;\nuse axum::response::Response;\n\n/// One method per operation; each answers with a whole response.\npub trait Api: Send + Sync + 'static {\n",
+            "//! The API as an axum service: implement [`Api`] (or start from [`NotImplemented`]),\n//! serve [`router`].\n\nuse std::collections::HashMap;\nuse std::future::Future;\nuse std::sync::Arc;\n\nuse axum::extract::State;\nuse axum::http::{HeaderMap, StatusCode};\nuse axum::response::{IntoResponse, Response};\n\n/// One method per operation; each answers with a whole response.\npub trait Api: Send + Sync + 'static {\n",
         );
+        let mut stubs = String::new();
         for o in &self.ops {
             for line in &o.summary {
                 let _ = writeln!(s, "    /// {line}");
             }
-            let _ = writeln!(
-                s,
-                "    fn {}(&self, {}) -> impl Future<Output = Response> + Send;",
+            if !o.routable {
+                let _ = writeln!(
+                    s,
+                    "    ///\n    /// Not in [`router`]: axum takes path parameters only as whole segments\n    /// (`{}`); route it yourself.",
+                    o.path
+                );
+            }
+            let sig = format!(
+                "fn {}(&self, {}) -> impl Future<Output = Response> + Send",
                 o.fn_name,
                 args(o, true)
             );
+            let _ = writeln!(s, "    {sig};");
+            let stub_sig = args_with(o, true, "_");
+            let _ = writeln!(
+                stubs,
+                "    fn {}(&self, {stub_sig}) -> impl Future<Output = Response> + Send {{\n        async {{ StatusCode::NOT_IMPLEMENTED.into_response() }}\n    }}",
+                o.fn_name
+            );
         }
-        s.push_str("}\n\n/// Routes every operation to `api`.\npub fn router<A: Api>(api: Arc<A>) -> axum::Router {\n    axum::Router::new()\n");
-        let mut by_path: Vec<(&str, Vec<&Op>)> = Vec::new();
-        for o in &self.ops {
-            match by_path.iter_mut().find(|(p, _)| *p == o.path) {
-                Some((_, v)) => v.push(o),
-                None => by_path.push((&o.path, vec![o])),
+        s.push_str("}\n\n/// Every operation answers 501 Not Implemented: a start to fill in.\n#[derive(Debug, Clone, Copy, Default)]\npub struct NotImplemented;\n\nimpl Api for NotImplemented {\n");
+        s.push_str(&stubs);
+        s.push_str("}\n\n/// A path parameter that does not parse as its type.\n#[allow(dead_code)]\nfn bad_path() -> Response {\n    (StatusCode::BAD_REQUEST, \"a path parameter does not parse\").into_response()\n}\n\n/// Routes every operation to `api`.\npub fn router<A: Api>(api: Arc<A>) -> axum::Router {\n    axum::Router::new()\n");
+        // axum refuses two parameter names at one place of two paths (`/repos/{owner}` and
+        // `/repos/{template_owner}/generate`): routes use the first name seen there, and
+        // each handler reads its own parameters from that map.
+        let mut canonical: Vec<(String, String)> = Vec::new();
+        let mut by_path: Vec<(String, Vec<Routed<'_>>)> = Vec::new();
+        for o in self.ops.iter().filter(|o| o.routable) {
+            let (route, names) = canonical_path(&o.path, &mut canonical);
+            match by_path.iter_mut().find(|(p, _)| *p == route) {
+                Some((_, v)) => v.push((o, names)),
+                None => by_path.push((route, vec![(o, names)])),
             }
         }
         for (path, ops) in by_path {
             let mut chain = String::new();
-            for (i, o) in ops.iter().enumerate() {
-                let mut extract = vec!["State(api): State<Arc<A>>".to_owned()];
-                let mut call = Vec::new();
-                if let Some((t, _)) = &o.path_params {
-                    extract.push(format!(
-                        "axum::extract::Path(path): axum::extract::Path<crate::params::{t}>"
-                    ));
-                    call.push("path");
-                }
-                if let Some(t) = &o.query {
-                    extract.push(format!(
-                        "axum::extract::Query(query): axum::extract::Query<crate::params::{t}>"
-                    ));
-                    call.push("query");
-                }
-                extract.push("headers: HeaderMap".into());
-                call.push("headers");
-                if let Some(t) = &o.body {
-                    extract.push(format!(
-                        "axum::extract::Json(body): axum::extract::Json<{}>",
-                        qualify(t)
-                    ));
-                    call.push("body");
-                }
-                let handler = format!(
-                    "|{}| async move {{ api.{}({}).await }}",
-                    extract.join(", "),
-                    o.fn_name,
-                    call.join(", ")
-                );
+            for (i, (o, names)) in ops.iter().enumerate() {
+                let handler = handler(o, names);
                 if i == 0 {
                     let _ = write!(chain, "axum::routing::{}({handler})", o.method);
                 } else {
@@ -215,45 +209,163 @@ impl Api {
     }
 }
 
-/// The method's parameters: by value for the server, by reference for the client.
-fn args(o: &Op, server: bool) -> String {
+/// The Rust type of `o`'s JSON request body, if it has one with a schema.
+fn body_type(
+    spec: &crate::spec::Spec,
+    o: &Operation,
+    stem: &str,
+    types: &mut Types,
+) -> Option<String> {
+    let b = o.body.as_ref()?;
+    let (_, place) = b
+        .content
+        .iter()
+        .find(|(m, s)| s.is_some() && (m == "application/json" || m.ends_with("+json")))?;
+    let (uri, pointer) = place.as_ref()?;
+    let schema = spec.documents.get(uri)?.pointer(pointer)?;
+    Some(types.type_of(schema, &format!("{stem}Body"), "body"))
+}
+
+/// An operation with its parameters' `(own name, route name)`.
+type Routed<'o> = (&'o Op, Vec<(String, String)>);
+
+/// `path` with each parameter renamed to the first name seen at its place (same prefix),
+/// and the renaming `(own name, route name)`.
+fn canonical_path(path: &str, seen: &mut Vec<(String, String)>) -> (String, Vec<(String, String)>) {
+    let mut prefix = String::new();
+    let mut out = String::new();
+    let mut names = Vec::new();
+    for seg in path.trim_start_matches('/').split('/') {
+        out.push('/');
+        if let Some(name) = seg.strip_prefix('{').and_then(|x| x.strip_suffix('}')) {
+            let key = format!("{prefix}/{{}}");
+            let route = match seen.iter().find(|(k, _)| *k == key) {
+                Some((_, n)) => n.clone(),
+                None => {
+                    seen.push((key.clone(), name.to_owned()));
+                    name.to_owned()
+                }
+            };
+            let _ = write!(out, "{{{route}}}");
+            names.push((name.to_owned(), route));
+            prefix = key;
+        } else {
+            out.push_str(seg);
+            prefix = format!("{prefix}/{seg}");
+        }
+    }
+    (out, names)
+}
+
+/// One operation's axum handler: extractors, the typed path, the call.
+fn handler(o: &Op, names: &[(String, String)]) -> String {
+    let mut extract = vec!["State(api): State<Arc<A>>".to_owned()];
+    let mut call = Vec::new();
+    let mut prelude = String::new();
+    if let Some((t, fields)) = &o.path_params {
+        extract
+            .push("axum::extract::Path(raw): axum::extract::Path<HashMap<String, String>>".into());
+        let inits: Vec<String> = fields
+            .iter()
+            .map(|(wire, field)| {
+                let route = names
+                    .iter()
+                    .find(|(own, _)| own == wire)
+                    .map_or(wire.as_str(), |(_, r)| r.as_str());
+                format!("{field}: raw.get({route:?})?.parse().ok()?")
+            })
+            .collect();
+        let _ = write!(
+            prelude,
+            "let Some(path) = (|| Some(crate::params::{t} {{ {} }}))() else {{ return bad_path(); }}; ",
+            inits.join(", ")
+        );
+        call.push("path");
+    }
+    if let Some(t) = &o.query {
+        extract.push(format!(
+            "axum::extract::Query(query): axum::extract::Query<crate::params::{t}>"
+        ));
+        call.push("query");
+    }
+    extract.push("headers: HeaderMap".into());
+    call.push("headers");
+    if let Some(t) = &o.body {
+        extract.push(format!(
+            "axum::extract::Json(body): axum::extract::Json<{}>",
+            qualify(t)
+        ));
+        call.push("body");
+    }
+    format!(
+        "|{}| async move {{ {prelude}api.{}({}).await }}",
+        extract.join(", "),
+        o.fn_name,
+        call.join(", ")
+    )
+}
+
+/// The method's parameters as `(name, type)`: by value for the server, by reference for
+/// the client.
+fn arg_pairs(o: &Op, server: bool) -> Vec<(&'static str, String)> {
     let amp = if server { "" } else { "&" };
     let mut a = Vec::new();
     if let Some((t, _)) = &o.path_params {
-        a.push(format!("path: {amp}crate::params::{t}"));
+        a.push(("path", format!("{amp}crate::params::{t}")));
     }
     if let Some(t) = &o.query {
-        a.push(format!("query: {amp}crate::params::{t}"));
+        a.push(("query", format!("{amp}crate::params::{t}")));
     }
     if server {
-        a.push("headers: HeaderMap".into());
+        a.push(("headers", "HeaderMap".to_owned()));
     }
     if let Some(t) = &o.body {
-        a.push(format!("body: {amp}{}", qualify(t)));
+        a.push(("body", format!("{amp}{}", qualify(t))));
     }
-    a.join(", ")
+    a
 }
 
-/// A type from `types.rs` named from another module.
+/// `name: Type, ...`, each name prefixed with `prefix`.
+fn args_with(o: &Op, server: bool, prefix: &str) -> String {
+    arg_pairs(o, server)
+        .iter()
+        .map(|(n, t)| format!("{prefix}{n}: {t}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn args(o: &Op, server: bool) -> String {
+    args_with(o, server, "")
+}
+
+/// A type written for `types.rs`, as another module names it: each generated type name
+/// in it (capitalised, not a path segment, not from the prelude or std) gets `crate::types::`.
 fn qualify(t: &str) -> String {
-    let primitive = ["String", "bool", "i32", "i64", "u32", "u64", "f32", "f64"];
-    if t.starts_with("serde_json")
-        || t.starts_with("std::")
-        || t.starts_with('(')
-        || primitive.contains(&t)
-    {
-        return t.to_owned();
+    const KNOWN: &[&str] = &["String", "Vec", "Option", "Box", "BTreeMap", "Map", "Value"];
+    let mut out = String::new();
+    let mut ident = String::new();
+    let flush = |ident: &mut String, out: &mut String| {
+        if !ident.is_empty() {
+            let generated = ident.starts_with(|c: char| c.is_ascii_uppercase())
+                && !KNOWN.contains(&ident.as_str())
+                && !out.ends_with("::");
+            if generated {
+                out.push_str("crate::types::");
+            }
+            out.push_str(ident);
+            ident.clear();
+        }
+    };
+    for c in t.chars() {
+        if c.is_alphanumeric() || c == '_' {
+            ident.push(c);
+        } else {
+            flush(&mut ident, &mut out);
+            out.push(c);
+        }
     }
-    match t.split_once('<') {
-        Some((outer, inner)) => format!("{outer}<{}", qualify_inner(inner)),
-        None => format!("crate::types::{t}"),
-    }
-}
-
-fn qualify_inner(inner: &str) -> String {
-    let t = inner.trim_end_matches('>');
-    let closing = &inner[t.len()..];
-    format!("{}{closing}", qualify(t))
+    flush(&mut ident, &mut out);
+    out
 }
 
 fn scalar(kind: Option<&str>) -> String {
@@ -295,4 +407,24 @@ fn param_struct(out: &mut String, name: &str, fields: &[(String, String, String,
         }
     }
     let _ = writeln!(out, "}}\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::qualify;
+
+    #[test]
+    fn generated_names_are_qualified_wherever_they_appear() {
+        assert_eq!(qualify("NewOrder"), "crate::types::NewOrder");
+        assert_eq!(
+            qualify("std::collections::BTreeMap<String, Vec<Item>>"),
+            "std::collections::BTreeMap<String, Vec<crate::types::Item>>"
+        );
+        assert_eq!(
+            qualify("Option<(f64, Point,)>"),
+            "Option<(f64, crate::types::Point,)>"
+        );
+        assert_eq!(qualify("serde_json::Value"), "serde_json::Value");
+        assert_eq!(qualify("i64"), "i64");
+    }
 }

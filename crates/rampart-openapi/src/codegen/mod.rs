@@ -66,6 +66,9 @@ pub fn generate(spec: &Spec, opts: &Options) -> Result<Vec<(String, String)>, Ve
         let _ = writeln!(lib, "pub mod params;");
     }
     lib.push_str(&examples(spec, &schemas));
+    if opts.server {
+        lib.push_str("\n#[cfg(test)]\nmod routes {\n    /// Every route registers (axum panics on conflicting paths).\n    #[test]\n    fn the_router_builds() {\n        let _ = crate::server::router(std::sync::Arc::new(crate::server::NotImplemented));\n    }\n}\n");
+    }
     let types = format!(
         "//! The spec's schemas as Rust types.\n#![allow(clippy::large_enum_variant, clippy::enum_variant_names)]\n\n{}",
         t.out
