@@ -84,7 +84,7 @@ impl Api {
             let summary = [&o.summary, &o.description]
                 .into_iter()
                 .flatten()
-                .flat_map(|t| t.lines().map(|l| l.trim_end().to_owned()))
+                .flat_map(|t| super::types::doc_lines(t))
                 .collect();
             out.push(Op {
                 fn_name: field_name(&o.id),

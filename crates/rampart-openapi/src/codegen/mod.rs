@@ -47,8 +47,8 @@ pub fn generate(spec: &Spec, opts: &Options) -> Result<Vec<(String, String)>, Ve
     );
     if let Some(d) = root["info"]["description"].as_str() {
         let _ = writeln!(lib, "//!");
-        for line in d.lines() {
-            let _ = writeln!(lib, "//! {}", line.trim_end());
+        for line in types::doc_lines(d) {
+            let _ = writeln!(lib, "//! {line}");
         }
     }
     let _ = writeln!(lib, "\npub mod types;");

@@ -55,11 +55,34 @@ pub(crate) fn field_name(name: &str) -> String {
 pub(crate) fn doc(out: &mut String, indent: &str, schema: &Value) {
     for key in ["title", "description"] {
         if let Some(text) = schema.get(key).and_then(Value::as_str) {
-            for line in text.lines() {
-                let _ = writeln!(out, "{indent}/// {}", line.trim_end());
+            for line in doc_lines(text) {
+                let _ = writeln!(out, "{indent}/// {line}");
             }
         }
     }
+}
+
+/// A description's lines for a doc comment: code blocks in it become `text` blocks (they
+/// are JavaScript or shell more often than Rust, and rustdoc would compile them).
+pub(crate) fn doc_lines(text: &str) -> Vec<String> {
+    let mut open = false;
+    let mut out = Vec::new();
+    for l in text.lines() {
+        let l = l.trim_end();
+        let fence = l.trim_start();
+        if fence.starts_with("```") {
+            open = !open;
+            if open {
+                out.push(format!("{}```text", &l[..l.len() - fence.len()]));
+                continue;
+            }
+        }
+        out.push(l.to_owned());
+    }
+    if open {
+        out.push("```".to_owned());
+    }
+    out
 }
 
 impl Types {
@@ -406,6 +429,19 @@ mod tests {
         assert_eq!(field_name("type"), "type_");
         assert_eq!(field_name("orderId"), "order_id");
         assert_eq!(field_name("2fa"), "f_2fa");
+        assert_eq!(
+            doc_lines("Use:\n```javascript\nconst x = 1;\n```\nand\n  ```\nsh\n"),
+            [
+                "Use:",
+                "```text",
+                "const x = 1;",
+                "```",
+                "and",
+                "  ```text",
+                "sh",
+                "```"
+            ]
+        );
         let mut t = Types::new(["Order".to_owned()]);
         assert_eq!(t.fresh("order"), "Order2");
         assert_eq!(t.fresh("order"), "Order3");
