@@ -277,7 +277,10 @@ fn response(resp: Response<HyperOutgoingBody>, max: u64) -> Response<ProxyBody> 
         );
     }
     let max = usize::try_from(max).unwrap_or(usize::MAX);
-    resp.map(|b| ProxyBody::boxed(Limited::new(b, max)))
+    let mut resp = resp.map(|b| ProxyBody::boxed(Limited::new(b, max)));
+    // A guest cannot pass its answers off as the gateway's own.
+    resp.headers_mut().remove("x-rampart-local");
+    resp
 }
 
 fn overloaded(name: &str, busy: &Busy) -> Response<ProxyBody> {

@@ -58,6 +58,17 @@ pub struct JwtClaims(pub Arc<serde_json::Value>);
 #[derive(Debug, Clone)]
 pub struct ApiOperation(pub Arc<serde_json::Value>);
 
+/// Who produced the response the response phases see, in [`RequestContext::extensions`]
+/// (set by the proxy before they run), so that a filter checks only what it should: the
+/// `openapi` filter validates the upstream's answers, not a 401 from `jwt` or its own 400.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseSource {
+    /// The upstream, or the route's function.
+    Upstream,
+    /// The gateway itself: a filter's answer, a direct response or redirect, an error.
+    Local,
+}
+
 pub type FilterFuture<'a> = Pin<Box<dyn Future<Output = Verdict> + Send + 'a>>;
 
 /// What a header phase decided.

@@ -33,7 +33,7 @@ use crate::Shared;
 use crate::access_log::AccessEntry;
 use crate::body::ProxyBody;
 use crate::error::{Blame, ProxyError, local_response};
-use crate::filter::{BodyObserver, FilterRef, RequestContext, Verdict};
+use crate::filter::{BodyObserver, FilterRef, RequestContext, ResponseSource, Verdict};
 use crate::filters::header_mutation;
 use crate::ingress;
 use crate::metrics::RouteStats;
@@ -313,12 +313,14 @@ async fn serve(
             if let Verdict::Respond(resp) =
                 f.on_request_headers(&mut ctx, &mut parts).resolve().await
             {
+                ctx.extensions.insert(ResponseSource::Local);
                 return finish_response(resp, x.route, x.chain(), &mut ctx).await;
             }
         }
     }
-    let resp = act(x, &ctx, &mut parts, body).await;
+    let (resp, source) = act(x, &ctx, &mut parts, body).await;
     if x.has_filters() {
+        ctx.extensions.insert(source);
         finish_response(resp, x.route, x.chain(), &mut ctx).await
     } else {
         let (mut rparts, rbody) = resp.into_parts();
@@ -333,14 +335,24 @@ async fn act(
     ctx: &RequestContext,
     parts: &mut request::Parts,
     body: Incoming,
-) -> Response<ProxyBody> {
+) -> (Response<ProxyBody>, ResponseSource) {
     let route = x.route;
     let f = match &route.action {
-        Action::DirectResponse(d) => return local::direct(d),
+        Action::DirectResponse(d) => return (local::direct(d), ResponseSource::Local),
         Action::Redirect(r) => {
-            return local::redirect(r, route, parts, x.conn.scheme, &x.lsnap.http.path);
+            let resp = local::redirect(r, route, parts, x.conn.scheme, &x.lsnap.http.path);
+            return (resp, ResponseSource::Local);
         }
-        Action::Function(name) => return function(x, ctx, name, parts, body).await,
+        Action::Function(name) => {
+            // The runtime's own failures carry the local marker; the guest's answers cannot.
+            let resp = function(x, ctx, name, parts, body).await;
+            let source = if resp.headers().contains_key("x-rampart-local") {
+                ResponseSource::Local
+            } else {
+                ResponseSource::Upstream
+            };
+            return (resp, source);
+        }
         Action::Forward(f) => f,
     };
     let observers: Vec<Box<dyn BodyObserver>> = if x.has_filters() {
@@ -351,7 +363,7 @@ async fn act(
         Vec::new()
     };
     match forward::forward(x, f, parts, body, observers).await {
-        Ok(r) => r,
+        Ok(r) => (r, ResponseSource::Upstream),
         Err(e) => {
             // The client sees only the kind of failure; the details are here.
             if e.blame() == Blame::Downstream {
@@ -360,7 +372,7 @@ async fn act(
                 tracing::info!(error = %e, route = %x.data.name, "request failed");
             }
             x.conn.shared.metrics.request_error(e.blame().label());
-            e.to_response()
+            (e.to_response(), ResponseSource::Local)
         }
     }
 }
@@ -428,6 +440,8 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
 fn response_from_upstream(mut parts: response::Parts, body: ProxyBody) -> Response<ProxyBody> {
     // The downstream connection decides its own version and framing.
     parts.version = Version::HTTP_11;
+    // The marker of the gateway's own answers: an upstream cannot pass for the gateway.
+    parts.headers.remove("x-rampart-local");
     Response::from_parts(parts, body)
 }
 
