@@ -60,7 +60,7 @@ impl Handler for Stream {
     }
 
     fn types(&self) -> Vec<String> {
-        self.types.keys().cloned().collect()
+        crate::snapshot::push_order(self.types.keys())
     }
 
     async fn request(&mut self, req: DeltaDiscoveryRequest) -> Result<(), Gone> {

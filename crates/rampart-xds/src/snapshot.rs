@@ -16,6 +16,19 @@ pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfigur
 /// before their routes).
 pub const TYPES: [&str; 4] = [CLUSTER, ENDPOINT, LISTENER, ROUTE];
 
+/// `types` in the order to push them: [`TYPES`]' order (a proxy that checks references gets
+/// a new cluster before the route that names it), then any others by name.
+pub fn push_order<'a>(types: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+    let mut v: Vec<String> = types.into_iter().cloned().collect();
+    v.sort_by_key(|t| {
+        (
+            TYPES.iter().position(|x| x == t).unwrap_or(TYPES.len()),
+            t.clone(),
+        )
+    });
+    v
+}
+
 /// Types a client may ask for with no names (all of them); the others are asked for by name.
 pub fn wildcard_type(type_url: &str) -> bool {
     type_url == CLUSTER || type_url == LISTENER
@@ -162,6 +175,18 @@ mod tests {
             type_url: CLUSTER.into(),
             value: v.to_vec(),
         }
+    }
+
+    #[test]
+    fn clusters_are_pushed_before_the_routes_that_name_them() {
+        let subscribed: Vec<String> = ["type.rampart.dev/x", ROUTE, LISTENER, ENDPOINT, CLUSTER]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        assert_eq!(
+            push_order(&subscribed),
+            [CLUSTER, ENDPOINT, LISTENER, ROUTE, "type.rampart.dev/x"]
+        );
     }
 
     #[test]

@@ -46,7 +46,7 @@ impl Handler for Stream {
     }
 
     fn types(&self) -> Vec<String> {
-        self.types.keys().cloned().collect()
+        crate::snapshot::push_order(self.types.keys())
     }
 
     async fn request(&mut self, req: DiscoveryRequest) -> Result<(), Gone> {
