@@ -144,8 +144,20 @@ fn valid_request_id(v: &HeaderValue) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
 }
 
+/// A request refused before routing, as an RFC 9457 problem document (what the gateway's API
+/// validation answers too, so a client reads one format for "your request is malformed").
 fn bad_request(reason: &str) -> Response<ProxyBody> {
-    let mut resp = local_response(StatusCode::BAD_REQUEST, &format!("{reason}\n"));
+    let doc = serde_json::json!({
+        "type": "about:blank",
+        "title": "Bad Request",
+        "status": 400,
+        "detail": reason,
+    });
+    let mut resp = local_response(StatusCode::BAD_REQUEST, &doc.to_string());
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
     if let Ok(v) = HeaderValue::from_str(reason) {
         resp.headers_mut().insert("x-rampart-error", v);
     }
