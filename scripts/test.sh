@@ -43,8 +43,9 @@ if [[ $(id -u) -eq 0 ]] && ! mountpoint -q /sys/kernel/tracing; then
     mount -t tracefs tracefs /sys/kernel/tracing
 fi
 
-# An xDS client Rampart did not write (scripts/xds_client.py): Python's gRPC and protoc, in
-# a virtualenv beside the build cache (PyPI wheels; reused across runs).
+# Clients Rampart did not write, in a virtualenv beside the build cache (PyPI wheels; reused
+# across runs): an xDS client (scripts/xds_client.py) on Python's gRPC and protoc, and
+# schemathesis, which fuzzes an imported OpenAPI spec through the gateway.
 venv=/var/cache/rampart/venv
 if ! "$venv/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null; then
     section "python venv with grpcio and grpcio-tools ($venv)"
@@ -52,7 +53,12 @@ if ! "$venv/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q grpcio==1.85.4 grpcio-tools==1.85.4
 fi
+if [[ "$("$venv/bin/schemathesis" --version 2>/dev/null)" != *4.32.5* ]]; then
+    section "schemathesis 4.32.5 in $venv"
+    "$venv/bin/pip" install -q schemathesis==4.32.5
+fi
 export RAMPART_PYTHON="$venv/bin/python"
+export RAMPART_SCHEMATHESIS="$venv/bin/schemathesis"
 
 for c in rustfmt clippy; do
     rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"

@@ -37,7 +37,7 @@ use rampart_openapi::validate::{Head, Validators, Violation, problem};
 use rampart_proxy::body::ProxyBody;
 use rampart_proxy::filter::{
     ApiOperation, BodyObserver, BodyReject, BuildEnv, FilterBuildError, FilterFactory, FilterRef,
-    Flow, HttpFilter, RequestContext,
+    Flow, HttpFilter, RequestContext, ResponseSource,
 };
 
 #[derive(Debug, serde::Deserialize)]
@@ -265,12 +265,17 @@ struct ContentType(Option<String>);
 
 impl OpenApiFilter {
     /// What to do about `found`: nothing, count and log (report), or answer 400 (enforce).
-    fn verdict(&self, ctx: &RequestContext, found: &[Violation]) -> Option<(String, Bytes)> {
+    fn verdict(
+        &self,
+        ctx: &RequestContext,
+        found: &[Violation],
+        status: StatusCode,
+    ) -> Option<(String, Bytes)> {
         if found.is_empty() {
             return None;
         }
         self.violations.inc();
-        let doc = problem(&self.config.operation, 400, found);
+        let doc = problem(&self.config.operation, status.as_u16(), found);
         tracing::info!(operation = %self.config.operation, request_id = ?ctx.request_id, problems = %doc["errors"], "request does not match the API");
         self.config.enforce.then(|| {
             (
@@ -282,6 +287,12 @@ impl OpenApiFilter {
 }
 
 const PROBLEM: &str = "application/problem+json";
+
+/// Whether the upstream answered: the gateway's own answers (this filter's 400, a `jwt`
+/// 401, an error) are not the API's to check.
+fn from_upstream(ctx: &RequestContext) -> bool {
+    ctx.extensions.get::<ResponseSource>() == Some(&ResponseSource::Upstream)
+}
 
 impl HttpFilter for OpenApiFilter {
     fn name(&self) -> &'static str {
@@ -304,10 +315,14 @@ impl HttpFilter for OpenApiFilter {
             query: req.uri.query(),
             headers: &req.headers,
         };
-        let found = op.check_head(&head, &op.op.path);
-        if let Some((_, body)) = self.verdict(ctx, &found) {
+        // Credentials first, as an authenticating gateway would: 401 before any other check.
+        let (found, status) = match op.check_security(&head) {
+            Some(missing) => (vec![missing], StatusCode::UNAUTHORIZED),
+            None => (op.check_head(&head, &op.op.path), StatusCode::BAD_REQUEST),
+        };
+        if let Some((_, body)) = self.verdict(ctx, &found, status) {
             let mut r = Response::new(ProxyBody::full(body));
-            *r.status_mut() = StatusCode::BAD_REQUEST;
+            *r.status_mut() = status;
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static(PROBLEM),
@@ -331,7 +346,7 @@ impl HttpFilter for OpenApiFilter {
         ctx: &'a mut RequestContext,
         resp: &'a mut http::response::Parts,
     ) -> Flow<'a> {
-        if self.config.responses == Mode::Off || resp.headers.contains_key("x-rampart-local") {
+        if self.config.responses == Mode::Off || !from_upstream(ctx) {
             return Flow::Continue;
         }
         let Some(op) = self.validators.get(&self.config.operation) else {
@@ -368,7 +383,7 @@ impl HttpFilter for OpenApiFilter {
         let status = resp.status.as_u16();
         let op = self.validators.get(&self.config.operation)?;
         if self.config.responses == Mode::Off
-            || resp.headers.contains_key("x-rampart-local")
+            || !from_upstream(ctx)
             || !op.checks_response_body(status)
         {
             return None;

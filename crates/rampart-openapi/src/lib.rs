@@ -6,6 +6,7 @@
 //! - [`lint`]: structure and reference problems, each at a JSON pointer.
 //! - [`operation`]: each operation's method, path template, id, tags, security,
 //!   parameters and request body.
+//! - [`security`]: the credentials an operation's security requirements ask a request for.
 //! - [`validate`]: requests checked against their operation, compiled once per spec
 //!   (JSON Schema 2020-12 with formats, via the jsonschema crate), problems as RFC 9457
 //!   documents.
@@ -18,6 +19,7 @@
 pub mod codegen;
 pub mod lint;
 pub mod operation;
+pub mod security;
 pub mod spec;
 pub mod validate;
 

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use crate::Problem;
 use crate::operation::{In, Operation, Param, operations};
+use crate::security::{Carried, Requirements};
 use crate::spec::Spec;
 
 /// One way a request differs from its operation.
@@ -48,6 +49,7 @@ pub struct Compiled {
     body: Option<(bool, Vec<Media>)>,
     /// Each documented response's status key and media ranges.
     responses: Vec<(String, Vec<Media>)>,
+    security: Requirements,
 }
 
 /// The request's head as the gateway decided it.
@@ -80,8 +82,9 @@ impl Validators {
             .map_err(|e| vec![Problem::new("", format!("references: {e}"))])?;
         let mut out = HashMap::new();
         let mut problems = Vec::new();
+        let schemes = &spec.root()["components"]["securitySchemes"];
         for op in ops {
-            match Compiled::new(&registry, op) {
+            match Compiled::new(&registry, op, schemes) {
                 Ok(c) => {
                     out.insert(c.op.id.clone(), c);
                 }
@@ -140,7 +143,17 @@ fn validator(
 }
 
 impl Compiled {
-    fn new(registry: &Registry<'_>, op: Operation) -> Result<Self, Problem> {
+    fn new(registry: &Registry<'_>, op: Operation, schemes: &Value) -> Result<Self, Problem> {
+        let security = Requirements::new(&op.security, schemes).map_err(|p| {
+            Problem::new(
+                &format!(
+                    "/paths/{}/{}",
+                    op.path.as_str().replace('~', "~0").replace('/', "~1"),
+                    op.method.as_str().to_ascii_lowercase()
+                ),
+                format!("{}{}", p.pointer, p.message),
+            )
+        })?;
         let params = op
             .params
             .iter()
@@ -183,6 +196,7 @@ impl Compiled {
             params,
             body,
             responses,
+            security,
         })
     }
 
@@ -247,17 +261,29 @@ impl Compiled {
     }
 
     /// The parameters, and the content type when the operation takes a body.
+    /// The credentials the operation's security asks for: `None` when the request carries
+    /// those of some alternative (checking them is for the filters that verify them).
+    pub fn check_security(&self, head: &Head<'_>) -> Option<Violation> {
+        let query = parse_pairs(head.query.unwrap_or(""), '&', true);
+        let cookies = cookies(head.headers);
+        let carried = Carried {
+            headers: head.headers,
+            query: &query,
+            cookies: &cookies,
+        };
+        (!self.security.met(&carried)).then(|| {
+            Violation::new(
+                "/security".into(),
+                format!("credentials required: {}", self.security.describe()),
+            )
+        })
+    }
+
     pub fn check_head(&self, head: &Head<'_>, template: &PathTemplate) -> Vec<Violation> {
         let mut out = Vec::new();
         let captured = rampart_router::template_captures(template, head.path).unwrap_or_default();
         let query = parse_pairs(head.query.unwrap_or(""), '&', true);
-        let cookies: Vec<(String, String)> = head
-            .headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| parse_pairs(v, ';', false))
-            .collect();
+        let cookies = cookies(head.headers);
         for (p, v) in &self.params {
             let raw: Vec<String> = match p.location {
                 In::Path => captured
@@ -417,6 +443,14 @@ fn media_index(media: &[Media], content_type: &str) -> Option<usize> {
         .or_else(|| media.iter().position(|(m, _)| range(m) == "*/*"))
 }
 
+fn cookies(h: &http::HeaderMap) -> Vec<(String, String)> {
+    h.get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| parse_pairs(v, ';', false))
+        .collect()
+}
+
 fn decode(s: &str, plus_is_space: bool) -> String {
     let s = if plus_is_space {
         s.replace('+', " ")
@@ -426,13 +460,19 @@ fn decode(s: &str, plus_is_space: bool) -> String {
     percent_decode_str(&s).decode_utf8_lossy().into_owned()
 }
 
+/// `name=value` pairs: a query string (`form`: percent-decoded, `+` a space) or a cookie
+/// header (taken as sent: RFC 6265 defines no decoding for cookie values).
 fn parse_pairs(s: &str, sep: char, form: bool) -> Vec<(String, String)> {
     s.split(sep)
         .map(str::trim)
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (decode(k, form), decode(v, form))
+            if form {
+                (decode(k, true), decode(v, true))
+            } else {
+                (k.to_owned(), v.to_owned())
+            }
         })
         .collect()
 }
@@ -472,6 +512,8 @@ fn typed(p: &Param, raw: &[String]) -> Result<Value, String> {
                 if p.explode && p.location != In::Header && p.location != In::Path {
                     raw.iter().map(String::as_str).collect()
                 } else {
+                    // `status=` is the list of one empty string: an empty list is not sent
+                    // at all (RFC 6570's expansion, which OpenAPI's styles follow).
                     raw.iter().flat_map(|r| r.split(delimiter)).collect()
                 };
             Ok(Value::Array(
@@ -500,11 +542,25 @@ fn typed(p: &Param, raw: &[String]) -> Result<Value, String> {
 
 /// An RFC 9457 problem document for `violations` of `operation`.
 pub fn problem(operation: &str, status: u16, violations: &[Violation]) -> Value {
+    // 5xx: the gateway refused the upstream's answer, not the client's request.
+    let (kind, title, what) = if status >= 500 {
+        (
+            "response-validation",
+            "The response does not match the API",
+            "response",
+        )
+    } else {
+        (
+            "request-validation",
+            "The request does not match the API",
+            "request",
+        )
+    };
     json!({
-        "type": "https://rampart.dev/problems/request-validation",
-        "title": "The request does not match the API",
+        "type": format!("https://rampart.dev/problems/{kind}"),
+        "title": title,
         "status": status,
-        "detail": format!("{} problem(s) with the request for operation {operation}", violations.len()),
+        "detail": format!("{} problem(s) with the {what} for operation {operation}", violations.len()),
         "operation": operation,
         "errors": violations.iter().map(|v| json!({ "pointer": v.pointer, "detail": v.detail })).collect::<Vec<_>>(),
     })

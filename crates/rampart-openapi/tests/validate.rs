@@ -97,6 +97,17 @@ fn parameters_in_their_styles() {
         ["/query/limit", "/query/status/1", "/header/x-trace"],
         "{bad:?}"
     );
+    // `status=` is a list of one empty string (RFC 6570: an empty list is left out).
+    assert_eq!(
+        pointers(&head_problems(
+            &v,
+            "listOrders",
+            "/orders",
+            Some("status="),
+            &[]
+        )),
+        ["/query/status/0"]
+    );
     let bad = head_problems(&v, "listOrders", "/orders", Some("limit=ten"), &[]);
     assert_eq!(pointers(&bad), ["/query/limit"]);
     assert!(bad[0].detail.contains("integer"), "{bad:?}");
@@ -122,6 +133,29 @@ fn parameters_in_their_styles() {
     let bad = head_problems(&v, "getOrder", "/orders/x1", None, &[]);
     assert_eq!(pointers(&bad), ["/path/orderId", "/cookie/session"]);
     assert_eq!(bad[1].detail, "required");
+}
+
+#[test]
+fn security_requirements_ask_for_credentials_of_one_alternative() {
+    let (_, v) = shop();
+    let create = v.get("createOrder").unwrap();
+    let missing = |h: &[(&str, &str)]| {
+        create.check_security(&Head {
+            path: "/orders",
+            query: None,
+            headers: &headers(h),
+        })
+    };
+    let none = missing(&[]).expect("no credentials");
+    assert_eq!(none.pointer, "/security");
+    assert!(
+        none.detail.contains("x-api-key") && none.detail.contains("Bearer"),
+        "{none:?}"
+    );
+    assert_eq!(missing(&[("x-api-key", "k1")]), None);
+    assert_eq!(missing(&[("authorization", "Bearer t")]), None);
+    assert!(missing(&[("authorization", "Basic dTpw")]).is_some());
+    assert!(missing(&[("x-api-key", "")]).is_some(), "an empty key");
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! OpenAPI import, all real processes: `rampart openapi import` turns a spec's operations
 //! into routes in the config store (each with the `openapi` filter), a control plane serves
 //! them, and an xDS-fed proxy validates requests against their operation before forwarding:
-//! conforming requests (bodies intact) pass, others get RFC 9457 problem+json; a re-import of
+//! conforming requests (bodies intact) pass, others get RFC 9457 problem+json (401 when no
+//! credentials the spec's security allows are there); a re-import of
 //! a smaller spec removes the routes of operations that left it.
 
 mod support;
@@ -22,13 +23,6 @@ fn rampart(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-fn spec_path(name: &str) -> String {
-    format!(
-        "{}/../rampart-openapi/tests/specs/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    )
-}
-
 async fn call(
     addr: std::net::SocketAddr,
     method: http::Method,
@@ -36,9 +30,12 @@ async fn call(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Reply {
+    // Every shop operation asks for an API key (or a bearer token): the gateway checks
+    // that one is there; its value is for whatever verifies it.
     let mut b = http::Request::builder()
         .method(method)
-        .uri(format!("http://{addr}{path}"));
+        .uri(format!("http://{addr}{path}"))
+        .header("x-api-key", "k1");
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
@@ -53,21 +50,11 @@ async fn call(
 async fn imported_operations_validate_requests_before_the_upstream() {
     let dir = TempDir::new("openapi-import");
     let up = demo_upstream("shop").await;
-    let (_store, eps) = store_with(
-        &dir,
-        &format!(
-            "kind: Listener\nname: main\naddress: \"127.0.0.1:0\"\nroute_table: main\n---\n\
-             kind: RouteTable\nname: main\nvirtual_hosts:\n  - name: all\n    domains: [\"*\"]\n    routes:\n      \
-             - {{ match: {{ path: {{ prefix: / }} }}, direct_response: {{ status: 404, body: \"no such API\" }} }}\n---\n\
-             kind: Cluster\nname: shop\nendpoints: [\"{}\"]\n",
-            up.addr
-        ),
-    )
-    .await;
+    let (_store, eps) = store_with(&dir, &api_gateway_config("shop", &up.addr.to_string())).await;
 
     // Lint first, as a user would; then import under /echo (the demo upstream echoes bodies
     // sent there, so what reaches it can be compared with what was sent).
-    let shop = spec_path("shop.yaml");
+    let shop = openapi_spec("shop.yaml");
     let (ok, out, err) = rampart(&["openapi", "lint", &shop]);
     assert!(ok && out.contains("4 operation(s)"), "{out}{err}");
     let import = |spec: &str| {
@@ -148,6 +135,25 @@ async fn imported_operations_validate_requests_before_the_upstream() {
         .map(|e| e["pointer"].as_str().unwrap())
         .collect();
     assert_eq!(at, ["/query/limit", "/query/status/0"], "{doc}");
+    // No credentials of any alternative the spec allows: 401, before any other check.
+    let r = send(
+        &h1(),
+        http::Request::get(format!("http://{addr}/echo/orders?limit=500"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, http::StatusCode::UNAUTHORIZED);
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    assert!(r.header("x-upstream-name").is_none());
+    let doc = r.json();
+    assert_eq!(doc["errors"][0]["pointer"], "/security", "{doc}");
+    assert!(
+        doc["errors"][0]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("x-api-key")),
+        "{doc}"
+    );
     // Path templates match by segment; the parameter's schema applies.
     let r = call(
         addr,
@@ -240,7 +246,7 @@ async fn imported_operations_validate_requests_before_the_upstream() {
     let cut = text.find("  /orders/{orderId}:").unwrap();
     let end = text.find("components:").unwrap();
     std::fs::write(&smaller, format!("{}{}", &text[..cut], &text[end..])).unwrap();
-    std::fs::copy(spec_path("common.yaml"), dir.path("common.yaml")).unwrap();
+    std::fs::copy(openapi_spec("common.yaml"), dir.path("common.yaml")).unwrap();
     let (ok, out, err) = import(smaller.to_str().unwrap());
     assert!(ok && out.contains("2 operation route(s)"), "{out}{err}");
     let gone = eventually(Duration::from_secs(15), || async {
@@ -259,4 +265,83 @@ async fn imported_operations_validate_requests_before_the_upstream() {
     assert!(gone, "the route of a removed operation stayed");
     let r = call(addr, http::Method::GET, "/echo/orders?limit=0", &[], "").await;
     assert_eq!(r.status, http::StatusCode::BAD_REQUEST);
+}
+
+/// An upstream that answers every request with a teapot carrying the gateway's own
+/// local-answer marker, as if the gateway had answered.
+async fn lying_upstream() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 418 I'm a teapot\r\nx-rampart-local: 1\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Regression: the proxy marked its own answers with a header and skipped response checks
+/// for any response carrying it, so an upstream could send the marker and have an
+/// undocumented answer pass `--responses enforce`. Now the proxy tells filters who answered
+/// and removes the marker from upstream responses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_cannot_pass_its_answer_off_as_the_gateways() {
+    let dir = TempDir::new("openapi-liar");
+    let liar = lying_upstream().await;
+    let spec = dir.path("tea.yaml");
+    std::fs::write(
+        &spec,
+        "openapi: 3.1.0\ninfo: { title: Tea, version: \"1\" }\npaths:\n  /tea:\n    get:\n      \
+         operationId: getTea\n      responses: { \"200\": { description: ok } }\n",
+    )
+    .unwrap();
+    let (_store, eps) = store_with(
+        &dir,
+        &format!(
+            "kind: Listener\nname: main\naddress: \"127.0.0.1:0\"\nroute_table: main\n---\n\
+             kind: RouteTable\nname: main\nvirtual_hosts:\n  - name: all\n    domains: [\"*\"]\n    routes: []\n---\n\
+             kind: Cluster\nname: liar\nendpoints: [\"{liar}\"]\n"
+        ),
+    )
+    .await;
+    let (ok, out, err) = rampart(&[
+        "openapi",
+        "import",
+        spec.to_str().unwrap(),
+        "--cluster",
+        "liar",
+        "--responses",
+        "enforce",
+        "--endpoints",
+        &eps,
+    ]);
+    assert!(ok, "{out}{err}");
+    let (_cp, ads) = spawn_control_plane(&eps).await;
+    let mut proxy = Proc::spawn(
+        "proxy",
+        &["proxy", "--xds", &ads, "--node-id", "tea", "--workers", "1"],
+    );
+    let addr = bound(&mut proxy, "listener=main local=").await;
+    let routed = eventually(Duration::from_secs(15), || async {
+        call(addr, http::Method::GET, "/tea", &[], "").await.status != http::StatusCode::NOT_FOUND
+    })
+    .await;
+    assert!(routed, "{}", proxy.stderr());
+    let r = call(addr, http::Method::GET, "/tea", &[], "").await;
+    assert_eq!(r.status, http::StatusCode::BAD_GATEWAY, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    assert_eq!(r.json()["errors"][0]["pointer"], "/status");
 }

@@ -14,10 +14,29 @@ struct Op {
     summary: Vec<String>,
     path_params: Option<(String, Vec<(String, String)>)>,
     query: Option<String>,
-    /// The JSON body's Rust type, if the operation takes one.
-    body: Option<String>,
+    body: Option<BodyArg>,
     /// Whether axum can route it: its router takes parameters only as whole segments.
     routable: bool,
+}
+
+/// How a handler takes the request body.
+enum BodyArg {
+    /// The only media type is JSON: read into its Rust type (`Option` when not required).
+    Json { ty: String, required: bool },
+    /// Other media types too: the bytes, with the `content-type` header to tell them apart.
+    Raw { media: Vec<String> },
+}
+
+/// One query parameter as a field of the operation's query struct.
+struct QueryField {
+    wire: String,
+    field: String,
+    /// The value's (or each item's) Rust type.
+    ty: String,
+    required: bool,
+    /// For arrays: `None` when each item comes as its own `name=value` pair (form,
+    /// exploded), else the separator of the one value.
+    array: Option<Option<char>>,
 }
 
 pub(crate) struct Api {
@@ -27,7 +46,9 @@ pub(crate) struct Api {
 
 impl Api {
     pub(crate) fn new(spec: &crate::spec::Spec, ops: &[Operation], types: &mut Types) -> Self {
-        let mut params = String::from("//! Each operation's path and query parameters.\n\n");
+        let mut params = String::from(
+            "//! Each operation's path and query parameters.\n\n/// One parameter value read as its type.\n#[allow(dead_code)]\nfn parse<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String> {\n    v.parse().map_err(|_| format!(\"query parameter {name}: {v:?} does not parse\"))\n}\n\n",
+        );
         let mut out = Vec::new();
         for o in ops {
             let stem = type_name(&o.id);
@@ -43,11 +64,11 @@ impl Api {
                     )
                 })
                 .collect();
-            let query: Vec<(String, String)> = o
+            let query: Vec<QueryField> = o
                 .params
                 .iter()
                 .filter(|p| p.location == In::Query)
-                .map(|p| (p.name.clone(), field_name(&p.name)))
+                .map(query_field)
                 .collect();
             let path_struct = (!path_params.is_empty()).then(|| {
                 let name = format!("{stem}Path");
@@ -67,25 +88,26 @@ impl Api {
                         .collect(),
                 )
             });
-            // Query values stay text: arrays and objects come in the spec's own styles.
             let query_struct = (!query.is_empty()).then(|| {
                 let name = format!("{stem}Query");
-                param_struct(
-                    &mut params,
-                    &name,
-                    &query
-                        .iter()
-                        .map(|(n, f)| (n.clone(), f.clone(), "String".to_owned(), false))
-                        .collect::<Vec<_>>(),
-                );
+                query_struct(&mut params, &name, &query);
                 name
             });
             let body = body_type(spec, o, &stem, types);
-            let summary = [&o.summary, &o.description]
+            let mut summary: Vec<String> = [&o.summary, &o.description]
                 .into_iter()
                 .flatten()
                 .flat_map(|t| super::types::doc_lines(t))
                 .collect();
+            if let Some(BodyArg::Raw { media }) = &body {
+                if !summary.is_empty() {
+                    summary.push(String::new());
+                }
+                summary.push(format!(
+                    "The body as bytes, in one of: `{}` (its `content-type` tells which).",
+                    media.join("`, `")
+                ));
+            }
             out.push(Op {
                 fn_name: field_name(&o.id),
                 method: o.method.as_str().to_ascii_lowercase(),
@@ -197,10 +219,21 @@ impl Api {
             );
             let _ = writeln!(s, "        let req = self.http.{}({url_expr});", o.method);
             if o.query.is_some() {
-                s.push_str("        let req = req.query(query);\n");
+                s.push_str("        let req = req.query(&query.to_pairs());\n");
             }
-            if o.body.is_some() {
-                s.push_str("        let req = req.json(body);\n");
+            match &o.body {
+                Some(BodyArg::Json { required: true, .. }) => {
+                    s.push_str("        let req = req.json(body);\n");
+                }
+                Some(BodyArg::Json {
+                    required: false, ..
+                }) => s.push_str(
+                    "        let req = match body { Some(b) => req.json(b), None => req };\n",
+                ),
+                Some(BodyArg::Raw { .. }) => s.push_str(
+                    "        let req = req.header(\"content-type\", content_type).body(body);\n",
+                ),
+                None => {}
             }
             s.push_str("        req.send().await\n    }\n");
         }
@@ -209,21 +242,106 @@ impl Api {
     }
 }
 
-/// The Rust type of `o`'s JSON request body, if it has one with a schema.
+/// How `o`'s handler takes its request body, if it has one.
 fn body_type(
     spec: &crate::spec::Spec,
     o: &Operation,
     stem: &str,
     types: &mut Types,
-) -> Option<String> {
+) -> Option<BodyArg> {
     let b = o.body.as_ref()?;
-    let (_, place) = b
-        .content
-        .iter()
-        .find(|(m, s)| s.is_some() && (m == "application/json" || m.ends_with("+json")))?;
-    let (uri, pointer) = place.as_ref()?;
-    let schema = spec.documents.get(uri)?.pointer(pointer)?;
-    Some(types.type_of(schema, &format!("{stem}Body"), "body"))
+    let json = |m: &str| m == "application/json" || m.ends_with("+json");
+    match b.content.as_slice() {
+        [(m, Some((uri, pointer)))] if json(m) => {
+            let schema = spec.documents.get(uri)?.pointer(pointer)?;
+            Some(BodyArg::Json {
+                ty: types.type_of(schema, &format!("{stem}Body"), "body"),
+                required: b.required,
+            })
+        }
+        content => Some(BodyArg::Raw {
+            media: content.iter().map(|(m, _)| m.clone()).collect(),
+        }),
+    }
+}
+
+/// A query parameter's field: its type from the schema, arrays in the parameter's style.
+fn query_field(p: &crate::operation::Param) -> QueryField {
+    let array = (p.kind.as_deref() == Some("array")).then_some(match p.style.as_str() {
+        "spaceDelimited" => Some(' '),
+        "pipeDelimited" => Some('|'),
+        _ if p.explode => None,
+        _ => Some(','),
+    });
+    let ty = match array {
+        Some(_) => scalar(p.items.as_deref()),
+        None => scalar(p.kind.as_deref()),
+    };
+    QueryField {
+        wire: p.name.clone(),
+        field: field_name(&p.name),
+        ty,
+        required: p.required,
+        array,
+    }
+}
+
+/// The struct of an operation's query parameters, with `from_query` (a raw query string
+/// read in each parameter's style) and `to_pairs` (the same written back).
+fn query_struct(out: &mut String, name: &str, fields: &[QueryField]) {
+    param_struct(
+        out,
+        name,
+        &fields
+            .iter()
+            .map(|f| {
+                let ty = match f.array {
+                    Some(_) => format!("Vec<{}>", f.ty),
+                    None => f.ty.clone(),
+                };
+                (f.wire.clone(), f.field.clone(), ty, f.required)
+            })
+            .collect::<Vec<_>>(),
+    );
+    let mut read = String::new();
+    let mut write = String::new();
+    for f in fields {
+        let (wire, field) = (&f.wire, &f.field);
+        let value = match f.array {
+            None => format!("first({wire:?}).map(|v| parse({wire:?}, v)).transpose()?"),
+            Some(None) => format!(
+                "many({wire:?}).map(|v| v.map(|x| parse({wire:?}, x)).collect()).transpose()?"
+            ),
+            Some(Some(sep)) => format!(
+                "first({wire:?}).map(|v| v.split({sep:?}).map(|x| parse({wire:?}, x)).collect()).transpose()?"
+            ),
+        };
+        let value = if f.required {
+            format!("{value}.ok_or_else(|| format!(\"query parameter {wire} is missing\"))?")
+        } else {
+            value
+        };
+        let _ = writeln!(read, "            {field}: {value},");
+        let push = match f.array {
+            None => format!("out.push(({wire:?}.to_owned(), v.to_string()));"),
+            Some(None) => {
+                format!("for x in v {{ out.push(({wire:?}.to_owned(), x.to_string())); }}")
+            }
+            Some(Some(sep)) => format!(
+                "out.push(({wire:?}.to_owned(), v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join({:?})));",
+                sep.to_string()
+            ),
+        };
+        if f.required {
+            let _ = writeln!(write, "        let v = &self.{field};\n        {push}");
+        } else {
+            let _ = writeln!(write, "        if let Some(v) = &self.{field} {{ {push} }}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "impl {name} {{\n    /// Reads a raw query string, each parameter in its style.\n    pub fn from_query(raw: &str) -> Result<Self, String> {{\n        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw).map_err(|e| e.to_string())?;\n        #[allow(unused_variables)]\n        let first = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());\n        #[allow(unused_variables)]\n        let many = |name: &'static str| {{ let mut it = pairs.iter().filter(move |(k, _)| k == name).map(|(_, v)| v.as_str()).peekable(); it.peek().is_some().then_some(it) }};\n        Ok(Self {{\n{read}        }})\n    }}\n\n    /// The parameters as `(name, value)` pairs, in their styles.\n    pub fn to_pairs(&self) -> Vec<(String, String)> {{\n        let mut out = Vec::new();\n{write}        out\n    }}\n}}\n"
+    );
 }
 
 /// An operation with its parameters' `(own name, route name)`.
@@ -283,19 +401,38 @@ fn handler(o: &Op, names: &[(String, String)]) -> String {
         call.push("path");
     }
     if let Some(t) = &o.query {
-        extract.push(format!(
-            "axum::extract::Query(query): axum::extract::Query<crate::params::{t}>"
-        ));
+        extract.push("axum::extract::RawQuery(raw_query): axum::extract::RawQuery".into());
+        let _ = write!(
+            prelude,
+            "let query = match crate::params::{t}::from_query(raw_query.as_deref().unwrap_or(\"\")) {{ Ok(q) => q, Err(e) => return (StatusCode::BAD_REQUEST, e).into_response() }}; "
+        );
         call.push("query");
     }
     extract.push("headers: HeaderMap".into());
     call.push("headers");
-    if let Some(t) = &o.body {
-        extract.push(format!(
-            "axum::extract::Json(body): axum::extract::Json<{}>",
-            qualify(t)
-        ));
-        call.push("body");
+    match &o.body {
+        Some(BodyArg::Json { ty, required: true }) => {
+            extract.push(format!(
+                "axum::extract::Json(body): axum::extract::Json<{}>",
+                qualify(ty)
+            ));
+            call.push("body");
+        }
+        Some(BodyArg::Json {
+            ty,
+            required: false,
+        }) => {
+            extract.push(format!(
+                "body: Option<axum::extract::Json<{}>>",
+                qualify(ty)
+            ));
+            call.push("body.map(|b| b.0)");
+        }
+        Some(BodyArg::Raw { .. }) => {
+            extract.push("body: axum::body::Bytes".into());
+            call.push("body");
+        }
+        None => {}
     }
     format!(
         "|{}| async move {{ {prelude}api.{}({}).await }}",
@@ -319,8 +456,22 @@ fn arg_pairs(o: &Op, server: bool) -> Vec<(&'static str, String)> {
     if server {
         a.push(("headers", "HeaderMap".to_owned()));
     }
-    if let Some(t) = &o.body {
-        a.push(("body", format!("{amp}{}", qualify(t))));
+    match &o.body {
+        Some(BodyArg::Json { ty, required: true }) => {
+            a.push(("body", format!("{amp}{}", qualify(ty))));
+        }
+        Some(BodyArg::Json {
+            ty,
+            required: false,
+        }) => {
+            a.push(("body", format!("Option<{amp}{}>", qualify(ty))));
+        }
+        Some(BodyArg::Raw { .. }) if server => a.push(("body", "axum::body::Bytes".into())),
+        Some(BodyArg::Raw { .. }) => {
+            a.push(("content_type", "&str".into()));
+            a.push(("body", "Vec<u8>".into()));
+        }
+        None => {}
     }
     a
 }

@@ -70,7 +70,8 @@ pub fn generate(spec: &Spec, opts: &Options) -> Result<Vec<(String, String)>, Ve
         lib.push_str("\n#[cfg(test)]\nmod routes {\n    /// Every route registers (axum panics on conflicting paths).\n    #[test]\n    fn the_router_builds() {\n        let _ = crate::server::router(std::sync::Arc::new(crate::server::NotImplemented));\n    }\n}\n");
     }
     let types = format!(
-        "//! The spec's schemas as Rust types.\n#![allow(clippy::large_enum_variant, clippy::enum_variant_names)]\n\n{}",
+        "//! The spec's schemas as Rust types.\n#![allow(clippy::large_enum_variant, clippy::enum_variant_names)]\n{}\n{}",
+        types::WHOLE,
         t.out
     );
     files.push(("src/types.rs".to_owned(), types));
@@ -84,6 +85,10 @@ fn manifest(opts: &Options) -> String {
         "[package]\nname = {:?}\nversion = \"0.1.0\"\nedition = \"2021\"\npublish = false\n\n# Its own workspace: generated crates build wherever they are written.\n[workspace]\n\n[dependencies]\nserde = {{ version = \"1\", features = [\"derive\"] }}\nserde_json = \"1\"\n",
         opts.name
     );
+    if opts.server || opts.client {
+        // Query strings, read and written in each parameter's style.
+        m.push_str("serde_urlencoded = \"0.7\"\n");
+    }
     if opts.server {
         m.push_str("axum = { version = \"0.8\", default-features = false, features = [\"json\", \"query\", \"tokio\", \"http1\"] }\n");
     }

@@ -1,8 +1,8 @@
 //! Rust types for a spec's schemas: serde structs for objects, enums for string enums,
 //! `oneOf`/`anyOf` as enums (dispatched on the discriminator when there is one, else tried
 //! in order), `allOf` as a struct flattening its parts, type arrays with `"null"` as
-//! `Option`, `additionalProperties` as a map, `prefixItems` closed by `items: false` as a
-//! tuple, recursion through `Box`. Inline object and enum schemas get named types of their
+//! `Option`, `additionalProperties` as a map, `prefixItems` closed by `items: false` and
+//! required by `minItems` as a tuple, recursion through `Box`. Inline object and enum schemas get named types of their
 //! own (`OrderLinesItem`).
 
 use std::collections::BTreeSet;
@@ -183,10 +183,16 @@ impl Types {
     }
 
     fn array(&mut self, schema: &Value, owner: &str, hint: &str) -> String {
+        // A tuple only when every position must be there: `prefixItems` alone lets an array
+        // stop short (`[]` conforms), which a Rust tuple cannot read.
         if let (Some(prefix), Some(false)) = (
             schema.get("prefixItems").and_then(Value::as_array),
             schema.get("items").and_then(Value::as_bool),
-        ) {
+        ) && schema
+            .get("minItems")
+            .and_then(Value::as_u64)
+            .is_some_and(|n| n >= prefix.len() as u64)
+        {
             let parts: Vec<String> = prefix
                 .iter()
                 .enumerate()
@@ -263,11 +269,18 @@ impl Types {
             }
             let t = self.type_of(prop, rust, name);
             doc(&mut fields, "    ", prop);
-            let rename = if f == *name {
+            let mut rename = if f == *name {
                 String::new()
             } else {
                 format!("rename = {name:?}, ")
             };
+            // JSON Schema's integers include `2.0`; serde's do not.
+            if let Some(with) = whole(&t) {
+                let _ = write!(
+                    rename,
+                    "deserialize_with = \"crate::types::whole::{with}\", "
+                );
+            }
             if required.contains(name.as_str()) {
                 if rename.is_empty() {
                     let _ = writeln!(fields, "    pub {f}: {t},");
@@ -416,6 +429,51 @@ fn is_object(schema: &Value) -> bool {
     (ty.as_deref() == Some("object") || ty.is_none())
         && (schema.get("properties").is_some() || schema.get("allOf").is_some())
 }
+
+/// The reader of an integer field (`one`, or `opt` for an optional one), if `t` is one.
+fn whole(t: &str) -> Option<&'static str> {
+    const INTS: [&str; 4] = ["i64", "i32", "u32", "u64"];
+    if INTS.contains(&t) {
+        return Some("one");
+    }
+    t.strip_prefix("Option<")
+        .and_then(|t| t.strip_suffix('>'))
+        .filter(|t| INTS.contains(t))
+        .map(|_| "opt")
+}
+
+/// The module generated integer fields read through: JSON Schema counts `2.0` as the
+/// integer 2, so a client may send it, and serde's integers would refuse it.
+pub(crate) const WHOLE: &str = r#"
+/// Integer fields read as JSON Schema reads integers: `2.0` is 2.
+pub(crate) mod whole {
+    use serde::Deserialize;
+
+    fn of<T: TryFrom<i64> + TryFrom<u64>, E: serde::de::Error>(n: serde_json::Number) -> Result<T, E> {
+        let bad = || E::custom(format!("{n} is not an integer in range"));
+        if let Some(i) = n.as_i64() {
+            return T::try_from(i).map_err(|_| bad());
+        }
+        if let Some(u) = n.as_u64() {
+            return T::try_from(u).map_err(|_| bad());
+        }
+        match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && (f as i64) as f64 == f => T::try_from(f as i64).map_err(|_| bad()),
+            _ => Err(bad()),
+        }
+    }
+
+    #[allow(dead_code)]
+    pub fn one<'de, D: serde::Deserializer<'de>, T: TryFrom<i64> + TryFrom<u64>>(d: D) -> Result<T, D::Error> {
+        of(serde_json::Number::deserialize(d)?)
+    }
+
+    #[allow(dead_code)]
+    pub fn opt<'de, D: serde::Deserializer<'de>, T: TryFrom<i64> + TryFrom<u64>>(d: D) -> Result<Option<T>, D::Error> {
+        Option::<serde_json::Number>::deserialize(d)?.map(of).transpose()
+    }
+}
+"#;
 
 #[cfg(test)]
 mod tests {

@@ -603,3 +603,54 @@ pub(crate) async fn store_with(dir: &TempDir, desired: &str) -> (Proc, String) {
     assert!(ok, "apply: {out}");
     (store, eps)
 }
+
+/// A spec from crates/rampart-openapi/tests/specs.
+pub(crate) fn openapi_spec(name: &str) -> String {
+    format!(
+        "{}/../rampart-openapi/tests/specs/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// `rampart openapi codegen SPEC --out OUT ARGS...`, which must succeed.
+pub(crate) fn openapi_codegen(spec: &str, out: &Path, args: &[&str]) {
+    let generated = Command::new(bin())
+        .args(["openapi", "codegen", spec, "--out"])
+        .arg(out)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        generated.status.success(),
+        "codegen {spec}: {}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+}
+
+/// `cargo SUBCOMMAND ARGS --manifest-path MANIFEST` for a generated crate, warnings denied,
+/// in the build directory generated crates share beside the workspace's; its output.
+pub(crate) fn cargo_generated(manifest: &Path, args: &[&str]) -> std::process::Output {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| PathBuf::from("target"), PathBuf::from)
+        .join("openapi-codegen");
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .arg("--manifest-path")
+        .arg(manifest)
+        .env("CARGO_TARGET_DIR", &target)
+        .env("RUSTFLAGS", "-D warnings")
+        .env("CARGO_TERM_COLOR", "never")
+        .output()
+        .unwrap()
+}
+
+/// The desired state for an API gateway test: listener `main` on a free port, route table
+/// `main` answering 404 to anything no imported route takes, cluster `NAME` at `endpoint`.
+pub(crate) fn api_gateway_config(cluster: &str, endpoint: &str) -> String {
+    format!(
+        "kind: Listener\nname: main\naddress: \"127.0.0.1:0\"\nroute_table: main\n---\n\
+         kind: RouteTable\nname: main\nvirtual_hosts:\n  - name: all\n    domains: [\"*\"]\n    routes:\n      \
+         - {{ match: {{ path: {{ prefix: / }} }}, direct_response: {{ status: 404, body: \"no such API\" }} }}\n---\n\
+         kind: Cluster\nname: {cluster}\nendpoints: [\"{endpoint}\"]\n"
+    )
+}
