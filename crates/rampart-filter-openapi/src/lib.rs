@@ -4,6 +4,7 @@
 //! filters:
 //!   - openapi:
 //!       spec: api/shop.yaml        # with the files its $refs name
+//!       digest: 3f1c...            # (set by import) the spec's SHA-256 when imported
 //!       operation: createOrder     # operationId (or "METHOD /path" without one)
 //!       mode: enforce              # enforce (default): 400 problem+json | report: log and count
 //!       max_body_bytes: 1048576    # a larger body is refused (413) when it must be checked
@@ -44,6 +45,8 @@ use rampart_proxy::filter::{
 #[serde(deny_unknown_fields)]
 struct RawOpenApi {
     spec: String,
+    #[serde(default)]
+    digest: Option<String>,
     operation: String,
     #[serde(default)]
     mode: Option<String>,
@@ -59,6 +62,9 @@ struct RawOpenApi {
 #[derive(Debug, Clone)]
 pub struct OpenApiConfig {
     pub spec: PathBuf,
+    /// The SHA-256 of the spec `rampart openapi import` read: a spec that changes changes
+    /// the route (and so rebuilds the filter); a gateway whose copy differs says so.
+    pub digest: Option<String>,
     pub operation: String,
     pub enforce: bool,
     pub max_body: usize,
@@ -139,6 +145,7 @@ impl FilterFactory for OpenApiFactory {
         }
         Ok(OpenApiConfig {
             spec: PathBuf::from(raw.spec),
+            digest: raw.digest,
             operation: raw.operation,
             enforce,
             max_body: usize::try_from(raw.max_body_bytes.unwrap_or(1 << 20)).unwrap_or(usize::MAX),
@@ -167,7 +174,12 @@ impl FilterFactory for OpenApiFactory {
             field: field.into(),
             message,
         };
-        let validators = cache.get(&config.spec).map_err(|m| fail("spec", m))?;
+        let (validators, digest) = cache.get(&config.spec).map_err(|m| fail("spec", m))?;
+        if let Some(want) = &config.digest
+            && *want != digest
+        {
+            tracing::warn!(spec = %config.spec.display(), imported = %want, here = %digest, "this gateway's copy of the spec is not the one imported: it validates against its own");
+        }
         let Some(op) = validators.get(&config.operation) else {
             let mut known: Vec<&str> = validators.operations().map(|o| o.id.as_str()).collect();
             known.sort_unstable();
@@ -220,24 +232,26 @@ struct Labels {
 /// Specs compiled once per content, shared by every route (and version) that uses them.
 #[derive(Default)]
 struct Compiled {
+    /// Path → (digest of the content compiled, its validators).
     specs: Mutex<HashMap<PathBuf, (String, Arc<Validators>)>>,
     violations: Family<Labels, Counter>,
 }
 
 impl Compiled {
-    fn get(&self, path: &PathBuf) -> Result<Arc<Validators>, String> {
+    /// The validators of the spec at `path` as it is now, and its digest.
+    fn get(&self, path: &PathBuf) -> Result<(Arc<Validators>, String), String> {
         let spec = Spec::load(path).map_err(|p| join(&p))?;
-        // The documents as read: an unchanged spec is not compiled again.
-        let key = serde_json::to_string(&spec.documents).unwrap_or_default();
+        // An unchanged spec is not compiled again.
+        let digest = spec.digest();
         let mut specs = self.specs.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((k, v)) = specs.get(path)
-            && *k == key
+        if let Some((d, v)) = specs.get(path)
+            && *d == digest
         {
-            return Ok(v.clone());
+            return Ok((v.clone(), digest));
         }
         let v = Arc::new(Validators::compile(&spec).map_err(|p| join(&p))?);
-        specs.insert(path.clone(), (key, v.clone()));
-        Ok(v)
+        specs.insert(path.clone(), (digest.clone(), v.clone()));
+        Ok((v, digest))
     }
 }
 

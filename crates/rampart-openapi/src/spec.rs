@@ -110,6 +110,24 @@ impl Spec {
         &self.documents[&self.uri]
     }
 
+    /// SHA-256 (hex) of the documents as read, each named relative to the root's directory:
+    /// the same spec has the same digest wherever its files are.
+    pub fn digest(&self) -> String {
+        let dir = self.uri.rsplit_once('/').map_or("", |(d, _)| d);
+        let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+        for (uri, doc) in &self.documents {
+            let name = uri.strip_prefix(dir).unwrap_or(uri);
+            for part in [name.as_bytes(), b"\0", doc.to_string().as_bytes(), b"\0"] {
+                h.update(part);
+            }
+        }
+        h.finish()
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// What `reference` (a `$ref` written in the document at `base`) points to, with its
     /// document's URI and the pointer within it.
     pub fn resolve<'s>(

@@ -265,7 +265,7 @@ fn specificity(op: &Operation) -> Vec<(u8, String)> {
 fn routes(
     a: &ImportArgs,
     extra: &Extra,
-    spec_path: &std::path::Path,
+    (spec_path, digest): (&std::path::Path, &str),
     ops: &mut [Operation],
 ) -> Vec<Value> {
     ops.sort_by(|x, y| {
@@ -278,7 +278,14 @@ fn routes(
     let base = a.base_path.trim_end_matches('/');
     ops.iter()
         .map(|op| {
-            let mut filter = json!({ "spec": spec_path, "operation": op.id, "mode": a.mode });
+            // The digest changes the route when the spec does (its paths and operations
+            // unchanged): gateways rebuild the filter and compile the new content.
+            let mut filter = json!({
+                "spec": spec_path,
+                "digest": digest,
+                "operation": op.id,
+                "mode": a.mode,
+            });
             if a.responses != "off" {
                 filter["responses"] = json!(a.responses);
             }
@@ -337,7 +344,7 @@ fn import(a: &ImportArgs) -> Result<ExitCode> {
     let mut ops =
         rampart_openapi::operation::operations(&spec).map_err(|p| anyhow::anyhow!("{p:?}"))?;
     let extra = Extra::parse(a)?;
-    let new = routes(a, &extra, &path, &mut ops);
+    let new = routes(a, &extra, (&path, &spec.digest()), &mut ops);
     let count = new.len();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -427,7 +434,12 @@ mod tests {
             },
         };
         let extra = Extra::parse(&a).unwrap();
-        let rs = routes(&a, &extra, std::path::Path::new("/x/shop.yaml"), &mut ops);
+        let rs = routes(
+            &a,
+            &extra,
+            (std::path::Path::new("/x/shop.yaml"), "d1"),
+            &mut ops,
+        );
         // `one` requires the key scheme alone: its filter first; the policy after validation.
         let chain: Vec<&str> = rs[1]["filters"]
             .as_array()

@@ -265,6 +265,23 @@ async fn imported_operations_validate_requests_before_the_upstream() {
     assert!(gone, "the route of a removed operation stayed");
     let r = call(addr, http::Method::GET, "/echo/orders?limit=0", &[], "").await;
     assert_eq!(r.status, http::StatusCode::BAD_REQUEST);
+
+    // The same operations with a stricter schema, re-imported from the same file: the
+    // routes change (the spec's digest), and gateways validate against the new content.
+    let r = call(addr, http::Method::GET, "/echo/orders?limit=50", &[], "").await;
+    assert_eq!(r.header("x-upstream-name"), Some("shop"));
+    let text = std::fs::read_to_string(&smaller).unwrap();
+    std::fs::write(&smaller, text.replace("maximum: 100", "maximum: 10")).unwrap();
+    let (ok, out, err) = import(smaller.to_str().unwrap());
+    assert!(ok && !out.contains("unchanged"), "{out}{err}");
+    let swapped = eventually(Duration::from_secs(15), || async {
+        call(addr, http::Method::GET, "/echo/orders?limit=50", &[], "")
+            .await
+            .status
+            == http::StatusCode::BAD_REQUEST
+    })
+    .await;
+    assert!(swapped, "the new spec was not used:\n{}", proxy.stderr());
 }
 
 /// An upstream that answers every request with a teapot carrying the gateway's own
