@@ -3,7 +3,8 @@
 //! - [`spec::Spec`]: a spec with every file its relative `$ref`s name, each under its own
 //!   `file://` URI so that JSON Schema references (`$ref`, `$id`, `$dynamicRef`) resolve as
 //!   written; remote references are not fetched.
-//! - [`lint`]: structure and reference problems, each at a JSON pointer.
+//! - [`lint`]: structure and reference problems, each at a JSON pointer;
+//!   [`locate`] finds the pointer's line.
 //! - [`operation`]: each operation's method, path template, id, tags, security,
 //!   parameters and request body.
 //! - [`security`]: the credentials an operation's security requirements ask a request for.
@@ -18,6 +19,7 @@
 
 pub mod codegen;
 pub mod lint;
+pub mod locate;
 pub mod operation;
 pub mod security;
 pub mod spec;
@@ -28,7 +30,8 @@ use std::fmt;
 /// Something wrong with a spec, where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
-    /// A JSON pointer into the root document (empty: the document as a whole).
+    /// A JSON pointer into the root document (empty: the document as a whole), or
+    /// `file.yaml#/pointer` into another file of the spec.
     pub pointer: String,
     pub message: String,
 }
@@ -46,8 +49,11 @@ impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.pointer.is_empty() {
             write!(f, "{}", self.message)
-        } else {
+        } else if self.pointer.starts_with('/') {
             write!(f, "#{}: {}", self.pointer, self.message)
+        } else {
+            // In another file: `common.yaml#/components/...`.
+            write!(f, "{}: {}", self.pointer, self.message)
         }
     }
 }

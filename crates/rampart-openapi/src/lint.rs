@@ -1,5 +1,6 @@
 //! `rampart openapi lint`: what would stop a spec from becoming routes and validators,
-//! each problem at a JSON pointer (in another file: `file.yaml#/pointer`).
+//! each problem at a JSON pointer (in another file: `file.yaml#/pointer`);
+//! [`crate::locate`] turns them into lines.
 
 use serde_json::Value;
 
@@ -22,7 +23,8 @@ pub fn lint(spec: &Spec) -> Vec<Problem> {
     match root.get("paths") {
         Some(Value::Object(paths)) => {
             for p in paths.keys().filter(|p| !p.starts_with('/')) {
-                out.push(Problem::new("/paths", format!("{p:?} must start with '/'")));
+                let at = format!("/paths/{}", p.replace('~', "~0").replace('/', "~1"));
+                out.push(Problem::new(&at, format!("{p:?} must start with '/'")));
             }
         }
         Some(_) => out.push(Problem::new("/paths", "must be an object")),
@@ -44,7 +46,7 @@ pub fn lint(spec: &Spec) -> Vec<Problem> {
         let prefix = if *uri == spec.uri {
             String::new()
         } else {
-            uri.rsplit('/').next().unwrap_or(uri).to_owned()
+            format!("{}#", uri.rsplit('/').next().unwrap_or(uri))
         };
         refs(doc, "", &mut |pointer, r| {
             let at = format!("{prefix}{pointer}");

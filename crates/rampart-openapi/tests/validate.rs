@@ -249,7 +249,7 @@ fn lint_names_each_problem_at_its_pointer() {
         .collect();
     for want in [
         "#/info/version: missing",
-        "#/paths: \"c\" must start with '/'",
+        "#/paths/c: \"c\" must start with '/'",
         "$ref \"#/components/parameters/Nope\" points at nothing",
     ] {
         assert!(

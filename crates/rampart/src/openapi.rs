@@ -173,10 +173,15 @@ fn load_clean(path: &std::path::Path) -> Result<Option<Spec>> {
     }
 }
 
+/// Each problem with the file and line its pointer reaches (`shop.yaml:12: #/paths/...`).
 fn report(path: &std::path::Path, problems: &[rampart_openapi::Problem]) {
     eprintln!("{}: {} problem(s)", path.display(), problems.len());
+    let mut at = rampart_openapi::locate::Locator::default();
     for p in problems {
-        eprintln!("  {p}");
+        match at.find(path, &p.pointer) {
+            Some((file, line)) => eprintln!("  {}:{line}: {p}", file.display()),
+            None => eprintln!("  {p}"),
+        }
     }
 }
 

@@ -362,3 +362,36 @@ async fn an_upstream_cannot_pass_its_answer_off_as_the_gateways() {
     assert_eq!(r.header("content-type"), Some("application/problem+json"));
     assert_eq!(r.json()["errors"][0]["pointer"], "/status");
 }
+
+#[test]
+fn lint_names_the_file_and_line_of_each_problem() {
+    let dir = TempDir::new("openapi-lint");
+    std::fs::write(
+        dir.path("api.yaml"),
+        "openapi: 3.1.0\ninfo:\n  title: Broken\npaths:\n  /a:\n    get:\n      \
+         requestBody:\n        content:\n          application/json:\n            \
+         schema: { $ref: \"parts.yaml#/components/schemas/Part\" }\n      responses: {}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path("parts.yaml"),
+        "components:\n  schemas:\n    Part:\n      properties:\n        y: { $ref: \"#/nowhere\" }\n",
+    )
+    .unwrap();
+    let (ok, _, err) = rampart(&["openapi", "lint", dir.path("api.yaml").to_str().unwrap()]);
+    assert!(!ok);
+    let lines: Vec<&str> = err.lines().map(str::trim).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with("api.yaml:2: #/info/version: missing (a string)")),
+        "{err}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l
+                .contains("parts.yaml:5: parts.yaml#/components/schemas/Part/properties/y/$ref")),
+        "{err}"
+    );
+}
