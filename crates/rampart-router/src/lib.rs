@@ -9,7 +9,8 @@
 //!    case-insensitive, port ignored unless the domain names one): an exact domain first,
 //!    then the longest `*.suffix` wildcard, then the longest `prefix.*` wildcard, then `*`.
 //! 2. **Route**: the virtual host's routes in the order written; the first whose every
-//!    condition holds wins (as in Envoy). Conditions: path (exact, prefix, or a regex that must
+//!    condition holds wins (as in Envoy). Exact and template paths sit in a segment tree, so a
+//!    lookup checks only the routes whose path can match (and the prefix and regex ones). Conditions: path (exact, prefix, or a regex that must
 //!    match the whole path), method (any listed), headers and query parameters (all listed
 //!    must hold; `invert` negates one).
 //!
@@ -28,7 +29,10 @@ use rampart_config::model::{
 use rampart_config::template::{Part, PathTemplate, Segment};
 
 pub mod consistent;
+mod index;
 pub mod normalize;
+
+use index::PathIndex;
 
 /// What the matcher looks at.
 #[derive(Debug, Clone, Copy)]
@@ -65,6 +69,8 @@ pub struct RouteTable<T = ()> {
     virtual_hosts: Vec<VirtualHost>,
     /// `[virtual host][route]`, as `virtual_hosts`.
     data: Vec<Vec<Arc<T>>>,
+    /// Each virtual host's routes by path segment.
+    index: Vec<PathIndex>,
     exact: HashMap<String, usize>,
     /// (suffix, vhost) longest first.
     suffixes: Vec<(String, usize)>,
@@ -131,10 +137,16 @@ impl<T> RouteTable<T> {
         // Longest first; stable so that equal lengths keep file order.
         suffixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
         prefixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        let index = table
+            .virtual_hosts
+            .iter()
+            .map(|vh| PathIndex::new(&vh.routes))
+            .collect();
         Self {
             name: table.name,
             virtual_hosts: table.virtual_hosts,
             data,
+            index,
             exact,
             suffixes,
             prefixes,
@@ -183,17 +195,26 @@ impl<T> RouteTable<T> {
             .ok_or(NoRoute::NoVirtualHost)?;
         let virtual_host = &self.virtual_hosts[vhost];
         let data = self.data.get(vhost).ok_or(NoRoute::NoVirtualHost)?;
-        virtual_host
+        let routes = &virtual_host.routes;
+        let i = self.index[vhost]
+            .first(req.path, |i| route_matches(&routes[i], req))
+            .ok_or(NoRoute::NoRouteMatched)?;
+        Ok(Matched {
+            virtual_host,
+            entry: &routes[i],
+            data: &data[i],
+        })
+    }
+
+    /// The first matching route by a scan of every route, as the index must agree with.
+    #[cfg(test)]
+    fn route_by_scan(&self, req: &RequestView<'_>) -> Option<&str> {
+        let vhost = self.virtual_host_index(req.authority)?;
+        self.virtual_hosts[vhost]
             .routes
             .iter()
-            .zip(data)
-            .find(|(r, _)| route_matches(r, req))
-            .map(|(entry, data)| Matched {
-                virtual_host,
-                entry,
-                data,
-            })
-            .ok_or(NoRoute::NoRouteMatched)
+            .find(|r| route_matches(r, req))
+            .map(|r| r.name.as_str())
     }
 }
 

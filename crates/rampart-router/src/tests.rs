@@ -388,3 +388,68 @@ fn parameters_inside_a_segment() {
     let re = regex::Regex::new(&t.to_regex()).unwrap();
     assert!(re.is_match("/repos/me/compare/main...feature"));
 }
+
+/// A route table of `routes` (kind, segments, method) under one `*` host: 0 exact, 1 prefix,
+/// 2 template (`{p}` for segment choice 1, `{m}.v` for 2), 3 no path condition.
+/// (kind, segments as (choice, literal), POST only).
+type RouteSpec = (u8, Vec<(u8, &'static str)>, bool);
+
+fn mixed_table(routes: &[RouteSpec]) -> RouteTable {
+    let mut yaml = String::from(
+        "listeners:\n  - { name: l, address: \"127.0.0.1:1\", route_table: t }\nclusters:\n  - { name: c, endpoints: [\"127.0.0.1:2\"] }\nroute_tables:\n  - name: t\n    virtual_hosts:\n      - name: all\n        domains: [\"*\"]\n        routes:\n",
+    );
+    for (i, (kind, segs, post)) in routes.iter().enumerate() {
+        let path: String = segs
+            .iter()
+            .enumerate()
+            .map(|(j, (choice, lit))| match (kind, choice) {
+                (2, 1) => format!("/{{p{j}}}"),
+                (2, 2) => format!("/{{m{j}}}.v"),
+                _ => format!("/{lit}"),
+            })
+            .collect();
+        let path = if path.is_empty() {
+            "/".to_owned()
+        } else {
+            path
+        };
+        let cond = match kind {
+            0 => format!("path: {{ exact: \"{path}\" }}, "),
+            1 => format!("path: {{ prefix: \"{path}\" }}, "),
+            2 => format!("path: {{ template: \"{path}\" }}, "),
+            _ => String::new(),
+        };
+        let methods = if *post {
+            "methods: [POST]"
+        } else {
+            "methods: []"
+        };
+        yaml.push_str(&format!(
+            "          - {{ name: r{i}, match: {{ {cond}{methods} }}, forward: {{ cluster: c }} }}\n"
+        ));
+    }
+    let cfg = rampart_config::from_yaml(&yaml).unwrap();
+    RouteTable::new(&cfg.route_tables[0])
+}
+
+proptest! {
+    /// The segment tree picks the route a scan of every route picks, whatever the mix of
+    /// exact, prefix, template and path-less routes, and whatever the path.
+    #[test]
+    fn the_index_agrees_with_a_scan(
+        routes in proptest::collection::vec(
+            (0u8..4, proptest::collection::vec((0u8..3, proptest::sample::select(vec!["a", "b", "c", "a.v"])), 0..4), any::<bool>()),
+            1..14,
+        ),
+        path in proptest::collection::vec(proptest::sample::select(vec!["a", "b", "c", "", "a.v", "x.v", "zz"]), 0..5),
+        post in any::<bool>(),
+    ) {
+        let t = mixed_table(&routes);
+        let path = format!("/{}", path.join("/"));
+        let method = if post { Method::POST } else { Method::GET };
+        let headers = HeaderMap::new();
+        let req = RequestView { method: &method, authority: "h", path: &path, query: None, headers: &headers };
+        let indexed = t.route(&req).ok().map(|m| m.entry.name.clone());
+        prop_assert_eq!(indexed.as_deref(), t.route_by_scan(&req), "{}", path);
+    }
+}
