@@ -83,10 +83,10 @@ SERVE_PID=$!
 STARTED_PIDS+=("$SERVE_PID")
 wait_ready "rampart serve" "$SERVE_PID" "http://127.0.0.1:$ADMIN/ready" "$OUT_DIR/serve.log"
 for route in orders plain; do
-    got="$(curl -sS -X POST -H 'content-type: application/json' --data-binary "@$BENCH_BODY_FILE" "http://127.0.0.1:$LISTEN/echo/$route")"
+    got="$(curl -sS -X POST -H 'content-type: application/json' -H 'x-api-key: bench' --data-binary "@$BENCH_BODY_FILE" "http://127.0.0.1:$LISTEN/echo/$route")"
     [[ "$got" == "$(cat "$BENCH_BODY_FILE")" ]] || die "POST /echo/$route did not come back whole: $got"
 done
-code="$(curl -sS -o /dev/null -w '%{http_code}' -X POST -H 'content-type: application/json' -d '{"lines":[]}' "http://127.0.0.1:$LISTEN/echo/orders")"
+code="$(curl -sS -o /dev/null -w '%{http_code}' -X POST -H 'content-type: application/json' -H 'x-api-key: bench' -d '{"lines":[]}' "http://127.0.0.1:$LISTEN/echo/orders")"
 [[ "$code" == 400 ]] || die "an invalid order got $code, not 400"
 
 declare -A RPS P99

@@ -489,6 +489,11 @@ impl Held {
 }
 
 impl BodyObserver for BodyCheck {
+    /// It holds the body and lets it through whole, or refuses it: never changes it.
+    fn keeps_length(&self) -> bool {
+        true
+    }
+
     fn on_data(&mut self, chunk: &mut Bytes, end_of_stream: bool) -> Result<(), BodyReject> {
         let f = &self.filter;
         if self.held.len + chunk.len() > f.config.max_body {

@@ -12,6 +12,7 @@
 //!   (JSON Schema 2020-12 with formats, via the jsonschema crate), problems as RFC 9457
 //!   documents.
 //!
+//! - [`tape`]: request bodies read for validation with one allocation, not one per node.
 //! - [`codegen`]: a Rust crate (serde types, an axum server trait, a reqwest client).
 //!
 //! Routes from a spec (`rampart openapi import`) and the gateway filter that runs the
@@ -23,6 +24,7 @@ pub mod locate;
 pub mod operation;
 pub mod security;
 pub mod spec;
+pub mod tape;
 pub mod validate;
 
 use std::fmt;

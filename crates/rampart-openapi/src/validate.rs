@@ -16,6 +16,7 @@ use crate::Problem;
 use crate::operation::{In, Operation, Param, operations};
 use crate::security::{Carried, Requirements};
 use crate::spec::Spec;
+use crate::tape::{Doc, TapeJson};
 
 /// One way a request differs from its operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +41,7 @@ pub struct Validators {
     ops: HashMap<String, Compiled>,
 }
 
-type Media = (String, Option<Validator>);
+type Media = (String, Option<BodyValidator>);
 
 pub struct Compiled {
     pub op: Operation,
@@ -123,10 +124,31 @@ fn with_ids(v: &Value, out: &mut Vec<(String, Value)>) {
     }
 }
 
-fn validator(
+fn validator(registry: &Registry<'_>, place: &(String, String)) -> Result<Validator, Problem> {
+    validator_for::<jsonschema::json::SerdeJson>(registry, place)
+}
+
+/// A body schema's validators: over the tape (the common case, a valid body, read with one
+/// allocation) and over a `Value` (what the tape leaves to serde_json, and every error's words).
+pub struct BodyValidator {
+    value: Validator,
+    tape: jsonschema::Validator<TapeJson>,
+}
+
+fn body_validator(
+    registry: &Registry<'_>,
+    place: &(String, String),
+) -> Result<BodyValidator, Problem> {
+    Ok(BodyValidator {
+        value: validator(registry, place)?,
+        tape: validator_for::<TapeJson>(registry, place)?,
+    })
+}
+
+fn validator_for<F: jsonschema::json::Json>(
     registry: &Registry<'_>,
     (uri, pointer): &(String, String),
-) -> Result<Validator, Problem> {
+) -> Result<jsonschema::Validator<F>, Problem> {
     let escaped: String = pointer
         .split('/')
         .map(|s| {
@@ -134,7 +156,7 @@ fn validator(
         })
         .collect::<Vec<_>>()
         .join("/");
-    jsonschema::options()
+    jsonschema::options_for::<F>()
         .with_draft(jsonschema::Draft::Draft202012)
         .with_registry(registry)
         .should_validate_formats(true)
@@ -170,21 +192,7 @@ impl Compiled {
         let body = op
             .body
             .as_ref()
-            .map(|b| {
-                let media = b
-                    .content
-                    .iter()
-                    .map(|(m, s)| {
-                        let v = if is_json(m) {
-                            s.as_ref().map(|s| validator(registry, s)).transpose()?
-                        } else {
-                            None
-                        };
-                        Ok((m.clone(), v))
-                    })
-                    .collect::<Result<Vec<_>, Problem>>()?;
-                Ok::<_, Problem>((b.required, media))
-            })
+            .map(|b| Ok::<_, Problem>((b.required, media_validators(registry, &b.content)?)))
             .transpose()?;
         let responses = op
             .responses
@@ -384,7 +392,9 @@ fn media_validators(
         .iter()
         .map(|(m, s)| {
             let v = if is_json(m) {
-                s.as_ref().map(|s| validator(registry, s)).transpose()?
+                s.as_ref()
+                    .map(|s| body_validator(registry, s))
+                    .transpose()?
             } else {
                 None
             };
@@ -393,11 +403,17 @@ fn media_validators(
         .collect()
 }
 
-fn json_violations(v: &Validator, body: &[u8]) -> Vec<Violation> {
+fn json_violations(v: &BodyValidator, body: &[u8]) -> Vec<Violation> {
+    // The common case, a valid body: read onto the tape, checked without collecting errors.
+    if let Some(doc) = Doc::parse(body)
+        && v.tape.is_valid(doc.root())
+    {
+        return Vec::new();
+    }
     match serde_json::from_slice::<Value>(body) {
-        // The common case, valid, without collecting errors.
-        Ok(value) if v.is_valid(&value) => Vec::new(),
+        Ok(value) if v.value.is_valid(&value) => Vec::new(),
         Ok(value) => v
+            .value
             .iter_errors(&value)
             .map(|e| Violation::new(format!("/body{}", e.instance_path()), e.to_string()))
             .collect(),

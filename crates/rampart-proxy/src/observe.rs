@@ -144,7 +144,11 @@ impl Body for ObservedBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
+        if self.observers.iter().all(|o| o.keeps_length()) {
+            self.inner.size_hint()
+        } else {
+            SizeHint::default()
+        }
     }
 }
 

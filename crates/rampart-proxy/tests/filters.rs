@@ -153,6 +153,11 @@ struct RejectWord {
 }
 
 impl BodyObserver for RejectWord {
+    /// It refuses or passes, never changes a byte.
+    fn keeps_length(&self) -> bool {
+        true
+    }
+
     fn on_data(&mut self, chunk: &mut Bytes, _eos: bool) -> Result<(), BodyReject> {
         let mut window = std::mem::take(&mut self.tail);
         window.extend_from_slice(chunk);
@@ -299,4 +304,21 @@ async fn body_observers_see_and_can_reject_streamed_chunks() {
     let r = send(&c, post("this is forbidden text")).await;
     assert_eq!(r.status, 422, "{}", r.text());
     assert!(r.text().contains("FORBIDDEN WORD"), "{}", r.text());
+}
+
+#[tokio::test]
+async fn an_observer_that_keeps_the_body_keeps_its_length_upstream() {
+    let (_up, tg) = setup().await;
+    let r = send(
+        &h1(),
+        Request::post(format!("http://{}/hello", tg.addr))
+            .body(Full::new(Bytes::from_static(b"abc")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = String::from_utf8_lossy(&r.body).to_lowercase();
+    let j: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(j["headers"]["content-length"], "3", "{j}");
+    assert!(j["headers"].get("transfer-encoding").is_none(), "{j}");
 }

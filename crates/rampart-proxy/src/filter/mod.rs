@@ -106,6 +106,13 @@ impl<'a> Flow<'a> {
 pub trait BodyObserver: Send {
     fn on_data(&mut self, chunk: &mut Bytes, end_of_stream: bool) -> Result<(), BodyReject>;
 
+    /// Whether what it lets through is, byte for byte, what came in (it may hold chunks
+    /// back or refuse the body, never change it): then the request keeps its
+    /// `content-length` (and its framing upstream) instead of going out chunked.
+    fn keeps_length(&self) -> bool {
+        false
+    }
+
     fn on_trailers(&mut self, _trailers: &mut http::HeaderMap) -> Result<(), BodyReject> {
         Ok(())
     }

@@ -209,8 +209,10 @@ async fn request_body(
         ProxyBody::request(body, x.body_limit(), pace, a)
     };
     if !observers.is_empty() {
+        if !observers.iter().all(|o| o.keeps_length()) {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
         body = ProxyBody::boxed(ObservedBody::new(body, observers, abort.clone()));
-        parts.headers.remove(header::CONTENT_LENGTH);
     }
     Ok(Payload {
         replay: None,

@@ -424,8 +424,10 @@ async fn finish_response<'f>(
     if observers.is_empty() {
         Response::from_parts(parts, body)
     } else {
-        // Observers may change chunk sizes: the length is no longer known up front.
-        parts.headers.remove(header::CONTENT_LENGTH);
+        // Observers that may change the body: the length is no longer known up front.
+        if !observers.iter().all(|o| o.keeps_length()) {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
         Response::from_parts(
             parts,
             ProxyBody::boxed(ObservedBody::new(body, observers, None)),
