@@ -99,6 +99,9 @@ impl Spec {
                 format!("version {version:?}: only 3.1 (and 3.0, upgraded) are read"),
             ));
         }
+        for doc in documents.values_mut() {
+            integer_formats(doc);
+        }
         Ok(Self {
             uri,
             documents,
@@ -239,6 +242,40 @@ fn upgrade_schemas(v: &mut Value) {
     match v {
         Value::Object(m) => m.values_mut().for_each(upgrade_schemas),
         Value::Array(a) => a.iter_mut().for_each(upgrade_schemas),
+        _ => {}
+    }
+}
+
+/// OpenAPI's `int32`/`int64` (and unsigned) formats as the bounds they mean: JSON Schema
+/// checks formats of strings only, and an integer past 64 bits is still an integer to it, so
+/// without them a gateway would pass `9223372036854775808` to a server that reads an `i64`.
+/// Bounds a schema gives itself are kept.
+fn integer_formats(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            let integer = match m.get("type") {
+                Some(Value::String(t)) => t == "integer",
+                Some(Value::Array(ts)) => ts.iter().any(|t| t == "integer"),
+                _ => false,
+            };
+            let bounds: Option<(Value, Value)> = match m.get("format").and_then(Value::as_str) {
+                Some("int32") if integer => Some((i32::MIN.into(), i32::MAX.into())),
+                Some("int64") if integer => Some((i64::MIN.into(), i64::MAX.into())),
+                Some("uint32") if integer => Some((0.into(), u32::MAX.into())),
+                Some("uint64") if integer => Some((0.into(), u64::MAX.into())),
+                _ => None,
+            };
+            if let Some((lo, hi)) = bounds {
+                if !m.contains_key("minimum") && !m.contains_key("exclusiveMinimum") {
+                    m.insert("minimum".into(), lo);
+                }
+                if !m.contains_key("maximum") && !m.contains_key("exclusiveMaximum") {
+                    m.insert("maximum".into(), hi);
+                }
+            }
+            m.values_mut().for_each(integer_formats);
+        }
+        Value::Array(a) => a.iter_mut().for_each(integer_formats),
         _ => {}
     }
 }

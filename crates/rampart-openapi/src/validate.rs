@@ -497,14 +497,11 @@ fn parse_pairs(s: &str, sep: char, form: bool) -> Vec<(String, String)> {
 /// parse, so that the schema reports it).
 fn scalar(kind: Option<&str>, s: &str) -> Value {
     match kind {
-        Some("integer") => s
-            .parse::<i64>()
-            .map_or_else(|_| Value::from(s), Value::from),
-        Some("number") => s
-            .parse::<f64>()
-            .ok()
-            .and_then(|n| serde_json::Number::from_f64(n).map(Value::Number))
-            .unwrap_or_else(|| Value::from(s)),
+        // JSON's number grammar, read as a JSON body's would be: an integer of any size is
+        // an integer (past 64 bits, as a float), `1.0` too; the schema's `type` decides.
+        Some("integer" | "number") => s
+            .parse::<serde_json::Number>()
+            .map_or_else(|_| Value::from(s), Value::Number),
         Some("boolean") => match s {
             "true" => Value::Bool(true),
             "false" => Value::Bool(false),

@@ -108,6 +108,16 @@ fn parameters_in_their_styles() {
         )),
         ["/query/status/0"]
     );
+    // An integer past 64 bits is still an integer (here too large for the maximum).
+    let big = head_problems(
+        &v,
+        "listOrders",
+        "/orders",
+        Some("limit=277235772300084531220463556231168"),
+        &[],
+    );
+    assert_eq!(pointers(&big), ["/query/limit"]);
+    assert!(!big[0].detail.contains("type"), "{big:?}");
     let bad = head_problems(&v, "listOrders", "/orders", Some("limit=ten"), &[]);
     assert_eq!(pointers(&bad), ["/query/limit"]);
     assert!(bad[0].detail.contains("integer"), "{bad:?}");
@@ -130,6 +140,15 @@ fn parameters_in_their_styles() {
         &[("cookie", "session=ab")],
     );
     assert_eq!(pointers(&bad), ["/path/orderId", "/cookie/session"]);
+    // `format: int64` bounds the integer (JSON Schema alone would take any size).
+    let bad = head_problems(
+        &v,
+        "getOrder",
+        "/orders/9223372036854775808",
+        None,
+        &[("cookie", "session=abcd")],
+    );
+    assert_eq!(pointers(&bad), ["/path/orderId"], "{bad:?}");
     let bad = head_problems(&v, "getOrder", "/orders/x1", None, &[]);
     assert_eq!(pointers(&bad), ["/path/orderId", "/cookie/session"]);
     assert_eq!(bad[1].detail, "required");

@@ -255,7 +255,7 @@ fn body_type(
         [(m, Some((uri, pointer)))] if json(m) => {
             let schema = spec.documents.get(uri)?.pointer(pointer)?;
             Some(BodyArg::Json {
-                ty: types.type_of(schema, &format!("{stem}Body"), "body"),
+                ty: types.type_of(schema, stem, "body"),
                 required: b.required,
             })
         }

@@ -15,7 +15,7 @@ def _header(response, name):
 
 @schemathesis.check
 def rampart_gateway_answers(ctx, response, case):
-    served = _header(response, "x-served-by") == "shop-server"
+    served = _header(response, "x-served-by").endswith("-server")
     status = response.status_code
     if 200 <= status < 300 and not served:
         raise AssertionError(f"{status} did not come from the server")
