@@ -35,4 +35,5 @@ fn generated_crate_builds_and_round_trips(spec: &str, min_examples: usize) {
 fn every_spec_generates_a_crate_that_compiles_and_round_trips_its_examples() {
     generated_crate_builds_and_round_trips("zoo.yaml", 4);
     generated_crate_builds_and_round_trips("shop.yaml", 0);
+    generated_crate_builds_and_round_trips("minimal.yaml", 2);
 }

@@ -132,7 +132,7 @@ impl Api {
 
     pub(crate) fn server(&self) -> String {
         let mut s = String::from(
-            "//! The API as an axum service: implement [`Api`] (or start from [`NotImplemented`]),\n//! serve [`router`].\n\nuse std::collections::HashMap;\nuse std::future::Future;\nuse std::sync::Arc;\n\nuse axum::extract::State;\nuse axum::http::{HeaderMap, StatusCode};\nuse axum::response::{IntoResponse, Response};\n\n/// One method per operation; each answers with a whole response.\npub trait Api: Send + Sync + 'static {\n",
+            "//! The API as an axum service: implement [`Api`] (or start from [`NotImplemented`]),\n//! serve [`router`].\n\nuse std::future::Future;\nuse std::sync::Arc;\n\nuse axum::extract::State;\nuse axum::http::{HeaderMap, StatusCode};\nuse axum::response::{IntoResponse, Response};\n\n/// One method per operation; each answers with a whole response.\npub trait Api: Send + Sync + 'static {\n",
         );
         let mut stubs = String::new();
         for o in &self.ops {
@@ -382,7 +382,7 @@ fn handler(o: &Op, names: &[(String, String)]) -> String {
     let mut prelude = String::new();
     if let Some((t, fields)) = &o.path_params {
         extract
-            .push("axum::extract::Path(raw): axum::extract::Path<HashMap<String, String>>".into());
+            .push("axum::extract::Path(raw): axum::extract::Path<std::collections::HashMap<String, String>>".into());
         let inits: Vec<String> = fields
             .iter()
             .map(|(wire, field)| {

@@ -269,39 +269,30 @@ impl Types {
             }
             let t = self.type_of(prop, rust, name);
             doc(&mut fields, "    ", prop);
-            let mut rename = if f == *name {
-                String::new()
+            let required = required.contains(name.as_str());
+            // Optional fields are `Option`s (a type array with "null" may make one already).
+            let t = if required || t.starts_with("Option<") {
+                t
             } else {
-                format!("rename = {name:?}, ")
+                format!("Option<{t}>")
             };
+            let mut attrs = Vec::new();
+            if f != *name {
+                attrs.push(format!("rename = {name:?}"));
+            }
             // JSON Schema's integers include `2.0`; serde's do not.
             if let Some(with) = whole(&t) {
-                let _ = write!(
-                    rename,
-                    "deserialize_with = \"crate::types::whole::{with}\", "
-                );
+                attrs.push(format!(
+                    "deserialize_with = \"crate::types::whole::{with}\""
+                ));
             }
-            if required.contains(name.as_str()) {
-                if rename.is_empty() {
-                    let _ = writeln!(fields, "    pub {f}: {t},");
-                } else {
-                    let _ = writeln!(
-                        fields,
-                        "    #[serde({})]\n    pub {f}: {t},",
-                        rename.trim_end_matches(", ")
-                    );
-                }
-            } else {
-                let t = if t.starts_with("Option<") {
-                    t
-                } else {
-                    format!("Option<{t}>")
-                };
-                let _ = writeln!(
-                    fields,
-                    "    #[serde({rename}default, skip_serializing_if = \"Option::is_none\")]\n    pub {f}: {t},"
-                );
+            if !required {
+                attrs.push("default, skip_serializing_if = \"Option::is_none\"".into());
             }
+            if !attrs.is_empty() {
+                let _ = writeln!(fields, "    #[serde({})]", attrs.join(", "));
+            }
+            let _ = writeln!(fields, "    pub {f}: {t},");
         }
         if let Some(extra) = schema.get("additionalProperties").filter(|v| v.is_object()) {
             let t = self.type_of(extra, rust, "extra");
