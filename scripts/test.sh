@@ -44,8 +44,9 @@ if [[ $(id -u) -eq 0 ]] && ! mountpoint -q /sys/kernel/tracing; then
 fi
 
 # Clients Rampart did not write, in a virtualenv beside the build cache (PyPI wheels; reused
-# across runs): an xDS client (scripts/xds_client.py) on Python's gRPC and protoc, and
-# schemathesis, which fuzzes an imported OpenAPI spec through the gateway.
+# across runs): an xDS client (scripts/xds_client.py) on Python's gRPC and protoc,
+# schemathesis, which fuzzes an imported OpenAPI spec through the gateway, and
+# kubernetes-validate.
 venv=/var/cache/rampart/venv
 if ! "$venv/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null; then
     section "python venv with grpcio and grpcio-tools ($venv)"
@@ -57,8 +58,15 @@ if [[ "$("$venv/bin/schemathesis" --version 2>/dev/null)" != *4.32.5* ]]; then
     section "schemathesis 4.32.5 in $venv"
     "$venv/bin/pip" install -q schemathesis==4.32.5
 fi
+# kubernetes-validate checks the operator's generated CRDs against Kubernetes' own schemas
+# (bundled in the wheel; no cluster needed).
+if [[ "$("$venv/bin/kubernetes-validate" --version 2>/dev/null)" != *1.33.1* ]]; then
+    section "kubernetes-validate 1.33.1 in $venv"
+    "$venv/bin/pip" install -q kubernetes-validate==1.33.1
+fi
 export RAMPART_PYTHON="$venv/bin/python"
 export RAMPART_SCHEMATHESIS="$venv/bin/schemathesis"
+export RAMPART_KUBE_VALIDATE="$venv/bin/kubernetes-validate"
 
 for c in rustfmt clippy; do
     rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"

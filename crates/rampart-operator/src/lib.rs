@@ -4,7 +4,12 @@
 //!   Provisioning → Running, or → Failed → RolledBack to the last known good generation when
 //!   the proxies refuse the config, health checks fail or errors rise within the bake time.
 //!
-//! The Kubernetes side (Gateway API and Rampart CRDs on kube-rs, the controller, leader
-//! election, the workloads) builds on this.
+//! - [`crds`]: Rampart's custom resources (RampartPolicy, RampartFunction, RampartWasmPlugin,
+//!   RampartCluster) on kube-rs, their CRDs generated from the types, the rollout kept in
+//!   their status.
+//!
+//! The controller, the Gateway API translation, leader election and the workloads build on
+//! these.
 
+pub mod crds;
 pub mod rollout;

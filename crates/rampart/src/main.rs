@@ -35,6 +35,8 @@ mod kv;
 mod kv_bench;
 #[cfg(feature = "full")]
 mod openapi;
+#[cfg(feature = "full")]
+mod operator;
 mod plugins;
 #[cfg(feature = "full")]
 mod policy;
@@ -146,6 +148,10 @@ enum Command {
     #[cfg(feature = "full")]
     #[command(subcommand)]
     Openapi(openapi::OpenApiCommand),
+    /// The Kubernetes operator: its CRDs.
+    #[cfg(feature = "full")]
+    #[command(subcommand)]
+    Operator(operator::OperatorCommand),
     /// Run the built-in demo upstream alone (for tests and benchmarks).
     DemoUpstream {
         #[arg(long, default_value = DEMO_UPSTREAM)]
@@ -319,6 +325,8 @@ fn run(cmd: Command) -> Result<ExitCode> {
         Command::Fn(cmd) => Ok(functions::run(cmd)),
         #[cfg(feature = "full")]
         Command::Openapi(cmd) => Ok(openapi::run(cmd)),
+        #[cfg(feature = "full")]
+        Command::Operator(cmd) => operator::run(&cmd),
         #[cfg(feature = "full")]
         Command::Proxy(args) => xds_client::proxy(args),
         #[cfg(feature = "full")]

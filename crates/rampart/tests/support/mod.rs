@@ -654,3 +654,14 @@ pub(crate) fn api_gateway_config(cluster: &str, endpoint: &str) -> String {
          kind: Cluster\nname: {cluster}\nendpoints: [\"{endpoint}\"]\n"
     )
 }
+
+/// `rampart ARGS...`, which must succeed; its standard output.
+pub(crate) fn rampart_ok(args: &[&str]) -> String {
+    let out = Command::new(bin()).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "rampart {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}

@@ -1,0 +1,126 @@
+//! `rampart operator crds`: the CRDs generated from the operator's Rust types are valid
+//! CustomResourceDefinitions for Kubernetes 1.33 (kubernetes-validate from PyPI, with its
+//! bundled schemas, in strict mode) and structural (every schema node typed, as the API
+//! server requires), with a status subresource and the rollout's status fields.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+use support::*;
+
+/// kubernetes-validate from the virtualenv scripts/test.sh makes, or `RAMPART_KUBE_VALIDATE`.
+fn kubernetes_validate() -> Option<PathBuf> {
+    let v = std::env::var_os("RAMPART_KUBE_VALIDATE").map_or_else(
+        || PathBuf::from("/var/cache/rampart/venv/bin/kubernetes-validate"),
+        PathBuf::from,
+    );
+    Command::new(&v)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+        .then_some(v)
+}
+
+/// Where a schema is not structural: a node with neither a type nor one of the extensions
+/// that stand for one.
+fn untyped(schema: &Value, at: &str, out: &mut Vec<String>) {
+    let Some(m) = schema.as_object() else {
+        out.push(format!("{at}: not an object"));
+        return;
+    };
+    let typed = m.contains_key("type")
+        || m.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true))
+        || m.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true));
+    if !typed {
+        out.push(format!("{at}: no type"));
+    }
+    for (name, sub) in m
+        .get("properties")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        untyped(sub, &format!("{at}.{name}"), out);
+    }
+    if let Some(items) = m.get("items") {
+        untyped(items, &format!("{at}[]"), out);
+    }
+    if let Some(extra) = m.get("additionalProperties").filter(|v| v.is_object()) {
+        untyped(extra, &format!("{at}{{}}"), out);
+    }
+}
+
+#[test]
+fn generated_crds_are_valid_and_structural() {
+    let text = rampart_ok(&["operator", "crds"]);
+    let docs: Vec<Value> = text
+        .split("\n---")
+        .map(|d| d.trim_start_matches("---").trim())
+        .filter(|d| !d.is_empty())
+        .map(|d| serde_saphyr::from_str(d).unwrap())
+        .collect();
+    let kinds: Vec<&str> = docs
+        .iter()
+        .map(|d| d["spec"]["names"]["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "RampartPolicy",
+            "RampartFunction",
+            "RampartWasmPlugin",
+            "RampartCluster"
+        ]
+    );
+    for d in &docs {
+        assert_eq!(d["apiVersion"], "apiextensions.k8s.io/v1");
+        assert_eq!(d["kind"], "CustomResourceDefinition");
+        assert_eq!(d["spec"]["group"], "rampart.dev");
+        assert_eq!(d["spec"]["scope"], "Namespaced");
+        let v = &d["spec"]["versions"][0];
+        assert!(v["subresources"]["status"].is_object(), "{d}");
+        let schema = &v["schema"]["openAPIV3Schema"];
+        let mut bad = Vec::new();
+        untyped(schema, "", &mut bad);
+        assert!(
+            bad.is_empty(),
+            "{}: not structural: {bad:?}",
+            d["metadata"]["name"]
+        );
+        let status = &schema["properties"]["status"]["properties"];
+        for field in [
+            "phase",
+            "observedGeneration",
+            "lastGoodGeneration",
+            "conditions",
+        ] {
+            assert!(status[field].is_object(), "{field} in {status}");
+        }
+    }
+
+    let Some(validate) = kubernetes_validate() else {
+        loud_skip(
+            "generated_crds_are_valid_and_structural",
+            &"no kubernetes-validate (scripts/test.sh installs it in /var/cache/rampart/venv)",
+        );
+        return;
+    };
+    let dir = TempDir::new("operator-crds");
+    let file = dir.path("crds.yaml");
+    std::fs::write(&file, &text).unwrap();
+    let checked = Command::new(validate)
+        .args(["--strict", "-k", "1.33.0"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(checked.status.success(), "kubernetes-validate: {said}");
+    assert_eq!(said.matches("INFO").count(), 4, "{said}");
+}
