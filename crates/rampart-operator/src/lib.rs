@@ -8,8 +8,12 @@
 //!   RampartCluster) on kube-rs, their CRDs generated from the types, the rollout kept in
 //!   their status.
 //!
-//! The controller, the Gateway API translation, leader election and the workloads build on
-//! these.
+//! - [`gateway`], [`translate`]: Gateways and HTTPRoutes (gateway.networking.k8s.io/v1) as
+//!   Rampart listeners, route tables and clusters, ordered by the Gateway API's precedence.
+//!
+//! The controller, leader election and the workloads build on these.
 
 pub mod crds;
+pub mod gateway;
 pub mod rollout;
+pub mod translate;

@@ -1,0 +1,318 @@
+//! Gateway API resources as Rampart config: each HTTP listener of a Gateway a Rampart
+//! listener with its route table, each hostname a virtual host, each match of an HTTPRoute
+//! rule a route (ordered by the Gateway API's precedence, not by the order of the objects),
+//! each backend Service port a cluster on the Service's DNS name. A pure function: the
+//! controller writes the result to the store through the same checked path as `rampart
+//! apply`, and reports the problems as route conditions.
+
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
+
+use kube::ResourceExt;
+use serde_json::{Value, json};
+
+use crate::gateway::{BackendRef, Gateway, HTTPRoute, Match, Rule};
+
+/// What the Gateway API resources come to.
+#[derive(Debug, Default)]
+pub struct Translated {
+    pub listeners: Vec<Value>,
+    pub route_tables: Vec<Value>,
+    pub clusters: Vec<Value>,
+    /// `(namespace/route, problem)`: what could not be programmed, for its conditions.
+    pub problems: Vec<(String, String)>,
+}
+
+impl Translated {
+    /// The config sections (`listeners`, `route_tables`, `clusters`), as a config file has them.
+    pub fn config(&self) -> Value {
+        json!({
+            "listeners": self.listeners,
+            "route_tables": self.route_tables,
+            "clusters": self.clusters,
+        })
+    }
+}
+
+/// One Rampart route with what orders it.
+struct Entry {
+    key: (
+        u8,
+        Reverse<usize>,
+        bool,
+        Reverse<usize>,
+        Reverse<usize>,
+        String,
+        String,
+    ),
+    /// The order within one match (an exact route before its prefix twin).
+    seq: (usize, usize, usize),
+    route: Value,
+}
+
+/// Gateway API resources to Rampart config; `domain` is the cluster's DNS domain
+/// (`cluster.local`).
+pub fn translate(gateways: &[Gateway], routes: &[HTTPRoute], domain: &str) -> Translated {
+    let mut out = Translated::default();
+    let mut clusters: BTreeMap<String, Value> = BTreeMap::new();
+    for gw in gateways {
+        let ns = gw.namespace().unwrap_or_else(|| "default".into());
+        for l in gw.spec.listeners.iter().filter(|l| l.protocol == "HTTP") {
+            let name = format!("gw-{ns}-{}-{}", gw.name_any(), l.name);
+            // hostname → entries (routes without hostnames under "*").
+            let mut hosts: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
+            for r in routes.iter().filter(|r| attached(r, gw, &ns, &l.name)) {
+                let entries = entries(r, domain, &mut clusters, &mut out.problems);
+                let names: Vec<String> = if r.spec.hostnames.is_empty() {
+                    vec![l.hostname.clone().unwrap_or_else(|| "*".into())]
+                } else {
+                    r.spec.hostnames.clone()
+                };
+                for h in names {
+                    hosts.entry(h).or_default().extend(entries.iter().map(copy));
+                }
+            }
+            out.listeners.push(json!({
+                "name": name,
+                "address": format!("0.0.0.0:{}", l.port),
+                "route_table": name,
+            }));
+            out.route_tables.push(json!({
+                "name": name,
+                "virtual_hosts": virtual_hosts(hosts),
+            }));
+        }
+    }
+    out.clusters = clusters.into_values().collect();
+    out
+}
+
+fn copy(e: &Entry) -> Entry {
+    Entry {
+        key: e.key.clone(),
+        seq: e.seq,
+        route: e.route.clone(),
+    }
+}
+
+/// Whether `r` names this Gateway (and listener, or none).
+fn attached(r: &HTTPRoute, gw: &Gateway, gw_ns: &str, listener: &str) -> bool {
+    let ns = r.namespace().unwrap_or_else(|| "default".into());
+    r.spec.parent_refs.iter().any(|p| {
+        p.name == gw.name_any()
+            && p.namespace.as_deref().unwrap_or(&ns) == gw_ns
+            && p.section_name.as_deref().is_none_or(|s| s == listener)
+    })
+}
+
+/// Each hostname a virtual host; routes without hostnames also serve every named host (as
+/// the Gateway API has them), after its own in precedence order.
+fn virtual_hosts(mut hosts: BTreeMap<String, Vec<Entry>>) -> Vec<Value> {
+    let any: Vec<Entry> = hosts
+        .get("*")
+        .map(|v| v.iter().map(copy).collect())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for (i, (host, entries)) in hosts.iter_mut().enumerate() {
+        if host != "*" {
+            entries.extend(any.iter().map(copy));
+        }
+        entries.sort_by(|a, b| a.key.cmp(&b.key).then(a.seq.cmp(&b.seq)));
+        let routes: Vec<Value> = entries.iter().map(|e| e.route.clone()).collect();
+        out.push(json!({ "name": format!("host-{i}"), "domains": [host], "routes": routes }));
+    }
+    out
+}
+
+/// The Rampart routes of one HTTPRoute, each with its precedence.
+fn entries(
+    r: &HTTPRoute,
+    domain: &str,
+    clusters: &mut BTreeMap<String, Value>,
+    problems: &mut Vec<(String, String)>,
+) -> Vec<Entry> {
+    let ns = r.namespace().unwrap_or_else(|| "default".into());
+    let id = format!("{ns}/{}", r.name_any());
+    let created = r
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| format!("{:?}", t.0))
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for (ri, rule) in r.spec.rules.iter().enumerate() {
+        let action = match action(rule, &ns, domain, clusters) {
+            Ok(a) => a,
+            Err(why) => {
+                problems.push((id.clone(), format!("rule {ri}: {why}")));
+                continue;
+            }
+        };
+        let all = [Match::default()];
+        let matches = if rule.matches.is_empty() {
+            &all[..]
+        } else {
+            &rule.matches[..]
+        };
+        for (mi, m) in matches.iter().enumerate() {
+            let (kind, value) = m
+                .path
+                .as_ref()
+                .map_or(("PathPrefix", "/"), |p| (p.kind.as_str(), p.value.as_str()));
+            let rank = match kind {
+                "Exact" => 0,
+                "PathPrefix" => 1,
+                _ => 2,
+            };
+            let key = (
+                rank,
+                Reverse(value.len()),
+                m.method.is_none(),
+                Reverse(m.headers.len()),
+                Reverse(m.query_params.len()),
+                created.clone(),
+                id.clone(),
+            );
+            let paths = match paths(kind, value) {
+                Ok(p) => p,
+                Err(why) => {
+                    problems.push((id.clone(), format!("rule {ri} match {mi}: {why}")));
+                    continue;
+                }
+            };
+            for (pi, path) in paths.into_iter().enumerate() {
+                let mut route = action.clone();
+                route["name"] = json!(format!("{ns}.{}.r{ri}.m{mi}.p{pi}", r.name_any()));
+                route["match"] = matcher(m, &path);
+                out.push(Entry {
+                    key: key.clone(),
+                    seq: (ri, mi, pi),
+                    route,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// A Gateway API path match as Rampart path conditions. `PathPrefix` matches whole
+/// segments (`/api` takes `/api` and `/api/x`, not `/apix`): an exact route and a prefix
+/// route on `/api/`.
+fn paths(kind: &str, value: &str) -> Result<Vec<Value>, String> {
+    if !value.starts_with('/') {
+        return Err(format!("path {value:?} must start with '/'"));
+    }
+    Ok(match kind {
+        "Exact" => vec![json!({ "exact": value })],
+        "RegularExpression" => vec![json!({ "regex": value })],
+        "PathPrefix" => {
+            let base = value.trim_end_matches('/');
+            if base.is_empty() {
+                vec![json!({ "prefix": "/" })]
+            } else {
+                vec![
+                    json!({ "exact": base }),
+                    json!({ "prefix": format!("{base}/") }),
+                ]
+            }
+        }
+        other => return Err(format!("path match type {other:?} is not supported")),
+    })
+}
+
+fn matcher(m: &Match, path: &Value) -> Value {
+    let values = |v: &[crate::gateway::ValueMatch], lower: bool| -> Vec<Value> {
+        v.iter()
+            .map(|h| {
+                let name = if lower {
+                    h.name.to_ascii_lowercase()
+                } else {
+                    h.name.clone()
+                };
+                if h.kind == "RegularExpression" {
+                    json!({ "name": name, "regex": h.value })
+                } else {
+                    json!({ "name": name, "exact": h.value })
+                }
+            })
+            .collect()
+    };
+    json!({
+        "path": path,
+        "methods": m.method.iter().collect::<Vec<_>>(),
+        "headers": values(&m.headers, true),
+        "query": values(&m.query_params, false),
+    })
+}
+
+/// What a rule does: forward to its backends (weighted), with its header edits; or 500
+/// when it has no backend (as the Gateway API asks).
+fn action(
+    rule: &Rule,
+    ns: &str,
+    domain: &str,
+    clusters: &mut BTreeMap<String, Value>,
+) -> Result<Value, String> {
+    let mut route = json!({});
+    for f in &rule.filters {
+        match (f.kind.as_str(), &f.request_header_modifier) {
+            ("RequestHeaderModifier", Some(h)) => {
+                let pairs = |v: &[crate::gateway::Header]| -> BTreeMap<String, String> {
+                    v.iter()
+                        .map(|x| (x.name.to_ascii_lowercase(), x.value.clone()))
+                        .collect()
+                };
+                route["request_headers"] = json!({
+                    "set": pairs(&h.set),
+                    "add": pairs(&h.add),
+                    "remove": h.remove.iter().map(|x| x.to_ascii_lowercase()).collect::<Vec<_>>(),
+                });
+            }
+            (other, _) => return Err(format!("filter {other:?} is not supported")),
+        }
+    }
+    let backends: Vec<(String, u32)> = rule
+        .backend_refs
+        .iter()
+        .filter(|b| b.weight > 0)
+        .map(|b| cluster(b, ns, domain, clusters).map(|c| (c, b.weight)))
+        .collect::<Result<_, _>>()?;
+    match backends.as_slice() {
+        [] => {
+            route["direct_response"] = json!({ "status": 500, "body": "no backend\n" });
+        }
+        [(c, _)] => route["forward"] = json!({ "cluster": c }),
+        many => {
+            let weighted: Vec<Value> = many
+                .iter()
+                .map(|(c, w)| json!({ "cluster": c, "weight": w }))
+                .collect();
+            route["forward"] = json!({ "weighted_clusters": weighted });
+        }
+    }
+    Ok(route)
+}
+
+/// The cluster of a backend Service port, added once.
+fn cluster(
+    b: &BackendRef,
+    ns: &str,
+    domain: &str,
+    clusters: &mut BTreeMap<String, Value>,
+) -> Result<String, String> {
+    let port = b
+        .port
+        .ok_or_else(|| format!("backend {:?} names no port", b.name))?;
+    let ns = b.namespace.as_deref().unwrap_or(ns);
+    let name = format!("svc-{ns}-{}-{port}", b.name);
+    clusters.entry(name.clone()).or_insert_with(|| {
+        json!({
+            "name": name,
+            "endpoints": [format!("{}.{ns}.svc.{domain}:{port}", b.name)],
+        })
+    });
+    Ok(name)
+}
+
+#[cfg(test)]
+mod tests;

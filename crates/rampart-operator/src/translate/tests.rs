@@ -1,0 +1,166 @@
+use serde_json::json;
+
+use super::*;
+use crate::gateway::{GatewaySpec, HTTPRouteSpec};
+
+fn gateway() -> Gateway {
+    let mut g = Gateway::new(
+        "edge",
+        serde_json::from_value::<GatewaySpec>(json!({
+            "gatewayClassName": "rampart",
+            "listeners": [
+                { "name": "http", "port": 80, "protocol": "HTTP" },
+                { "name": "tls", "port": 443, "protocol": "HTTPS" },
+            ],
+        }))
+        .unwrap(),
+    );
+    g.metadata.namespace = Some("web".into());
+    g
+}
+
+fn route(name: &str, spec: serde_json::Value) -> HTTPRoute {
+    let mut r = HTTPRoute::new(name, serde_json::from_value::<HTTPRouteSpec>(spec).unwrap());
+    r.metadata.namespace = Some("web".into());
+    r
+}
+
+fn routes() -> Vec<HTTPRoute> {
+    vec![
+        route(
+            "shop",
+            json!({
+                "parentRefs": [{ "name": "edge" }],
+                "hostnames": ["shop.example.com"],
+                "rules": [
+                    { "matches": [{ "path": { "type": "PathPrefix", "value": "/api" } }],
+                      "backendRefs": [{ "name": "api", "port": 8080, "weight": 90 },
+                                      { "name": "api-canary", "port": 8080, "weight": 10 }] },
+                    { "matches": [{ "path": { "type": "PathPrefix", "value": "/api/orders" }, "method": "POST",
+                                    "headers": [{ "name": "X-Tenant", "value": "acme" }] }],
+                      "filters": [{ "type": "RequestHeaderModifier",
+                                    "requestHeaderModifier": { "set": [{ "name": "X-From", "value": "gw" }] } }],
+                      "backendRefs": [{ "name": "orders", "port": 9000 }] },
+                    { "matches": [{ "path": { "type": "Exact", "value": "/health" } }] },
+                ],
+            }),
+        ),
+        route(
+            "fallback",
+            json!({
+                "parentRefs": [{ "name": "edge", "sectionName": "http" }],
+                "rules": [{ "backendRefs": [{ "name": "web", "namespace": "front", "port": 80 }] }],
+            }),
+        ),
+        route(
+            "mirror",
+            json!({
+                "parentRefs": [{ "name": "edge" }],
+                "rules": [{ "filters": [{ "type": "RequestMirror" }], "backendRefs": [{ "name": "x", "port": 1 }] }],
+            }),
+        ),
+        route(
+            "elsewhere",
+            json!({ "parentRefs": [{ "name": "other-gateway" }],
+                    "rules": [{ "backendRefs": [{ "name": "nope", "port": 1 }] }] }),
+        ),
+    ]
+}
+
+/// The route a request takes through the translated config, by Rampart's own router.
+fn picks(
+    out: &Translated,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<String> {
+    let cfg = rampart_config::from_yaml(&out.config().to_string()).unwrap();
+    let table = rampart_router::RouteTable::new(&cfg.route_tables[0]);
+    let method = http::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut h = http::HeaderMap::new();
+    for (k, v) in headers {
+        h.insert(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    let req = rampart_router::RequestView {
+        method: &method,
+        authority: host,
+        path,
+        query: None,
+        headers: &h,
+    };
+    table.route(&req).ok().map(|m| m.entry.name.clone())
+}
+
+#[test]
+fn http_listeners_routes_and_backends_become_valid_rampart_config() {
+    let out = translate(&[gateway()], &routes(), "cluster.local");
+    // Only the HTTP listener is served; the config passes Rampart's own validation.
+    assert_eq!(out.listeners.len(), 1);
+    assert_eq!(out.listeners[0]["address"], "0.0.0.0:80");
+    rampart_config::from_yaml(&out.config().to_string()).expect("valid Rampart config");
+    let clusters: Vec<&str> = out
+        .clusters
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        clusters,
+        [
+            "svc-front-web-80",
+            "svc-web-api-8080",
+            "svc-web-api-canary-8080",
+            "svc-web-orders-9000"
+        ]
+    );
+    assert_eq!(
+        out.clusters[0]["endpoints"][0],
+        "web.front.svc.cluster.local:80"
+    );
+    // The unsupported filter is reported, not programmed; other gateways' routes are not here.
+    assert_eq!(out.problems.len(), 1, "{:?}", out.problems);
+    assert!(out.problems[0].0 == "web/mirror" && out.problems[0].1.contains("RequestMirror"));
+    assert!(!out.config().to_string().contains("nope"));
+}
+
+#[test]
+fn requests_take_the_route_the_gateway_api_precedence_gives() {
+    let out = translate(&[gateway()], &routes(), "cluster.local");
+    let shop = "shop.example.com";
+    // The longer prefix, with its method and header, before the shorter one.
+    assert_eq!(
+        picks(&out, shop, "POST", "/api/orders/7", &[("x-tenant", "acme")]).as_deref(),
+        Some("web.shop.r1.m0.p1")
+    );
+    assert_eq!(
+        picks(&out, shop, "GET", "/api/orders/7", &[]).as_deref(),
+        Some("web.shop.r0.m0.p1")
+    );
+    // PathPrefix matches whole segments.
+    assert_eq!(
+        picks(&out, shop, "GET", "/api", &[]).as_deref(),
+        Some("web.shop.r0.m0.p0")
+    );
+    assert_eq!(
+        picks(&out, shop, "GET", "/apix", &[]).as_deref(),
+        Some("web.fallback.r0.m0.p0")
+    );
+    // The exact match, with no backend: a 500 route.
+    assert_eq!(
+        picks(&out, shop, "GET", "/health", &[]).as_deref(),
+        Some("web.shop.r2.m0.p0")
+    );
+    // Another host: only the routes without hostnames.
+    assert_eq!(
+        picks(&out, "other.example", "GET", "/api", &[]).as_deref(),
+        Some("web.fallback.r0.m0.p0")
+    );
+    let cfg = out.config().to_string();
+    assert!(
+        cfg.contains("\"weight\":90") && cfg.contains("\"x-from\":\"gw\""),
+        "{cfg}"
+    );
+}
