@@ -11,9 +11,14 @@
 //! - [`gateway`], [`translate`]: Gateways and HTTPRoutes (gateway.networking.k8s.io/v1) as
 //!   Rampart listeners, route tables and clusters, ordered by the Gateway API's precedence.
 //!
+//! - [`manifests`]: what installs the operator (namespace, service account, least-privilege
+//!   RBAC, a Deployment of two replicas running `rampart operator run`, the controller, which
+//!   is not built yet).
+//!
 //! The controller, leader election and the workloads build on these.
 
 pub mod crds;
 pub mod gateway;
+pub mod manifests;
 pub mod rollout;
 pub mod translate;

@@ -1,4 +1,5 @@
-//! `rampart operator crds`: the CRDs generated from the operator's Rust types are valid
+//! `rampart operator crds` and `manifests`: the CRDs generated from the operator's Rust types and the
+//! install objects (RBAC, Deployment) are valid
 //! CustomResourceDefinitions for Kubernetes 1.33 (kubernetes-validate from PyPI, with its
 //! bundled schemas, in strict mode) and structural (every schema node typed, as the API
 //! server requires), with a status subresource and the rollout's status fields.
@@ -22,6 +23,33 @@ fn kubernetes_validate() -> Option<PathBuf> {
         .output()
         .is_ok_and(|o| o.status.success())
         .then_some(v)
+}
+
+/// kubernetes-validate in strict mode against Kubernetes 1.33's schemas: every one of the
+/// `objects` documents of `text` passes.
+fn strictly_valid(test: &str, text: &str, objects: usize) {
+    let Some(validate) = kubernetes_validate() else {
+        loud_skip(
+            test,
+            &"no kubernetes-validate (scripts/test.sh installs it in /var/cache/rampart/venv)",
+        );
+        return;
+    };
+    let dir = TempDir::new("kubernetes-validate");
+    let file = dir.path("objects.yaml");
+    std::fs::write(&file, text).unwrap();
+    let checked = Command::new(validate)
+        .args(["--strict", "-k", "1.33.0"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(checked.status.success(), "kubernetes-validate: {said}");
+    assert_eq!(said.matches(" passed ").count(), objects, "{said}");
 }
 
 /// Where a schema is not structural: a node with neither a type nor one of the extensions
@@ -101,26 +129,33 @@ fn generated_crds_are_valid_and_structural() {
         }
     }
 
-    let Some(validate) = kubernetes_validate() else {
-        loud_skip(
-            "generated_crds_are_valid_and_structural",
-            &"no kubernetes-validate (scripts/test.sh installs it in /var/cache/rampart/venv)",
-        );
-        return;
-    };
-    let dir = TempDir::new("operator-crds");
-    let file = dir.path("crds.yaml");
-    std::fs::write(&file, &text).unwrap();
-    let checked = Command::new(validate)
-        .args(["--strict", "-k", "1.33.0"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
+    strictly_valid("generated_crds_are_valid_and_structural", &text, 4);
+}
+
+#[test]
+fn install_manifests_are_valid_kubernetes_objects() {
+    let text = rampart_ok(&["operator", "manifests", "--namespace", "edge-system"]);
+    let kinds: Vec<String> = text
+        .split("\n---")
+        .map(|d| d.trim_start_matches("---").trim())
+        .filter(|d| !d.is_empty())
+        .map(|d| {
+            let v: Value = serde_saphyr::from_str(d).unwrap();
+            v["kind"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "Namespace",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+            "Deployment"
+        ]
     );
-    assert!(checked.status.success(), "kubernetes-validate: {said}");
-    assert_eq!(said.matches("INFO").count(), 4, "{said}");
+    assert!(text.contains("namespace: edge-system"), "{text}");
+    strictly_valid("install_manifests_are_valid_kubernetes_objects", &text, 7);
 }
