@@ -1,8 +1,8 @@
-//! `rampart operator crds` and `manifests`: the CRDs generated from the operator's Rust types and the
-//! install objects (RBAC, Deployment) are valid
-//! CustomResourceDefinitions for Kubernetes 1.33 (kubernetes-validate from PyPI, with its
-//! bundled schemas, in strict mode) and structural (every schema node typed, as the API
-//! server requires), with a status subresource and the rollout's status fields.
+//! `rampart operator crds` and `manifests`: the CRDs generated from the operator's Rust
+//! types and the install objects (namespace, RBAC, Deployment) pass kubernetes-validate
+//! (PyPI, with Kubernetes 1.33's schemas bundled) in strict mode; the CRDs are structural
+//! (every schema node typed, as the API server requires), with a status subresource and the
+//! rollout's status fields.
 
 mod support;
 
