@@ -23,7 +23,43 @@ pub struct Translated {
     pub problems: Vec<(String, String)>,
 }
 
+/// Where Services are and where listeners bind.
+#[derive(Debug, Clone)]
+pub struct Backends {
+    /// The cluster's DNS domain: a Service is `NAME.NAMESPACE.svc.DOMAIN`.
+    pub domain: String,
+    /// `namespace/name:port` → `host:port`, for Services reached another way (outside a
+    /// cluster, in tests).
+    pub addresses: BTreeMap<String, String>,
+    /// The address listeners bind (`0.0.0.0` in a pod).
+    pub listen_host: String,
+}
+
+impl Default for Backends {
+    fn default() -> Self {
+        Self {
+            domain: "cluster.local".into(),
+            addresses: BTreeMap::new(),
+            listen_host: "0.0.0.0".into(),
+        }
+    }
+}
+
 impl Translated {
+    /// Each object as a desired-state document (`kind` and its config entry), as
+    /// `rampart apply -f` takes them.
+    pub fn documents(&self) -> Vec<Value> {
+        let tagged = |kind: &str, v: &Value| {
+            let mut v = v.clone();
+            v["kind"] = json!(kind);
+            v
+        };
+        let mut out: Vec<Value> = self.clusters.iter().map(|c| tagged("Cluster", c)).collect();
+        out.extend(self.route_tables.iter().map(|t| tagged("RouteTable", t)));
+        out.extend(self.listeners.iter().map(|l| tagged("Listener", l)));
+        out
+    }
+
     /// The config sections (`listeners`, `route_tables`, `clusters`), as a config file has them.
     pub fn config(&self) -> Value {
         json!({
@@ -50,9 +86,8 @@ struct Entry {
     route: Value,
 }
 
-/// Gateway API resources to Rampart config; `domain` is the cluster's DNS domain
-/// (`cluster.local`).
-pub fn translate(gateways: &[Gateway], routes: &[HTTPRoute], domain: &str) -> Translated {
+/// Gateway API resources to Rampart config.
+pub fn translate(gateways: &[Gateway], routes: &[HTTPRoute], backends: &Backends) -> Translated {
     let mut out = Translated::default();
     let mut clusters: BTreeMap<String, Value> = BTreeMap::new();
     for gw in gateways {
@@ -62,7 +97,7 @@ pub fn translate(gateways: &[Gateway], routes: &[HTTPRoute], domain: &str) -> Tr
             // hostname → entries (routes without hostnames under "*").
             let mut hosts: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
             for r in routes.iter().filter(|r| attached(r, gw, &ns, &l.name)) {
-                let entries = entries(r, domain, &mut clusters, &mut out.problems);
+                let entries = entries(r, backends, &mut clusters, &mut out.problems);
                 let names: Vec<String> = if r.spec.hostnames.is_empty() {
                     vec![l.hostname.clone().unwrap_or_else(|| "*".into())]
                 } else {
@@ -74,7 +109,7 @@ pub fn translate(gateways: &[Gateway], routes: &[HTTPRoute], domain: &str) -> Tr
             }
             out.listeners.push(json!({
                 "name": name,
-                "address": format!("0.0.0.0:{}", l.port),
+                "address": format!("{}:{}", backends.listen_host, l.port),
                 "route_table": name,
             }));
             out.route_tables.push(json!({
@@ -127,7 +162,7 @@ fn virtual_hosts(mut hosts: BTreeMap<String, Vec<Entry>>) -> Vec<Value> {
 /// The Rampart routes of one HTTPRoute, each with its precedence.
 fn entries(
     r: &HTTPRoute,
-    domain: &str,
+    backends: &Backends,
     clusters: &mut BTreeMap<String, Value>,
     problems: &mut Vec<(String, String)>,
 ) -> Vec<Entry> {
@@ -141,7 +176,7 @@ fn entries(
         .unwrap_or_default();
     let mut out = Vec::new();
     for (ri, rule) in r.spec.rules.iter().enumerate() {
-        let action = match action(rule, &ns, domain, clusters) {
+        let action = match action(rule, &ns, backends, clusters) {
             Ok(a) => a,
             Err(why) => {
                 problems.push((id.clone(), format!("rule {ri}: {why}")));
@@ -250,7 +285,7 @@ fn matcher(m: &Match, path: &Value) -> Value {
 fn action(
     rule: &Rule,
     ns: &str,
-    domain: &str,
+    backends: &Backends,
     clusters: &mut BTreeMap<String, Value>,
 ) -> Result<Value, String> {
     let mut route = json!({});
@@ -275,7 +310,7 @@ fn action(
         .backend_refs
         .iter()
         .filter(|b| b.weight > 0)
-        .map(|b| cluster(b, ns, domain, clusters).map(|c| (c, b.weight)))
+        .map(|b| cluster(b, ns, backends, clusters).map(|c| (c, b.weight)))
         .collect::<Result<_, _>>()?;
     match backends.as_slice() {
         [] => {
@@ -297,7 +332,7 @@ fn action(
 fn cluster(
     b: &BackendRef,
     ns: &str,
-    domain: &str,
+    backends: &Backends,
     clusters: &mut BTreeMap<String, Value>,
 ) -> Result<String, String> {
     let port = b
@@ -305,12 +340,14 @@ fn cluster(
         .ok_or_else(|| format!("backend {:?} names no port", b.name))?;
     let ns = b.namespace.as_deref().unwrap_or(ns);
     let name = format!("svc-{ns}-{}-{port}", b.name);
-    clusters.entry(name.clone()).or_insert_with(|| {
-        json!({
-            "name": name,
-            "endpoints": [format!("{}.{ns}.svc.{domain}:{port}", b.name)],
-        })
-    });
+    let endpoint = backends
+        .addresses
+        .get(&format!("{ns}/{}:{port}", b.name))
+        .cloned()
+        .unwrap_or_else(|| format!("{}.{ns}.svc.{}:{port}", b.name, backends.domain));
+    clusters
+        .entry(name.clone())
+        .or_insert_with(|| json!({ "name": name, "endpoints": [endpoint] }));
     Ok(name)
 }
 

@@ -13,6 +13,23 @@ pub(crate) enum OperatorCommand {
     /// Print what installs the operator (namespace, service account, least-privilege RBAC,
     /// its Deployment), as multi-document YAML. The Deployment runs `rampart operator run`,
     /// the controller, which this build does not have yet.
+    /// Translate Gateway API objects (Gateway, HTTPRoute; multi-document YAML, as `kubectl
+    /// get -o yaml` writes them) into desired-state documents for `rampart apply -f`, as the
+    /// controller does. Problems (unsupported filters, bad paths) go to stderr.
+    Translate {
+        #[arg(long, short = 'f')]
+        filename: std::path::PathBuf,
+        /// The cluster's DNS domain for Service names.
+        #[arg(long, default_value = "cluster.local")]
+        domain: String,
+        /// `NAMESPACE/NAME:PORT=HOST:PORT`: reach a Service at this address instead (outside
+        /// a cluster).
+        #[arg(long = "backend")]
+        backends: Vec<String>,
+        /// The address the listeners bind.
+        #[arg(long, default_value = "0.0.0.0")]
+        listen_host: String,
+    },
     Manifests {
         #[arg(long, default_value = "rampart-system")]
         namespace: String,
@@ -32,6 +49,12 @@ pub(crate) fn run(cmd: &OperatorCommand) -> Result<ExitCode> {
                 .collect::<Result<_, _>>()
                 .context("a CRD as JSON")?,
         ),
+        OperatorCommand::Translate {
+            filename,
+            domain,
+            backends,
+            listen_host,
+        } => translate(filename, domain, backends, listen_host),
         OperatorCommand::Manifests {
             namespace,
             image,
@@ -44,6 +67,56 @@ pub(crate) fn run(cmd: &OperatorCommand) -> Result<ExitCode> {
             },
         )),
     }
+}
+
+fn translate(
+    file: &std::path::Path,
+    domain: &str,
+    backends: &[String],
+    listen_host: &str,
+) -> Result<ExitCode> {
+    use rampart_operator::gateway::{Gateway, HTTPRoute};
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let (mut gateways, mut routes) = (Vec::new(), Vec::new());
+    for (i, doc) in text.split("\n---").enumerate() {
+        let doc = doc.trim_start_matches("---").trim();
+        if doc.is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = rampart_config::yaml_value(doc)
+            .map_err(|e| anyhow::anyhow!("{}: document {i}: {e}", file.display()))?;
+        let at = || format!("{}: document {i} ({})", file.display(), v["kind"]);
+        match v["kind"].as_str() {
+            Some("Gateway") => {
+                gateways.push(serde_json::from_value::<Gateway>(v.clone()).with_context(at)?);
+            }
+            Some("HTTPRoute") => {
+                routes.push(serde_json::from_value::<HTTPRoute>(v.clone()).with_context(at)?);
+            }
+            _ => eprintln!("{}: skipped (not a Gateway or an HTTPRoute)", at()),
+        }
+    }
+    let mut addresses = std::collections::BTreeMap::new();
+    for b in backends {
+        let (service, addr) = b
+            .split_once('=')
+            .with_context(|| format!("--backend {b:?}: NAMESPACE/NAME:PORT=HOST:PORT"))?;
+        addresses.insert(service.to_owned(), addr.to_owned());
+    }
+    let out = rampart_operator::translate::translate(
+        &gateways,
+        &routes,
+        &rampart_operator::translate::Backends {
+            domain: domain.to_owned(),
+            addresses,
+            listen_host: listen_host.to_owned(),
+        },
+    );
+    for (route, problem) in &out.problems {
+        eprintln!("HTTPRoute {route}: {problem}");
+    }
+    print_all(out.documents())
 }
 
 /// Objects as YAML documents on stdout.

@@ -97,7 +97,7 @@ fn picks(
 
 #[test]
 fn http_listeners_routes_and_backends_become_valid_rampart_config() {
-    let out = translate(&[gateway()], &routes(), "cluster.local");
+    let out = translate(&[gateway()], &routes(), &Backends::default());
     // Only the HTTP listener is served; the config passes Rampart's own validation.
     assert_eq!(out.listeners.len(), 1);
     assert_eq!(out.listeners[0]["address"], "0.0.0.0:80");
@@ -128,7 +128,7 @@ fn http_listeners_routes_and_backends_become_valid_rampart_config() {
 
 #[test]
 fn requests_take_the_route_the_gateway_api_precedence_gives() {
-    let out = translate(&[gateway()], &routes(), "cluster.local");
+    let out = translate(&[gateway()], &routes(), &Backends::default());
     let shop = "shop.example.com";
     // The longer prefix, with its method and header, before the shorter one.
     assert_eq!(

@@ -665,3 +665,22 @@ pub(crate) fn rampart_ok(args: &[&str]) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// `rampart proxy` fed by the control plane at `ads` as node `node`: one worker, its admin
+/// endpoint on a free port.
+pub(crate) fn spawn_xds_proxy(ads: &str, node: &str) -> Proc {
+    Proc::spawn(
+        "proxy",
+        &[
+            "proxy",
+            "--xds",
+            ads,
+            "--node-id",
+            node,
+            "--workers",
+            "1",
+            "--admin",
+            "127.0.0.1:0",
+        ],
+    )
+}
