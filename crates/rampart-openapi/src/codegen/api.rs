@@ -46,9 +46,7 @@ pub(crate) struct Api {
 
 impl Api {
     pub(crate) fn new(spec: &crate::spec::Spec, ops: &[Operation], types: &mut Types) -> Self {
-        let mut params = String::from(
-            "//! Each operation's path and query parameters.\n\n/// One parameter value read as its type.\n#[allow(dead_code)]\nfn parse<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String> {\n    v.parse().map_err(|_| format!(\"query parameter {name}: {v:?} does not parse\"))\n}\n\n",
-        );
+        let mut params = String::new();
         let mut out = Vec::new();
         for o in ops {
             let stem = type_name(&o.id);
@@ -123,6 +121,13 @@ impl Api {
                     .any(|s| matches!(s, rampart_config::template::Segment::Mixed(_))),
             });
         }
+        // The value reader only where query structs use it.
+        let helper = if out.iter().any(|o| o.query.is_some()) {
+            "/// One parameter value read as its type.\nfn parse<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String> {\n    v.parse().map_err(|_| format!(\"query parameter {name}: {v:?} does not parse\"))\n}\n\n"
+        } else {
+            ""
+        };
+        let params = format!("//! Each operation's path and query parameters.\n\n{helper}{params}");
         Self { ops: out, params }
     }
 
@@ -338,9 +343,17 @@ fn query_struct(out: &mut String, name: &str, fields: &[QueryField]) {
             let _ = writeln!(write, "        if let Some(v) = &self.{field} {{ {push} }}");
         }
     }
+    // Only the lookups the fields use: one value, or every repetition (exploded arrays).
+    let mut lookups = String::new();
+    if fields.iter().any(|f| f.array != Some(None)) {
+        lookups.push_str("        let first = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());\n");
+    }
+    if fields.iter().any(|f| f.array == Some(None)) {
+        lookups.push_str("        let many = |name: &'static str| { let mut it = pairs.iter().filter(move |(k, _)| k == name).map(|(_, v)| v.as_str()).peekable(); it.peek().is_some().then_some(it) };\n");
+    }
     let _ = writeln!(
         out,
-        "impl {name} {{\n    /// Reads a raw query string, each parameter in its style.\n    pub fn from_query(raw: &str) -> Result<Self, String> {{\n        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw).map_err(|e| e.to_string())?;\n        #[allow(unused_variables)]\n        let first = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());\n        #[allow(unused_variables)]\n        let many = |name: &'static str| {{ let mut it = pairs.iter().filter(move |(k, _)| k == name).map(|(_, v)| v.as_str()).peekable(); it.peek().is_some().then_some(it) }};\n        Ok(Self {{\n{read}        }})\n    }}\n\n    /// The parameters as `(name, value)` pairs, in their styles.\n    pub fn to_pairs(&self) -> Vec<(String, String)> {{\n        let mut out = Vec::new();\n{write}        out\n    }}\n}}\n"
+        "impl {name} {{\n    /// Reads a raw query string, each parameter in its style.\n    pub fn from_query(raw: &str) -> Result<Self, String> {{\n        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw).map_err(|e| e.to_string())?;\n{lookups}        Ok(Self {{\n{read}        }})\n    }}\n\n    /// The parameters as `(name, value)` pairs, in their styles.\n    pub fn to_pairs(&self) -> Vec<(String, String)> {{\n        let mut out = Vec::new();\n{write}        out\n    }}\n}}\n"
     );
 }
 

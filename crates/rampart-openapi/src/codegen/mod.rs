@@ -71,7 +71,7 @@ pub fn generate(spec: &Spec, opts: &Options) -> Result<Vec<(String, String)>, Ve
     }
     let types = format!(
         "//! The spec's schemas as Rust types.\n#![allow(clippy::large_enum_variant, clippy::enum_variant_names)]\n{}\n{}",
-        types::WHOLE,
+        t.whole_module(),
         t.out
     );
     files.push(("src/types.rs".to_owned(), types));

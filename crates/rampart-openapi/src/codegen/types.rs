@@ -18,6 +18,8 @@ pub(crate) struct Types {
     taken: BTreeSet<String>,
     /// Component names, for `$ref`s.
     components: BTreeSet<String>,
+    /// The integer readers fields use (`one`, `opt`): only those are generated.
+    whole: BTreeSet<&'static str>,
 }
 
 const KEYWORDS: &[&str] = &[
@@ -282,6 +284,7 @@ impl Types {
             }
             // JSON Schema's integers include `2.0`; serde's do not.
             if let Some(with) = whole(&t) {
+                self.whole.insert(with);
                 attrs.push(format!(
                     "deserialize_with = \"crate::types::whole::{with}\""
                 ));
@@ -433,9 +436,27 @@ fn whole(t: &str) -> Option<&'static str> {
         .map(|_| "opt")
 }
 
-/// The module generated integer fields read through: JSON Schema counts `2.0` as the
-/// integer 2, so a client may send it, and serde's integers would refuse it.
-pub(crate) const WHOLE: &str = r#"
+impl Types {
+    /// The module integer fields read through, with the readers they use (nothing when no
+    /// field is an integer): JSON Schema counts `2.0` as the integer 2, so a client may send
+    /// it, and serde's integers would refuse it.
+    pub(crate) fn whole_module(&self) -> String {
+        if self.whole.is_empty() {
+            return String::new();
+        }
+        let mut m = String::from(WHOLE_OF);
+        if self.whole.contains("one") {
+            m.push_str(WHOLE_ONE);
+        }
+        if self.whole.contains("opt") {
+            m.push_str(WHOLE_OPT);
+        }
+        m.push_str("}\n");
+        m
+    }
+}
+
+const WHOLE_OF: &str = r#"
 /// Integer fields read as JSON Schema reads integers: `2.0` is 2.
 pub(crate) mod whole {
     use serde::Deserialize;
@@ -453,17 +474,18 @@ pub(crate) mod whole {
             _ => Err(bad()),
         }
     }
+"#;
 
-    #[allow(dead_code)]
+const WHOLE_ONE: &str = r#"
     pub fn one<'de, D: serde::Deserializer<'de>, T: TryFrom<i64> + TryFrom<u64>>(d: D) -> Result<T, D::Error> {
         of(serde_json::Number::deserialize(d)?)
     }
+"#;
 
-    #[allow(dead_code)]
+const WHOLE_OPT: &str = r#"
     pub fn opt<'de, D: serde::Deserializer<'de>, T: TryFrom<i64> + TryFrom<u64>>(d: D) -> Result<Option<T>, D::Error> {
         Option::<serde_json::Number>::deserialize(d)?.map(of).transpose()
     }
-}
 "#;
 
 #[cfg(test)]
