@@ -305,7 +305,7 @@ const PROBLEM: &str = "application/problem+json";
 /// Whether the upstream answered: the gateway's own answers (this filter's 400, a `jwt`
 /// 401, an error) are not the API's to check.
 fn from_upstream(ctx: &RequestContext) -> bool {
-    ctx.extensions.get::<ResponseSource>() == Some(&ResponseSource::Upstream)
+    ctx.response_source == Some(ResponseSource::Upstream)
 }
 
 impl HttpFilter for OpenApiFilter {
@@ -330,9 +330,9 @@ impl HttpFilter for OpenApiFilter {
             headers: &req.headers,
         };
         // Credentials first, as an authenticating gateway would: 401 before any other check.
-        let (found, status) = match op.check_security(&head) {
-            Some(missing) => (vec![missing], StatusCode::UNAUTHORIZED),
-            None => (op.check_head(&head, &op.op.path), StatusCode::BAD_REQUEST),
+        let (found, status) = match op.check_request_head(&head, &op.op.path) {
+            Err(missing) => (vec![missing], StatusCode::UNAUTHORIZED),
+            Ok(found) => (found, StatusCode::BAD_REQUEST),
         };
         if let Some((_, body)) = self.verdict(ctx, &found, status) {
             let mut r = Response::new(ProxyBody::full(body));

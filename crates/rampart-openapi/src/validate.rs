@@ -272,12 +272,32 @@ impl Compiled {
     /// The credentials the operation's security asks for: `None` when the request carries
     /// those of some alternative (checking them is for the filters that verify them).
     pub fn check_security(&self, head: &Head<'_>) -> Option<Violation> {
-        let query = parse_pairs(head.query.unwrap_or(""), '&', true);
-        let cookies = cookies(head.headers);
+        self.security_of(head, &Read::new(head))
+    }
+
+    pub fn check_head(&self, head: &Head<'_>, template: &PathTemplate) -> Vec<Violation> {
+        self.head_of(head, &Read::new(head), template)
+    }
+
+    /// Both, the query and cookies read once: credentials first (`Err`: 401, as an
+    /// authenticating gateway answers before anything else), then the head.
+    pub fn check_request_head(
+        &self,
+        head: &Head<'_>,
+        template: &PathTemplate,
+    ) -> Result<Vec<Violation>, Violation> {
+        let read = Read::new(head);
+        match self.security_of(head, &read) {
+            Some(missing) => Err(missing),
+            None => Ok(self.head_of(head, &read, template)),
+        }
+    }
+
+    fn security_of(&self, head: &Head<'_>, read: &Read) -> Option<Violation> {
         let carried = Carried {
             headers: head.headers,
-            query: &query,
-            cookies: &cookies,
+            query: &read.query,
+            cookies: &read.cookies,
         };
         (!self.security.met(&carried)).then(|| {
             Violation::new(
@@ -287,11 +307,10 @@ impl Compiled {
         })
     }
 
-    pub fn check_head(&self, head: &Head<'_>, template: &PathTemplate) -> Vec<Violation> {
+    fn head_of(&self, head: &Head<'_>, read: &Read, template: &PathTemplate) -> Vec<Violation> {
+        let (query, cookies) = (&read.query, &read.cookies);
         let mut out = Vec::new();
         let captured = rampart_router::template_captures(template, head.path).unwrap_or_default();
-        let query = parse_pairs(head.query.unwrap_or(""), '&', true);
-        let cookies = cookies(head.headers);
         for (p, v) in &self.params {
             let raw: Vec<String> = match p.location {
                 In::Path => captured
@@ -457,6 +476,21 @@ fn media_index(media: &[Media], content_type: &str) -> Option<usize> {
                 .position(|(m, _)| range(m) == format!("{ty}/*"))
         })
         .or_else(|| media.iter().position(|(m, _)| range(m) == "*/*"))
+}
+
+/// A request's query parameters and cookies, read once for every check.
+struct Read {
+    query: Vec<(String, String)>,
+    cookies: Vec<(String, String)>,
+}
+
+impl Read {
+    fn new(head: &Head<'_>) -> Self {
+        Self {
+            query: parse_pairs(head.query.unwrap_or(""), '&', true),
+            cookies: cookies(head.headers),
+        }
+    }
 }
 
 fn cookies(h: &http::HeaderMap) -> Vec<(String, String)> {

@@ -9,9 +9,17 @@ use http_body::{Body, Frame, SizeHint};
 use crate::body::{BodyAbort, BoxError, ProxyBody};
 use crate::filter::{BodyObserver, BodyReject};
 
+/// Whether `observers` let a body through byte for byte, so that its length (and the
+/// `content-length` saying it) stands; otherwise the length is no longer known up front.
+pub(crate) fn keeps_length(observers: &[Box<dyn BodyObserver>]) -> bool {
+    observers.iter().all(|o| o.keeps_length())
+}
+
 pub(crate) struct ObservedBody {
     inner: ProxyBody,
     observers: Vec<Box<dyn BodyObserver>>,
+    /// [`keeps_length`] of the observers, for the size hint.
+    keeps_length: bool,
     /// The observers were told the data ended.
     ended: bool,
     done: bool,
@@ -29,6 +37,7 @@ impl ObservedBody {
     ) -> Self {
         Self {
             inner,
+            keeps_length: keeps_length(&observers),
             observers,
             ended: false,
             done: false,
@@ -144,7 +153,7 @@ impl Body for ObservedBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.observers.iter().all(|o| o.keeps_length()) {
+        if self.keeps_length {
             self.inner.size_hint()
         } else {
             SizeHint::default()

@@ -41,6 +41,9 @@ pub struct RequestContext {
     /// The cluster the request will be forwarded to, when the route forwards.
     pub cluster: Option<Arc<str>>,
     pub started: Instant,
+    /// Who produced the response the response phases see (set by the proxy before they
+    /// run; `None` during the request phases).
+    pub response_source: Option<ResponseSource>,
     /// Typed data filters pass to each other (e.g. verified JWT claims for the policy filter).
     pub extensions: http::Extensions,
 }
@@ -58,9 +61,9 @@ pub struct JwtClaims(pub Arc<serde_json::Value>);
 #[derive(Debug, Clone)]
 pub struct ApiOperation(pub Arc<serde_json::Value>);
 
-/// Who produced the response the response phases see, in [`RequestContext::extensions`]
-/// (set by the proxy before they run), so that a filter checks only what it should: the
-/// `openapi` filter validates the upstream's answers, not a 401 from `jwt` or its own 400.
+/// Who produced the response the response phases see ([`RequestContext::response_source`]),
+/// so that a filter checks only what it should: the `openapi` filter validates the
+/// upstream's answers, not a 401 from `jwt` or its own 400.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResponseSource {
     /// The upstream, or the route's function.

@@ -317,6 +317,7 @@ mod tests {
             route: "r".into(),
             cluster: Some("c".into()),
             started: std::time::Instant::now(),
+            response_source: None,
             extensions: http::Extensions::new(),
         };
         let v: serde_json::Value = serde_json::to_value(input(&ctx, &req, "acme")).unwrap();

@@ -209,7 +209,7 @@ async fn request_body(
         ProxyBody::request(body, x.body_limit(), pace, a)
     };
     if !observers.is_empty() {
-        if !observers.iter().all(|o| o.keeps_length()) {
+        if !crate::observe::keeps_length(&observers) {
             parts.headers.remove(header::CONTENT_LENGTH);
         }
         body = ProxyBody::boxed(ObservedBody::new(body, observers, abort.clone()));

@@ -38,6 +38,7 @@ use crate::filters::header_mutation;
 use crate::ingress;
 use crate::metrics::RouteStats;
 use crate::observe::ObservedBody;
+use crate::observe::keeps_length;
 use crate::snapshot::{ListenerSnap, RouteData, Target};
 
 /// State of one downstream connection.
@@ -306,6 +307,7 @@ async fn serve(
         route: x.data.name.clone(),
         cluster: x.target.map(|t| t.name.clone()),
         started: x.started,
+        response_source: None,
         extensions: http::Extensions::new(),
     };
     if x.has_filters() {
@@ -313,14 +315,14 @@ async fn serve(
             if let Verdict::Respond(resp) =
                 f.on_request_headers(&mut ctx, &mut parts).resolve().await
             {
-                ctx.extensions.insert(ResponseSource::Local);
+                ctx.response_source = Some(ResponseSource::Local);
                 return finish_response(resp, x.route, x.chain(), &mut ctx).await;
             }
         }
     }
     let (resp, source) = act(x, &ctx, &mut parts, body).await;
     if x.has_filters() {
-        ctx.extensions.insert(source);
+        ctx.response_source = Some(source);
         finish_response(resp, x.route, x.chain(), &mut ctx).await
     } else {
         let (mut rparts, rbody) = resp.into_parts();
@@ -424,8 +426,7 @@ async fn finish_response<'f>(
     if observers.is_empty() {
         Response::from_parts(parts, body)
     } else {
-        // Observers that may change the body: the length is no longer known up front.
-        if !observers.iter().all(|o| o.keeps_length()) {
+        if !keeps_length(&observers) {
             parts.headers.remove(header::CONTENT_LENGTH);
         }
         Response::from_parts(
