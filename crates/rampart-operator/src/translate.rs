@@ -71,6 +71,7 @@ impl Translated {
 }
 
 /// One Rampart route with what orders it.
+#[derive(Clone)]
 struct Entry {
     key: (
         u8,
@@ -104,7 +105,7 @@ pub fn translate(gateways: &[Gateway], routes: &[HTTPRoute], backends: &Backends
                     r.spec.hostnames.clone()
                 };
                 for h in names {
-                    hosts.entry(h).or_default().extend(entries.iter().map(copy));
+                    hosts.entry(h).or_default().extend(entries.iter().cloned());
                 }
             }
             out.listeners.push(json!({
@@ -122,14 +123,6 @@ pub fn translate(gateways: &[Gateway], routes: &[HTTPRoute], backends: &Backends
     out
 }
 
-fn copy(e: &Entry) -> Entry {
-    Entry {
-        key: e.key.clone(),
-        seq: e.seq,
-        route: e.route.clone(),
-    }
-}
-
 /// Whether `r` names this Gateway (and listener, or none).
 fn attached(r: &HTTPRoute, gw: &Gateway, gw_ns: &str, listener: &str) -> bool {
     let ns = r.namespace().unwrap_or_else(|| "default".into());
@@ -143,14 +136,11 @@ fn attached(r: &HTTPRoute, gw: &Gateway, gw_ns: &str, listener: &str) -> bool {
 /// Each hostname a virtual host; routes without hostnames also serve every named host (as
 /// the Gateway API has them), after its own in precedence order.
 fn virtual_hosts(mut hosts: BTreeMap<String, Vec<Entry>>) -> Vec<Value> {
-    let any: Vec<Entry> = hosts
-        .get("*")
-        .map(|v| v.iter().map(copy).collect())
-        .unwrap_or_default();
+    let any: Vec<Entry> = hosts.get("*").cloned().unwrap_or_default();
     let mut out = Vec::new();
     for (i, (host, entries)) in hosts.iter_mut().enumerate() {
         if host != "*" {
-            entries.extend(any.iter().map(copy));
+            entries.extend(any.iter().cloned());
         }
         entries.sort_by(|a, b| a.key.cmp(&b.key).then(a.seq.cmp(&b.seq)));
         let routes: Vec<Value> = entries.iter().map(|e| e.route.clone()).collect();

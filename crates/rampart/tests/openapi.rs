@@ -81,20 +81,7 @@ async fn imported_operations_validate_requests_before_the_upstream() {
     );
 
     let (_cp, ads) = spawn_control_plane(&eps).await;
-    let mut proxy = Proc::spawn(
-        "proxy",
-        &[
-            "proxy",
-            "--xds",
-            &ads,
-            "--node-id",
-            "oas",
-            "--admin",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-        ],
-    );
+    let mut proxy = spawn_xds_proxy(&ads, "oas");
     let addr = bound(&mut proxy, "listener=main local=").await;
     let admin = bound(&mut proxy, "admin endpoint listening local=").await;
 
@@ -347,10 +334,7 @@ async fn an_upstream_cannot_pass_its_answer_off_as_the_gateways() {
     ]);
     assert!(ok, "{out}{err}");
     let (_cp, ads) = spawn_control_plane(&eps).await;
-    let mut proxy = Proc::spawn(
-        "proxy",
-        &["proxy", "--xds", &ads, "--node-id", "tea", "--workers", "1"],
-    );
+    let mut proxy = spawn_xds_proxy(&ads, "tea");
     let addr = bound(&mut proxy, "listener=main local=").await;
     let routed = eventually(Duration::from_secs(15), || async {
         call(addr, http::Method::GET, "/tea", &[], "").await.status != http::StatusCode::NOT_FOUND

@@ -113,20 +113,7 @@ async fn schemathesis_through_the_gateway(test: &str, api: Api) {
         String::from_utf8_lossy(&import.stderr)
     );
     let (_cp, ads) = spawn_control_plane(&eps).await;
-    let mut proxy = Proc::spawn(
-        "proxy",
-        &[
-            "proxy",
-            "--xds",
-            &ads,
-            "--node-id",
-            name,
-            "--workers",
-            "1",
-            "--admin",
-            "127.0.0.1:0",
-        ],
-    );
+    let mut proxy = spawn_xds_proxy(&ads, name);
     let addr = bound(&mut proxy, "listener=main local=").await;
     let ready = eventually(Duration::from_secs(15), || async {
         let mut req = http::Request::get(format!("http://{addr}{}", api.ready_path));
