@@ -12,11 +12,15 @@
 //!   Rampart listeners, route tables and clusters, ordered by the Gateway API's precedence.
 //!
 //! - [`manifests`]: what installs the operator (namespace, service account, least-privilege
-//!   RBAC, a Deployment of two replicas running `rampart operator run`, the controller, which
-//!   is not built yet).
+//!   RBAC, a Deployment of two replicas running `rampart operator run`).
 //!
-//! The controller, leader election and the workloads build on these.
+//! - [`controller`]: the controller: Gateways and HTTPRoutes reconciled into the store through
+//!   a [`controller::Platform`] the binary provides, each generation rolled out and reverted
+//!   by the state machine, leader election on a Lease, metrics.
 
+pub mod controller;
+/// The kube-rs client the controller is built on, for the binary that makes its client.
+pub use kube;
 pub mod crds;
 pub mod gateway;
 pub mod manifests;

@@ -50,14 +50,22 @@ pub fn all(i: &Install) -> Vec<Value> {
         names.iter().map(|n| format!("{n}/finalizers")).collect()
     };
     let routes = ["gatewayclasses", "gateways", "httproutes"];
+    let rolled_out = ["gateways", "httproutes"];
     let cluster_rules = vec![
         rule(gateway_api, &routes, &READ),
+        // Its finalizer on the objects it rolls out (JSON patches of metadata.finalizers).
+        rule(gateway_api, &rolled_out, &["patch"]),
         json!({ "apiGroups": [gateway_api], "resources": status_of(&routes), "verbs": STATUS }),
         json!({ "apiGroups": ["rampart.dev"], "resources": ours, "verbs": ["get", "list", "watch", "patch", "update"] }),
         json!({ "apiGroups": ["rampart.dev"], "resources": status_of(&ours), "verbs": STATUS }),
         json!({ "apiGroups": ["rampart.dev"], "resources": finalizers_of(&ours), "verbs": ["update"] }),
-        // WebAssembly sources in ConfigMaps; the workloads of store clusters and proxies.
-        rule("", &["configmaps"], &READ),
+        // WebAssembly sources in ConfigMaps, and each rollout's record (a ConfigMap beside
+        // the object it is about); the workloads of store clusters and proxies.
+        rule(
+            "",
+            &["configmaps"],
+            &["get", "list", "watch", "create", "patch"],
+        ),
         rule("", &["services", "secrets"], &MANAGE),
         rule("apps", &["statefulsets", "deployments"], &MANAGE),
         rule("policy", &["poddisruptionbudgets"], &MANAGE),
@@ -111,9 +119,16 @@ fn deployment(i: &Install, labels: &Value) -> Value {
                     "containers": [{
                         "name": "operator",
                         "image": i.image,
-                        "args": ["operator", "run", "--metrics", "0.0.0.0:9090"],
+                        "args": [
+                            "operator", "run", "--metrics", "0.0.0.0:9090",
+                            "--store", format!("rampart-store.{}.svc:2379", i.namespace),
+                            "--control-plane-admin", format!("rampart-control-plane.{}.svc:18001", i.namespace),
+                        ],
                         "ports": [{ "name": "metrics", "containerPort": 9090 }],
-                        "env": [{ "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } }],
+                        "env": [
+                            { "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
+                            { "name": "POD_NAMESPACE", "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } } },
+                        ],
                         "resources": {
                             "requests": { "cpu": "50m", "memory": "64Mi" },
                             "limits": { "memory": "256Mi" },

@@ -13,6 +13,12 @@ use serde_json::{Value, json};
 
 use crate::gateway::{BackendRef, Gateway, HTTPRoute, Match, Rule};
 
+/// The names of the store resources the operator makes start with this (the listeners and
+/// route tables `k8s-gw-NAMESPACE-GATEWAY-LISTENER`, the clusters
+/// `k8s-svc-NAMESPACE-SERVICE-PORT`): it owns those and no others, and prunes those it no
+/// longer makes.
+pub const OWNED_PREFIX: &str = "k8s-";
+
 /// What the Gateway API resources come to.
 #[derive(Debug, Default)]
 pub struct Translated {
@@ -94,7 +100,7 @@ pub fn translate(gateways: &[Gateway], routes: &[HTTPRoute], backends: &Backends
     for gw in gateways {
         let ns = gw.namespace().unwrap_or_else(|| "default".into());
         for l in gw.spec.listeners.iter().filter(|l| l.protocol == "HTTP") {
-            let name = format!("gw-{ns}-{}-{}", gw.name_any(), l.name);
+            let name = format!("{OWNED_PREFIX}gw-{ns}-{}-{}", gw.name_any(), l.name);
             // hostname → entries (routes without hostnames under "*").
             let mut hosts: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
             for r in routes.iter().filter(|r| attached(r, gw, &ns, &l.name)) {
@@ -329,7 +335,7 @@ fn cluster(
         .port
         .ok_or_else(|| format!("backend {:?} names no port", b.name))?;
     let ns = b.namespace.as_deref().unwrap_or(ns);
-    let name = format!("svc-{ns}-{}-{port}", b.name);
+    let name = format!("{OWNED_PREFIX}svc-{ns}-{}-{port}", b.name);
     let endpoint = backends
         .addresses
         .get(&format!("{ns}/{}:{port}", b.name))

@@ -6,6 +6,12 @@
 //! `initial_resource_versions` on reconnect, then from what was sent), and the nonce awaiting
 //! an answer. As with State of the World, one response per type is in flight at a time, and
 //! a NACK is not answered with the same versions again.
+//!
+//! Make before break (Envoy's "eventual consistency considerations"): additions and changes
+//! go out in warming order (clusters, endpoints, listeners, routes), and a type's removals
+//! wait until every later type the client follows holds the snapshot — so a cluster is
+//! removed only once no route the client was sent still names it, and a client that checks
+//! its config whole never sees a route pointing at nothing.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -105,12 +111,17 @@ impl Handler for Stream {
                 .nodes
                 .record(&self.common.node, &type_url, &version, outcome);
         }
-        self.push_if_due(&type_url).await
+        // An answer may let another type's deferred removals go (make before break).
+        for t in self.types() {
+            self.push_if_due(&t).await?;
+        }
+        Ok(())
     }
 
     /// Sends what the client lacks of one type, when nothing of it is in flight.
     async fn push_if_due(&mut self, type_url: &str) -> Result<(), Gone> {
         let snap = self.common.current();
+        let lag = later_types_lag(&self.types, type_url, snap.version);
         let Some(st) = self.types.get_mut(type_url) else {
             return Ok(());
         };
@@ -120,7 +131,8 @@ impl Handler for Stream {
         }
         let current = snap.of(type_url);
         // Up to date with the snapshot before this one: only its changes can be due.
-        let (resources, removed) = match st.synced.and_then(|v| snap.changed_since(v, type_url)) {
+        let (resources, mut removed) = match st.synced.and_then(|v| snap.changed_since(v, type_url))
+        {
             Some(names) => due(st, current, names.iter()),
             None => {
                 let all = current.into_iter().flat_map(|m| m.keys());
@@ -129,6 +141,12 @@ impl Handler for Stream {
             }
         };
         st.synced = Some(snap.version);
+        if !removed.is_empty() && lag {
+            // Kept in `known`, so a full comparison finds them again once the later types
+            // hold this snapshot (an answer of theirs brings us back here).
+            removed.clear();
+            st.synced = None;
+        }
         if resources.is_empty() && removed.is_empty() && st.answered {
             return Ok(());
         }
@@ -156,6 +174,18 @@ impl Handler for Stream {
         };
         self.common.send(resp).await
     }
+}
+
+/// Whether a type the client follows that comes after `type_url` in warming order does not
+/// hold snapshot `version` yet (not pushed, or not answered).
+fn later_types_lag(types: &HashMap<String, TypeState>, type_url: &str, version: u64) -> bool {
+    let order = crate::snapshot::push_order(types.keys());
+    order
+        .iter()
+        .skip_while(|t| *t != type_url)
+        .skip(1)
+        .filter_map(|t| types.get(t))
+        .any(|st| st.synced != Some(version) || st.in_flight.is_some())
 }
 
 /// Of `names`, the resources the client wants and lacks (or holds in another version), and

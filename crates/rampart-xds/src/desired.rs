@@ -92,6 +92,28 @@ impl Resource {
     }
 }
 
+impl Resource {
+    /// A desired-state document: a config entry plus `kind:`.
+    pub fn from_document(mut v: Value) -> Result<Resource, String> {
+        let obj = v.as_object_mut().ok_or("not a mapping")?;
+        let kind = obj
+            .remove("kind")
+            .and_then(|k| k.as_str().and_then(Kind::parse))
+            .ok_or("kind: must be Listener, RouteTable or Cluster")?;
+        let name = obj
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or("name: required")?
+            .to_owned();
+        Ok(Resource {
+            kind,
+            name,
+            spec: v,
+        })
+    }
+}
+
 /// Multi-document YAML (documents separated by `---` lines), each a config entry plus
 /// `kind:`. Errors name the document.
 pub fn documents(yaml: &str) -> Result<Vec<Resource>, String> {
@@ -109,26 +131,8 @@ pub fn documents(yaml: &str) -> Result<Vec<Resource>, String> {
             continue;
         }
         n += 1;
-        let at = |e: String| format!("document {n}: {e}");
-        let mut v = rampart_config::yaml_value(&doc).map_err(|e| at(e.to_string()))?;
-        let obj = v
-            .as_object_mut()
-            .ok_or_else(|| at("not a mapping".into()))?;
-        let kind = obj
-            .remove("kind")
-            .and_then(|k| k.as_str().and_then(Kind::parse))
-            .ok_or_else(|| at("kind: must be Listener, RouteTable or Cluster".into()))?;
-        let name = obj
-            .get("name")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| at("name: required".into()))?
-            .to_owned();
-        out.push(Resource {
-            kind,
-            name,
-            spec: v,
-        });
+        let v = rampart_config::yaml_value(&doc).map_err(|e| format!("document {n}: {e}"))?;
+        out.push(Resource::from_document(v).map_err(|e| format!("document {n}: {e}"))?);
         doc.clear();
     }
     Ok(out)

@@ -353,6 +353,58 @@ async fn delta_sends_only_what_changed_and_an_endpoint_change_is_eds_only() {
     assert_eq!(removed[ENDPOINT], ["c2"]);
 }
 
+/// Make before break: a cluster that a route named is removed only after the client holds
+/// (has answered) the routes that no longer name it, so a client checking its config whole
+/// never holds a route pointing at nothing (it NACKed the removal and kept the cluster).
+#[tokio::test]
+async fn delta_removes_a_cluster_only_after_the_routes_that_named_it() {
+    let mut s = Server::start().await;
+    let mut d = s.delta().await;
+    d.subscribe(CLUSTER, &[]).await;
+    let cds = d.next().await;
+    d.ack(&cds).await;
+    d.subscribe(LISTENER, &[]).await;
+    let lds = d.next().await;
+    assert_eq!(lds.type_url, LISTENER);
+    d.ack(&lds).await;
+    d.subscribe(ROUTE, &["main", "other"]).await;
+    let rds = d.next().await;
+    assert_eq!(rds.type_url, ROUTE);
+    d.ack(&rds).await;
+
+    // Route table `other` moves from c2 to c1, and c2 goes.
+    let mut cfg = config(9001, "v1");
+    cfg.clusters.retain(|c| c.name != "c2");
+    let text = r#"
+listeners: []
+route_tables:
+  - name: other
+    virtual_hosts: [{ name: o, domains: ["o"], routes: [{ forward: { cluster: c1 } }] }]
+clusters: [{ name: c1, endpoints: ["127.0.0.1:9001"] }]
+"#;
+    let other = rampart_config::from_yaml(text).unwrap().route_tables;
+    for t in &mut cfg.route_tables {
+        if t.name == "other" {
+            *t = other[0].clone();
+        }
+    }
+    s.publish(&cfg);
+    let first = d.next().await;
+    assert_eq!(first.type_url, ROUTE, "the routes must go first: {first:?}");
+    assert!(first.removed_resources.is_empty());
+    // Nothing else until the routes are answered.
+    let early = tokio::time::timeout(Duration::from_millis(300), d.responses.next()).await;
+    assert!(
+        early.is_err(),
+        "sent before the routes were answered: {early:?}"
+    );
+    d.ack(&first).await;
+    let then = d.next().await;
+    assert_eq!(then.type_url, CLUSTER);
+    assert_eq!(then.removed_resources, ["c2"]);
+    assert!(then.resources.is_empty());
+}
+
 #[tokio::test]
 async fn delta_resumes_from_the_versions_the_client_holds() {
     let mut s = Server::start().await;

@@ -113,13 +113,14 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// Writes `puts` and `deletes` if none of their keys changed since `state` was read.
+/// Writes `puts` and `deletes` if none of their keys changed since `state` was read;
+/// returns the store revision written.
 pub(crate) async fn commit(
     c: &mut Client,
     state: &State,
     puts: &[&Resource],
     deletes: &[String],
-) -> Result<()> {
+) -> Result<i64> {
     use pb::compare::{CompareResult, CompareTarget, TargetUnion};
     let keys = puts.iter().map(|r| r.key()).chain(deletes.iter().cloned());
     let compare = keys
@@ -163,7 +164,7 @@ pub(crate) async fn commit(
         resp.succeeded,
         "the store changed while this was being applied; run it again"
     );
-    Ok(())
+    Ok(resp.header.map_or(0, |h| h.revision))
 }
 
 pub(crate) fn apply(a: &ApplyArgs) -> Result<ExitCode> {

@@ -35,71 +35,6 @@ fn docs(version: &str, upstream: std::net::SocketAddr) -> String {
     )
 }
 
-struct Store {
-    nodes: Vec<(Proc, String)>,
-}
-
-impl Store {
-    /// Three members on fresh ports, with short election timeouts.
-    fn start(dir: &TempDir) -> Self {
-        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-        let initial = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (_, p))| format!("n{i}=http://127.0.0.1:{p}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let nodes = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (c, p))| {
-                let data = dir.path(&format!("n{i}"));
-                let name = format!("n{i}");
-                let extra = [
-                    "--name",
-                    &name,
-                    "--initial-cluster",
-                    &initial,
-                    "--heartbeat-interval",
-                    "50ms",
-                    "--election-timeout",
-                    "500ms",
-                ];
-                spawn_kv_node_on(&data, *c, *p, &extra)
-            })
-            .collect();
-        Self { nodes }
-    }
-
-    fn endpoints(&self) -> String {
-        self.alive().join(",")
-    }
-
-    fn alive(&self) -> Vec<String> {
-        self.nodes.iter().map(|(_, e)| e.clone()).collect()
-    }
-
-    /// The leader's index, as etcdctl (Debian's etcd-client) reports it.
-    fn leader(&self) -> Option<usize> {
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args([
-                &format!("--endpoints={}", self.endpoints()),
-                "endpoint",
-                "status",
-                "-w",
-                "json",
-            ])
-            .output()
-            .expect("etcdctl (Debian's etcd-client; scripts/test.sh installs it)");
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        v.as_array()?.iter().position(|s| {
-            let st = &s["Status"];
-            st["leader"].as_u64().is_some() && st["leader"] == st["header"]["member_id"]
-        })
-    }
-}
-
 fn control_plane(store: &str, listen: u16) -> Proc {
     let listen = local(listen).to_string();
     Proc::spawn(
@@ -155,7 +90,7 @@ fn apply(dir: &TempDir, store: &str, version: &str, upstream: std::net::SocketAd
 async fn three_stores_two_control_planes_two_proxies() {
     let dir = TempDir::new("xds-cluster");
     let upstream = demo_upstream("up").await;
-    let mut store = Store::start(&dir);
+    let mut store = StoreCluster::start(&dir);
     let eps = store.endpoints();
     let ready = eventually(Duration::from_secs(20), || {
         let ok = store.leader().is_some() && rampart(&["get", "cluster", "--endpoints", &eps]).0;

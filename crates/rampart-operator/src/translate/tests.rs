@@ -110,10 +110,10 @@ fn http_listeners_routes_and_backends_become_valid_rampart_config() {
     assert_eq!(
         clusters,
         [
-            "svc-front-web-80",
-            "svc-web-api-8080",
-            "svc-web-api-canary-8080",
-            "svc-web-orders-9000"
+            "k8s-svc-front-web-80",
+            "k8s-svc-web-api-8080",
+            "k8s-svc-web-api-canary-8080",
+            "k8s-svc-web-orders-9000"
         ]
     );
     assert_eq!(

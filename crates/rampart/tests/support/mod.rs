@@ -684,3 +684,69 @@ pub(crate) fn spawn_xds_proxy(ads: &str, node: &str) -> Proc {
         ],
     )
 }
+
+/// A store of three members (`rampart kv serve`), each a child process.
+pub(crate) struct StoreCluster {
+    pub(crate) nodes: Vec<(Proc, String)>,
+}
+
+impl StoreCluster {
+    /// Three members on fresh ports, with short election timeouts.
+    pub(crate) fn start(dir: &TempDir) -> Self {
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| format!("n{i}=http://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let nodes = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (c, p))| {
+                let data = dir.path(&format!("n{i}"));
+                let name = format!("n{i}");
+                let extra = [
+                    "--name",
+                    &name,
+                    "--initial-cluster",
+                    &initial,
+                    "--heartbeat-interval",
+                    "50ms",
+                    "--election-timeout",
+                    "500ms",
+                ];
+                spawn_kv_node_on(&data, *c, *p, &extra)
+            })
+            .collect();
+        Self { nodes }
+    }
+
+    pub(crate) fn endpoints(&self) -> String {
+        self.alive().join(",")
+    }
+
+    pub(crate) fn alive(&self) -> Vec<String> {
+        self.nodes.iter().map(|(_, e)| e.clone()).collect()
+    }
+
+    /// The leader's index, as etcdctl (Debian's etcd-client) reports it.
+    pub(crate) fn leader(&self) -> Option<usize> {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args([
+                &format!("--endpoints={}", self.endpoints()),
+                "endpoint",
+                "status",
+                "-w",
+                "json",
+            ])
+            .output()
+            .expect("etcdctl (Debian's etcd-client; scripts/test.sh installs it)");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v.as_array()?.iter().position(|s| {
+            let st = &s["Status"];
+            st["leader"].as_u64().is_some() && st["leader"] == st["header"]["member_id"]
+        })
+    }
+}

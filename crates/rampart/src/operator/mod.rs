@@ -1,5 +1,9 @@
-//! `rampart operator crds|manifests`: the operator's CustomResourceDefinitions and install
-//! objects as YAML documents, made from the Rust types (`kubectl apply -f -` takes them).
+//! `rampart operator crds|manifests|translate|run`: the operator's CustomResourceDefinitions
+//! and install objects as YAML documents, made from the Rust types (`kubectl apply -f -` takes
+//! them), the Gateway API translation on its own, and the controller.
+
+mod platform;
+mod run;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -8,28 +12,23 @@ use anyhow::{Context, Result};
 
 #[derive(clap::Subcommand)]
 pub(crate) enum OperatorCommand {
+    /// Run the controller: Gateways and HTTPRoutes from the Kubernetes API written to the
+    /// store, each generation rolled out and reverted when the proxies refuse it or its
+    /// routes fail; one leader among the replicas (a Lease).
+    Run(Box<run::RunArgs>),
     /// Print every CRD the operator serves, as multi-document YAML.
     Crds,
-    /// Print what installs the operator (namespace, service account, least-privilege RBAC,
-    /// its Deployment), as multi-document YAML. The Deployment runs `rampart operator run`,
-    /// the controller, which this build does not have yet.
     /// Translate Gateway API objects (Gateway, HTTPRoute; multi-document YAML, as `kubectl
     /// get -o yaml` writes them) into desired-state documents for `rampart apply -f`, as the
     /// controller does. Problems (unsupported filters, bad paths) go to stderr.
     Translate {
         #[arg(long, short = 'f')]
         filename: std::path::PathBuf,
-        /// The cluster's DNS domain for Service names.
-        #[arg(long, default_value = "cluster.local")]
-        domain: String,
-        /// `NAMESPACE/NAME:PORT=HOST:PORT`: reach a Service at this address instead (outside
-        /// a cluster).
-        #[arg(long = "backend")]
-        backends: Vec<String>,
-        /// The address the listeners bind.
-        #[arg(long, default_value = "0.0.0.0")]
-        listen_host: String,
+        #[command(flatten)]
+        backends: BackendArgs,
     },
+    /// Print what installs the operator (namespace, service account, least-privilege RBAC,
+    /// its Deployment running `rampart operator run`), as multi-document YAML.
     Manifests {
         #[arg(long, default_value = "rampart-system")]
         namespace: String,
@@ -42,6 +41,7 @@ pub(crate) enum OperatorCommand {
 
 pub(crate) fn run(cmd: &OperatorCommand) -> Result<ExitCode> {
     match cmd {
+        OperatorCommand::Run(args) => run::run(args),
         OperatorCommand::Crds => print_all(
             rampart_operator::crds::all()
                 .iter()
@@ -49,12 +49,7 @@ pub(crate) fn run(cmd: &OperatorCommand) -> Result<ExitCode> {
                 .collect::<Result<_, _>>()
                 .context("a CRD as JSON")?,
         ),
-        OperatorCommand::Translate {
-            filename,
-            domain,
-            backends,
-            listen_host,
-        } => translate(filename, domain, backends, listen_host),
+        OperatorCommand::Translate { filename, backends } => translate(filename, backends),
         OperatorCommand::Manifests {
             namespace,
             image,
@@ -69,12 +64,7 @@ pub(crate) fn run(cmd: &OperatorCommand) -> Result<ExitCode> {
     }
 }
 
-fn translate(
-    file: &std::path::Path,
-    domain: &str,
-    backends: &[String],
-    listen_host: &str,
-) -> Result<ExitCode> {
+fn translate(file: &std::path::Path, backends: &BackendArgs) -> Result<ExitCode> {
     use rampart_operator::gateway::{Gateway, HTTPRoute};
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
@@ -97,26 +87,43 @@ fn translate(
             _ => eprintln!("{}: skipped (not a Gateway or an HTTPRoute)", at()),
         }
     }
-    let mut addresses = std::collections::BTreeMap::new();
-    for b in backends {
-        let (service, addr) = b
-            .split_once('=')
-            .with_context(|| format!("--backend {b:?}: NAMESPACE/NAME:PORT=HOST:PORT"))?;
-        addresses.insert(service.to_owned(), addr.to_owned());
-    }
-    let out = rampart_operator::translate::translate(
-        &gateways,
-        &routes,
-        &rampart_operator::translate::Backends {
-            domain: domain.to_owned(),
-            addresses,
-            listen_host: listen_host.to_owned(),
-        },
-    );
+    let out = rampart_operator::translate::translate(&gateways, &routes, &backends.resolve()?);
     for (route, problem) in &out.problems {
         eprintln!("HTTPRoute {route}: {problem}");
     }
     print_all(out.documents())
+}
+
+/// Where Services are and where listeners bind (`translate` and `run`).
+#[derive(clap::Args)]
+pub(crate) struct BackendArgs {
+    /// The cluster's DNS domain for Service names.
+    #[arg(long, default_value = "cluster.local")]
+    domain: String,
+    /// `NAMESPACE/NAME:PORT=HOST:PORT`: reach a Service at this address instead (outside a
+    /// cluster).
+    #[arg(long = "backend")]
+    backends: Vec<String>,
+    /// The address the Gateways' listeners bind on the proxies.
+    #[arg(long, default_value = "0.0.0.0")]
+    listen_host: String,
+}
+
+impl BackendArgs {
+    fn resolve(&self) -> Result<rampart_operator::translate::Backends> {
+        let mut addresses = std::collections::BTreeMap::new();
+        for b in &self.backends {
+            let (service, addr) = b
+                .split_once('=')
+                .with_context(|| format!("--backend {b:?}: NAMESPACE/NAME:PORT=HOST:PORT"))?;
+            addresses.insert(service.to_owned(), addr.to_owned());
+        }
+        Ok(rampart_operator::translate::Backends {
+            domain: self.domain.clone(),
+            addresses,
+            listen_host: self.listen_host.clone(),
+        })
+    }
 }
 
 /// Objects as YAML documents on stdout.

@@ -1,0 +1,193 @@
+//! `rampart operator run`: Gateways and HTTPRoutes reconciled into the store, each
+//! generation rolled out through [`crate::rollout`] and reverted when the proxies refuse it or
+//! its routes start failing.
+//!
+//! One reconcile of one object, under a lock that serializes every write to the store:
+//!
+//! ```text
+//!  record (ConfigMap) ──► Observation ──► rollout::step ──► actions
+//!   phase, generation,     generation,        │               Apply:  applied spec := spec
+//!   applied spec,          ACK/NACK of the    │               Revert: applied spec := last good
+//!   last good spec         revision written,  │               then the whole translation of every
+//!                          5xx share since     │               object's effective spec is written
+//!                                              ▼               (one checked store transaction)
+//!                                         record saved, status conditions, Events, metrics
+//! ```
+//!
+//! An object's *effective* spec is what the store carries for it: the spec applied while it
+//! is Provisioning or Running, its last good spec once RolledBack, nothing when it Failed with
+//! nothing to go back to (or before its first reconcile). Because every object's record says
+//! that, any reconcile writes the same whole state for the same records (level-triggered).
+//!
+//! The controller never talks to the store or the proxies itself: [`Platform`] is the seam
+//! the binary fills (the store's checked apply path, the control plane's status, the proxies'
+//! metrics).
+
+mod lease;
+mod metrics;
+mod reconcile;
+mod record;
+mod status;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use kube::runtime::controller::Controller;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use serde_json::Value;
+
+pub use lease::{Lease, LeaseSettings};
+pub use metrics::Metrics;
+
+use crate::gateway::{Gateway, HTTPRoute};
+use crate::rollout::{self, ConfigStatus};
+use crate::translate::Backends;
+
+/// The name the operator writes with (server-side apply's field manager) and reports as.
+pub const FIELD_MANAGER: &str = "rampart-operator";
+/// The finalizer that holds a deleted object until its routes are out of the store.
+pub const FINALIZER: &str = "rampart.dev/store-cleanup";
+/// The Gateway API controller name in GatewayClasses and route status.
+pub const CONTROLLER_NAME: &str = "rampart.dev/gateway-controller";
+
+/// What the controller needs from the Rampart side. Implementations must be safe to call
+/// from several reconciles in turn; the controller never calls two at once.
+pub trait Platform: Send + Sync + 'static {
+    /// Makes the store's operator-owned resources exactly `documents` (desired-state documents
+    /// with `kind`, as [`crate::translate::Translated::documents`] gives), leaving every other
+    /// resource alone, through the same checked transaction as `rampart apply`. Returns the
+    /// store revision that holds them; `Err` carries the store's reasons (nothing written).
+    fn write(&self, documents: Vec<Value>) -> impl Future<Output = Result<i64, String>> + Send;
+
+    /// What the proxies did with the config at `revision` or later: Pending until the
+    /// control plane serves it and every proxy answered.
+    fn config_status(
+        &self,
+        revision: i64,
+    ) -> impl Future<Output = Result<ConfigStatus, String>> + Send;
+
+    /// `(requests, 5xx answers)` so far on the proxies' routes whose names start with
+    /// `prefix`, summed over every proxy.
+    fn route_counts(&self, prefix: &str)
+    -> impl Future<Output = Result<(u64, u64), String>> + Send;
+}
+
+/// How the controller runs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The GatewayClass whose Gateways this operator programs.
+    pub gateway_class: String,
+    pub backends: Backends,
+    pub rollout: rollout::Policy,
+    /// Fewer requests than this since a generation was applied say nothing of its error rate.
+    pub min_requests: u64,
+    /// How often a generation in its bake time is looked at again.
+    pub poll: Duration,
+    /// The identity reported in Events (the pod's name).
+    pub instance: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            gateway_class: "rampart".into(),
+            backends: Backends::default(),
+            rollout: rollout::Policy::default(),
+            min_requests: 20,
+            poll: Duration::from_secs(1),
+            instance: "rampart-operator".into(),
+        }
+    }
+}
+
+/// Errors of one reconcile; the controller retries with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the store: {0}")]
+    Store(String),
+    #[error("observing the rollout: {0}")]
+    Observe(String),
+    #[error("{0}")]
+    Finalizer(String),
+    #[error("the object has no {0}")]
+    Incomplete(&'static str),
+}
+
+/// Shared by every reconcile.
+pub(crate) struct Context<P> {
+    pub(crate) client: Client,
+    pub(crate) platform: P,
+    pub(crate) settings: Settings,
+    pub(crate) gateways: kube::runtime::reflector::Store<Gateway>,
+    pub(crate) routes: kube::runtime::reflector::Store<HTTPRoute>,
+    pub(crate) records: tokio::sync::Mutex<record::Records>,
+    pub(crate) recorder: Recorder,
+    pub(crate) metrics: Metrics,
+}
+
+/// Runs the controllers until `stop` resolves: Gateways of `settings.gateway_class` and every
+/// HTTPRoute, in all namespaces. Call it while holding the [`Lease`].
+pub async fn run<P: Platform>(
+    client: Client,
+    platform: P,
+    settings: Settings,
+    metrics: Metrics,
+    stop: impl Future<Output = ()> + Send + 'static,
+) {
+    let gw_api: Api<Gateway> = Api::all(client.clone());
+    let route_api: Api<HTTPRoute> = Api::all(client.clone());
+    let gw_ctl = Controller::new(gw_api, watcher::Config::default().any_semantic());
+    let route_ctl = Controller::new(route_api, watcher::Config::default().any_semantic());
+    let reporter = Reporter {
+        controller: FIELD_MANAGER.into(),
+        instance: Some(settings.instance.clone()),
+    };
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        gateways: gw_ctl.store(),
+        routes: route_ctl.store(),
+        client,
+        platform,
+        settings,
+        records: tokio::sync::Mutex::new(record::Records::default()),
+        metrics,
+    });
+    let stop = Stop::new(stop);
+    let gws = gw_ctl
+        .graceful_shutdown_on(stop.wait())
+        .run(reconcile::gateway, reconcile::retry, ctx.clone())
+        .for_each(|r| async move { reconcile::log_outcome("Gateway", r) });
+    let routes = route_ctl
+        .graceful_shutdown_on(stop.wait())
+        .run(reconcile::route, reconcile::retry, ctx)
+        .for_each(|r| async move { reconcile::log_outcome("HTTPRoute", r) });
+    tokio::join!(gws, routes);
+}
+
+/// A stop signal both controllers can wait on.
+#[derive(Clone)]
+struct Stop(tokio::sync::watch::Receiver<bool>);
+
+impl Stop {
+    fn new(stop: impl Future<Output = ()> + Send + 'static) -> Self {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            stop.await;
+            let _ = tx.send(true);
+        });
+        Self(rx)
+    }
+
+    fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.clone();
+        async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        }
+    }
+}

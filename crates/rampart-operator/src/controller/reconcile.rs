@@ -1,0 +1,374 @@
+//! One reconcile of one Gateway or HTTPRoute: observe, [`rollout::step`], carry the actions
+//! out. See the module above for the picture.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{self, Event as Finalized};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::record::{Key, Record, Records};
+use super::{Context, Error, FINALIZER, Platform, Settings, status};
+use crate::gateway::{Gateway, HTTPRoute};
+use crate::rollout::{self, Action as Step, ConfigStatus, Observation, Phase};
+use crate::translate::{Backends, Translated, translate};
+
+/// What the controller reconciles: a namespaced Gateway API object with a spec that rolls out.
+pub(crate) trait Unit:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    const KIND: &'static str;
+    fn spec_value(&self) -> Value;
+    /// This object with `spec` (an effective spec from its record) instead of its own.
+    fn with_spec(&self, spec: &Value) -> Option<Self>;
+    /// The prefix of the proxies' route names made from this object, if any.
+    fn route_prefix(&self) -> Option<String>;
+    /// Whether this operator programs it.
+    fn ours(&self, settings: &Settings) -> bool;
+    /// What translating it beside `gateways` reports against it.
+    fn problems(&self, _gateways: &[Gateway], _backends: &Backends) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+impl Unit for Gateway {
+    const KIND: &'static str = "Gateway";
+    fn spec_value(&self) -> Value {
+        serde_json::to_value(&self.spec).unwrap_or_default()
+    }
+    fn with_spec(&self, spec: &Value) -> Option<Self> {
+        Some(Self {
+            spec: serde_json::from_value(spec.clone()).ok()?,
+            ..self.clone()
+        })
+    }
+    fn route_prefix(&self) -> Option<String> {
+        None
+    }
+    fn ours(&self, settings: &Settings) -> bool {
+        self.spec.gateway_class_name == settings.gateway_class
+    }
+}
+
+impl Unit for HTTPRoute {
+    const KIND: &'static str = "HTTPRoute";
+    fn spec_value(&self) -> Value {
+        serde_json::to_value(&self.spec).unwrap_or_default()
+    }
+    fn with_spec(&self, spec: &Value) -> Option<Self> {
+        Some(Self {
+            spec: serde_json::from_value(spec.clone()).ok()?,
+            ..self.clone()
+        })
+    }
+    fn route_prefix(&self) -> Option<String> {
+        // translate names routes NAMESPACE.NAME.rI.mJ.pK.
+        Some(format!(
+            "{}.{}.",
+            self.namespace().unwrap_or_default(),
+            self.name_any()
+        ))
+    }
+    fn ours(&self, _: &Settings) -> bool {
+        true
+    }
+    fn problems(&self, gateways: &[Gateway], backends: &Backends) -> Vec<String> {
+        let id = format!(
+            "{}/{}",
+            self.namespace().unwrap_or_default(),
+            self.name_any()
+        );
+        translate(gateways, std::slice::from_ref(self), backends)
+            .problems
+            .into_iter()
+            .filter(|(r, _)| *r == id)
+            .map(|(_, p)| p)
+            .collect()
+    }
+}
+
+pub(crate) async fn gateway<P: Platform>(
+    o: Arc<Gateway>,
+    ctx: Arc<Context<P>>,
+) -> Result<Action, Error> {
+    reconcile(o, ctx).await
+}
+
+pub(crate) async fn route<P: Platform>(
+    o: Arc<HTTPRoute>,
+    ctx: Arc<Context<P>>,
+) -> Result<Action, Error> {
+    reconcile(o, ctx).await
+}
+
+/// Retried with a growing delay by the controller; a short one here for the first tries.
+pub(crate) fn retry<K, P>(_: Arc<K>, e: &Error, _: Arc<Context<P>>) -> Action {
+    tracing::warn!(error = %e, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(2))
+}
+
+pub(crate) fn log_outcome<E: std::fmt::Display, K: Resource>(
+    kind: &str,
+    r: Result<(ObjectRef<K>, Action), E>,
+) {
+    match r {
+        Ok((o, _)) => tracing::debug!(kind, object = %o, "reconciled"),
+        Err(e) => tracing::debug!(kind, error = %e, "reconcile error"),
+    }
+}
+
+async fn reconcile<K: Unit, P: Platform>(o: Arc<K>, ctx: Arc<Context<P>>) -> Result<Action, Error> {
+    let started = Instant::now();
+    if !o.ours(&ctx.settings) && !o.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let ns = o.namespace().ok_or(Error::Incomplete("namespace"))?;
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+    let out = finalizer::finalizer(&api, FINALIZER, o, |event| async {
+        match event {
+            Finalized::Apply(o) if o.ours(&ctx.settings) => apply(&*o, &ctx).await,
+            Finalized::Apply(o) | Finalized::Cleanup(o) => cleanup(&*o, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    });
+    ctx.metrics
+        .reconciled(K::KIND, started.elapsed(), out.is_ok());
+    out
+}
+
+pub(crate) fn key_of<K: Unit>(o: &K) -> Key {
+    Key {
+        kind: K::KIND,
+        namespace: o.namespace().unwrap_or_default(),
+        name: o.name_any(),
+    }
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Apply or re-check one object's rollout.
+async fn apply<K: Unit, P: Platform>(o: &K, ctx: &Context<P>) -> Result<Action, Error> {
+    let mut records = ctx.records.lock().await;
+    let key = key_of(o);
+    let uid = o.uid().ok_or(Error::Incomplete("uid"))?;
+    let mut rec = records
+        .get(&ctx.client, &key, &uid)
+        .await?
+        .unwrap_or_else(|| Record {
+            uid: uid.clone(),
+            ..Record::default()
+        });
+    let now = unix_now();
+    let obs = observe(o, &rec, ctx, now).await?;
+    let (next, mut actions) = rollout::step(&rec.rollout(), &obs, &ctx.settings.rollout);
+    take_step(o, &mut rec, &next, &actions, now);
+    if let Some(err) = write_if_needed(o, ctx, &mut records, &mut rec, &actions).await? {
+        // The store refused the generation as a whole config: as good as a NACK.
+        let obs = Observation {
+            config: ConfigStatus::Nacked(format!("the store refused it: {err}")),
+            ..obs
+        };
+        let (next, more) = rollout::step(&rec.rollout(), &obs, &ctx.settings.rollout);
+        take_step(o, &mut rec, &next, &more, now);
+        write_if_needed(o, ctx, &mut records, &mut rec, &more)
+            .await?
+            .map_or(Ok(()), |e| Err(Error::Store(e)))?;
+        actions.extend(more);
+    }
+    let owner = o
+        .controller_owner_ref(&())
+        .ok_or(Error::Incomplete("name"))?;
+    records.save(&ctx.client, &key, owner, rec.clone()).await?;
+    let problems = problems_of(o, ctx);
+    drop(records);
+    status::write(o, ctx, &rec, &problems).await?;
+    status::events(o, ctx, &actions).await;
+    ctx.metrics.phase(&key, rec.rollout().phase);
+    Ok(if rec.rollout().phase == Phase::Provisioning {
+        Action::requeue(ctx.settings.poll)
+    } else {
+        Action::requeue(Duration::from_secs(300))
+    })
+}
+
+/// The object's generation, what the proxies said of the revision written for it and its
+/// routes' error rate since then (only while it bakes).
+async fn observe<K: Unit, P: Platform>(
+    o: &K,
+    rec: &Record,
+    ctx: &Context<P>,
+    now: u64,
+) -> Result<Observation, Error> {
+    let generation = o.meta().generation.unwrap_or(1);
+    let baking = rec.rollout().phase == Phase::Provisioning && rec.generation == generation;
+    let mut obs = Observation {
+        generation,
+        config: ConfigStatus::Pending,
+        health: None,
+        error_rate: None,
+        now,
+    };
+    if !baking {
+        return Ok(obs);
+    }
+    obs.config = ctx
+        .platform
+        .config_status(rec.revision)
+        .await
+        .map_err(Error::Observe)?;
+    if let Some(prefix) = o.route_prefix() {
+        let (total, errors) = ctx
+            .platform
+            .route_counts(&prefix)
+            .await
+            .map_err(Error::Observe)?;
+        let (total, errors) = (
+            total.saturating_sub(rec.baseline.0),
+            errors.saturating_sub(rec.baseline.1),
+        );
+        if total >= ctx.settings.min_requests {
+            #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+            let rate = errors as f64 / total as f64;
+            obs.error_rate = Some(rate);
+        }
+    }
+    Ok(obs)
+}
+
+/// The record after a step: its phase, the spec applied, the last good spec.
+fn take_step<K: Unit>(
+    o: &K,
+    rec: &mut Record,
+    next: &rollout::Rollout,
+    actions: &[Step],
+    now: u64,
+) {
+    let was_running = rec.rollout().phase == Phase::Running;
+    rec.set_rollout(next, now);
+    if actions.iter().any(|a| matches!(a, Step::Apply(_))) {
+        rec.applied = Some(o.spec_value());
+    }
+    if next.phase == Phase::Running && !was_running {
+        rec.good.clone_from(&rec.applied);
+    }
+}
+
+/// Writes the whole translation when the step applies or reverts; `Some(reason)` when the
+/// store refused it.
+async fn write_if_needed<K: Unit, P: Platform>(
+    o: &K,
+    ctx: &Context<P>,
+    records: &mut Records,
+    rec: &mut Record,
+    actions: &[Step],
+) -> Result<Option<String>, Error> {
+    let key = &key_of(o);
+    let applies = actions.iter().any(|a| matches!(a, Step::Apply(_)));
+    if !applies && !actions.iter().any(|a| matches!(a, Step::Revert(_))) {
+        return Ok(None);
+    }
+    let translated = desired(ctx, records, Some((key, &*rec)), None).await?;
+    match ctx.platform.write(translated.documents()).await {
+        Ok(revision) => {
+            rec.revision = revision;
+            if applies && let Some(prefix) = o.route_prefix() {
+                rec.baseline = ctx
+                    .platform
+                    .route_counts(&prefix)
+                    .await
+                    .map_err(Error::Observe)?;
+            }
+            Ok(None)
+        }
+        Err(why) => Ok(Some(why)),
+    }
+}
+
+/// The object is being deleted: write the translation without it.
+async fn cleanup<K: Unit, P: Platform>(o: &K, ctx: &Context<P>) -> Result<Action, Error> {
+    let mut records = ctx.records.lock().await;
+    let key = key_of(o);
+    records.forget(&key);
+    let translated = desired(ctx, &mut records, None, Some(&key)).await?;
+    ctx.platform
+        .write(translated.documents())
+        .await
+        .map_err(Error::Store)?;
+    ctx.metrics.forget(&key);
+    tracing::info!(kind = K::KIND, object = %key.name, "removed from the store");
+    Ok(Action::await_change())
+}
+
+/// Every object's effective spec, translated. `current` overrides the record kept for its
+/// key (not saved yet); `gone` is left out.
+async fn desired<P: Platform>(
+    ctx: &Context<P>,
+    records: &mut Records,
+    current: Option<(&Key, &Record)>,
+    gone: Option<&Key>,
+) -> Result<Translated, Error> {
+    let gateways = effective_all(ctx, records, current, gone, &ctx.gateways.state()).await?;
+    let routes = effective_all(ctx, records, current, gone, &ctx.routes.state()).await?;
+    Ok(translate(&gateways, &routes, &ctx.settings.backends))
+}
+
+async fn effective_all<K: Unit, P: Platform>(
+    ctx: &Context<P>,
+    records: &mut Records,
+    current: Option<(&Key, &Record)>,
+    gone: Option<&Key>,
+    objects: &[Arc<K>],
+) -> Result<Vec<K>, Error> {
+    let mut out = Vec::new();
+    for o in objects {
+        let key = key_of(&**o);
+        if Some(&key) == gone || o.meta().deletion_timestamp.is_some() || !o.ours(&ctx.settings) {
+            continue;
+        }
+        let record = match current {
+            Some((k, r)) if *k == key => Some(r.clone()),
+            _ => match o.uid() {
+                Some(uid) => records.get(&ctx.client, &key, &uid).await?,
+                None => None,
+            },
+        };
+        if let Some(spec) = record.as_ref().and_then(Record::effective) {
+            out.extend(o.with_spec(spec));
+        }
+    }
+    Ok(out)
+}
+
+/// What translating this object (with every Gateway of ours) reports against it.
+fn problems_of<K: Unit, P: Platform>(o: &K, ctx: &Context<P>) -> Vec<String> {
+    let gateways: Vec<Gateway> = ctx
+        .gateways
+        .state()
+        .iter()
+        .filter(|g| g.ours(&ctx.settings))
+        .map(|g| (**g).clone())
+        .collect();
+    o.problems(&gateways, &ctx.settings.backends)
+}

@@ -1,0 +1,154 @@
+//! What a reconcile tells the people watching: Gateway API conditions in the object's status
+//! (Accepted, ResolvedRefs, Programmed; written by server-side apply, so other controllers'
+//! parents are left alone) and Kubernetes Events for each step of the rollout.
+
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType};
+use serde_json::{Value, json};
+
+use super::reconcile::Unit;
+use super::record::Record;
+use super::{CONTROLLER_NAME, Context, Error, FIELD_MANAGER, Platform};
+use crate::rollout::{self, Action};
+
+/// One condition as the Gateway API writes it.
+fn condition(kind: &str, status: &str, reason: &str, message: &str, rec: &Record) -> Value {
+    let since = i64::try_from(rec.since).unwrap_or(0);
+    let time = k8s_openapi::jiff::Timestamp::from_second(since)
+        .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+    json!({
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": rec.generation,
+        "lastTransitionTime": time.to_string(),
+    })
+}
+
+/// The conditions of an object in its rollout: Accepted (it is ours and read), ResolvedRefs
+/// (routes: every backend found), Programmed (the rollout's phase).
+pub(crate) fn conditions(route: bool, rec: &Record, problems: &[String]) -> Vec<Value> {
+    let mut out = vec![condition(
+        "Accepted",
+        "True",
+        "Accepted",
+        "read by the Rampart operator",
+        rec,
+    )];
+    if route {
+        let unresolved: Vec<&str> = problems
+            .iter()
+            .filter(|p| p.contains("backend"))
+            .map(String::as_str)
+            .collect();
+        out.push(if unresolved.is_empty() {
+            condition("ResolvedRefs", "True", "ResolvedRefs", "", rec)
+        } else {
+            condition(
+                "ResolvedRefs",
+                "False",
+                "BackendNotFound",
+                &unresolved.join("; "),
+                rec,
+            )
+        });
+        if !problems.is_empty() {
+            out.push(condition(
+                "PartiallyInvalid",
+                "True",
+                "UnsupportedValue",
+                &problems.join("; "),
+                rec,
+            ));
+        }
+    }
+    let (status, reason, message) = rollout::programmed(&rec.rollout());
+    out.push(condition("Programmed", status, reason, &message, rec));
+    out
+}
+
+/// The status written: routes per parent (only the parents this controller answers for),
+/// Gateways at the top.
+fn status_of<K: Unit>(o: &K, conditions: &[Value]) -> Value {
+    let spec = o.spec_value();
+    let Some(parents) = spec["parentRefs"].as_array() else {
+        return json!({ "conditions": conditions });
+    };
+    let ns = o.namespace().unwrap_or_default();
+    let parents: Vec<Value> = parents
+        .iter()
+        .map(|p| {
+            let mut parent = json!({
+                "group": "gateway.networking.k8s.io",
+                "kind": "Gateway",
+                "namespace": p["namespace"].as_str().unwrap_or(&ns),
+                "name": p["name"],
+            });
+            if let Some(section) = p["sectionName"].as_str() {
+                parent["sectionName"] = json!(section);
+            }
+            json!({
+                "parentRef": parent,
+                "controllerName": CONTROLLER_NAME,
+                "conditions": conditions,
+            })
+        })
+        .collect();
+    json!({ "parents": parents })
+}
+
+/// Writes the object's status for its record.
+pub(crate) async fn write<K: Unit, P: Platform>(
+    o: &K,
+    ctx: &Context<P>,
+    rec: &Record,
+    problems: &[String],
+) -> Result<(), Error> {
+    let ns = o.namespace().ok_or(Error::Incomplete("namespace"))?;
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+    let route = o.route_prefix().is_some();
+    let patch = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status_of(o, &conditions(route, rec, problems)),
+    });
+    api.patch_status(
+        &o.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Publishes the step's events on the object (failures to publish are logged: an event is
+/// not worth a retry of the whole reconcile).
+pub(crate) async fn events<K: Unit, P: Platform>(o: &K, ctx: &Context<P>, actions: &[Action]) {
+    let reference = o.object_ref(&());
+    for a in actions {
+        let Action::Event {
+            warning,
+            reason,
+            message,
+        } = a
+        else {
+            continue;
+        };
+        let event = Event {
+            type_: if *warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: (*reason).to_owned(),
+            note: Some(message.clone()),
+            action: "Rollout".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            tracing::warn!(error = %e, reason, "cannot publish an event");
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The operator's [`Platform`]: the store written through `rampart apply`'s checked
+//! transaction, the control plane's `/status` for ACK/NACK, the proxies' `/metrics` for
+//! each route's answers.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rampart_kv::client::Client;
+use rampart_operator::controller::Platform;
+use rampart_operator::rollout::ConfigStatus;
+use rampart_operator::translate::OWNED_PREFIX;
+use rampart_xds::desired::Resource;
+use serde_json::Value;
+
+use crate::desired;
+
+/// How long one look at the control plane or a proxy may take.
+const LOOK: Duration = Duration::from_secs(5);
+
+pub(crate) struct StorePlatform {
+    store: tokio::sync::Mutex<Client>,
+    /// `host:port`, looked up on every use (a Service name in a cluster).
+    control_plane: String,
+    proxies: Vec<String>,
+}
+
+impl StorePlatform {
+    pub(crate) fn new(
+        endpoints: &[String],
+        control_plane: &str,
+        proxies: &[String],
+    ) -> anyhow::Result<Self> {
+        let store = desired::client(&desired::StoreArgs {
+            endpoints: endpoints.to_vec(),
+        })?;
+        Ok(Self {
+            store: tokio::sync::Mutex::new(store),
+            control_plane: control_plane.to_owned(),
+            proxies: proxies.to_vec(),
+        })
+    }
+
+    /// One attempt: read, check the whole config, write what changed if nothing else did.
+    async fn write_once(&self, docs: &[Resource]) -> Result<i64, String> {
+        let mut c = self.store.lock().await;
+        let state = desired::load(&mut c).await.map_err(|e| format!("{e:#}"))?;
+        let owned = |r: &Resource| r.name.starts_with(OWNED_PREFIX);
+        let mut merged: Vec<Resource> = state
+            .resources
+            .iter()
+            .filter(|r| !owned(r))
+            .cloned()
+            .collect();
+        merged.extend(docs.iter().cloned());
+        desired::check(&merged).map_err(|errors| errors.join("; "))?;
+        let puts: Vec<&Resource> = docs
+            .iter()
+            .filter(|d| !state.resources.contains(d))
+            .collect();
+        let deletes: Vec<String> = state
+            .resources
+            .iter()
+            .filter(|r| owned(r) && !docs.iter().any(|d| d.kind == r.kind && d.name == r.name))
+            .map(Resource::key)
+            .collect();
+        if puts.is_empty() && deletes.is_empty() {
+            return Ok(state.revision);
+        }
+        desired::commit(&mut c, &state, &puts, &deletes)
+            .await
+            .map_err(|e| format!("{e:#}"))
+    }
+}
+
+impl Platform for StorePlatform {
+    async fn write(&self, documents: Vec<Value>) -> Result<i64, String> {
+        let docs = documents
+            .into_iter()
+            .map(Resource::from_document)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut last = String::new();
+        // Another writer between the read and the write fails the transaction: read again.
+        for _ in 0..3 {
+            match self.write_once(&docs).await {
+                Ok(rev) => return Ok(rev),
+                Err(e) if e.contains("changed while") => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    async fn config_status(&self, revision: i64) -> Result<ConfigStatus, String> {
+        let status = get(&self.control_plane, "/status").await?;
+        let status: Value = serde_json::from_str(&status).map_err(|e| e.to_string())?;
+        Ok(judge(&status, revision))
+    }
+
+    async fn route_counts(&self, prefix: &str) -> Result<(u64, u64), String> {
+        let mut sum = (0, 0);
+        for proxy in &self.proxies {
+            let text = get(proxy, "/metrics").await?;
+            let (total, errors) = route_counts(&text, prefix);
+            sum = (sum.0 + total, sum.1 + errors);
+        }
+        Ok(sum)
+    }
+}
+
+async fn get(host_port: &str, path: &str) -> Result<String, String> {
+    let addr: SocketAddr = tokio::net::lookup_host(host_port)
+        .await
+        .map_err(|e| format!("{host_port}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host_port}: no address"))?;
+    let (code, body) =
+        crate::admin_client::request(addr, http::Method::GET, path, None, Vec::new(), LOOK)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+    if !code.is_success() {
+        return Err(format!("{addr}{path}: {code}"));
+    }
+    Ok(body)
+}
+
+/// The control plane's `/status` judged for `revision`: a proxy's refusal of what it was
+/// last sent is a NACK; anything sent and not yet acknowledged, or a snapshot older than
+/// `revision`, or no proxy at all, is Pending.
+fn judge(status: &Value, revision: i64) -> ConfigStatus {
+    if status["snapshot"].as_i64().unwrap_or(0) < revision {
+        return ConfigStatus::Pending;
+    }
+    let Some(nodes) = status["nodes"].as_object().filter(|n| !n.is_empty()) else {
+        return ConfigStatus::Pending;
+    };
+    let mut pending = false;
+    for (node, types) in nodes {
+        for (t, s) in types.as_object().into_iter().flatten() {
+            let sent = &s["sent"];
+            if s["nacked"]["version"] == *sent {
+                let why = s["nacked"]["error"].as_str().unwrap_or("");
+                return ConfigStatus::Nacked(format!("{node} refused {t}: {why}"));
+            }
+            pending |= s["acked"] != *sent;
+        }
+    }
+    if pending {
+        ConfigStatus::Pending
+    } else {
+        ConfigStatus::Acked
+    }
+}
+
+/// `(requests, 5xx)` on routes named `prefix*` in a proxy's metrics
+/// (`rampart_requests_total{listener,route,cluster,class}`).
+fn route_counts(metrics: &str, prefix: &str) -> (u64, u64) {
+    let mut out = (0, 0);
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix("rampart_requests_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels.split(',').find_map(|kv| {
+                kv.strip_prefix(name)?
+                    .strip_prefix("=\"")?
+                    .strip_suffix('"')
+            })
+        };
+        if !label("route").is_some_and(|r| r.starts_with(prefix)) {
+            continue;
+        }
+        let Ok(n) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // counters
+        let n = n as u64;
+        out.0 += n;
+        if label("class") == Some("5xx") {
+            out.1 += n;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_only_the_prefixed_routes() {
+        let text = "# TYPE rampart_requests counter\n\
+            rampart_requests_total{listener=\"l\",route=\"shop.site.r0.m0.p0\",cluster=\"c\",class=\"2xx\"} 7\n\
+            rampart_requests_total{listener=\"l\",route=\"shop.site.r1.m0.p0\",cluster=\"c\",class=\"5xx\"} 3\n\
+            rampart_requests_total{listener=\"l\",route=\"shop.site2.r0.m0.p0\",cluster=\"c\",class=\"5xx\"} 100\n\
+            rampart_requests_created{listener=\"l\",route=\"shop.site.r0.m0.p0\",cluster=\"c\",class=\"2xx\"} 1.7e9\n";
+        assert_eq!(route_counts(text, "shop.site."), (10, 3));
+        assert_eq!(route_counts(text, "other."), (0, 0));
+    }
+
+    #[test]
+    fn judges_acks_and_nacks_of_the_revision() {
+        let at = |snapshot: i64, nacked: Value| {
+            serde_json::json!({ "snapshot": snapshot, "nodes": { "p1": {
+                "Listener": { "sent": "a", "acked": "a", "nacked": null },
+                "RouteConfiguration": { "sent": "b", "acked": "x", "nacked": nacked },
+            }}})
+        };
+        assert_eq!(judge(&at(4, Value::Null), 5), ConfigStatus::Pending);
+        assert_eq!(judge(&at(5, Value::Null), 5), ConfigStatus::Pending);
+        let refused = serde_json::json!({ "version": "b", "error": "bad" });
+        assert_eq!(
+            judge(&at(5, refused), 5),
+            ConfigStatus::Nacked("p1 refused RouteConfiguration: bad".into())
+        );
+        let old = serde_json::json!({ "version": "z", "error": "old" });
+        assert_eq!(judge(&at(6, old), 5), ConfigStatus::Pending);
+        let acked = serde_json::json!({ "snapshot": 9, "nodes": { "p1": {
+            "Listener": { "sent": "a", "acked": "a", "nacked": null } } } });
+        assert_eq!(judge(&acked, 5), ConfigStatus::Acked);
+        assert_eq!(
+            judge(&serde_json::json!({ "snapshot": 9, "nodes": {} }), 5),
+            ConfigStatus::Pending
+        );
+    }
+}

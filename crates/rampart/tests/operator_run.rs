@@ -1,0 +1,436 @@
+//! `rampart operator run` end to end, without Kubernetes: two operator processes talk to an
+//! in-memory Kubernetes API over HTTP (rampart-kube-fake: list, watch, server-side apply,
+//! finalizers, owner-reference garbage collection) and program a real 3-node store, a real
+//! control plane and a real xDS-fed proxy carrying traffic the whole time.
+//!
+//! The story, in one run (each step waits on what the operator writes back to the API):
+//! 1. a Gateway and an HTTPRoute roll out: Provisioning → Running, conditions Programmed;
+//! 2. a broken HTTPRoute (a regular expression that does not compile) is refused by the
+//!    store's check and reverted at once: traffic never breaks;
+//! 3. a Gateway change the proxy refuses (a listener on a port already taken on its host) is
+//!    NACKed and reverted: traffic never breaks;
+//! 4. an HTTPRoute sending its traffic to a dead backend fails on its error rate within the
+//!    bake time and is reverted to the last good generation: traffic comes back;
+//! 5. a good generation rolls out with no failed request;
+//! 6. the leader is killed; the other replica takes the Lease over and carries on;
+//! 7. a deleted HTTPRoute is held by the finalizer until its routes are out of the store.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use rampart_kube_fake::FakeApi;
+use rampart_test_support::{eventually, free_port};
+use serde_json::{Value, json};
+use support::*;
+
+const GATEWAY_API: &str = "gateway.networking.k8s.io/v1";
+/// Long enough for a few looks at the proxies, short enough for a test.
+const BAKE: &str = "2s";
+const WAIT: Duration = Duration::from_secs(30);
+
+fn gateway(port: u16, extra_port: Option<u16>) -> Value {
+    let mut listeners = vec![json!({ "name": "http", "port": port, "protocol": "HTTP" })];
+    if let Some(p) = extra_port {
+        listeners.push(json!({ "name": "admin", "port": p, "protocol": "HTTP" }));
+    }
+    json!({
+        "apiVersion": GATEWAY_API,
+        "kind": "Gateway",
+        "metadata": { "name": "edge", "namespace": "shop" },
+        "spec": { "gatewayClassName": "rampart", "listeners": listeners },
+    })
+}
+
+fn route(name: &str, path: &Value, service_port: u16) -> Value {
+    json!({
+        "apiVersion": GATEWAY_API,
+        "kind": "HTTPRoute",
+        "metadata": { "name": name, "namespace": "shop" },
+        "spec": {
+            "parentRefs": [{ "name": "edge" }],
+            "rules": [{
+                "matches": [{ "path": path }],
+                "backendRefs": [{ "name": "web", "port": service_port }],
+            }],
+        },
+    })
+}
+
+fn prefix(p: &str) -> Value {
+    json!({ "type": "PathPrefix", "value": p })
+}
+
+/// The rollout record the operator keeps beside an object.
+fn record(api: &FakeApi, kind: &str, name: &str) -> Value {
+    let cm = api.get(
+        "v1",
+        "configmaps",
+        Some("shop"),
+        &format!("rampart-rollout-{kind}-{name}"),
+    );
+    cm.and_then(|cm| serde_json::from_str(cm["data"]["record"].as_str()?).ok())
+        .unwrap_or(Value::Null)
+}
+
+async fn await_phase(api: &FakeApi, kind: &str, name: &str, phase: &str, generation: i64) {
+    let ok = eventually(WAIT, || async {
+        let r = record(api, kind, name);
+        r["phase"] == phase && r["generation"] == generation
+    })
+    .await;
+    assert!(
+        ok,
+        "{kind} {name}: never {phase} at generation {generation}; record {}",
+        record(api, kind, name)
+    );
+}
+
+/// The object's condition `kind` (routes: under their first parent).
+fn condition(api: &FakeApi, plural: &str, name: &str, kind: &str) -> Value {
+    let o = api
+        .get(GATEWAY_API, plural, Some("shop"), name)
+        .unwrap_or(Value::Null);
+    let conditions = if plural == "httproutes" {
+        &o["status"]["parents"][0]["conditions"]
+    } else {
+        &o["status"]["conditions"]
+    };
+    conditions
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == kind)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Reasons of the Events about object `name`.
+fn events(api: &FakeApi, name: &str) -> Vec<String> {
+    api.list("events.k8s.io/v1", "events")
+        .into_iter()
+        .filter(|e| e["regarding"]["name"] == name)
+        .filter_map(|e| e["reason"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Requests to the gateway every 20 ms until stopped: answers by upstream, failures.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    last: Arc<std::sync::Mutex<String>>,
+}
+
+impl Traffic {
+    fn start(addr: SocketAddr) -> Self {
+        let t = Self {
+            stop: Arc::default(),
+            ok: Arc::default(),
+            failed: Arc::default(),
+            last: Arc::default(),
+        };
+        let (stop, ok, failed, last) = (
+            t.stop.clone(),
+            t.ok.clone(),
+            t.failed.clone(),
+            t.last.clone(),
+        );
+        tokio::spawn(async move {
+            // Bounded: at most 10 000 requests (over 3 minutes at this pace).
+            for _ in 0..10_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let r = try_send(&h1(), request(http::Method::GET, addr, "/", &[])).await;
+                match r {
+                    Ok(r) if r.status.is_success() => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                        *last.lock().unwrap() = r.text();
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        t
+    }
+
+    fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Waits for `n` more successful answers; the last one came from `upstream`.
+    async fn answers_from(&self, upstream: &str, n: u64) -> bool {
+        let from = self.ok.load(Ordering::Relaxed);
+        eventually(WAIT, || async {
+            self.ok.load(Ordering::Relaxed) >= from + n
+                && self.last.lock().unwrap().contains(upstream)
+        })
+        .await
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The platform under the operator: 3 store nodes, a control plane, a proxy.
+struct Platform {
+    store: StoreCluster,
+    _cp: Proc,
+    cp_admin: SocketAddr,
+    _proxy: Proc,
+    proxy_admin: SocketAddr,
+}
+
+async fn platform(dir: &TempDir) -> Platform {
+    let store = StoreCluster::start(dir);
+    let eps = store.endpoints();
+    let ready = eventually(WAIT, || async {
+        std::process::Command::new(bin())
+            .args(["get", "cluster", "--endpoints", &eps])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+    .await;
+    assert!(ready, "the store did not come up");
+    let (mut cp, ads) = spawn_control_plane(&eps).await;
+    let cp_admin = bound(&mut cp, "xds admin listening addr=").await;
+    let mut proxy = spawn_xds_proxy(&ads, "edge-proxy");
+    let proxy_admin = bound(&mut proxy, "admin endpoint listening local=").await;
+    Platform {
+        store,
+        _cp: cp,
+        cp_admin,
+        _proxy: proxy,
+        proxy_admin,
+    }
+}
+
+struct Backends {
+    v1: Upstream,
+    v2: Upstream,
+    dead: u16,
+}
+
+async fn operator(
+    identity: &str,
+    kubeconfig: &std::path::Path,
+    p: &Platform,
+    b: &Backends,
+) -> (Proc, SocketAddr) {
+    let v1 = format!("shop/web:80={}", b.v1.addr);
+    let v2 = format!("shop/web:8080={}", b.v2.addr);
+    let dead = format!("shop/web:81=127.0.0.1:{}", b.dead);
+    let (eps, cp, proxy) = (
+        p.store.endpoints(),
+        p.cp_admin.to_string(),
+        p.proxy_admin.to_string(),
+    );
+    let mut op = Proc::spawn(
+        &format!("operator {identity}"),
+        &[
+            "operator",
+            "run",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--store",
+            &eps,
+            "--control-plane-admin",
+            &cp,
+            "--proxy-admin",
+            &proxy,
+            "--bake",
+            BAKE,
+            "--min-requests",
+            "10",
+            "--max-error-rate",
+            "0.2",
+            "--backend",
+            &v1,
+            "--backend",
+            &v2,
+            "--backend",
+            &dead,
+            "--listen-host",
+            "127.0.0.1",
+            "--lease-namespace",
+            "rampart-system",
+            "--lease-duration",
+            "3s",
+            "--identity",
+            identity,
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    );
+    let metrics = bound(&mut op, "operator metrics listening addr=").await;
+    (op, metrics)
+}
+
+fn lease_holder(api: &FakeApi) -> Value {
+    api.get(
+        "coordination.k8s.io/v1",
+        "leases",
+        Some("rampart-system"),
+        "rampart-operator",
+    )
+    .map_or(Value::Null, |l| l["spec"]["holderIdentity"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_rolls_out_reverts_fails_over_and_cleans_up() {
+    let dir = TempDir::new("operator-run");
+    let api = FakeApi::start().await;
+    let kubeconfig = dir.path("kubeconfig");
+    api.write_kubeconfig(&kubeconfig).unwrap();
+    let p = platform(&dir).await;
+    let b = Backends {
+        v1: demo_upstream("v1").await,
+        v2: demo_upstream("v2").await,
+        dead: free_port(),
+    };
+    let (mut a, _) = operator("op-a", &kubeconfig, &p, &b).await;
+    assert!(
+        eventually(WAIT, || async { lease_holder(&api) == "op-a" }).await,
+        "op-a never took the lease: {}",
+        a.stderr()
+    );
+    let (mut op_b, b_metrics) = operator("op-b", &kubeconfig, &p, &b).await;
+
+    // 1. A Gateway and an HTTPRoute roll out.
+    let port = free_port();
+    let gen1 = route("site", &prefix("/"), 80);
+    api.upsert(GATEWAY_API, "gateways", gateway(port, None));
+    api.upsert(GATEWAY_API, "httproutes", gen1.clone());
+    await_phase(&api, "gateway", "edge", "Running", 1).await;
+    await_phase(&api, "httproute", "site", "Running", 1).await;
+    let programmed = condition(&api, "httproutes", "site", "Programmed");
+    assert_eq!(programmed["status"], "True", "{programmed}");
+    assert_eq!(
+        condition(&api, "httproutes", "site", "ResolvedRefs")["status"],
+        "True"
+    );
+    assert_eq!(
+        condition(&api, "gateways", "edge", "Programmed")["status"],
+        "True"
+    );
+    let site = api
+        .get(GATEWAY_API, "httproutes", Some("shop"), "site")
+        .unwrap();
+    assert_eq!(
+        site["metadata"]["finalizers"][0],
+        "rampart.dev/store-cleanup"
+    );
+    let gw = SocketAddr::from(([127, 0, 0, 1], port));
+    let traffic = Traffic::start(gw);
+    assert!(
+        traffic.answers_from("v1", 20).await,
+        "no traffic through the gateway"
+    );
+    assert_eq!(traffic.failed(), 0);
+
+    // 2. Refused by the store's check: reverted before any proxy saw it.
+    let mut broken = gen1.clone();
+    broken["spec"]["rules"][0]["matches"][0]["path"] =
+        json!({ "type": "RegularExpression", "value": "/(unclosed" });
+    api.upsert(GATEWAY_API, "httproutes", broken);
+    await_phase(&api, "httproute", "site", "RolledBack", 2).await;
+    let r = record(&api, "httproute", "site");
+    assert!(
+        r["reason"].as_str().unwrap().contains("store refused"),
+        "{r}"
+    );
+    assert!(events(&api, "site").contains(&"RolledBack".to_owned()));
+    assert_eq!(
+        condition(&api, "httproutes", "site", "Programmed")["status"],
+        "False"
+    );
+    assert!(traffic.answers_from("v1", 20).await);
+    assert_eq!(traffic.failed(), 0, "a refused generation broke traffic");
+
+    // 3. NACKed by the proxy: a listener on a port taken on its host.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    api.upsert(GATEWAY_API, "gateways", gateway(port, Some(taken_port)));
+    await_phase(&api, "gateway", "edge", "RolledBack", 2).await;
+    let r = record(&api, "gateway", "edge");
+    assert!(r["reason"].as_str().unwrap().contains("refused"), "{r}");
+    assert!(events(&api, "edge").contains(&"RolledBack".to_owned()));
+    assert!(traffic.answers_from("v1", 20).await);
+    assert_eq!(traffic.failed(), 0, "a NACKed generation broke traffic");
+    drop(taken);
+
+    // 4. A dead backend: errors past the threshold within the bake time, reverted.
+    api.upsert(GATEWAY_API, "httproutes", route("site", &prefix("/"), 81));
+    await_phase(&api, "httproute", "site", "RolledBack", 3).await;
+    let r = record(&api, "httproute", "site");
+    assert!(r["reason"].as_str().unwrap().contains("error rate"), "{r}");
+    assert!(
+        traffic.answers_from("v1", 20).await,
+        "traffic never came back"
+    );
+    let failed_during_bad_generation = traffic.failed();
+    assert!(failed_during_bad_generation > 0);
+
+    // 5. A good generation: no failed request.
+    api.upsert(GATEWAY_API, "httproutes", route("site", &prefix("/"), 8080));
+    await_phase(&api, "httproute", "site", "Running", 4).await;
+    assert!(traffic.answers_from("v2", 20).await);
+    assert_eq!(traffic.failed(), failed_during_bad_generation);
+
+    // 6. The leader dies; the other replica takes over and carries on.
+    assert_eq!(lease_holder(&api), "op-a");
+    assert!(
+        metrics(b_metrics)
+            .await
+            .contains("rampart_operator_leader 0")
+    );
+    a.signal("KILL");
+    assert!(
+        eventually(WAIT, || async { lease_holder(&api) == "op-b" }).await,
+        "op-b never took over: {}",
+        op_b.stderr()
+    );
+    api.upsert(GATEWAY_API, "httproutes", route("api", &prefix("/api"), 80));
+    await_phase(&api, "httproute", "api", "Running", 1).await;
+    assert!(
+        metrics(b_metrics)
+            .await
+            .contains("rampart_operator_leader 1")
+    );
+
+    // 7. Deleting: held by the finalizer until the store no longer routes to it.
+    api.delete(GATEWAY_API, "httproutes", Some("shop"), "site");
+    let gone = eventually(WAIT, || async {
+        api.get(GATEWAY_API, "httproutes", Some("shop"), "site")
+            .is_none()
+    })
+    .await;
+    assert!(gone, "the finalizer was never removed: {}", op_b.stderr());
+    assert!(
+        eventually(WAIT, || async {
+            try_send(&h1(), request(http::Method::GET, gw, "/", &[]))
+                .await
+                .is_ok_and(|r| r.status == 404)
+        })
+        .await,
+        "the deleted route is still served; store: {}\nxds: {}\noperator: {}",
+        rampart_ok(&["get", "routetable", "--endpoints", &p.store.endpoints()]),
+        rampart_ok(&["xds", "status", "--admin", &p.cp_admin.to_string()]),
+        op_b.stderr()
+    );
+    let clusters = rampart_ok(&["get", "cluster", "--endpoints", &p.store.endpoints()]);
+    assert!(!clusters.contains("k8s-svc-shop-web-8080"), "{clusters}");
+    assert!(clusters.contains("k8s-svc-shop-web-80"), "{clusters}");
+    drop(traffic);
+    assert!(op_b.exited().is_none(), "{}", op_b.stderr());
+}
