@@ -92,6 +92,9 @@ pub struct RampartFunctionSpec {
     /// Clusters it may call.
     #[serde(default)]
     pub clusters: Vec<String>,
+    /// Deploy without a signature (development only; gateways log it).
+    #[serde(default)]
+    pub allow_unsigned: bool,
 }
 
 /// A proxy-wasm plugin as a filter on the routes of some HTTPRoutes.

@@ -302,6 +302,14 @@ fn action(
             (other, _) => return Err(format!("filter {other:?} is not supported")),
         }
     }
+    if let Some(f) = rule.backend_refs.iter().find(|b| is_function(b)) {
+        // A function answers itself: it is the rule's only backend.
+        if rule.backend_refs.len() > 1 {
+            return Err("a RampartFunction backend must be the rule's only backend".into());
+        }
+        route["function"] = json!(function_name(f.namespace.as_deref().unwrap_or(ns), &f.name));
+        return Ok(route);
+    }
     let backends: Vec<(String, u32)> = rule
         .backend_refs
         .iter()
@@ -324,6 +332,16 @@ fn action(
     Ok(route)
 }
 
+/// A backend that is a RampartFunction (group `rampart.dev`).
+fn is_function(b: &BackendRef) -> bool {
+    b.kind.as_deref() == Some("RampartFunction") && b.group.as_deref() == Some("rampart.dev")
+}
+
+/// The store's name of the function a RampartFunction deploys (owned by the operator).
+pub fn function_name(namespace: &str, name: &str) -> String {
+    format!("{OWNED_PREFIX}{namespace}-{name}")
+}
+
 /// The cluster of a backend Service port, added once.
 fn cluster(
     b: &BackendRef,
@@ -331,6 +349,17 @@ fn cluster(
     backends: &Backends,
     clusters: &mut BTreeMap<String, Value>,
 ) -> Result<String, String> {
+    if !matches!(
+        (b.group.as_deref(), b.kind.as_deref()),
+        (None | Some(""), None | Some("Service"))
+    ) {
+        return Err(format!(
+            "backend {:?}: kind {}/{} is not supported (Service, rampart.dev/RampartFunction)",
+            b.name,
+            b.group.as_deref().unwrap_or(""),
+            b.kind.as_deref().unwrap_or("")
+        ));
+    }
     let port = b
         .port
         .ok_or_else(|| format!("backend {:?} names no port", b.name))?;

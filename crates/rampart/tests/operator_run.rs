@@ -13,7 +13,11 @@
 //!    bake time and is reverted to the last good generation: traffic comes back;
 //! 5. a good generation rolls out with no failed request;
 //! 6. the leader is killed; the other replica takes the Lease over and carries on;
-//! 7. a deleted HTTPRoute is held by the finalizer until its routes are out of the store.
+//! 7. a deleted HTTPRoute is held by the finalizer until its routes are out of the store;
+//! 8. a RampartFunction (its component in a ConfigMap) is deployed to the store and served
+//!    through an HTTPRoute backend; a generation whose component does not match its SHA-256
+//!    is reverted before anything is deployed, one whose invocations trap is reverted on its
+//!    failure rate; deleting it takes it out of the store.
 
 mod support;
 
@@ -126,7 +130,7 @@ struct Traffic {
 }
 
 impl Traffic {
-    fn start(addr: SocketAddr) -> Self {
+    fn start(addr: SocketAddr, path: &'static str) -> Self {
         let t = Self {
             stop: Arc::default(),
             ok: Arc::default(),
@@ -145,7 +149,7 @@ impl Traffic {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                let r = try_send(&h1(), request(http::Method::GET, addr, "/", &[])).await;
+                let r = try_send(&h1(), request(http::Method::GET, addr, path, &[])).await;
                 match r {
                     Ok(r) if r.status.is_success() => {
                         ok.fetch_add(1, Ordering::Relaxed);
@@ -204,7 +208,22 @@ async fn platform(dir: &TempDir) -> Platform {
     assert!(ready, "the store did not come up");
     let (mut cp, ads) = spawn_control_plane(&eps).await;
     let cp_admin = bound(&mut cp, "xds admin listening addr=").await;
-    let mut proxy = spawn_xds_proxy(&ads, "edge-proxy");
+    let mut proxy = Proc::spawn(
+        "proxy",
+        &[
+            "proxy",
+            "--xds",
+            &ads,
+            "--node-id",
+            "edge-proxy",
+            "--workers",
+            "1",
+            "--admin",
+            "127.0.0.1:0",
+            "--functions-store",
+            &eps,
+        ],
+    );
     let proxy_admin = bound(&mut proxy, "admin endpoint listening local=").await;
     Platform {
         store,
@@ -331,7 +350,7 @@ async fn operator_rolls_out_reverts_fails_over_and_cleans_up() {
         "rampart.dev/store-cleanup"
     );
     let gw = SocketAddr::from(([127, 0, 0, 1], port));
-    let traffic = Traffic::start(gw);
+    let traffic = Traffic::start(gw, "/");
     assert!(
         traffic.answers_from("v1", 20).await,
         "no traffic through the gateway"
@@ -432,5 +451,108 @@ async fn operator_rolls_out_reverts_fails_over_and_cleans_up() {
     assert!(!clusters.contains("k8s-svc-shop-web-8080"), "{clusters}");
     assert!(clusters.contains("k8s-svc-shop-web-80"), "{clusters}");
     drop(traffic);
+
+    functions(&api, gw).await;
     assert!(op_b.exited().is_none(), "{}", op_b.stderr());
+}
+
+const FUNCTIONS: &str = "rampart.dev/v1alpha1";
+
+fn component_config_map(name: &str, example: &str) -> Value {
+    use base64::Engine as _;
+    let path = rampart_test_support::function_example(example)
+        .unwrap_or_else(|e| panic!("the example functions (wasm32-wasip2): {e}"));
+    let bytes = std::fs::read(path).unwrap();
+    json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": { "name": name, "namespace": "shop" },
+        "binaryData": { "fn.wasm": base64::engine::general_purpose::STANDARD.encode(bytes) },
+    })
+}
+
+fn function(config_map: &str, sha256: Option<&str>) -> Value {
+    let mut source = json!({ "configMap": { "name": config_map, "key": "fn.wasm" } });
+    if let Some(s) = sha256 {
+        source["sha256"] = json!(s);
+    }
+    json!({
+        "apiVersion": FUNCTIONS, "kind": "RampartFunction",
+        "metadata": { "name": "greet", "namespace": "shop" },
+        "spec": { "source": source, "env": { "GREETING_NAME": "k8s" }, "allowUnsigned": true },
+    })
+}
+
+/// Step 8: a RampartFunction behind an HTTPRoute, rolled out and reverted.
+async fn functions(api: &FakeApi, gw: SocketAddr) {
+    api.upsert(
+        "v1",
+        "configmaps",
+        component_config_map("hello-wasm", "hello"),
+    );
+    api.upsert(
+        "v1",
+        "configmaps",
+        component_config_map("misbehave-wasm", "misbehave"),
+    );
+    api.upsert(FUNCTIONS, "rampartfunctions", function("hello-wasm", None));
+    let mut to_fn = route("fn", &prefix("/trap"), 80);
+    to_fn["spec"]["rules"][0]["backendRefs"] =
+        json!([{ "group": "rampart.dev", "kind": "RampartFunction", "name": "greet" }]);
+    api.upsert(GATEWAY_API, "httproutes", to_fn);
+    await_phase(api, "rampartfunction", "greet", "Running", 1).await;
+    await_phase(api, "httproute", "fn", "Running", 1).await;
+    let status = api
+        .get(FUNCTIONS, "rampartfunctions", Some("shop"), "greet")
+        .unwrap()["status"]
+        .clone();
+    assert_eq!(status["phase"], "Running", "{status}");
+    assert_eq!(status["lastGoodGeneration"], 1, "{status}");
+    let traffic = Traffic::start(gw, "/trap");
+    assert!(traffic.answers_from("hello, k8s", 10).await);
+
+    // A component that is not the one its source names: never deployed.
+    let wrong = "0".repeat(64);
+    api.upsert(
+        FUNCTIONS,
+        "rampartfunctions",
+        function("hello-wasm", Some(&wrong)),
+    );
+    await_phase(api, "rampartfunction", "greet", "RolledBack", 2).await;
+    let r = record(api, "rampartfunction", "greet");
+    assert!(r["reason"].as_str().unwrap().contains("SHA-256"), "{r}");
+    assert!(traffic.answers_from("hello, k8s", 10).await);
+    assert_eq!(traffic.failed(), 0);
+
+    // A component whose every invocation traps: reverted on its failure rate.
+    api.upsert(
+        FUNCTIONS,
+        "rampartfunctions",
+        function("misbehave-wasm", None),
+    );
+    await_phase(api, "rampartfunction", "greet", "RolledBack", 3).await;
+    let r = record(api, "rampartfunction", "greet");
+    assert!(r["reason"].as_str().unwrap().contains("error rate"), "{r}");
+    assert!(
+        traffic.answers_from("hello, k8s", 10).await,
+        "the function never came back"
+    );
+    assert!(events(api, "greet").contains(&"RolledBack".to_owned()));
+
+    // Deleted: out of the store once the finalizer let go.
+    api.delete(FUNCTIONS, "rampartfunctions", Some("shop"), "greet");
+    let gone = eventually(WAIT, || async {
+        api.get(FUNCTIONS, "rampartfunctions", Some("shop"), "greet")
+            .is_none()
+    })
+    .await;
+    assert!(gone, "the function's finalizer was never removed");
+    assert!(
+        eventually(WAIT, || async {
+            try_send(&h1(), request(http::Method::GET, gw, "/trap", &[]))
+                .await
+                .is_ok_and(|r| !r.status.is_success())
+        })
+        .await,
+        "the deleted function still answers"
+    );
 }

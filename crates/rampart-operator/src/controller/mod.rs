@@ -23,6 +23,7 @@
 //! the binary fills (the store's checked apply path, the control plane's status, the proxies'
 //! metrics).
 
+mod functions;
 mod lease;
 mod metrics;
 mod reconcile;
@@ -43,6 +44,7 @@ use serde_json::Value;
 pub use lease::{Lease, LeaseSettings};
 pub use metrics::Metrics;
 
+use crate::crds::RampartFunction;
 use crate::gateway::{Gateway, HTTPRoute};
 use crate::rollout::{self, ConfigStatus};
 use crate::translate::Backends;
@@ -74,6 +76,29 @@ pub trait Platform: Send + Sync + 'static {
     /// `prefix`, summed over every proxy.
     fn route_counts(&self, prefix: &str)
     -> impl Future<Output = Result<(u64, u64), String>> + Send;
+
+    /// Deploys function `name` (a wasi:http component's `bytes`, with `settings`) to the
+    /// store, as `rampart fn deploy` does, keeping the components of the specs in `keep`
+    /// (earlier generations it may go back to). Returns the spec as stored.
+    fn deploy_function(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        settings: &crate::crds::RampartFunctionSpec,
+        keep: &[Value],
+    ) -> impl Future<Output = Result<Value, String>> + Send;
+
+    /// Puts back a spec `deploy_function` returned (its component is still stored).
+    fn restore_function(&self, spec: &Value) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// Removes function `name` and the components nothing else keeps.
+    fn delete_function(&self, name: &str) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// `(invocations, failures)` of function `name` so far, summed over every proxy.
+    fn function_counts(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<(u64, u64), String>> + Send;
 }
 
 /// How the controller runs.
@@ -131,8 +156,8 @@ pub(crate) struct Context<P> {
     pub(crate) metrics: Metrics,
 }
 
-/// Runs the controllers until `stop` resolves: Gateways of `settings.gateway_class` and every
-/// HTTPRoute, in all namespaces. Call it while holding the [`Lease`].
+/// Runs the controllers until `stop` resolves: Gateways of `settings.gateway_class`, every
+/// HTTPRoute and every RampartFunction, in all namespaces. Call it while holding the [`Lease`].
 pub async fn run<P: Platform>(
     client: Client,
     platform: P,
@@ -142,6 +167,8 @@ pub async fn run<P: Platform>(
 ) {
     let gw_api: Api<Gateway> = Api::all(client.clone());
     let route_api: Api<HTTPRoute> = Api::all(client.clone());
+    let fn_api: Api<RampartFunction> = Api::all(client.clone());
+    let fn_ctl = Controller::new(fn_api, watcher::Config::default().any_semantic());
     let gw_ctl = Controller::new(gw_api, watcher::Config::default().any_semantic());
     let route_ctl = Controller::new(route_api, watcher::Config::default().any_semantic());
     let reporter = Reporter {
@@ -165,9 +192,13 @@ pub async fn run<P: Platform>(
         .for_each(|r| async move { reconcile::log_outcome("Gateway", r) });
     let routes = route_ctl
         .graceful_shutdown_on(stop.wait())
-        .run(reconcile::route, reconcile::retry, ctx)
+        .run(reconcile::route, reconcile::retry, ctx.clone())
         .for_each(|r| async move { reconcile::log_outcome("HTTPRoute", r) });
-    tokio::join!(gws, routes);
+    let functions = fn_ctl
+        .graceful_shutdown_on(stop.wait())
+        .run(functions::function, reconcile::retry, ctx)
+        .for_each(|r| async move { reconcile::log_outcome("RampartFunction", r) });
+    tokio::join!(gws, routes, functions);
 }
 
 /// A stop signal both controllers can wait on.

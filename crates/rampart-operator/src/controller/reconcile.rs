@@ -132,26 +132,55 @@ pub(crate) fn log_outcome<E: std::fmt::Display, K: Resource>(
 }
 
 async fn reconcile<K: Unit, P: Platform>(o: Arc<K>, ctx: Arc<Context<P>>) -> Result<Action, Error> {
-    let started = Instant::now();
     if !o.ours(&ctx.settings) && !o.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
     }
-    let ns = o.namespace().ok_or(Error::Incomplete("namespace"))?;
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
-    let out = finalizer::finalizer(&api, FINALIZER, o, |event| async {
+    finalized(o, &ctx, K::KIND, |event| async {
         match event {
             Finalized::Apply(o) if o.ours(&ctx.settings) => apply(&*o, &ctx).await,
             Finalized::Apply(o) | Finalized::Cleanup(o) => cleanup(&*o, &ctx).await,
         }
     })
     .await
-    .map_err(|e| match e {
-        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
-    });
-    ctx.metrics
-        .reconciled(K::KIND, started.elapsed(), out.is_ok());
+}
+
+/// One reconcile behind the operator's finalizer (added before the first apply, removed
+/// after a successful cleanup), counted in the metrics as `kind`.
+pub(crate) async fn finalized<K, P, F, Fut>(
+    o: Arc<K>,
+    ctx: &Context<P>,
+    kind: &str,
+    reconcile: F,
+) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+    P: Platform,
+    F: FnOnce(Finalized<K>) -> Fut,
+    Fut: std::future::Future<Output = Result<Action, Error>>,
+{
+    let started = Instant::now();
+    let ns = o.namespace().ok_or(Error::Incomplete("namespace"))?;
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+    let out = finalizer::finalizer(&api, FINALIZER, o, reconcile)
+        .await
+        .map_err(|e| match e {
+            finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+            other => Error::Finalizer(other.to_string()),
+        });
+    ctx.metrics.reconciled(kind, started.elapsed(), out.is_ok());
     out
+}
+
+/// The share of failures in `now` since `baseline`, once there are enough to say.
+pub(crate) fn error_rate(now: (u64, u64), baseline: (u64, u64), s: &Settings) -> Option<f64> {
+    let total = now.0.saturating_sub(baseline.0);
+    let failed = now.1.saturating_sub(baseline.1);
+    #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+    (total >= s.min_requests).then(|| failed as f64 / total as f64)
 }
 
 pub(crate) fn key_of<K: Unit>(o: &K) -> Key {
@@ -239,20 +268,12 @@ async fn observe<K: Unit, P: Platform>(
         .await
         .map_err(Error::Observe)?;
     if let Some(prefix) = o.route_prefix() {
-        let (total, errors) = ctx
+        let counts = ctx
             .platform
             .route_counts(&prefix)
             .await
             .map_err(Error::Observe)?;
-        let (total, errors) = (
-            total.saturating_sub(rec.baseline.0),
-            errors.saturating_sub(rec.baseline.1),
-        );
-        if total >= ctx.settings.min_requests {
-            #[allow(clippy::cast_precision_loss)] // counts far below 2^52
-            let rate = errors as f64 / total as f64;
-            obs.error_rate = Some(rate);
-        }
+        obs.error_rate = error_rate(counts, rec.baseline, &ctx.settings);
     }
     Ok(obs)
 }

@@ -2,9 +2,9 @@
 //! (Accepted, ResolvedRefs, Programmed; written by server-side apply, so other controllers'
 //! parents are left alone) and Kubernetes Events for each step of the rollout.
 
-use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use super::reconcile::Unit;
@@ -106,13 +106,25 @@ pub(crate) async fn write<K: Unit, P: Platform>(
     rec: &Record,
     problems: &[String],
 ) -> Result<(), Error> {
+    let route = o.route_prefix().is_some();
+    apply_status(o, ctx, status_of(o, &conditions(route, rec, problems))).await
+}
+
+/// Server-side applies `status` as the object's status, with the operator's field manager.
+pub(crate) async fn apply_status<K, P>(o: &K, ctx: &Context<P>, status: Value) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    P: Platform,
+{
     let ns = o.namespace().ok_or(Error::Incomplete("namespace"))?;
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
-    let route = o.route_prefix().is_some();
     let patch = json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
-        "status": status_of(o, &conditions(route, rec, problems)),
+        "status": status,
     });
     api.patch_status(
         &o.name_any(),
@@ -125,7 +137,11 @@ pub(crate) async fn write<K: Unit, P: Platform>(
 
 /// Publishes the step's events on the object (failures to publish are logged: an event is
 /// not worth a retry of the whole reconcile).
-pub(crate) async fn events<K: Unit, P: Platform>(o: &K, ctx: &Context<P>, actions: &[Action]) {
+pub(crate) async fn events<K: Resource<DynamicType = ()>, P: Platform>(
+    o: &K,
+    ctx: &Context<P>,
+    actions: &[Action],
+) {
     let reference = o.object_ref(&());
     for a in actions {
         let Action::Event {

@@ -112,11 +112,18 @@ pub(crate) async fn delete_spec(c: &mut Client, name: &str) -> Result<bool> {
 /// lose chunks written before its spec: the gateways then refuse it, and it is deployed
 /// again.)
 pub(crate) async fn collect_garbage(c: &mut Client) -> Result<usize> {
+    collect_garbage_keeping(c, &[]).await
+}
+
+/// [`collect_garbage`], sparing the blobs whose SHA-256 is in `keep` too (the components of
+/// generations a rollout may go back to).
+pub(crate) async fn collect_garbage_keeping(c: &mut Client, keep: &[String]) -> Result<usize> {
     let (specs, _) = specs(c).await?;
     let used: HashSet<String> = specs
         .into_iter()
         .filter_map(|(_, s)| s.ok())
         .map(|s| s.blob.sha256)
+        .chain(keep.iter().cloned())
         .collect();
     let keys = c
         .range(pb::RangeRequest {

@@ -5,14 +5,18 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use rampart_fn::blob::{BlobRef, CHUNK_BYTES};
+use rampart_fn::spec::{FunctionSpec, parse_size};
 use rampart_kv::client::Client;
 use rampart_operator::controller::Platform;
+use rampart_operator::crds::RampartFunctionSpec;
 use rampart_operator::rollout::ConfigStatus;
 use rampart_operator::translate::OWNED_PREFIX;
 use rampart_xds::desired::Resource;
 use serde_json::Value;
 
 use crate::desired;
+use crate::functions::store;
 
 /// How long one look at the control plane or a proxy may take.
 const LOOK: Duration = Duration::from_secs(5);
@@ -97,14 +101,94 @@ impl Platform for StorePlatform {
     }
 
     async fn route_counts(&self, prefix: &str) -> Result<(u64, u64), String> {
+        self.sum_metrics(|text| route_counts(text, prefix)).await
+    }
+
+    async fn deploy_function(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        settings: &RampartFunctionSpec,
+        keep: &[Value],
+    ) -> Result<Value, String> {
+        let spec = function_spec(name, &bytes, settings)?;
+        let keep: Vec<String> = keep
+            .iter()
+            .filter_map(|s| s["blob"]["sha256"].as_str().map(str::to_owned))
+            .collect();
+        let mut c = self.store.lock().await;
+        let e = |e: anyhow::Error| format!("{e:#}");
+        store::put_blob(&mut c, &bytes).await.map_err(e)?;
+        store::put_spec(&mut c, &spec).await.map_err(e)?;
+        store::collect_garbage_keeping(&mut c, &keep)
+            .await
+            .map_err(e)?;
+        serde_json::to_value(&spec).map_err(|e| e.to_string())
+    }
+
+    async fn restore_function(&self, spec: &Value) -> Result<(), String> {
+        let spec: FunctionSpec = serde_json::from_value(spec.clone()).map_err(|e| e.to_string())?;
+        spec.check().map_err(|errors| errors.join("; "))?;
+        let mut c = self.store.lock().await;
+        store::put_spec(&mut c, &spec)
+            .await
+            .map_err(|e| format!("{e:#}"))
+    }
+
+    async fn delete_function(&self, name: &str) -> Result<(), String> {
+        let mut c = self.store.lock().await;
+        let e = |e: anyhow::Error| format!("{e:#}");
+        store::delete_spec(&mut c, name).await.map_err(e)?;
+        store::collect_garbage(&mut c).await.map_err(e)?;
+        Ok(())
+    }
+
+    async fn function_counts(&self, name: &str) -> Result<(u64, u64), String> {
+        self.sum_metrics(|text| function_counts(text, name)).await
+    }
+}
+
+impl StorePlatform {
+    /// `count` of every proxy's `/metrics`, summed.
+    async fn sum_metrics(&self, count: impl Fn(&str) -> (u64, u64)) -> Result<(u64, u64), String> {
         let mut sum = (0, 0);
         for proxy in &self.proxies {
-            let text = get(proxy, "/metrics").await?;
-            let (total, errors) = route_counts(&text, prefix);
+            let (total, errors) = count(&get(proxy, "/metrics").await?);
             sum = (sum.0 + total, sum.1 + errors);
         }
         Ok(sum)
     }
+}
+
+/// What `rampart fn deploy` would store for a RampartFunction.
+fn function_spec(
+    name: &str,
+    bytes: &[u8],
+    s: &RampartFunctionSpec,
+) -> Result<FunctionSpec, String> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" || bytes[6..8] != [1, 0] {
+        return Err(
+            "the source is not a WebAssembly component (build it for wasm32-wasip2)".into(),
+        );
+    }
+    let blob = BlobRef::of(bytes, CHUNK_BYTES).map_err(|e| e.to_string())?;
+    let mut spec = FunctionSpec::new(name, blob);
+    spec.signature.clone_from(&s.source.signature);
+    spec.allow_unsigned = s.allow_unsigned;
+    spec.env = s.env.clone();
+    if let Some(n) = s.max_concurrency {
+        spec.max_concurrency = n;
+    }
+    if let Some(m) = &s.memory {
+        spec.memory_bytes = parse_size(m).map_err(|e| format!("memory: {e}"))?;
+    }
+    if let Some(t) = &s.timeout {
+        let t = rampart_config::duration::parse_duration(t).map_err(|e| format!("timeout: {e}"))?;
+        spec.timeout_ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX);
+    }
+    spec.clusters = s.clusters.iter().map(|c| c.to_ascii_lowercase()).collect();
+    spec.check().map_err(|errors| errors.join("; "))?;
+    Ok(spec)
 }
 
 async fn get(host_port: &str, path: &str) -> Result<String, String> {
@@ -151,35 +235,50 @@ fn judge(status: &Value, revision: i64) -> ConfigStatus {
     }
 }
 
+/// `(invocations, failures)` of function `name` in a proxy's metrics
+/// (`rampart_fn_invocations_total{function,outcome}`; every outcome but `ok` failed).
+fn function_counts(metrics: &str, name: &str) -> (u64, u64) {
+    let mut out = (0, 0);
+    for (labels, n) in series(metrics, "rampart_fn_invocations_total") {
+        if label(labels, "function") == Some(name) {
+            out.0 += n;
+            if label(labels, "outcome") != Some("ok") {
+                out.1 += n;
+            }
+        }
+    }
+    out
+}
+
+/// Each `name{labels} value` line: its labels and value.
+fn series<'a>(metrics: &'a str, name: &'a str) -> impl Iterator<Item = (&'a str, u64)> + 'a {
+    metrics.lines().filter_map(move |line| {
+        let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+        let (labels, value) = rest.rsplit_once("} ")?;
+        let n = value.trim().parse::<f64>().ok()?;
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // counters
+        Some((labels, n as u64))
+    })
+}
+
+fn label<'a>(labels: &'a str, name: &str) -> Option<&'a str> {
+    labels.split(',').find_map(|kv| {
+        kv.strip_prefix(name)?
+            .strip_prefix("=\"")?
+            .strip_suffix('"')
+    })
+}
+
 /// `(requests, 5xx)` on routes named `prefix*` in a proxy's metrics
 /// (`rampart_requests_total{listener,route,cluster,class}`).
 fn route_counts(metrics: &str, prefix: &str) -> (u64, u64) {
     let mut out = (0, 0);
-    for line in metrics.lines() {
-        let Some(rest) = line.strip_prefix("rampart_requests_total{") else {
-            continue;
-        };
-        let Some((labels, value)) = rest.rsplit_once("} ") else {
-            continue;
-        };
-        let label = |name: &str| {
-            labels.split(',').find_map(|kv| {
-                kv.strip_prefix(name)?
-                    .strip_prefix("=\"")?
-                    .strip_suffix('"')
-            })
-        };
-        if !label("route").is_some_and(|r| r.starts_with(prefix)) {
-            continue;
-        }
-        let Ok(n) = value.trim().parse::<f64>() else {
-            continue;
-        };
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // counters
-        let n = n as u64;
-        out.0 += n;
-        if label("class") == Some("5xx") {
-            out.1 += n;
+    for (labels, n) in series(metrics, "rampart_requests_total") {
+        if label(labels, "route").is_some_and(|r| r.starts_with(prefix)) {
+            out.0 += n;
+            if label(labels, "class") == Some("5xx") {
+                out.1 += n;
+            }
         }
     }
     out
@@ -198,6 +297,10 @@ mod tests {
             rampart_requests_created{listener=\"l\",route=\"shop.site.r0.m0.p0\",cluster=\"c\",class=\"2xx\"} 1.7e9\n";
         assert_eq!(route_counts(text, "shop.site."), (10, 3));
         assert_eq!(route_counts(text, "other."), (0, 0));
+        let fns = "rampart_fn_invocations_total{function=\"k8s-a-b\",outcome=\"ok\"} 9\n\
+            rampart_fn_invocations_total{function=\"k8s-a-b\",outcome=\"trap\"} 2\n\
+            rampart_fn_invocations_total{function=\"k8s-a-bc\",outcome=\"trap\"} 5\n";
+        assert_eq!(function_counts(fns, "k8s-a-b"), (11, 2));
     }
 
     #[test]

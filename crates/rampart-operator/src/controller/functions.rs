@@ -1,0 +1,252 @@
+//! RampartFunctions: each generation deployed to the store as `rampart fn deploy` would
+//! (the component read from the ConfigMap key its source names), then judged like a route's
+//! generation — the store refusing it, or its invocations failing past the threshold within
+//! the bake time — and put back to the last good deployment (whose component the store
+//! keeps) when it fails. An HTTPRoute sends traffic to it with a backend of group
+//! `rampart.dev`, kind `RampartFunction`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::Event as Finalized;
+use kube::{Resource, ResourceExt};
+use serde_json::Value;
+
+use super::reconcile::{self, unix_now};
+use super::record::{Key, Record};
+use super::{Context, Error, Platform, status};
+use crate::crds::{RampartFunction, RolloutStatus, WasmSource};
+use crate::rollout::{self, Action as Step, ConfigStatus, Observation, Phase};
+use crate::translate::function_name;
+
+const KIND: &str = "RampartFunction";
+
+pub(crate) async fn function<P: Platform>(
+    o: Arc<RampartFunction>,
+    ctx: Arc<Context<P>>,
+) -> Result<Action, Error> {
+    reconcile::finalized(o, &ctx, KIND, |event| async {
+        match event {
+            Finalized::Apply(o) => apply(&o, &ctx).await,
+            Finalized::Cleanup(o) => cleanup(&o, &ctx).await,
+        }
+    })
+    .await
+}
+
+fn key_of(o: &RampartFunction) -> Key {
+    Key {
+        kind: KIND,
+        namespace: o.namespace().unwrap_or_default(),
+        name: o.name_any(),
+    }
+}
+
+async fn apply<P: Platform>(o: &RampartFunction, ctx: &Context<P>) -> Result<Action, Error> {
+    let mut records = ctx.records.lock().await;
+    let key = key_of(o);
+    let uid = o.uid().ok_or(Error::Incomplete("uid"))?;
+    let mut rec = records
+        .get(&ctx.client, &key, &uid)
+        .await?
+        .unwrap_or_else(|| Record {
+            uid: uid.clone(),
+            ..Record::default()
+        });
+    let now = unix_now();
+    let obs = observe(o, &rec, ctx, now).await?;
+    let (next, mut actions) = rollout::step(&rec.rollout(), &obs, &ctx.settings.rollout);
+    if let Some(err) = carry_out(o, ctx, &mut rec, (&next, &actions), now).await? {
+        let obs = Observation {
+            config: ConfigStatus::Nacked(err),
+            ..obs
+        };
+        let (next, more) = rollout::step(&rec.rollout(), &obs, &ctx.settings.rollout);
+        if let Some(err) = carry_out(o, ctx, &mut rec, (&next, &more), now).await? {
+            return Err(Error::Store(err));
+        }
+        actions.extend(more);
+    }
+    let owner = o
+        .controller_owner_ref(&())
+        .ok_or(Error::Incomplete("name"))?;
+    records.save(&ctx.client, &key, owner, rec.clone()).await?;
+    drop(records);
+    write_status(o, ctx, &rec).await?;
+    status::events(o, ctx, &actions).await;
+    ctx.metrics.phase(&key, rec.rollout().phase);
+    Ok(if rec.rollout().phase == Phase::Provisioning {
+        Action::requeue(ctx.settings.poll)
+    } else {
+        Action::requeue(Duration::from_secs(300))
+    })
+}
+
+/// The generation, and while it bakes its invocations' failure share since it was deployed
+/// (the store is the only hop: gateways follow it, nothing to acknowledge).
+async fn observe<P: Platform>(
+    o: &RampartFunction,
+    rec: &Record,
+    ctx: &Context<P>,
+    now: u64,
+) -> Result<Observation, Error> {
+    let generation = o.meta().generation.unwrap_or(1);
+    let baking = rec.rollout().phase == Phase::Provisioning && rec.generation == generation;
+    let mut obs = Observation {
+        generation,
+        config: if baking {
+            ConfigStatus::Acked
+        } else {
+            ConfigStatus::Pending
+        },
+        health: None,
+        error_rate: None,
+        now,
+    };
+    if baking {
+        let name = function_name(&key_of(o).namespace, &o.name_any());
+        let (total, failed) = ctx
+            .platform
+            .function_counts(&name)
+            .await
+            .map_err(Error::Observe)?;
+        obs.error_rate = reconcile::error_rate((total, failed), rec.baseline, &ctx.settings);
+    }
+    Ok(obs)
+}
+
+/// Takes the step into the record and the store: deploy, put the last good back, or remove.
+/// `Some(reason)` when the generation could not be deployed.
+async fn carry_out<P: Platform>(
+    o: &RampartFunction,
+    ctx: &Context<P>,
+    rec: &mut Record,
+    (next, actions): (&rollout::Rollout, &[Step]),
+    now: u64,
+) -> Result<Option<String>, Error> {
+    let was_running = rec.rollout().phase == Phase::Running;
+    rec.set_rollout(next, now);
+    let name = function_name(&key_of(o).namespace, &o.name_any());
+    let p = &ctx.platform;
+    for a in actions {
+        match a {
+            Step::Apply(_) => {
+                let deployed = match source(o, ctx).await {
+                    Ok(bytes) => {
+                        let keep: Vec<Value> = rec.good.iter().cloned().collect();
+                        p.deploy_function(&name, bytes, &o.spec, &keep).await
+                    }
+                    Err(why) => Err(why),
+                };
+                match deployed {
+                    Ok(spec) => rec.applied = Some(spec),
+                    Err(why) => return Ok(Some(format!("cannot deploy it: {why}"))),
+                }
+                rec.baseline = p.function_counts(&name).await.map_err(Error::Observe)?;
+            }
+            Step::Revert(_) => match &rec.good {
+                Some(good) => p.restore_function(good).await.map_err(Error::Store)?,
+                None => p.delete_function(&name).await.map_err(Error::Store)?,
+            },
+            _ => {}
+        }
+    }
+    let nothing_to_go_back_to = actions.iter().any(|a| {
+        matches!(
+            a,
+            Step::Event {
+                reason: "NoKnownGood",
+                ..
+            }
+        )
+    });
+    if nothing_to_go_back_to {
+        // Failed with nothing to go back to: it serves nothing.
+        p.delete_function(&name).await.map_err(Error::Store)?;
+    }
+    if next.phase == Phase::Running && !was_running {
+        rec.good.clone_from(&rec.applied);
+    }
+    Ok(None)
+}
+
+/// The component's bytes: a ConfigMap key (`binaryData`, or `data` as text) in the
+/// function's namespace, checked against `sha256` when given.
+async fn source<P: Platform>(o: &RampartFunction, ctx: &Context<P>) -> Result<Vec<u8>, String> {
+    let WasmSource {
+        config_map, sha256, ..
+    } = &o.spec.source;
+    let Some(r) = config_map else {
+        return Err("only configMap sources are supported".into());
+    };
+    let ns = o.namespace().unwrap_or_default();
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    let cm = api
+        .get_opt(&r.name)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no ConfigMap {ns}/{}", r.name))?;
+    let bytes = cm
+        .binary_data
+        .as_ref()
+        .and_then(|d| d.get(&r.key))
+        .map(|b| b.0.clone())
+        .or_else(|| {
+            cm.data
+                .as_ref()
+                .and_then(|d| d.get(&r.key))
+                .map(|t| t.clone().into_bytes())
+        })
+        .ok_or_else(|| format!("ConfigMap {ns}/{} has no key {:?}", r.name, r.key))?;
+    if let Some(want) = sha256 {
+        let got = sha256_hex(&bytes);
+        if !got.eq_ignore_ascii_case(want) {
+            return Err(format!(
+                "its SHA-256 is {got}, not the {want} the source names"
+            ));
+        }
+    }
+    Ok(bytes)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    d.as_ref().iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// The rollout in the function's own status, with the `Programmed` condition.
+async fn write_status<P: Platform>(
+    o: &RampartFunction,
+    ctx: &Context<P>,
+    rec: &Record,
+) -> Result<(), Error> {
+    let rollout = rec.rollout();
+    let mut st = RolloutStatus::default().with_rollout(&rollout);
+    st.conditions = status::conditions(false, rec, &[])
+        .into_iter()
+        .filter_map(|c| serde_json::from_value(c).ok())
+        .collect();
+    let st = serde_json::to_value(st).unwrap_or_default();
+    status::apply_status(o, ctx, st).await
+}
+
+async fn cleanup<P: Platform>(o: &RampartFunction, ctx: &Context<P>) -> Result<Action, Error> {
+    let mut records = ctx.records.lock().await;
+    let key = key_of(o);
+    records.forget(&key);
+    let name = function_name(&key.namespace, &key.name);
+    ctx.platform
+        .delete_function(&name)
+        .await
+        .map_err(Error::Store)?;
+    ctx.metrics.forget(&key);
+    tracing::info!(function = %name, "removed from the store");
+    Ok(Action::await_change())
+}
