@@ -658,10 +658,17 @@ fn dropping_leaves_no_qdisc_filters_programs_or_maps() {
         loud_skip(TEST, &"lo already has a clsact qdisc (not ours)");
         return;
     }
-    assert!(
-        our_programs().is_empty(),
-        "rf_tc_ programs loaded before the test"
-    );
+    // An earlier test's programs may still be on their way out: the kernel frees programs
+    // and maps asynchronously after the last reference goes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !our_programs().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "rf_tc_ programs loaded before the test: {:?}",
+            our_programs()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
     let tc = attach("lo");
     assert!(tc.owns_qdisc());
     let names: Vec<String> = our_programs().into_iter().map(|(_, n)| n).collect();
