@@ -14,6 +14,9 @@
 //! - [`manifests`]: what installs the operator (namespace, service account, least-privilege
 //!   RBAC, a Deployment of two replicas running `rampart operator run`).
 //!
+//! - [`workloads`]: what a RampartCluster runs (the store's StatefulSet with peer mTLS, its
+//!   Services and PodDisruptionBudget, the control plane, the proxies), and its peer PKI.
+//!
 //! - [`controller`]: the controller: Gateways and HTTPRoutes reconciled into the store through
 //!   a [`controller::Platform`] the binary provides, each generation rolled out and reverted
 //!   by the state machine, leader election on a Lease, metrics.
@@ -26,3 +29,4 @@ pub mod gateway;
 pub mod manifests;
 pub mod rollout;
 pub mod translate;
+pub mod workloads;

@@ -122,7 +122,7 @@ fn deployment(i: &Install, labels: &Value) -> Value {
                         "args": [
                             "operator", "run", "--metrics", "0.0.0.0:9090",
                             "--store", format!("rampart-store.{}.svc:2379", i.namespace),
-                            "--control-plane-admin", format!("rampart-control-plane.{}.svc:18001", i.namespace),
+                            "--control-plane-admin", format!("rampart-store-control-plane.{}.svc:18001", i.namespace),
                         ],
                         "ports": [{ "name": "metrics", "containerPort": 9090 }],
                         "env": [

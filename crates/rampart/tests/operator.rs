@@ -8,6 +8,7 @@ mod support;
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
 use support::*;
@@ -81,15 +82,19 @@ fn untyped(schema: &Value, at: &str, out: &mut Vec<String>) {
     }
 }
 
-#[test]
-fn generated_crds_are_valid_and_structural() {
-    let text = rampart_ok(&["operator", "crds"]);
-    let docs: Vec<Value> = text
-        .split("\n---")
+/// Multi-document YAML as values.
+fn documents(text: &str) -> Vec<Value> {
+    text.split("\n---")
         .map(|d| d.trim_start_matches("---").trim())
         .filter(|d| !d.is_empty())
         .map(|d| serde_saphyr::from_str(d).unwrap())
-        .collect();
+        .collect()
+}
+
+#[test]
+fn generated_crds_are_valid_and_structural() {
+    let text = rampart_ok(&["operator", "crds"]);
+    let docs = documents(&text);
     let kinds: Vec<&str> = docs
         .iter()
         .map(|d| d["spec"]["names"]["kind"].as_str().unwrap())
@@ -222,4 +227,127 @@ async fn gateway_api_routes_drive_a_real_store_control_plane_and_proxy() {
         "PathPrefix is by segment"
     );
     assert_eq!(upstream("/").await.as_deref(), Some("web"));
+}
+
+/// `rampart operator workloads`: what a RampartCluster runs passes kubernetes-validate, is
+/// owned by the cluster, and its peer PKI is one the store accepts: three `rampart kv serve`
+/// nodes with the generated certificates and mutual TLS between peers form a cluster that
+/// takes writes (the flags are the StatefulSet's, on loopback instead of pod names).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_workloads_are_valid_and_their_peer_pki_forms_a_store() {
+    let dir = TempDir::new("operator-workloads");
+    let file = dir.path("cluster.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: rampart.dev/v1alpha1\nkind: RampartCluster\n\
+         metadata: { name: edge-store, namespace: edge, uid: 0b6e1c52-1111-2222-3333-444455556666 }\n\
+         spec: { replicas: 3, proxies: 2, storage: 5Gi, image: rampart:dev }\n",
+    )
+    .unwrap();
+    let text = rampart_ok(&["operator", "workloads", "-f", file.to_str().unwrap()]);
+    let docs = documents(&text);
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "Secret",
+            "Service",
+            "Service",
+            "StatefulSet",
+            "PodDisruptionBudget",
+            "Deployment",
+            "Service",
+            "Deployment",
+            "Service",
+            "PodDisruptionBudget"
+        ]
+    );
+    for d in &docs {
+        let owner = &d["metadata"]["ownerReferences"][0];
+        assert_eq!(owner["kind"], "RampartCluster", "{d}");
+        assert_eq!(owner["controller"], true);
+    }
+    let set = &docs[3];
+    assert_eq!(set["spec"]["serviceName"], "edge-store-peers");
+    assert_eq!(docs[1]["spec"]["clusterIP"], "None");
+    assert_eq!(
+        docs[4]["spec"]["maxUnavailable"], 1,
+        "a 3-node store keeps a quorum"
+    );
+    strictly_valid(
+        "cluster_workloads_are_valid_and_their_peer_pki_forms_a_store",
+        &text,
+        10,
+    );
+
+    // The generated PKI, used by three local nodes with the StatefulSet's TLS flags.
+    let secret = &docs[0]["stringData"];
+    let certs = dir.path("tls");
+    std::fs::create_dir_all(&certs).unwrap();
+    for (k, v) in secret.as_object().unwrap() {
+        std::fs::write(certs.join(k), v.as_str().unwrap()).unwrap();
+    }
+    let ports: Vec<(u16, u16)> = (0..3)
+        .map(|_| {
+            (
+                rampart_test_support::free_port(),
+                rampart_test_support::free_port(),
+            )
+        })
+        .collect();
+    let initial: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, p))| format!("edge-store-{i}=https://127.0.0.1:{p}"))
+        .collect();
+    let initial = initial.join(",");
+    let path = |f: String| certs.join(f).to_str().unwrap().to_owned();
+    let _nodes: Vec<(Proc, String)> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (c, p))| {
+            let name = format!("edge-store-{i}");
+            let (cert, key, ca) = (
+                path(format!("{name}.crt")),
+                path(format!("{name}.key")),
+                path("ca.crt".into()),
+            );
+            let extra = [
+                "--name",
+                &name,
+                "--initial-cluster",
+                &initial,
+                "--peer-cert-file",
+                &cert,
+                "--peer-key-file",
+                &key,
+                "--peer-trusted-ca-file",
+                &ca,
+                "--peer-client-cert-auth",
+                "--heartbeat-interval",
+                "50ms",
+                "--election-timeout",
+                "500ms",
+            ];
+            let peer_url = format!("https://127.0.0.1:{p}");
+            let mut args = extra.to_vec();
+            args.extend(["--initial-advertise-peer-urls", &peer_url]);
+            spawn_kv_node_on_scheme(&dir.path(&name), *c, *p, "https", &args)
+        })
+        .collect();
+    let eps: Vec<String> = ports
+        .iter()
+        .map(|(c, _)| format!("127.0.0.1:{c}"))
+        .collect();
+    let eps = eps.join(",");
+    let wrote = rampart_test_support::eventually(Duration::from_secs(20), || async {
+        Command::new(bin())
+            .args(["kv", "put", "peer-tls", "works", "--endpoints", &eps])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+    .await;
+    assert!(wrote, "the store never took a write over its peer mTLS");
+    let got = rampart_ok(&["kv", "get", "peer-tls", "--endpoints", &eps]);
+    assert!(got.contains("works"), "{got}");
 }

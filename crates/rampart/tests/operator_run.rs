@@ -17,7 +17,10 @@
 //! 8. a RampartFunction (its component in a ConfigMap) is deployed to the store and served
 //!    through an HTTPRoute backend; a generation whose component does not match its SHA-256
 //!    is reverted before anything is deployed, one whose invocations trap is reverted on its
-//!    failure rate; deleting it takes it out of the store.
+//!    failure rate; deleting it takes it out of the store;
+//! 9. a RampartCluster gets its workloads (peer TLS Secret, StatefulSet, Services, budgets,
+//!    control plane, proxies) owned by it, is Running once its store nodes are ready, and
+//!    takes them along when deleted.
 
 mod support;
 
@@ -453,7 +456,107 @@ async fn operator_rolls_out_reverts_fails_over_and_cleans_up() {
     drop(traffic);
 
     functions(&api, gw).await;
+    cluster(&api).await;
+
+    // At rest nothing reconciles itself: no status write wakes its own object again.
+    let reconciles = |text: String| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("rampart_operator_reconciles_total{"))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    };
+    let before = reconciles(metrics(b_metrics).await);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = reconciles(metrics(b_metrics).await);
+    assert!(
+        after - before <= 2.0,
+        "{before} → {after} reconciles at rest"
+    );
     assert!(op_b.exited().is_none(), "{}", op_b.stderr());
+}
+
+/// Step 9: a RampartCluster's workloads, its readiness, its deletion.
+async fn cluster(api: &FakeApi) {
+    api.upsert(
+        FUNCTIONS,
+        "rampartclusters",
+        json!({
+            "apiVersion": FUNCTIONS, "kind": "RampartCluster",
+            "metadata": { "name": "config", "namespace": "shop" },
+            "spec": { "replicas": 3, "proxies": 2, "image": "rampart:dev" },
+        }),
+    );
+    // The last object applied.
+    let applied = api
+        .wait_for(WAIT, |a| {
+            a.get(
+                "policy/v1",
+                "poddisruptionbudgets",
+                Some("shop"),
+                "config-proxy",
+            )
+            .is_some()
+        })
+        .await;
+    assert!(applied, "the RampartCluster's workloads were never applied");
+    let set = api
+        .get("apps/v1", "statefulsets", Some("shop"), "config")
+        .unwrap();
+    assert_eq!(set["spec"]["replicas"], 3);
+    assert_eq!(
+        set["metadata"]["ownerReferences"][0]["kind"],
+        "RampartCluster"
+    );
+    for (api_version, plural, name) in [
+        ("v1", "secrets", "config-peer-tls"),
+        ("v1", "services", "config-peers"),
+        ("v1", "services", "config"),
+        ("policy/v1", "poddisruptionbudgets", "config"),
+        ("apps/v1", "deployments", "config-control-plane"),
+        ("apps/v1", "deployments", "config-proxy"),
+    ] {
+        let o = api.get(api_version, plural, Some("shop"), name);
+        assert!(o.is_some(), "no {plural}/{name}");
+    }
+    let secret = api
+        .get("v1", "secrets", Some("shop"), "config-peer-tls")
+        .unwrap();
+    let first_ca = secret["stringData"]["ca.crt"].clone();
+    assert!(first_ca.as_str().unwrap().contains("BEGIN CERTIFICATE"));
+    let phase = |a: &FakeApi| {
+        a.get(FUNCTIONS, "rampartclusters", Some("shop"), "config")
+            .map(|c| c["status"]["phase"].clone())
+            .unwrap_or(Value::Null)
+    };
+    assert!(api.wait_for(WAIT, |a| phase(a) == "Provisioning").await);
+    api.set_status(
+        "apps/v1",
+        "statefulsets",
+        Some("shop"),
+        "config",
+        json!({ "replicas": 3, "readyReplicas": 3 }),
+    );
+    assert!(
+        api.wait_for(WAIT, |a| phase(a) == "Running").await,
+        "never Running: {}",
+        phase(api)
+    );
+    // Reconciled again later, the PKI stays (it is not issued twice).
+    let again = api
+        .get("v1", "secrets", Some("shop"), "config-peer-tls")
+        .unwrap();
+    assert_eq!(again["stringData"]["ca.crt"], first_ca);
+
+    api.delete(FUNCTIONS, "rampartclusters", Some("shop"), "config");
+    let gone = api
+        .wait_for(WAIT, |a| {
+            a.get("apps/v1", "statefulsets", Some("shop"), "config")
+                .is_none()
+                && a.get("v1", "secrets", Some("shop"), "config-peer-tls")
+                    .is_none()
+        })
+        .await;
+    assert!(gone, "the cluster's workloads outlived it");
 }
 
 const FUNCTIONS: &str = "rampart.dev/v1alpha1";

@@ -23,6 +23,7 @@
 //! the binary fills (the store's checked apply path, the control plane's status, the proxies'
 //! metrics).
 
+mod cluster;
 mod functions;
 mod lease;
 mod metrics;
@@ -44,7 +45,7 @@ use serde_json::Value;
 pub use lease::{Lease, LeaseSettings};
 pub use metrics::Metrics;
 
-use crate::crds::RampartFunction;
+use crate::crds::{RampartCluster, RampartFunction};
 use crate::gateway::{Gateway, HTTPRoute};
 use crate::rollout::{self, ConfigStatus};
 use crate::translate::Backends;
@@ -142,6 +143,8 @@ pub enum Error {
     Finalizer(String),
     #[error("the object has no {0}")]
     Incomplete(&'static str),
+    #[error("issuing peer certificates: {0}")]
+    Pki(String),
 }
 
 /// Shared by every reconcile.
@@ -157,7 +160,7 @@ pub(crate) struct Context<P> {
 }
 
 /// Runs the controllers until `stop` resolves: Gateways of `settings.gateway_class`, every
-/// HTTPRoute and every RampartFunction, in all namespaces. Call it while holding the [`Lease`].
+/// HTTPRoute, RampartFunction and RampartCluster, in all namespaces. Call it while holding the [`Lease`].
 pub async fn run<P: Platform>(
     client: Client,
     platform: P,
@@ -167,6 +170,12 @@ pub async fn run<P: Platform>(
 ) {
     let gw_api: Api<Gateway> = Api::all(client.clone());
     let route_api: Api<HTTPRoute> = Api::all(client.clone());
+    let cluster_api: Api<RampartCluster> = Api::all(client.clone());
+    // A store node turning ready wakes its cluster's reconcile.
+    let cluster_ctl = Controller::new(cluster_api, watcher::Config::default().any_semantic()).owns(
+        Api::<k8s_openapi::api::apps::v1::StatefulSet>::all(client.clone()),
+        watcher::Config::default(),
+    );
     let fn_api: Api<RampartFunction> = Api::all(client.clone());
     let fn_ctl = Controller::new(fn_api, watcher::Config::default().any_semantic());
     let gw_ctl = Controller::new(gw_api, watcher::Config::default().any_semantic());
@@ -196,9 +205,13 @@ pub async fn run<P: Platform>(
         .for_each(|r| async move { reconcile::log_outcome("HTTPRoute", r) });
     let functions = fn_ctl
         .graceful_shutdown_on(stop.wait())
-        .run(functions::function, reconcile::retry, ctx)
+        .run(functions::function, reconcile::retry, ctx.clone())
         .for_each(|r| async move { reconcile::log_outcome("RampartFunction", r) });
-    tokio::join!(gws, routes, functions);
+    let clusters = cluster_ctl
+        .graceful_shutdown_on(stop.wait())
+        .run(cluster::cluster, reconcile::retry, ctx)
+        .for_each(|r| async move { reconcile::log_outcome("RampartCluster", r) });
+    tokio::join!(gws, routes, functions, clusters);
 }
 
 /// A stop signal both controllers can wait on.

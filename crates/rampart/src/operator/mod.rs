@@ -27,6 +27,13 @@ pub(crate) enum OperatorCommand {
         #[command(flatten)]
         backends: BackendArgs,
     },
+    /// Print what a RampartCluster (YAML, as `kubectl get -o yaml` writes it) runs: its peer
+    /// TLS Secret (new certificates each time), the store's StatefulSet and Services, the
+    /// control plane, the proxies, PodDisruptionBudgets; as the controller applies them.
+    Workloads {
+        #[arg(long, short = 'f')]
+        filename: std::path::PathBuf,
+    },
     /// Print what installs the operator (namespace, service account, least-privilege RBAC,
     /// its Deployment running `rampart operator run`), as multi-document YAML.
     Manifests {
@@ -50,6 +57,7 @@ pub(crate) fn run(cmd: &OperatorCommand) -> Result<ExitCode> {
                 .context("a CRD as JSON")?,
         ),
         OperatorCommand::Translate { filename, backends } => translate(filename, backends),
+        OperatorCommand::Workloads { filename } => workloads(filename),
         OperatorCommand::Manifests {
             namespace,
             image,
@@ -92,6 +100,20 @@ fn translate(file: &std::path::Path, backends: &BackendArgs) -> Result<ExitCode>
         eprintln!("HTTPRoute {route}: {problem}");
     }
     print_all(out.documents())
+}
+
+fn workloads(file: &std::path::Path) -> Result<ExitCode> {
+    use rampart_operator::crds::RampartCluster;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let v = rampart_config::yaml_value(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let cluster: RampartCluster = serde_json::from_value(v)
+        .with_context(|| format!("{}: not a RampartCluster", file.display()))?;
+    let pki = rampart_operator::workloads::pki(&cluster).context("peer certificates")?;
+    let mut objects = vec![rampart_operator::workloads::peer_secret(&cluster, &pki)];
+    objects.extend(rampart_operator::workloads::objects(&cluster));
+    print_all(objects)
 }
 
 /// Where Services are and where listeners bind (`translate` and `run`).

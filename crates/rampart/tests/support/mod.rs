@@ -532,8 +532,19 @@ pub(crate) fn spawn_kv_node_on(
     peer: u16,
     extra: &[&str],
 ) -> (Proc, String) {
+    spawn_kv_node_on_scheme(data, client, peer, "http", extra)
+}
+
+/// [`spawn_kv_node_on`] with peers on `peer_scheme` (`https` with the peer TLS flags).
+pub(crate) fn spawn_kv_node_on_scheme(
+    data: &Path,
+    client: u16,
+    peer: u16,
+    peer_scheme: &str,
+    extra: &[&str],
+) -> (Proc, String) {
     let client_url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
+    let peer_url = format!("{peer_scheme}://127.0.0.1:{peer}");
     let mut args = vec![
         "kv",
         "serve",
