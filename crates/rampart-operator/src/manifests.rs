@@ -53,8 +53,10 @@ pub fn all(i: &Install) -> Vec<Value> {
     let rolled_out = ["gateways", "httproutes"];
     let cluster_rules = vec![
         rule(gateway_api, &routes, &READ),
-        // Its finalizer on the objects it rolls out (JSON patches of metadata.finalizers).
+        // Its finalizer on the objects it rolls out (JSON patches of metadata.finalizers),
+        // and owner references that block their deletion on the records it keeps.
         rule(gateway_api, &rolled_out, &["patch"]),
+        json!({ "apiGroups": [gateway_api], "resources": finalizers_of(&rolled_out), "verbs": ["update"] }),
         json!({ "apiGroups": [gateway_api], "resources": status_of(&routes), "verbs": STATUS }),
         json!({ "apiGroups": ["rampart.dev"], "resources": ours, "verbs": ["get", "list", "watch", "patch", "update"] }),
         json!({ "apiGroups": ["rampart.dev"], "resources": status_of(&ours), "verbs": STATUS }),
@@ -66,7 +68,9 @@ pub fn all(i: &Install) -> Vec<Value> {
             &["configmaps"],
             &["get", "list", "watch", "create", "patch"],
         ),
-        rule("", &["services", "secrets"], &MANAGE),
+        rule("", &["services"], &MANAGE),
+        // A RampartCluster's peer certificates: read by name, never listed.
+        rule("", &["secrets"], &["get", "create", "patch"]),
         rule("apps", &["statefulsets", "deployments"], &MANAGE),
         rule("policy", &["poddisruptionbudgets"], &MANAGE),
         rule("events.k8s.io", &["events"], &["create", "patch"]),
@@ -92,7 +96,11 @@ pub fn all(i: &Install) -> Vec<Value> {
         json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
             "metadata": { "name": format!("{NAME}-leader"), "namespace": ns, "labels": labels },
-            "rules": [rule("coordination.k8s.io", &["leases"], &["get", "create", "update"])],
+            "rules": [
+                rule("coordination.k8s.io", &["leases"], &["get", "create", "update"]),
+                // Rollout records, in its own namespace only.
+                rule("", &["configmaps"], &["get", "create", "patch", "delete"]),
+            ],
         }),
         json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",

@@ -14,9 +14,10 @@ use serde_json::{Value, json};
 use crate::gateway::{BackendRef, Gateway, HTTPRoute, Match, Rule};
 
 /// The names of the store resources the operator makes start with this (the listeners and
-/// route tables `k8s-gw-NAMESPACE-GATEWAY-LISTENER`, the clusters
-/// `k8s-svc-NAMESPACE-SERVICE-PORT`): it owns those and no others, and prunes those it no
-/// longer makes.
+/// route tables `k8s-gw_NAMESPACE_GATEWAY_LISTENER`, the clusters
+/// `k8s-svc_NAMESPACE_SERVICE_PORT`, the functions `k8s-NAME-HASH`): it owns those and no
+/// others, and prunes those it no longer makes. `_` cannot appear in Kubernetes names, so
+/// two objects never make the same name.
 pub const OWNED_PREFIX: &str = "k8s-";
 
 /// What the Gateway API resources come to.
@@ -100,7 +101,7 @@ pub fn translate(gateways: &[Gateway], routes: &[HTTPRoute], backends: &Backends
     for gw in gateways {
         let ns = gw.namespace().unwrap_or_else(|| "default".into());
         for l in gw.spec.listeners.iter().filter(|l| l.protocol == "HTTP") {
-            let name = format!("{OWNED_PREFIX}gw-{ns}-{}-{}", gw.name_any(), l.name);
+            let name = format!("{OWNED_PREFIX}gw_{ns}_{}_{}", gw.name_any(), l.name);
             // hostname → entries (routes without hostnames under "*").
             let mut hosts: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
             for r in routes.iter().filter(|r| attached(r, gw, &ns, &l.name)) {
@@ -213,7 +214,10 @@ fn entries(
             };
             for (pi, path) in paths.into_iter().enumerate() {
                 let mut route = action.clone();
-                route["name"] = json!(format!("{ns}.{}.r{ri}.m{mi}.p{pi}", r.name_any()));
+                route["name"] = json!(format!(
+                    "{}r{ri}.m{mi}.p{pi}",
+                    route_prefix(&ns, &r.name_any())
+                ));
                 route["match"] = matcher(m, &path);
                 out.push(Entry {
                     key: key.clone(),
@@ -338,8 +342,26 @@ fn is_function(b: &BackendRef) -> bool {
 }
 
 /// The store's name of the function a RampartFunction deploys (owned by the operator).
+/// Function names allow only `a-z0-9-` (63 at most), so the namespace cannot be told apart
+/// by a separator: the name is followed by a hash of `namespace/name` instead.
 pub fn function_name(namespace: &str, name: &str) -> String {
-    format!("{OWNED_PREFIX}{namespace}-{name}")
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("{namespace}/{name}").as_bytes(),
+    );
+    let hash: String = digest.as_ref()[..5]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let short: String = name.chars().take(48).collect();
+    format!("{OWNED_PREFIX}{}-{hash}", short.trim_end_matches('-'))
+}
+
+/// The prefix of the names of the routes made from HTTPRoute `namespace/name`: `_` cannot
+/// appear in Kubernetes names, so no other HTTPRoute's routes share it (the rest of a name
+/// is `rI.mJ.pK`).
+pub fn route_prefix(namespace: &str, name: &str) -> String {
+    format!("{namespace}_{name}_")
 }
 
 /// The cluster of a backend Service port, added once.
@@ -364,7 +386,7 @@ fn cluster(
         .port
         .ok_or_else(|| format!("backend {:?} names no port", b.name))?;
     let ns = b.namespace.as_deref().unwrap_or(ns);
-    let name = format!("{OWNED_PREFIX}svc-{ns}-{}-{port}", b.name);
+    let name = format!("{OWNED_PREFIX}svc_{ns}_{}_{port}", b.name);
     let endpoint = backends
         .addresses
         .get(&format!("{ns}/{}:{port}", b.name))

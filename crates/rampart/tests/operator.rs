@@ -207,7 +207,7 @@ async fn gateway_api_routes_drive_a_real_store_control_plane_and_proxy() {
     let (_cp, ads) = spawn_control_plane(&eps).await;
     let mut proxy = spawn_xds_proxy(&ads, "gw");
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let _ = bound(&mut proxy, "listener=k8s-gw-shop-edge-http local=").await;
+    let _ = bound(&mut proxy, "listener=k8s-gw_shop_edge_http local=").await;
     let upstream = |path: &'static str| async move {
         send(
             &h1(),

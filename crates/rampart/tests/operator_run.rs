@@ -71,15 +71,18 @@ fn prefix(p: &str) -> Value {
     json!({ "type": "PathPrefix", "value": p })
 }
 
-/// The rollout record the operator keeps beside an object.
+/// The rollout record the operator keeps for an object (in its own namespace, annotated
+/// with the object it is about).
 fn record(api: &FakeApi, kind: &str, name: &str) -> Value {
-    let cm = api.get(
-        "v1",
-        "configmaps",
-        Some("shop"),
-        &format!("rampart-rollout-{kind}-{name}"),
-    );
-    cm.and_then(|cm| serde_json::from_str(cm["data"]["record"].as_str()?).ok())
+    api.list("v1", "configmaps")
+        .into_iter()
+        .filter(|cm| cm["metadata"]["namespace"] == "rampart-system")
+        .find(|cm| {
+            cm["metadata"]["annotations"]["rampart.dev/object"]
+                .as_str()
+                .is_some_and(|o| o.eq_ignore_ascii_case(&format!("{kind}/shop/{name}")))
+        })
+        .and_then(|cm| serde_json::from_str(cm["data"]["record"].as_str()?).ok())
         .unwrap_or(Value::Null)
 }
 
@@ -352,6 +355,22 @@ async fn operator_rolls_out_reverts_fails_over_and_cleans_up() {
         site["metadata"]["finalizers"][0],
         "rampart.dev/store-cleanup"
     );
+    // Another controller's Gateway and route: no finalizer, record or status from us.
+    let mut theirs_gw = gateway(free_port(), None);
+    theirs_gw["metadata"]["name"] = json!("theirs");
+    theirs_gw["spec"]["gatewayClassName"] = json!("someone-else");
+    api.upsert(GATEWAY_API, "gateways", theirs_gw);
+    let mut theirs = route("theirs", &prefix("/theirs"), 80);
+    theirs["spec"]["parentRefs"] = json!([{ "name": "theirs" }]);
+    theirs["status"] = json!({});
+    api.upsert(GATEWAY_API, "httproutes", theirs);
+    api.set_status(
+        GATEWAY_API,
+        "httproutes",
+        Some("shop"),
+        "theirs",
+        json!({ "parents": [{ "controllerName": "example.com/other", "parentRef": { "name": "theirs" }, "conditions": [] }] }),
+    );
     let gw = SocketAddr::from(([127, 0, 0, 1], port));
     let traffic = Traffic::start(gw, "/");
     assert!(
@@ -359,6 +378,17 @@ async fn operator_rolls_out_reverts_fails_over_and_cleans_up() {
         "no traffic through the gateway"
     );
     assert_eq!(traffic.failed(), 0);
+
+    let theirs = api
+        .get(GATEWAY_API, "httproutes", Some("shop"), "theirs")
+        .unwrap();
+    assert!(theirs["metadata"]["finalizers"].is_null(), "{theirs}");
+    assert_eq!(record(&api, "httproute", "theirs"), Value::Null);
+    assert_eq!(
+        theirs["status"]["parents"].as_array().map(Vec::len),
+        Some(1),
+        "{theirs}"
+    );
 
     // 2. Refused by the store's check: reverted before any proxy saw it.
     let mut broken = gen1.clone();
@@ -438,6 +468,11 @@ async fn operator_rolls_out_reverts_fails_over_and_cleans_up() {
     })
     .await;
     assert!(gone, "the finalizer was never removed: {}", op_b.stderr());
+    assert_eq!(
+        record(&api, "httproute", "site"),
+        Value::Null,
+        "record left behind"
+    );
     assert!(
         eventually(WAIT, || async {
             try_send(&h1(), request(http::Method::GET, gw, "/", &[]))
@@ -451,8 +486,8 @@ async fn operator_rolls_out_reverts_fails_over_and_cleans_up() {
         op_b.stderr()
     );
     let clusters = rampart_ok(&["get", "cluster", "--endpoints", &p.store.endpoints()]);
-    assert!(!clusters.contains("k8s-svc-shop-web-8080"), "{clusters}");
-    assert!(clusters.contains("k8s-svc-shop-web-80"), "{clusters}");
+    assert!(!clusters.contains("k8s-svc_shop_web_8080"), "{clusters}");
+    assert!(clusters.contains("k8s-svc_shop_web_80\""), "{clusters}");
     drop(traffic);
 
     functions(&api, gw).await;

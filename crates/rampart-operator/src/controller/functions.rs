@@ -70,10 +70,7 @@ async fn apply<P: Platform>(o: &RampartFunction, ctx: &Context<P>) -> Result<Act
         }
         actions.extend(more);
     }
-    let owner = o
-        .controller_owner_ref(&())
-        .ok_or(Error::Incomplete("name"))?;
-    records.save(&ctx.client, &key, owner, rec.clone()).await?;
+    records.save(&ctx.client, &key, rec.clone()).await?;
     drop(records);
     write_status(o, ctx, &rec).await?;
     status::events(o, ctx, &actions).await;
@@ -240,12 +237,12 @@ async fn write_status<P: Platform>(
 async fn cleanup<P: Platform>(o: &RampartFunction, ctx: &Context<P>) -> Result<Action, Error> {
     let mut records = ctx.records.lock().await;
     let key = key_of(o);
-    records.forget(&key);
     let name = function_name(&key.namespace, &key.name);
     ctx.platform
         .delete_function(&name)
         .await
         .map_err(Error::Store)?;
+    records.remove(&ctx.client, &key).await?;
     ctx.metrics.forget(&key);
     tracing::info!(function = %name, "removed from the store");
     Ok(Action::await_change())

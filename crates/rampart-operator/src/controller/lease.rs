@@ -95,36 +95,49 @@ impl Lease {
         }
     }
 
+    /// [`Lease::try_hold`] bounded by a third of the lease's duration (a hung API call must
+    /// not outlive the lease it renews).
+    async fn attempt(&self) -> Result<bool, String> {
+        match tokio::time::timeout(self.s.duration / 3, self.try_hold()).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("the API server did not answer in time".into()),
+        }
+    }
+
     /// Waits until this replica holds the lease.
     pub async fn acquire(&self) {
         loop {
-            match self.try_hold().await {
+            match self.attempt().await {
                 Ok(true) => {
                     tracing::info!(identity = %self.s.identity, lease = %self.s.name, "leading");
                     return;
                 }
                 Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot read the lease"),
+                Err(e) => tracing::warn!(error = %e, "cannot take the lease"),
             }
             tokio::time::sleep(self.s.duration / 3).await;
         }
     }
 
-    /// Renews the lease every third of its duration; returns once it is lost (taken by
-    /// another replica, or not renewed within its duration).
+    /// Renews the lease every third of its duration; returns once it is lost: taken by
+    /// another replica, or not renewed within two thirds of its duration (the renew
+    /// deadline, measured from before the renewing request, so this replica stops before
+    /// another may take over). The caller must stop writing at once.
     pub async fn hold(&self) {
+        let deadline = self.s.duration * 2 / 3;
         let mut renewed = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(self.s.duration / 3).await;
-            match self.try_hold().await {
-                Ok(true) => renewed = tokio::time::Instant::now(),
+            let started = tokio::time::Instant::now();
+            match self.attempt().await {
+                Ok(true) => renewed = started,
                 Ok(false) => {
                     tracing::warn!(lease = %self.s.name, "another replica holds the lease");
                     return;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot renew the lease");
-                    if renewed.elapsed() >= self.s.duration {
+                    if renewed.elapsed() >= deadline {
                         return;
                     }
                 }

@@ -115,6 +115,8 @@ pub struct Settings {
     pub poll: Duration,
     /// The identity reported in Events (the pod's name).
     pub instance: String,
+    /// Where rollout records are kept (the operator's own namespace).
+    pub records_namespace: String,
 }
 
 impl Default for Settings {
@@ -126,6 +128,7 @@ impl Default for Settings {
             min_requests: 20,
             poll: Duration::from_secs(1),
             instance: "rampart-operator".into(),
+            records_namespace: "rampart-system".into(),
         }
     }
 }
@@ -180,10 +183,18 @@ pub async fn run<P: Platform>(
     let fn_ctl = Controller::new(fn_api, watcher::Config::default().any_semantic());
     let gw_ctl = Controller::new(gw_api, watcher::Config::default().any_semantic());
     let route_ctl = Controller::new(route_api, watcher::Config::default().any_semantic());
+    // A Gateway changing (created, its class, deleted) changes which routes are ours.
+    let routes = route_ctl.store();
+    let route_ctl = route_ctl.watches(
+        Api::<Gateway>::all(client.clone()),
+        watcher::Config::default(),
+        move |gw| reconcile::routes_of(&routes, &gw),
+    );
     let reporter = Reporter {
         controller: FIELD_MANAGER.into(),
         instance: Some(settings.instance.clone()),
     };
+    let records = tokio::sync::Mutex::new(record::Records::new(&settings.records_namespace));
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         gateways: gw_ctl.store(),
@@ -191,7 +202,7 @@ pub async fn run<P: Platform>(
         client,
         platform,
         settings,
-        records: tokio::sync::Mutex::new(record::Records::default()),
+        records,
         metrics,
     });
     let stop = Stop::new(stop);

@@ -37,8 +37,8 @@ pub(crate) trait Unit:
     fn with_spec(&self, spec: &Value) -> Option<Self>;
     /// The prefix of the proxies' route names made from this object, if any.
     fn route_prefix(&self) -> Option<String>;
-    /// Whether this operator programs it.
-    fn ours(&self, settings: &Settings) -> bool;
+    /// Whether this operator programs it (`gateways`: every Gateway known).
+    fn ours(&self, settings: &Settings, gateways: &[Arc<Gateway>]) -> bool;
     /// What translating it beside `gateways` reports against it.
     fn problems(&self, _gateways: &[Gateway], _backends: &Backends) -> Vec<String> {
         Vec::new()
@@ -59,7 +59,7 @@ impl Unit for Gateway {
     fn route_prefix(&self) -> Option<String> {
         None
     }
-    fn ours(&self, settings: &Settings) -> bool {
+    fn ours(&self, settings: &Settings, _: &[Arc<Gateway>]) -> bool {
         self.spec.gateway_class_name == settings.gateway_class
     }
 }
@@ -76,15 +76,23 @@ impl Unit for HTTPRoute {
         })
     }
     fn route_prefix(&self) -> Option<String> {
-        // translate names routes NAMESPACE.NAME.rI.mJ.pK.
-        Some(format!(
-            "{}.{}.",
-            self.namespace().unwrap_or_default(),
-            self.name_any()
+        Some(crate::translate::route_prefix(
+            &self.namespace().unwrap_or_default(),
+            &self.name_any(),
         ))
     }
-    fn ours(&self, _: &Settings) -> bool {
-        true
+    /// An HTTPRoute is ours when a parent of it is a Gateway of ours: routes of other
+    /// gateway controllers get no finalizer, record or status from us.
+    fn ours(&self, settings: &Settings, gateways: &[Arc<Gateway>]) -> bool {
+        let ns = self.namespace().unwrap_or_default();
+        self.spec.parent_refs.iter().any(|p| {
+            let parent_ns = p.namespace.as_deref().unwrap_or(&ns);
+            gateways.iter().any(|g| {
+                g.name_any() == p.name
+                    && g.namespace().as_deref() == Some(parent_ns)
+                    && g.ours(settings, &[])
+            })
+        })
     }
     fn problems(&self, gateways: &[Gateway], backends: &Backends) -> Vec<String> {
         let id = format!(
@@ -132,12 +140,18 @@ pub(crate) fn log_outcome<E: std::fmt::Display, K: Resource>(
 }
 
 async fn reconcile<K: Unit, P: Platform>(o: Arc<K>, ctx: Arc<Context<P>>) -> Result<Action, Error> {
-    if !o.ours(&ctx.settings) && !o.finalizers().iter().any(|f| f == FINALIZER) {
+    // Whether a route is ours depends on the Gateways: wait until they are all known.
+    ctx.gateways
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::Incomplete("Gateway cache"))?;
+    let ours = |o: &K| o.ours(&ctx.settings, &ctx.gateways.state());
+    if !ours(&o) && !o.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
     }
     finalized(o, &ctx, K::KIND, |event| async {
         match event {
-            Finalized::Apply(o) if o.ours(&ctx.settings) => apply(&*o, &ctx).await,
+            Finalized::Apply(o) if ours(&o) => apply(&*o, &ctx).await,
             Finalized::Apply(o) | Finalized::Cleanup(o) => cleanup(&*o, &ctx).await,
         }
     })
@@ -212,24 +226,21 @@ async fn apply<K: Unit, P: Platform>(o: &K, ctx: &Context<P>) -> Result<Action, 
     let now = unix_now();
     let obs = observe(o, &rec, ctx, now).await?;
     let (next, mut actions) = rollout::step(&rec.rollout(), &obs, &ctx.settings.rollout);
-    take_step(o, &mut rec, &next, &actions, now);
-    if let Some(err) = write_if_needed(o, ctx, &mut records, &mut rec, &actions).await? {
+    let write = take_step(o, &mut rec, &next, &actions, now);
+    if let Some(err) = write_if_needed(o, ctx, &mut records, &mut rec, write).await? {
         // The store refused the generation as a whole config: as good as a NACK.
         let obs = Observation {
             config: ConfigStatus::Nacked(format!("the store refused it: {err}")),
             ..obs
         };
         let (next, more) = rollout::step(&rec.rollout(), &obs, &ctx.settings.rollout);
-        take_step(o, &mut rec, &next, &more, now);
-        write_if_needed(o, ctx, &mut records, &mut rec, &more)
+        let write = take_step(o, &mut rec, &next, &more, now);
+        write_if_needed(o, ctx, &mut records, &mut rec, write)
             .await?
             .map_or(Ok(()), |e| Err(Error::Store(e)))?;
         actions.extend(more);
     }
-    let owner = o
-        .controller_owner_ref(&())
-        .ok_or(Error::Incomplete("name"))?;
-    records.save(&ctx.client, &key, owner, rec.clone()).await?;
+    records.save(&ctx.client, &key, rec.clone()).await?;
     let problems = problems_of(o, ctx);
     drop(records);
     status::write(o, ctx, &rec, &problems).await?;
@@ -278,38 +289,60 @@ async fn observe<K: Unit, P: Platform>(
     Ok(obs)
 }
 
-/// The record after a step: its phase, the spec applied, the last good spec.
+/// What a step asks of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Write {
+    Nothing,
+    /// A generation is applied: write, and take the routes' counts as its baseline.
+    Apply,
+    /// The object's effective spec changed (reverted, or failed with nothing to go back
+    /// to: it must leave the store).
+    Effective,
+}
+
+/// The record after a step: its phase, the spec applied, the last good spec; and what the
+/// store must be told.
 fn take_step<K: Unit>(
     o: &K,
     rec: &mut Record,
     next: &rollout::Rollout,
     actions: &[Step],
     now: u64,
-) {
+) -> Write {
+    let before = rec.effective().cloned();
     let was_running = rec.rollout().phase == Phase::Running;
     rec.set_rollout(next, now);
-    if actions.iter().any(|a| matches!(a, Step::Apply(_))) {
+    let applies = actions.iter().any(|a| matches!(a, Step::Apply(_)));
+    if applies {
         rec.applied = Some(o.spec_value());
     }
     if next.phase == Phase::Running && !was_running {
         rec.good.clone_from(&rec.applied);
     }
+    let reverts = actions.iter().any(|a| matches!(a, Step::Revert(_)));
+    if applies {
+        Write::Apply
+    } else if reverts || rec.effective() != before.as_ref() {
+        Write::Effective
+    } else {
+        Write::Nothing
+    }
 }
 
-/// Writes the whole translation when the step applies or reverts; `Some(reason)` when the
-/// store refused it.
+/// Writes the whole translation when the step asks for it; `Some(reason)` when the store
+/// refused it.
 async fn write_if_needed<K: Unit, P: Platform>(
     o: &K,
     ctx: &Context<P>,
     records: &mut Records,
     rec: &mut Record,
-    actions: &[Step],
+    write: Write,
 ) -> Result<Option<String>, Error> {
     let key = &key_of(o);
-    let applies = actions.iter().any(|a| matches!(a, Step::Apply(_)));
-    if !applies && !actions.iter().any(|a| matches!(a, Step::Revert(_))) {
+    if write == Write::Nothing {
         return Ok(None);
     }
+    let applies = write == Write::Apply;
     let translated = desired(ctx, records, Some((key, &*rec)), None).await?;
     match ctx.platform.write(translated.documents()).await {
         Ok(revision) => {
@@ -331,12 +364,12 @@ async fn write_if_needed<K: Unit, P: Platform>(
 async fn cleanup<K: Unit, P: Platform>(o: &K, ctx: &Context<P>) -> Result<Action, Error> {
     let mut records = ctx.records.lock().await;
     let key = key_of(o);
-    records.forget(&key);
     let translated = desired(ctx, &mut records, None, Some(&key)).await?;
     ctx.platform
         .write(translated.documents())
         .await
         .map_err(Error::Store)?;
+    records.remove(&ctx.client, &key).await?;
     ctx.metrics.forget(&key);
     tracing::info!(kind = K::KIND, object = %key.name, "removed from the store");
     Ok(Action::await_change())
@@ -363,9 +396,13 @@ async fn effective_all<K: Unit, P: Platform>(
     objects: &[Arc<K>],
 ) -> Result<Vec<K>, Error> {
     let mut out = Vec::new();
+    let gateways = ctx.gateways.state();
     for o in objects {
         let key = key_of(&**o);
-        if Some(&key) == gone || o.meta().deletion_timestamp.is_some() || !o.ours(&ctx.settings) {
+        if Some(&key) == gone
+            || o.meta().deletion_timestamp.is_some()
+            || !o.ours(&ctx.settings, &gateways)
+        {
             continue;
         }
         let record = match current {
@@ -388,8 +425,28 @@ fn problems_of<K: Unit, P: Platform>(o: &K, ctx: &Context<P>) -> Vec<String> {
         .gateways
         .state()
         .iter()
-        .filter(|g| g.ours(&ctx.settings))
+        .filter(|g| g.ours(&ctx.settings, &[]))
         .map(|g| (**g).clone())
         .collect();
     o.problems(&gateways, &ctx.settings.backends)
+}
+
+/// The HTTPRoutes naming Gateway `gw` as a parent.
+pub(crate) fn routes_of(
+    routes: &kube::runtime::reflector::Store<HTTPRoute>,
+    gw: &Gateway,
+) -> Vec<ObjectRef<HTTPRoute>> {
+    let (name, ns) = (gw.name_any(), gw.namespace().unwrap_or_default());
+    routes
+        .state()
+        .iter()
+        .filter(|r| {
+            let own = r.namespace().unwrap_or_default();
+            r.spec
+                .parent_refs
+                .iter()
+                .any(|p| p.name == name && p.namespace.as_deref().unwrap_or(&own) == ns)
+        })
+        .map(|r| ObjectRef::from_obj(&**r))
+        .collect()
 }

@@ -1,13 +1,12 @@
 //! Each object's rollout record: its phase, the spec the store carries for it and its last
-//! good spec, kept in a ConfigMap beside the object (`rampart-rollout-KIND-NAME`, owned by
-//! it, so Kubernetes deletes the record with the object). Gateway API objects have a status
-//! defined by the Gateway API, so the record cannot live there; it outlives the operator and
-//! moves with leadership.
+//! good spec, kept in a ConfigMap in the operator's namespace (`rampart-rollout-KIND-HASH`,
+//! annotated with the object it is about, removed when the object's finalizer runs). Gateway
+//! API objects have a status defined by the Gateway API, so the record cannot live there; it
+//! outlives the operator and moves with leadership.
 
 use std::collections::HashMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde::{Deserialize, Serialize};
@@ -98,21 +97,49 @@ pub(crate) struct Key {
 }
 
 impl Key {
+    /// `KIND/NAMESPACE/NAME`, as the record's annotation says.
+    fn id(&self) -> String {
+        format!("{}/{}/{}", self.kind, self.namespace, self.name)
+    }
+
+    /// `rampart-rollout-KIND-HASH`: names of any length and namespace fit, and records of
+    /// different objects never share one.
     fn config_map(&self) -> String {
-        format!(
-            "rampart-rollout-{}-{}",
-            self.kind.to_ascii_lowercase(),
-            self.name
-        )
+        let digest = ring::digest::digest(&ring::digest::SHA256, self.id().as_bytes());
+        let hash: String = digest.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("rampart-rollout-{}-{hash}", self.kind.to_ascii_lowercase())
     }
 }
 
+/// The annotation naming the object a record is about.
+const OBJECT: &str = "rampart.dev/object";
+
 /// The records read or written so far (only the leader writes them, so this cache is
-/// coherent while it leads; a new leader starts empty).
-#[derive(Debug, Default)]
-pub(crate) struct Records(HashMap<Key, Record>);
+/// coherent while it leads; a new leader starts empty). They live in the operator's own
+/// namespace, not beside the objects: whoever may edit ConfigMaps in an application's
+/// namespace must not be able to write what the store carries for a Gateway they cannot
+/// edit.
+#[derive(Debug)]
+pub(crate) struct Records {
+    namespace: String,
+    cache: HashMap<Key, Record>,
+}
 
 impl Records {
+    pub(crate) fn new(namespace: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            cache: HashMap::new(),
+        }
+    }
+
+    fn api(&self, client: &Client) -> Api<ConfigMap> {
+        Api::namespaced(client.clone(), &self.namespace)
+    }
+
     /// The record of the object `key` whose uid is `uid`, if it has one.
     pub(crate) async fn get(
         &mut self,
@@ -120,13 +147,16 @@ impl Records {
         key: &Key,
         uid: &str,
     ) -> Result<Option<Record>, kube::Error> {
-        if let Some(r) = self.0.get(key).filter(|r| r.uid == uid) {
+        if let Some(r) = self.cache.get(key).filter(|r| r.uid == uid) {
             return Ok(Some(r.clone()));
         }
-        let api: Api<ConfigMap> = Api::namespaced(client.clone(), &key.namespace);
-        let Some(cm) = api.get_opt(&key.config_map()).await? else {
+        let Some(cm) = self.api(client).get_opt(&key.config_map()).await? else {
             return Ok(None);
         };
+        let about = cm.metadata.annotations.as_ref().and_then(|a| a.get(OBJECT));
+        if about != Some(&key.id()) {
+            return Ok(None);
+        }
         let record = cm
             .data
             .as_ref()
@@ -134,45 +164,52 @@ impl Records {
             .and_then(|text| serde_json::from_str::<Record>(text).ok())
             .filter(|r| r.uid == uid);
         if let Some(r) = &record {
-            self.0.insert(key.clone(), r.clone());
+            self.cache.insert(key.clone(), r.clone());
         }
         Ok(record)
     }
 
-    /// Writes `record` for `key` (server-side apply), owned by the object.
+    /// Writes `record` for `key` (server-side apply).
     pub(crate) async fn save(
         &mut self,
         client: &Client,
         key: &Key,
-        owner: OwnerReference,
         record: Record,
     ) -> Result<(), kube::Error> {
-        let api: Api<ConfigMap> = Api::namespaced(client.clone(), &key.namespace);
         let text = serde_json::to_string(&record).unwrap_or_default();
         let cm = json!({
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": {
                 "name": key.config_map(),
-                "namespace": key.namespace,
+                "namespace": self.namespace,
                 "labels": { "app.kubernetes.io/managed-by": FIELD_MANAGER },
-                "ownerReferences": [owner],
+                "annotations": { OBJECT: key.id() },
             },
             "data": { KEY: text },
         });
-        api.patch(
-            &key.config_map(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&cm),
-        )
-        .await?;
-        self.0.insert(key.clone(), record);
+        self.api(client)
+            .patch(
+                &key.config_map(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&cm),
+            )
+            .await?;
+        self.cache.insert(key.clone(), record);
         Ok(())
     }
 
-    /// Drops `key`'s record from the cache (the object is gone; Kubernetes removes the
-    /// ConfigMap it owns).
-    pub(crate) fn forget(&mut self, key: &Key) {
-        self.0.remove(key);
+    /// Removes `key`'s record (the object is gone).
+    pub(crate) async fn remove(&mut self, client: &Client, key: &Key) -> Result<(), kube::Error> {
+        self.cache.remove(key);
+        match self
+            .api(client)
+            .delete(&key.config_map(), &kube::api::DeleteParams::default())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }

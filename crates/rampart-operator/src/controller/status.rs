@@ -69,37 +69,50 @@ pub(crate) fn conditions(route: bool, rec: &Record, problems: &[String]) -> Vec<
     out
 }
 
-/// The status written: routes per parent (only the parents this controller answers for),
-/// Gateways at the top.
-fn status_of<K: Unit>(o: &K, conditions: &[Value]) -> Value {
+/// A route's status entries for the parents this controller answers for (its parentRefs that
+/// are Gateways of ours).
+fn our_parents<K: Unit, P: Platform>(o: &K, ctx: &Context<P>, conditions: &[Value]) -> Vec<Value> {
     let spec = o.spec_value();
-    let Some(parents) = spec["parentRefs"].as_array() else {
-        return json!({ "conditions": conditions });
-    };
     let ns = o.namespace().unwrap_or_default();
-    let parents: Vec<Value> = parents
-        .iter()
-        .map(|p| {
+    let gateways = ctx.gateways.state();
+    let is_ours = |gw_ns: &str, name: &str| {
+        gateways.iter().any(|g| {
+            g.name_any() == name
+                && g.namespace().as_deref() == Some(gw_ns)
+                && g.spec.gateway_class_name == ctx.settings.gateway_class
+        })
+    };
+    spec["parentRefs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            let gw_ns = p["namespace"].as_str().unwrap_or(&ns);
+            let name = p["name"].as_str()?;
+            if !is_ours(gw_ns, name) {
+                return None;
+            }
             let mut parent = json!({
                 "group": "gateway.networking.k8s.io",
                 "kind": "Gateway",
-                "namespace": p["namespace"].as_str().unwrap_or(&ns),
-                "name": p["name"],
+                "namespace": gw_ns,
+                "name": name,
             });
             if let Some(section) = p["sectionName"].as_str() {
                 parent["sectionName"] = json!(section);
             }
-            json!({
+            Some(json!({
                 "parentRef": parent,
                 "controllerName": CONTROLLER_NAME,
                 "conditions": conditions,
-            })
+            }))
         })
-        .collect();
-    json!({ "parents": parents })
+        .collect()
 }
 
-/// Writes the object's status for its record.
+/// Writes the object's status for its record: a Gateway's conditions (server-side apply:
+/// a map keyed by type), a route's entries for our parents next to the ones other
+/// controllers wrote (`status.parents` is an atomic list: it is read and written whole).
 pub(crate) async fn write<K: Unit, P: Platform>(
     o: &K,
     ctx: &Context<P>,
@@ -107,7 +120,30 @@ pub(crate) async fn write<K: Unit, P: Platform>(
     problems: &[String],
 ) -> Result<(), Error> {
     let route = o.route_prefix().is_some();
-    apply_status(o, ctx, status_of(o, &conditions(route, rec, problems))).await
+    let conditions = conditions(route, rec, problems);
+    if !route {
+        return apply_status(o, ctx, json!({ "conditions": conditions })).await;
+    }
+    let ns = o.namespace().ok_or(Error::Incomplete("namespace"))?;
+    let resource = kube::api::ApiResource::erase::<K>(&());
+    let api: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), &ns, &resource);
+    let current = api.get_status(&o.name_any()).await?;
+    let mut parents: Vec<Value> = current.data["status"]["parents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["controllerName"] != CONTROLLER_NAME)
+        .cloned()
+        .collect();
+    parents.extend(our_parents(o, ctx, &conditions));
+    api.patch_status(
+        &o.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": { "parents": parents } })),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Server-side applies `status` as the object's status, with the operator's field manager.

@@ -110,10 +110,10 @@ fn http_listeners_routes_and_backends_become_valid_rampart_config() {
     assert_eq!(
         clusters,
         [
-            "k8s-svc-front-web-80",
-            "k8s-svc-web-api-8080",
-            "k8s-svc-web-api-canary-8080",
-            "k8s-svc-web-orders-9000"
+            "k8s-svc_front_web_80",
+            "k8s-svc_web_api_8080",
+            "k8s-svc_web_api-canary_8080",
+            "k8s-svc_web_orders_9000"
         ]
     );
     assert_eq!(

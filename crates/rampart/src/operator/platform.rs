@@ -68,7 +68,9 @@ impl StorePlatform {
             .map(Resource::key)
             .collect();
         if puts.is_empty() && deletes.is_empty() {
-            return Ok(state.revision);
+            // Nothing new: the newest change under the prefix is what the control plane must
+            // serve (later revisions may be other keys it never reloads for).
+            return Ok(state.revisions.values().copied().max().unwrap_or(0));
         }
         desired::commit(&mut c, &state, &puts, &deletes)
             .await
@@ -269,12 +271,25 @@ fn label<'a>(labels: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+/// Whether route `name` is one of those named `PREFIXrI.mJ.pK` (what one HTTPRoute makes).
+fn made_from(name: &str, prefix: &str) -> bool {
+    let Some(rest) = name.strip_prefix(prefix) else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split('.').collect();
+    parts.len() == 3
+        && parts.iter().zip(['r', 'm', 'p']).all(|(p, c)| {
+            p.strip_prefix(c)
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+}
+
 /// `(requests, 5xx)` on routes named `prefix*` in a proxy's metrics
 /// (`rampart_requests_total{listener,route,cluster,class}`).
 fn route_counts(metrics: &str, prefix: &str) -> (u64, u64) {
     let mut out = (0, 0);
     for (labels, n) in series(metrics, "rampart_requests_total") {
-        if label(labels, "route").is_some_and(|r| r.starts_with(prefix)) {
+        if label(labels, "route").is_some_and(|r| made_from(r, prefix)) {
             out.0 += n;
             if label(labels, "class") == Some("5xx") {
                 out.1 += n;
@@ -291,11 +306,11 @@ mod tests {
     #[test]
     fn counts_only_the_prefixed_routes() {
         let text = "# TYPE rampart_requests counter\n\
-            rampart_requests_total{listener=\"l\",route=\"shop.site.r0.m0.p0\",cluster=\"c\",class=\"2xx\"} 7\n\
-            rampart_requests_total{listener=\"l\",route=\"shop.site.r1.m0.p0\",cluster=\"c\",class=\"5xx\"} 3\n\
-            rampart_requests_total{listener=\"l\",route=\"shop.site2.r0.m0.p0\",cluster=\"c\",class=\"5xx\"} 100\n\
-            rampart_requests_created{listener=\"l\",route=\"shop.site.r0.m0.p0\",cluster=\"c\",class=\"2xx\"} 1.7e9\n";
-        assert_eq!(route_counts(text, "shop.site."), (10, 3));
+            rampart_requests_total{listener=\"l\",route=\"shop_site_r0.m0.p0\",cluster=\"c\",class=\"2xx\"} 7\n\
+            rampart_requests_total{listener=\"l\",route=\"shop_site_r1.m0.p0\",cluster=\"c\",class=\"5xx\"} 3\n\
+            rampart_requests_total{listener=\"l\",route=\"shop_site_x.r0.m0.p0\",cluster=\"c\",class=\"5xx\"} 100\n\
+            rampart_requests_created{listener=\"l\",route=\"shop_site_r0.m0.p0\",cluster=\"c\",class=\"2xx\"} 1.7e9\n";
+        assert_eq!(route_counts(text, "shop_site_"), (10, 3));
         assert_eq!(route_counts(text, "other."), (0, 0));
         let fns = "rampart_fn_invocations_total{function=\"k8s-a-b\",outcome=\"ok\"} 9\n\
             rampart_fn_invocations_total{function=\"k8s-a-b\",outcome=\"trap\"} 2\n\

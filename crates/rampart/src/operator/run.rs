@@ -43,7 +43,8 @@ pub(crate) struct RunArgs {
     min_requests: u64,
     #[command(flatten)]
     backends: super::BackendArgs,
-    /// Where the leader-election Lease lives (default: $POD_NAMESPACE, else rampart-system).
+    /// Where the leader-election Lease and the rollout records live (default:
+    /// $POD_NAMESPACE, else rampart-system).
     #[arg(long)]
     lease_namespace: Option<String>,
     #[arg(long, default_value = "rampart-operator")]
@@ -92,8 +93,9 @@ async fn run_async(args: &RunArgs) -> Result<ExitCode> {
     let code = tokio::select! {
         r = crate::wait_for_termination() => { r?; ExitCode::SUCCESS }
         () = lease.hold() => {
+            // No grace: another replica may lead already; nothing more may be written.
             tracing::error!("lost the lease; exiting so that the new leader runs alone");
-            ExitCode::FAILURE
+            return Ok(ExitCode::FAILURE);
         }
         () = &mut controllers => ExitCode::FAILURE,
     };
@@ -144,6 +146,14 @@ fn settings(args: &RunArgs) -> Result<Settings> {
         min_requests: args.min_requests,
         poll: Duration::from_secs(1).min(bake.max(Duration::from_millis(200))),
         instance,
+        records_namespace: own_namespace(args),
+    })
+}
+
+/// The operator's namespace: its Lease and rollout records live there.
+fn own_namespace(args: &RunArgs) -> String {
+    args.lease_namespace.clone().unwrap_or_else(|| {
+        std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "rampart-system".into())
     })
 }
 
@@ -155,9 +165,7 @@ fn lease_settings(args: &RunArgs, identity: &str) -> Result<LeaseSettings> {
         "--lease-duration: at least 1s"
     );
     Ok(LeaseSettings {
-        namespace: args.lease_namespace.clone().unwrap_or_else(|| {
-            std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "rampart-system".into())
-        }),
+        namespace: own_namespace(args),
         name: args.lease_name.clone(),
         identity: identity.to_owned(),
         duration,
