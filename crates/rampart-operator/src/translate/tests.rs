@@ -111,8 +111,8 @@ fn http_listeners_routes_and_backends_become_valid_rampart_config() {
         clusters,
         [
             "k8s-svc_front_web_80",
-            "k8s-svc_web_api_8080",
             "k8s-svc_web_api-canary_8080",
+            "k8s-svc_web_api_8080",
             "k8s-svc_web_orders_9000"
         ]
     );
@@ -133,30 +133,30 @@ fn requests_take_the_route_the_gateway_api_precedence_gives() {
     // The longer prefix, with its method and header, before the shorter one.
     assert_eq!(
         picks(&out, shop, "POST", "/api/orders/7", &[("x-tenant", "acme")]).as_deref(),
-        Some("web.shop.r1.m0.p1")
+        Some("web_shop_r1.m0.p1")
     );
     assert_eq!(
         picks(&out, shop, "GET", "/api/orders/7", &[]).as_deref(),
-        Some("web.shop.r0.m0.p1")
+        Some("web_shop_r0.m0.p1")
     );
     // PathPrefix matches whole segments.
     assert_eq!(
         picks(&out, shop, "GET", "/api", &[]).as_deref(),
-        Some("web.shop.r0.m0.p0")
+        Some("web_shop_r0.m0.p0")
     );
     assert_eq!(
         picks(&out, shop, "GET", "/apix", &[]).as_deref(),
-        Some("web.fallback.r0.m0.p0")
+        Some("web_fallback_r0.m0.p0")
     );
     // The exact match, with no backend: a 500 route.
     assert_eq!(
         picks(&out, shop, "GET", "/health", &[]).as_deref(),
-        Some("web.shop.r2.m0.p0")
+        Some("web_shop_r2.m0.p0")
     );
     // Another host: only the routes without hostnames.
     assert_eq!(
         picks(&out, "other.example", "GET", "/api", &[]).as_deref(),
-        Some("web.fallback.r0.m0.p0")
+        Some("web_fallback_r0.m0.p0")
     );
     let cfg = out.config().to_string();
     assert!(
