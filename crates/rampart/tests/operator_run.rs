@@ -582,6 +582,29 @@ async fn cluster(api: &FakeApi) {
         .unwrap();
     assert_eq!(again["stringData"]["ca.crt"], first_ca);
 
+    // Resizing a running store is a membership change the operator refuses (and says so).
+    let resized = json!({
+        "apiVersion": FUNCTIONS, "kind": "RampartCluster",
+        "metadata": { "name": "config", "namespace": "shop" },
+        "spec": { "replicas": 5, "proxies": 2, "image": "rampart:dev" },
+    });
+    api.upsert(FUNCTIONS, "rampartclusters", resized);
+    assert!(api.wait_for(WAIT, |a| phase(a) == "Failed").await);
+    let c = api
+        .get(FUNCTIONS, "rampartclusters", Some("shop"), "config")
+        .unwrap();
+    assert!(
+        c["status"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("membership"),
+        "{c}"
+    );
+    let set = api
+        .get("apps/v1", "statefulsets", Some("shop"), "config")
+        .unwrap();
+    assert_eq!(set["spec"]["replicas"], 3, "the running store was resized");
+
     api.delete(FUNCTIONS, "rampartclusters", Some("shop"), "config");
     let gone = api
         .wait_for(WAIT, |a| {

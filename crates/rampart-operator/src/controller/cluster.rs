@@ -3,8 +3,9 @@
 //! cluster Running once every store node is ready. The objects are owned by the
 //! RampartCluster: Kubernetes' garbage collector removes them with it.
 //!
-//! Not handled yet: changing `replicas` of a running cluster (that is a Raft membership
-//! change, `rampart kv member`, not a StatefulSet scale).
+//! Not handled yet: changing `replicas` or `storage` of a running cluster (a Raft membership
+//! change, `rampart kv member`, not a StatefulSet scale; a claim template cannot change).
+//! Such a change is refused: the workloads stay as they are and the status says why.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,14 +43,25 @@ async fn reconcile<P: Platform>(o: &RampartCluster, ctx: &Context<P>) -> Result<
     }
     let ns = o.namespace().ok_or(Error::Incomplete("namespace"))?;
     let name = o.name_any();
+    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let existing = sets.get_opt(&name).await?;
+    if let Some(why) = existing.as_ref().and_then(|s| refused_change(o, s)) {
+        let mut st = serde_json::to_value(RolloutStatus {
+            phase: Some(Phase::Failed.as_str().to_owned()),
+            observed_generation: o.meta().generation,
+            reason: Some(why),
+            ..RolloutStatus::default()
+        })
+        .unwrap_or_default();
+        st["conditions"] = json!([]);
+        status::apply_status(o, ctx, st).await?;
+        return Ok(Action::requeue(Duration::from_secs(300)));
+    }
     ensure_pki(o, ctx, &ns, &name).await?;
     for obj in workloads::objects(o) {
         apply(ctx, &ns, &obj).await?;
     }
-    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
-    let ready = sets
-        .get_opt(&name)
-        .await?
+    let ready = existing
         .and_then(|s| s.status)
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0);
@@ -87,6 +99,36 @@ async fn reconcile<P: Platform>(o: &RampartCluster, ctx: &Context<P>) -> Result<
     } else {
         Duration::from_secs(5)
     }))
+}
+
+/// Why the spec cannot be applied over the running StatefulSet `s`, if it cannot.
+fn refused_change(o: &RampartCluster, s: &StatefulSet) -> Option<String> {
+    let spec = s.spec.as_ref()?;
+    let running = u32::try_from(spec.replicas.unwrap_or(0)).unwrap_or(0);
+    if running != o.spec.replicas {
+        return Some(format!(
+            "changing a running store from {running} to {} nodes is a membership change \
+             (rampart kv member), which the operator does not do yet",
+            o.spec.replicas
+        ));
+    }
+    let claimed = spec
+        .volume_claim_templates
+        .as_ref()?
+        .first()?
+        .spec
+        .as_ref()?
+        .resources
+        .as_ref()?
+        .requests
+        .as_ref()?
+        .get("storage")?
+        .0
+        .clone();
+    let wanted = o.spec.storage.clone().unwrap_or_else(|| "1Gi".into());
+    (claimed != wanted).then(|| {
+        format!("a StatefulSet's volume claims cannot change ({claimed} → {wanted}) in place")
+    })
 }
 
 /// The peer PKI: made once (a Secret holding a certificate for every node), made again only

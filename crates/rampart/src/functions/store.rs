@@ -24,6 +24,46 @@ pub(crate) fn spec_key(name: &str) -> String {
     format!("{SPEC_PREFIX}{name}")
 }
 
+/// Components kept for function `<name>` beyond its current spec (a JSON array of SHA-256
+/// digests): the deployments a rollout may go back to. Garbage collection spares them.
+const RETAINED_PREFIX: &str = "/rampart/functions-retained/";
+
+/// Keeps exactly `digests` for function `name` (none: forgets it).
+pub(crate) async fn retain(c: &mut Client, name: &str, digests: &[String]) -> Result<()> {
+    let key = format!("{RETAINED_PREFIX}{name}");
+    if digests.is_empty() {
+        c.delete(pb::DeleteRangeRequest {
+            key: key.into_bytes(),
+            ..Default::default()
+        })
+        .await
+        .context("cannot delete from the store")?;
+        return Ok(());
+    }
+    c.put(pb::PutRequest {
+        key: key.into_bytes(),
+        value: serde_json::to_vec(digests)?,
+        ..Default::default()
+    })
+    .await
+    .context("cannot write to the store")?;
+    Ok(())
+}
+
+/// Every digest some function retains.
+async fn retained(c: &mut Client) -> Result<HashSet<String>> {
+    let resp = c
+        .range(range_prefix(RETAINED_PREFIX))
+        .await
+        .context("cannot read the store")?;
+    Ok(resp
+        .kvs
+        .iter()
+        .filter_map(|kv| serde_json::from_slice::<Vec<String>>(&kv.value).ok())
+        .flatten()
+        .collect())
+}
+
 /// Writes `bytes` as a blob (chunks already there are not written again).
 pub(crate) async fn put_blob(c: &mut Client, bytes: &[u8]) -> Result<BlobRef> {
     let r = BlobRef::of(bytes, CHUNK_BYTES)?;
@@ -108,23 +148,17 @@ pub(crate) async fn delete_spec(c: &mut Client, name: &str) -> Result<bool> {
     Ok(resp.deleted > 0)
 }
 
-/// Deletes blobs no spec names any more; returns how many. (A deploy racing this one may
-/// lose chunks written before its spec: the gateways then refuse it, and it is deployed
-/// again.)
+/// Deletes blobs no spec names and no function retains; returns how many. (A deploy racing
+/// this one may lose chunks written before its spec: the gateways then refuse it, and it is
+/// deployed again.)
 pub(crate) async fn collect_garbage(c: &mut Client) -> Result<usize> {
-    collect_garbage_keeping(c, &[]).await
-}
-
-/// [`collect_garbage`], sparing the blobs whose SHA-256 is in `keep` too (the components of
-/// generations a rollout may go back to).
-pub(crate) async fn collect_garbage_keeping(c: &mut Client, keep: &[String]) -> Result<usize> {
     let (specs, _) = specs(c).await?;
-    let used: HashSet<String> = specs
+    let mut used: HashSet<String> = specs
         .into_iter()
         .filter_map(|(_, s)| s.ok())
         .map(|s| s.blob.sha256)
-        .chain(keep.iter().cloned())
         .collect();
+    used.extend(retained(c).await?);
     let keys = c
         .range(pb::RangeRequest {
             keys_only: true,

@@ -121,10 +121,9 @@ impl Platform for StorePlatform {
         let mut c = self.store.lock().await;
         let e = |e: anyhow::Error| format!("{e:#}");
         store::put_blob(&mut c, &bytes).await.map_err(e)?;
+        store::retain(&mut c, name, &keep).await.map_err(e)?;
         store::put_spec(&mut c, &spec).await.map_err(e)?;
-        store::collect_garbage_keeping(&mut c, &keep)
-            .await
-            .map_err(e)?;
+        store::collect_garbage(&mut c).await.map_err(e)?;
         serde_json::to_value(&spec).map_err(|e| e.to_string())
     }
 
@@ -132,6 +131,10 @@ impl Platform for StorePlatform {
         let spec: FunctionSpec = serde_json::from_value(spec.clone()).map_err(|e| e.to_string())?;
         spec.check().map_err(|errors| errors.join("; "))?;
         let mut c = self.store.lock().await;
+        // Its component is still there (retained), or putting it back would break it.
+        store::get_blob(&mut c, &spec.blob)
+            .await
+            .map_err(|e| format!("the last good component is gone: {e:#}"))?;
         store::put_spec(&mut c, &spec)
             .await
             .map_err(|e| format!("{e:#}"))
@@ -141,6 +144,7 @@ impl Platform for StorePlatform {
         let mut c = self.store.lock().await;
         let e = |e: anyhow::Error| format!("{e:#}");
         store::delete_spec(&mut c, name).await.map_err(e)?;
+        store::retain(&mut c, name, &[]).await.map_err(e)?;
         store::collect_garbage(&mut c).await.map_err(e)?;
         Ok(())
     }
