@@ -412,8 +412,16 @@ async fn operator_rolls_out_reverts_fails_over_and_cleans_up() {
     // 3. NACKed by the proxy: a listener on a port taken on its host.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_port = taken.local_addr().unwrap().port();
+    // A good route changed at the same moment is not blamed for the Gateway's NACK: one
+    // unanswered generation at a time.
     api.upsert(GATEWAY_API, "gateways", gateway(port, Some(taken_port)));
+    api.upsert(
+        GATEWAY_API,
+        "httproutes",
+        route("bystander", &prefix("/bystander"), 80),
+    );
     await_phase(&api, "gateway", "edge", "RolledBack", 2).await;
+    await_phase(&api, "httproute", "bystander", "Running", 1).await;
     let r = record(&api, "gateway", "edge");
     assert!(r["reason"].as_str().unwrap().contains("refused"), "{r}");
     assert!(events(&api, "edge").contains(&"RolledBack".to_owned()));

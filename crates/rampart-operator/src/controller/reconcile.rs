@@ -225,8 +225,14 @@ async fn apply<K: Unit, P: Platform>(o: &K, ctx: &Context<P>) -> Result<Action, 
         });
     let now = unix_now();
     let obs = observe(o, &rec, ctx, now).await?;
+    if let Some(wait) = wait_turn(&mut records, &key, &rec, &obs, ctx) {
+        return Ok(wait);
+    }
     let (next, mut actions) = rollout::step(&rec.rollout(), &obs, &ctx.settings.rollout);
     let write = take_step(o, &mut rec, &next, &actions, now);
+    if write == Write::Apply {
+        records.unanswered = Some((key.clone(), now));
+    }
     if let Some(err) = write_if_needed(o, ctx, &mut records, &mut rec, write).await? {
         // The store refused the generation as a whole config: as good as a NACK.
         let obs = Observation {
@@ -251,6 +257,32 @@ async fn apply<K: Unit, P: Platform>(o: &K, ctx: &Context<P>) -> Result<Action, 
     } else {
         Action::requeue(Duration::from_secs(300))
     })
+}
+
+/// One generation in flight at a time: a new generation waits (requeued) while another
+/// object's applied generation has no answer from the proxies yet, so that a NACK — which
+/// names a resource type, not an object — is pinned on the one change that could have
+/// caused it. The wait is bounded by the bake time (a proxy that never answers does not
+/// stop every rollout).
+fn wait_turn<P: Platform>(
+    records: &mut Records,
+    key: &Key,
+    rec: &Record,
+    obs: &Observation,
+    ctx: &Context<P>,
+) -> Option<Action> {
+    if let Some((k, since)) = &records.unanswered {
+        let answered = k == key && obs.config != ConfigStatus::Pending;
+        let stale = obs.now.saturating_sub(*since) > ctx.settings.rollout.bake.as_secs();
+        if answered || stale || (k == key && rec.rollout().phase != Phase::Provisioning) {
+            records.unanswered = None;
+        }
+    }
+    let applies = obs.generation > rec.generation;
+    match &records.unanswered {
+        Some((k, _)) if k != key && applies => Some(Action::requeue(ctx.settings.poll)),
+        _ => None,
+    }
 }
 
 /// The object's generation, what the proxies said of the revision written for it and its

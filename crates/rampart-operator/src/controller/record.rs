@@ -126,6 +126,9 @@ const OBJECT: &str = "rampart.dev/object";
 pub(crate) struct Records {
     namespace: String,
     cache: HashMap<Key, Record>,
+    /// The object whose applied generation the proxies have not answered yet, and since
+    /// when (seconds): one at a time, so that a NACK is pinned on what caused it.
+    pub(crate) unanswered: Option<(Key, u64)>,
 }
 
 impl Records {
@@ -133,6 +136,7 @@ impl Records {
         Self {
             namespace: namespace.to_owned(),
             cache: HashMap::new(),
+            unanswered: None,
         }
     }
 
@@ -202,6 +206,9 @@ impl Records {
     /// Removes `key`'s record (the object is gone).
     pub(crate) async fn remove(&mut self, client: &Client, key: &Key) -> Result<(), kube::Error> {
         self.cache.remove(key);
+        if self.unanswered.as_ref().is_some_and(|(k, _)| k == key) {
+            self.unanswered = None;
+        }
         match self
             .api(client)
             .delete(&key.config_map(), &kube::api::DeleteParams::default())
