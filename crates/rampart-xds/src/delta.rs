@@ -177,8 +177,17 @@ impl Handler for Stream {
 }
 
 /// Whether a type the client follows that comes after `type_url` in warming order does not
-/// hold snapshot `version` yet (not pushed, or not answered).
+/// hold snapshot `version` yet (not pushed, or not answered). A reconnecting client asks for
+/// clusters before listeners, with the names it still holds: its first cluster response
+/// must not remove any while it has not asked for listeners yet (its routes may still name
+/// them); the next one may, once the listeners and routes have caught up.
 fn later_types_lag(types: &HashMap<String, TypeState>, type_url: &str, version: u64) -> bool {
+    let first = types.get(type_url).is_some_and(|st| !st.answered);
+    let cluster_side =
+        type_url == crate::snapshot::CLUSTER || type_url == crate::snapshot::ENDPOINT;
+    if first && cluster_side && !types.contains_key(crate::snapshot::LISTENER) {
+        return true;
+    }
     let order = crate::snapshot::push_order(types.keys());
     order
         .iter()
