@@ -104,7 +104,7 @@ pub fn translate(gateways: &[Gateway], routes: &[HTTPRoute], backends: &Backends
             let name = format!("{OWNED_PREFIX}gw_{ns}_{}_{}", gw.name_any(), l.name);
             // hostname → entries (routes without hostnames under "*").
             let mut hosts: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
-            for r in routes.iter().filter(|r| attached(r, gw, &ns, &l.name)) {
+            for r in routes.iter().filter(|r| attached(r, gw, &ns, l)) {
                 let entries = entries(r, backends, &mut clusters, &mut out.problems);
                 let names: Vec<String> = if r.spec.hostnames.is_empty() {
                     vec![l.hostname.clone().unwrap_or_else(|| "*".into())]
@@ -131,13 +131,40 @@ pub fn translate(gateways: &[Gateway], routes: &[HTTPRoute], backends: &Backends
 }
 
 /// Whether `r` names this Gateway (and listener, or none).
-fn attached(r: &HTTPRoute, gw: &Gateway, gw_ns: &str, listener: &str) -> bool {
+/// Whether `r` attaches to listener `l` of `gw`: it names them, and the listener admits
+/// routes from its namespace (`allowedRoutes`: the Gateway's own namespace unless `All`;
+/// a namespace `Selector` is not read, so it admits none).
+fn attached(r: &HTTPRoute, gw: &Gateway, gw_ns: &str, l: &crate::gateway::Listener) -> bool {
     let ns = r.namespace().unwrap_or_else(|| "default".into());
-    r.spec.parent_refs.iter().any(|p| {
-        p.name == gw.name_any()
-            && p.namespace.as_deref().unwrap_or(&ns) == gw_ns
-            && p.section_name.as_deref().is_none_or(|s| s == listener)
-    })
+    let from = l
+        .allowed_routes
+        .as_ref()
+        .and_then(|a| a.namespaces.as_ref())
+        .and_then(|n| n.from.as_deref())
+        .unwrap_or("Same");
+    let admitted = match from {
+        "All" => true,
+        "Same" => ns == gw_ns,
+        _ => false,
+    };
+    admitted
+        && r.spec.parent_refs.iter().any(|p| {
+            p.name == gw.name_any()
+                && p.namespace.as_deref().unwrap_or(&ns) == gw_ns
+                && p.section_name.as_deref().is_none_or(|s| s == l.name)
+        })
+}
+
+/// A reference from a route in `ns` to an object in `other` needs a ReferenceGrant in
+/// `other`; Rampart does not read those yet, so it refuses every such reference.
+fn same_namespace(what: &str, name: &str, ns: &str, other: Option<&str>) -> Result<(), String> {
+    match other {
+        Some(o) if o != ns => Err(format!(
+            "backend {name:?} in namespace {o:?}: a {what} in another namespace needs a \
+             ReferenceGrant, which Rampart does not read yet (refused)"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Each hostname a virtual host; routes without hostnames also serve every named host (as
@@ -311,7 +338,8 @@ fn action(
         if rule.backend_refs.len() > 1 {
             return Err("a RampartFunction backend must be the rule's only backend".into());
         }
-        route["function"] = json!(function_name(f.namespace.as_deref().unwrap_or(ns), &f.name));
+        same_namespace("function", &f.name, ns, f.namespace.as_deref())?;
+        route["function"] = json!(function_name(ns, &f.name));
         return Ok(route);
     }
     let backends: Vec<(String, u32)> = rule
@@ -382,10 +410,10 @@ fn cluster(
             b.kind.as_deref().unwrap_or("")
         ));
     }
+    same_namespace("Service", &b.name, ns, b.namespace.as_deref())?;
     let port = b
         .port
         .ok_or_else(|| format!("backend {:?} names no port", b.name))?;
-    let ns = b.namespace.as_deref().unwrap_or(ns);
     let name = format!("{OWNED_PREFIX}svc_{ns}_{}_{port}", b.name);
     let endpoint = backends
         .addresses

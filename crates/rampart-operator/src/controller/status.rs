@@ -43,16 +43,15 @@ pub(crate) fn conditions(route: bool, rec: &Record, problems: &[String]) -> Vec<
             .filter(|p| p.contains("backend"))
             .map(String::as_str)
             .collect();
+        let reason = if unresolved.iter().any(|p| p.contains("ReferenceGrant")) {
+            "RefNotPermitted"
+        } else {
+            "BackendNotFound"
+        };
         out.push(if unresolved.is_empty() {
             condition("ResolvedRefs", "True", "ResolvedRefs", "", rec)
         } else {
-            condition(
-                "ResolvedRefs",
-                "False",
-                "BackendNotFound",
-                &unresolved.join("; "),
-                rec,
-            )
+            condition("ResolvedRefs", "False", reason, &unresolved.join("; "), rec)
         });
         if !problems.is_empty() {
             out.push(condition(

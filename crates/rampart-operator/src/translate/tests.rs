@@ -20,8 +20,12 @@ fn gateway() -> Gateway {
 }
 
 fn route(name: &str, spec: serde_json::Value) -> HTTPRoute {
+    route_in("web", name, spec)
+}
+
+fn route_in(ns: &str, name: &str, spec: serde_json::Value) -> HTTPRoute {
     let mut r = HTTPRoute::new(name, serde_json::from_value::<HTTPRouteSpec>(spec).unwrap());
-    r.metadata.namespace = Some("web".into());
+    r.metadata.namespace = Some(ns.into());
     r
 }
 
@@ -49,7 +53,15 @@ fn routes() -> Vec<HTTPRoute> {
             "fallback",
             json!({
                 "parentRefs": [{ "name": "edge", "sectionName": "http" }],
-                "rules": [{ "backendRefs": [{ "name": "web", "namespace": "front", "port": 80 }] }],
+                "rules": [{ "backendRefs": [{ "name": "web", "port": 80 }] }],
+            }),
+        ),
+        route(
+            "peeking",
+            json!({
+                "parentRefs": [{ "name": "edge" }],
+                "rules": [{ "matches": [{ "path": { "type": "PathPrefix", "value": "/peek" } }],
+                            "backendRefs": [{ "name": "db", "namespace": "billing", "port": 5432 }] }],
             }),
         ),
         route(
@@ -58,6 +70,14 @@ fn routes() -> Vec<HTTPRoute> {
                 "parentRefs": [{ "name": "edge" }],
                 "rules": [{ "filters": [{ "type": "RequestMirror" }], "backendRefs": [{ "name": "x", "port": 1 }] }],
             }),
+        ),
+        // Another namespace's route naming our Gateway: its listeners admit only their own
+        // namespace's routes (allowedRoutes defaults to Same).
+        route_in(
+            "intruder",
+            "takeover",
+            json!({ "parentRefs": [{ "name": "edge", "namespace": "web" }],
+                    "rules": [{ "backendRefs": [{ "name": "evil", "port": 1 }] }] }),
         ),
         route(
             "elsewhere",
@@ -110,20 +130,41 @@ fn http_listeners_routes_and_backends_become_valid_rampart_config() {
     assert_eq!(
         clusters,
         [
-            "k8s-svc_front_web_80",
             "k8s-svc_web_api-canary_8080",
             "k8s-svc_web_api_8080",
-            "k8s-svc_web_orders_9000"
+            "k8s-svc_web_orders_9000",
+            "k8s-svc_web_web_80"
         ]
     );
     assert_eq!(
-        out.clusters[0]["endpoints"][0],
-        "web.front.svc.cluster.local:80"
+        out.clusters[3]["endpoints"][0],
+        "web.web.svc.cluster.local:80"
     );
-    // The unsupported filter is reported, not programmed; other gateways' routes are not here.
-    assert_eq!(out.problems.len(), 1, "{:?}", out.problems);
-    assert!(out.problems[0].0 == "web/mirror" && out.problems[0].1.contains("RequestMirror"));
-    assert!(!out.config().to_string().contains("nope"));
+    // The unsupported filter and the reference into another namespace (no ReferenceGrant
+    // read) are reported, not programmed; other gateways' routes and routes from namespaces
+    // the listener does not admit are not here.
+    assert_eq!(out.problems.len(), 2, "{:?}", out.problems);
+    let problem = |id: &str| {
+        out.problems
+            .iter()
+            .find(|(r, _)| r == id)
+            .map(|(_, p)| p.clone())
+            .unwrap_or_default()
+    };
+    assert!(problem("web/mirror").contains("RequestMirror"));
+    assert!(problem("web/peeking").contains("ReferenceGrant"));
+    let text = out.config().to_string();
+    assert!(!text.contains("nope") && !text.contains("evil") && !text.contains("billing"));
+
+    // A listener admitting All namespaces takes the other namespace's route.
+    let mut open = gateway();
+    open.spec.listeners[0].allowed_routes = Some(crate::gateway::AllowedRoutes {
+        namespaces: Some(crate::gateway::RouteNamespaces {
+            from: Some("All".into()),
+        }),
+    });
+    let out = translate(&[open], &routes(), &Backends::default());
+    assert!(out.config().to_string().contains("k8s-svc_intruder_evil_1"));
 }
 
 #[test]
