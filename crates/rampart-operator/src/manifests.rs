@@ -130,7 +130,8 @@ fn deployment(i: &Install, labels: &Value) -> Value {
                         "args": [
                             "operator", "run", "--metrics", "0.0.0.0:9090",
                             "--store", format!("rampart-store.{}.svc:2379", i.namespace),
-                            "--control-plane-admin", format!("rampart-store-control-plane.{}.svc:18001", i.namespace),
+                            "--control-plane-admin", format!("rampart-store-control-plane-pods.{}.svc:18001", i.namespace),
+                            "--proxy-admin", format!("rampart-store-proxy-pods.{}.svc:15000", i.namespace),
                         ],
                         "ports": [{ "name": "metrics", "containerPort": 9090 }],
                         "env": [

@@ -120,6 +120,13 @@ pub fn objects(c: &RampartCluster) -> Vec<Value> {
             false,
             &[("ads", 18000), ("admin", 18001)],
         ),
+        // Every control plane by name, for the operator: each knows only its own proxies.
+        pods_service(
+            c,
+            &format!("{name}-control-plane-pods"),
+            "control-plane",
+            ("admin", 18001),
+        ),
     ];
     if c.spec.proxies > 0 {
         out.push(proxies(c));
@@ -131,6 +138,13 @@ pub fn objects(c: &RampartCluster) -> Vec<Value> {
             &[("http", 8080), ("admin", 15000)],
         ));
         out.push(budget(c, &format!("{name}-proxy"), "proxy", 1));
+        // Every proxy by name, for the operator's error rates (each counts its own).
+        out.push(pods_service(
+            c,
+            &format!("{name}-proxy-pods"),
+            "proxy",
+            ("admin", 15000),
+        ));
     }
     out
 }
@@ -176,6 +190,13 @@ fn service(
         spec["publishNotReadyAddresses"] = json!(true);
     }
     json!({ "apiVersion": "v1", "kind": "Service", "metadata": meta(c, name, &ns, component), "spec": spec })
+}
+
+/// A headless Service resolving to every ready pod of `component`.
+fn pods_service(c: &RampartCluster, name: &str, component: &str, port: (&str, u16)) -> Value {
+    let mut s = service(c, name, component, false, &[port]);
+    s["spec"]["clusterIP"] = json!("None");
+    s
 }
 
 fn budget(c: &RampartCluster, name: &str, component: &str, max_unavailable: u32) -> Value {

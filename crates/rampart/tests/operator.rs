@@ -257,9 +257,11 @@ async fn cluster_workloads_are_valid_and_their_peer_pki_forms_a_store() {
             "PodDisruptionBudget",
             "Deployment",
             "Service",
+            "Service",
             "Deployment",
             "Service",
-            "PodDisruptionBudget"
+            "PodDisruptionBudget",
+            "Service"
         ]
     );
     for d in &docs {
@@ -277,7 +279,7 @@ async fn cluster_workloads_are_valid_and_their_peer_pki_forms_a_store() {
     strictly_valid(
         "cluster_workloads_are_valid_and_their_peer_pki_forms_a_store",
         &text,
-        10,
+        12,
     );
 
     // The generated PKI, used by three local nodes with the StatefulSet's TLS flags.

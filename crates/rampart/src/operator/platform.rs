@@ -97,9 +97,11 @@ impl Platform for StorePlatform {
     }
 
     async fn config_status(&self, revision: i64) -> Result<ConfigStatus, String> {
-        let status = get(&self.control_plane, "/status").await?;
-        let status: Value = serde_json::from_str(&status).map_err(|e| e.to_string())?;
-        Ok(judge(&status, revision))
+        let mut statuses = Vec::new();
+        for body in get_all(&self.control_plane, "/status").await? {
+            statuses.push(serde_json::from_str::<Value>(&body).map_err(|e| e.to_string())?);
+        }
+        Ok(judge_all(&statuses, revision))
     }
 
     async fn route_counts(&self, prefix: &str) -> Result<(u64, u64), String> {
@@ -159,8 +161,10 @@ impl StorePlatform {
     async fn sum_metrics(&self, count: impl Fn(&str) -> (u64, u64)) -> Result<(u64, u64), String> {
         let mut sum = (0, 0);
         for proxy in &self.proxies {
-            let (total, errors) = count(&get(proxy, "/metrics").await?);
-            sum = (sum.0 + total, sum.1 + errors);
+            for body in get_all(proxy, "/metrics").await? {
+                let (total, errors) = count(&body);
+                sum = (sum.0 + total, sum.1 + errors);
+            }
         }
         Ok(sum)
     }
@@ -197,20 +201,51 @@ fn function_spec(
     Ok(spec)
 }
 
-async fn get(host_port: &str, path: &str) -> Result<String, String> {
-    let addr: SocketAddr = tokio::net::lookup_host(host_port)
+/// `path` from every address `host_port` resolves to: a headless Service names every pod
+/// (each control plane knows only its own proxies; each proxy only its own counts).
+async fn get_all(host_port: &str, path: &str) -> Result<Vec<String>, String> {
+    let addrs: Vec<SocketAddr> = tokio::time::timeout(LOOK, tokio::net::lookup_host(host_port))
         .await
+        .map_err(|_| format!("{host_port}: no answer from DNS within {LOOK:?}"))?
         .map_err(|e| format!("{host_port}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{host_port}: no address"))?;
-    let (code, body) =
-        crate::admin_client::request(addr, http::Method::GET, path, None, Vec::new(), LOOK)
-            .await
-            .map_err(|e| format!("{e:#}"))?;
-    if !code.is_success() {
-        return Err(format!("{addr}{path}: {code}"));
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("{host_port}: no address"));
     }
-    Ok(body)
+    let mut out = Vec::new();
+    for addr in addrs {
+        let (code, body) =
+            crate::admin_client::request(addr, http::Method::GET, path, None, Vec::new(), LOOK)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+        if !code.is_success() {
+            return Err(format!("{addr}{path}: {code}"));
+        }
+        out.push(body);
+    }
+    Ok(out)
+}
+
+/// Every control plane's `/status` judged together: a NACK anywhere is a NACK; Pending
+/// while any control plane with proxies has one that has not answered; control planes
+/// with no proxy say nothing (Pending when none has any).
+fn judge_all(statuses: &[Value], revision: i64) -> ConfigStatus {
+    let mut acked = false;
+    for s in statuses {
+        if s["nodes"].as_object().is_none_or(serde_json::Map::is_empty) {
+            continue;
+        }
+        match judge(s, revision) {
+            ConfigStatus::Nacked(why) => return ConfigStatus::Nacked(why),
+            ConfigStatus::Pending => return ConfigStatus::Pending,
+            ConfigStatus::Acked => acked = true,
+        }
+    }
+    if acked {
+        ConfigStatus::Acked
+    } else {
+        ConfigStatus::Pending
+    }
 }
 
 /// The control plane's `/status` judged for `revision`: a proxy's refusal of what it was
@@ -346,5 +381,17 @@ mod tests {
             judge(&serde_json::json!({ "snapshot": 9, "nodes": {} }), 5),
             ConfigStatus::Pending
         );
+        // Two control planes: one without proxies says nothing; a NACK on either counts.
+        let empty = serde_json::json!({ "snapshot": 9, "nodes": {} });
+        assert_eq!(
+            judge_all(&[empty.clone(), acked.clone()], 5),
+            ConfigStatus::Acked
+        );
+        assert_eq!(judge_all(&[empty.clone()], 5), ConfigStatus::Pending);
+        let nacked = at(6, serde_json::json!({ "version": "b", "error": "bad" }));
+        assert!(matches!(
+            judge_all(&[acked, nacked], 5),
+            ConfigStatus::Nacked(_)
+        ));
     }
 }
