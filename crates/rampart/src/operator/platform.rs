@@ -387,7 +387,10 @@ mod tests {
             judge_all(&[empty.clone(), acked.clone()], 5),
             ConfigStatus::Acked
         );
-        assert_eq!(judge_all(&[empty.clone()], 5), ConfigStatus::Pending);
+        assert_eq!(
+            judge_all(std::slice::from_ref(&empty), 5),
+            ConfigStatus::Pending
+        );
         let nacked = at(6, serde_json::json!({ "version": "b", "error": "bad" }));
         assert!(matches!(
             judge_all(&[acked, nacked], 5),
