@@ -224,7 +224,16 @@ async fn apply<K: Unit, P: Platform>(o: &K, ctx: &Context<P>) -> Result<Action, 
             ..Record::default()
         });
     let now = unix_now();
-    let obs = observe(o, &rec, ctx, now).await?;
+    let (mut obs, counts) = observe(o, &rec, ctx, now).await?;
+    if let Some(c) = counts
+        && obs.config == ConfigStatus::Acked
+        && !rec.baseline_acked
+    {
+        // The proxies serve it from now on: count from here.
+        rec.baseline = c;
+        rec.baseline_acked = true;
+        obs.error_rate = None;
+    }
     if let Some(wait) = wait_turn(&mut records, &key, &rec, &obs, ctx) {
         return Ok(wait);
     }
@@ -286,13 +295,13 @@ fn wait_turn<P: Platform>(
 }
 
 /// The object's generation, what the proxies said of the revision written for it and its
-/// routes' error rate since then (only while it bakes).
+/// routes' error rate since then (only while it bakes), with the routes' counts now.
 async fn observe<K: Unit, P: Platform>(
     o: &K,
     rec: &Record,
     ctx: &Context<P>,
     now: u64,
-) -> Result<Observation, Error> {
+) -> Result<(Observation, Option<(u64, u64)>), Error> {
     let generation = o.meta().generation.unwrap_or(1);
     let baking = rec.rollout().phase == Phase::Provisioning && rec.generation == generation;
     let mut obs = Observation {
@@ -303,7 +312,7 @@ async fn observe<K: Unit, P: Platform>(
         now,
     };
     if !baking {
-        return Ok(obs);
+        return Ok((obs, None));
     }
     obs.config = ctx
         .platform
@@ -317,8 +326,9 @@ async fn observe<K: Unit, P: Platform>(
             .await
             .map_err(Error::Observe)?;
         obs.error_rate = error_rate(counts, rec.baseline, &ctx.settings);
+        return Ok((obs, Some(counts)));
     }
-    Ok(obs)
+    Ok((obs, None))
 }
 
 /// What a step asks of the store.
@@ -380,6 +390,7 @@ async fn write_if_needed<K: Unit, P: Platform>(
         Ok(revision) => {
             rec.revision = revision;
             if applies && let Some(prefix) = o.route_prefix() {
+                rec.baseline_acked = false;
                 rec.baseline = ctx
                     .platform
                     .route_counts(&prefix)

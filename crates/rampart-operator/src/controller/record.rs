@@ -37,9 +37,13 @@ pub(crate) struct Record {
     /// The store revision written for this generation (or its revert).
     #[serde(default)]
     pub revision: i64,
-    /// The routes' `(requests, 5xx)` when the generation was applied.
+    /// The routes' `(requests, 5xx)` when the generation was applied, then again when the
+    /// proxies acknowledged it (answers of the old config do not count against it).
     #[serde(default)]
     pub baseline: (u64, u64),
+    /// Whether `baseline` was taken at the acknowledgement.
+    #[serde(default)]
+    pub baseline_acked: bool,
     /// The spec applied for `generation`.
     #[serde(default)]
     pub applied: Option<Value>,
