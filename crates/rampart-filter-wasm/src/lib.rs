@@ -63,7 +63,22 @@ struct RawWasmFilter {
     fail_open: bool,
     #[serde(default)]
     allow_unsigned: bool,
+    /// The module's detached signature (base64), instead of a `.sig` file beside it.
+    #[serde(default)]
+    signature: Option<String>,
 }
+
+/// Where `module: store:sha256:HEX` modules come from: the config store the gateway
+/// follows, handed to the filter by the binary (`Plugins::services`). Answers the module's
+/// bytes (checked against the digest by the filter).
+#[derive(Clone)]
+pub struct ModuleStore(pub Arc<ReadModule>);
+
+/// Reads a module's bytes by its SHA-256 (hex).
+pub type ReadModule = dyn Fn(&str) -> Result<Vec<u8>, String> + Send + Sync;
+
+/// The prefix of a module kept in the config store, by SHA-256.
+pub const STORED: &str = "store:sha256:";
 
 /// A checked `wasm` entry.
 #[derive(Debug, Clone)]
@@ -73,6 +88,9 @@ pub struct WasmFilterConfig {
     pub config: Vec<u8>,
     pub fail_open: bool,
     pub allow_unsigned: bool,
+    pub signature: Option<String>,
+    /// The SHA-256 (hex) of a module kept in the config store (`module: store:sha256:HEX`).
+    pub stored: Option<String>,
 }
 
 /// Registers as `wasm`.
@@ -97,6 +115,15 @@ impl FilterFactory for WasmFactory {
                 rule: "must name the plugin's .wasm file".into(),
             }]);
         }
+        let stored = raw.module.strip_prefix(STORED).map(str::to_owned);
+        if let Some(hex) = &stored
+            && (hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(vec![FieldError {
+                path: format!("{path}.module"),
+                rule: format!("{STORED} must be followed by a SHA-256 in hex"),
+            }]);
+        }
         let config = match raw.config {
             None => Vec::new(),
             Some(serde_json::Value::String(s)) => s.into_bytes(),
@@ -107,6 +134,8 @@ impl FilterFactory for WasmFactory {
             config,
             fail_open: raw.fail_open,
             allow_unsigned: raw.allow_unsigned,
+            signature: raw.signature,
+            stored,
         })
     }
 
@@ -119,20 +148,18 @@ impl FilterFactory for WasmFactory {
             field: field.to_owned(),
             message,
         };
-        let bytes = std::fs::read(&config.module).map_err(|e| {
-            fail(
-                "module",
-                format!("cannot read {}: {e}", config.module.display()),
-            )
-        })?;
+        let bytes = module_bytes(&config, env).map_err(|m| fail("module", m))?;
         check_signature(&config, &bytes, env).map_err(|m| fail("module", m))?;
         let engine = env.shared(Engine::new);
         let sandbox = engine.sandbox.clone().map_err(|m| fail("module", m))?;
         let module = engine.compile(env, &bytes).map_err(|m| fail("module", m))?;
-        let name = config
-            .module
-            .file_stem()
-            .map_or_else(|| "plugin".to_owned(), |s| s.to_string_lossy().into_owned());
+        let name = match &config.stored {
+            Some(hex) => format!("sha256-{}", &hex[..12]),
+            None => config
+                .module
+                .file_stem()
+                .map_or_else(|| "plugin".to_owned(), |s| s.to_string_lossy().into_owned()),
+        };
         let plugin = Plugin {
             config: config.config,
             name: name.clone(),
@@ -167,6 +194,24 @@ impl FilterFactory for WasmFactory {
     }
 }
 
+/// The module: from the config store by digest (checked), or from its file.
+fn module_bytes(config: &WasmFilterConfig, env: &BuildEnv) -> Result<Vec<u8>, String> {
+    let Some(hex) = &config.stored else {
+        return std::fs::read(&config.module)
+            .map_err(|e| format!("cannot read {}: {e}", config.module.display()));
+    };
+    let store = env.get::<ModuleStore>().ok_or(
+        "this gateway follows no config store to read the module from (rampart proxy --functions-store)",
+    )?;
+    let bytes = (store.0)(hex)?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+    let got: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    if !got.eq_ignore_ascii_case(hex) {
+        return Err(format!("the stored module's SHA-256 is {got}, not {hex}"));
+    }
+    Ok(bytes)
+}
+
 /// The module's signature checked against the config's `wasm.trusted_keys`, unless the
 /// entry allows unsigned modules (logged).
 fn check_signature(config: &WasmFilterConfig, bytes: &[u8], env: &BuildEnv) -> Result<(), String> {
@@ -179,10 +224,20 @@ fn check_signature(config: &WasmFilterConfig, bytes: &[u8], env: &BuildEnv) -> R
     if trusted.is_empty() {
         return Err("no wasm.trusted_keys in the config to check the module's signature with (or set allow_unsigned for development)".into());
     }
-    let mut sig_path = config.module.as_os_str().to_owned();
-    sig_path.push(".sig");
-    let sig = std::fs::read_to_string(&sig_path)
-        .map_err(|_| format!("no signature at {}", PathBuf::from(&sig_path).display()))?;
+    let sig = match (&config.signature, &config.stored) {
+        (Some(sig), _) => sig.clone(),
+        (None, Some(_)) => {
+            return Err(
+                "a module from the store needs its signature in the entry (signature:)".into(),
+            );
+        }
+        (None, None) => {
+            let mut sig_path = config.module.as_os_str().to_owned();
+            sig_path.push(".sig");
+            std::fs::read_to_string(&sig_path)
+                .map_err(|_| format!("no signature at {}", PathBuf::from(&sig_path).display()))?
+        }
+    };
     trusted
         .verify(bytes, &sig)
         .map(|_| ())
@@ -307,4 +362,32 @@ impl Shared {
 
 pub struct WasmFilter {
     shared: Arc<Shared>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_module_is_named_by_its_digest() {
+        let hex = "ab".repeat(32);
+        let ok = WasmFactory
+            .parse(
+                "f",
+                &serde_json::json!({ "module": format!("{STORED}{hex}"), "signature": "c2ln" }),
+            )
+            .unwrap();
+        assert_eq!(ok.stored.as_deref(), Some(hex.as_str()));
+        assert_eq!(ok.signature.as_deref(), Some("c2ln"));
+        for bad in ["store:sha256:", "store:sha256:xyz", "store:sha256:abab"] {
+            let e = WasmFactory
+                .parse("f", &serde_json::json!({ "module": bad }))
+                .unwrap_err();
+            assert_eq!(e[0].path, "f.module", "{bad}");
+        }
+        let file = WasmFactory
+            .parse("f", &serde_json::json!({ "module": "/plugins/a.wasm" }))
+            .unwrap();
+        assert!(file.stored.is_none());
+    }
 }

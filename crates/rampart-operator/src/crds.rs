@@ -119,6 +119,9 @@ pub struct RampartWasmPluginSpec {
     /// Let requests through when the plugin fails.
     #[serde(default)]
     pub fail_open: bool,
+    /// Run it without a signature (development only; gateways log it).
+    #[serde(default)]
+    pub allow_unsigned: bool,
 }
 
 /// A replicated config store: a StatefulSet of store nodes with peer TLS.

@@ -96,6 +96,26 @@ struct Entry {
 
 /// Gateway API resources to Rampart config.
 pub fn translate(gateways: &[Gateway], routes: &[HTTPRoute], backends: &Backends) -> Translated {
+    translate_with(gateways, routes, &[], backends)
+}
+
+/// A filter (a RampartWasmPlugin's `wasm` entry) on every route made from some HTTPRoutes.
+#[derive(Debug, Clone)]
+pub struct RouteFilter {
+    pub namespace: String,
+    /// HTTPRoutes of `namespace`, by name.
+    pub routes: Vec<String>,
+    /// The filter entry (`{"wasm": {...}}`).
+    pub filter: Value,
+}
+
+/// [`translate`], with `filters` on the routes of the HTTPRoutes they target.
+pub fn translate_with(
+    gateways: &[Gateway],
+    routes: &[HTTPRoute],
+    filters: &[RouteFilter],
+    backends: &Backends,
+) -> Translated {
     let mut out = Translated::default();
     let mut clusters: BTreeMap<String, Value> = BTreeMap::new();
     for gw in gateways {
@@ -105,7 +125,18 @@ pub fn translate(gateways: &[Gateway], routes: &[HTTPRoute], backends: &Backends
             // hostname → entries (routes without hostnames under "*").
             let mut hosts: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
             for r in routes.iter().filter(|r| attached(r, gw, &ns, l)) {
-                let entries = entries(r, backends, &mut clusters, &mut out.problems);
+                let mut entries = entries(r, backends, &mut clusters, &mut out.problems);
+                let ns = r.namespace().unwrap_or_default();
+                let on: Vec<&Value> = filters
+                    .iter()
+                    .filter(|f| f.namespace == ns && f.routes.iter().any(|n| *n == r.name_any()))
+                    .map(|f| &f.filter)
+                    .collect();
+                if !on.is_empty() {
+                    for e in &mut entries {
+                        e.route["filters"] = json!(on);
+                    }
+                }
                 let names: Vec<String> = if r.spec.hostnames.is_empty() {
                     vec![l.hostname.clone().unwrap_or_else(|| "*".into())]
                 } else {

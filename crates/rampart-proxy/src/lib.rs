@@ -77,7 +77,14 @@ pub struct Plugins {
     pub after_install: Option<fn()>,
     /// The runtime `function:` routes go to; without one they answer 503.
     pub functions: Option<Arc<dyn function::FunctionHost>>,
+    /// Run once on the gateway's build environment before any config is built: how the
+    /// binary hands filters a service of its own (`BuildEnv::provide`), e.g. a store that
+    /// `wasm` entries read their modules from.
+    pub services: Vec<Service>,
 }
+
+/// Something the binary hands the filters at start (see [`Plugins::services`]).
+pub type Service = Arc<dyn Fn(&BuildEnv) + Send + Sync>;
 
 impl Default for Plugins {
     /// The built-in filters, nothing added.
@@ -87,6 +94,7 @@ impl Default for Plugins {
             extra: Vec::new(),
             after_install: None,
             functions: None,
+            services: Vec::new(),
         }
     }
 }
@@ -209,6 +217,9 @@ impl Gateway {
         env.workers = runtimes.data.clone();
         let upstreams = callout::Upstreams::default();
         env.provide(upstreams.clone());
+        for service in &plugins.services {
+            service(&env);
+        }
         #[cfg(feature = "policy")]
         let policy = {
             let p = Arc::new(policy::PolicyRuntime::new(&metrics));

@@ -699,6 +699,10 @@ fn serve(cfg: Config, around: Around<'_>) -> Result<ExitCode> {
         #[cfg(feature = "full")]
         let follow = match functions {
             Some(f) => {
+                let store = f.store.clone();
+                plugins.services.push(Arc::new(move |env| {
+                    env.provide(functions::store::module_store(store.clone()));
+                }));
                 let (host, follow) = f.start(stop_cp.clone())?;
                 plugins.functions = Some(host);
                 Some(follow)

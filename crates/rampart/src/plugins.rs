@@ -21,6 +21,7 @@ pub(crate) fn plugins() -> Plugins {
         extra: Vec::new(),
         after_install: cfg!(feature = "mimalloc").then_some(reclaim as fn()),
         functions: None,
+        services: Vec::new(),
     }
 }
 

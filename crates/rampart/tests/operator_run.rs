@@ -18,9 +18,13 @@
 //!    through an HTTPRoute backend; a generation whose component does not match its SHA-256
 //!    is reverted before anything is deployed, one whose invocations trap is reverted on its
 //!    failure rate; deleting it takes it out of the store;
-//! 9. a RampartCluster gets its workloads (peer TLS Secret, StatefulSet, Services, budgets,
-//!    control plane, proxies) owned by it, is Running once its store nodes are ready, and
-//!    takes them along when deleted.
+//! 9. a RampartWasmPlugin (the public proxy-wasm SDK's test plugin, from a ConfigMap) is
+//!    stored in the store by digest and put on its target route's requests; a generation
+//!    whose module cannot be read is reverted before anything is written; deleting it takes
+//!    it off;
+//! 10. a RampartCluster gets its workloads (peer TLS Secret, StatefulSet, Services, budgets,
+//!     control plane, proxies) owned by it, is Running once its store nodes are ready, and
+//!     takes them along when deleted.
 
 mod support;
 
@@ -499,6 +503,7 @@ async fn operator_rolls_out_reverts_fails_over_and_cleans_up() {
     drop(traffic);
 
     functions(&api, gw).await;
+    plugins(&api, gw).await;
     cluster(&api).await;
 
     // At rest nothing reconciles itself: no status write wakes its own object again.
@@ -518,7 +523,69 @@ async fn operator_rolls_out_reverts_fails_over_and_cleans_up() {
     assert!(op_b.exited().is_none(), "{}", op_b.stderr());
 }
 
-/// Step 9: a RampartCluster's workloads, its readiness, its deletion.
+/// The value of header `x-tenant` the demo upstream saw for a request to `path`.
+async fn tenant(gw: SocketAddr, path: &str) -> Value {
+    match try_send(&h1(), request(http::Method::GET, gw, path, &[])).await {
+        Ok(r) if r.status.is_success() => r.json()["headers"]["x-tenant"].clone(),
+        _ => Value::Null,
+    }
+}
+
+fn plugin(key: &str) -> Value {
+    json!({
+        "apiVersion": FUNCTIONS, "kind": "RampartWasmPlugin",
+        "metadata": { "name": "tenant", "namespace": "shop" },
+        "spec": {
+            "source": { "configMap": { "name": "tenant-wasm", "key": key } },
+            "targetRoutes": ["api"],
+            "config": "x-tenant=k8s",
+            "allowUnsigned": true,
+        },
+    })
+}
+
+/// Step 9: a proxy-wasm plugin on a route, rolled out, reverted, removed.
+async fn plugins(api: &FakeApi, gw: SocketAddr) {
+    use base64::Engine as _;
+    let module = rampart_test_support::wasm_guest("wasm32-wasip1", "rampart_test_plugins")
+        .unwrap_or_else(|e| panic!("the proxy-wasm SDK test plugin (wasm32-wasip1): {e}"));
+    let bytes = std::fs::read(module).unwrap();
+    api.upsert(
+        "v1",
+        "configmaps",
+        json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": { "name": "tenant-wasm", "namespace": "shop" },
+            "binaryData": { "plugin.wasm": base64::engine::general_purpose::STANDARD.encode(bytes) },
+        }),
+    );
+    assert_eq!(tenant(gw, "/api").await, Value::Null);
+    api.upsert(FUNCTIONS, "rampartwasmplugins", plugin("plugin.wasm"));
+    await_phase(api, "rampartwasmplugin", "tenant", "Running", 1).await;
+    let on = eventually(WAIT, || async { tenant(gw, "/api").await == "k8s" }).await;
+    assert!(on, "the plugin never ran on the route's requests");
+    assert_eq!(
+        tenant(gw, "/bystander").await,
+        Value::Null,
+        "only its target route"
+    );
+
+    // A module that cannot be read: reverted before anything is written.
+    api.upsert(FUNCTIONS, "rampartwasmplugins", plugin("missing.wasm"));
+    await_phase(api, "rampartwasmplugin", "tenant", "RolledBack", 2).await;
+    let r = record(api, "rampartwasmplugin", "tenant");
+    assert!(
+        r["reason"].as_str().unwrap().contains("cannot apply it"),
+        "{r}"
+    );
+    assert_eq!(tenant(gw, "/api").await, "k8s");
+
+    api.delete(FUNCTIONS, "rampartwasmplugins", Some("shop"), "tenant");
+    let off = eventually(WAIT, || async { tenant(gw, "/api").await.is_null() }).await;
+    assert!(off, "the deleted plugin still runs");
+}
+
+/// Step 10: a RampartCluster's workloads, its readiness, its deletion.
 async fn cluster(api: &FakeApi) {
     api.upsert(
         FUNCTIONS,

@@ -8,8 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::Event as Finalized;
 use kube::{Resource, ResourceExt};
@@ -18,7 +16,7 @@ use serde_json::Value;
 use super::reconcile::{self, unix_now};
 use super::record::{Key, Record};
 use super::{Context, Error, Platform, status};
-use crate::crds::{RampartFunction, RolloutStatus, WasmSource};
+use crate::crds::{RampartFunction, RolloutStatus};
 use crate::rollout::{self, Action as Step, ConfigStatus, Observation, Phase};
 use crate::translate::function_name;
 
@@ -131,7 +129,8 @@ async fn carry_out<P: Platform>(
     for a in actions {
         match a {
             Step::Apply(_) => {
-                let deployed = match source(o, ctx).await {
+                let ns = key_of(o).namespace;
+                let deployed = match super::source::wasm(ctx, &ns, &o.spec.source).await {
                     Ok(bytes) => {
                         let keep: Vec<Value> = rec.good.iter().cloned().collect();
                         p.deploy_function(&name, bytes, &o.spec, &keep).await
@@ -168,54 +167,6 @@ async fn carry_out<P: Platform>(
         rec.good.clone_from(&rec.applied);
     }
     Ok(None)
-}
-
-/// The component's bytes: a ConfigMap key (`binaryData`, or `data` as text) in the
-/// function's namespace, checked against `sha256` when given.
-async fn source<P: Platform>(o: &RampartFunction, ctx: &Context<P>) -> Result<Vec<u8>, String> {
-    let WasmSource {
-        config_map, sha256, ..
-    } = &o.spec.source;
-    let Some(r) = config_map else {
-        return Err("only configMap sources are supported".into());
-    };
-    let ns = o.namespace().unwrap_or_default();
-    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
-    let cm = api
-        .get_opt(&r.name)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("no ConfigMap {ns}/{}", r.name))?;
-    let bytes = cm
-        .binary_data
-        .as_ref()
-        .and_then(|d| d.get(&r.key))
-        .map(|b| b.0.clone())
-        .or_else(|| {
-            cm.data
-                .as_ref()
-                .and_then(|d| d.get(&r.key))
-                .map(|t| t.clone().into_bytes())
-        })
-        .ok_or_else(|| format!("ConfigMap {ns}/{} has no key {:?}", r.name, r.key))?;
-    if let Some(want) = sha256 {
-        let got = sha256_hex(&bytes);
-        if !got.eq_ignore_ascii_case(want) {
-            return Err(format!(
-                "its SHA-256 is {got}, not the {want} the source names"
-            ));
-        }
-    }
-    Ok(bytes)
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
-    d.as_ref().iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 /// The rollout in the function's own status, with the `Programmed` condition.

@@ -29,6 +29,7 @@ mod lease;
 mod metrics;
 mod reconcile;
 mod record;
+mod source;
 mod status;
 
 use std::future::Future;
@@ -45,7 +46,7 @@ use serde_json::Value;
 pub use lease::{Lease, LeaseSettings};
 pub use metrics::Metrics;
 
-use crate::crds::{RampartCluster, RampartFunction};
+use crate::crds::{RampartCluster, RampartFunction, RampartWasmPlugin};
 use crate::gateway::{Gateway, HTTPRoute};
 use crate::rollout::{self, ConfigStatus};
 use crate::translate::Backends;
@@ -91,6 +92,19 @@ pub trait Platform: Send + Sync + 'static {
 
     /// Puts back a spec `deploy_function` returned (its component is still stored).
     fn restore_function(&self, spec: &Value) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// Stores a wasm module (as a content-addressed blob) for `owner`, which keeps it and
+    /// the modules whose SHA-256 is in `keep` (earlier generations it may go back to) from
+    /// garbage collection. Returns its SHA-256 (hex).
+    fn put_module(
+        &self,
+        owner: &str,
+        bytes: Vec<u8>,
+        keep: &[String],
+    ) -> impl Future<Output = Result<String, String>> + Send;
+
+    /// Lets go of every module `owner` kept.
+    fn forget_modules(&self, owner: &str) -> impl Future<Output = Result<(), String>> + Send;
 
     /// Removes function `name` and the components nothing else keeps.
     fn delete_function(&self, name: &str) -> impl Future<Output = Result<(), String>> + Send;
@@ -157,13 +171,14 @@ pub(crate) struct Context<P> {
     pub(crate) settings: Settings,
     pub(crate) gateways: kube::runtime::reflector::Store<Gateway>,
     pub(crate) routes: kube::runtime::reflector::Store<HTTPRoute>,
+    pub(crate) plugins: kube::runtime::reflector::Store<RampartWasmPlugin>,
     pub(crate) records: tokio::sync::Mutex<record::Records>,
     pub(crate) recorder: Recorder,
     pub(crate) metrics: Metrics,
 }
 
 /// Runs the controllers until `stop` resolves: Gateways of `settings.gateway_class`, every
-/// HTTPRoute, RampartFunction and RampartCluster, in all namespaces. Call it while holding the [`Lease`].
+/// HTTPRoute, RampartWasmPlugin, RampartFunction and RampartCluster, in all namespaces. Call it while holding the [`Lease`].
 pub async fn run<P: Platform>(
     client: Client,
     platform: P,
@@ -179,6 +194,8 @@ pub async fn run<P: Platform>(
         Api::<k8s_openapi::api::apps::v1::StatefulSet>::all(client.clone()),
         watcher::Config::default(),
     );
+    let plugin_api: Api<RampartWasmPlugin> = Api::all(client.clone());
+    let plugin_ctl = Controller::new(plugin_api, watcher::Config::default().any_semantic());
     let fn_api: Api<RampartFunction> = Api::all(client.clone());
     let fn_ctl = Controller::new(fn_api, watcher::Config::default().any_semantic());
     let gw_ctl = Controller::new(gw_api, watcher::Config::default().any_semantic());
@@ -199,6 +216,7 @@ pub async fn run<P: Platform>(
         recorder: Recorder::new(client.clone(), reporter),
         gateways: gw_ctl.store(),
         routes: route_ctl.store(),
+        plugins: plugin_ctl.store(),
         client,
         platform,
         settings,
@@ -218,11 +236,15 @@ pub async fn run<P: Platform>(
         .graceful_shutdown_on(stop.wait())
         .run(functions::function, reconcile::retry, ctx.clone())
         .for_each(|r| async move { reconcile::log_outcome("RampartFunction", r) });
+    let plugins = plugin_ctl
+        .graceful_shutdown_on(stop.wait())
+        .run(reconcile::plugin, reconcile::retry, ctx.clone())
+        .for_each(|r| async move { reconcile::log_outcome("RampartWasmPlugin", r) });
     let clusters = cluster_ctl
         .graceful_shutdown_on(stop.wait())
         .run(cluster::cluster, reconcile::retry, ctx)
         .for_each(|r| async move { reconcile::log_outcome("RampartCluster", r) });
-    tokio::join!(gws, routes, functions, clusters);
+    tokio::join!(gws, routes, functions, plugins, clusters);
 }
 
 /// A stop signal both controllers can wait on.

@@ -12,13 +12,14 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::record::{Key, Record, Records};
 use super::{Context, Error, FINALIZER, Platform, Settings, status};
+use crate::crds::RampartWasmPlugin;
 use crate::gateway::{Gateway, HTTPRoute};
 use crate::rollout::{self, Action as Step, ConfigStatus, Observation, Phase};
-use crate::translate::{Backends, Translated, translate};
+use crate::translate::{Backends, RouteFilter, Translated, translate, translate_with};
 
 /// What the controller reconciles: a namespaced Gateway API object with a spec that rolls out.
 pub(crate) trait Unit:
@@ -43,6 +44,105 @@ pub(crate) trait Unit:
     fn problems(&self, _gateways: &[Gateway], _backends: &Backends) -> Vec<String> {
         Vec::new()
     }
+    /// What is applied for a generation (its record's applied spec): the spec, after any
+    /// work the generation needs first (a plugin's module stored). `rec` is its record.
+    fn prepare<'a, P: Platform>(
+        &'a self,
+        _ctx: &'a Context<P>,
+        _rec: &'a Record,
+    ) -> impl std::future::Future<Output = Result<Value, String>> + Send + 'a {
+        std::future::ready(Ok(self.spec_value()))
+    }
+    /// What a deleted object lets go of besides its place in the translation.
+    fn release<'a, P: Platform>(
+        &'a self,
+        _ctx: &'a Context<P>,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send + 'a {
+        std::future::ready(Ok(()))
+    }
+}
+
+impl Unit for RampartWasmPlugin {
+    const KIND: &'static str = "RampartWasmPlugin";
+    fn spec_value(&self) -> Value {
+        serde_json::to_value(&self.spec).unwrap_or_default()
+    }
+    fn with_spec(&self, spec: &Value) -> Option<Self> {
+        Some(Self {
+            spec: serde_json::from_value(spec.clone()).ok()?,
+            ..self.clone()
+        })
+    }
+    fn route_prefix(&self) -> Option<String> {
+        None
+    }
+    fn ours(&self, _: &Settings, _: &[Arc<Gateway>]) -> bool {
+        true
+    }
+    /// The module stored (content-addressed) and named in the applied spec as
+    /// `module: store:sha256:HEX`; the last good generation's module stays kept.
+    async fn prepare<P: Platform>(&self, ctx: &Context<P>, rec: &Record) -> Result<Value, String> {
+        let ns = self.namespace().unwrap_or_default();
+        let bytes = super::source::wasm(ctx, &ns, &self.spec.source).await?;
+        let keep: Vec<String> = rec
+            .good
+            .as_ref()
+            .and_then(|g| {
+                g["module"]
+                    .as_str()?
+                    .strip_prefix(STORED)
+                    .map(str::to_owned)
+            })
+            .into_iter()
+            .collect();
+        let hex = ctx
+            .platform
+            .put_module(&plugin_owner(self), bytes, &keep)
+            .await?;
+        let mut v = self.spec_value();
+        v["module"] = json!(format!("{STORED}{hex}"));
+        Ok(v)
+    }
+    async fn release<P: Platform>(&self, ctx: &Context<P>) -> Result<(), String> {
+        ctx.platform.forget_modules(&plugin_owner(self)).await
+    }
+}
+
+/// A `module:` kept in the store, by SHA-256 (what the gateway's `wasm` filter reads).
+const STORED: &str = "store:sha256:";
+
+/// Whose modules the store keeps for a plugin.
+fn plugin_owner(p: &RampartWasmPlugin) -> String {
+    format!(
+        "wasm/{}/{}",
+        p.namespace().unwrap_or_default(),
+        p.name_any()
+    )
+}
+
+/// A plugin's effective spec as the filter it puts on its target routes.
+fn route_filter(namespace: &str, v: &Value) -> Option<RouteFilter> {
+    let routes = v["targetRoutes"]
+        .as_array()?
+        .iter()
+        .filter_map(|r| r.as_str().map(str::to_owned))
+        .collect();
+    let mut wasm = json!({
+        "module": v["module"].as_str()?,
+        "fail_open": v["failOpen"].as_bool().unwrap_or(false),
+        "allow_unsigned": v["allowUnsigned"].as_bool().unwrap_or(false),
+    });
+    if let Some(c) = v["config"].as_str() {
+        wasm["config"] = json!(c);
+    }
+    if let Some(s) = v["source"]["signature"].as_str() {
+        wasm["signature"] = json!(s);
+    }
+    Some(RouteFilter {
+        namespace: namespace.to_owned(),
+        routes,
+        filter: json!({ "wasm": wasm }),
+    })
 }
 
 impl Unit for Gateway {
@@ -111,6 +211,13 @@ impl Unit for HTTPRoute {
 
 pub(crate) async fn gateway<P: Platform>(
     o: Arc<Gateway>,
+    ctx: Arc<Context<P>>,
+) -> Result<Action, Error> {
+    reconcile(o, ctx).await
+}
+
+pub(crate) async fn plugin<P: Platform>(
+    o: Arc<RampartWasmPlugin>,
     ctx: Arc<Context<P>>,
 ) -> Result<Action, Error> {
     reconcile(o, ctx).await
@@ -238,18 +345,25 @@ async fn apply<K: Unit, P: Platform>(o: &K, ctx: &Context<P>) -> Result<Action, 
         return Ok(wait);
     }
     let (next, mut actions) = rollout::step(&rec.rollout(), &obs, &ctx.settings.rollout);
-    let write = take_step(o, &mut rec, &next, &actions, now);
+    let (applied, unprepared) = prepared(o, ctx, &rec, &actions).await;
+    let write = take_step(o, &mut rec, (&next, &actions), now, applied);
     if write == Write::Apply {
         records.unanswered = Some((key.clone(), now));
     }
-    if let Some(err) = write_if_needed(o, ctx, &mut records, &mut rec, write).await? {
-        // The store refused the generation as a whole config: as good as a NACK.
+    let refused = match unprepared {
+        Some(why) => Some(why),
+        None => write_if_needed(o, ctx, &mut records, &mut rec, write)
+            .await?
+            .map(|e| format!("the store refused it: {e}")),
+    };
+    if let Some(err) = refused {
+        // Refused before any proxy saw it: as good as a NACK.
         let obs = Observation {
-            config: ConfigStatus::Nacked(format!("the store refused it: {err}")),
+            config: ConfigStatus::Nacked(err),
             ..obs
         };
         let (next, more) = rollout::step(&rec.rollout(), &obs, &ctx.settings.rollout);
-        let write = take_step(o, &mut rec, &next, &more, now);
+        let write = take_step(o, &mut rec, (&next, &more), now, None);
         write_if_needed(o, ctx, &mut records, &mut rec, write)
             .await?
             .map_or(Ok(()), |e| Err(Error::Store(e)))?;
@@ -342,21 +456,37 @@ enum Write {
     Effective,
 }
 
-/// The record after a step: its phase, the spec applied, the last good spec; and what the
-/// store must be told.
+/// What a step that applies a generation applies ([`Unit::prepare`]), or why it cannot.
+async fn prepared<K: Unit, P: Platform>(
+    o: &K,
+    ctx: &Context<P>,
+    rec: &Record,
+    actions: &[Step],
+) -> (Option<Value>, Option<String>) {
+    if !actions.iter().any(|a| matches!(a, Step::Apply(_))) {
+        return (None, None);
+    }
+    match o.prepare(ctx, rec).await {
+        Ok(v) => (Some(v), None),
+        Err(why) => (None, Some(format!("cannot apply it: {why}"))),
+    }
+}
+
+/// The record after a step: its phase, the spec applied (`applied`, else the object's
+/// spec), the last good spec; and what the store must be told.
 fn take_step<K: Unit>(
     o: &K,
     rec: &mut Record,
-    next: &rollout::Rollout,
-    actions: &[Step],
+    (next, actions): (&rollout::Rollout, &[Step]),
     now: u64,
+    applied: Option<Value>,
 ) -> Write {
     let before = rec.effective().cloned();
     let was_running = rec.rollout().phase == Phase::Running;
     rec.set_rollout(next, now);
     let applies = actions.iter().any(|a| matches!(a, Step::Apply(_)));
     if applies {
-        rec.applied = Some(o.spec_value());
+        rec.applied = Some(applied.unwrap_or_else(|| o.spec_value()));
     }
     if next.phase == Phase::Running && !was_running {
         rec.good.clone_from(&rec.applied);
@@ -412,6 +542,7 @@ async fn cleanup<K: Unit, P: Platform>(o: &K, ctx: &Context<P>) -> Result<Action
         .write(translated.documents())
         .await
         .map_err(Error::Store)?;
+    o.release(ctx).await.map_err(Error::Store)?;
     records.remove(&ctx.client, &key).await?;
     ctx.metrics.forget(&key);
     tracing::info!(kind = K::KIND, object = %key.name, "removed from the store");
@@ -428,7 +559,17 @@ async fn desired<P: Platform>(
 ) -> Result<Translated, Error> {
     let gateways = effective_all(ctx, records, current, gone, &ctx.gateways.state()).await?;
     let routes = effective_all(ctx, records, current, gone, &ctx.routes.state()).await?;
-    Ok(translate(&gateways, &routes, &ctx.settings.backends))
+    let plugins = effective_values(ctx, records, current, gone, &ctx.plugins.state()).await?;
+    let filters: Vec<RouteFilter> = plugins
+        .iter()
+        .filter_map(|(p, v)| route_filter(&p.namespace().unwrap_or_default(), v))
+        .collect();
+    Ok(translate_with(
+        &gateways,
+        &routes,
+        &filters,
+        &ctx.settings.backends,
+    ))
 }
 
 async fn effective_all<K: Unit, P: Platform>(
@@ -438,6 +579,21 @@ async fn effective_all<K: Unit, P: Platform>(
     gone: Option<&Key>,
     objects: &[Arc<K>],
 ) -> Result<Vec<K>, Error> {
+    let values = effective_values(ctx, records, current, gone, objects).await?;
+    Ok(values
+        .into_iter()
+        .filter_map(|(o, v)| o.with_spec(&v))
+        .collect())
+}
+
+/// Each object's effective spec as its record keeps it.
+async fn effective_values<K: Unit, P: Platform>(
+    ctx: &Context<P>,
+    records: &mut Records,
+    current: Option<(&Key, &Record)>,
+    gone: Option<&Key>,
+    objects: &[Arc<K>],
+) -> Result<Vec<(Arc<K>, Value)>, Error> {
     let mut out = Vec::new();
     let gateways = ctx.gateways.state();
     for o in objects {
@@ -456,7 +612,7 @@ async fn effective_all<K: Unit, P: Platform>(
             },
         };
         if let Some(spec) = record.as_ref().and_then(Record::effective) {
-            out.extend(o.with_spec(spec));
+            out.push((o.clone(), spec.clone()));
         }
     }
     Ok(out)

@@ -24,6 +24,67 @@ pub(crate) fn spec_key(name: &str) -> String {
     format!("{SPEC_PREFIX}{name}")
 }
 
+/// A blob by its digest alone: every chunk under its prefix, in key order (the chunk
+/// numbers are zero-padded), at most the largest blob allowed.
+pub(crate) async fn get_blob_by_digest(c: &mut Client, hex: &str) -> Result<Vec<u8>> {
+    let resp = c
+        .range(range_prefix(&format!("{BLOB_PREFIX}{hex}/")))
+        .await
+        .context("cannot read the store")?;
+    let mut kvs = resp.kvs;
+    kvs.sort_by(|a, b| a.key.cmp(&b.key));
+    anyhow::ensure!(!kvs.is_empty(), "no blob sha256:{hex} in the store");
+    let mut out = Vec::new();
+    for kv in kvs {
+        out.extend_from_slice(&kv.value);
+        anyhow::ensure!(
+            out.len() as u64 <= rampart_fn::blob::MAX_BLOB_BYTES,
+            "blob sha256:{hex} is larger than allowed"
+        );
+    }
+    Ok(out)
+}
+
+/// Where a gateway's `wasm` entries read `store:sha256:HEX` modules: the store at
+/// `endpoints`, read on a thread of its own (filters are built synchronously), within 10 s,
+/// the last few kept in memory.
+pub(crate) fn module_store(endpoints: Vec<String>) -> rampart_filter_wasm::ModuleStore {
+    type Cache = std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>;
+    let cache: std::sync::Arc<Cache> = std::sync::Arc::default();
+    rampart_filter_wasm::ModuleStore(std::sync::Arc::new(move |hex: &str| {
+        let lock = || {
+            cache
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if let Some(bytes) = lock().get(hex) {
+            return Ok(bytes.clone());
+        }
+        let (eps, h) = (endpoints.clone(), hex.to_owned());
+        let fetched = std::thread::spawn(move || -> Result<Vec<u8>, String> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                let mut c = Client::new(&eps, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+                tokio::time::timeout(Duration::from_secs(10), get_blob_by_digest(&mut c, &h))
+                    .await
+                    .map_err(|_| "the store did not answer within 10s".to_owned())?
+                    .map_err(|e| format!("{e:#}"))
+            })
+        })
+        .join()
+        .map_err(|_| "reading the module failed".to_owned())??;
+        let mut cached = lock();
+        if cached.len() >= 16 {
+            cached.clear();
+        }
+        cached.insert(hex.to_owned(), fetched.clone());
+        Ok(fetched)
+    }))
+}
+
 /// Components kept for function `<name>` beyond its current spec (a JSON array of SHA-256
 /// digests): the deployments a rollout may go back to. Garbage collection spares them.
 const RETAINED_PREFIX: &str = "/rampart/functions-retained/";

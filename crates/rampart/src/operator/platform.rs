@@ -151,6 +151,30 @@ impl Platform for StorePlatform {
         Ok(())
     }
 
+    async fn put_module(
+        &self,
+        owner: &str,
+        bytes: Vec<u8>,
+        keep: &[String],
+    ) -> Result<String, String> {
+        let mut c = self.store.lock().await;
+        let e = |e: anyhow::Error| format!("{e:#}");
+        let blob = store::put_blob(&mut c, &bytes).await.map_err(e)?;
+        let mut kept = vec![blob.sha256.clone()];
+        kept.extend(keep.iter().filter(|k| **k != blob.sha256).cloned());
+        store::retain(&mut c, owner, &kept).await.map_err(e)?;
+        store::collect_garbage(&mut c).await.map_err(e)?;
+        Ok(blob.sha256)
+    }
+
+    async fn forget_modules(&self, owner: &str) -> Result<(), String> {
+        let mut c = self.store.lock().await;
+        let e = |e: anyhow::Error| format!("{e:#}");
+        store::retain(&mut c, owner, &[]).await.map_err(e)?;
+        store::collect_garbage(&mut c).await.map_err(e)?;
+        Ok(())
+    }
+
     async fn function_counts(&self, name: &str) -> Result<(u64, u64), String> {
         self.sum_metrics(|text| function_counts(text, name)).await
     }
