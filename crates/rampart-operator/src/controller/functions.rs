@@ -47,13 +47,7 @@ async fn apply<P: Platform>(o: &RampartFunction, ctx: &Context<P>) -> Result<Act
     let mut records = ctx.records.lock().await;
     let key = key_of(o);
     let uid = o.uid().ok_or(Error::Incomplete("uid"))?;
-    let mut rec = records
-        .get(&ctx.client, &key, &uid)
-        .await?
-        .unwrap_or_else(|| Record {
-            uid: uid.clone(),
-            ..Record::default()
-        });
+    let mut rec = records.get_or_new(&ctx.client, &key, &uid).await?;
     let now = unix_now();
     let obs = observe(o, &rec, ctx, now).await?;
     let (next, mut actions) = rollout::step(&rec.rollout(), &obs, &ctx.settings.rollout);

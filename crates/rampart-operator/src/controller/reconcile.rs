@@ -62,17 +62,24 @@ pub(crate) trait Unit:
     }
 }
 
+/// `spec_value` and `with_spec`, the same for every kind with a serde `spec`.
+macro_rules! spec_accessors {
+    () => {
+        fn spec_value(&self) -> Value {
+            serde_json::to_value(&self.spec).unwrap_or_default()
+        }
+        fn with_spec(&self, spec: &Value) -> Option<Self> {
+            Some(Self {
+                spec: serde_json::from_value(spec.clone()).ok()?,
+                ..self.clone()
+            })
+        }
+    };
+}
+
 impl Unit for RampartWasmPlugin {
     const KIND: &'static str = "RampartWasmPlugin";
-    fn spec_value(&self) -> Value {
-        serde_json::to_value(&self.spec).unwrap_or_default()
-    }
-    fn with_spec(&self, spec: &Value) -> Option<Self> {
-        Some(Self {
-            spec: serde_json::from_value(spec.clone()).ok()?,
-            ..self.clone()
-        })
-    }
+    spec_accessors!();
     fn route_prefix(&self) -> Option<String> {
         None
     }
@@ -147,15 +154,7 @@ fn route_filter(namespace: &str, v: &Value) -> Option<RouteFilter> {
 
 impl Unit for Gateway {
     const KIND: &'static str = "Gateway";
-    fn spec_value(&self) -> Value {
-        serde_json::to_value(&self.spec).unwrap_or_default()
-    }
-    fn with_spec(&self, spec: &Value) -> Option<Self> {
-        Some(Self {
-            spec: serde_json::from_value(spec.clone()).ok()?,
-            ..self.clone()
-        })
-    }
+    spec_accessors!();
     fn route_prefix(&self) -> Option<String> {
         None
     }
@@ -166,15 +165,7 @@ impl Unit for Gateway {
 
 impl Unit for HTTPRoute {
     const KIND: &'static str = "HTTPRoute";
-    fn spec_value(&self) -> Value {
-        serde_json::to_value(&self.spec).unwrap_or_default()
-    }
-    fn with_spec(&self, spec: &Value) -> Option<Self> {
-        Some(Self {
-            spec: serde_json::from_value(spec.clone()).ok()?,
-            ..self.clone()
-        })
-    }
+    spec_accessors!();
     fn route_prefix(&self) -> Option<String> {
         Some(crate::translate::route_prefix(
             &self.namespace().unwrap_or_default(),
@@ -323,13 +314,7 @@ async fn apply<K: Unit, P: Platform>(o: &K, ctx: &Context<P>) -> Result<Action, 
     let mut records = ctx.records.lock().await;
     let key = key_of(o);
     let uid = o.uid().ok_or(Error::Incomplete("uid"))?;
-    let mut rec = records
-        .get(&ctx.client, &key, &uid)
-        .await?
-        .unwrap_or_else(|| Record {
-            uid: uid.clone(),
-            ..Record::default()
-        });
+    let mut rec = records.get_or_new(&ctx.client, &key, &uid).await?;
     let now = unix_now();
     let (mut obs, counts) = observe(o, &rec, ctx, now).await?;
     if let Some(c) = counts

@@ -177,6 +177,19 @@ impl Records {
         Ok(record)
     }
 
+    /// [`Records::get`], or a new record (nothing applied yet) for an object seen first.
+    pub(crate) async fn get_or_new(
+        &mut self,
+        client: &Client,
+        key: &Key,
+        uid: &str,
+    ) -> Result<Record, kube::Error> {
+        Ok(self.get(client, key, uid).await?.unwrap_or_else(|| Record {
+            uid: uid.to_owned(),
+            ..Record::default()
+        }))
+    }
+
     /// Writes `record` for `key` (server-side apply).
     pub(crate) async fn save(
         &mut self,

@@ -1,11 +1,9 @@
 //! The fake's verbs over real HTTP: create, get, list, replace, patches, apply, status,
 //! delete with finalizers, garbage collection, selectors.
 
-mod support;
-
+use crate::support::{APPLY, Client, JSON_PATCH, MERGE, STRATEGIC, config_map, names, rv, widget};
 use rampart_kube_fake::FakeApi;
 use serde_json::{Value, json};
-use support::{APPLY, Client, JSON_PATCH, MERGE, STRATEGIC, config_map, names, rv, widget};
 
 const CMS: &str = "/api/v1/namespaces/a/configmaps";
 const WIDGETS: &str = "/apis/example.com/v1/namespaces/a/widgets";

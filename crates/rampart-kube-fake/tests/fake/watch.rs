@@ -1,13 +1,11 @@
 //! Watches over real HTTP: replay from a resourceVersion, live events in order, compaction,
 //! selector transitions, streaming lists, timeouts.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{Client, MERGE, config_map, rv, widget};
 use rampart_kube_fake::FakeApi;
 use serde_json::json;
-use support::{Client, MERGE, config_map, rv, widget};
 
 const CMS: &str = "/api/v1/namespaces/a/configmaps";
 const SHORT: Duration = Duration::from_millis(150);

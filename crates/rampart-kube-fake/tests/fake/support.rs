@@ -1,7 +1,5 @@
 //! A plain hyper client for the fake (the crate must not depend on kube).
 
-#![allow(dead_code, unreachable_pub)]
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -14,20 +12,20 @@ use rampart_kube_fake::FakeApi;
 use serde_json::Value;
 use tokio::net::TcpStream;
 
-pub const MERGE: &str = "application/merge-patch+json";
-pub const STRATEGIC: &str = "application/strategic-merge-patch+json";
-pub const JSON_PATCH: &str = "application/json-patch+json";
-pub const APPLY: &str = "application/apply-patch+yaml";
+pub(crate) const MERGE: &str = "application/merge-patch+json";
+pub(crate) const STRATEGIC: &str = "application/strategic-merge-patch+json";
+pub(crate) const JSON_PATCH: &str = "application/json-patch+json";
+pub(crate) const APPLY: &str = "application/apply-patch+yaml";
 
 /// How long a test waits for one watch event before failing.
-pub const EVENT_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const EVENT_WAIT: Duration = Duration::from_secs(2);
 
-pub struct Client {
+pub(crate) struct Client {
     addr: SocketAddr,
 }
 
 impl Client {
-    pub fn new(api: &FakeApi) -> Self {
+    pub(crate) fn new(api: &FakeApi) -> Self {
         Client { addr: api.addr() }
     }
 
@@ -55,7 +53,7 @@ impl Client {
     }
 
     /// Sends a request; the status code and the body as JSON (`Null` if it is not JSON).
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         method: &str,
         path: &str,
@@ -68,7 +66,7 @@ impl Client {
         self.send_raw(method, path, content_type, bytes).await
     }
 
-    pub async fn send_raw(
+    pub(crate) async fn send_raw(
         &self,
         method: &str,
         path: &str,
@@ -86,11 +84,11 @@ impl Client {
         (code, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
 
-    pub async fn get(&self, path: &str) -> (u16, Value) {
+    pub(crate) async fn get(&self, path: &str) -> (u16, Value) {
         self.send("GET", path, "", None).await
     }
 
-    pub async fn get_accept(&self, path: &str, accept: &str) -> (u16, Value) {
+    pub(crate) async fn get_accept(&self, path: &str, accept: &str) -> (u16, Value) {
         let resp = self
             .request("GET", path, &[("accept", accept)], Vec::new())
             .await;
@@ -99,25 +97,25 @@ impl Client {
         (code, serde_json::from_slice(&bytes).unwrap())
     }
 
-    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+    pub(crate) async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         self.send("POST", path, "application/json", Some(body))
             .await
     }
 
-    pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
+    pub(crate) async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
         self.send("PUT", path, "application/json", Some(body)).await
     }
 
-    pub async fn patch(&self, path: &str, content_type: &str, body: &Value) -> (u16, Value) {
+    pub(crate) async fn patch(&self, path: &str, content_type: &str, body: &Value) -> (u16, Value) {
         self.send("PATCH", path, content_type, Some(body)).await
     }
 
-    pub async fn delete(&self, path: &str) -> (u16, Value) {
+    pub(crate) async fn delete(&self, path: &str) -> (u16, Value) {
         self.send("DELETE", path, "", None).await
     }
 
     /// Starts a watch (expects 200).
-    pub async fn watch(&self, path: &str) -> Watch {
+    pub(crate) async fn watch(&self, path: &str) -> Watch {
         let resp = self.request("GET", path, &[], Vec::new()).await;
         assert_eq!(resp.status(), 200, "watch {path}");
         Watch {
@@ -128,14 +126,14 @@ impl Client {
 }
 
 /// A watch's events, one JSON line at a time.
-pub struct Watch {
+pub(crate) struct Watch {
     body: Incoming,
     buf: Vec<u8>,
 }
 
 impl Watch {
     /// The next event, waiting at most `wait`; `None` on timeout or when the stream ends.
-    pub async fn next_within(&mut self, wait: Duration) -> Option<Value> {
+    pub(crate) async fn next_within(&mut self, wait: Duration) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             if let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
@@ -152,12 +150,12 @@ impl Watch {
     }
 
     /// The next event (failing the test if none comes within [`EVENT_WAIT`]).
-    pub async fn next(&mut self) -> Value {
+    pub(crate) async fn next(&mut self) -> Value {
         self.next_within(EVENT_WAIT).await.expect("a watch event")
     }
 
     /// The next event's type and object name.
-    pub async fn next_named(&mut self) -> (String, String) {
+    pub(crate) async fn next_named(&mut self) -> (String, String) {
         let event = self.next().await;
         let ty = event["type"].as_str().unwrap().to_owned();
         let name = event["object"]["metadata"]["name"]
@@ -168,7 +166,7 @@ impl Watch {
     }
 
     /// Whether the stream has ended (no more data within `wait`, and the body is finished).
-    pub async fn ended_within(&mut self, wait: Duration) -> bool {
+    pub(crate) async fn ended_within(&mut self, wait: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             match tokio::time::timeout_at(deadline, self.body.frame()).await {
@@ -182,7 +180,7 @@ impl Watch {
 }
 
 /// A ConfigMap in a namespace, with labels.
-pub fn config_map(ns: &str, name: &str, labels: Value) -> Value {
+pub(crate) fn config_map(ns: &str, name: &str, labels: Value) -> Value {
     let mut obj = serde_json::json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -194,7 +192,7 @@ pub fn config_map(ns: &str, name: &str, labels: Value) -> Value {
 }
 
 /// A custom resource with a spec.
-pub fn widget(ns: &str, name: &str, size: i64) -> Value {
+pub(crate) fn widget(ns: &str, name: &str, size: i64) -> Value {
     serde_json::json!({
         "apiVersion": "example.com/v1",
         "kind": "Widget",
@@ -203,7 +201,7 @@ pub fn widget(ns: &str, name: &str, size: i64) -> Value {
     })
 }
 
-pub fn rv(obj: &Value) -> u64 {
+pub(crate) fn rv(obj: &Value) -> u64 {
     obj["metadata"]["resourceVersion"]
         .as_str()
         .unwrap()
@@ -211,7 +209,7 @@ pub fn rv(obj: &Value) -> u64 {
         .unwrap()
 }
 
-pub fn names(list: &Value) -> Vec<String> {
+pub(crate) fn names(list: &Value) -> Vec<String> {
     list["items"]
         .as_array()
         .unwrap()

@@ -1,12 +1,10 @@
 //! The test-side API: upsert, set_status, delete, wait_for, requests, fail_next, kubeconfig.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{Client, MERGE, widget};
 use rampart_kube_fake::FakeApi;
 use serde_json::json;
-use support::{Client, MERGE, widget};
 
 const WIDGET: (&str, &str) = ("example.com/v1", "widgets");
 
