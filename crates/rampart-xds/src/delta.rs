@@ -121,6 +121,11 @@ impl Handler for Stream {
     /// Sends what the client lacks of one type, when nothing of it is in flight.
     async fn push_if_due(&mut self, type_url: &str) -> Result<(), Gone> {
         let snap = self.common.current();
+        if snap.version == 0 {
+            // Nothing published yet (a control plane still reading its store): saying
+            // nothing beats removing everything a reconnecting client holds.
+            return Ok(());
+        }
         let lag = later_types_lag(&self.types, type_url, snap.version);
         let Some(st) = self.types.get_mut(type_url) else {
             return Ok(());

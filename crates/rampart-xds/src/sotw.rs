@@ -90,6 +90,11 @@ impl Handler for Stream {
     /// Sends the type's resources when nothing is in flight and the client lacks them.
     async fn push_if_due(&mut self, type_url: &str) -> Result<(), Gone> {
         let snap = self.common.current();
+        if snap.version == 0 {
+            // Nothing published yet (a control plane still reading its store): saying
+            // nothing beats telling a reconnecting client that there is nothing.
+            return Ok(());
+        }
         let version = snap.type_version(type_url);
         let Some(st) = self.types.get_mut(type_url) else {
             return Ok(());

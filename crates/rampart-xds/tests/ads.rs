@@ -65,6 +65,11 @@ impl Server {
 
     async fn start_with(cache: Cache) -> Self {
         cache.publish(rampart_xds::translate::snapshot(&config(9001, "v1"), 1));
+        Self::serving(cache).await
+    }
+
+    /// A server on `cache` as it is (nothing published, maybe).
+    async fn serving(cache: Cache) -> Self {
         let stop = CancellationToken::new();
         let addr = cache
             .spawn("127.0.0.1:0".parse().unwrap(), stop.clone())
@@ -351,6 +356,21 @@ async fn delta_sends_only_what_changed_and_an_endpoint_change_is_eds_only() {
     }
     assert_eq!(removed[CLUSTER], ["c2"]);
     assert_eq!(removed[ENDPOINT], ["c2"]);
+}
+
+/// A control plane that has published nothing yet (still reading its store) says nothing:
+/// an empty answer would make a reconnecting client drop everything it holds.
+#[tokio::test]
+async fn nothing_is_sent_before_the_first_snapshot() {
+    let mut s = Server::serving(Cache::new()).await;
+    let mut d = s.delta().await;
+    d.subscribe(CLUSTER, &[]).await;
+    let early = tokio::time::timeout(Duration::from_millis(300), d.responses.next()).await;
+    assert!(early.is_err(), "answered before any snapshot: {early:?}");
+    s.publish(&config(9001, "v1"));
+    let cds = d.next().await;
+    assert_eq!(cds.type_url, CLUSTER);
+    assert_eq!(cds.resources.len(), 2);
 }
 
 /// Make before break: a cluster that a route named is removed only after the client holds

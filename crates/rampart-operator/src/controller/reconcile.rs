@@ -321,9 +321,10 @@ async fn apply<K: Unit, P: Platform>(o: &K, ctx: &Context<P>) -> Result<Action, 
         && obs.config == ConfigStatus::Acked
         && !rec.baseline_acked
     {
-        // The proxies serve it from now on: count from here.
+        // The proxies serve it from now on: count errors, and bake, from here.
         rec.baseline = c;
         rec.baseline_acked = true;
+        rec.applied_at = now;
         obs.error_rate = None;
     }
     if let Some(wait) = wait_turn(&mut records, &key, &rec, &obs, ctx) {
