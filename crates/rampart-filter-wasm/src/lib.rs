@@ -201,7 +201,7 @@ fn module_bytes(config: &WasmFilterConfig, env: &BuildEnv) -> Result<Vec<u8>, St
             .map_err(|e| format!("cannot read {}: {e}", config.module.display()));
     };
     let store = env.get::<ModuleStore>().ok_or(
-        "this gateway follows no config store to read the module from (rampart proxy --functions-store)",
+        "this gateway follows no config store to read the module from (rampart proxy --store)",
     )?;
     let bytes = (store.0)(hex)?;
     let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);

@@ -138,11 +138,23 @@ fn exact() -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Filter {
-    /// `RequestHeaderModifier` is read; others are reported as unsupported.
+    /// `RequestHeaderModifier` and `ExtensionRef` (to a RampartPolicy) are read; others are
+    /// reported as unsupported.
     #[serde(rename = "type")]
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_header_modifier: Option<HeaderModifier>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extension_ref: Option<LocalObjectRef>,
+}
+
+/// An object in the route's own namespace (`group` empty for the core group).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LocalObjectRef {
+    #[serde(default)]
+    pub group: String,
+    pub kind: String,
+    pub name: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

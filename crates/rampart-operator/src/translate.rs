@@ -96,7 +96,17 @@ struct Entry {
 
 /// Gateway API resources to Rampart config.
 pub fn translate(gateways: &[Gateway], routes: &[HTTPRoute], backends: &Backends) -> Translated {
-    translate_with(gateways, routes, &[], backends)
+    translate_with(gateways, routes, &Extensions::default(), backends)
+}
+
+/// What Rampart's own resources add to the routes.
+#[derive(Debug, Clone, Default)]
+pub struct Extensions {
+    /// RampartWasmPlugins' filters on the routes they target.
+    pub filters: Vec<RouteFilter>,
+    /// `(namespace, RampartPolicy name)` → its tenant, for rules whose `ExtensionRef`
+    /// filter names it.
+    pub policies: BTreeMap<(String, String), String>,
 }
 
 /// A filter (a RampartWasmPlugin's `wasm` entry) on every route made from some HTTPRoutes.
@@ -109,11 +119,12 @@ pub struct RouteFilter {
     pub filter: Value,
 }
 
-/// [`translate`], with `filters` on the routes of the HTTPRoutes they target.
+/// [`translate`], with the `extensions`' filters on the routes of the HTTPRoutes they
+/// target and their policies where rules name them.
 pub fn translate_with(
     gateways: &[Gateway],
     routes: &[HTTPRoute],
-    filters: &[RouteFilter],
+    extensions: &Extensions,
     backends: &Backends,
 ) -> Translated {
     let mut out = Translated::default();
@@ -125,16 +136,21 @@ pub fn translate_with(
             // hostname → entries (routes without hostnames under "*").
             let mut hosts: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
             for r in routes.iter().filter(|r| attached(r, gw, &ns, l)) {
-                let mut entries = entries(r, backends, &mut clusters, &mut out.problems);
+                let mut entries =
+                    entries(r, extensions, backends, &mut clusters, &mut out.problems);
                 let ns = r.namespace().unwrap_or_default();
-                let on: Vec<&Value> = filters
+                let on: Vec<&Value> = extensions
+                    .filters
                     .iter()
                     .filter(|f| f.namespace == ns && f.routes.iter().any(|n| *n == r.name_any()))
                     .map(|f| &f.filter)
                     .collect();
                 if !on.is_empty() {
                     for e in &mut entries {
-                        e.route["filters"] = json!(on);
+                        // After the rule's own (its policy decides first).
+                        let mut all = e.route["filters"].as_array().cloned().unwrap_or_default();
+                        all.extend(on.iter().map(|f| (*f).clone()));
+                        e.route["filters"] = json!(all);
                     }
                 }
                 let names: Vec<String> = if r.spec.hostnames.is_empty() {
@@ -217,6 +233,7 @@ fn virtual_hosts(mut hosts: BTreeMap<String, Vec<Entry>>) -> Vec<Value> {
 /// The Rampart routes of one HTTPRoute, each with its precedence.
 fn entries(
     r: &HTTPRoute,
+    extensions: &Extensions,
     backends: &Backends,
     clusters: &mut BTreeMap<String, Value>,
     problems: &mut Vec<(String, String)>,
@@ -231,11 +248,13 @@ fn entries(
         .unwrap_or_default();
     let mut out = Vec::new();
     for (ri, rule) in r.spec.rules.iter().enumerate() {
-        let action = match action(rule, &ns, backends, clusters) {
+        let action = match action(rule, &ns, extensions, backends, clusters) {
             Ok(a) => a,
             Err(why) => {
+                // The rule keeps its matches and answers 500, as the Gateway API asks: left
+                // out, its requests would fall to another rule (one without its policy).
                 problems.push((id.clone(), format!("rule {ri}: {why}")));
-                continue;
+                json!({ "direct_response": { "status": 500, "body": "this route's rule is invalid\n" } })
             }
         };
         let all = [Match::default()];
@@ -343,12 +362,15 @@ fn matcher(m: &Match, path: &Value) -> Value {
 fn action(
     rule: &Rule,
     ns: &str,
+    extensions: &Extensions,
     backends: &Backends,
     clusters: &mut BTreeMap<String, Value>,
 ) -> Result<Value, String> {
     let mut route = json!({});
+    let mut filters = Vec::new();
     for f in &rule.filters {
         match (f.kind.as_str(), &f.request_header_modifier) {
+            ("ExtensionRef", _) => filters.push(policy_filter(f, ns, extensions)?),
             ("RequestHeaderModifier", Some(h)) => {
                 let pairs = |v: &[crate::gateway::Header]| -> BTreeMap<String, String> {
                     v.iter()
@@ -363,6 +385,9 @@ fn action(
             }
             (other, _) => return Err(format!("filter {other:?} is not supported")),
         }
+    }
+    if !filters.is_empty() {
+        route["filters"] = json!(filters);
     }
     if let Some(f) = rule.backend_refs.iter().find(|b| is_function(b)) {
         // A function answers itself: it is the rule's only backend.
@@ -393,6 +418,30 @@ fn action(
         }
     }
     Ok(route)
+}
+
+/// An `ExtensionRef` filter as the `authz` entry of the RampartPolicy it names (in the
+/// route's namespace), deciding for that policy's tenant.
+fn policy_filter(
+    f: &crate::gateway::Filter,
+    ns: &str,
+    extensions: &Extensions,
+) -> Result<Value, String> {
+    let r = f
+        .extension_ref
+        .as_ref()
+        .ok_or("an ExtensionRef filter needs extensionRef")?;
+    if (r.group.as_str(), r.kind.as_str()) != (crate::crds::GROUP, "RampartPolicy") {
+        return Err(format!(
+            "ExtensionRef {}/{} is not supported (rampart.dev/RampartPolicy)",
+            r.group, r.kind
+        ));
+    }
+    let tenant = extensions
+        .policies
+        .get(&(ns.to_owned(), r.name.clone()))
+        .ok_or_else(|| format!("RampartPolicy {:?} not found (or not in force)", r.name))?;
+    Ok(json!({ "authz": { "tenant": tenant } }))
 }
 
 /// A backend that is a RampartFunction (group `rampart.dev`).

@@ -360,7 +360,7 @@ fn proxies(c: &RampartCluster) -> Value {
         "$(POD_NAME)",
         "--admin",
         "0.0.0.0:15000",
-        "--functions-store",
+        "--store",
         format!("{name}.{ns}.svc:2379"),
     ]);
     let ports = json!([{ "name": "http", "containerPort": 8080 }, { "name": "admin", "containerPort": 15000 }]);

@@ -30,6 +30,7 @@ use crate::compiled::Compiled;
 use crate::decision::Decision;
 pub use crate::error::DecideError;
 use crate::log::{DecisionLog, DecisionLogConfig};
+use crate::status::{DecisionCounters, Rejections, TenantStatus};
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -71,6 +72,8 @@ struct Tenant {
     compiled: ArcSwapOption<Compiled>,
     compile_lock: Mutex<()>,
     last_used: AtomicU64,
+    /// Decisions of this revision.
+    decisions: DecisionCounters,
 }
 
 /// Counters exported as `rampart_policy_*`.
@@ -155,6 +158,7 @@ pub struct PolicyEngine {
     tick: AtomicU64,
     metrics: PolicyMetrics,
     log: Option<DecisionLog>,
+    rejections: Rejections,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -191,6 +195,7 @@ impl PolicyEngine {
             tick: AtomicU64::new(0),
             metrics,
             log,
+            rejections: Rejections::default(),
         }
     }
 
@@ -208,16 +213,28 @@ impl PolicyEngine {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// `(tenant, revision)` of every tenant, sorted.
-    pub fn tenants(&self) -> Vec<(String, String)> {
-        let mut v: Vec<_> = self
-            .tenants
-            .load()
+    /// Every tenant with a bundle or a refused one: the revision deciding, its decisions
+    /// so far, the last bundle refused since. Sorted by tenant.
+    pub fn status(&self) -> Vec<TenantStatus> {
+        let mut rejected = self.rejections.all();
+        let map = self.tenants.load();
+        let mut out: Vec<TenantStatus> = map
             .iter()
-            .map(|(n, t)| (n.clone(), t.bundle.revision.clone()))
+            .map(|(n, t)| TenantStatus {
+                tenant: n.clone(),
+                revision: Some(t.bundle.revision.clone()),
+                decisions: t.decisions.snapshot(),
+                rejected: rejected.remove(n),
+            })
             .collect();
-        v.sort();
-        v
+        out.extend(rejected.into_iter().map(|(n, r)| TenantStatus {
+            tenant: n,
+            revision: None,
+            decisions: crate::status::Decisions::default(),
+            rejected: Some(r),
+        }));
+        out.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+        out
     }
 
     /// Compiled bundles currently cached.
@@ -244,10 +261,13 @@ impl PolicyEngine {
             Ok(c) => c,
             Err(e) => {
                 self.metrics.bundles_rejected.inc();
+                self.rejections
+                    .refused(tenant, &bundle.revision, e.to_string());
                 tracing::warn!(tenant, error = %e, "policy bundle rejected; the previous one keeps serving");
                 return Err(e);
             }
         };
+        self.rejections.clear(tenant);
         let revision = compiled.revision.clone();
         let entry = Arc::new(Tenant {
             bundle: Arc::new(bundle),
@@ -255,6 +275,7 @@ impl PolicyEngine {
             compiled: ArcSwapOption::from_pointee(compiled),
             compile_lock: Mutex::new(()),
             last_used: AtomicU64::new(self.tick.fetch_add(1, Ordering::Relaxed)),
+            decisions: DecisionCounters::default(),
         });
         {
             let _w = self.lock_writer();
@@ -274,6 +295,7 @@ impl PolicyEngine {
         let mut map = HashMap::clone(&self.tenants.load());
         let removed = map.remove(tenant).is_some();
         self.tenants.store(Arc::new(map));
+        self.rejections.clear(tenant);
         removed
     }
 
@@ -370,6 +392,17 @@ impl PolicyEngine {
             .ok_or_else(|| DecideError::UnknownTenant(tenant.to_string()))?;
         t.last_used
             .store(self.tick.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        let out = self.decide_with(tenant, t, input);
+        t.decisions.count(out.as_ref().ok().map(|(d, _)| d.allowed));
+        out
+    }
+
+    fn decide_with(
+        &self,
+        tenant: &str,
+        t: &Tenant,
+        input: Value,
+    ) -> Result<(Decision, String), DecideError> {
         let compiled = match t.compiled.load_full() {
             Some(c) => {
                 self.metrics.cache_hits.inc();
@@ -498,6 +531,56 @@ mod tests {
             e.decide("zz", input("a")),
             Err(DecideError::UnknownTenant(_))
         ));
+    }
+
+    #[test]
+    fn status_counts_each_revision_and_remembers_the_last_refusal() {
+        use crate::status::Decisions;
+        let e = PolicyEngine::new(EngineConfig::default());
+        let first = e.put_bundle("a", rbac("alice")).unwrap();
+        e.decide("a", input("alice")).unwrap();
+        e.decide("a", input("bob")).unwrap();
+        // Decisions that fail count against the revision too.
+        let nested = Value::from(serde_json::json!({"user": {"x": 1}}));
+        let _ = e.decide("a", nested);
+        let st = e.status();
+        assert_eq!(st.len(), 1);
+        assert_eq!(st[0].revision.as_deref(), Some(first.as_str()));
+        assert_eq!(st[0].decisions.allowed, 1);
+        assert_eq!(st[0].decisions.denied + st[0].decisions.errors, 2);
+        // A bundle whose test fails is refused: the old revision keeps deciding, and the
+        // refusal is shown with the refused revision.
+        let failing = Bundle::new(
+            vec![(
+                "authz.rego".into(),
+                "package authz\ndefault decision := false\ntest_never if false\n".into(),
+            )],
+            serde_json::json!({}),
+            None,
+            None,
+        )
+        .unwrap();
+        let refused_rev = failing.revision.clone();
+        assert!(e.put_bundle("a", failing.clone()).is_err());
+        assert!(e.put_bundle("b", failing).is_err());
+        let st = e.status();
+        assert_eq!(st[0].revision.as_deref(), Some(first.as_str()));
+        let r = st[0].rejected.as_ref().unwrap();
+        assert_eq!(r.revision, refused_rev);
+        assert!(r.error.contains("test_never"), "{}", r.error);
+        assert_eq!(
+            (st[1].tenant.as_str(), st[1].revision.as_ref()),
+            ("b", None)
+        );
+        // A new revision starts counting from zero and clears the refusal.
+        let second = e.put_bundle("a", rbac("bob")).unwrap();
+        assert_ne!(first, second);
+        let st = e.status();
+        assert_eq!(st[0].decisions, Decisions::default());
+        assert!(st[0].rejected.is_none());
+        assert!(e.remove_tenant("a"));
+        e.remove_tenant("b");
+        assert!(e.status().is_empty());
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod decision;
 pub mod engine;
 pub mod error;
 pub mod log;
+pub mod status;
 pub mod watch;
 
 pub use bundle::{Bundle, BundleError};
@@ -23,3 +24,4 @@ pub use decision::Decision;
 pub use engine::{DecideError, Decided, EngineConfig, PolicyEngine, PolicyMetrics, ReloadReport};
 pub use log::DecisionLogConfig;
 pub use regorus::Value;
+pub use status::{Decisions, Rejection, TenantStatus};

@@ -2,7 +2,10 @@
 //! `/clusters`, and (with the policy engine) `/policy/tenants[/<name>]`:
 //!
 //! ```text
-//! GET    /policy/tenants          [{"tenant": "acme", "revision": "acme-1"}, ...]
+//! GET    /policy/tenants          [{"tenant": "acme", "revision": "acme-1",
+//!                                   "decisions": {"allowed": 9, "denied": 1, "errors": 0},
+//!                                   "rejected": null}, ...]   (decisions of that revision;
+//!                                   the last bundle refused since, with its revision)
 //! PUT    /policy/tenants/<name>   {"modules": {"authz.rego": "package authz ..."},
 //!                                  "data": {...}, "entrypoint": "data.authz.decision"}
 //!                                 → 200 {"revision": ...}; 400 {"error": ...} (compile error,
@@ -296,12 +299,7 @@ async fn policy_api(shared: &Shared, req: Request<Incoming>) -> Response<Full<By
         .map(str::to_string);
     match (req.method().clone(), tenant) {
         (Method::GET, None) if path == "/policy/tenants" => {
-            let list: Vec<_> = engine
-                .tenants()
-                .into_iter()
-                .map(|(t, r)| serde_json::json!({"tenant": t, "revision": r}))
-                .collect();
-            json(&serde_json::Value::Array(list))
+            json(&serde_json::to_value(engine.status()).unwrap_or_default())
         }
         (Method::PUT, Some(tenant)) => {
             let body = match Limited::new(req.into_body(), MAX_BUNDLE_BODY)

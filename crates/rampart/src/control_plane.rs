@@ -142,8 +142,6 @@ async fn follow_file(cache: &rampart_xds::Cache, path: &Path, every: Duration) -
 /// Serves the store's desired state: all of it now, then again after every change under
 /// the prefix (changes arriving together are read once). A lost watch is opened again.
 async fn follow_store(cache: &rampart_xds::Cache, endpoints: &[String]) -> Result<()> {
-    use rampart_kv::client::prefix_end;
-    use rampart_kv::proto::etcdserverpb as pb;
     use rampart_xds::desired::PREFIX;
     let store = crate::desired::StoreArgs {
         endpoints: endpoints.to_vec(),
@@ -164,24 +162,7 @@ async fn follow_store(cache: &rampart_xds::Cache, endpoints: &[String]) -> Resul
                 tracing::error!(errors = ?errors, "config rejected; still serving the last good snapshot");
             }
         }
-        let create = pb::WatchCreateRequest {
-            key: PREFIX.into(),
-            range_end: prefix_end(PREFIX.as_bytes()),
-            start_revision: state.revision + 1,
-            ..Default::default()
-        };
-        let Ok((_tx, mut events)) = c.watch(create).await else {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        };
-        // Wait for a change (the first response only confirms the watch).
-        loop {
-            match events.message().await {
-                Ok(Some(w)) if !w.events.is_empty() => break,
-                Ok(Some(_)) => {}
-                _ => break,
-            }
-        }
+        crate::follow::changed(&mut c, PREFIX, state.revision).await;
         // Let a burst of writes settle into one snapshot.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

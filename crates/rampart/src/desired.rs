@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use rampart_kv::client::{Client, prefix_end};
+use rampart_kv::client::Client;
 use rampart_kv::proto::etcdserverpb as pb;
 use rampart_xds::desired::{self, Kind, PREFIX, Resource};
 
@@ -66,11 +66,7 @@ pub(crate) fn client(store: &StoreArgs) -> Result<Client> {
 /// Every resource under the prefix.
 pub(crate) async fn load(c: &mut Client) -> Result<State> {
     let resp = c
-        .range(pb::RangeRequest {
-            key: PREFIX.into(),
-            range_end: prefix_end(PREFIX.as_bytes()),
-            ..Default::default()
-        })
+        .range(crate::follow::range_prefix(PREFIX))
         .await
         .context("cannot read the store")?;
     let mut state = State {

@@ -28,6 +28,8 @@ mod desired;
 #[cfg(feature = "flows")]
 mod flows;
 #[cfg(feature = "full")]
+mod follow;
+#[cfg(feature = "full")]
 mod functions;
 #[cfg(feature = "full")]
 mod kv;
@@ -646,7 +648,7 @@ struct Around<'a> {
     /// Run a control plane on the store (started with it) before the gateway.
     #[cfg(feature = "full")]
     control_plane: Option<up_stack::ControlPlane>,
-    /// Serve the store's functions.
+    /// Serve the store's functions and follow its policy bundles.
     #[cfg(feature = "full")]
     functions: Option<functions::Options>,
 }
@@ -697,6 +699,8 @@ fn serve(cfg: Config, around: Around<'_>) -> Result<ExitCode> {
         #[allow(unused_mut)]
         let mut plugins = plugins::plugins();
         #[cfg(feature = "full")]
+        let policy_store = functions.as_ref().map(|f| f.store.clone());
+        #[cfg(feature = "full")]
         let follow = match functions {
             Some(f) => {
                 let store = f.store.clone();
@@ -713,6 +717,14 @@ fn serve(cfg: Config, around: Around<'_>) -> Result<ExitCode> {
         #[cfg(feature = "full")]
         if let Some(follow) = follow {
             tokio::spawn(follow);
+        }
+        #[cfg(feature = "full")]
+        if let Some(endpoints) = policy_store {
+            tokio::spawn(policy::store::follow(
+                Arc::downgrade(&gw),
+                endpoints,
+                stop_cp.clone(),
+            ));
         }
         let hup = file.map(|(path, seen)| {
             let hup = Arc::new(tokio::sync::Notify::new());

@@ -44,9 +44,10 @@ pub(crate) struct ProxyArgs {
     /// plane must be signed with (the bootstrap's `wasm.trusted_keys`).
     #[arg(long, value_delimiter = ',')]
     wasm_trusted_key: Vec<String>,
-    /// Serve the functions kept in this config store (its client endpoints, comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    functions_store: Vec<String>,
+    /// Follow this config store (its client endpoints, comma-separated): serve the
+    /// functions kept in it and decide with its policy bundles.
+    #[arg(long, alias = "functions-store", value_delimiter = ',')]
+    store: Vec<String>,
     /// Where compiled functions are kept (default: a directory under the system's temp dir).
     #[arg(long)]
     functions_cache: Option<std::path::PathBuf>,
@@ -65,9 +66,13 @@ pub(crate) fn proxy(a: ProxyArgs) -> anyhow::Result<ExitCode> {
         let keys = serde_json::to_string(&a.wasm_trusted_key)?;
         yaml.push_str(&format!("wasm: {{ trusted_keys: {keys} }}\n"));
     }
+    if !a.store.is_empty() {
+        // The store's bundles go into an engine of the proxy's own (`policy::store`).
+        yaml.push_str("policy: {}\n");
+    }
     let cfg = rampart_config::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
     let servers = a.xds.iter().map(|s| format!("http://{s}")).collect();
-    let functions = (!a.functions_store.is_empty()).then(|| {
+    let functions = (!a.store.is_empty()).then(|| {
         let cache = a.functions_cache.clone().unwrap_or_else(|| {
             std::env::temp_dir().join(format!("rampart-functions-{}", a.node_id))
         });
@@ -76,7 +81,7 @@ pub(crate) fn proxy(a: ProxyArgs) -> anyhow::Result<ExitCode> {
         settings.trusted_keys = a.wasm_trusted_key.clone();
         crate::functions::Options {
             settings,
-            store: a.functions_store.clone(),
+            store: a.store.clone(),
         }
     });
     let around = crate::Around {

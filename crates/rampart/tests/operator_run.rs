@@ -22,7 +22,11 @@
 //!    stored in the store by digest and put on its target route's requests; a generation
 //!    whose module cannot be read is reverted before anything is written; deleting it takes
 //!    it off;
-//! 10. a RampartCluster gets its workloads (peer TLS Secret, StatefulSet, Services, budgets,
+//! 10. a RampartPolicy (a tenant's Rego bundle) is checked, written to the store and
+//!     decides on the rules naming it (an ExtensionRef filter); a generation whose own
+//!     tests fail is refused before anything is written, one whose decisions fail is
+//!     reverted on its error rate; deleting it leaves the rule answering 500, never open;
+//! 11. a RampartCluster gets its workloads (peer TLS Secret, StatefulSet, Services, budgets,
 //!     control plane, proxies) owned by it, is Running once its store nodes are ready, and
 //!     takes them along when deleted.
 
@@ -230,7 +234,7 @@ async fn platform(dir: &TempDir) -> Platform {
             "1",
             "--admin",
             "127.0.0.1:0",
-            "--functions-store",
+            "--store",
             &eps,
         ],
     );
@@ -504,6 +508,7 @@ async fn operator_rolls_out_reverts_fails_over_and_cleans_up() {
 
     functions(&api, gw).await;
     plugins(&api, gw).await;
+    policies(&api, &p, gw).await;
     cluster(&api).await;
 
     // At rest nothing reconciles itself: no status write wakes its own object again.
@@ -585,7 +590,167 @@ async fn plugins(api: &FakeApi, gw: SocketAddr) {
     assert!(off, "the deleted plugin still runs");
 }
 
-/// Step 10: a RampartCluster's workloads, its readiness, its deletion.
+fn policy(rego: &str) -> Value {
+    json!({
+        "apiVersion": FUNCTIONS, "kind": "RampartPolicy",
+        "metadata": { "name": "rbac", "namespace": "shop" },
+        "spec": {
+            "tenant": "shop-rbac",
+            "modules": { "authz.rego": rego },
+            "data": "{\"users\": [\"alice\"]}",
+        },
+    })
+}
+
+const RBAC: &str = "package authz\n\
+    default decision := false\n\
+    decision if input.headers[\"x-user\"] in data.users\n\
+    test_alice if decision with input as {\"headers\": {\"x-user\": \"alice\"}}\n";
+
+/// The status a request to `path` as `user` gets.
+async fn status_as(gw: SocketAddr, path: &str, user: &str) -> u16 {
+    match try_send(
+        &h1(),
+        request(http::Method::GET, gw, path, &[("x-user", user)]),
+    )
+    .await
+    {
+        Ok(r) => r.status.as_u16(),
+        Err(_) => 0,
+    }
+}
+
+/// Step 10: a RampartPolicy in front of a rule, rolled out, refused, reverted, removed.
+async fn policies(api: &FakeApi, p: &Platform, gw: SocketAddr) {
+    let mut guarded = route("guarded", &prefix("/guarded"), 80);
+    guarded["spec"]["rules"][0]["filters"] = json!([{ "type": "ExtensionRef",
+        "extensionRef": { "group": "rampart.dev", "kind": "RampartPolicy", "name": "rbac" } }]);
+    api.upsert(GATEWAY_API, "httproutes", guarded);
+    api.upsert(FUNCTIONS, "rampartpolicies", policy(RBAC));
+    await_phase(api, "rampartpolicy", "rbac", "Running", 1).await;
+    let decides = eventually(WAIT, || async {
+        status_as(gw, "/guarded", "alice").await == 200
+            && status_as(gw, "/guarded", "mallory").await == 403
+    })
+    .await;
+    assert!(
+        decides,
+        "the policy never decided: alice {}, mallory {}; route {}",
+        status_as(gw, "/guarded", "alice").await,
+        status_as(gw, "/guarded", "mallory").await,
+        record(api, "httproute", "guarded")
+    );
+    let resolved = eventually(WAIT, || async {
+        condition(api, "httproutes", "guarded", "ResolvedRefs")["status"] == "True"
+    })
+    .await;
+    assert!(
+        resolved,
+        "{}",
+        condition(api, "httproutes", "guarded", "ResolvedRefs")
+    );
+    let status = api
+        .get(FUNCTIONS, "rampartpolicies", Some("shop"), "rbac")
+        .unwrap()["status"]
+        .clone();
+    assert_eq!(status["phase"], "Running", "{status}");
+
+    // Another RampartPolicy claiming the same tenant is refused (the oldest owns it), and
+    // deleting it leaves the owner's bundle alone.
+    let mut intruder = policy("package authz\ndefault decision := true\n");
+    intruder["metadata"]["name"] = json!("rbac-intruder");
+    api.upsert(FUNCTIONS, "rampartpolicies", intruder);
+    await_phase(api, "rampartpolicy", "rbac-intruder", "Failed", 1).await;
+    let r = record(api, "rampartpolicy", "rbac-intruder");
+    assert!(r["reason"].as_str().unwrap().contains("belongs to"), "{r}");
+    assert_eq!(status_as(gw, "/guarded", "mallory").await, 403);
+    api.delete(FUNCTIONS, "rampartpolicies", Some("shop"), "rbac-intruder");
+    let gone = eventually(WAIT, || async {
+        api.get(FUNCTIONS, "rampartpolicies", Some("shop"), "rbac-intruder")
+            .is_none()
+    })
+    .await;
+    assert!(gone);
+    assert_eq!(status_as(gw, "/guarded", "alice").await, 200);
+
+    // Its own test fails: refused before anything is written; the last good one decides.
+    let broken = RBAC.replace("\"alice\"}}", "\"bob\"}}");
+    api.upsert(FUNCTIONS, "rampartpolicies", policy(&broken));
+    await_phase(api, "rampartpolicy", "rbac", "RolledBack", 2).await;
+    let r = record(api, "rampartpolicy", "rbac");
+    assert!(r["reason"].as_str().unwrap().contains("test_alice"), "{r}");
+    assert_eq!(status_as(gw, "/guarded", "alice").await, 200);
+
+    // Every decision fails (a decision that is not one): reverted on the error rate.
+    let erring = "package authz\ndecision := \"maybe\"\n";
+    api.upsert(FUNCTIONS, "rampartpolicies", policy(erring));
+    let reverted = eventually(WAIT, || async {
+        for _ in 0..5 {
+            status_as(gw, "/guarded", "alice").await;
+        }
+        let r = record(api, "rampartpolicy", "rbac");
+        r["phase"] == "RolledBack" && r["generation"] == 3
+    })
+    .await;
+    assert!(reverted, "{}", record(api, "rampartpolicy", "rbac"));
+    let r = record(api, "rampartpolicy", "rbac");
+    assert!(r["reason"].as_str().unwrap().contains("error rate"), "{r}");
+    let back = eventually(WAIT, || async {
+        status_as(gw, "/guarded", "alice").await == 200
+    })
+    .await;
+    assert!(back, "the last good bundle was not put back");
+
+    let stored = |p: &Platform| {
+        rampart_ok(&[
+            "kv",
+            "--endpoints",
+            &p.store.endpoints(),
+            "range",
+            "--prefix",
+            "/rampart/policies/",
+        ])
+    };
+    assert!(stored(p).contains("shop-rbac"));
+    let proxy_tenants = || async {
+        let url = format!("http://{}/policy/tenants", p.proxy_admin);
+        match try_send(
+            &h1(),
+            request(http::Method::GET, p.proxy_admin, "/policy/tenants", &[]),
+        )
+        .await
+        {
+            Ok(r) => r.text(),
+            Err(e) => panic!("{url}: {e}"),
+        }
+    };
+    assert!(proxy_tenants().await.contains("shop-rbac"));
+
+    // Deleted: its tenant leaves the store, and the rule fails closed (500), never open.
+    api.delete(FUNCTIONS, "rampartpolicies", Some("shop"), "rbac");
+    let closed = eventually(WAIT, || async {
+        status_as(gw, "/guarded", "alice").await == 500
+    })
+    .await;
+    assert!(
+        closed,
+        "alice got {}",
+        status_as(gw, "/guarded", "alice").await
+    );
+    assert!(!stored(p).contains("shop-rbac"), "{}", stored(p));
+    let dropped = eventually(WAIT, || async {
+        !proxy_tenants().await.contains("shop-rbac")
+    })
+    .await;
+    assert!(
+        dropped,
+        "the proxy still holds the tenant: {}",
+        proxy_tenants().await
+    );
+    api.delete(GATEWAY_API, "httproutes", Some("shop"), "guarded");
+}
+
+/// Step 11: a RampartCluster's workloads, its readiness, its deletion.
 async fn cluster(api: &FakeApi) {
     api.upsert(
         FUNCTIONS,

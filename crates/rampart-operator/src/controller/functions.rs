@@ -6,17 +6,16 @@
 //! `rampart.dev`, kind `RampartFunction`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
+use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::Event as Finalized;
-use kube::{Resource, ResourceExt};
 use serde_json::Value;
 
-use super::reconcile::{self, unix_now};
-use super::record::{Key, Record};
-use super::{Context, Error, Platform, status};
-use crate::crds::{RampartFunction, RolloutStatus};
+use super::reconcile::{self, key_of, unix_now};
+use super::record::Record;
+use super::{Context, Error, Platform};
+use crate::crds::RampartFunction;
 use crate::rollout::{self, Action as Step, ConfigStatus, Observation, Phase};
 use crate::translate::function_name;
 
@@ -35,19 +34,8 @@ pub(crate) async fn function<P: Platform>(
     .await
 }
 
-fn key_of(o: &RampartFunction) -> Key {
-    Key {
-        kind: KIND,
-        namespace: o.namespace().unwrap_or_default(),
-        name: o.name_any(),
-    }
-}
-
 async fn apply<P: Platform>(o: &RampartFunction, ctx: &Context<P>) -> Result<Action, Error> {
-    let mut records = ctx.records.lock().await;
-    let key = key_of(o);
-    let uid = o.uid().ok_or(Error::Incomplete("uid"))?;
-    let mut rec = records.get_or_new(&ctx.client, &key, &uid).await?;
+    let (records, key, mut rec) = reconcile::open_record(o, ctx).await?;
     let now = unix_now();
     let obs = observe(o, &rec, ctx, now).await?;
     let (next, mut actions) = rollout::step(&rec.rollout(), &obs, &ctx.settings.rollout);
@@ -62,16 +50,7 @@ async fn apply<P: Platform>(o: &RampartFunction, ctx: &Context<P>) -> Result<Act
         }
         actions.extend(more);
     }
-    records.save(&ctx.client, &key, rec.clone()).await?;
-    drop(records);
-    write_status(o, ctx, &rec).await?;
-    status::events(o, ctx, &actions).await;
-    ctx.metrics.phase(&key, rec.rollout().phase);
-    Ok(if rec.rollout().phase == Phase::Provisioning {
-        Action::requeue(ctx.settings.poll)
-    } else {
-        Action::requeue(Duration::from_secs(300))
-    })
+    reconcile::settle(o, ctx, (records, &key), &rec, &actions).await
 }
 
 /// The generation, and while it bakes its invocations' failure share since it was deployed
@@ -82,20 +61,9 @@ async fn observe<P: Platform>(
     ctx: &Context<P>,
     now: u64,
 ) -> Result<Observation, Error> {
-    let generation = o.meta().generation.unwrap_or(1);
-    let baking = rec.rollout().phase == Phase::Provisioning && rec.generation == generation;
-    let mut obs = Observation {
-        generation,
-        config: if baking {
-            ConfigStatus::Acked
-        } else {
-            ConfigStatus::Pending
-        },
-        health: None,
-        error_rate: None,
-        now,
-    };
+    let (mut obs, baking) = reconcile::first_look(o, rec, now);
     if baking {
+        obs.config = ConfigStatus::Acked;
         let name = function_name(&key_of(o).namespace, &o.name_any());
         let (total, failed) = ctx
             .platform
@@ -161,22 +129,6 @@ async fn carry_out<P: Platform>(
         rec.good.clone_from(&rec.applied);
     }
     Ok(None)
-}
-
-/// The rollout in the function's own status, with the `Programmed` condition.
-async fn write_status<P: Platform>(
-    o: &RampartFunction,
-    ctx: &Context<P>,
-    rec: &Record,
-) -> Result<(), Error> {
-    let rollout = rec.rollout();
-    let mut st = RolloutStatus::default().with_rollout(&rollout);
-    st.conditions = status::conditions(false, rec, &[])
-        .into_iter()
-        .filter_map(|c| serde_json::from_value(c).ok())
-        .collect();
-    let st = serde_json::to_value(st).unwrap_or_default();
-    status::apply_status(o, ctx, st).await
 }
 
 async fn cleanup<P: Platform>(o: &RampartFunction, ctx: &Context<P>) -> Result<Action, Error> {

@@ -27,6 +27,7 @@ mod cluster;
 mod functions;
 mod lease;
 mod metrics;
+mod policies;
 mod reconcile;
 mod record;
 mod source;
@@ -46,7 +47,7 @@ use serde_json::Value;
 pub use lease::{Lease, LeaseSettings};
 pub use metrics::Metrics;
 
-use crate::crds::{RampartCluster, RampartFunction, RampartWasmPlugin};
+use crate::crds::{RampartCluster, RampartFunction, RampartPolicy, RampartWasmPlugin};
 use crate::gateway::{Gateway, HTTPRoute};
 use crate::rollout::{self, ConfigStatus};
 use crate::translate::Backends;
@@ -114,6 +115,28 @@ pub trait Platform: Send + Sync + 'static {
         &self,
         name: &str,
     ) -> impl Future<Output = Result<(u64, u64), String>> + Send;
+
+    /// Checks a RampartPolicy's bundle (`spec`: its spec as JSON; compiled and its tests
+    /// run) and writes it as `tenant`'s for every proxy following the store. Returns the
+    /// revision the proxies will report for it; `Err` says why it was refused (nothing
+    /// written).
+    fn put_policy(
+        &self,
+        tenant: &str,
+        spec: &Value,
+    ) -> impl Future<Output = Result<String, String>> + Send;
+
+    /// Removes `tenant`'s bundle from the store.
+    fn delete_policy(&self, tenant: &str) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// What the proxies say of `tenant`'s bundle `revision`: Acked when every proxy decides
+    /// with it, Nacked when one refused it, else Pending; with `(decisions, errors)` of that
+    /// revision so far, summed over the proxies that have it.
+    fn policy_status(
+        &self,
+        tenant: &str,
+        revision: &str,
+    ) -> impl Future<Output = Result<(ConfigStatus, (u64, u64)), String>> + Send;
 }
 
 /// How the controller runs.
@@ -172,13 +195,15 @@ pub(crate) struct Context<P> {
     pub(crate) gateways: kube::runtime::reflector::Store<Gateway>,
     pub(crate) routes: kube::runtime::reflector::Store<HTTPRoute>,
     pub(crate) plugins: kube::runtime::reflector::Store<RampartWasmPlugin>,
+    pub(crate) policies: kube::runtime::reflector::Store<RampartPolicy>,
     pub(crate) records: tokio::sync::Mutex<record::Records>,
     pub(crate) recorder: Recorder,
     pub(crate) metrics: Metrics,
 }
 
 /// Runs the controllers until `stop` resolves: Gateways of `settings.gateway_class`, every
-/// HTTPRoute, RampartWasmPlugin, RampartFunction and RampartCluster, in all namespaces. Call it while holding the [`Lease`].
+/// HTTPRoute, RampartWasmPlugin, RampartPolicy, RampartFunction and RampartCluster, in all
+/// namespaces. Call it while holding the [`Lease`].
 pub async fn run<P: Platform>(
     client: Client,
     platform: P,
@@ -196,6 +221,8 @@ pub async fn run<P: Platform>(
     );
     let plugin_api: Api<RampartWasmPlugin> = Api::all(client.clone());
     let plugin_ctl = Controller::new(plugin_api, watcher::Config::default().any_semantic());
+    let policy_api: Api<RampartPolicy> = Api::all(client.clone());
+    let policy_ctl = Controller::new(policy_api, watcher::Config::default().any_semantic());
     let fn_api: Api<RampartFunction> = Api::all(client.clone());
     let fn_ctl = Controller::new(fn_api, watcher::Config::default().any_semantic());
     let gw_ctl = Controller::new(gw_api, watcher::Config::default().any_semantic());
@@ -207,6 +234,13 @@ pub async fn run<P: Platform>(
         watcher::Config::default(),
         move |gw| reconcile::routes_of(&routes, &gw),
     );
+    // A policy coming or going resolves (or breaks) the rules naming it: their status.
+    let routes = route_ctl.store();
+    let route_ctl = route_ctl.watches(
+        Api::<RampartPolicy>::all(client.clone()),
+        watcher::Config::default(),
+        move |p| reconcile::routes_naming(&routes, &p),
+    );
     let reporter = Reporter {
         controller: FIELD_MANAGER.into(),
         instance: Some(settings.instance.clone()),
@@ -217,6 +251,7 @@ pub async fn run<P: Platform>(
         gateways: gw_ctl.store(),
         routes: route_ctl.store(),
         plugins: plugin_ctl.store(),
+        policies: policy_ctl.store(),
         client,
         platform,
         settings,
@@ -240,11 +275,15 @@ pub async fn run<P: Platform>(
         .graceful_shutdown_on(stop.wait())
         .run(reconcile::plugin, reconcile::retry, ctx.clone())
         .for_each(|r| async move { reconcile::log_outcome("RampartWasmPlugin", r) });
+    let policies = policy_ctl
+        .graceful_shutdown_on(stop.wait())
+        .run(policies::policy, reconcile::retry, ctx.clone())
+        .for_each(|r| async move { reconcile::log_outcome("RampartPolicy", r) });
     let clusters = cluster_ctl
         .graceful_shutdown_on(stop.wait())
         .run(cluster::cluster, reconcile::retry, ctx)
         .for_each(|r| async move { reconcile::log_outcome("RampartCluster", r) });
-    tokio::join!(gws, routes, functions, plugins, clusters);
+    tokio::join!(gws, routes, functions, plugins, policies, clusters);
 }
 
 /// A stop signal both controllers can wait on.

@@ -16,10 +16,10 @@ use serde_json::{Value, json};
 
 use super::record::{Key, Record, Records};
 use super::{Context, Error, FINALIZER, Platform, Settings, status};
-use crate::crds::RampartWasmPlugin;
+use crate::crds::{RampartFunction, RampartPolicy, RampartWasmPlugin};
 use crate::gateway::{Gateway, HTTPRoute};
 use crate::rollout::{self, Action as Step, ConfigStatus, Observation, Phase};
-use crate::translate::{Backends, RouteFilter, Translated, translate, translate_with};
+use crate::translate::{Backends, Extensions, RouteFilter, Translated, translate_with};
 
 /// What the controller reconciles: a namespaced Gateway API object with a spec that rolls out.
 pub(crate) trait Unit:
@@ -40,8 +40,13 @@ pub(crate) trait Unit:
     fn route_prefix(&self) -> Option<String>;
     /// Whether this operator programs it (`gateways`: every Gateway known).
     fn ours(&self, settings: &Settings, gateways: &[Arc<Gateway>]) -> bool;
-    /// What translating it beside `gateways` reports against it.
-    fn problems(&self, _gateways: &[Gateway], _backends: &Backends) -> Vec<String> {
+    /// What translating it beside `gateways` (with `extensions`) reports against it.
+    fn problems(
+        &self,
+        _gateways: &[Gateway],
+        _extensions: &Extensions,
+        _backends: &Backends,
+    ) -> Vec<String> {
         Vec::new()
     }
     /// What is applied for a generation (its record's applied spec): the spec, after any
@@ -152,6 +157,31 @@ fn route_filter(namespace: &str, v: &Value) -> Option<RouteFilter> {
     })
 }
 
+/// Functions roll out in `super::functions`; as a Unit they have a record key.
+impl Unit for RampartFunction {
+    const KIND: &'static str = "RampartFunction";
+    spec_accessors!();
+    fn route_prefix(&self) -> Option<String> {
+        None
+    }
+    fn ours(&self, _: &Settings, _: &[Arc<Gateway>]) -> bool {
+        true
+    }
+}
+
+/// Policies roll out in `super::policies`; as a Unit they only give their effective specs
+/// (the tenant routes name) to the translation.
+impl Unit for RampartPolicy {
+    const KIND: &'static str = "RampartPolicy";
+    spec_accessors!();
+    fn route_prefix(&self) -> Option<String> {
+        None
+    }
+    fn ours(&self, _: &Settings, _: &[Arc<Gateway>]) -> bool {
+        true
+    }
+}
+
 impl Unit for Gateway {
     const KIND: &'static str = "Gateway";
     spec_accessors!();
@@ -185,13 +215,18 @@ impl Unit for HTTPRoute {
             })
         })
     }
-    fn problems(&self, gateways: &[Gateway], backends: &Backends) -> Vec<String> {
+    fn problems(
+        &self,
+        gateways: &[Gateway],
+        extensions: &Extensions,
+        backends: &Backends,
+    ) -> Vec<String> {
         let id = format!(
             "{}/{}",
             self.namespace().unwrap_or_default(),
             self.name_any()
         );
-        translate(gateways, std::slice::from_ref(self), backends)
+        translate_with(gateways, std::slice::from_ref(self), extensions, backends)
             .problems
             .into_iter()
             .filter(|(r, _)| *r == id)
@@ -311,10 +346,7 @@ pub(crate) fn unix_now() -> u64 {
 
 /// Apply or re-check one object's rollout.
 async fn apply<K: Unit, P: Platform>(o: &K, ctx: &Context<P>) -> Result<Action, Error> {
-    let mut records = ctx.records.lock().await;
-    let key = key_of(o);
-    let uid = o.uid().ok_or(Error::Incomplete("uid"))?;
-    let mut rec = records.get_or_new(&ctx.client, &key, &uid).await?;
+    let (mut records, key, mut rec) = open_record(o, ctx).await?;
     let now = unix_now();
     let (mut obs, counts) = observe(o, &rec, ctx, now).await?;
     if let Some(c) = counts
@@ -356,7 +388,7 @@ async fn apply<K: Unit, P: Platform>(o: &K, ctx: &Context<P>) -> Result<Action, 
         actions.extend(more);
     }
     records.save(&ctx.client, &key, rec.clone()).await?;
-    let problems = problems_of(o, ctx);
+    let problems = problems_of(o, ctx, &mut records).await?;
     drop(records);
     status::write(o, ctx, &rec, &problems).await?;
     status::events(o, ctx, &actions).await;
@@ -394,6 +426,67 @@ fn wait_turn<P: Platform>(
     }
 }
 
+/// The records held (every write to the store happens under them), `o`'s key and record.
+pub(crate) async fn open_record<'a, K: Unit, P: Platform>(
+    o: &K,
+    ctx: &'a Context<P>,
+) -> Result<(tokio::sync::MutexGuard<'a, Records>, Key, Record), Error> {
+    let mut records = ctx.records.lock().await;
+    let key = key_of(o);
+    let uid = o.uid().ok_or(Error::Incomplete("uid"))?;
+    let rec = records.get_or_new(&ctx.client, &key, &uid).await?;
+    Ok((records, key, rec))
+}
+
+/// What is known of `o` before asking anyone: its generation (nothing said of it yet), and
+/// whether that generation is the one applied and baking.
+pub(crate) fn first_look<K: Resource>(o: &K, rec: &Record, now: u64) -> (Observation, bool) {
+    let generation = o.meta().generation.unwrap_or(1);
+    let baking = rec.rollout().phase == Phase::Provisioning && rec.generation == generation;
+    let obs = Observation {
+        generation,
+        config: ConfigStatus::Pending,
+        health: None,
+        error_rate: None,
+        now,
+    };
+    (obs, baking)
+}
+
+/// The end of a reconcile of a Rampart kind with a status of its own: the record saved
+/// (then the records let go), the rollout and its `Programmed` condition in the object's
+/// status, the step's Events, the phase metric; looked at again soon while it bakes.
+pub(crate) async fn settle<K, P>(
+    o: &K,
+    ctx: &Context<P>,
+    (mut records, key): (tokio::sync::MutexGuard<'_, Records>, &Key),
+    rec: &Record,
+    actions: &[Step],
+) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+    P: Platform,
+{
+    records.save(&ctx.client, key, rec.clone()).await?;
+    drop(records);
+    let mut st = crate::crds::RolloutStatus::default().with_rollout(&rec.rollout());
+    st.conditions = status::conditions(false, rec, &[])
+        .into_iter()
+        .filter_map(|c| serde_json::from_value(c).ok())
+        .collect();
+    status::apply_status(o, ctx, serde_json::to_value(st).unwrap_or_default()).await?;
+    status::events(o, ctx, actions).await;
+    ctx.metrics.phase(key, rec.rollout().phase);
+    Ok(if rec.rollout().phase == Phase::Provisioning {
+        Action::requeue(ctx.settings.poll)
+    } else {
+        Action::requeue(Duration::from_secs(300))
+    })
+}
+
 /// The object's generation, what the proxies said of the revision written for it and its
 /// routes' error rate since then (only while it bakes), with the routes' counts now.
 async fn observe<K: Unit, P: Platform>(
@@ -402,15 +495,7 @@ async fn observe<K: Unit, P: Platform>(
     ctx: &Context<P>,
     now: u64,
 ) -> Result<(Observation, Option<(u64, u64)>), Error> {
-    let generation = o.meta().generation.unwrap_or(1);
-    let baking = rec.rollout().phase == Phase::Provisioning && rec.generation == generation;
-    let mut obs = Observation {
-        generation,
-        config: ConfigStatus::Pending,
-        health: None,
-        error_rate: None,
-        now,
-    };
+    let (mut obs, baking) = first_look(o, rec, now);
     if !baking {
         return Ok((obs, None));
     }
@@ -543,19 +628,63 @@ async fn desired<P: Platform>(
     current: Option<(&Key, &Record)>,
     gone: Option<&Key>,
 ) -> Result<Translated, Error> {
+    // Written whole: an object not known yet would be left out (its routes, or the plugin
+    // or policy in front of them) until the next write.
+    let incomplete = |_| Error::Incomplete("cache of the objects translated");
+    ctx.gateways.wait_until_ready().await.map_err(incomplete)?;
+    ctx.routes.wait_until_ready().await.map_err(incomplete)?;
+    ctx.plugins.wait_until_ready().await.map_err(incomplete)?;
+    ctx.policies.wait_until_ready().await.map_err(incomplete)?;
     let gateways = effective_all(ctx, records, current, gone, &ctx.gateways.state()).await?;
     let routes = effective_all(ctx, records, current, gone, &ctx.routes.state()).await?;
+    let extensions = extensions(ctx, records, current, gone).await?;
+    Ok(translate_with(
+        &gateways,
+        &routes,
+        &extensions,
+        &ctx.settings.backends,
+    ))
+}
+
+/// What RampartWasmPlugins and RampartPolicies add to the routes, from their effective
+/// specs (a policy is in force, for the rules naming it, once its bundle was written).
+async fn extensions<P: Platform>(
+    ctx: &Context<P>,
+    records: &mut Records,
+    current: Option<(&Key, &Record)>,
+    gone: Option<&Key>,
+) -> Result<Extensions, Error> {
     let plugins = effective_values(ctx, records, current, gone, &ctx.plugins.state()).await?;
     let filters: Vec<RouteFilter> = plugins
         .iter()
         .filter_map(|(p, v)| route_filter(&p.namespace().unwrap_or_default(), v))
         .collect();
-    Ok(translate_with(
-        &gateways,
-        &routes,
-        &filters,
-        &ctx.settings.backends,
-    ))
+    let policies = effective_values(ctx, records, current, gone, &ctx.policies.state())
+        .await?
+        .into_iter()
+        .filter_map(|(p, v)| {
+            let tenant = v["tenant"].as_str()?.to_owned();
+            Some(((p.namespace().unwrap_or_default(), p.name_any()), tenant))
+        })
+        .collect();
+    Ok(Extensions { filters, policies })
+}
+
+/// Writes every object's effective translation (nothing when the store holds it already):
+/// after something the routes depend on besides their own spec changed (a policy came into
+/// force or went).
+pub(crate) async fn write_translation<P: Platform>(
+    ctx: &Context<P>,
+    records: &mut Records,
+    current: Option<(&Key, &Record)>,
+    gone: Option<&Key>,
+) -> Result<(), Error> {
+    let translated = desired(ctx, records, current, gone).await?;
+    ctx.platform
+        .write(translated.documents())
+        .await
+        .map(drop)
+        .map_err(Error::Store)
 }
 
 async fn effective_all<K: Unit, P: Platform>(
@@ -605,7 +734,12 @@ async fn effective_values<K: Unit, P: Platform>(
 }
 
 /// What translating this object (with every Gateway of ours) reports against it.
-fn problems_of<K: Unit, P: Platform>(o: &K, ctx: &Context<P>) -> Vec<String> {
+async fn problems_of<K: Unit, P: Platform>(
+    o: &K,
+    ctx: &Context<P>,
+    records: &mut Records,
+) -> Result<Vec<String>, Error> {
+    let extensions = extensions(ctx, records, None, None).await?;
     let gateways: Vec<Gateway> = ctx
         .gateways
         .state()
@@ -613,7 +747,7 @@ fn problems_of<K: Unit, P: Platform>(o: &K, ctx: &Context<P>) -> Vec<String> {
         .filter(|g| g.ours(&ctx.settings, &[]))
         .map(|g| (**g).clone())
         .collect();
-    o.problems(&gateways, &ctx.settings.backends)
+    Ok(o.problems(&gateways, &extensions, &ctx.settings.backends))
 }
 
 /// The HTTPRoutes naming Gateway `gw` as a parent.
@@ -631,6 +765,27 @@ pub(crate) fn routes_of(
                 .parent_refs
                 .iter()
                 .any(|p| p.name == name && p.namespace.as_deref().unwrap_or(&own) == ns)
+        })
+        .map(|r| ObjectRef::from_obj(&**r))
+        .collect()
+}
+
+/// The HTTPRoutes of `policy`'s namespace whose rules name it in an `ExtensionRef` filter.
+pub(crate) fn routes_naming(
+    routes: &kube::runtime::reflector::Store<HTTPRoute>,
+    policy: &RampartPolicy,
+) -> Vec<ObjectRef<HTTPRoute>> {
+    let (name, ns) = (policy.name_any(), policy.namespace());
+    routes
+        .state()
+        .iter()
+        .filter(|r| r.namespace() == ns)
+        .filter(|r| {
+            r.spec.rules.iter().flat_map(|rule| &rule.filters).any(|f| {
+                f.extension_ref
+                    .as_ref()
+                    .is_some_and(|x| x.kind == "RampartPolicy" && x.name == name)
+            })
         })
         .map(|r| ObjectRef::from_obj(&**r))
         .collect()

@@ -40,7 +40,7 @@ pub(crate) fn conditions(route: bool, rec: &Record, problems: &[String]) -> Vec<
     if route {
         let unresolved: Vec<&str> = problems
             .iter()
-            .filter(|p| p.contains("backend"))
+            .filter(|p| p.contains("backend") || p.contains("RampartPolicy"))
             .map(String::as_str)
             .collect();
         let reason = if unresolved.iter().any(|p| p.contains("ReferenceGrant")) {

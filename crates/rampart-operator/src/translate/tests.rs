@@ -205,3 +205,78 @@ fn requests_take_the_route_the_gateway_api_precedence_gives() {
         "{cfg}"
     );
 }
+
+#[test]
+fn a_policy_named_by_a_rule_decides_for_it_and_an_unresolved_one_answers_500() {
+    let guarded = route(
+        "admin",
+        json!({
+            "parentRefs": [{ "name": "edge" }],
+            "rules": [{ "matches": [{ "path": { "type": "PathPrefix", "value": "/admin" } }],
+                        "filters": [{ "type": "ExtensionRef",
+                                      "extensionRef": { "group": "rampart.dev", "kind": "RampartPolicy", "name": "acme-rbac" } }],
+                        "backendRefs": [{ "name": "admin", "port": 80 }] }],
+        }),
+    );
+    let mut all = routes();
+    all.push(guarded.clone());
+    let ext = Extensions {
+        policies: BTreeMap::from([(("web".into(), "acme-rbac".into()), "acme".into())]),
+        filters: vec![RouteFilter {
+            namespace: "web".into(),
+            routes: vec!["admin".into()],
+            filter: json!({ "wasm": { "module": "store:sha256:00" } }),
+        }],
+    };
+    let out = translate_with(&[gateway()], &all, &ext, &Backends::default());
+    let table = &out.route_tables[0].to_string();
+    let cfg = rampart_config::from_yaml(&out.config().to_string()).expect("valid config");
+    let admin = cfg.route_tables[0]
+        .virtual_hosts
+        .iter()
+        .flat_map(|v| &v.routes)
+        .find(|r| r.name.starts_with("web_admin_"))
+        .unwrap_or_else(|| panic!("no admin route in {table}"));
+    // The policy first, then the plugin targeting the route.
+    let kinds: Vec<&str> = admin.filters.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(kinds, ["authz", "wasm"], "{table}");
+    assert_eq!(admin.filters[0].config["tenant"], "acme");
+    assert!(out.problems.iter().all(|(r, _)| r != "web/admin"));
+
+    // The policy not in force: the rule still takes /admin (not the catch-all route
+    // without the policy) and answers 500; the problem names the policy.
+    let out = translate(&[gateway()], &all, &Backends::default());
+    let problem = out
+        .problems
+        .iter()
+        .find(|(r, _)| r == "web/admin")
+        .map(|(_, p)| p.clone())
+        .unwrap_or_default();
+    assert!(problem.contains("RampartPolicy \"acme-rbac\""), "{problem}");
+    let took = picks(&out, "any.example.com", "GET", "/admin/users", &[]).unwrap();
+    assert!(took.starts_with("web_admin_"), "{took}");
+    let admin = &out.route_tables[0]["virtual_hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|v| v["routes"].as_array().unwrap())
+        .find(|r| r["name"].as_str().unwrap().starts_with("web_admin_"))
+        .unwrap()
+        .clone();
+    assert_eq!(admin["direct_response"]["status"], 500);
+    assert!(admin.get("forward").is_none());
+
+    // Other kinds are refused the same way.
+    let mut other = guarded;
+    other.spec.rules[0].filters[0]
+        .extension_ref
+        .as_mut()
+        .unwrap()
+        .kind = "Secret".into();
+    let out = translate_with(&[gateway()], &[other], &ext, &Backends::default());
+    assert!(
+        out.problems[0].1.contains("not supported"),
+        "{:?}",
+        out.problems
+    );
+}

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use crate::follow::range_prefix;
 use anyhow::{Context, Result};
 use rampart_fn::Functions;
 use rampart_fn::blob::{BLOB_PREFIX, BlobRef, CHUNK_BYTES, chunks};
@@ -11,14 +12,6 @@ use rampart_fn::spec::{FunctionSpec, SPEC_PREFIX};
 use rampart_kv::client::{Client, prefix_end};
 use rampart_kv::proto::etcdserverpb as pb;
 use tokio_util::sync::CancellationToken;
-
-fn range_prefix(prefix: &str) -> pb::RangeRequest {
-    pb::RangeRequest {
-        key: prefix.into(),
-        range_end: prefix_end(prefix.as_bytes()),
-        ..Default::default()
-    }
-}
 
 pub(crate) fn spec_key(name: &str) -> String {
     format!("{SPEC_PREFIX}{name}")
@@ -258,35 +251,23 @@ fn delete_prefix(prefix: &str) -> pb::DeleteRangeRequest {
 
 /// Keeps `functions` equal to the store's: deploys new and changed specs (fetching their
 /// blobs), removes deleted ones; reads everything again after each change under the spec
-/// prefix. A lost store or watch is retried.
+/// prefix.
 pub(crate) async fn follow(functions: Functions, endpoints: Vec<String>, stop: CancellationToken) {
-    let store = crate::desired::StoreArgs { endpoints };
-    let mut c = match crate::desired::client(&store) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "functions: no store to follow");
-            return;
-        }
-    };
-    loop {
-        let revision = tokio::select! {
-            () = stop.cancelled() => return,
-            r = sync(&functions, &mut c) => r,
-        };
-        let Ok(revision) = revision
-            .map_err(|e| tracing::warn!(error = %e, "functions: cannot read the store; retrying"))
-        else {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-            }
-        };
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = changed(&mut c, revision) => {}
-        }
-        // Let a burst of writes settle.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    crate::follow::follow(
+        "functions",
+        SPEC_PREFIX,
+        endpoints,
+        stop,
+        Follower(functions),
+    )
+    .await;
+}
+
+struct Follower(Functions);
+
+impl crate::follow::Sync for Follower {
+    async fn sync(&mut self, c: &mut Client) -> Result<i64> {
+        sync(&self.0, c).await
     }
 }
 
@@ -327,25 +308,4 @@ async fn sync(functions: &Functions, c: &mut Client) -> Result<i64> {
         tracing::info!(function = %name, "function removed");
     }
     Ok(revision)
-}
-
-/// Returns after the next change under the spec prefix (or when the watch breaks).
-async fn changed(c: &mut Client, revision: i64) {
-    let create = pb::WatchCreateRequest {
-        key: SPEC_PREFIX.into(),
-        range_end: prefix_end(SPEC_PREFIX.as_bytes()),
-        start_revision: revision + 1,
-        ..Default::default()
-    };
-    let Ok((_tx, mut events)) = c.watch(create).await else {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        return;
-    };
-    loop {
-        match events.message().await {
-            Ok(Some(w)) if !w.events.is_empty() => return,
-            Ok(Some(_)) => {}
-            _ => return,
-        }
-    }
 }

@@ -3,6 +3,7 @@
 //! them), the Gateway API translation on its own, and the controller.
 
 mod platform;
+mod policies;
 mod run;
 
 use std::io::Write;

@@ -1,6 +1,6 @@
 //! The operator's [`Platform`]: the store written through `rampart apply`'s checked
 //! transaction, the control plane's `/status` for ACK/NACK, the proxies' `/metrics` for
-//! each route's answers.
+//! each route's answers and their `/policy/tenants` for each policy bundle.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -177,6 +177,41 @@ impl Platform for StorePlatform {
 
     async fn function_counts(&self, name: &str) -> Result<(u64, u64), String> {
         self.sum_metrics(|text| function_counts(text, name)).await
+    }
+
+    async fn put_policy(&self, tenant: &str, spec: &Value) -> Result<String, String> {
+        let spec = spec.clone();
+        // Compiling and running the bundle's tests is CPU work.
+        let (stored, revision) =
+            tokio::task::spawn_blocking(move || super::policies::checked_bundle(&spec))
+                .await
+                .map_err(|e| e.to_string())??;
+        let mut c = self.store.lock().await;
+        crate::policy::store::put(&mut c, tenant, &stored)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        Ok(revision)
+    }
+
+    async fn delete_policy(&self, tenant: &str) -> Result<(), String> {
+        let mut c = self.store.lock().await;
+        crate::policy::store::delete(&mut c, tenant)
+            .await
+            .map_err(|e| format!("{e:#}"))
+    }
+
+    async fn policy_status(
+        &self,
+        tenant: &str,
+        revision: &str,
+    ) -> Result<(ConfigStatus, (u64, u64)), String> {
+        let mut bodies = Vec::new();
+        for proxy in &self.proxies {
+            for body in get_all(proxy, "/policy/tenants").await? {
+                bodies.push(serde_json::from_str(&body).map_err(|e| e.to_string())?);
+            }
+        }
+        Ok(super::policies::judge(tenant, revision, &bodies))
     }
 }
 

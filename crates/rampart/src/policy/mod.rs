@@ -1,4 +1,7 @@
-//! `rampart policy`: evaluate Rego and run policy tests the way `opa eval` and `opa test` do.
+//! `rampart policy`: evaluate Rego and run policy tests the way `opa eval` and `opa test` do;
+//! and bundles kept in the config store for every gateway following it (`store`).
+
+pub(crate) mod store;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
