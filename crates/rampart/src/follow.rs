@@ -33,8 +33,7 @@ pub(crate) async fn follow(
     stop: CancellationToken,
     mut s: impl Sync,
 ) {
-    let store = crate::desired::StoreArgs { endpoints };
-    let mut c = match crate::desired::client(&store) {
+    let mut c = match Client::new(&endpoints, Duration::from_secs(10)) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "{what}: no store to follow");
