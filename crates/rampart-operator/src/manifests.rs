@@ -74,6 +74,8 @@ pub fn all(i: &Install) -> Vec<Value> {
         rule("apps", &["statefulsets", "deployments"], &MANAGE),
         rule("policy", &["poddisruptionbudgets"], &MANAGE),
         rule("events.k8s.io", &["events"], &["create", "patch"]),
+        // Which backend pods pass their readiness probes (a rollout's health).
+        rule("discovery.k8s.io", &["endpointslices"], &["list"]),
     ];
     vec![
         json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": ns } }),

@@ -11,7 +11,8 @@
 //!    NACKed and reverted: traffic never breaks;
 //! 4. an HTTPRoute sending its traffic to a dead backend fails on its error rate within the
 //!    bake time and is reverted to the last good generation: traffic comes back;
-//! 5. a good generation rolls out with no failed request;
+//! 5. a good generation rolls out with no failed request; one whose Service's pods fail
+//!    their readiness probes (its EndpointSlice) is reverted on health;
 //! 6. the leader is killed; the other replica takes the Lease over and carries on;
 //! 7. a deleted HTTPRoute is held by the finalizer until its routes are out of the store;
 //! 8. a RampartFunction (its component in a ConfigMap) is deployed to the store and served
@@ -454,6 +455,26 @@ async fn operator_rolls_out_reverts_fails_over_and_cleans_up() {
     await_phase(&api, "httproute", "site", "Running", 4).await;
     assert!(traffic.answers_from("v2", 20).await);
     assert_eq!(traffic.failed(), failed_during_bad_generation);
+
+    // 5b. The pods behind a generation's Service fail their readiness probes (its
+    // EndpointSlice says so): reverted on health, whatever its traffic does.
+    let slice = |ready: bool| {
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": { "name": "web-x1", "namespace": "shop",
+                          "labels": { "kubernetes.io/service-name": "web" } },
+            "addressType": "IPv4",
+            "endpoints": [{ "addresses": ["10.1.0.7"], "conditions": { "ready": ready } }],
+        })
+    };
+    api.upsert("discovery.k8s.io/v1", "endpointslices", slice(false));
+    api.upsert(GATEWAY_API, "httproutes", route("site", &prefix("/"), 80));
+    await_phase(&api, "httproute", "site", "RolledBack", 5).await;
+    let r = record(&api, "httproute", "site");
+    assert!(r["reason"].as_str().unwrap().contains("readiness"), "{r}");
+    assert!(traffic.answers_from("v2", 20).await);
+    assert_eq!(traffic.failed(), failed_during_bad_generation);
+    api.upsert("discovery.k8s.io/v1", "endpointslices", slice(true));
 
     // 6. The leader dies; the other replica takes over and carries on.
     assert_eq!(lease_holder(&api), "op-a");

@@ -25,6 +25,7 @@
 
 mod cluster;
 mod functions;
+mod health;
 mod lease;
 mod metrics;
 mod policies;

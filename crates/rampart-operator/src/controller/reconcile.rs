@@ -40,6 +40,10 @@ pub(crate) trait Unit:
     fn route_prefix(&self) -> Option<String>;
     /// Whether this operator programs it (`gateways`: every Gateway known).
     fn ours(&self, settings: &Settings, gateways: &[Arc<Gateway>]) -> bool;
+    /// The Services (`namespace`, `name`) it sends traffic to, whose readiness is its health.
+    fn services(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
     /// What translating it beside `gateways` (with `extensions`) reports against it.
     fn problems(
         &self,
@@ -201,6 +205,22 @@ impl Unit for HTTPRoute {
             &self.namespace().unwrap_or_default(),
             &self.name_any(),
         ))
+    }
+    fn services(&self) -> Vec<(String, String)> {
+        let ns = self.namespace().unwrap_or_default();
+        let mut out: Vec<(String, String)> = self
+            .spec
+            .rules
+            .iter()
+            .flat_map(|r| &r.backend_refs)
+            .filter(|b| b.weight > 0 && matches!(b.kind.as_deref(), None | Some("Service")))
+            .filter(|b| matches!(b.group.as_deref(), None | Some("")))
+            .filter(|b| b.namespace.as_deref().is_none_or(|n| n == ns))
+            .map(|b| (ns.clone(), b.name.clone()))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
     /// An HTTPRoute is ours when a parent of it is a Gateway of ours: routes of other
     /// gateway controllers get no finalizer, record or status from us.
@@ -504,6 +524,7 @@ async fn observe<K: Unit, P: Platform>(
         .config_status(rec.revision)
         .await
         .map_err(Error::Observe)?;
+    obs.health = super::health::unready(&ctx.client, &o.services()).await?;
     if let Some(prefix) = o.route_prefix() {
         let counts = ctx
             .platform
