@@ -4,17 +4,25 @@
 #   wrk ──► nginx proxy   127.0.0.1:18082 ─┐
 #   wrk ──► rampart       127.0.0.1:18083 ─┴─► nginx upstream 127.0.0.1:18081 (fixed 1024-byte body)
 #
-# For each proxy and each concurrency (64, 1000): 2 s warm-up, then a measured
-# `wrk -t2 -c<C> -d<D>s --latency -s bench/latency.lua`. Around the measured run the proxy's
-# CPU time is read from /proc, and its peak RSS (VmHWM) afterwards. Prints a table and the
-# rampart/nginx ratios, and writes the same into docs/BENCHMARKS.md between the
-# `<!-- gateway:begin -->` / `<!-- gateway:end -->` markers.
+# For each concurrency (64, 1000), BENCH_ROUNDS rounds (3) of both proxies, alternating which
+# goes first (round 1: nginx then rampart, round 2: rampart then nginx, ...); each run is a 2 s
+# warm-up, then a measured `wrk -t2 -c<C> -d<D>s --latency -s bench/latency.lua`. Around the
+# measured run the proxy's CPU time is read from /proc, and its peak RSS (VmHWM) afterwards.
+# Every reported figure is the median over the rounds (the per-round values are in the log).
+# Prints a table and the rampart/nginx ratios, and writes the same into docs/BENCHMARKS.md
+# between the `<!-- gateway:begin -->` / `<!-- gateway:end -->` markers.
+#
+# Like for like: nginx listens with `reuseport` (one socket per worker, as rampart binds one
+# SO_REUSEPORT socket per worker; without it nginx's workers share one accept queue and get
+# unevenly loaded at 1000 connections), and both keep the same number of idle upstream
+# connections per worker (UPSTREAM_KEEPALIVE: nginx `keepalive`, rampart `max_idle_per_endpoint`).
 #
 # Usage:  bash bench/gateway.sh
 # Environment:
 #   BENCH_DURATION=10        seconds per measured wrk run
 #   BENCH_WARMUP=2           seconds of warm-up before each measured run
 #   BENCH_CONNS="64 1000"    concurrencies to test
+#   BENCH_ROUNDS=3           rounds per concurrency, proxies alternating; figures are medians
 #   CARGO_TARGET_DIR=/var/cache/rampart/target   where `cargo build --release -p rampart` puts it
 #   RAMPART_BIN=path         use this rampart binary, skip the cargo build
 #   BENCH_DOC=docs/BENCHMARKS.md   where to write the results section
@@ -41,6 +49,7 @@ LUA_SCRIPT="bench/latency.lua"
 DURATION="${BENCH_DURATION:-10}"
 WARMUP="${BENCH_WARMUP:-2}"
 CONNS_LIST="${BENCH_CONNS:-64 1000}"
+ROUNDS="${BENCH_ROUNDS:-3}"
 READY_TIMEOUT="${BENCH_READY_TIMEOUT:-30}"
 FAKE_RAMPART="${BENCH_FAKE_RAMPART:-0}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/rampart/target}"
@@ -56,12 +65,17 @@ NGINX_PORT=18082
 RAMPART_PORT=18083
 ADMIN_PORT=19901
 BODY_BYTES=1024
-PROXIES=(nginx rampart)
+PROXIES=(nginx rampart)      # the peer first: round 1 runs it first, round 2 last, ...
+# Idle keep-alive connections to the upstream each proxy keeps per worker, the same for both:
+# nginx `keepalive` (per worker process) and rampart's cluster `max_idle_per_endpoint` (per
+# worker; one endpoint here). Rampart's default would be 1024, nginx's config said 256: unequal.
+UPSTREAM_KEEPALIVE=256
 
 BENCH_TAG=gateway-bench
 # shellcheck source=bench/lib.sh
 source "$REPO_ROOT/bench/lib.sh"     # log/die, cleanup trap, nginx, /proc and wrk helpers, doc writer
 bench_install_traps
+check_rounds
 
 # Filled in as we go (lib.sh also defines STARTED_PIDS, WRK_PID, NOFILE, R[proxy,conns,field], ...).
 declare -A PROXY_PID     # proxy name -> pid of its main process
@@ -86,11 +100,12 @@ start_nginx_proxy() {
         cat <<EOF
     upstream backend {
         server 127.0.0.1:$UPSTREAM_PORT;
-        keepalive 256;
+        keepalive $UPSTREAM_KEEPALIVE;       # = rampart's max_idle_per_endpoint
         keepalive_requests 1000000;
     }
     server {
-        listen 127.0.0.1:$port backlog=4096;
+        # reuseport: a listening socket per worker, like rampart's SO_REUSEPORT per worker.
+        listen 127.0.0.1:$port reuseport backlog=4096;
         location / {
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -133,6 +148,8 @@ route_tables:
 clusters:
   - name: upstream
     endpoints: ["127.0.0.1:$UPSTREAM_PORT"]
+    # Idle upstream connections kept per worker: the same number as nginx's keepalive.
+    max_idle_per_endpoint: $UPSTREAM_KEEPALIVE
 EOF
 }
 
@@ -180,16 +197,18 @@ proxy_pids() {
 # ---------------------------------------------------------------------------------------------
 proxy_port() { case "$1" in nginx) echo "$NGINX_PORT" ;; rampart) echo "$RAMPART_PORT" ;; esac; }
 
+# measure NAME CONNS ROUND: one warm-up + measured run; results in R[NAME,CONNS,r<ROUND>,*].
 measure() {
-    local name="$1" conns="$2" port url out before after pids
+    local name="$1" conns="$2" round="$3" port url out before after pids k
     port="$(proxy_port "$name")"
     url="http://127.0.0.1:$port/"
-    out="$OUT_DIR/wrk-$name-c$conns.txt"
+    out="$OUT_DIR/wrk-$name-c$conns-r$round.txt"
+    k="$name,$conns,r$round"
 
-    log "$name c=$conns: warm-up ${WARMUP}s"
-    run_wrk "$conns" "$WARMUP" "$url" "$OUT_DIR/wrk-$name-c$conns-warmup.txt"
+    log "$name c=$conns round $round/$ROUNDS: warm-up ${WARMUP}s"
+    run_wrk "$conns" "$WARMUP" "$url" "$OUT_DIR/wrk-$name-c$conns-r$round-warmup.txt"
 
-    log "$name c=$conns: measuring ${DURATION}s"
+    log "$name c=$conns round $round/$ROUNDS: measuring ${DURATION}s"
     pids="$(proxy_pids "$name")"
     # shellcheck disable=SC2086  # pids is a whitespace-separated list
     before="$(cpu_ticks $pids)"
@@ -198,16 +217,19 @@ measure() {
     after="$(cpu_ticks $pids)"
     kill -0 "${PROXY_PID[$name]}" 2>/dev/null || die "$name died during the run"
 
-    read_wrk_results "$name,$conns" "$out"
+    read_wrk_results "$k" "$out"
 
-    R[$name,$conns,CPU_S]="$(awk -v t=$((after - before)) -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t / hz }')"
-    R[$name,$conns,CPU_PER_100K]="$(ticks_per_100k $((after - before)) "${R[$name,$conns,REQUESTS]}")"
+    R[$k,CPU_S]="$(awk -v t=$((after - before)) -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t / hz }')"
+    R[$k,CPU_PER_100K]="$(ticks_per_100k $((after - before)) "${R[$k,REQUESTS]}")"
     # shellcheck disable=SC2086
-    R[$name,$conns,PEAK_RSS_MIB]="$(sum_status_kib VmHWM $pids | kib_to_mib)"
+    R[$k,PEAK_RSS_MIB]="$(sum_status_kib VmHWM $pids | kib_to_mib)"
 
-    log "$name c=$conns: ${R[$name,$conns,RPS]} req/s, p99 ${R[$name,$conns,P99_MS]} ms," \
-        "errors ${R[$name,$conns,ERRORS]}, CPU ${R[$name,$conns,CPU_S]} s"
+    log "$name c=$conns round $round/$ROUNDS: ${R[$k,RPS]} req/s, p99 ${R[$k,P99_MS]} ms," \
+        "errors ${R[$k,ERRORS]}, CPU ${R[$k,CPU_S]} s"
 }
+
+# The figures reported for each proxy and concurrency: medians over the rounds.
+MEDIAN_FIELDS=(RPS P50_MS P99_MS P999_MS ERRORS CPU_S CPU_PER_100K PEAK_RSS_MIB)
 
 # ---------------------------------------------------------------------------------------------
 # Reporting
@@ -223,6 +245,7 @@ rss_note() {
 
 print_table() {
     local name conns
+    printf '\nMedians of %s rounds per proxy and concurrency (per-round values in the log above).\n' "$ROUNDS"
     printf '\n%-8s %6s %11s %9s %9s %9s %8s %14s %13s\n' \
         proxy conns "req/s" "p50 ms" "p99 ms" "p99.9 ms" errors "CPU s/100k req" "peak RSS MiB"
     for conns in $CONNS_LIST; do
@@ -254,7 +277,7 @@ print_table() {
 # The exact command, including any environment overrides that were in effect.
 invocation() {
     local v cmd=""
-    for v in BENCH_DURATION BENCH_WARMUP BENCH_CONNS BENCH_FAKE_RAMPART BENCH_DOC; do
+    for v in BENCH_DURATION BENCH_WARMUP BENCH_CONNS BENCH_ROUNDS BENCH_FAKE_RAMPART BENCH_DOC; do
         if [[ -n "${!v:-}" ]]; then cmd+="$v=$(printf '%q' "${!v}") "; fi
     done
     if [[ -n "$RAMPART_BIN_GIVEN" ]]; then cmd+="RAMPART_BIN=$(printf '%q' "$RAMPART_BIN_GIVEN") "; fi
@@ -277,9 +300,12 @@ markdown_section() {
     echo "- Tools: $(nginx_version), $(wrk_version)"
     echo "- Rampart: ${RAMPART_VERSION:-version unknown}, repo revision $(repo_revision)"
     echo "- Setup: wrk \`-t2 -c<conns> -d${DURATION}s --latency -s bench/latency.lua\` after a ${WARMUP} s warm-up;" \
-         "one shared upstream (nginx, 1 worker, fixed ${BODY_BYTES}-byte body, keep-alive);" \
-         "nginx proxy: 2 workers, upstream \`keepalive 256\`, HTTP/1.1 to the upstream;" \
-         "rampart: \`workers: 2\`, access log off. Proxies, upstream and wrk all share this machine's $(nproc) CPUs."
+         "every figure is the **median of $ROUNDS rounds**, the proxies alternating within each concurrency" \
+         "(round 1 nginx then rampart, round 2 rampart then nginx, ...); ratios are of the medians." \
+         "One shared upstream (nginx, 1 worker, fixed ${BODY_BYTES}-byte body, keep-alive);" \
+         "nginx proxy: 2 workers, \`listen ... reuseport\` (a listening socket per worker, as rampart has), upstream \`keepalive $UPSTREAM_KEEPALIVE\`, HTTP/1.1 to the upstream;" \
+         "rampart: \`workers: 2\` (an SO_REUSEPORT socket per worker), cluster \`max_idle_per_endpoint: $UPSTREAM_KEEPALIVE\`, access log off;" \
+         "so both keep at most $UPSTREAM_KEEPALIVE idle upstream connections per worker. Proxies, upstream and wrk all share this machine's $(nproc) CPUs."
     echo
     echo "| proxy | conns | req/s | p50 ms | p99 ms | p99.9 ms | errors | CPU s / 100k req | peak RSS MiB |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
@@ -302,7 +328,7 @@ markdown_section() {
     echo
     echo "Errors are wrk's connect + read + write + timeout + non-2xx/3xx counts." \
          "CPU is utime+stime from /proc (nginx: master + workers) during the measured run only." \
-         "Peak RSS is the VmHWM high-water mark since process start, read after each run;" \
+         "Peak RSS is the VmHWM high-water mark since process start, read after each run (so at a concurrency it includes the earlier rounds);" \
          "$(rss_note nginx); $(rss_note rampart)."
     echo "<!-- gateway:end -->"
 }
@@ -325,10 +351,18 @@ main() {
     start_nginx_proxy nginx "$NGINX_PORT"
     start_rampart
 
-    local conns name
-    for conns in $CONNS_LIST; do           # interleave proxies so drift affects both alike
+    local conns name round
+    # Concurrencies in turn (so that the VmHWM read at 64 connections is not 1000's), and for
+    # each, ROUNDS rounds with the proxies' order alternating, so that drift and going first
+    # or second affect both alike.
+    for conns in $CONNS_LIST; do
+        for ((round = 1; round <= ROUNDS; round++)); do
+            for name in $(round_order "$round" "${PROXIES[@]}"); do
+                measure "$name" "$conns" "$round"
+            done
+        done
         for name in "${PROXIES[@]}"; do
-            measure "$name" "$conns"
+            rounds_median "$name,$conns" "${MEDIAN_FIELDS[@]}"
         done
     done
 

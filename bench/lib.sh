@@ -1,5 +1,6 @@
 # shellcheck shell=bash disable=SC2034  # globals here are used by the scripts that source this file
-# Shared helpers for the benchmark scripts in bench/ (gateway.sh, sidecar.sh). Source it; don't run it.
+# Shared helpers for the benchmark scripts in bench/ (gateway.sh, sidecar.sh, kv.sh, flows.sh, ...).
+# Source it; don't run it.
 #
 # The sourcing script sets, before sourcing:
 #   BENCH_TAG       short name used in log lines, e.g. "gateway-bench"
@@ -7,6 +8,7 @@
 #   OUT_DIR         scratch directory (bench/out)
 #   READY_TIMEOUT   seconds to wait for a server to become ready
 #   BODY_BYTES      size of the body the static nginx app serves
+#   ROUNDS          (scripts that compare in rounds) BENCH_ROUNDS, see check_rounds
 # and calls `bench_install_traps` once.
 #
 # This file defines these globals, which the helpers fill in:
@@ -17,6 +19,8 @@
 #   NOFILE           the open-files limit after raise_nofile
 #   CPU_BUSY_START   CPU busy % sampled by check_idle
 #   RAMPART_VERSION  `rampart --version` after build_rampart
+#   EXIT_HOOKS       functions bench_cleanup calls after stopping the processes (e.g. restoring
+#                    a sysctl the script changed); a script appends to it
 #   R                results: R[key,FIELD] as read from bench/latency.lua output
 #
 # Everything here talks to 127.0.0.1 only.
@@ -28,6 +32,7 @@ NGINX_LAST_PID=""
 NOFILE=""
 CPU_BUSY_START=""
 RAMPART_VERSION=""
+EXIT_HOOKS=()
 CLK_TCK="$(getconf CLK_TCK)"
 declare -gA R
 
@@ -57,13 +62,16 @@ stop_pid() {
 }
 
 bench_cleanup() {
-    local rc=$? pid
+    local rc=$? pid hook
     trap - EXIT INT TERM
     set +e
     for pid in "${BG_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
     if [[ -n "$WRK_PID" ]]; then kill -TERM "$WRK_PID" 2>/dev/null; wait "$WRK_PID" 2>/dev/null; fi
     for pid in "${STARTED_PIDS[@]}"; do stop_pid "$pid"; done
     if [[ ${#STARTED_PIDS[@]} -gt 0 ]]; then log "stopped ${#STARTED_PIDS[@]} server process(es)"; fi
+    # Here, not in a trap of the script's own: a second EXIT trap that runs a failing command
+    # under `set -e` would end the shell before the processes above are stopped.
+    for hook in "${EXIT_HOOKS[@]}"; do "$hook"; done
     exit "$rc"
 }
 
@@ -367,6 +375,68 @@ met_if() {
 }
 # diff_ms A B -> A - B with 3 decimals
 diff_ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
+
+# ---------------------------------------------------------------------------------------------
+# Rounds: a comparison runs ROUNDS interleaved rounds, alternating which side goes first, and
+# reports the median over the rounds. One run per side is at the mercy of drift (page cache,
+# CPU frequency, other load) and of going first or second; a median of alternating rounds is not.
+# ---------------------------------------------------------------------------------------------
+
+# check_rounds: ROUNDS must be a positive integer; fewer than 3 is allowed (quick checks) but
+# warned about, since a median of one or two runs evens nothing out.
+check_rounds() {
+    [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_ROUNDS must be a positive integer, not '$ROUNDS'"
+    if (( ROUNDS < 3 )); then
+        log "WARNING: BENCH_ROUNDS=$ROUNDS; use at least 3 rounds for figures worth comparing"
+    fi
+}
+
+# round_order ROUND NAME...: the NAMEs, one per line, as given on odd rounds and reversed on
+# even rounds, so that no side always runs first (or last). Callers list the peer before
+# rampart: round 1 is peer then rampart, round 2 rampart then peer, and so on.
+round_order() {
+    local round="$1" i
+    shift
+    local -a names=("$@")
+    if (( round % 2 )); then
+        printf '%s\n' "${names[@]}"
+    else
+        for ((i = ${#names[@]} - 1; i >= 0; i--)); do printf '%s\n' "${names[i]}"; done
+    fi
+}
+
+# median V...: the median of the numeric Vs (the mean of the middle two for an even count);
+# non-numeric ones ("n/a", empty) are skipped, and "n/a" is printed if none is left. An odd
+# count prints the middle value as it was written. mawk has no sort: the few values are
+# insertion-sorted. The one median helper of every script that reports "median of N rounds".
+median() {
+    printf '%s\n' "$@" | awk '
+        $1 ~ /^[-+]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$/ {
+            x = $1 + 0
+            for (i = n; i > 0 && v[i] > x; i--) { v[i + 1] = v[i]; s[i + 1] = s[i] }
+            v[i + 1] = x; s[i + 1] = $1; n++
+        }
+        END {
+            if (n == 0) print "n/a"
+            else if (n % 2) print s[(n + 1) / 2]
+            else printf "%.10g\n", (v[n / 2] + v[n / 2 + 1]) / 2
+        }'
+}
+
+# rounds_median KEY FIELD...: for each FIELD, R[KEY,FIELD] = median of R[KEY,r1,FIELD] ..
+# R[KEY,r<ROUNDS>,FIELD], and a log line with the per-round values behind that median.
+rounds_median() {
+    local key="$1" field r joined
+    local -a vals
+    shift
+    for field in "$@"; do
+        vals=()
+        for ((r = 1; r <= ROUNDS; r++)); do vals+=("${R[$key,r$r,$field]:-n/a}"); done
+        R[$key,$field]="$(median "${vals[@]}")"
+        joined="$(printf ' / %s' "${vals[@]}")"
+        log "$key $field per round: ${joined:3} -> median ${R[$key,$field]}"
+    done
+}
 
 # One-line descriptions for the doc.
 machine_line() {

@@ -9,30 +9,39 @@
 #   wrk ─TLS─► rampart serve  127.0.0.1:18443 ─┐
 #   wrk ─TLS─► nginx          127.0.0.1:18444 ─┴─► app
 #
-# 1. Plain HTTP: for each concurrency (64, 1000) and each target (direct, rampart, haproxy,
-#    nginx; every proxy with ONE worker/thread): 2 s warm-up, then a measured
-#    `wrk -t2 -c<C> -d<D>s --latency -s bench/latency.lua`. CPU time of the process under test
-#    from /proc; the added latency of each proxy is its p50/p99 minus direct's.
+# 1. Plain HTTP: for each concurrency (64, 1000), BENCH_ROUNDS rounds (3) of the targets (direct,
+#    haproxy, nginx, rampart; every proxy with ONE worker/thread), the order reversed every other
+#    round (round 1 the peers then rampart, round 2 rampart first, ...). Each run: 2 s warm-up,
+#    then a measured `wrk -t2 -c<C> -d<D>s --latency -s bench/latency.lua`. CPU time of the
+#    process under test from /proc; the added latency of each proxy is its p50/p99 minus direct's.
 # 2. Memory: each proxy's VmRSS when idle (after ready, before load), the max of VmRSS samples
 #    taken every 0.5 s during each measured run, and VmHWM after it.
-# 3. TLS termination, rampart (`serve`, 2 workers) vs nginx (2 workers), same self-signed cert:
-#    keep-alive (`wrk -t2 -c64`, steady state) and handshake-heavy (`Connection: close`, a new
-#    TCP connection + TLS handshake per request).
+#    The rampart sidecar is the build a sidecar user deploys: the small build of step 4 (the
+#    stripped copy whose size is reported), not the release build; the doc says which it was.
+# 3. TLS termination, rampart (`serve`, release build, 2 workers) vs nginx (2 workers), same
+#    self-signed cert: keep-alive (`wrk -t2 -c64`, steady state) and handshake-heavy
+#    (`Connection: close`, a new TCP connection + TLS handshake per request); rounds as in 1.
 # 4. Size of the small build (`--profile small --no-default-features`), unstripped and stripped.
-# 5. Prints tables and targets met / not met, and writes the same into docs/BENCHMARKS.md
-#    between the `<!-- sidecar:begin -->` / `<!-- sidecar:end -->` markers.
+# 5. Prints tables (medians over the rounds; per-round values in the log) and targets met / not
+#    met, and writes the same into docs/BENCHMARKS.md between the `<!-- sidecar:begin -->` /
+#    `<!-- sidecar:end -->` markers.
+#
+# Like for like: every nginx proxy listens with `reuseport` (a socket per worker, as rampart binds
+# an SO_REUSEPORT socket per worker), and nginx's upstream `keepalive` is the number of idle
+# upstream connections rampart keeps per worker (UPSTREAM_KEEPALIVE).
 #
 # Usage:  bash bench/sidecar.sh
 # Environment:
 #   BENCH_DURATION=10          seconds per measured wrk run
 #   BENCH_WARMUP=2             seconds of warm-up before each measured run
 #   BENCH_CONNS="64 1000"      concurrencies for the plain-HTTP runs
+#   BENCH_ROUNDS=3             rounds per measurement, order alternating; figures are medians
 #   BENCH_TLS_CONNS=64         concurrency for the TLS runs
 #   BENCH_HANDSHAKE_DURATION   seconds of the handshake-heavy TLS run (default: min(5, BENCH_DURATION))
 #   BENCH_TLS_KEY=ec           server key: ec (ECDSA P-256) or rsa (RSA 2048)
 #   CARGO_TARGET_DIR=/var/cache/rampart/target   where the release builds go (small: $CARGO_TARGET_DIR/small)
-#   RAMPART_BIN=path           use this rampart binary, skip `cargo build --release -p rampart`
-#   RAMPART_SMALL_BIN=path     use this binary as the small build, skip its cargo build
+#   RAMPART_BIN=path           use this rampart binary (TLS `serve` runs), skip `cargo build --release -p rampart`
+#   RAMPART_SMALL_BIN=path     use this binary as the small build (size, and the sidecar runs), skip its cargo build
 #   BENCH_DOC=docs/BENCHMARKS.md   where to write the results section
 #   BENCH_READY_TIMEOUT=30     seconds to wait for each server to become ready
 #
@@ -54,6 +63,7 @@ CLOSE_LUA="$OUT_DIR/latency-close.lua"   # latency.lua + `Connection: close`, wr
 DURATION="${BENCH_DURATION:-10}"
 WARMUP="${BENCH_WARMUP:-2}"
 CONNS_LIST="${BENCH_CONNS:-64 1000}"
+ROUNDS="${BENCH_ROUNDS:-3}"
 TLS_CONNS="${BENCH_TLS_CONNS:-64}"
 HANDSHAKE_DURATION="${BENCH_HANDSHAKE_DURATION:-$(( DURATION < 5 ? DURATION : 5 ))}"
 TLS_KEY="${BENCH_TLS_KEY:-ec}"
@@ -76,6 +86,16 @@ TLS_NAME=bench.test
 PLAIN_TARGETS=(direct rampart haproxy nginx)
 PROXIES=(rampart haproxy nginx)
 TLS_TARGETS=(rampart-tls nginx-tls)
+# Run order of round 1 (reversed in round 2, ...): the peers first, rampart last.
+PLAIN_ORDER=(direct haproxy nginx rampart)
+TLS_ORDER=(nginx-tls rampart-tls)
+# Idle upstream connections kept per worker, the same for nginx (`keepalive`, per worker
+# process) and rampart (cluster `max_idle_per_endpoint`, per worker; one endpoint here). The
+# sidecar's app cluster cannot be configured from its command line: it has the default
+# max_idle_per_endpoint, 1024 (crates/rampart-config/src/validate.rs), hence this value.
+UPSTREAM_KEEPALIVE=1024
+# The small build, exactly as README.md tells a sidecar user to build it.
+SMALL_BUILD_CMD=(cargo build --profile small -p rampart --no-default-features)
 
 # Targets (the lower the better, except req/s ratio).
 T_IDLE_RSS_MIB=5
@@ -90,6 +110,7 @@ BENCH_TAG=sidecar-bench
 # shellcheck source=bench/lib.sh
 source "$REPO_ROOT/bench/lib.sh"     # log/die, cleanup trap, nginx, /proc and wrk helpers, doc writer
 bench_install_traps
+check_rounds
 
 # Filled in as we go (lib.sh also defines STARTED_PIDS, NOFILE, R[...], ...).
 declare -A PROXY_PID     # target -> pid of its main process
@@ -102,6 +123,8 @@ OPENSSL_VERSION=""
 SMALL_NOTE=""
 SMALL_UNSTRIPPED_MIB="n/a"
 SMALL_STRIPPED_MIB="n/a"
+SMALL_BIN=""                 # the stripped small binary: its size is reported and the sidecar runs it
+SMALL_VERSION=""
 
 # ---------------------------------------------------------------------------------------------
 # Builds
@@ -117,24 +140,29 @@ has_full_default_feature() {
 }
 
 # Builds (or takes RAMPART_SMALL_BIN) the small binary, strips a copy into bench/out/rampart-small.
+# That copy is what a sidecar user deploys: its size is reported and the sidecar runs are made
+# with it, so the sidecar's memory targets are judged on it, not on the (larger) release build.
 small_build() {
-    local bin small_dir="$CARGO_TARGET_DIR/small"
+    local bin
     if [[ -n "${RAMPART_SMALL_BIN:-}" ]]; then
         bin="$RAMPART_SMALL_BIN"
-        SMALL_NOTE="binary given by RAMPART_SMALL_BIN=$RAMPART_SMALL_BIN (not built here)"
+        SMALL_NOTE="binary given by RAMPART_SMALL_BIN=$RAMPART_SMALL_BIN (not built here; the sidecar user's build is \`${SMALL_BUILD_CMD[*]}\`)"
         log "small build: using $bin"
     else
         command -v cargo >/dev/null 2>&1 || die "cargo not found (or set RAMPART_SMALL_BIN)"
-        log "small build: cargo build --profile small -p rampart --no-default-features"
-        cargo build --profile small -p rampart --no-default-features --features mimalloc
-        SMALL_NOTE="\`cargo build --profile small -p rampart --no-default-features\` (size-optimized profile, fat LTO, without the \`full\` feature; the \`full\` feature is still empty, so the code is the default build's)"
-        small_dir="$CARGO_TARGET_DIR"
-        bin="$small_dir/small/rampart"
+        log "small build: ${SMALL_BUILD_CMD[*]}"
+        # Exactly README's command: no extra features, so no mimalloc (the `mimalloc` feature
+        # is a default one); the allocator is glibc malloc, as in the deployed sidecar.
+        "${SMALL_BUILD_CMD[@]}"
+        SMALL_NOTE="\`${SMALL_BUILD_CMD[*]}\` (README's sidecar build: size-optimized profile, fat LTO, without the default features \`full\` and \`mimalloc\`, so glibc malloc)"
+        bin="$CARGO_TARGET_DIR/small/rampart"
     fi
     [[ -x "$bin" ]] || die "small binary not executable: $bin"
     strip -o "$OUT_DIR/rampart-small" "$bin"
+    SMALL_BIN="$OUT_DIR/rampart-small"
     SMALL_UNSTRIPPED_MIB="$(file_mib "$bin")"
-    SMALL_STRIPPED_MIB="$(file_mib "$OUT_DIR/rampart-small")"
+    SMALL_STRIPPED_MIB="$(file_mib "$SMALL_BIN")"
+    SMALL_VERSION="$(timeout 5 "$SMALL_BIN" --version 2>/dev/null | sed -n 1p || true)"
     log "small build: $SMALL_UNSTRIPPED_MIB MiB unstripped, $SMALL_STRIPPED_MIB MiB stripped (bench/out/rampart-small)"
 }
 
@@ -202,9 +230,10 @@ start_app() {
     register direct "$NGINX_LAST_PID" nginx "http://127.0.0.1:$APP_PORT/"
 }
 
+# The sidecar runs the small build (SMALL_BIN), the binary a sidecar user deploys.
 start_sidecar() {
     local logfile="$OUT_DIR/rampart-sidecar.log" pid
-    "$RAMPART_BIN" sidecar --app-port "$APP_PORT" --inbound "127.0.0.1:$RAMPART_PORT" \
+    "$SMALL_BIN" sidecar --app-port "$APP_PORT" --inbound "127.0.0.1:$RAMPART_PORT" \
         --outbound "127.0.0.1:$RAMPART_OUTBOUND_PORT" --admin "127.0.0.1:$SIDECAR_ADMIN_PORT" \
         --workers 1 >"$logfile" 2>&1 &
     pid=$!
@@ -248,8 +277,10 @@ EOF
     log "haproxy ready on :$HAPROXY_PORT (pid $pid)"
 }
 
-# nginx reverse proxy to the app. $1 = name, $2 = workers, $3 = listen directive arguments,
-# $4 = extra server-level directives.
+# nginx reverse proxy to the app. $1 = name, $2 = workers, $3 = listen directive arguments
+# (callers pass `reuseport`: a listening socket per worker, as rampart binds an SO_REUSEPORT
+# socket per worker; without it nginx's workers share one accept queue), $4 = extra
+# server-level directives.
 start_nginx_proxy() {
     local name="$1" workers="$2" listen="$3" extra="${4:-}" prefix conf
     prefix="$(new_prefix "$name")"
@@ -261,7 +292,7 @@ start_nginx_proxy() {
         cat <<EOF
     upstream app {
         server 127.0.0.1:$APP_PORT;
-        keepalive 1024;             # idle upstream connections kept per worker (rampart's default pool: 1024)
+        keepalive $UPSTREAM_KEEPALIVE;             # idle upstream connections kept per worker (= rampart's max_idle_per_endpoint)
         keepalive_requests 1000000;
     }
     server {
@@ -280,7 +311,7 @@ EOF
 }
 
 start_nginx_sidecar() {
-    start_nginx_proxy nginx 1 "127.0.0.1:$NGINX_PORT backlog=4096"
+    start_nginx_proxy nginx 1 "127.0.0.1:$NGINX_PORT reuseport backlog=4096"
     register nginx "$NGINX_LAST_PID" nginx "http://127.0.0.1:$NGINX_PORT/"
     wait_ready nginx "$NGINX_LAST_PID" "http://127.0.0.1:$NGINX_PORT/" "$OUT_DIR/nginx/logs/error.log"
     check_proxy_response nginx "$NGINX_PORT"
@@ -306,7 +337,8 @@ route_tables:
   - name: main
     virtual_hosts: [{ name: all, domains: ["*"], routes: [{ forward: { cluster: app } }] }]
 clusters:
-  - { name: app, endpoints: ["127.0.0.1:$APP_PORT"] }
+  # max_idle_per_endpoint: idle upstream connections per worker, the same as nginx's keepalive.
+  - { name: app, endpoints: ["127.0.0.1:$APP_PORT"], max_idle_per_endpoint: $UPSTREAM_KEEPALIVE }
 EOF
     # wrk sends the URL's host as SNI, here the IP 127.0.0.1, which TLS forbids; rustls ignores it
     # but logs a WARN per handshake. Keep that log line (caused by the load generator) out of the
@@ -323,7 +355,7 @@ EOF
 
 start_nginx_tls() {
     local -a curl_args
-    start_nginx_proxy nginx-tls 2 "127.0.0.1:$NGINX_TLS_PORT ssl backlog=4096" \
+    start_nginx_proxy nginx-tls 2 "127.0.0.1:$NGINX_TLS_PORT ssl reuseport backlog=4096" \
 "        ssl_certificate $TLS_DIR/server.pem;
         ssl_certificate_key $TLS_DIR/server.key;
         ssl_protocols TLSv1.2 TLSv1.3;   # nginx 1.22's default lacks TLSv1.3; rustls offers both"
@@ -353,18 +385,18 @@ record_idle_rss() {
     log "$1 idle RSS: ${IDLE_RSS_MIB[$1]} MiB"
 }
 
-# measure NAME MODE CONNS SECS: MODE is ka (keep-alive) or close (Connection: close).
-# Results in R[NAME,MODE,CONNS,*]: wrk's BENCH_* fields, CPU_PER_100K, RSS_MAX_MIB, HWM_MIB.
+# measure NAME MODE CONNS SECS ROUND: MODE is ka (keep-alive) or close (Connection: close).
+# Results in R[NAME,MODE,CONNS,r<ROUND>,*]: wrk's BENCH_* fields, CPU_PER_100K, RSS_MAX_MIB, HWM_MIB.
 measure() {
-    local name="$1" mode="$2" conns="$3" secs="$4" url="${PROXY_URL[$1]}" script="$LUA_SCRIPT"
-    local k="$1,$2,$3" out="$OUT_DIR/wrk-$1-$2-c$3.txt" rss="$OUT_DIR/rss-$1-$2-c$3.txt"
+    local name="$1" mode="$2" conns="$3" secs="$4" round="$5" url="${PROXY_URL[$1]}" script="$LUA_SCRIPT"
+    local k="$1,$2,$3,r$5" out="$OUT_DIR/wrk-$1-$2-c$3-r$5.txt" rss="$OUT_DIR/rss-$1-$2-c$3-r$5.txt"
     local pids before after max_and_n
     [[ "$mode" == close ]] && script="$CLOSE_LUA"
 
-    log "$name $mode c=$conns: warm-up ${WARMUP}s"
-    run_wrk "$conns" "$WARMUP" "$url" "$OUT_DIR/wrk-$name-$mode-c$conns-warmup.txt" "$script"
+    log "$name $mode c=$conns round $round/$ROUNDS: warm-up ${WARMUP}s"
+    run_wrk "$conns" "$WARMUP" "$url" "$OUT_DIR/wrk-$name-$mode-c$conns-r$round-warmup.txt" "$script"
 
-    log "$name $mode c=$conns: measuring ${secs}s"
+    log "$name $mode c=$conns round $round/$ROUNDS: measuring ${secs}s"
     pids="$(proxy_pids "$name")"
     # shellcheck disable=SC2086  # pids is a whitespace-separated list
     before="$(cpu_ticks $pids)"
@@ -383,11 +415,14 @@ measure() {
     # shellcheck disable=SC2086
     R[$k,HWM_MIB]="$(sum_status_kib VmHWM $pids | kib_to_mib)"
     if grep -qE 'Socket errors|Non-2xx' "$out"; then
-        log "$name $mode c=$conns: wrk reported: $(grep -E 'Socket errors|Non-2xx' "$out" | tr -s ' ' | paste -sd';')"
+        log "$name $mode c=$conns round $round/$ROUNDS: wrk reported: $(grep -E 'Socket errors|Non-2xx' "$out" | tr -s ' ' | paste -sd';')"
     fi
-    log "$name $mode c=$conns: ${R[$k,RPS]} req/s, p99 ${R[$k,P99_MS]} ms, errors ${R[$k,ERRORS]}," \
+    log "$name $mode c=$conns round $round/$ROUNDS: ${R[$k,RPS]} req/s, p99 ${R[$k,P99_MS]} ms, errors ${R[$k,ERRORS]}," \
         "CPU ${R[$k,CPU_PER_100K]} s/100k, max VmRSS ${R[$k,RSS_MAX_MIB]} MiB"
 }
+
+# The figures reported for each target, mode and concurrency: medians over the rounds.
+MEDIAN_FIELDS=(RPS P50_MS P99_MS P999_MS ERRORS CPU_PER_100K RSS_MAX_MIB HWM_MIB)
 
 write_close_lua() {
     {
@@ -502,6 +537,7 @@ H_TARGETS="target|measured|verdict"
 
 print_report() {
     echo
+    echo "== Every figure below is the median of $ROUNDS rounds (per-round values in the log above)"
     echo "== 1. Plain HTTP keep-alive, 1024-byte GET (proxies with 1 worker; CPU = process under test, direct = the app)"
     rows_plain | print_rows "$H_PLAIN"
     echo "== Added latency vs direct (proxy minus direct, at $(added_conns) connections)"
@@ -517,6 +553,7 @@ print_report() {
     echo
     echo "== 4. Small build: $SMALL_UNSTRIPPED_MIB MiB unstripped, $SMALL_STRIPPED_MIB MiB stripped (bench/out/rampart-small)"
     echo "   $SMALL_NOTE"
+    echo "   The sidecar rows (throughput, latency, memory) were measured on this binary: $(sidecar_build_line)"
     echo
     echo "== 5. Targets"
     targets | print_rows "$H_TARGETS"
@@ -525,12 +562,24 @@ print_report() {
 # The exact command, including any environment overrides that were in effect.
 invocation() {
     local v cmd=""
-    for v in BENCH_DURATION BENCH_WARMUP BENCH_CONNS BENCH_TLS_CONNS BENCH_HANDSHAKE_DURATION \
+    for v in BENCH_DURATION BENCH_WARMUP BENCH_CONNS BENCH_ROUNDS BENCH_TLS_CONNS BENCH_HANDSHAKE_DURATION \
              BENCH_TLS_KEY BENCH_DOC RAMPART_SMALL_BIN; do
         if [[ -n "${!v:-}" ]]; then cmd+="$v=$(printf '%q' "${!v}") "; fi
     done
     if [[ -n "$RAMPART_BIN_GIVEN" ]]; then cmd+="RAMPART_BIN=$(printf '%q' "$RAMPART_BIN_GIVEN") "; fi
     printf '%sbash bench/sidecar.sh' "$cmd"
+}
+
+# Which binary the TLS rows were measured on, for the doc.
+release_build_line() {
+    if [[ -n "$RAMPART_BIN_GIVEN" ]]; then printf 'RAMPART_BIN=%s' "$RAMPART_BIN_GIVEN"
+    else printf '%s' "\`cargo build --release -p rampart\`, default features"; fi
+}
+
+# Which binary the sidecar rows were measured on, for the doc.
+sidecar_build_line() {
+    printf 'bench/out/rampart-small (%s, %s MiB stripped): %s' \
+        "${SMALL_VERSION:-version unknown}" "$SMALL_STRIPPED_MIB" "$SMALL_NOTE"
 }
 
 markdown_section() {
@@ -542,11 +591,16 @@ markdown_section() {
     echo "- Date: $(date -u)"
     echo "- Machine: $(machine_line); CPU busy before the run: ${CPU_BUSY_START}%"
     echo "- Tools: $HAPROXY_VERSION; $(nginx_version); $(wrk_version); $OPENSSL_VERSION"
-    echo "- Rampart: ${RAMPART_VERSION:-version unknown}, repo revision $(repo_revision)"
+    echo "- Rampart: repo revision $(repo_revision)." \
+         "**Sidecar rows (plain HTTP and memory) are the sidecar user's build**: $(sidecar_build_line)." \
+         "TLS rows: \`rampart serve\` from the release build, ${RAMPART_VERSION:-version unknown} ($(release_build_line))."
     echo "- Setup: the app is nginx (1 worker) on :$APP_PORT serving a fixed ${BODY_BYTES}-byte body with keep-alive." \
-         "Proxies with ONE worker/thread each: rampart \`sidecar --workers 1\` (access log off);" \
-         "HAProxy \`nbthread 1\`, \`mode http\`, \`http-reuse always\`; nginx \`worker_processes 1\`, upstream \`keepalive 1024\`, HTTP/1.1 upstream." \
-         "Load: wrk \`-t2 -c<conns> -d${DURATION}s --latency -s bench/latency.lua\` after a ${WARMUP} s warm-up, targets interleaved per concurrency." \
+         "Proxies with ONE worker/thread each: rampart \`sidecar --workers 1\` (access log off; the default \`max_idle_per_endpoint\` $UPSTREAM_KEEPALIVE," \
+         "and the sidecar's default \`--app-max-connections 64\`, which caps its connections to the app, where HAProxy and nginx have no cap);" \
+         "HAProxy \`nbthread 1\`, \`mode http\`, \`http-reuse always\`; nginx \`worker_processes 1\`, \`listen ... reuseport\`, upstream \`keepalive $UPSTREAM_KEEPALIVE\` (the same idle pool per worker as rampart), HTTP/1.1 upstream." \
+         "Load: wrk \`-t2 -c<conns> -d${DURATION}s --latency -s bench/latency.lua\` after a ${WARMUP} s warm-up." \
+         "Every figure is the **median of $ROUNDS rounds**; within a concurrency the targets run in alternating order" \
+         "(round 1: ${PLAIN_ORDER[*]}; round 2 the reverse; ...); ratios and differences are of the medians." \
          "wrk, the app and the proxy share this machine's $(nproc) CPUs."
     echo
     echo "### Plain HTTP keep-alive"
@@ -561,9 +615,10 @@ markdown_section() {
     rows_memory | md_rows "$(memory_header)" "---|---|---:$(for _ in $CONNS_LIST; do printf '|---:|---:'; done)"
     echo "### TLS termination"
     echo
-    echo "rampart \`serve\` (\`workers: 2\`, access log off, \`alpn: [http/1.1]\`, \`RUST_LOG=info,rustls=error\`)" \
-         "vs nginx (\`worker_processes 2\`, \`listen ssl\`, \`ssl_protocols TLSv1.2 TLSv1.3\`, default session tickets)," \
+    echo "rampart \`serve\` (\`workers: 2\`, access log off, \`alpn: [http/1.1]\`, \`RUST_LOG=info,rustls=error\`, cluster \`max_idle_per_endpoint: $UPSTREAM_KEEPALIVE\`)" \
+         "vs nginx (\`worker_processes 2\`, \`listen ssl reuseport\`, \`ssl_protocols TLSv1.2 TLSv1.3\`, default session tickets, upstream \`keepalive $UPSTREAM_KEEPALIVE\`)," \
          "same certificate ($TLS_KEY key, signed by a self-signed CA, for \`$TLS_NAME\`), both proxying to the app with upstream keep-alive." \
+         "Medians of $ROUNDS rounds, nginx first in odd rounds, rampart first in even ones." \
          "Keep-alive: \`wrk -t2 -c$TLS_CONNS -d${DURATION}s https://127.0.0.1:PORT/\` (steady-state TLS throughput)." \
          "New connection per request: the same with a \`Connection: close\` header, ${HANDSHAKE_DURATION} s (a TCP connect + TLS handshake per request)."
     echo
@@ -584,7 +639,7 @@ markdown_section() {
          "rampart and haproxy: one process, all threads); for \`direct\` it is the app's CPU."
     echo "- Idle RSS is VmRSS after the server answered its readiness check and one proxied GET, before any load." \
          "\"max VmRSS during\" is the largest of the VmRSS samples taken every 0.5 s during the measured run;" \
-         "VmHWM is the high-water mark since process start, read right after the run (it includes the warm-up);" \
+         "VmHWM is the high-water mark since process start, read right after the run (it includes the warm-up and earlier rounds);" \
          "the kernel updates it lazily (e.g. on munmap), so memory returned with madvise can leave it below a sample." \
          "nginx figures are the sum over master + worker, which counts pages shared after fork twice."
     echo "- Added latency is a difference of percentiles of two separate closed-loop runs at the same concurrency," \
@@ -605,7 +660,7 @@ markdown_section() {
 # Main
 # ---------------------------------------------------------------------------------------------
 main() {
-    local conns name mode p
+    local conns name mode p round
     mkdir -p "$OUT_DIR"
     ensure_tools nginx:nginx wrk:wrk curl:curl pgrep:procps haproxy:haproxy openssl:openssl \
         strip:binutils column:bsdextrautils
@@ -628,11 +683,19 @@ main() {
     start_sidecar;       record_idle_rss rampart
     start_haproxy;       record_idle_rss haproxy
     start_nginx_sidecar; record_idle_rss nginx
-    for conns in $CONNS_LIST; do           # interleave targets so drift affects all alike
+    # Concurrencies in turn (so that VmHWM after 64 connections is not 1000's), each in ROUNDS
+    # rounds with the order reversed every other round, so drift and position affect all alike.
+    for conns in $CONNS_LIST; do
+        for ((round = 1; round <= ROUNDS; round++)); do
+            for name in $(round_order "$round" "${PLAIN_ORDER[@]}"); do
+                # direct is only the baseline for the added latency, measured at that concurrency.
+                [[ "$name" == direct && "$conns" != "$(added_conns)" ]] && continue
+                measure "$name" ka "$conns" "$DURATION" "$round"
+            done
+        done
         for name in "${PLAIN_TARGETS[@]}"; do
-            # direct is only the baseline for the added latency, measured at that concurrency.
             [[ "$name" == direct && "$conns" != "$(added_conns)" ]] && continue
-            measure "$name" ka "$conns" "$DURATION"
+            rounds_median "$name,ka,$conns" "${MEDIAN_FIELDS[@]}"
         done
     done
 
@@ -642,10 +705,13 @@ main() {
     probe_tls rampart-tls "$RAMPART_TLS_PORT"
     probe_tls nginx-tls "$NGINX_TLS_PORT"
     for mode in ka close; do
-        for name in "${TLS_TARGETS[@]}"; do
-            if [[ "$mode" == ka ]]; then measure "$name" ka "$TLS_CONNS" "$DURATION"
-            else measure "$name" close "$TLS_CONNS" "$HANDSHAKE_DURATION"; fi
+        for ((round = 1; round <= ROUNDS; round++)); do
+            for name in $(round_order "$round" "${TLS_ORDER[@]}"); do
+                if [[ "$mode" == ka ]]; then measure "$name" ka "$TLS_CONNS" "$DURATION" "$round"
+                else measure "$name" close "$TLS_CONNS" "$HANDSHAKE_DURATION" "$round"; fi
+            done
         done
+        for name in "${TLS_TARGETS[@]}"; do rounds_median "$name,$mode,$TLS_CONNS" "${MEDIAN_FIELDS[@]}"; done
     done
 
     print_report
