@@ -14,6 +14,7 @@ pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod callout;
+pub mod conn_labels;
 pub mod demo;
 pub mod error;
 pub mod filter;
@@ -64,6 +65,8 @@ pub(crate) struct Shared {
     pub(crate) policy: Arc<policy::PolicyRuntime>,
     /// Serves `function:` routes, when the binary links a function runtime.
     pub(crate) functions: Option<Arc<dyn function::FunctionHost>>,
+    /// Told each connection's route, cluster and tenant (flow tracing), when plugged in.
+    pub(crate) connection_labels: Option<Arc<dyn conn_labels::ConnectionLabels>>,
 }
 
 /// What a gateway is extended with: the filters config can name, and filters added in code.
@@ -81,6 +84,9 @@ pub struct Plugins {
     /// binary hands filters a service of its own (`BuildEnv::provide`), e.g. a store that
     /// `wasm` entries read their modules from.
     pub services: Vec<Service>,
+    /// Told which route, cluster and tenant each downstream connection's requests take
+    /// (the binary's flow tracer labels the connection's flow with them).
+    pub connection_labels: Option<Arc<dyn conn_labels::ConnectionLabels>>,
 }
 
 /// Something the binary hands the filters at start (see [`Plugins::services`]).
@@ -95,6 +101,7 @@ impl Default for Plugins {
             after_install: None,
             functions: None,
             services: Vec::new(),
+            connection_labels: None,
         }
     }
 }
@@ -250,6 +257,7 @@ impl Gateway {
             #[cfg(feature = "policy")]
             policy,
             functions: plugins.functions,
+            connection_labels: plugins.connection_labels,
         });
         upstreams.attach(&shared);
         let admin_addr = match admin {

@@ -89,6 +89,11 @@ pub(crate) async fn accept_loop(cx: AcceptCtx) {
             scheme: if tls.is_some() { "https" } else { "http" },
             inflight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
+            local: shared
+                .connection_labels
+                .as_ref()
+                .and_then(|_| stream.local_addr().ok()),
+            labelled: crate::conn_labels::Reported::default(),
         });
         let active = active.clone();
         // A token of its own: polling it then takes only this connection's lock, not one

@@ -360,6 +360,8 @@ pub(crate) struct FlowMetrics {
     lost: Gauge,
     live: Gauge,
     series: HashSet<(u16, IpAddr)>,
+    /// Closed flows by the gateway's route, cluster and tenant (in-process tracing).
+    named: crate::flow_labels::NamedFlowMetrics,
 }
 
 impl FlowMetrics {
@@ -395,6 +397,7 @@ impl FlowMetrics {
         );
         let live = Gauge::default();
         registry.register("live", "Flows in the kernel flow table", live.clone());
+        let named = crate::flow_labels::NamedFlowMetrics::register(&mut registry);
         Self {
             registry,
             opened,
@@ -405,6 +408,7 @@ impl FlowMetrics {
             lost,
             live,
             series: HashSet::new(),
+            named,
         }
     }
 
@@ -438,6 +442,9 @@ impl FlowMetrics {
                 self.opened.get_or_create(&PortLabels { local_port }).inc();
             }
             FlowEvent::Close { stats, .. } => {
+                if let Some(l) = &ev.flow().labels {
+                    self.named.closed(l, stats.bytes_sent, stats.bytes_received);
+                }
                 self.closed
                     .get_or_create(&PortLabels {
                         local_port: local_port.clone(),

@@ -26,6 +26,8 @@ mod demo;
 #[cfg(feature = "full")]
 mod desired;
 #[cfg(feature = "flows")]
+mod flow_labels;
+#[cfg(feature = "flows")]
 mod flows;
 #[cfg(feature = "full")]
 mod follow;
@@ -344,7 +346,7 @@ fn run(cmd: Command) -> Result<ExitCode> {
 /// `rampart up`: the gateway on the given config or the embedded demo, with the embedded
 /// store, the demo upstream and in-process flow tracing unless turned off.
 fn up(a: UpArgs) -> Result<ExitCode> {
-    let _flows = in_process_flows(&a.flows_listen);
+    let flows = in_process_flows(&a.flows_listen);
     let admin_token_file = a.admin_token_file.unwrap_or_else(|| {
         a.data_dir
             .parent()
@@ -375,6 +377,12 @@ fn up(a: UpArgs) -> Result<ExitCode> {
         demo_upstream: demo,
         ..Around::default()
     };
+    #[cfg(feature = "flows")]
+    if let Some(f) = &flows {
+        around.connection_labels = f.labels.clone();
+    }
+    #[cfg(not(feature = "flows"))]
+    let _ = &flows;
     #[cfg(feature = "full")]
     if let Some(store) = store {
         // The real path: store → control plane → ADS → this gateway.
@@ -592,6 +600,14 @@ fn in_process_flows(listen: &str) -> Option<InProcessFlows> {
             return None;
         }
     };
+    // The gateway names its connections' flows (route, cluster, tenant) in the tracer.
+    let labels = match flow_labels::LabelSink::new(tracer.labels().clone()) {
+        Ok(sink) => Some(Arc::new(sink) as Arc<dyn rampart_proxy::conn_labels::ConnectionLabels>),
+        Err(e) => {
+            tracing::warn!(error = %e, "flows: cannot read this process's network namespace; flows unlabelled");
+            None
+        }
+    };
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = stop.clone();
     let thread = std::thread::Builder::new()
@@ -606,6 +622,7 @@ fn in_process_flows(listen: &str) -> Option<InProcessFlows> {
     Some(InProcessFlows {
         stop,
         thread: Some(thread),
+        labels,
     })
 }
 
@@ -619,6 +636,8 @@ fn in_process_flows(_listen: &str) -> Option<()> {
 struct InProcessFlows {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Where the gateway reports its connections' names.
+    labels: Option<Arc<dyn rampart_proxy::conn_labels::ConnectionLabels>>,
 }
 
 #[cfg(feature = "flows")]
@@ -651,6 +670,8 @@ struct Around<'a> {
     /// Serve the store's functions and follow its policy bundles.
     #[cfg(feature = "full")]
     functions: Option<functions::Options>,
+    /// Told each connection's route, cluster and tenant (in-process flow tracing).
+    connection_labels: Option<Arc<dyn rampart_proxy::conn_labels::ConnectionLabels>>,
 }
 
 fn serve(cfg: Config, around: Around<'_>) -> Result<ExitCode> {
@@ -665,6 +686,7 @@ fn serve(cfg: Config, around: Around<'_>) -> Result<ExitCode> {
         control_plane,
         #[cfg(feature = "full")]
         functions,
+        connection_labels,
     } = around;
     let workers = Workers::start(cfg.workers)?;
     let control = tokio::runtime::Builder::new_current_thread()
@@ -696,8 +718,8 @@ fn serve(cfg: Config, around: Around<'_>) -> Result<ExitCode> {
             data,
             control: tokio::runtime::Handle::current(),
         };
-        #[allow(unused_mut)]
         let mut plugins = plugins::plugins();
+        plugins.connection_labels = connection_labels;
         #[cfg(feature = "full")]
         let policy_store = functions.as_ref().map(|f| f.store.clone());
         #[cfg(feature = "full")]

@@ -22,6 +22,7 @@ pub(crate) fn plugins() -> Plugins {
         after_install: cfg!(feature = "mimalloc").then_some(reclaim as fn()),
         functions: None,
         services: Vec::new(),
+        connection_labels: None,
     }
 }
 

@@ -230,6 +230,38 @@ async fn up_serves_the_demo_on_a_fresh_machine() {
         })
         .await;
         assert!(seen, "flow metrics:\n{}", metrics(local(9435)).await);
+        // The gateway names its connections' flows: a connection that carried acme's
+        // request is counted, once closed, by the route, cluster and tenant it took.
+        {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(gw).await.unwrap();
+            s.write_all(
+                b"GET /api/orders HTTP/1.1\r\nhost: acme.localhost\r\nx-user: vera\r\nconnection: close\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            let mut answer = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer))
+                .await
+                .expect("the gateway answers and closes")
+                .unwrap();
+            assert!(
+                answer.starts_with(b"HTTP/1.1 200"),
+                "{}",
+                String::from_utf8_lossy(&answer)
+            );
+        }
+        let series =
+            r#"rampart_flows_named_closed_total{route="tenant-api",cluster="demo",tenant="acme"}"#;
+        let named = eventually(Duration::from_secs(5), || async {
+            metrics(local(9435)).await.contains(series)
+        })
+        .await;
+        assert!(
+            named,
+            "no {series} in the flow metrics:\n{}",
+            metrics(local(9435)).await
+        );
     } else {
         loud_skip(
             "up_serves_the_demo_on_a_fresh_machine (its flow-metrics part)",

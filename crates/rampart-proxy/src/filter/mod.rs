@@ -55,6 +55,11 @@ pub struct RequestContext {
 #[derive(Debug, Clone)]
 pub struct JwtClaims(pub Arc<serde_json::Value>);
 
+/// The tenant a policy decided for (put in [`RequestContext::extensions`] by the `authz`
+/// filter), so that what is told about the request afterwards (flow labels) can name it.
+#[derive(Debug, Clone)]
+pub struct Tenant(pub Arc<str>);
+
 /// The API operation a request was matched to (put in [`RequestContext::extensions`] by the
 /// `openapi` filter): `{"id", "method", "path", "tags", "security"}`, so that a policy after
 /// it can decide by operation ("tag admin needs role admin").

@@ -30,7 +30,7 @@ use rampart_policy::{PolicyEngine, Value};
 use crate::error::local_response;
 use crate::filter::{
     ApiOperation, BuildEnv, FilterBuildError, FilterFactory, FilterRef, Flow, HttpFilter,
-    JwtClaims, RequestContext,
+    JwtClaims, RequestContext, Tenant,
 };
 use crate::policy::PolicyRuntime;
 
@@ -245,6 +245,7 @@ impl HttpFilter for AuthzFilter {
             return self.fail("no tenant in the request", false);
         };
         let input = input(ctx, req, &tenant);
+        ctx.extensions.insert(Tenant(Arc::from(tenant.as_str())));
         let decided = match self.engine.decide(&tenant, input) {
             Ok(d) => d,
             Err(e) => return self.fail(&e.to_string(), true),

@@ -57,6 +57,10 @@ pub(crate) struct ConnCtx {
     pub(crate) inflight: AtomicUsize,
     /// Requests served on this connection.
     pub(crate) requests: AtomicU64,
+    /// The socket's own address, read only when connection labels are reported.
+    pub(crate) local: Option<SocketAddr>,
+    /// The labels last reported for it.
+    pub(crate) labelled: crate::conn_labels::Reported,
 }
 
 struct InflightCount<'a>(&'a AtomicUsize);
@@ -108,8 +112,11 @@ pub(crate) async fn handle(
                         target: picked.target,
                         started,
                         log: &mut log,
+                        tenant: None,
                     };
-                    (serve(&mut x, parts, body).await, stats)
+                    let resp = serve(&mut x, parts, body).await;
+                    report_labels(&x);
+                    (resp, stats)
                 }
                 Err(e) => (e.to_response(), &lsnap.no_route_stats),
             },
@@ -190,6 +197,23 @@ pub(crate) struct Exchange<'a> {
     target: Option<&'a Target>,
     started: Instant,
     log: &'a mut AccessEntry,
+    /// The tenant a policy decided for, once the request filters ran.
+    tenant: Option<Arc<str>>,
+}
+
+/// Tells the connection-label sink, if any, what this request took.
+fn report_labels(x: &Exchange<'_>) {
+    let (Some(sink), Some(local)) = (&x.conn.shared.connection_labels, x.conn.local) else {
+        return;
+    };
+    let labels = crate::conn_labels::Labels {
+        route: x.data.name.clone(),
+        cluster: x.target.map(|t| t.name.clone()),
+        tenant: x.tenant.clone(),
+    };
+    x.conn
+        .labelled
+        .report(&**sink, (local, x.conn.client), labels);
 }
 
 impl<'a> Exchange<'a> {
@@ -315,10 +339,12 @@ async fn serve(
             if let Verdict::Respond(resp) =
                 f.on_request_headers(&mut ctx, &mut parts).resolve().await
             {
+                x.tenant = tenant_of(&ctx);
                 ctx.response_source = Some(ResponseSource::Local);
                 return finish_response(resp, x.route, x.chain(), &mut ctx).await;
             }
         }
+        x.tenant = tenant_of(&ctx);
     }
     let (resp, source) = act(x, &ctx, &mut parts, body).await;
     if x.has_filters() {
@@ -329,6 +355,12 @@ async fn serve(
         header_mutation::apply(&x.route.response_headers, &mut rparts.headers);
         Response::from_parts(rparts, rbody)
     }
+}
+
+fn tenant_of(ctx: &RequestContext) -> Option<Arc<str>> {
+    ctx.extensions
+        .get::<crate::filter::Tenant>()
+        .map(|t| t.0.clone())
 }
 
 /// The route's action: a local answer, or the upstream's.
