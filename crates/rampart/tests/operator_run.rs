@@ -504,7 +504,15 @@ async fn operator_rolls_out_reverts_fails_over_and_cleans_up() {
             .is_none()
     })
     .await;
-    assert!(gone, "the finalizer was never removed: {}", op_b.stderr());
+    assert!(
+        gone,
+        "the finalizer was never removed: {}\nobject: {}\nrecord: {}\noperator metrics: {}",
+        op_b.stderr(),
+        api.get(GATEWAY_API, "httproutes", Some("shop"), "site")
+            .unwrap_or_default(),
+        record(&api, "httproute", "site"),
+        metrics(b_metrics).await
+    );
     assert_eq!(
         record(&api, "httproute", "site"),
         Value::Null,

@@ -15,6 +15,7 @@ use kube::runtime::finalizer::Event as Finalized;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::reconcile::{self, key_of, unix_now};
 use super::record::Record;
@@ -43,6 +44,11 @@ fn tenant_of(spec: Option<&Value>) -> Option<&str> {
 }
 
 async fn apply<P: Platform>(o: &RampartPolicy, ctx: &Context<P>) -> Result<Action, Error> {
+    // Who owns a tenant is decided among every RampartPolicy: all of them listed first.
+    match tokio::time::timeout(Duration::from_secs(10), ctx.policies.wait_until_ready()).await {
+        Ok(Ok(())) => {}
+        _ => return Err(Error::Incomplete("RampartPolicy cache")),
+    }
     let (mut records, key, mut rec) = reconcile::open_record(o, ctx).await?;
     let in_force = tenant_of(rec.effective()).map(str::to_owned);
     let now = unix_now();

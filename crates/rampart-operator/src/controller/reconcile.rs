@@ -294,10 +294,10 @@ pub(crate) fn log_outcome<E: std::fmt::Display, K: Resource>(
 
 async fn reconcile<K: Unit, P: Platform>(o: Arc<K>, ctx: Arc<Context<P>>) -> Result<Action, Error> {
     // Whether a route is ours depends on the Gateways: wait until they are all known.
-    ctx.gateways
-        .wait_until_ready()
-        .await
-        .map_err(|_| Error::Incomplete("Gateway cache"))?;
+    match tokio::time::timeout(CACHE_WAIT, ctx.gateways.wait_until_ready()).await {
+        Ok(Ok(())) => {}
+        _ => return Err(Error::Incomplete("Gateway cache")),
+    }
     let ours = |o: &K| o.ours(&ctx.settings, &ctx.gateways.state());
     if !ours(&o) && !o.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
@@ -332,15 +332,31 @@ where
     let started = Instant::now();
     let ns = o.namespace().ok_or(Error::Incomplete("namespace"))?;
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
-    let out = finalizer::finalizer(&api, FINALIZER, o, reconcile)
-        .await
-        .map_err(|e| match e {
+    // A reconcile that hangs (a call that never answers) would hold the records, and every
+    // other reconcile, forever: it is cut off, said, and tried again.
+    let out = match tokio::time::timeout(
+        RECONCILE_LIMIT,
+        finalizer::finalizer(&api, FINALIZER, o, reconcile),
+    )
+    .await
+    {
+        Ok(r) => r.map_err(|e| match e {
             finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
             other => Error::Finalizer(other.to_string()),
-        });
+        }),
+        Err(_) => Err(Error::Observe(format!(
+            "a {kind} reconcile took longer than {RECONCILE_LIMIT:?}"
+        ))),
+    };
     ctx.metrics.reconciled(kind, started.elapsed(), out.is_ok());
     out
 }
+
+/// The longest one reconcile may take (normally well under a second).
+const RECONCILE_LIMIT: Duration = Duration::from_secs(20);
+
+/// The longest a reconcile waits for the caches it reads to be listed.
+const CACHE_WAIT: Duration = Duration::from_secs(10);
 
 /// The share of failures in `now` since `baseline`, once there are enough to say.
 pub(crate) fn error_rate(now: (u64, u64), baseline: (u64, u64), s: &Settings) -> Option<f64> {
@@ -651,11 +667,16 @@ async fn desired<P: Platform>(
 ) -> Result<Translated, Error> {
     // Written whole: an object not known yet would be left out (its routes, or the plugin
     // or policy in front of them) until the next write.
-    let incomplete = |_| Error::Incomplete("cache of the objects translated");
-    ctx.gateways.wait_until_ready().await.map_err(incomplete)?;
-    ctx.routes.wait_until_ready().await.map_err(incomplete)?;
-    ctx.plugins.wait_until_ready().await.map_err(incomplete)?;
-    ctx.policies.wait_until_ready().await.map_err(incomplete)?;
+    let listed = async {
+        ctx.gateways.wait_until_ready().await?;
+        ctx.routes.wait_until_ready().await?;
+        ctx.plugins.wait_until_ready().await?;
+        ctx.policies.wait_until_ready().await
+    };
+    match tokio::time::timeout(CACHE_WAIT, listed).await {
+        Ok(Ok(())) => {}
+        _ => return Err(Error::Incomplete("cache of the objects translated")),
+    }
     let gateways = effective_all(ctx, records, current, gone, &ctx.gateways.state()).await?;
     let routes = effective_all(ctx, records, current, gone, &ctx.routes.state()).await?;
     let extensions = extensions(ctx, records, current, gone).await?;
