@@ -112,16 +112,7 @@ async fn carry_out<P: Platform>(
             _ => {}
         }
     }
-    let nothing_to_go_back_to = actions.iter().any(|a| {
-        matches!(
-            a,
-            Step::Event {
-                reason: "NoKnownGood",
-                ..
-            }
-        )
-    });
-    if nothing_to_go_back_to {
+    if reconcile::nothing_to_go_back_to(actions) {
         // Failed with nothing to go back to: it serves nothing.
         p.delete_function(&name).await.map_err(Error::Store)?;
     }

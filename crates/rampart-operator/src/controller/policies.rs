@@ -183,16 +183,9 @@ async fn carry_out<P: Platform>(
             }
         }
     }
-    let nothing_to_go_back_to = actions.iter().any(|a| {
-        matches!(
-            a,
-            Step::Event {
-                reason: "NoKnownGood",
-                ..
-            }
-        )
-    });
-    if nothing_to_go_back_to && let Some(t) = tenant_of(rec.applied.as_ref()).filter(|t| ours(t)) {
+    if reconcile::nothing_to_go_back_to(actions)
+        && let Some(t) = tenant_of(rec.applied.as_ref()).filter(|t| ours(t))
+    {
         // Failed with nothing to go back to: its tenant decides nothing (requests fail closed).
         p.delete_policy(t).await.map_err(Error::Store)?;
     }

@@ -352,6 +352,20 @@ where
     out
 }
 
+/// Whether a step failed a generation with no known good one to go back to (the object
+/// must then serve nothing).
+pub(crate) fn nothing_to_go_back_to(actions: &[Step]) -> bool {
+    actions.iter().any(|a| {
+        matches!(
+            a,
+            Step::Event {
+                reason: "NoKnownGood",
+                ..
+            }
+        )
+    })
+}
+
 /// The longest one reconcile may take (normally well under a second).
 const RECONCILE_LIMIT: Duration = Duration::from_secs(20);
 

@@ -46,6 +46,9 @@ pub struct RequestContext {
     pub response_source: Option<ResponseSource>,
     /// Typed data filters pass to each other (e.g. verified JWT claims for the policy filter).
     pub extensions: http::Extensions,
+    /// The tenant a policy decided for (set by the `authz` filter), so that what is told
+    /// about the request afterwards (flow labels) can name it.
+    pub tenant: Option<Arc<str>>,
 }
 
 /// The claims of a verified JWT, put into [`RequestContext::extensions`] by the `jwt` filter
@@ -54,11 +57,6 @@ pub struct RequestContext {
 /// JSON object (`sub`, `iss`, `aud`, `exp`, custom claims).
 #[derive(Debug, Clone)]
 pub struct JwtClaims(pub Arc<serde_json::Value>);
-
-/// The tenant a policy decided for (put in [`RequestContext::extensions`] by the `authz`
-/// filter), so that what is told about the request afterwards (flow labels) can name it.
-#[derive(Debug, Clone)]
-pub struct Tenant(pub Arc<str>);
 
 /// The API operation a request was matched to (put in [`RequestContext::extensions`] by the
 /// `openapi` filter): `{"id", "method", "path", "tags", "security"}`, so that a policy after

@@ -30,7 +30,7 @@ use rampart_policy::{PolicyEngine, Value};
 use crate::error::local_response;
 use crate::filter::{
     ApiOperation, BuildEnv, FilterBuildError, FilterFactory, FilterRef, Flow, HttpFilter,
-    JwtClaims, RequestContext, Tenant,
+    JwtClaims, RequestContext,
 };
 use crate::policy::PolicyRuntime;
 
@@ -71,31 +71,41 @@ struct ResponseHeaders(Vec<(HeaderName, HeaderValue)>);
 pub struct AuthzFilter {
     engine: Arc<PolicyEngine>,
     config: Authz,
+    /// A fixed tenant, made once (requests share it).
+    fixed: Option<Arc<str>>,
 }
 
 impl AuthzFilter {
     pub fn new(engine: Arc<PolicyEngine>, config: Authz) -> Self {
-        Self { engine, config }
+        let fixed = match &config.tenant {
+            TenantSource::Fixed(t) => Some(Arc::from(t.as_str())),
+            _ => None,
+        };
+        Self {
+            engine,
+            config,
+            fixed,
+        }
     }
 
-    fn tenant(&self, ctx: &RequestContext, req: &request::Parts) -> Option<String> {
+    fn tenant(&self, ctx: &RequestContext, req: &request::Parts) -> Option<Arc<str>> {
         match &self.config.tenant {
-            TenantSource::Fixed(t) => Some(t.clone()),
+            TenantSource::Fixed(_) => self.fixed.clone(),
             TenantSource::Host => {
                 let host = host(req)?;
                 let label = host.split('.').next()?;
-                (!label.is_empty()).then(|| label.to_ascii_lowercase())
+                (!label.is_empty()).then(|| Arc::from(label.to_ascii_lowercase()))
             }
             TenantSource::Header(h) => req
                 .headers
                 .get(h)
                 .and_then(|v| v.to_str().ok())
                 .filter(|v| !v.is_empty())
-                .map(str::to_string),
+                .map(Arc::from),
             TenantSource::Claim(c) => {
                 let claims = ctx.extensions.get::<JwtClaims>()?;
                 match claims.0.get(c)? {
-                    serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+                    serde_json::Value::String(s) if !s.is_empty() => Some(Arc::from(s.as_str())),
                     _ => None,
                 }
             }
@@ -245,7 +255,7 @@ impl HttpFilter for AuthzFilter {
             return self.fail("no tenant in the request", false);
         };
         let input = input(ctx, req, &tenant);
-        ctx.extensions.insert(Tenant(Arc::from(tenant.as_str())));
+        ctx.tenant = Some(tenant.clone());
         let decided = match self.engine.decide(&tenant, input) {
             Ok(d) => d,
             Err(e) => return self.fail(&e.to_string(), true),
@@ -320,6 +330,7 @@ mod tests {
             started: std::time::Instant::now(),
             response_source: None,
             extensions: http::Extensions::new(),
+            tenant: None,
         };
         let v: serde_json::Value = serde_json::to_value(input(&ctx, &req, "acme")).unwrap();
         assert_eq!(v["headers"]["x-a"], "1, 2");

@@ -333,18 +333,19 @@ async fn serve(
         started: x.started,
         response_source: None,
         extensions: http::Extensions::new(),
+        tenant: None,
     };
     if x.has_filters() {
         for f in x.chain() {
             if let Verdict::Respond(resp) =
                 f.on_request_headers(&mut ctx, &mut parts).resolve().await
             {
-                x.tenant = tenant_of(&ctx);
+                x.tenant.clone_from(&ctx.tenant);
                 ctx.response_source = Some(ResponseSource::Local);
                 return finish_response(resp, x.route, x.chain(), &mut ctx).await;
             }
         }
-        x.tenant = tenant_of(&ctx);
+        x.tenant.clone_from(&ctx.tenant);
     }
     let (resp, source) = act(x, &ctx, &mut parts, body).await;
     if x.has_filters() {
@@ -355,12 +356,6 @@ async fn serve(
         header_mutation::apply(&x.route.response_headers, &mut rparts.headers);
         Response::from_parts(rparts, rbody)
     }
-}
-
-fn tenant_of(ctx: &RequestContext) -> Option<Arc<str>> {
-    ctx.extensions
-        .get::<crate::filter::Tenant>()
-        .map(|t| t.0.clone())
 }
 
 /// The route's action: a local answer, or the upstream's.
