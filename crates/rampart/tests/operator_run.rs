@@ -127,6 +127,20 @@ fn condition(api: &FakeApi, plural: &str, name: &str, kind: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// Waits for condition `kind` of the object to have `status`: the record is saved before
+/// the status and the Events are written, so they follow it.
+async fn await_condition(api: &FakeApi, plural: &str, name: &str, kind: &str, status: &str) {
+    let ok = eventually(WAIT, || async {
+        condition(api, plural, name, kind)["status"] == status
+    })
+    .await;
+    assert!(
+        ok,
+        "{plural} {name}: {kind} never {status}: {}",
+        condition(api, plural, name, kind)
+    );
+}
+
 /// Reasons of the Events about object `name`.
 fn events(api: &FakeApi, name: &str) -> Vec<String> {
     api.list("events.k8s.io/v1", "events")
@@ -347,16 +361,9 @@ async fn operator_rolls_out_reverts_fails_over_and_cleans_up() {
     api.upsert(GATEWAY_API, "httproutes", gen1.clone());
     await_phase(&api, "gateway", "edge", "Running", 1).await;
     await_phase(&api, "httproute", "site", "Running", 1).await;
-    let programmed = condition(&api, "httproutes", "site", "Programmed");
-    assert_eq!(programmed["status"], "True", "{programmed}");
-    assert_eq!(
-        condition(&api, "httproutes", "site", "ResolvedRefs")["status"],
-        "True"
-    );
-    assert_eq!(
-        condition(&api, "gateways", "edge", "Programmed")["status"],
-        "True"
-    );
+    await_condition(&api, "httproutes", "site", "Programmed", "True").await;
+    await_condition(&api, "httproutes", "site", "ResolvedRefs", "True").await;
+    await_condition(&api, "gateways", "edge", "Programmed", "True").await;
     let site = api
         .get(GATEWAY_API, "httproutes", Some("shop"), "site")
         .unwrap();
@@ -410,11 +417,8 @@ async fn operator_rolls_out_reverts_fails_over_and_cleans_up() {
         r["reason"].as_str().unwrap().contains("store refused"),
         "{r}"
     );
+    await_condition(&api, "httproutes", "site", "Programmed", "False").await;
     assert!(events(&api, "site").contains(&"RolledBack".to_owned()));
-    assert_eq!(
-        condition(&api, "httproutes", "site", "Programmed")["status"],
-        "False"
-    );
     assert!(traffic.answers_from("v1", 20).await);
     assert_eq!(traffic.failed(), 0, "a refused generation broke traffic");
 
@@ -678,11 +682,14 @@ async fn policies(api: &FakeApi, p: &Platform, gw: SocketAddr) {
         "{}",
         condition(api, "httproutes", "guarded", "ResolvedRefs")
     );
-    let status = api
-        .get(FUNCTIONS, "rampartpolicies", Some("shop"), "rbac")
-        .unwrap()["status"]
-        .clone();
-    assert_eq!(status["phase"], "Running", "{status}");
+    let status = || {
+        api.get(FUNCTIONS, "rampartpolicies", Some("shop"), "rbac")
+            .unwrap()["status"]
+            .clone()
+    };
+    // The status is written after the record.
+    let running = eventually(WAIT, || async { status()["phase"] == "Running" }).await;
+    assert!(running, "{}", status());
 
     // Another RampartPolicy claiming the same tenant is refused (the oldest owns it), and
     // deleting it leaves the owner's bundle alone.
@@ -931,11 +938,15 @@ async fn functions(api: &FakeApi, gw: SocketAddr) {
     api.upsert(GATEWAY_API, "httproutes", to_fn);
     await_phase(api, "rampartfunction", "greet", "Running", 1).await;
     await_phase(api, "httproute", "fn", "Running", 1).await;
-    let status = api
-        .get(FUNCTIONS, "rampartfunctions", Some("shop"), "greet")
-        .unwrap()["status"]
-        .clone();
-    assert_eq!(status["phase"], "Running", "{status}");
+    let status = || {
+        api.get(FUNCTIONS, "rampartfunctions", Some("shop"), "greet")
+            .unwrap()["status"]
+            .clone()
+    };
+    // The status is written after the record.
+    let running = eventually(WAIT, || async { status()["phase"] == "Running" }).await;
+    assert!(running, "{}", status());
+    let status = status();
     assert_eq!(status["lastGoodGeneration"], 1, "{status}");
     let traffic = Traffic::start(gw, "/trap");
     assert!(traffic.answers_from("hello, k8s", 10).await);
