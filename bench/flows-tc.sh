@@ -22,7 +22,7 @@
 #
 # Usage:  bash bench/flows-tc.sh          (as root)
 # Environment: BENCH_DURATION=10  BENCH_WARMUP=2  BENCH_CONNS=64  BENCH_ROUNDS=5
-#              RAMPART_BIN=path (built with --features flows)  TC_ONLY_BIN=path (the example)
+#              RAMPART_BIN=path (the default build has flows)  TC_ONLY_BIN=path (the example)
 #              BENCH_DOC=docs/BENCHMARKS.md
 set -euo pipefail
 umask 022
@@ -62,8 +62,8 @@ ensure_tools nginx:nginx wrk:wrk curl:curl bpftool:bpftool tc:iproute2 python3:p
 mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
 raise_nofile
 if [[ -z "${RAMPART_BIN:-}" ]]; then
-    log "cargo build --release -p rampart --features flows"
-    cargo build --release -p rampart --features flows
+    log "cargo build --release -p rampart"
+    cargo build --release -p rampart
     RAMPART_BIN="$CARGO_TARGET_DIR/release/rampart"
 fi
 if [[ -z "${TC_ONLY_BIN:-}" ]]; then

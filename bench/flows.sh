@@ -25,7 +25,7 @@
 #
 # Usage:  bash bench/flows.sh          (as root)
 # Environment: BENCH_DURATION=10  BENCH_WARMUP=2  BENCH_CONNS=64  BENCH_ROUNDS=3
-#              RAMPART_BIN=path (built with --features flows)  BENCH_DOC=docs/BENCHMARKS.md
+#              RAMPART_BIN=path (the default build has flows)  BENCH_DOC=docs/BENCHMARKS.md
 set -euo pipefail
 umask 022
 
@@ -62,8 +62,8 @@ ensure_tools nginx:nginx wrk:wrk curl:curl bpftool:bpftool python3:python3
 mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
 raise_nofile
 if [[ -z "${RAMPART_BIN:-}" ]]; then
-    log "cargo build --release -p rampart --features flows"
-    cargo build --release -p rampart --features flows
+    log "cargo build --release -p rampart"
+    cargo build --release -p rampart
     RAMPART_BIN="$CARGO_TARGET_DIR/release/rampart"
 fi
 # Someone else's rf_ programs would be counted in the BPF statistics and load both arms.

@@ -17,11 +17,12 @@ section() { printf '\n==> %s\n' "$*"; }
 
 # Debian packages the tests and build scripts use: a C compiler (mimalloc, ring); iproute2,
 # iptables, curl and util-linux (runuser) for the sidecar's interception test in a network
-# namespace; etcd-client (etcdctl) for the store's compatibility test; clang, bpftool,
-# libelf-dev and zlib1g-dev for the eBPF flow tracer (rampart-flows: libbpf is built from its
-# vendored source against Debian's libelf and zlib; clang compiles the BPF C); python3 for the
-# module-cycle check, and python3-venv for the independent xDS client's virtualenv.
-packages=(python3 python3-venv gcc make pkg-config iproute2 iptables curl util-linux etcd-client clang bpftool libelf-dev zlib1g-dev)
+# namespace; etcd-client (etcdctl) for the store's compatibility test; clang (with
+# llvm-strip), libbpf-dev (BPF headers) and bpftool to compile the eBPF flow tracer's C and
+# check it against the committed objects (building does not need them: aya loads the
+# committed objects); python3 for the module-cycle check, and python3-venv for the
+# independent xDS client's virtualenv.
+packages=(python3 python3-venv gcc make pkg-config iproute2 iptables curl util-linux etcd-client clang bpftool libbpf-dev)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -1,5 +1,6 @@
 //! Counts TCP bytes and packets with [`TcCounter`] on one interface until SIGTERM or SIGINT,
-//! then prints the totals per direction and detaches (no clsact qdisc or program is left).
+//! then prints the totals per direction and detaches (TCX links: nothing is left, even after
+//! SIGKILL).
 //! `bench/flows-tc.sh` runs it as the "TC only" mode.
 //!
 //! `sudo cargo run -p rampart-flows --example tc_only -- [INTERFACE]` (default `lo`)
@@ -16,14 +17,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     println!(
-        "attached {:?} to {interface} (ifindex {}, {} the clsact qdisc); waiting for SIGTERM or SIGINT",
+        "attached {:?} to {interface} (ifindex {}, TCX); waiting for SIGTERM or SIGINT",
         counter.programs().collect::<Vec<_>>(),
         counter.ifindex(),
-        if counter.owns_qdisc() {
-            "created"
-        } else {
-            "reused"
-        }
     );
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -50,7 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("ingress: {ingress:?}");
     println!("egress: {egress:?}");
     println!("{:?}", counter.counters()?);
-    counter.detach()?;
+    counter.detach();
     println!("detached");
     Ok(())
 }

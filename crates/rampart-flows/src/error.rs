@@ -98,49 +98,52 @@ pub enum FlowsError {
         rule: &'static str,
     },
 
-    /// libbpf could not open the embedded BPF object.
-    #[error("opening the embedded BPF object failed: {source}\n{log}")]
+    /// The BPF object could not be prepared: parsing it, relocating it against the kernel's
+    /// BTF (CO-RE) or creating its maps failed.
+    #[error(
+        "preparing the BPF object failed: {detail}; a kernel type that differs from what the \
+         CO-RE relocations expect, or a map the kernel refused"
+    )]
     Open {
-        /// The libbpf error.
-        source: libbpf_rs::Error,
-        /// What libbpf printed meanwhile.
-        log: String,
+        /// aya's error with its causes.
+        detail: String,
+        /// aya's error.
+        source: BoxError,
     },
 
-    /// The kernel (usually the verifier) rejected a program, or a CO-RE relocation failed.
+    /// The kernel (usually the verifier) rejected a program.
     #[error(
-        "loading the BPF programs failed{}: {source}; the kernel rejected them (verifier, \
-         or a kernel type that differs from what the CO-RE relocations expect). libbpf and \
-         verifier log:\n{log}",
+        "loading the BPF programs failed{}: {source}; the kernel rejected them (verifier). \
+         Verifier log:\n{log}",
         program.as_deref().map(|p| format!(" (program {p})")).unwrap_or_default()
     )]
     Load {
-        /// The program libbpf named in its log, when it named one.
+        /// The program that was refused, when known.
         program: Option<String>,
-        /// The libbpf error.
-        source: libbpf_rs::Error,
-        /// The verifier log (or, failing that, everything libbpf printed).
+        /// aya's error.
+        source: BoxError,
+        /// The verifier log (or what else is known).
         log: String,
     },
 
     /// Attaching a program to its tracepoint failed.
-    #[error("attaching BPF program {program} failed: {source}")]
+    #[error("attaching BPF program {program} failed: {}", crate::load::chain(source.as_ref()))]
     Attach {
         /// Our program name (`rf_...`).
         program: &'static str,
-        /// The libbpf error.
-        source: libbpf_rs::Error,
+        /// aya's error.
+        source: BoxError,
     },
 
-    /// A map operation (setting sizes, reading flows or counters) failed.
-    #[error("BPF map {map}: {op} failed: {source}")]
+    /// A map operation (reading flows or counters) failed.
+    #[error("BPF map {map}: {op} failed: {}", crate::load::chain(source.as_ref()))]
     Map {
         /// The map name (`rf_...`).
         map: &'static str,
         /// What was being done.
         op: &'static str,
-        /// The libbpf error.
-        source: libbpf_rs::Error,
+        /// aya's error.
+        source: BoxError,
     },
 
     /// The network interface to attach to does not exist in this network namespace.
@@ -155,25 +158,40 @@ pub enum FlowsError {
         source: io::Error,
     },
 
-    /// Creating the clsact qdisc, or attaching or detaching a TC program, failed.
-    #[error("TC {hook} on {interface}: {op} failed: {source}")]
+    /// Attaching a TC program (a TCX link) failed.
+    #[error("TC {hook} on {interface}: {op} failed: {}", crate::load::chain(source.as_ref()))]
     Tc {
         /// The interface name.
         interface: String,
-        /// `ingress`, `egress` or `clsact qdisc`.
+        /// `ingress` or `egress`.
         hook: &'static str,
-        /// What was being done (`attach`, `create`, `detach`, `destroy`).
+        /// What was being done (`attach`).
         op: &'static str,
-        /// The libbpf error.
-        source: libbpf_rs::Error,
+        /// aya's error.
+        source: BoxError,
     },
 
-    /// Setting up or polling the ring buffer failed.
+    /// The bpffs directory for pinned maps could not be made.
+    #[error(
+        "{path}: {source}; pinned maps need bpffs mounted above it (`mount -t bpf bpf \
+         /sys/fs/bpf`) and root"
+    )]
+    Pin {
+        /// The directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+
+    /// Waiting on the ring buffer failed.
     #[error("ring buffer {op} failed: {source}")]
     RingBuffer {
         /// What was being done.
         op: &'static str,
-        /// The libbpf error.
-        source: libbpf_rs::Error,
+        /// The underlying error.
+        source: io::Error,
     },
 }
+
+/// The error types of aya, boxed: they are many and change between releases.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -32,7 +32,7 @@
 //! that transition.
 //!
 //! **Socket tracepoints or TC?** [`TcCounter`] is the packet-level alternative, kept for
-//! comparison: TC clsact ingress/egress programs on one interface count TCP payload bytes (IP
+//! comparison: TC ingress/egress programs (TCX links) on one interface count TCP payload bytes (IP
 //! length − IP and TCP headers), packets and segments per 5-tuple and hook. Measured on Linux
 //! 6.18 with 2 vCPUs (`tests/tc.rs`; `bench/flows-tc.sh`, results in `docs/BENCHMARKS.md`):
 //! - *Exactness.* Without loss both equal the application's bytes, on `lo` and on a veth pair,
@@ -49,30 +49,36 @@
 //!   this machine's run-to-run noise. Neither is clearly cheaper; TC's cost grows with packets
 //!   (ACKs, small segments), the socket tracepoints' with send/recv calls.
 //! - *Scope.* TC sees one interface (every NIC and veth must be attached to see everything),
-//!   knows no socket or process, keys by tuple (a reused tuple adds to the old entry), and its
-//!   filters outlive a SIGKILLed process. The tracepoints see every socket in every namespace.
+//!   knows no socket or process and keys by tuple (a reused tuple adds to the old entry). The
+//!   tracepoints see every socket in every namespace.
 //!
 //! So the socket tracepoints stay the default: exact by construction, node-wide, and no more
 //! expensive. [`TcCounter`] is for on-the-wire bytes (retransmissions included) of a chosen
 //! interface.
 //!
-//! # Building without clang
-//! The BPF object is compiled by clang (Debian clang 14) through libbpf-cargo's
-//! `SkeletonBuilder` in `build.rs`, against a `vmlinux.h` dumped from the running kernel's BTF
-//! with bpftool. `vmlinux.h` is not committed (about 3 MB, kernel-specific, regenerated into
-//! `OUT_DIR`). The compiled objects *are* committed as `src/bpf/flows.bpf.o` and
-//! `src/bpf/tc_bytes.bpf.o` (the [`TcCounter`] programs, a separate object with its own
-//! skeleton), each with a `.meta` file recording the clang version and a hash of the
-//! `vmlinux.h` it was built against:
-//! - feature `bpf-build` (default) with clang, bpftool and `/sys/kernel/btf/vmlinux` present:
-//!   the C is compiled and those objects embedded; otherwise (or with
-//!   `--no-default-features`) the committed objects are embedded, with a cargo warning saying
-//!   why. The workspace therefore builds without clang (libbpf itself still needs a C compiler,
-//!   `libelf-dev`, `zlib1g-dev`, `pkg-config` and `make`).
+//! # Building without clang or libelf
+//! The programs are loaded by [aya](https://docs.rs/aya), which parses the object, relocates it
+//! against the kernel's BTF (CO-RE) and talks to the kernel in pure Rust: no libbpf, libelf or
+//! zlib, so `rampart` carries flow tracing in its default build on a machine with nothing but
+//! the Rust toolchain. (libbpf-rs needed Debian's libelf-dev and zlib1g-dev to build; aya's
+//! loader does the same work for these objects, and the tests below pin it down.)
+//!
+//! The objects are compiled by clang (Debian clang 14) in `build.rs` against a `vmlinux.h`
+//! dumped from the running kernel's BTF with bpftool and libbpf's BPF headers (Debian
+//! libbpf-dev), then stripped of DWARF. `vmlinux.h` is not committed (about 3 MB,
+//! kernel-specific, regenerated into `OUT_DIR`). The compiled objects *are* committed as
+//! `src/bpf/flows.bpf.o` and `src/bpf/tc_bytes.bpf.o` (the [`TcCounter`] programs), each with
+//! a `.meta` file recording the clang version and hashes of the `vmlinux.h` and headers it
+//! was built against:
+//! - feature `bpf-build` (default) with clang, llvm-strip, bpftool, the headers and
+//!   `/sys/kernel/btf/vmlinux` present: the C is compiled and those objects embedded;
+//!   otherwise (or with `--no-default-features`) the committed objects are embedded, with a
+//!   cargo warning saying why.
 //! - the test `committed_object_matches_source` (in `tests/flows.rs`) checks that each fresh
-//!   object is byte-identical to the committed one whenever clang and the kernel headers match
-//!   its meta file, so the committed objects cannot drift from the sources. After changing the
-//!   C, run it with `RAMPART_FLOWS_BLESS=1` to update the committed objects and metas.
+//!   object is byte-identical to the committed one whenever its inputs match the meta file, so
+//!   the committed objects cannot drift from the sources. After changing the C, run it with
+//!   `RAMPART_FLOWS_BLESS=1` to update the committed objects and metas. The C asserts the
+//!   record layouts that `src/raw.rs` and `src/tc.rs` decode.
 //!
 //! CO-RE lets the committed object load on other kernels with BTF as long as the tracepoint
 //! fields and kernel structure members it reads exist there; it is developed and tested on
@@ -101,42 +107,27 @@
 #![warn(clippy::unwrap_used)]
 
 mod error;
+mod label_map;
 mod labels;
-mod libbpf_log;
+mod load;
 mod model;
 mod preflight;
 mod raw;
 mod tc;
 mod tracer;
 
-/// The skeleton libbpf-cargo generates in `build.rs`. Generated code uses `unsafe` throughout
-/// (FFI into libbpf); the workspace denies `unsafe_code`, so it is allowed for this module
-/// only. The rest of the crate uses the skeleton's safe API.
-#[allow(
-    unsafe_code,
-    unreachable_pub,
-    clippy::all,
-    clippy::pedantic,
-    clippy::unwrap_used
-)]
-mod skel {
-    include!(concat!(env!("OUT_DIR"), "/flows.skel.rs"));
-}
+/// The compiled `src/bpf/flows.bpf.o` (fresh from clang or the committed copy; see `build.rs`),
+/// aligned for the ELF parser.
+static FLOWS_OBJ: &[u8] = aya::include_bytes_aligned!(env!("RAMPART_FLOWS_OBJ"));
 
-/// The skeleton of `src/bpf/tc_bytes.bpf.c` (the [`TcCounter`] programs); generated and
-/// allowed `unsafe` like [`skel`].
-#[allow(
-    unsafe_code,
-    unreachable_pub,
-    clippy::all,
-    clippy::pedantic,
-    clippy::unwrap_used
-)]
-mod tc_skel {
-    include!(concat!(env!("OUT_DIR"), "/tc_bytes.skel.rs"));
-}
+/// The compiled `src/bpf/tc_bytes.bpf.o` (the [`TcCounter`] programs).
+static TC_OBJ: &[u8] = aya::include_bytes_aligned!(env!("RAMPART_FLOWS_TC_OBJ"));
 
-pub use error::FlowsError;
+/// The compiled `src/bpf/labels.bpf.o` (the [`PinnedLabels`] maps).
+static LABELS_OBJ: &[u8] = aya::include_bytes_aligned!(env!("RAMPART_FLOWS_LABELS_OBJ"));
+
+pub use error::{BoxError, FlowsError};
+pub use label_map::{DEFAULT_LABELS_PIN_DIR, PinnedLabels};
 pub use labels::{FlowLabels, LabelRegistry};
 pub use model::{
     Direction, FlowCounters, FlowEvent, FlowInfo, FlowKey, FlowSnapshot, FlowStats, Protocol,

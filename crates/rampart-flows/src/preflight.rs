@@ -1,5 +1,5 @@
 //! Checks run before anything is loaded, so that a missing privilege or kernel feature gives an
-//! actionable [`FlowsError`] instead of a bare `EPERM` from deep inside libbpf.
+//! actionable [`FlowsError`] instead of a bare `EPERM` from deep inside the loader.
 
 use std::fs;
 use std::io;
@@ -31,7 +31,7 @@ pub(crate) struct SystemPaths {
     pub(crate) btf: PathBuf,
     /// The tracefs mount point (`/sys/kernel/tracing`).
     pub(crate) tracefs: PathBuf,
-    /// The legacy location under debugfs; libbpf prefers it when it exists.
+    /// The legacy location under debugfs; aya uses it when the tracefs mount point is empty.
     pub(crate) debugfs_tracing: PathBuf,
 }
 
@@ -45,10 +45,12 @@ impl SystemPaths {
         }
     }
 
-    /// The `events` directory libbpf will read tracepoint ids from.
+    /// The `events` directory aya will read tracepoint ids from: the tracefs mount point when
+    /// it exists and is not empty, else the debugfs location (aya's `find_tracefs_path`).
     fn events_dir(&self) -> PathBuf {
-        // libbpf: use debugfs when /sys/kernel/debug/tracing exists, else tracefs.
-        if self.debugfs_tracing.exists() {
+        let populated =
+            |dir: &PathBuf| fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some());
+        if !populated(&self.tracefs) && populated(&self.debugfs_tracing) {
             self.debugfs_tracing.join("events")
         } else {
             self.tracefs.join("events")
@@ -361,11 +363,17 @@ mod tests {
     }
 
     #[test]
-    fn debugfs_location_wins_when_present_like_libbpf() {
+    fn debugfs_location_is_used_only_when_tracefs_is_empty_like_aya() {
         let f = Fake::new("debugfs");
         f.add_tracepoints();
+        // debugfs tracing exists but has no events: tracefs is populated, so aya (and the
+        // check) use tracefs.
         fs::create_dir_all(&f.paths.debugfs_tracing).unwrap();
-        // debugfs tracing exists but has no events: libbpf would look there and fail.
+        check(&f.paths, false).unwrap();
+        // tracefs empty, debugfs populated without the events: aya would look there and fail.
+        fs::remove_dir_all(&f.paths.tracefs).unwrap();
+        fs::create_dir_all(&f.paths.tracefs).unwrap();
+        fs::write(f.paths.debugfs_tracing.join("trace"), "").unwrap();
         let e = check(&f.paths, false).unwrap_err();
         assert!(matches!(e, FlowsError::TracefsNotMounted { .. }), "{e}");
     }

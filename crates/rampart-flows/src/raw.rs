@@ -1,15 +1,14 @@
 //! Decoding the kernel's records (`struct rf_flow`, `struct rf_event` in `bpf/flows.bpf.c`).
 //!
-//! Decoding is by explicit offsets on byte slices (no `unsafe` casts); the offsets are checked
-//! at compile time against the Rust types the skeleton generator derived from the object's BTF,
-//! so a change to the C layout that is not mirrored here fails the build.
+//! Decoding is by explicit offsets on byte slices (no `unsafe` casts). The C side asserts the
+//! same offsets (`RF_AT` in `bpf/flows.bpf.c`), so a change to the layout there that is not
+//! mirrored here fails the object's compile, and `committed_object_matches_source` keeps the
+//! committed object in step with the C.
 
-use std::mem::{offset_of, size_of};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use crate::model::{Direction, FlowEvent, FlowInfo, FlowKey, FlowStats, ResetBy, TcpState};
-use crate::skel::types;
 
 // struct rf_tuple
 const T_SADDR: usize = 0;
@@ -19,6 +18,7 @@ const T_DPORT: usize = 34;
 const T_FAMILY: usize = 36;
 const T_NETNS: usize = 40;
 const TUPLE_SIZE: usize = 44;
+const _: () = assert!(F_PID == TUPLE_SIZE, "struct rf_flow starts with its tuple");
 
 // struct rf_flow
 const F_PID: usize = 44;
@@ -43,37 +43,6 @@ const E_STATE: usize = 2;
 const E_TS: usize = 8;
 const E_FLOW: usize = 16;
 const EVENT_SIZE: usize = 144;
-
-const _: () = {
-    assert!(size_of::<types::rf_tuple>() == TUPLE_SIZE);
-    assert!(offset_of!(types::rf_tuple, saddr) == T_SADDR);
-    assert!(offset_of!(types::rf_tuple, daddr) == T_DADDR);
-    assert!(offset_of!(types::rf_tuple, sport) == T_SPORT);
-    assert!(offset_of!(types::rf_tuple, dport) == T_DPORT);
-    assert!(offset_of!(types::rf_tuple, family) == T_FAMILY);
-    assert!(offset_of!(types::rf_tuple, netns) == T_NETNS);
-    assert!(size_of::<types::rf_flow>() == FLOW_SIZE);
-    assert!(offset_of!(types::rf_flow, t) == 0);
-    assert!(offset_of!(types::rf_flow, pid) == F_PID);
-    assert!(offset_of!(types::rf_flow, flow_id) == F_FLOW_ID);
-    assert!(offset_of!(types::rf_flow, opened_ns) == F_OPENED);
-    assert!(offset_of!(types::rf_flow, established_ns) == F_ESTABLISHED);
-    assert!(offset_of!(types::rf_flow, closed_ns) == F_CLOSED);
-    assert!(offset_of!(types::rf_flow, bytes_sent) == F_BYTES_SENT);
-    assert!(offset_of!(types::rf_flow, bytes_received) == F_BYTES_RECEIVED);
-    assert!(offset_of!(types::rf_flow, segs_out) == F_SEGS_OUT);
-    assert!(offset_of!(types::rf_flow, segs_in) == F_SEGS_IN);
-    assert!(offset_of!(types::rf_flow, retransmits) == F_RETRANSMITS);
-    assert!(offset_of!(types::rf_flow, state) == F_STATE);
-    assert!(offset_of!(types::rf_flow, flags) == F_FLAGS);
-    assert!(offset_of!(types::rf_flow, comm) == F_COMM);
-    assert!(size_of::<types::rf_event>() == EVENT_SIZE);
-    assert!(offset_of!(types::rf_event, kind) == E_KIND);
-    assert!(offset_of!(types::rf_event, reset_by) == E_RESET_BY);
-    assert!(offset_of!(types::rf_event, state) == E_STATE);
-    assert!(offset_of!(types::rf_event, ts_ns) == E_TS);
-    assert!(offset_of!(types::rf_event, flow) == E_FLOW);
-};
 
 // Flow flags (RF_F_*).
 const FL_ACTIVE: u8 = 0x01;

@@ -1,22 +1,19 @@
 //! [`TcCounter`]: bytes and packets per TCP flow and direction, counted on one interface by
-//! TC clsact programs (`src/bpf/tc_bytes.bpf.c`). The packet-level alternative to the
+//! TC programs on TCX links (`src/bpf/tc_bytes.bpf.c`). The packet-level alternative to the
 //! socket-level byte counts of [`crate::FlowTracer`]; see "Byte counting" in the crate docs for
 //! how the two compare.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::mem::{MaybeUninit, offset_of, size_of};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::AddAssign;
-use std::os::fd::{AsFd as _, OwnedFd};
 
-use libbpf_rs::skel::{OpenSkel as _, SkelBuilder as _};
-use libbpf_rs::{
-    MapCore as _, MapFlags, MapHandle, TC_EGRESS, TC_INGRESS, TcAttachPoint, TcHookBuilder,
-};
+use aya::Ebpf;
+use aya::maps::{MapData, MapError, PerCpuArray, PerCpuHashMap};
+use aya::programs::links::LinkOrder;
+use aya::programs::tc::TcAttachOptions;
+use aya::programs::{SchedClassifier, TcAttachType};
 
-use crate::tc_skel::{TcBytesSkelBuilder, types};
-use crate::{FlowsError, current_netns, libbpf_log, preflight};
+use crate::{FlowsError, load, preflight};
 
 // struct rf_tc_key
 const K_SADDR: usize = 0;
@@ -34,20 +31,7 @@ const V_PAYLOAD: usize = 16;
 const V_IP: usize = 24;
 const VALUE_SIZE: usize = 32;
 
-const _: () = {
-    assert!(size_of::<types::rf_tc_key>() == KEY_SIZE);
-    assert!(offset_of!(types::rf_tc_key, saddr) == K_SADDR);
-    assert!(offset_of!(types::rf_tc_key, daddr) == K_DADDR);
-    assert!(offset_of!(types::rf_tc_key, sport) == K_SPORT);
-    assert!(offset_of!(types::rf_tc_key, dport) == K_DPORT);
-    assert!(offset_of!(types::rf_tc_key, family) == K_FAMILY);
-    assert!(offset_of!(types::rf_tc_key, dir) == K_DIR);
-    assert!(size_of::<types::rf_tc_value>() == VALUE_SIZE);
-    assert!(offset_of!(types::rf_tc_value, packets) == V_PACKETS);
-    assert!(offset_of!(types::rf_tc_value, segs) == V_SEGS);
-    assert!(offset_of!(types::rf_tc_value, payload_bytes) == V_PAYLOAD);
-    assert!(offset_of!(types::rf_tc_value, ip_bytes) == V_IP);
-};
+// The C asserts the same offsets (`RF_AT` in `bpf/tc_bytes.bpf.c`).
 
 // RF_TC_INGRESS / RF_TC_EGRESS
 const DIR_INGRESS: u8 = 0;
@@ -214,41 +198,26 @@ impl TcSnapshot {
 }
 
 /// TCP bytes and packets per 5-tuple and direction on one network interface, counted by two
-/// TC programs (`rf_tc_ingress`, `rf_tc_egress`) on its clsact qdisc.
+/// TC programs (`rf_tc_ingress`, `rf_tc_egress`) attached through TCX links (Linux 6.6+).
 ///
-/// [`attach`](Self::attach) creates the clsact qdisc when the interface has none (and then
-/// owns it) and adds one direct-action filter per hook; the programs never change a packet's
-/// fate (they return `TC_ACT_UNSPEC`, so filters after ours still run). Dropping the counter
-/// (or [`detach`](Self::detach)) removes both filters and, when it created the qdisc, destroys
-/// the qdisc with both attach points, so no clsact qdisc is left behind. A clsact qdisc that
-/// existed before is left in place with its other filters. Removing the qdisc removes the
-/// filters others added to it meanwhile (a second counter on the same interface, say): run one
-/// counter per interface.
+/// TCX links need no clsact qdisc and leave the interface's qdiscs and classic TC filters
+/// alone; the programs never change a packet's fate (they return `TCX_NEXT`, so programs and
+/// filters after ours still run). The links belong to this process: dropping the counter (or
+/// [`detach`](Self::detach)) removes them, and so does the process dying, even by SIGKILL,
+/// since the kernel closes its file descriptors. Several counters may run on one interface.
 ///
-/// Unlike the tracer's links, TC filters are not tied to a file descriptor: a counter killed
-/// with SIGKILL leaves its filters (and a qdisc it created) attached, counting, until
-/// `tc qdisc del dev <if> clsact` (or `tc filter del`) removes them.
-///
-/// The interface is looked up and the filters are attached in the calling thread's network
-/// namespace; whichever thread drops the counter, they are removed in that same namespace.
+/// The interface is looked up and the links are made in the calling thread's network
+/// namespace; they stay on that interface whichever thread drops the counter.
 ///
 /// Bytes are TCP payload bytes from the IP and TCP headers (see [`TcStats`]). Only
 /// Ethernet-framed interfaces (`lo`, veth, NICs) are supported.
 pub struct TcCounter {
+    // Field order is drop order: the object first, which closes the links.
+    ebpf: Ebpf,
     interface: String,
     ifindex: u32,
-    netns: u64,
-    netns_file: File,
-    /// The programs, ingress and egress (the filters hold them too).
-    progs: [OwnedFd; 2],
-    /// `(handle, priority)` of the attached filters, ingress and egress; `None` once detached.
-    /// (libbpf-rs' `TcHook` holds raw pointers, so it is not `Send`; hooks are rebuilt from
-    /// these to detach.)
-    filters: Option<[(u32, u32); 2]>,
-    /// We created the clsact qdisc (and remove it on detach).
-    owns_qdisc: bool,
-    flows: MapHandle,
-    counters: MapHandle,
+    flows: PerCpuHashMap<MapData, [u8; KEY_SIZE], [u8; VALUE_SIZE]>,
+    counters: PerCpuArray<MapData, u64>,
     max_flows: u32,
 }
 
@@ -257,9 +226,6 @@ impl std::fmt::Debug for TcCounter {
         f.debug_struct("TcCounter")
             .field("interface", &self.interface)
             .field("ifindex", &self.ifindex)
-            .field("netns", &self.netns)
-            .field("filters", &self.filters)
-            .field("owns_qdisc", &self.owns_qdisc)
             .finish_non_exhaustive()
     }
 }
@@ -270,67 +236,51 @@ impl TcCounter {
     pub fn attach(interface: &str, opts: TcCounterOptions) -> Result<Self, FlowsError> {
         opts.validate()?;
         check_tc_environment()?;
-        let (ifindex, ifindex_i32) = lookup_interface(interface)?;
-        let (netns, netns_file) = thread_netns()?;
+        let ifindex = lookup_interface(interface)?;
 
-        let capture = libbpf_log::Capture::begin();
-        let mut storage = MaybeUninit::uninit();
-        let mut open = TcBytesSkelBuilder::default()
-            .open(&mut storage)
-            .map_err(|source| libbpf_log::open_failed(capture.text(), source))?;
-        open.maps
-            .rf_tc_flows
-            .set_max_entries(opts.max_flows)
-            .map_err(map_err("rf_tc_flows", "set max_entries"))?;
-        let skel = open
-            .load()
-            .map_err(|source| libbpf_log::load_failed(&capture.text(), source))?;
-
-        let flows = MapHandle::try_from(&skel.maps.rf_tc_flows)
-            .map_err(map_err("rf_tc_flows", "duplicate fd"))?;
-        let counters = MapHandle::try_from(&skel.maps.rf_tc_counters)
-            .map_err(map_err("rf_tc_counters", "duplicate fd"))?;
-
-        let ingress_fd = skel.progs.rf_tc_ingress.as_fd();
-        let egress_fd = skel.progs.rf_tc_egress.as_fd();
-        let Attached {
-            filters,
-            owns_qdisc,
-        } = attach_filters(interface, ifindex_i32, [ingress_fd, egress_fd])?;
-        let dup = |fd: std::os::fd::BorrowedFd<'_>| {
-            fd.try_clone_to_owned()
-                .map_err(|source| FlowsError::ProcStatus {
-                    path: "program fd (dup)".into(),
-                    source,
-                })
-        };
-        let progs = match (dup(ingress_fd), dup(egress_fd)) {
-            (Ok(i), Ok(e)) => [i, e],
-            (Err(e), _) | (_, Err(e)) => {
-                let _ = detach_filters(
+        let mut ebpf = load::open(crate::TC_OBJ, &[("rf_tc_flows", opts.max_flows)])?;
+        let hooks = [
+            ("rf_tc_ingress", "ingress", TcAttachType::Ingress),
+            ("rf_tc_egress", "egress", TcAttachType::Egress),
+        ];
+        for (name, hook, attach_type) in hooks {
+            load::load_program(&mut ebpf, name)?;
+            let tc_err = |source: crate::BoxError| FlowsError::Tc {
+                interface: interface.to_owned(),
+                hook,
+                op: "attach",
+                source,
+            };
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .and_then(|p| p.try_into().ok())
+                .ok_or_else(|| tc_err("not a TC program in the object".into()))?;
+            // Last in the hook's order, after whatever is there; on error `ebpf` is dropped,
+            // which closes the link made so far.
+            program
+                .attach_with_options(
                     interface,
-                    ifindex_i32,
-                    [&ingress_fd, &egress_fd],
-                    filters,
-                    owns_qdisc,
-                );
-                return Err(e);
-            }
+                    attach_type,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(|e| tc_err(Box::new(e)))?;
+        }
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or_else(|| FlowsError::Map {
+                map: name,
+                op: "find",
+                source: "the object has no map of this name".into(),
+            })
         };
-        // The probing attach above makes libbpf print the kernel's "Parent Qdisc doesn't
-        // exists"; the capture kept that off stderr.
-        drop(capture);
-        // The filters hold the programs (and the programs their maps); the skeleton can go.
-        drop(skel);
+        let flows = PerCpuHashMap::try_from(take(&mut ebpf, "rf_tc_flows")?)
+            .map_err(map_err("rf_tc_flows", "open"))?;
+        let counters = PerCpuArray::try_from(take(&mut ebpf, "rf_tc_counters")?)
+            .map_err(map_err("rf_tc_counters", "open"))?;
 
         Ok(Self {
+            ebpf,
             interface: interface.to_owned(),
             ifindex,
-            netns,
-            netns_file,
-            progs,
-            filters: Some(filters),
-            owns_qdisc,
             flows,
             counters,
             max_flows: opts.max_flows,
@@ -347,11 +297,6 @@ impl TcCounter {
         self.ifindex
     }
 
-    /// True when [`attach`](Self::attach) created the clsact qdisc (and detaching removes it).
-    pub fn owns_qdisc(&self) -> bool {
-        self.owns_qdisc
-    }
-
     /// The names of the attached programs (all start with `rf_tc_`).
     pub fn programs(&self) -> impl Iterator<Item = &'static str> {
         TC_PROGRAMS.into_iter()
@@ -362,30 +307,25 @@ impl TcCounter {
     pub fn snapshot(&self) -> Result<TcSnapshot, FlowsError> {
         let limit = 2 * self.max_flows as usize + 16;
         let mut seen = HashSet::new();
-        let keys: Vec<Vec<u8>> = self
+        let keys: Vec<[u8; KEY_SIZE]> = self
             .flows
             .keys()
             .take(limit)
-            .filter(|k| seen.insert(k.clone()))
+            .filter_map(Result::ok)
+            .filter(|k| seen.insert(*k))
             .collect();
         let mut flows = HashMap::with_capacity(keys.len());
         for raw in keys {
             let Some(key) = decode_key(&raw) else {
                 continue;
             };
-            let per_cpu = match self.flows.lookup_percpu(&raw, MapFlags::ANY) {
-                Ok(Some(v)) => v,
-                Ok(None) => continue, // evicted meanwhile
-                Err(source) => {
-                    return Err(FlowsError::Map {
-                        map: "rf_tc_flows",
-                        op: "lookup",
-                        source,
-                    });
-                }
+            let per_cpu = match self.flows.get(&raw, 0) {
+                Ok(v) => v,
+                Err(MapError::KeyNotFound) => continue, // evicted meanwhile
+                Err(source) => return Err(map_err("rf_tc_flows", "lookup")(source)),
             };
             let mut total = TcStats::default();
-            for v in &per_cpu {
+            for v in per_cpu.iter() {
                 total += decode_value(v);
             }
             *flows.entry(key).or_default() += total;
@@ -399,10 +339,9 @@ impl TcCounter {
         for (idx, slot) in (0..C_COUNT).zip(v.iter_mut()) {
             let per_cpu = self
                 .counters
-                .lookup_percpu(&idx.to_ne_bytes(), MapFlags::ANY)
-                .map_err(map_err("rf_tc_counters", "lookup"))?
-                .unwrap_or_default();
-            *slot = per_cpu.iter().map(|b| u64_at(b, 0)).sum();
+                .get(&idx, 0)
+                .map_err(map_err("rf_tc_counters", "lookup"))?;
+            *slot = per_cpu.iter().sum();
         }
         let at = |i: u32| v[i as usize];
         Ok(TcCounters {
@@ -413,212 +352,18 @@ impl TcCounter {
         })
     }
 
-    /// Removes both filters and, when we created it, the clsact qdisc; reports the first
-    /// failure (dropping does the same and logs failures).
-    pub fn detach(mut self) -> Result<(), FlowsError> {
-        self.detach_all()
-    }
-
-    fn detach_all(&mut self) -> Result<(), FlowsError> {
-        let Some(filters) = self.filters.take() else {
-            return Ok(());
-        };
-        let ifindex = i32::try_from(self.ifindex).unwrap_or_default(); // checked in attach
-        let [ingress_fd, egress_fd] = &self.progs;
-        let (interface, owns_qdisc) = (self.interface.as_str(), self.owns_qdisc);
-        let work = move || {
-            detach_filters(
-                interface,
-                ifindex,
-                [&ingress_fd.as_fd(), &egress_fd.as_fd()],
-                filters,
-                owns_qdisc,
-            )
-        };
-        if current_netns().ok() == Some(self.netns) {
-            return work();
-        }
-        // Dropped on a thread in another network namespace: the netlink socket must be opened
-        // in the interface's namespace (ifindexes are per namespace), so do it on a thread
-        // that joins it.
-        let netns_file = &self.netns_file;
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                rustix::thread::move_into_link_name_space(
-                    netns_file.as_fd(),
-                    Some(rustix::thread::LinkNameSpaceType::Network),
-                )
-                .map_err(|e| FlowsError::ProcStatus {
-                    path: "/proc/thread-self/ns/net (setns)".into(),
-                    source: e.into(),
-                })?;
-                work()
-            })
-            .join()
-            .unwrap_or_else(|_| {
-                Err(FlowsError::ProcStatus {
-                    path: "/proc/thread-self/ns/net".into(),
-                    source: std::io::Error::other("the detaching thread panicked"),
-                })
-            })
-        })
+    /// Removes both links (the same as dropping the counter).
+    pub fn detach(self) {
+        drop(self.ebpf);
     }
 }
 
-impl Drop for TcCounter {
-    fn drop(&mut self) {
-        if let Err(e) = self.detach_all() {
-            tracing::warn!(interface = %self.interface, "detaching the TC counter: {e}");
-        }
-    }
-}
-
-/// The filters [`attach_filters`] added, and whether it created the clsact qdisc.
-struct Attached {
-    /// `(handle, priority)`, ingress and egress.
-    filters: [(u32, u32); 2],
-    owns_qdisc: bool,
-}
-
-/// Adds the ingress and egress `progs` as direct-action filters on `interface`, creating its
-/// clsact qdisc when it has none. On failure nothing of ours is left attached.
-fn attach_filters(
-    interface: &str,
-    ifindex_i32: i32,
-    progs: [std::os::fd::BorrowedFd<'_>; 2],
-) -> Result<Attached, FlowsError> {
-    let tc_err = |hook: &'static str, op: &'static str| {
-        let interface = interface.to_owned();
-        move |source| FlowsError::Tc {
-            interface,
-            hook,
-            op,
-            source,
-        }
-    };
-    let [ingress_fd, egress_fd] = progs;
-    // Handle and priority 0: the kernel picks free ones, so filters of others on the same
-    // hook are never replaced; attach() returns the hook with the chosen values.
-    let mut ingress = TcHookBuilder::new(ingress_fd)
-        .ifindex(ifindex_i32)
-        .replace(false)
-        .hook(TC_INGRESS);
-    let mut egress = TcHookBuilder::new(egress_fd)
-        .ifindex(ifindex_i32)
-        .replace(false)
-        .hook(TC_EGRESS);
-
-    // Attaching without a clsact qdisc fails with EINVAL: then create it, and own it.
-    // (libbpf's hook_create succeeds on an existing qdisc, so it cannot tell us.)
-    let mut owns_qdisc = false;
-    let mut qdisc = TcHookBuilder::new(ingress_fd)
-        .ifindex(ifindex_i32)
-        .hook(TC_INGRESS | TC_EGRESS);
-    let ingress = match ingress.attach() {
-        Ok(h) => h,
-        Err(e) if e.kind() == libbpf_rs::ErrorKind::InvalidInput => {
-            qdisc.create().map_err(tc_err("clsact qdisc", "create"))?;
-            match ingress.attach() {
-                Ok(h) => {
-                    owns_qdisc = true;
-                    h
-                }
-                Err(source) => {
-                    let _ = qdisc.destroy();
-                    return Err(tc_err("ingress", "attach")(source));
-                }
-            }
-        }
-        Err(source) => return Err(tc_err("ingress", "attach")(source)),
-    };
-    let egress = match egress.attach() {
-        Ok(h) => h,
-        Err(source) => {
-            let mut ingress = ingress;
-            let _ = ingress.detach();
-            if owns_qdisc {
-                let _ = qdisc.destroy();
-            }
-            return Err(tc_err("egress", "attach")(source));
-        }
-    };
-    Ok(Attached {
-        filters: [
-            (ingress.get_handle(), ingress.get_priority()),
-            (egress.get_handle(), egress.get_priority()),
-        ],
-        owns_qdisc,
-    })
-}
-
-/// `interface`'s index in the calling thread's network namespace, also as libbpf's `i32`.
-fn lookup_interface(interface: &str) -> Result<(u32, i32), FlowsError> {
-    let no_such = |source: std::io::Error| FlowsError::NoSuchInterface {
+/// `interface`'s index in the calling thread's network namespace.
+fn lookup_interface(interface: &str) -> Result<u32, FlowsError> {
+    interface_index(interface).map_err(|source| FlowsError::NoSuchInterface {
         name: interface.to_owned(),
         source,
-    };
-    let ifindex = interface_index(interface).map_err(no_such)?;
-    let ifindex_i32 = i32::try_from(ifindex).map_err(|_| {
-        no_such(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("interface index {ifindex} out of range"),
-        ))
-    })?;
-    Ok((ifindex, ifindex_i32))
-}
-
-/// The calling thread's network namespace: its inode number and an open handle to it.
-fn thread_netns() -> Result<(u64, File), FlowsError> {
-    let netns = current_netns().map_err(|source| FlowsError::ProcStatus {
-        path: "/proc/thread-self/ns/net".into(),
-        source,
-    })?;
-    let netns_file =
-        File::open("/proc/thread-self/ns/net").map_err(|source| FlowsError::ProcStatus {
-            path: "/proc/thread-self/ns/net".into(),
-            source,
-        })?;
-    Ok((netns, netns_file))
-}
-
-/// Detaches our egress and ingress filters (by handle and priority), then destroys the qdisc
-/// if it is ours, with both attach points (destroying only one hook would flush that hook's
-/// filters and leave the qdisc). Tries every step; returns the first failure.
-fn detach_filters(
-    interface: &str,
-    ifindex: i32,
-    progs: [&std::os::fd::BorrowedFd<'_>; 2],
-    filters: [(u32, u32); 2],
-    owns_qdisc: bool,
-) -> Result<(), FlowsError> {
-    let err = |hook: &'static str, op: &'static str| {
-        move |source| FlowsError::Tc {
-            interface: interface.to_owned(),
-            hook,
-            op,
-            source,
-        }
-    };
-    let hook = |i: usize, point: TcAttachPoint| {
-        let (handle, priority) = filters[i];
-        TcHookBuilder::new(*progs[i])
-            .ifindex(ifindex)
-            .handle(handle)
-            .priority(priority)
-            .hook(point)
-    };
-    let mut result = hook(1, TC_EGRESS).detach().map_err(err("egress", "detach"));
-    let r = hook(0, TC_INGRESS)
-        .detach()
-        .map_err(err("ingress", "detach"));
-    result = result.and(r);
-    if owns_qdisc {
-        let r = hook(0, TC_INGRESS | TC_EGRESS)
-            .destroy()
-            .map_err(err("clsact qdisc", "destroy"));
-        result = result.and(r);
-    }
-    result
+    })
 }
 
 /// The index of `name` in the calling thread's network namespace (SIOCGIFINDEX).
@@ -631,8 +376,12 @@ fn interface_index(name: &str) -> std::io::Result<u32> {
     Ok(rustix::net::netdevice::name_to_index(&sock, name)?)
 }
 
-fn map_err(map: &'static str, op: &'static str) -> impl Fn(libbpf_rs::Error) -> FlowsError {
-    move |source| FlowsError::Map { map, op, source }
+fn map_err(map: &'static str, op: &'static str) -> impl Fn(MapError) -> FlowsError {
+    move |source| FlowsError::Map {
+        map,
+        op,
+        source: Box::new(source),
+    }
 }
 
 fn u64_at(b: &[u8], off: usize) -> u64 {

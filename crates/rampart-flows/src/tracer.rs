@@ -1,19 +1,29 @@
 //! [`FlowTracer`]: loads and attaches the programs, delivers events, reads the tables.
 
 use std::collections::HashSet;
-use std::mem::MaybeUninit;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use libbpf_rs::skel::{OpenSkel as _, SkelBuilder as _};
-use libbpf_rs::{Link, MapCore as _, MapFlags, MapHandle, RingBuffer, RingBufferBuilder};
+use aya::Ebpf;
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, RingBuf};
+use aya::programs::TracePoint;
 
 use crate::model::{FlowCounters, FlowEvent, FlowSnapshot};
-use crate::raw::{self, RawFlow, counter};
-use crate::skel::FlowsSkelBuilder;
-use crate::{FlowsError, LabelRegistry, libbpf_log, preflight};
+use crate::raw::{self, FLOW_SIZE, RawFlow, counter};
+use crate::{FlowsError, LabelRegistry, PinnedLabels, load, preflight};
+
+/// The programs in attach order, with their tracepoints. Destroy first and state changes
+/// last: a flow is never created without the program that removes it being attached.
+const PROGRAMS: [(&str, &str, &str); 7] = [
+    ("rf_destroy", "tcp", "tcp_destroy_sock"),
+    ("rf_send_len", "sock", "sock_send_length"),
+    ("rf_recv_len", "sock", "sock_recv_length"),
+    ("rf_retransmit", "tcp", "tcp_retransmit_skb"),
+    ("rf_send_reset", "tcp", "tcp_send_reset"),
+    ("rf_recv_reset", "tcp", "tcp_receive_reset"),
+    ("rf_state", "sock", "inet_sock_set_state"),
+];
 
 /// How to run a [`FlowTracer`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,25 +93,26 @@ pub fn check_environment(mount_tracefs: bool) -> Result<(), FlowsError> {
 /// Events are delivered by [`poll`](Self::poll) on the caller's thread; a service runs it in a
 /// loop on a dedicated thread. `FlowTracer` is `Send`, not `Sync`.
 pub struct FlowTracer {
-    // Field order is drop order: detach first, so nothing writes while the rest goes away.
-    links: Vec<(&'static str, Link)>,
-    ring: RingBuffer<'static>,
-    _events: MapHandle,
-    pending: mpsc::Receiver<FlowEvent>,
-    flows: MapHandle,
-    counters: MapHandle,
+    // Field order is drop order: the object first, which detaches the programs, so nothing
+    // writes while the maps go away.
+    _object: Ebpf,
+    attached: Vec<&'static str>,
+    /// The event ring. `poll` takes `&self`; the lock is never contended (the tracer is not
+    /// `Sync`), it only gives the ring's consumer position the `&mut` it needs.
+    ring: Mutex<RingBuf<MapData>>,
+    flows: BpfHashMap<MapData, u64, [u8; FLOW_SIZE]>,
+    counters: PerCpuArray<MapData, u64>,
     max_flows: u32,
     labels: LabelRegistry,
-    decode_errors: Arc<AtomicU64>,
+    /// Labels other processes (a proxy) reported, read when the registry has none.
+    pinned: Option<PinnedLabels>,
+    decode_errors: AtomicU64,
 }
 
 impl std::fmt::Debug for FlowTracer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FlowTracer")
-            .field(
-                "programs",
-                &self.links.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
-            )
+            .field("programs", &self.attached)
             .field("max_flows", &self.max_flows)
             .finish_non_exhaustive()
     }
@@ -113,42 +124,25 @@ impl std::fmt::Debug for FlowTracer {
 /// names. Useful to check an object before shipping it (and how the rejection path is tested).
 pub fn check_object(path: &std::path::Path) -> Result<Vec<String>, FlowsError> {
     check_environment(false)?;
-    let capture = libbpf_log::Capture::begin();
-    let open = libbpf_rs::ObjectBuilder::default()
-        .open_file(path)
-        .map_err(|source| libbpf_log::open_failed(capture.text(), source))?;
-    let object = open
-        .load()
-        .map_err(|source| libbpf_log::load_failed(&capture.text(), source))?;
-    Ok(object
-        .progs()
-        .map(|p| p.name().to_string_lossy().into_owned())
-        .collect())
+    let mut ebpf = load::open_file(path)?;
+    load::load_all(&mut ebpf)
 }
 
-/// A reader of the `rf_events` ring: each event it decodes goes to the returned receiver,
-/// each it cannot is counted in `decode_errors`.
-fn event_ring(
-    events: &MapHandle,
-    decode_errors: Arc<AtomicU64>,
-) -> Result<(RingBuffer<'static>, mpsc::Receiver<FlowEvent>), FlowsError> {
-    let (tx, pending) = mpsc::channel();
-    let mut builder = RingBufferBuilder::new();
-    builder
-        .add(events, move |data: &[u8]| {
-            match raw::decode_event(data) {
-                // The receiver lives as long as the ring buffer (same struct).
-                Some(ev) => drop(tx.send(ev)),
-                None => drop(decode_errors.fetch_add(1, Ordering::Relaxed)),
-            }
-            0
-        })
-        .map_err(|source| FlowsError::RingBuffer { op: "add", source })?;
-    let ring = builder.build().map_err(|source| FlowsError::RingBuffer {
-        op: "build",
-        source,
-    })?;
-    Ok((ring, pending))
+/// Takes map `name` out of the loaded object.
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, FlowsError> {
+    ebpf.take_map(name).ok_or_else(|| FlowsError::Map {
+        map: name,
+        op: "find",
+        source: "the object has no map of this name".into(),
+    })
+}
+
+fn map_err(map: &'static str, op: &'static str) -> impl Fn(MapError) -> FlowsError {
+    move |source| FlowsError::Map {
+        map,
+        op,
+        source: Box::new(source),
+    }
 }
 
 impl FlowTracer {
@@ -157,69 +151,50 @@ impl FlowTracer {
         opts.validate()?;
         check_environment(opts.mount_tracefs)?;
 
-        let capture = libbpf_log::Capture::begin();
-        let mut storage = MaybeUninit::uninit();
-        let mut open = FlowsSkelBuilder::default()
-            .open(&mut storage)
-            .map_err(|source| libbpf_log::open_failed(capture.text(), source))?;
-        open.maps
-            .rf_flows
-            .set_max_entries(opts.max_flows)
-            .map_err(map_err("rf_flows", "set max_entries"))?;
-        open.maps
-            .rf_events
-            .set_max_entries(opts.ring_buffer_bytes)
-            .map_err(map_err("rf_events", "set max_entries"))?;
-        let skel = open
-            .load()
-            .map_err(|source| libbpf_log::load_failed(&capture.text(), source))?;
-        drop(capture);
-
-        // Destroy first and state changes last: a flow is never created without the program
-        // that removes it being attached.
-        let progs = &skel.progs;
-        let order = [
-            ("rf_destroy", &progs.rf_destroy),
-            ("rf_send_len", &progs.rf_send_len),
-            ("rf_recv_len", &progs.rf_recv_len),
-            ("rf_retransmit", &progs.rf_retransmit),
-            ("rf_send_reset", &progs.rf_send_reset),
-            ("rf_recv_reset", &progs.rf_recv_reset),
-            ("rf_state", &progs.rf_state),
-        ];
-        let mut links = Vec::with_capacity(order.len());
-        for (name, prog) in order {
-            // On error, the links made so far are dropped, which detaches them.
-            let link = prog.attach().map_err(|source| FlowsError::Attach {
+        let mut ebpf = load::open(
+            crate::FLOWS_OBJ,
+            &[
+                ("rf_flows", opts.max_flows),
+                ("rf_events", opts.ring_buffer_bytes),
+            ],
+        )?;
+        let mut attached = Vec::with_capacity(PROGRAMS.len());
+        for (name, category, tracepoint) in PROGRAMS {
+            load::load_program(&mut ebpf, name)?;
+            let program: &mut TracePoint = ebpf
+                .program_mut(name)
+                .and_then(|p| p.try_into().ok())
+                .ok_or_else(|| FlowsError::Attach {
                 program: name,
-                source,
+                source: "not a tracepoint program in the object".into(),
             })?;
-            links.push((name, link));
+            // On error, `ebpf` is dropped, which detaches what was attached so far.
+            program
+                .attach(category, tracepoint)
+                .map_err(|source| FlowsError::Attach {
+                    program: name,
+                    source: Box::new(source),
+                })?;
+            attached.push(name);
         }
 
-        // Own the maps through duplicated fds so that the skeleton (which borrows `storage`)
-        // can go; the links keep the programs, and the programs their maps.
-        let handle = |map: &libbpf_rs::Map<'_>, name: &'static str| {
-            MapHandle::try_from(map).map_err(map_err(name, "duplicate fd"))
-        };
-        let flows = handle(&skel.maps.rf_flows, "rf_flows")?;
-        let counters = handle(&skel.maps.rf_counters, "rf_counters")?;
-        let events = handle(&skel.maps.rf_events, "rf_events")?;
-        drop(skel);
-
-        let decode_errors = Arc::new(AtomicU64::new(0));
-        let (ring, pending) = event_ring(&events, Arc::clone(&decode_errors))?;
+        let flows = BpfHashMap::try_from(take_map(&mut ebpf, "rf_flows")?)
+            .map_err(map_err("rf_flows", "open"))?;
+        let counters = PerCpuArray::try_from(take_map(&mut ebpf, "rf_counters")?)
+            .map_err(map_err("rf_counters", "open"))?;
+        let ring = RingBuf::try_from(take_map(&mut ebpf, "rf_events")?)
+            .map_err(map_err("rf_events", "open"))?;
 
         Ok(Self {
-            links,
-            ring,
-            _events: events,
-            pending,
+            _object: ebpf,
+            attached,
+            ring: Mutex::new(ring),
             flows,
             counters,
             max_flows: opts.max_flows,
             labels: LabelRegistry::new(opts.max_labels),
-            decode_errors,
+            pinned: None,
+            decode_errors: AtomicU64::new(0),
         })
     }
 
@@ -231,22 +206,41 @@ impl FlowTracer {
         timeout: Duration,
         mut on_event: impl FnMut(FlowEvent),
     ) -> Result<usize, FlowsError> {
-        if let Err(source) = self.ring.poll(timeout)
-            && source.kind() != libbpf_rs::ErrorKind::Interrupted
-        {
-            return Err(FlowsError::RingBuffer { op: "poll", source });
+        let mut ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
+        let timeout = rustix::time::Timespec {
+            tv_sec: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(timeout.subsec_nanos()),
+        };
+        let mut fds = [rustix::event::PollFd::new(
+            &*ring,
+            rustix::event::PollFlags::IN,
+        )];
+        match rustix::event::poll(&mut fds, Some(&timeout)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                return Err(FlowsError::RingBuffer {
+                    op: "poll",
+                    source: e.into(),
+                });
+            }
         }
         let mut n = 0;
-        while let Ok(mut ev) = self.pending.try_recv() {
-            self.attach_labels(&mut ev);
-            on_event(ev);
-            n += 1;
+        while let Some(item) = ring.next() {
+            match raw::decode_event(&item) {
+                Some(mut ev) => {
+                    drop(item);
+                    self.attach_labels(&mut ev);
+                    on_event(ev);
+                    n += 1;
+                }
+                None => drop(self.decode_errors.fetch_add(1, Ordering::Relaxed)),
+            }
         }
         Ok(n)
     }
 
     fn attach_labels(&self, ev: &mut FlowEvent) {
-        if self.labels.is_empty() {
+        if self.labels.is_empty() && self.pinned.is_none() {
             return;
         }
         let closing = matches!(ev, FlowEvent::Close { .. });
@@ -256,6 +250,22 @@ impl FlowTracer {
         } else {
             self.labels.get(&flow.key)
         };
+        if closing
+            && flow.labels.is_none()
+            && let Some(pinned) = &self.pinned
+        {
+            // One lookup per close (metrics count closes), not per event. Readers never remove
+            // shared labels: other tracers may still need them (see `PinnedLabels`).
+            flow.labels = pinned.get(&flow.key);
+        }
+    }
+
+    /// Also read the labels that other processes (a proxy) report in the maps pinned in `dir`
+    /// ([`PinnedLabels`]), creating them when none are there yet: closes and snapshots then
+    /// carry them.
+    pub fn share_labels(&mut self, dir: &std::path::Path) -> Result<(), FlowsError> {
+        self.pinned = Some(PinnedLabels::open_or_create(dir)?);
+        Ok(())
     }
 
     /// The registry whose labels are attached to events and snapshots; clone it into the
@@ -270,23 +280,20 @@ impl FlowTracer {
         let now = monotonic_ns();
         let mut out = Vec::new();
         for key in self.walk_keys() {
-            let value = match self.flows.lookup(&key, MapFlags::ANY) {
-                Ok(Some(v)) => v,
-                Ok(None) => continue, // closed meanwhile
-                Err(source) => {
-                    return Err(FlowsError::Map {
-                        map: "rf_flows",
-                        op: "lookup",
-                        source,
-                    });
-                }
+            let value = match self.flows.get(&key, 0) {
+                Ok(v) => v,
+                Err(MapError::KeyNotFound) => continue, // closed meanwhile
+                Err(source) => return Err(map_err("rf_flows", "lookup")(source)),
             };
             let Some(raw) = RawFlow::decode(&value) else {
                 self.decode_errors.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
             let mut flow = raw.info(raw.state, raw.opened_ns);
-            flow.labels = self.labels.get(&flow.key);
+            flow.labels = self
+                .labels
+                .get(&flow.key)
+                .or_else(|| self.pinned.as_ref().and_then(|p| p.get(&flow.key)));
             out.push(FlowSnapshot {
                 flow,
                 age: Duration::from_nanos(now.saturating_sub(raw.opened_ns)),
@@ -299,13 +306,14 @@ impl FlowTracer {
 
     /// Keys of the flow table, each once. Deletions during the walk make the kernel restart
     /// it from the first key, so the walk dedups and is bounded.
-    fn walk_keys(&self) -> Vec<Vec<u8>> {
+    fn walk_keys(&self) -> Vec<u64> {
         let limit = 2 * self.max_flows as usize + 16;
         let mut seen = HashSet::new();
         self.flows
             .keys()
             .take(limit)
-            .filter(|k| seen.insert(k.clone()))
+            .filter_map(Result::ok)
+            .filter(|k| seen.insert(*k))
             .collect()
     }
 
@@ -315,14 +323,9 @@ impl FlowTracer {
         for (idx, slot) in (0..counter::COUNT).zip(v.iter_mut()) {
             let per_cpu = self
                 .counters
-                .lookup_percpu(&idx.to_ne_bytes(), MapFlags::ANY)
-                .map_err(map_err("rf_counters", "lookup"))?
-                .unwrap_or_default();
-            *slot = per_cpu
-                .iter()
-                .filter_map(|b| b.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()))
-                .map(u64::from_ne_bytes)
-                .sum();
+                .get(&idx, 0)
+                .map_err(map_err("rf_counters", "lookup"))?;
+            *slot = per_cpu.iter().sum();
         }
         let at = |i: u32| v[i as usize];
         let live = self.walk_keys().len() as u64;
@@ -343,15 +346,11 @@ impl FlowTracer {
 
     /// Names of the attached programs (all start with `rf_`).
     pub fn programs(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.links.iter().map(|(n, _)| *n)
+        self.attached.iter().copied()
     }
 
     /// Detaches everything and frees the maps (the same as dropping the tracer).
     pub fn stop(self) {}
-}
-
-fn map_err(map: &'static str, op: &'static str) -> impl Fn(libbpf_rs::Error) -> FlowsError {
-    move |source| FlowsError::Map { map, op, source }
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.

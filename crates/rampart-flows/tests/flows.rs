@@ -17,8 +17,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rampart_flows::{
-    Direction, FlowEvent, FlowKey, FlowLabels, FlowTracer, FlowTracerOptions, FlowsError, ResetBy,
-    current_netns,
+    Direction, FlowEvent, FlowKey, FlowLabels, FlowTracer, FlowTracerOptions, FlowsError,
+    PinnedLabels, ResetBy, current_netns,
 };
 
 /// Normal tests share; the detach test runs alone (it checks that no `rf_` program is left).
@@ -303,6 +303,34 @@ fn abortive_close_is_reported_as_reset() {
     );
 }
 
+/// A connected client and server on loopback, `n` bytes sent from the client and read.
+fn loopback_pair(n: usize) -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    client.write_all(&vec![7u8; n]).unwrap();
+    let mut buf = vec![0u8; n];
+    server.read_exact(&mut buf).unwrap();
+    (client, server)
+}
+
+/// The flow key of `socket` as the tracer sees it from that socket's side.
+fn key_of(socket: &TcpStream) -> FlowKey {
+    FlowKey::tcp(
+        socket.local_addr().unwrap(),
+        socket.peer_addr().unwrap(),
+        current_netns().unwrap(),
+    )
+}
+
+fn labels(route: &str, cluster: &str, tenant: &str) -> FlowLabels {
+    FlowLabels {
+        route: route.into(),
+        cluster: cluster.into(),
+        tenant: tenant.into(),
+    }
+}
+
 #[test]
 fn snapshot_shows_live_flows_with_labels() {
     let _g = shared();
@@ -310,23 +338,9 @@ fn snapshot_shows_live_flows_with_labels() {
         return;
     }
     let tracer = start(FlowTracerOptions::default());
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let (mut server, _) = listener.accept().unwrap();
-    client.write_all(&[7u8; 777]).unwrap();
-    let mut buf = [0u8; 777];
-    server.read_exact(&mut buf).unwrap();
-
-    let key = FlowKey::tcp(
-        client.local_addr().unwrap(),
-        client.peer_addr().unwrap(),
-        current_netns().unwrap(),
-    );
-    let labels = FlowLabels {
-        route: "r1".into(),
-        cluster: "c1".into(),
-        tenant: "t1".into(),
-    };
+    let (client, server) = loopback_pair(777);
+    let key = key_of(&client);
+    let labels = labels("r1", "c1", "t1");
     tracer.labels().report(key, labels.clone());
 
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -377,6 +391,67 @@ fn snapshot_shows_live_flows_with_labels() {
     );
     let c = tracer.counters().unwrap();
     assert!(c.flows_opened >= 2 && c.events_emitted > 0, "{c:?}");
+}
+
+/// A proxy in another process reports its connection's labels in the pinned maps; a tracer
+/// that shares them shows them in snapshots and on the close, and leaves them for others.
+#[test]
+fn labels_pinned_by_another_process_reach_the_tracer() {
+    let _g = shared();
+    if skip("labels_pinned_by_another_process_reach_the_tracer") {
+        return;
+    }
+    let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/rampart-test-{}", std::process::id()));
+    // The "proxy": its own handle on the maps, as another process would open them.
+    let proxy = PinnedLabels::open_or_create(&dir).expect("pinned labels");
+    assert!(dir.join("rf_labels").exists() && dir.join("rf_label_names").exists());
+    let mut tracer = start(FlowTracerOptions::default());
+    tracer.share_labels(&dir).expect("share labels");
+
+    let (client, server) = loopback_pair(100);
+    // The proxy's view of its accepted socket.
+    let key = key_of(&server);
+    let labels = labels("orders", "backend", "acme");
+    proxy.report(&key, &labels).expect("report");
+    assert_eq!(proxy.get(&key).as_ref(), Some(&labels));
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let live = loop {
+        if let Some(f) = tracer
+            .snapshot()
+            .expect("snapshot")
+            .into_iter()
+            .find(|f| f.flow.key == key)
+        {
+            break f;
+        }
+        assert!(Instant::now() < deadline, "server flow not in the snapshot");
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(live.flow.labels.as_ref(), Some(&labels));
+
+    drop(client);
+    drop(server);
+    let events = collect(
+        &tracer,
+        Duration::from_secs(10),
+        |ev| ev.key() == &key,
+        |evs| closes(evs).count() >= 1,
+    );
+    let close = closes(&events).next().expect("server close");
+    assert_eq!(close.flow().labels.as_ref(), Some(&labels));
+    assert_eq!(
+        proxy.get(&key).as_ref(),
+        Some(&labels),
+        "a reader leaves shared labels for other readers"
+    );
+    proxy.forget(&key);
+    assert!(proxy.get(&key).is_none());
+
+    drop(tracer);
+    drop(proxy);
+    let _ = fs::remove_dir_all(&dir);
+    assert!(!dir.exists(), "{} left behind", dir.display());
 }
 
 #[test]
@@ -706,7 +781,7 @@ fn dropped_packets_are_counted_as_retransmits() {
 }
 
 /// The committed objects must be what the sources compile to (see `src/lib.rs`, "Building
-/// without clang"): `flows.bpf.o` and `tc_bytes.bpf.o`. `RAMPART_FLOWS_BLESS=1` updates them.
+/// without clang"): `flows.bpf.o`, `tc_bytes.bpf.o` and `labels.bpf.o`. `RAMPART_FLOWS_BLESS=1` updates them.
 #[test]
 fn committed_object_matches_source() {
     let objects = [
@@ -719,6 +794,11 @@ fn committed_object_matches_source() {
             "tc_bytes",
             env!("RAMPART_FLOWS_TC_FRESH_OBJ"),
             env!("RAMPART_FLOWS_TC_FRESH_META"),
+        ),
+        (
+            "labels",
+            env!("RAMPART_FLOWS_LABELS_FRESH_OBJ"),
+            env!("RAMPART_FLOWS_LABELS_FRESH_META"),
         ),
     ];
     for (name, fresh, fresh_meta) in objects {

@@ -4,8 +4,8 @@
 //! CAP_NET_ADMIN, CAP_PERFMON), kernel BTF, tracefs, and `ip`, `tc`, `bpftool`, `iptables`;
 //! without them each test prints `*** SKIPPED: <reason> ***` and returns.
 //!
-//! The tests run one at a time (a lock): two counters on one interface share its clsact
-//! qdisc, and the cleanup test checks that no `rf_tc_` program is left.
+//! The tests run one at a time (a lock): the cleanup checks count every `rf_tc_` program and
+//! link on the machine.
 //!
 //! Each exact comparison prints a report line to stderr (`cargo test --test tc -- --nocapture`
 //! is not needed: it bypasses the harness' capture).
@@ -450,7 +450,7 @@ fn veth_tc_bytes_are_exact_on_both_ends() {
     })
     .join()
     .expect("attach in the namespace");
-    assert!(host_tc.owns_qdisc() && ns_tc.owns_qdisc());
+    assert_eq!(our_links(), 4, "two TCX links per counter");
 
     const N: usize = 3;
     let (server, h) = spawn_server(
@@ -474,8 +474,10 @@ fn veth_tc_bytes_are_exact_on_both_ends() {
         );
     }
 
-    // Dropped here, in the host namespace: the namespace end must still be cleaned up there.
+    // Dropped here, in the host namespace: the namespace end's links go all the same (they
+    // are file descriptors, not netlink filters), and no qdisc was ever needed.
     drop(ns_tc);
+    wait_until("the namespace end's links to go", || our_links() == 2);
     let qdiscs = run(
         "ip",
         &[
@@ -484,11 +486,15 @@ fn veth_tc_bytes_are_exact_on_both_ends() {
     );
     assert!(
         !qdiscs.contains("clsact"),
-        "left in the namespace: {qdiscs}"
+        "a qdisc in the namespace: {qdiscs}"
     );
     drop(host_tc);
+    wait_until("the host end's links to go", || our_links() == 0);
     let qdiscs = run("tc", &["qdisc", "show", "dev", &net.host_if]);
-    assert!(!qdiscs.contains("clsact"), "left on the host end: {qdiscs}");
+    assert!(
+        !qdiscs.contains("clsact"),
+        "a qdisc on the host end: {qdiscs}"
+    );
     let ns_path = Path::new("/run/netns").join(&net.ns);
     drop(net);
     assert!(!ns_path.exists(), "{} left behind", ns_path.display());
@@ -582,32 +588,63 @@ fn retransmissions_count_again_at_tc_but_not_at_the_socket() {
     drop(tc);
 }
 
-/// A clsact qdisc that existed before is not ours: detaching removes only our filters.
+/// TCX runs before the classic TC filters and leaves them alone: a clsact qdisc with a filter
+/// of someone else's stays as it was, and that filter keeps seeing packets.
 #[test]
-fn existing_clsact_qdisc_is_left_in_place() {
-    const TEST: &str = "existing_clsact_qdisc_is_left_in_place";
+fn classic_tc_filters_of_others_are_left_in_place() {
+    const TEST: &str = "classic_tc_filters_of_others_are_left_in_place";
     let _g = serial();
     if skip(TEST, &["ip", "tc"]) {
         return;
     }
     let net = VethNetns::create("q");
     run("tc", &["qdisc", "add", "dev", &net.host_if, "clsact"]);
+    run(
+        "tc",
+        &[
+            "filter",
+            "add",
+            "dev",
+            &net.host_if,
+            "egress",
+            "protocol",
+            "all",
+            "u32",
+            "match",
+            "u32",
+            "0",
+            "0",
+            "classid",
+            "1:1",
+        ],
+    );
     let tc = attach(&net.host_if);
-    assert!(!tc.owns_qdisc());
-    let filters = run("tc", &["filter", "show", "dev", &net.host_if, "ingress"]);
-    assert!(filters.contains("rf_tc_ingress"), "{filters}");
-    let filters = run("tc", &["filter", "show", "dev", &net.host_if, "egress"]);
-    assert!(filters.contains("rf_tc_egress"), "{filters}");
-    tc.detach().expect("detach");
+    assert_eq!(our_links(), 2);
+    // Traffic through the interface: the counter counts it.
+    let (server, h) = spawn_server(
+        SocketAddr::new(VethNetns::NS_IP.into(), 0),
+        Some(net.ns.clone()),
+        1,
+    );
+    let conns = exchange(server, 1);
+    h.join().expect("server thread");
+    let snap = tc.snapshot().unwrap();
+    assert_eq!(
+        snap.sent(conns[0].client, conns[0].server).payload_bytes,
+        up_bytes(0)
+    );
+    tc.detach();
+    wait_until("our links to go", || our_links() == 0);
     let qdiscs = run("tc", &["qdisc", "show", "dev", &net.host_if]);
     assert!(
         qdiscs.contains("clsact"),
         "the existing qdisc went: {qdiscs}"
     );
-    for hook in ["ingress", "egress"] {
-        let filters = run("tc", &["filter", "show", "dev", &net.host_if, hook]);
-        assert!(!filters.contains("rf_tc_"), "{hook}: {filters}");
-    }
+    let filters = run(
+        "tc",
+        &["-s", "filter", "show", "dev", &net.host_if, "egress"],
+    );
+    assert!(filters.contains("u32"), "the other filter went: {filters}");
 }
 
 #[test]
@@ -646,9 +683,31 @@ fn our_maps() -> Vec<String> {
         .collect()
 }
 
+/// Links of `rf_tc_` programs (TCX links show up in `bpftool link list` with their program).
+fn our_links() -> usize {
+    let ids: Vec<String> = our_programs().into_iter().map(|(id, _)| id).collect();
+    run("bpftool", &["link", "list"])
+        .lines()
+        .filter(|l| {
+            let mut w = l.split_whitespace().skip_while(|w| *w != "prog");
+            w.nth(1).is_some_and(|id| ids.iter().any(|i| i == id))
+        })
+        .count()
+}
+
+/// Waits up to 10 s for `cond`: the kernel frees programs and maps asynchronously after the
+/// last reference goes.
+fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "waited 10 s for {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
-fn dropping_leaves_no_qdisc_filters_programs_or_maps() {
-    const TEST: &str = "dropping_leaves_no_qdisc_filters_programs_or_maps";
+fn dropping_leaves_no_links_programs_maps_or_qdisc() {
+    const TEST: &str = "dropping_leaves_no_links_programs_maps_or_qdisc";
     let _g = serial();
     if skip(TEST, &["tc", "bpftool"]) {
         return;
@@ -658,42 +717,33 @@ fn dropping_leaves_no_qdisc_filters_programs_or_maps() {
         loud_skip(TEST, &"lo already has a clsact qdisc (not ours)");
         return;
     }
-    // An earlier test's programs may still be on their way out: the kernel frees programs
-    // and maps asynchronously after the last reference goes.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !our_programs().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "rf_tc_ programs loaded before the test: {:?}",
-            our_programs()
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    // An earlier test's programs may still be on their way out.
+    wait_until("rf_tc_ programs loaded before the test to go", || {
+        our_programs().is_empty()
+    });
     let tc = attach("lo");
-    assert!(tc.owns_qdisc());
     let names: Vec<String> = our_programs().into_iter().map(|(_, n)| n).collect();
     assert_eq!(names.len(), 2, "bpftool sees: {names:?}");
     for p in tc.programs() {
         assert!(names.iter().any(|n| n == p), "{p} not in {names:?}");
     }
-    assert!(run("tc", &["qdisc", "show", "dev", "lo"]).contains("clsact"));
-    assert!(run("tc", &["filter", "show", "dev", "lo", "ingress"]).contains("rf_tc_ingress"));
-    assert!(run("tc", &["filter", "show", "dev", "lo", "egress"]).contains("rf_tc_egress"));
+    assert_eq!(our_links(), 2, "one TCX link per hook");
+    let qdiscs = run("tc", &["qdisc", "show", "dev", "lo"]);
+    assert!(!qdiscs.contains("clsact"), "TCX needs no qdisc: {qdiscs}");
     drop(tc);
 
-    let qdiscs = run("tc", &["qdisc", "show", "dev", "lo"]);
-    assert!(!qdiscs.contains("clsact"), "clsact left on lo: {qdiscs}");
-    // The kernel frees programs and maps asynchronously after the last reference goes.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (progs, maps) = (our_programs(), our_maps());
-        if progs.is_empty() && maps.is_empty() {
+        let (progs, links, maps) = (our_programs(), our_links(), our_maps());
+        if progs.is_empty() && links == 0 && maps.is_empty() {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "left behind: programs {progs:?}, maps {maps:?}"
+            "left behind: programs {progs:?}, {links} links, maps {maps:?}"
         );
         thread::sleep(Duration::from_millis(50));
     }
+    let qdiscs = run("tc", &["qdisc", "show", "dev", "lo"]);
+    assert!(!qdiscs.contains("clsact"), "a qdisc on lo: {qdiscs}");
 }

@@ -1,44 +1,63 @@
 //! The proxy's names on the kernel's flows: the gateway reports each downstream
 //! connection's route, cluster and tenant ([`rampart_proxy::conn_labels`]) into the flow
 //! tracer's label registry, keyed as the tracer sees the proxy's own socket; closed flows
-//! that carry them are counted by route, cluster and tenant.
+//! that carry them are counted by route, cluster and tenant. The same labels go to the maps
+//! pinned in bpffs ([`PinnedLabels`]) when they can be opened, so that `rampart flows top
+//! --by route` and flow metrics in other processes carry them too.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use rampart_flows::{FlowKey, FlowLabels, LabelRegistry};
+use rampart_flows::{FlowKey, FlowLabels, LabelRegistry, PinnedLabels};
 use rampart_proxy::conn_labels::{ConnectionLabels, Labels};
 
-/// Reports the gateway's connection labels into a tracer's registry.
+/// Reports the gateway's connection labels into a tracer's registry (in-process) and the
+/// pinned maps (other processes).
 pub(crate) struct LabelSink {
-    registry: LabelRegistry,
+    registry: Option<LabelRegistry>,
+    pinned: Option<PinnedLabels>,
     /// This process's network namespace (the proxy's sockets live in it).
     netns: u64,
+    /// Failed reports to the pinned maps (logged once).
+    pinned_errors: AtomicU64,
 }
 
 impl LabelSink {
-    pub(crate) fn new(registry: LabelRegistry) -> std::io::Result<Self> {
+    pub(crate) fn new(
+        registry: Option<LabelRegistry>,
+        pinned: Option<PinnedLabels>,
+    ) -> std::io::Result<Self> {
         Ok(Self {
             registry,
+            pinned,
             netns: rampart_flows::current_netns()?,
+            pinned_errors: AtomicU64::new(0),
         })
     }
 }
 
 impl ConnectionLabels for LabelSink {
     fn label(&self, local: SocketAddr, peer: SocketAddr, l: &Labels) {
-        self.registry.report(
-            FlowKey::tcp(local, peer, self.netns),
-            FlowLabels {
-                route: l.route.to_string(),
-                cluster: l.cluster.as_deref().unwrap_or_default().to_owned(),
-                tenant: l.tenant.as_deref().unwrap_or_default().to_owned(),
-            },
-        );
+        let key = FlowKey::tcp(local, peer, self.netns);
+        let labels = FlowLabels {
+            route: l.route.to_string(),
+            cluster: l.cluster.as_deref().unwrap_or_default().to_owned(),
+            tenant: l.tenant.as_deref().unwrap_or_default().to_owned(),
+        };
+        if let Some(pinned) = &self.pinned
+            && let Err(e) = pinned.report(&key, &labels)
+            && self.pinned_errors.fetch_add(1, Ordering::Relaxed) == 0
+        {
+            tracing::warn!(error = %e, "flows: cannot share connection labels (further failures not logged)");
+        }
+        if let Some(registry) = &self.registry {
+            registry.report(key, labels);
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 //!
 //! Every subcommand detaches cleanly on SIGINT/SIGTERM: the tracer is dropped before exit.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -32,6 +32,10 @@ pub(crate) struct FlowsArgs {
     /// BPF ring buffer size in bytes (a power of two).
     #[arg(long, global = true, default_value_t = 1 << 22)]
     ring_buffer_bytes: u32,
+    /// The bpffs directory where proxies share their connections' route, cluster and tenant
+    /// (`rampart up --flow-labels-dir`). "off": no labels from other processes.
+    #[arg(long, global = true, default_value = rampart_flows::DEFAULT_LABELS_PIN_DIR)]
+    labels_dir: String,
     #[command(subcommand)]
     command: FlowsCommand,
 }
@@ -71,6 +75,45 @@ struct TopArgs {
     /// Print plain tables one after another instead of redrawing the screen.
     #[arg(long)]
     no_clear: bool,
+    /// One row per route, cluster or tenant a proxy gave its connections (live flows, and
+    /// flows closed since `top` started), instead of one row per flow.
+    #[arg(long, value_enum)]
+    by: Option<By>,
+}
+
+/// What `top --by` groups labelled flows by.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum By {
+    Route,
+    Cluster,
+    Tenant,
+}
+
+impl By {
+    fn pick(self, l: &rampart_flows::FlowLabels) -> &str {
+        match self {
+            Self::Route => &l.route,
+            Self::Cluster => &l.cluster,
+            Self::Tenant => &l.tenant,
+        }
+    }
+
+    fn heading(self) -> &'static str {
+        match self {
+            Self::Route => "ROUTE",
+            Self::Cluster => "CLUSTER",
+            Self::Tenant => "TENANT",
+        }
+    }
+}
+
+/// One row of `top --by`.
+#[derive(Default)]
+struct Group {
+    live: u64,
+    closed: u64,
+    sent: u64,
+    received: u64,
 }
 
 /// Which flows to show. Unset fields match everything.
@@ -135,7 +178,16 @@ fn run_inner(args: FlowsArgs) -> Result<()> {
         ..FlowTracerOptions::default()
     };
     let stop = stop_on_signals()?;
-    let tracer = FlowTracer::start(opts).context("cannot start flow tracing")?;
+    let mut tracer = FlowTracer::start(opts).context("cannot start flow tracing")?;
+    // Labels from proxies, when one shares them (it made the directory): otherwise no
+    // lookups per close, and no maps pinned for nobody.
+    let labels_dir = std::path::Path::new(&args.labels_dir);
+    if args.labels_dir != "off"
+        && labels_dir.exists()
+        && let Err(e) = tracer.share_labels(labels_dir)
+    {
+        eprintln!("flows: no labels from proxies: {e}");
+    }
     // Scripts and tests wait for this line: from here on every new flow is seen.
     eprintln!(
         "flows: tracing ({} programs attached)",
@@ -279,13 +331,26 @@ fn top(tracer: &FlowTracer, args: TopArgs, stop: &AtomicBool) -> Result<()> {
         rows,
         iterations,
         no_clear,
+        by,
     } = args;
     let mut done = 0u64;
+    // `--by`: what closed while `top` ran, per name.
+    let mut closed: HashMap<String, Group> = HashMap::new();
     while !stop.load(Ordering::Relaxed) && iterations.is_none_or(|n| done < n) {
         let deadline = Instant::now() + interval;
         // Drain events meanwhile so the ring buffer never fills while `top` runs.
         while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
-            tracer.poll(Duration::from_millis(50), |_| {})?;
+            tracer.poll(Duration::from_millis(50), |ev| {
+                if let (Some(by), FlowEvent::Close { flow, stats, .. }) = (by, &ev)
+                    && let Some(l) = &flow.labels
+                    && filter.matches(&ev)
+                {
+                    let g = closed.entry(by.pick(l).to_owned()).or_default();
+                    g.closed += 1;
+                    g.sent += stats.bytes_sent;
+                    g.received += stats.bytes_received;
+                }
+            })?;
         }
         let mut flows: Vec<_> = tracer
             .snapshot()?
@@ -305,26 +370,79 @@ fn top(tracer: &FlowTracer, args: TopArgs, stop: &AtomicBool) -> Result<()> {
             "flows: {} live, {} opened, {} closed, {} events lost",
             c.live_flows, c.flows_opened, c.flows_closed, c.events_lost
         );
-        println!(
-            "{:>7} {:<16} {:<47} {:<47} {:>12} {:>12} {:>7} {:>9}",
-            "PID", "COMM", "LOCAL", "REMOTE", "TX_BYTES", "RX_BYTES", "RETRANS", "AGE_S"
-        );
-        for s in flows.iter().take(rows) {
-            println!(
-                "{:>7} {:<16} {:<47} {:<47} {:>12} {:>12} {:>7} {:>9.1}",
-                s.flow.pid,
-                s.flow.comm,
-                s.flow.key.src.to_string(),
-                s.flow.key.dst.to_string(),
-                s.stats.bytes_sent,
-                s.stats.bytes_received,
-                s.stats.retransmits,
-                s.age.as_secs_f64()
-            );
+        match by {
+            Some(by) => print_groups(by, &flows, &closed, rows),
+            None => print_flows(&flows, rows),
         }
         done += 1;
     }
     Ok(())
+}
+
+fn print_flows(flows: &[rampart_flows::FlowSnapshot], rows: usize) {
+    println!(
+        "{:>7} {:<16} {:<47} {:<47} {:>12} {:>12} {:>7} {:>9}",
+        "PID", "COMM", "LOCAL", "REMOTE", "TX_BYTES", "RX_BYTES", "RETRANS", "AGE_S"
+    );
+    for s in flows.iter().take(rows) {
+        println!(
+            "{:>7} {:<16} {:<47} {:<47} {:>12} {:>12} {:>7} {:>9.1}",
+            s.flow.pid,
+            s.flow.comm,
+            s.flow.key.src.to_string(),
+            s.flow.key.dst.to_string(),
+            s.stats.bytes_sent,
+            s.stats.bytes_received,
+            s.stats.retransmits,
+            s.age.as_secs_f64()
+        );
+    }
+}
+
+/// Labelled flows per name: live ones now, closed ones since `top` started; bytes as the
+/// proxy's socket saw them (TX = to the client).
+fn print_groups(
+    by: By,
+    flows: &[rampart_flows::FlowSnapshot],
+    closed: &HashMap<String, Group>,
+    rows: usize,
+) {
+    let mut groups: HashMap<&str, Group> = HashMap::new();
+    let mut unlabelled = 0usize;
+    for s in flows {
+        let Some(l) = &s.flow.labels else {
+            unlabelled += 1;
+            continue;
+        };
+        let g = groups.entry(by.pick(l)).or_default();
+        g.live += 1;
+        g.sent += s.stats.bytes_sent;
+        g.received += s.stats.bytes_received;
+    }
+    for (name, c) in closed {
+        let g = groups.entry(name.as_str()).or_default();
+        g.closed += c.closed;
+        g.sent += c.sent;
+        g.received += c.received;
+    }
+    let mut groups: Vec<_> = groups.into_iter().collect();
+    groups.sort_by_key(|(name, g)| (std::cmp::Reverse(g.sent + g.received), *name));
+    println!("({unlabelled} live flows carry no proxy labels)");
+    println!(
+        "{:<32} {:>7} {:>9} {:>12} {:>12}",
+        by.heading(),
+        "LIVE",
+        "CLOSED",
+        "TX_BYTES",
+        "RX_BYTES"
+    );
+    for (name, g) in groups.iter().take(rows) {
+        let name = if name.is_empty() { "-" } else { name };
+        println!(
+            "{:<32} {:>7} {:>9} {:>12} {:>12}",
+            name, g.live, g.closed, g.sent, g.received
+        );
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -200,6 +200,12 @@ struct UpArgs {
     /// with the `flows` feature). "off" disables tracing.
     #[arg(long, default_value = "127.0.0.1:9435")]
     flows_listen: String,
+    /// The bpffs directory where the gateway shares its connections' route, cluster and
+    /// tenant with other processes (`rampart flows top --by route`). "off" keeps them
+    /// in-process.
+    #[cfg(feature = "flows")]
+    #[arg(long, default_value = rampart_flows::DEFAULT_LABELS_PIN_DIR)]
+    flow_labels_dir: String,
     #[cfg(feature = "full")]
     /// A function (`rampart fn deploy`) unused this long is dropped from memory; its next
     /// request loads it from the compiled cache (0s: after every request).
@@ -346,6 +352,9 @@ fn run(cmd: Command) -> Result<ExitCode> {
 /// `rampart up`: the gateway on the given config or the embedded demo, with the embedded
 /// store, the demo upstream and in-process flow tracing unless turned off.
 fn up(a: UpArgs) -> Result<ExitCode> {
+    #[cfg(feature = "flows")]
+    let flows = in_process_flows(&a.flows_listen, &a.flow_labels_dir);
+    #[cfg(not(feature = "flows"))]
     let flows = in_process_flows(&a.flows_listen);
     let admin_token_file = a.admin_token_file.unwrap_or_else(|| {
         a.data_dir
@@ -577,7 +586,7 @@ fn embedded_store(_data_dir: PathBuf) -> Option<StoreConfig> {
 /// Runs flow tracing and its metrics endpoint on a thread while the returned guard lives,
 /// when this build and this process can (root, kernel BTF, tracefs); otherwise logs why not.
 #[cfg(feature = "flows")]
-fn in_process_flows(listen: &str) -> Option<InProcessFlows> {
+fn in_process_flows(listen: &str, labels_dir: &str) -> Option<InProcessFlows> {
     if listen == "off" {
         return None;
     }
@@ -588,20 +597,27 @@ fn in_process_flows(listen: &str) -> Option<InProcessFlows> {
             return None;
         }
     };
-    if let Err(e) = rampart_flows::check_environment(false) {
-        tracing::info!(reason = %e, "flows: eBPF tracing off");
-        return None;
-    }
-    let tracer = match rampart_flows::FlowTracer::start(rampart_flows::FlowTracerOptions::default())
-    {
+    // The rest of the stack runs either way; the reason says what to do.
+    let tracer = match rampart_flows::check_environment(false).and_then(|()| {
+        rampart_flows::FlowTracer::start(rampart_flows::FlowTracerOptions::default())
+    }) {
         Ok(t) => t,
         Err(e) => {
-            tracing::warn!(error = %e, "flows: eBPF tracing off");
+            tracing::warn!("flows: eBPF flow tracing is off: {e}");
             return None;
         }
     };
+    // Shared with other processes through maps pinned in bpffs, unless turned off. (This
+    // tracer reads its own gateway's labels from its registry, without system calls.)
+    let labels_dir = (labels_dir != "off").then(|| std::path::PathBuf::from(labels_dir));
+    let created_labels_dir = labels_dir.as_ref().filter(|d| !d.exists()).cloned();
+    let pinned = labels_dir.as_ref().and_then(|dir| {
+        rampart_flows::PinnedLabels::open_or_create(dir)
+            .inspect_err(|e| tracing::warn!("flows: connection labels stay in this process: {e}"))
+            .ok()
+    });
     // The gateway names its connections' flows (route, cluster, tenant) in the tracer.
-    let labels = match flow_labels::LabelSink::new(tracer.labels().clone()) {
+    let labels = match flow_labels::LabelSink::new(Some(tracer.labels().clone()), pinned) {
         Ok(sink) => Some(Arc::new(sink) as Arc<dyn rampart_proxy::conn_labels::ConnectionLabels>),
         Err(e) => {
             tracing::warn!(error = %e, "flows: cannot read this process's network namespace; flows unlabelled");
@@ -623,6 +639,7 @@ fn in_process_flows(listen: &str) -> Option<InProcessFlows> {
         stop,
         thread: Some(thread),
         labels,
+        created_labels_dir,
     })
 }
 
@@ -638,6 +655,9 @@ struct InProcessFlows {
     thread: Option<std::thread::JoinHandle<()>>,
     /// Where the gateway reports its connections' names.
     labels: Option<Arc<dyn rampart_proxy::conn_labels::ConnectionLabels>>,
+    /// The pinned labels' directory when this process made it: unpinned on the way out, so
+    /// the maps do not outlive everyone using them.
+    created_labels_dir: Option<std::path::PathBuf>,
 }
 
 #[cfg(feature = "flows")]
@@ -646,6 +666,10 @@ impl Drop for InProcessFlows {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        if let Some(dir) = &self.created_labels_dir {
+            // Processes that opened the maps keep them until they close them.
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }

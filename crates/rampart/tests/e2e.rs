@@ -48,6 +48,100 @@ const RELOAD_FAILED: &str = "rampart_config_reloads_total{result=\"failure\"}";
 const LAST_RELOAD_OK: &str = "rampart_config_last_reload_success";
 const VERSION: &str = "rampart_config_version";
 
+/// acme's request on a kept-alive connection; returns after the whole 200 response.
+async fn keep_alive_exchange(conn: &mut tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = b"GET /api/orders HTTP/1.1\r\nhost: acme.localhost\r\nx-user: vera\r\n\r\n";
+    let exchange = async {
+        conn.write_all(request).await.unwrap();
+        // One response: its headers, then a body of content-length bytes.
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "the gateway closed: {}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    assert!(head.starts_with("HTTP/1.1 200"), "{text}");
+                    return;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .expect("the gateway answers within 5 s");
+}
+
+/// `rampart flows top --by tenant`, another process with its own tracer, names the
+/// gateway's connections by the labels `up` shared in bpffs: a kept-alive connection that
+/// carried acme's requests and then closed while `top` ran shows up under acme.
+async fn flows_top_by_tenant_from_another_process(gw: SocketAddr, labels_dir: &str) {
+    assert!(
+        std::path::Path::new(labels_dir).join("rf_labels").exists(),
+        "up pinned no label maps in {labels_dir}"
+    );
+    let mut conn = tokio::net::TcpStream::connect(gw).await.unwrap();
+    // The first request makes the gateway share the connection's labels.
+    keep_alive_exchange(&mut conn).await;
+
+    let mut top = Proc::spawn(
+        "rampart flows top",
+        &[
+            "flows",
+            "--labels-dir",
+            labels_dir,
+            "top",
+            "--by",
+            "tenant",
+            "--no-clear",
+            "--interval",
+            "1500ms",
+            "--iterations",
+            "2",
+        ],
+    );
+    let started = eventually(Duration::from_secs(10), || async {
+        top.stderr().contains("flows: tracing")
+    })
+    .await;
+    assert!(started, "flows top did not start: {}", top.stderr());
+    // Traffic on the connection while `top` traces (its tracer adopts the flow), then close.
+    keep_alive_exchange(&mut conn).await;
+    drop(conn);
+    let status = top.wait_exit(Duration::from_secs(15)).await;
+    let out = top.stdout();
+    assert!(
+        status.success(),
+        "flows top: {status:?}\n{out}\n{}",
+        top.stderr()
+    );
+    let row = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("acme "))
+        .unwrap_or_else(|| panic!("no acme row in:\n{out}\n{}", top.stderr()));
+    let closed: u64 = row.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!(
+        closed >= 1,
+        "acme's closed connection not counted: {row}\n{out}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_serves_the_demo_on_a_fresh_machine() {
     let (gw, admin) = (local(8080), local(9901));
@@ -60,6 +154,8 @@ async fn up_serves_the_demo_on_a_fresh_machine() {
     let dir = TempDir::new("up");
     let data = dir.path("kv");
     let policy = dir.path("tenants");
+    // This run's own bpffs directory for the shared flow labels (removed by `up` on exit).
+    let labels_dir = format!("/sys/fs/bpf/rampart-e2e-{}", std::process::id());
     let mut up = Proc::spawn(
         "rampart up",
         &[
@@ -68,6 +164,8 @@ async fn up_serves_the_demo_on_a_fresh_machine() {
             data.to_str().unwrap(),
             "--policy-dir",
             policy.to_str().unwrap(),
+            "--flow-labels-dir",
+            &labels_dir,
         ],
     );
     assert!(
@@ -262,6 +360,7 @@ async fn up_serves_the_demo_on_a_fresh_machine() {
             "no {series} in the flow metrics:\n{}",
             metrics(local(9435)).await
         );
+        flows_top_by_tenant_from_another_process(gw, &labels_dir).await;
     } else {
         loud_skip(
             "up_serves_the_demo_on_a_fresh_machine (its flow-metrics part)",

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0 OR GPL-2.0-only
 //
-// Rampart TCP flow tracing. Loaded by crates/rampart-flows (libbpf-rs); see src/lib.rs there
+// Rampart TCP flow tracing. Loaded by crates/rampart-flows (aya); see src/lib.rs there
 // for the design and src/raw.rs for the Rust side of the layouts below.
 //
 // Hooks (classic tracepoints only: fentry/fexit and kprobes do not work on our kernels):
@@ -107,9 +107,37 @@ struct rf_event {
 	struct rf_flow flow;
 };
 
-/* Referenced so that the skeleton generator emits the Rust types; src/raw.rs checks them. */
-struct rf_event rf_event_layout = {};
-struct rf_flow rf_flow_layout = {};
+/* The layouts src/raw.rs decodes, offset by offset: a change here that is not mirrored there
+ * fails this compile (and committed_object_matches_source keeps the object in step). */
+#define RF_AT(type, field, off) _Static_assert(__builtin_offsetof(type, field) == (off), #type "." #field)
+RF_AT(struct rf_tuple, saddr, 0);
+RF_AT(struct rf_tuple, daddr, 16);
+RF_AT(struct rf_tuple, sport, 32);
+RF_AT(struct rf_tuple, dport, 34);
+RF_AT(struct rf_tuple, family, 36);
+RF_AT(struct rf_tuple, netns, 40);
+_Static_assert(sizeof(struct rf_tuple) == 44, "struct rf_tuple size");
+RF_AT(struct rf_flow, t, 0);
+RF_AT(struct rf_flow, pid, 44);
+RF_AT(struct rf_flow, flow_id, 48);
+RF_AT(struct rf_flow, opened_ns, 56);
+RF_AT(struct rf_flow, established_ns, 64);
+RF_AT(struct rf_flow, closed_ns, 72);
+RF_AT(struct rf_flow, bytes_sent, 80);
+RF_AT(struct rf_flow, bytes_received, 88);
+RF_AT(struct rf_flow, segs_out, 96);
+RF_AT(struct rf_flow, segs_in, 100);
+RF_AT(struct rf_flow, retransmits, 104);
+RF_AT(struct rf_flow, state, 108);
+RF_AT(struct rf_flow, flags, 109);
+RF_AT(struct rf_flow, comm, 112);
+_Static_assert(sizeof(struct rf_flow) == 128, "struct rf_flow size");
+RF_AT(struct rf_event, kind, 0);
+RF_AT(struct rf_event, reset_by, 1);
+RF_AT(struct rf_event, state, 2);
+RF_AT(struct rf_event, ts_ns, 8);
+RF_AT(struct rf_event, flow, 16);
+_Static_assert(sizeof(struct rf_event) == 144, "struct rf_event size");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

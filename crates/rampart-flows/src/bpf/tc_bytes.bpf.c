@@ -2,16 +2,16 @@
 //
 // Rampart TC byte counting: the packet-level alternative to the socket-level byte counts of
 // flows.bpf.c, kept separate so that the two can be loaded (and measured) independently.
-// Loaded by crates/rampart-flows (src/tc.rs, libbpf-rs TcHook); see "Byte counting" in
+// Loaded by crates/rampart-flows (src/tc.rs, aya, TCX links); see "Byte counting" in
 // src/lib.rs for what it is for and what the measurements found.
 //
-// Two direct-action classifiers on a clsact qdisc, one per hook:
+// Two TC programs on TCX links (no qdisc needed), one per hook:
 //   rf_tc_ingress  packets the interface receives
 //   rf_tc_egress   packets the interface transmits
 // Each TCP packet (IPv4, or IPv6 without extension headers) is counted in an LRU per-CPU hash
 // keyed by the packet's own 5-tuple (source and destination as in the packet, not as seen by
-// a socket) plus the hook it passed. Both programs return TC_ACT_UNSPEC: they never drop,
-// redirect or modify a packet, and the next filter on the hook (someone else's) still runs.
+// a socket) plus the hook it passed. Both programs return TC_ACT_UNSPEC (TCX_NEXT): they never
+// drop, redirect or modify a packet, and the next program or filter on the hook still runs.
 //
 // What is counted per key:
 //   packets        skbs that passed the hook (a GSO/GRO super-packet is one)
@@ -128,9 +128,21 @@ struct rf_tc_value {
 	__u64 ip_bytes;
 };
 
-/* Referenced so that the skeleton generator emits the Rust types; src/tc.rs checks them. */
-struct rf_tc_key rf_tc_key_layout = {};
-struct rf_tc_value rf_tc_value_layout = {};
+/* The layouts src/tc.rs decodes, offset by offset: a change here that is not mirrored there
+ * fails this compile (and committed_object_matches_source keeps the object in step). */
+#define RF_AT(type, field, off) _Static_assert(__builtin_offsetof(type, field) == (off), #type "." #field)
+RF_AT(struct rf_tc_key, saddr, 0);
+RF_AT(struct rf_tc_key, daddr, 16);
+RF_AT(struct rf_tc_key, sport, 32);
+RF_AT(struct rf_tc_key, dport, 34);
+RF_AT(struct rf_tc_key, family, 36);
+RF_AT(struct rf_tc_key, dir, 38);
+_Static_assert(sizeof(struct rf_tc_key) == 40, "struct rf_tc_key size");
+RF_AT(struct rf_tc_value, packets, 0);
+RF_AT(struct rf_tc_value, segs, 8);
+RF_AT(struct rf_tc_value, payload_bytes, 16);
+RF_AT(struct rf_tc_value, ip_bytes, 24);
+_Static_assert(sizeof(struct rf_tc_value) == 32, "struct rf_tc_value size");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
@@ -292,13 +304,13 @@ unparsed:
 	return TC_ACT_UNSPEC;
 }
 
-SEC("tc")
+SEC("classifier")  /* aya's name for a TC (SchedClassifier) program */
 int rf_tc_ingress(struct __sk_buff *skb)
 {
 	return handle(skb, RF_TC_INGRESS);
 }
 
-SEC("tc")
+SEC("classifier")  /* aya's name for a TC (SchedClassifier) program */
 int rf_tc_egress(struct __sk_buff *skb)
 {
 	return handle(skb, RF_TC_EGRESS);
