@@ -26,6 +26,9 @@
 # Usage:  bash bench/flows.sh          (as root)
 # Environment: BENCH_DURATION=10  BENCH_WARMUP=2  BENCH_CONNS=64  BENCH_ROUNDS=3
 #              RAMPART_BIN=path (the default build has flows)  BENCH_DOC=docs/BENCHMARKS.md
+#              TRACE_EVENTS=all (the tracer's --events: e.g. close,retransmit,reset, a tracer
+#              that emits closes only; flows are then counted from closes, and the results go
+#              to their own section, `flows-events`)
 set -euo pipefail
 umask 022
 
@@ -45,6 +48,7 @@ DOC="${BENCH_DOC:-docs/BENCHMARKS.md}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/rampart/target}"
 UPSTREAM_PORT=18101
 METRICS_PORT=19435
+TRACE_EVENTS="${TRACE_EVENTS:-all}"
 declare -A R
 
 # shellcheck source=bench/lib.sh
@@ -86,7 +90,7 @@ LEFTOVER=0          # most rf_ programs found loaded after stopping the tracer
 # start_tracer TAG: `rampart flows serve`, ready when its metrics answer.
 start_tracer() {
     local logf="$OUT_DIR/flows-$1.log"
-    "$RAMPART_BIN" flows serve --listen "127.0.0.1:$METRICS_PORT" >"$logf" 2>&1 &
+    "$RAMPART_BIN" flows --events "$TRACE_EVENTS" serve --listen "127.0.0.1:$METRICS_PORT" >"$logf" 2>&1 &
     TRACER_PID=$!
     STARTED_PIDS+=("$TRACER_PID")
     wait_ready "rampart flows" "$TRACER_PID" "http://127.0.0.1:$METRICS_PORT/metrics" "$logf"
@@ -108,6 +112,13 @@ metric() { # metric SERIES-PREFIX: sum of the values of lines starting with it
     curl -s --max-time 5 "http://127.0.0.1:$METRICS_PORT/metrics" | awk -v p="$1" 'index($0, p) == 1 { s += $NF } END { printf "%d", s }'
 }
 OPENED="rampart_flows_opened_total{local_port=\"$UPSTREAM_PORT\"}"
+# A tracer without open events counts the port's flows by their closes (each run's flows
+# have closed by the end of the pause after it).
+EVENTS_PER_FLOW=3   # open, established and close of the server socket
+if [[ "$TRACE_EVENTS" != all && ",$TRACE_EVENTS," != *,open,* ]]; then
+    OPENED="rampart_flows_closed_total{local_port=\"$UPSTREAM_PORT\"}"
+    EVENTS_PER_FLOW=$(( 1 + (${#TRACE_EVENTS} - ${#TRACE_EVENTS//established/}) / 11 ))
+fi
 
 # bpf_totals: "run_time_ns run_cnt" summed over the loaded rf_ programs.
 bpf_totals() {
@@ -149,13 +160,13 @@ run() {
 
 # newconn_derived KEY: per-run figures of a traced new-connection run, each over the measured
 # run only: RATE (new connections/s = flows / measured duration) and US_PER_EVENT (tracer CPU
-# per event; events counted as before: 3 per flow opened on the port, i.e. open, established
-# and close of the server socket; the client sockets' events, counted under "ephemeral", are
-# not in it).
+# per event; events counted as before: EVENTS_PER_FLOW per flow on the port, i.e. open,
+# established and close of the server socket (fewer with TRACE_EVENTS); the client sockets'
+# events, counted under "ephemeral", are not in it).
 newconn_derived() {
     local key="$1"
     R[$key,RATE]="$(awk -v n="${R[$key,FLOWS]}" -v d="${R[$key,DURATION_S]}" 'BEGIN { if (d > 0) printf "%.0f", n / d; else print "n/a" }')"
-    R[$key,US_PER_EVENT]="$(awk -v t="${R[$key,TRACER_TICKS]}" -v hz="$CLK_TCK" -v e="$(( ${R[$key,FLOWS]} * 3 ))" \
+    R[$key,US_PER_EVENT]="$(awk -v t="${R[$key,TRACER_TICKS]}" -v hz="$CLK_TCK" -v e="$(( ${R[$key,FLOWS]} * EVENTS_PER_FLOW ))" \
         'BEGIN { if (e > 0) printf "%.2f", t / hz * 1e6 / e; else print "n/a" }')"
 }
 
@@ -232,19 +243,27 @@ TABLE="| run (median of $ROUNDS rounds) | req/s | p50 ms | p99 ms | errors |
 | new connection per request, tracing | ${R[traced-newconn,RPS]} | ${R[traced-newconn,P50_MS]} | ${R[traced-newconn,P99_MS]} | ${R[traced-newconn,ERRORS]} |"
 
 SUMMARY="- throughput with tracing / without (medians of $ROUNDS rounds): keep-alive **$ka_ratio**, new connections **$nc_ratio** (target ≥ 0.97, i.e. ≤ 3 % overhead: keep-alive $ka_verdict, new connections $nc_verdict)
-- traced new-connection run (medians; the measured run only): $newconn_requests requests, $newconn_flows flows opened on port $UPSTREAM_PORT ($newconn_rate new connections/s over the measured duration), a flow for every request in every round: $COVERED; **$lost events lost** in all $ROUNDS traced arms together (target: zero at 10,000/s: $loss_verdict)
+- traced new-connection run (medians; the measured run only): $newconn_requests requests, $newconn_flows flows on port $UPSTREAM_PORT ($newconn_rate new connections/s over the measured duration), a flow for every request in every round: $COVERED; **$lost events lost** in all $ROUNDS traced arms together (target: zero at 10,000/s: $loss_verdict)
 - BPF programs (statistics arm, kernel.bpf_stats_enabled=1, its two measured runs): $bpf_runs runs, **$bpf_ns_per_run ns per run** on average; tracer process: $user_us_per_event µs of CPU per event in user space (median, measured runs)
 - flow table memory: **$map_bytes_per_flow** bytes per tracked flow
 - after SIGTERM: $leftover rf_ programs left loaded (most seen after any stop)"
 
 printf '\n%s\n\n%s\n' "$TABLE" "$SUMMARY"
-write_doc_section flows "<!-- flows:begin -->
-## eBPF flow tracing: overhead and loss
+SECTION=flows
+COMMAND="bash bench/flows.sh"
+HEADING="## eBPF flow tracing: overhead and loss"
+if [[ "$TRACE_EVENTS" != all ]]; then
+    SECTION=flows-events
+    COMMAND="TRACE_EVENTS=$TRACE_EVENTS bash bench/flows.sh"
+    HEADING="## eBPF flow tracing with fewer events (\`--events $TRACE_EVENTS\`): overhead and loss"
+fi
+write_doc_section "$SECTION" "<!-- $SECTION:begin -->
+$HEADING
 
-\`bash bench/flows.sh\` ($(date -u +%Y-%m-%d), $(machine_line); rampart $(repo_revision); CPUs ${CPU_BUSY_START}% busy before the start; wrk -t2 -c$CONNS -d${DURATION}s after a ${WARMUP}s warm-up, against nginx serving 1 KiB on loopback; tracing = \`rampart flows serve\` running, all tracepoints attached; **median of $ROUNDS rounds**, the arms alternating (round 1 no tracing first, round 2 tracing first, ...); kernel.bpf_stats_enabled=0 in both arms):
+\`$COMMAND\` ($(date -u +%Y-%m-%d), $(machine_line); rampart $(repo_revision); CPUs ${CPU_BUSY_START}% busy before the start; wrk -t2 -c$CONNS -d${DURATION}s after a ${WARMUP}s warm-up, against nginx serving 1 KiB on loopback; tracing = \`rampart flows --events $TRACE_EVENTS serve\` running, all tracepoints attached; **median of $ROUNDS rounds**, the arms alternating (round 1 no tracing first, round 2 tracing first, ...); kernel.bpf_stats_enabled=0 in both arms):
 
 $TABLE
 
 $SUMMARY
-<!-- flows:end -->"
+<!-- $SECTION:end -->"
 log "results written to $DOC"

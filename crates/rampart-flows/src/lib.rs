@@ -137,4 +137,4 @@ pub use tc::{
     TC_PROGRAMS, TcCounter, TcCounterOptions, TcCounters, TcDirection, TcKey, TcSnapshot, TcStats,
     check_tc_environment,
 };
-pub use tracer::{FlowTracer, FlowTracerOptions, check_environment, check_object};
+pub use tracer::{EventKinds, FlowTracer, FlowTracerOptions, check_environment, check_object};

@@ -26,11 +26,19 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Parses `object`, applies its CO-RE relocations against the kernel's BTF and creates its
-/// maps, with `max_entries` overriding the sizes the object declares.
-pub(crate) fn open(object: &[u8], max_entries: &[(&'static str, u32)]) -> Result<Ebpf, FlowsError> {
+/// maps, with `max_entries` overriding the sizes the object declares and `globals` setting
+/// its read-only (`const volatile`) 32-bit globals.
+pub(crate) fn open(
+    object: &[u8],
+    max_entries: &[(&'static str, u32)],
+    globals: &[(&'static str, u32)],
+) -> Result<Ebpf, FlowsError> {
     let mut loader = EbpfLoader::new();
     for (map, size) in max_entries {
         loader.map_max_entries(map, *size);
+    }
+    for (name, value) in globals {
+        loader.override_global(name, value, true);
     }
     loader.load(object).map_err(|source| FlowsError::Open {
         detail: chain(&source),

@@ -238,7 +238,7 @@ impl TcCounter {
         check_tc_environment()?;
         let ifindex = lookup_interface(interface)?;
 
-        let mut ebpf = load::open(crate::TC_OBJ, &[("rf_tc_flows", opts.max_flows)])?;
+        let mut ebpf = load::open(crate::TC_OBJ, &[("rf_tc_flows", opts.max_flows)], &[])?;
         let hooks = [
             ("rf_tc_ingress", "ingress", TcAttachType::Ingress),
             ("rf_tc_egress", "egress", TcAttachType::Egress),

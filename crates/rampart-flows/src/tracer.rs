@@ -39,6 +39,87 @@ pub struct FlowTracerOptions {
     /// Mount tracefs on `/sys/kernel/tracing` when it is missing (needs CAP_SYS_ADMIN).
     /// Default false: report [`FlowsError::TracefsNotMounted`] instead.
     pub mount_tracefs: bool,
+    /// Which events the kernel emits; the others cost nothing (flows are still tracked,
+    /// counted and measured, and snapshots are unchanged). Default: all.
+    pub events: EventKinds,
+}
+
+/// A set of [`FlowEvent`] kinds, for [`FlowTracerOptions::events`]: a consumer that only
+/// needs closes (with their final counters) saves two ring-buffer events per socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventKinds(u32);
+
+impl EventKinds {
+    /// [`FlowEvent::Open`].
+    pub const OPEN: Self = Self(1 << 1);
+    /// [`FlowEvent::Established`].
+    pub const ESTABLISHED: Self = Self(1 << 2);
+    /// [`FlowEvent::Close`].
+    pub const CLOSE: Self = Self(1 << 3);
+    /// [`FlowEvent::Retransmit`].
+    pub const RETRANSMIT: Self = Self(1 << 4);
+    /// [`FlowEvent::Reset`].
+    pub const RESET: Self = Self(1 << 5);
+    /// Every kind.
+    pub const ALL: Self = Self(0b11_1110);
+    const NAMES: [(&'static str, Self); 5] = [
+        ("open", Self::OPEN),
+        ("established", Self::ESTABLISHED),
+        ("close", Self::CLOSE),
+        ("retransmit", Self::RETRANSMIT),
+        ("reset", Self::RESET),
+    ];
+
+    /// Both sets.
+    #[must_use]
+    pub const fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    /// Whether every kind of `other` is in this set.
+    pub const fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The bit mask the BPF programs read (`rf_event_mask`: bit `1 << RF_EV_*`).
+    pub const fn mask(self) -> u32 {
+        self.0
+    }
+
+    /// `all`, or kinds separated by commas: `open,established,close,retransmit,reset`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.trim() == "all" {
+            return Ok(Self::ALL);
+        }
+        let mut set = Self(0);
+        for word in text.split(',').map(str::trim) {
+            let (_, kind) = Self::NAMES
+                .iter()
+                .find(|(name, _)| *name == word)
+                .ok_or_else(|| {
+                    format!(
+                        "unknown event kind {word:?}: expected all, or some of \
+                         open,established,close,retransmit,reset"
+                    )
+                })?;
+            set = set.union(*kind);
+        }
+        Ok(set)
+    }
+}
+
+impl std::fmt::Display for EventKinds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if *self == Self::ALL {
+            return f.write_str("all");
+        }
+        let names: Vec<&str> = Self::NAMES
+            .iter()
+            .filter(|(_, k)| self.contains(*k))
+            .map(|(n, _)| *n)
+            .collect();
+        f.write_str(&names.join(","))
+    }
 }
 
 impl Default for FlowTracerOptions {
@@ -48,6 +129,7 @@ impl Default for FlowTracerOptions {
             max_flows: 65_536,
             max_labels: 65_536,
             mount_tracefs: false,
+            events: EventKinds::ALL,
         }
     }
 }
@@ -157,6 +239,7 @@ impl FlowTracer {
                 ("rf_flows", opts.max_flows),
                 ("rf_events", opts.ring_buffer_bytes),
             ],
+            &[("rf_event_mask", opts.events.mask())],
         )?;
         let mut attached = Vec::with_capacity(PROGRAMS.len());
         for (name, category, tracepoint) in PROGRAMS {
@@ -368,6 +451,22 @@ mod tests {
         fn send<T: Send>() {}
         send::<FlowTracer>();
         send::<LabelRegistry>();
+    }
+
+    #[test]
+    fn event_kinds_parse_and_print() {
+        assert_eq!(EventKinds::parse("all").unwrap(), EventKinds::ALL);
+        let k = EventKinds::parse("close, reset").unwrap();
+        assert!(k.contains(EventKinds::CLOSE) && k.contains(EventKinds::RESET));
+        assert!(!k.contains(EventKinds::OPEN));
+        assert_eq!(k.to_string(), "close,reset");
+        assert_eq!(k.mask(), (1 << 3) | (1 << 5));
+        assert_eq!(
+            EventKinds::parse("open,established,close,retransmit,reset").unwrap(),
+            EventKinds::ALL
+        );
+        let e = EventKinds::parse("close,bogus").unwrap_err();
+        assert!(e.contains("bogus"), "{e}");
     }
 
     #[test]

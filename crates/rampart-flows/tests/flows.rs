@@ -17,8 +17,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rampart_flows::{
-    Direction, FlowEvent, FlowKey, FlowLabels, FlowTracer, FlowTracerOptions, FlowsError,
-    PinnedLabels, ResetBy, current_netns,
+    Direction, EventKinds, FlowEvent, FlowKey, FlowLabels, FlowTracer, FlowTracerOptions,
+    FlowsError, PinnedLabels, ResetBy, current_netns,
 };
 
 /// Normal tests share; the detach test runs alone (it checks that no `rf_` program is left).
@@ -391,6 +391,45 @@ fn snapshot_shows_live_flows_with_labels() {
     );
     let c = tracer.counters().unwrap();
     assert!(c.flows_opened >= 2 && c.events_emitted > 0, "{c:?}");
+}
+
+/// A tracer told to emit only closes emits nothing else, yet tracks and counts every flow
+/// and measures its bytes exactly.
+#[test]
+fn close_only_tracer_emits_only_closes() {
+    let _g = shared();
+    if skip("close_only_tracer_emits_only_closes") {
+        return;
+    }
+    let tracer = start(FlowTracerOptions {
+        events: EventKinds::CLOSE,
+        ..FlowTracerOptions::default()
+    });
+    let before = tracer.counters().unwrap();
+    let (client, server) = loopback_pair(321);
+    let key = key_of(&client);
+    drop(client);
+    drop(server);
+    let events = collect(
+        &tracer,
+        Duration::from_secs(10),
+        |ev| touches_port(ev, key.dst.port()),
+        |evs| closes(evs).count() >= 2,
+    );
+    assert_eq!(closes(&events).count(), 2, "{events:?}");
+    assert_eq!(events.len(), 2, "only closes: {events:?}");
+    let client_close = closes(&events)
+        .find(|e| e.key() == &key)
+        .expect("the client's close");
+    let FlowEvent::Close { stats, .. } = client_close else {
+        unreachable!()
+    };
+    assert_eq!(stats.bytes_sent, 321);
+    let after = tracer.counters().unwrap();
+    assert!(
+        after.flows_opened >= before.flows_opened + 2,
+        "flows are still counted: {before:?} -> {after:?}"
+    );
 }
 
 /// A proxy in another process reports its connection's labels in the pinned maps; a tracer

@@ -36,6 +36,10 @@ pub(crate) struct FlowsArgs {
     /// (`rampart up --flow-labels-dir`). "off": no labels from other processes.
     #[arg(long, global = true, default_value = rampart_flows::DEFAULT_LABELS_PIN_DIR)]
     labels_dir: String,
+    /// Which events the kernel emits: all, or some of open,established,close,retransmit,reset
+    /// (fewer events, less CPU per connection; `serve`'s opened counter needs open).
+    #[arg(long, global = true, default_value = "all", value_parser = rampart_flows::EventKinds::parse)]
+    events: rampart_flows::EventKinds,
     #[command(subcommand)]
     command: FlowsCommand,
 }
@@ -175,6 +179,7 @@ fn run_inner(args: FlowsArgs) -> Result<()> {
     let opts = FlowTracerOptions {
         ring_buffer_bytes: args.ring_buffer_bytes,
         mount_tracefs: args.mount_tracefs,
+        events: args.events,
         ..FlowTracerOptions::default()
     };
     let stop = stop_on_signals()?;
@@ -467,6 +472,47 @@ struct RemoteLabels {
 /// `remote_address="other"`, so a scan of many addresses cannot grow the registry forever.
 const MAX_SERIES: usize = 10_000;
 
+fn port_label(port: u16) -> String {
+    if port == 0 {
+        "ephemeral".to_owned()
+    } else {
+        port.to_string()
+    }
+}
+
+fn remote_label(addr: Option<IpAddr>) -> String {
+    addr.map_or_else(|| "other".to_owned(), |a| a.to_string())
+}
+
+fn port_counter<'a>(
+    handles: &'a mut HashMap<u16, Counter>,
+    family: &Family<PortLabels, Counter>,
+    port: u16,
+) -> &'a Counter {
+    handles.entry(port).or_insert_with(|| {
+        family
+            .get_or_create(&PortLabels {
+                local_port: port_label(port),
+            })
+            .clone()
+    })
+}
+
+fn remote_counter<'a>(
+    handles: &'a mut HashMap<Remote, Counter>,
+    family: &Family<RemoteLabels, Counter>,
+    remote: Remote,
+) -> &'a Counter {
+    handles.entry(remote).or_insert_with(|| {
+        family
+            .get_or_create(&RemoteLabels {
+                local_port: port_label(remote.0),
+                remote_address: remote_label(remote.1),
+            })
+            .clone()
+    })
+}
+
 /// The flow metrics, fed from events.
 pub(crate) struct FlowMetrics {
     registry: Registry,
@@ -478,8 +524,25 @@ pub(crate) struct FlowMetrics {
     lost: Gauge,
     live: Gauge,
     series: HashSet<(u16, IpAddr)>,
+    /// Handles on the series already made, so that an event costs a hash lookup and an
+    /// atomic add, not label strings built and hashed (that was most of the tracer's CPU
+    /// per event). Bounded like `series`: one entry per series.
+    handles: Handles,
     /// Closed flows by the gateway's route, cluster and tenant (in-process tracing).
     named: crate::flow_labels::NamedFlowMetrics,
+}
+
+/// A local port (0: ephemeral) and a remote address (`None`: folded into "other").
+type Remote = (u16, Option<IpAddr>);
+
+#[derive(Default)]
+struct Handles {
+    opened: HashMap<u16, Counter>,
+    closed: HashMap<u16, Counter>,
+    /// Sent, received.
+    bytes: HashMap<Remote, [Counter; 2]>,
+    retransmits: HashMap<Remote, Counter>,
+    resets: HashMap<Remote, Counter>,
 }
 
 impl FlowMetrics {
@@ -526,19 +589,21 @@ impl FlowMetrics {
             lost,
             live,
             series: HashSet::new(),
+            handles: Handles::default(),
             named,
         }
     }
 
-    fn remote(&mut self, port: u16, addr: IpAddr) -> String {
+    /// The remote address as a series label, or `None` (`other`) past [`MAX_SERIES`].
+    fn remote(&mut self, port: u16, addr: IpAddr) -> Option<IpAddr> {
         if self.series.contains(&(port, addr)) {
-            return addr.to_string();
+            return Some(addr);
         }
         if self.series.len() < MAX_SERIES {
             self.series.insert((port, addr));
-            return addr.to_string();
+            return Some(addr);
         }
-        "other".into()
+        None
     }
 
     pub(crate) fn record(&mut self, ev: &FlowEvent) {
@@ -549,53 +614,38 @@ impl FlowMetrics {
             rampart_flows::Direction::Outbound => 0,
             _ => key.src.port(),
         };
-        let local_port = if port == 0 {
-            "ephemeral".to_string()
-        } else {
-            port.to_string()
-        };
-        let remote_address = self.remote(port, key.dst.ip());
         match ev {
             FlowEvent::Open { .. } => {
-                self.opened.get_or_create(&PortLabels { local_port }).inc();
+                port_counter(&mut self.handles.opened, &self.opened, port).inc();
             }
             FlowEvent::Close { stats, .. } => {
                 if let Some(l) = &ev.flow().labels {
                     self.named.closed(l, stats.bytes_sent, stats.bytes_received);
                 }
-                self.closed
-                    .get_or_create(&PortLabels {
-                        local_port: local_port.clone(),
+                port_counter(&mut self.handles.closed, &self.closed, port).inc();
+                let remote = (port, self.remote(port, key.dst.ip()));
+                let family = &self.bytes;
+                let [sent, received] = self.handles.bytes.entry(remote).or_insert_with(|| {
+                    ["sent", "received"].map(|direction| {
+                        family
+                            .get_or_create(&BytesLabels {
+                                direction: direction.into(),
+                                local_port: port_label(port),
+                                remote_address: remote_label(remote.1),
+                            })
+                            .clone()
                     })
-                    .inc();
-                for (direction, n) in [
-                    ("sent", stats.bytes_sent),
-                    ("received", stats.bytes_received),
-                ] {
-                    self.bytes
-                        .get_or_create(&BytesLabels {
-                            direction: direction.into(),
-                            local_port: local_port.clone(),
-                            remote_address: remote_address.clone(),
-                        })
-                        .inc_by(n);
-                }
+                });
+                sent.inc_by(stats.bytes_sent);
+                received.inc_by(stats.bytes_received);
             }
             FlowEvent::Retransmit { .. } => {
-                self.retransmits
-                    .get_or_create(&RemoteLabels {
-                        local_port,
-                        remote_address,
-                    })
-                    .inc();
+                let remote = (port, self.remote(port, key.dst.ip()));
+                remote_counter(&mut self.handles.retransmits, &self.retransmits, remote).inc();
             }
             FlowEvent::Reset { .. } => {
-                self.resets
-                    .get_or_create(&RemoteLabels {
-                        local_port,
-                        remote_address,
-                    })
-                    .inc();
+                let remote = (port, self.remote(port, key.dst.ip()));
+                remote_counter(&mut self.handles.resets, &self.resets, remote).inc();
             }
             _ => {}
         }

@@ -160,6 +160,11 @@ struct {
 
 __u64 rf_next_flow_id = 0;
 
+/* Which events reach the ring buffer: bit (1 << RF_EV_*) per kind. Set by the loader before
+ * the programs load (FlowTracerOptions::events); read-only then, so the verifier drops the
+ * code of the kinds left out. Flows are tracked, counted and measured either way. */
+const volatile __u32 rf_event_mask = 0xffffffff;
+
 static __always_inline void count(__u32 idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&rf_counters, &idx);
@@ -171,6 +176,8 @@ static __always_inline void count(__u32 idx)
 static __always_inline void emit(__u8 kind, __u8 reset_by, __u8 state, const struct rf_flow *f,
 				 __u64 now)
 {
+	if (!(rf_event_mask & (1u << kind)))
+		return;
 	struct rf_event *e = bpf_ringbuf_reserve(&rf_events, sizeof(*e), 0);
 
 	if (!e) {
