@@ -7,7 +7,7 @@
 //!   max_cached_bytes: 268435456            # and their estimated memory
 //!   eval_timeout: 100ms                    # a policy running longer is stopped (an error)
 //!   decision_log: {path: decisions.log, sample_rate: 0.01}   # path omitted: stdout
-//!   vm: false                              # true: regorus' register VM (faster, newer)
+//!   vm: true                               # regorus' register VM where it decides as the interpreter does
 //!
 //! filters:
 //!   - authz:
@@ -37,10 +37,11 @@ pub struct RawPolicy {
     pub eval_timeout: Option<String>,
     #[serde(default)]
     pub decision_log: Option<RawDecisionLog>,
-    /// Decide on regorus' register VM (about twice as fast; off by default because it is new
-    /// and was seen disagreeing with the interpreter on some `else` chains).
+    /// Decide on regorus' register VM (about twice as fast) for every bundle it decides
+    /// exactly as the interpreter does (checked when the bundle is compiled; the others stay
+    /// interpreted). Default true; false: the interpreter always.
     #[serde(default)]
-    pub vm: bool,
+    pub vm: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -160,7 +161,7 @@ pub fn validate_policy(raw: &RawPolicy) -> (Policy, Vec<FieldError>) {
             max_cached_bytes: raw.max_cached_bytes.unwrap_or(256 * 1024 * 1024).max(1),
             eval_timeout,
             decision_log,
-            vm: raw.vm,
+            vm: raw.vm.unwrap_or(true),
         },
         e,
     )

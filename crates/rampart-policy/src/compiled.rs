@@ -32,6 +32,8 @@ pub struct Compiled {
     template: Engine,
     /// The entry point compiled for regorus' register VM, with the data document.
     program: Option<(Arc<Program>, Value)>,
+    /// Why decisions run on the interpreter when the VM was asked for.
+    interpreted_because: Option<String>,
     limit: Duration,
     /// Estimated bytes held (sources and data, doubled for the parsed forms).
     pub bytes: usize,
@@ -72,9 +74,46 @@ impl Compiled {
     }
 
     /// As [`Compiled::compile`]; with `vm`, decisions run on regorus' register VM (about
-    /// twice as fast, but it is new in regorus and `tests/examples.rs` found it disagreeing
-    /// with the interpreter, so it is opt-in).
+    /// twice as fast) when the VM compiles the policy and decides as the interpreter does
+    /// (the checks of [`crate::equivalence`]: no `else` after a value that may be undefined,
+    /// and the same decisions on every input the bundle's tests name); otherwise on the
+    /// interpreter, with the reason in [`Compiled::interpreted_because`].
     pub fn compile_for(bundle: &Bundle, limit: Duration, vm: bool) -> Result<Self, BundleError> {
+        let mut c = Self::compile_unchecked(bundle, limit, vm)?;
+        if c.program.is_some() {
+            let mut engine = c.template.clone();
+            let verdict = crate::equivalence::check(&mut engine, |input, on_vm| {
+                if on_vm {
+                    c.eval_on_fresh_vm(input)
+                } else {
+                    c.eval_fresh(input)
+                }
+            });
+            match verdict {
+                crate::equivalence::Verdict::Equivalent { inputs } => {
+                    tracing::debug!(
+                        entrypoint = bundle.entrypoint,
+                        inputs,
+                        "policy runs on the VM"
+                    );
+                }
+                crate::equivalence::Verdict::Differs(why) => {
+                    tracing::info!(entrypoint = bundle.entrypoint, reason = %why, "policy runs on the interpreter");
+                    c.program = None;
+                    c.interpreted_because = Some(why);
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    /// As [`Compiled::compile_for`] without the equivalence checks: with `vm`, the VM decides
+    /// whenever it compiles the policy. For tests that pin down where the two differ.
+    pub fn compile_unchecked(
+        bundle: &Bundle,
+        limit: Duration,
+        vm: bool,
+    ) -> Result<Self, BundleError> {
         let mut engine = load_engine(bundle, limit)?;
         // Compiling for the entry point resolves every rule it reaches: an undefined entry
         // point or a type error surfaces here, not on the first request.
@@ -94,6 +133,7 @@ impl Compiled {
             Ok(program) => c.program = Some((program, Value::from(bundle.data.clone()))),
             Err(e) => {
                 tracing::info!(entrypoint = bundle.entrypoint, error = %e, "policy runs on the interpreter");
+                c.interpreted_because = Some(format!("regorus' VM cannot compile it: {e}"));
             }
         }
         Ok(c)
@@ -111,6 +151,7 @@ impl Compiled {
             entrypoint: bundle.entrypoint.clone(),
             template: engine,
             program: None,
+            interpreted_because: None,
             limit: Duration::from_secs(1),
             bytes: bundle.source_bytes() * 2,
         }
@@ -119,6 +160,12 @@ impl Compiled {
     /// Whether decisions run on regorus' register VM (else on its interpreter).
     pub fn on_vm(&self) -> bool {
         self.program.is_some()
+    }
+
+    /// Why decisions run on the interpreter although the VM was asked for (`None` when
+    /// they run on the VM, or the interpreter was asked for).
+    pub fn interpreted_because(&self) -> Option<&str> {
+        self.interpreted_because.as_deref()
     }
 
     /// Compiles, then runs the bundle's tests; any failure rejects the bundle.
@@ -174,14 +221,7 @@ impl Compiled {
                         if vms.len() >= THREAD_CACHE_SWEEP {
                             vms.retain(|_, (owner, _)| owner.strong_count() > 0);
                         }
-                        let mut vm = RegoVM::new();
-                        vm.load_program(program.clone());
-                        vm.set_data(data.clone()).map_err(|e| e.to_string())?;
-                        vm.set_execution_timer_config(Some(ExecutionTimerConfig {
-                            limit: self.limit,
-                            check_interval: NonZeroU32::new(64).unwrap_or(NonZeroU32::MIN),
-                        }));
-                        vm.set_max_instructions(MAX_INSTRUCTIONS);
+                        let vm = new_vm(program, data, self.limit)?;
                         vms.entry(self.id).or_insert((Arc::downgrade(self), vm))
                     }
                 };
@@ -215,6 +255,16 @@ impl Compiled {
         })
     }
 
+    /// The entry point on a VM made for this call only (the equivalence checks).
+    fn eval_on_fresh_vm(&self, input: Value) -> Result<Value, String> {
+        let Some((program, data)) = &self.program else {
+            return self.eval_fresh(input);
+        };
+        let mut vm = new_vm(program, data, self.limit)?;
+        vm.set_input(input);
+        vm.execute().map_err(|e| e.to_string())
+    }
+
     /// The same evaluation on an engine cloned for this call only (what regorus'
     /// `CompiledPolicy` does); kept for the benchmark's comparison.
     pub fn eval_fresh(&self, input: Value) -> Result<Value, String> {
@@ -224,6 +274,19 @@ impl Compiled {
             .eval_rule(self.entrypoint.clone())
             .map_err(|e| e.to_string())
     }
+}
+
+/// A VM loaded with `program` and `data`, bounded in time and instructions.
+fn new_vm(program: &Arc<Program>, data: &Value, limit: Duration) -> Result<RegoVM, String> {
+    let mut vm = RegoVM::new();
+    vm.load_program(program.clone());
+    vm.set_data(data.clone()).map_err(|e| e.to_string())?;
+    vm.set_execution_timer_config(Some(ExecutionTimerConfig {
+        limit,
+        check_interval: NonZeroU32::new(64).unwrap_or(NonZeroU32::MIN),
+    }));
+    vm.set_max_instructions(MAX_INSTRUCTIONS);
+    Ok(vm)
 }
 
 fn load_engine(bundle: &Bundle, limit: Duration) -> Result<Engine, BundleError> {

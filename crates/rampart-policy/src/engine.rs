@@ -53,7 +53,7 @@ impl Default for EngineConfig {
             max_bytes: 256 * 1024 * 1024,
             eval_limit: Duration::from_millis(100),
             decision_log: None,
-            vm: false,
+            vm: true,
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod bundle;
 pub mod compiled;
 pub mod decision;
 pub mod engine;
+mod equivalence;
 pub mod error;
 pub mod log;
 pub mod status;
