@@ -128,29 +128,10 @@ EOF
 # Rampart
 # ---------------------------------------------------------------------------------------------
 write_rampart_config() {
-    cat >"$OUT_DIR/rampart-bench.yaml" <<EOF
-# Written by bench/gateway.sh; overwritten on every run.
-workers: 2
-admin: { address: 127.0.0.1:$ADMIN_PORT }
-access_log: { format: "off" }
-listeners:
-  - name: bench
-    address: 127.0.0.1:$RAMPART_PORT
-    route_table: main
-route_tables:
-  - name: main
-    virtual_hosts:
-      - name: all
-        domains: ["*"]
-        routes:
-          - match: { path: { prefix: / } }
-            forward: { cluster: upstream }
-clusters:
-  - name: upstream
-    endpoints: ["127.0.0.1:$UPSTREAM_PORT"]
-    # Idle upstream connections kept per worker: the same number as nginx's keepalive.
-    max_idle_per_endpoint: $UPSTREAM_KEEPALIVE
-EOF
+    {
+        echo "# Written by bench/gateway.sh; overwritten on every run."
+        gateway_bench_config "$RAMPART_PORT" "$ADMIN_PORT" "$UPSTREAM_PORT" "$UPSTREAM_KEEPALIVE"
+    } >"$OUT_DIR/rampart-bench.yaml"
 }
 
 start_rampart() {

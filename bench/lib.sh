@@ -475,3 +475,31 @@ write_doc_section() {
     mv "$tmp" "$DOC"
     log "results written to $DOC"
 }
+
+# gateway_bench_config LISTEN_PORT ADMIN_PORT UPSTREAM_PORT KEEPALIVE: the rampart config of
+# the gateway benchmarks (bench/gateway.sh, bench/profile.sh): 2 workers, one catch-all
+# route to the upstream, KEEPALIVE idle upstream connections per worker, no access log.
+gateway_bench_config() {
+    cat <<EOF
+workers: 2
+admin: { address: 127.0.0.1:$2 }
+access_log: { format: "off" }
+listeners:
+  - name: bench
+    address: 127.0.0.1:$1
+    route_table: main
+route_tables:
+  - name: main
+    virtual_hosts:
+      - name: all
+        domains: ["*"]
+        routes:
+          - match: { path: { prefix: / } }
+            forward: { cluster: upstream }
+clusters:
+  - name: upstream
+    endpoints: ["127.0.0.1:$3"]
+    # Idle upstream connections kept per worker (nginx's keepalive in bench/gateway.sh).
+    max_idle_per_endpoint: $4
+EOF
+}

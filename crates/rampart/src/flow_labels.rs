@@ -25,18 +25,32 @@ pub(crate) struct LabelSink {
     netns: u64,
     /// Failed reports to the pinned maps (logged once).
     pinned_errors: AtomicU64,
+    /// The pinned maps' directory when this process made it: unpinned when the sink goes
+    /// (the gateway stops), so the maps do not outlive everyone using them.
+    created_dir: Option<std::path::PathBuf>,
+}
+
+impl Drop for LabelSink {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.created_dir {
+            // Processes that opened the maps keep them until they close them.
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 impl LabelSink {
     pub(crate) fn new(
         registry: Option<LabelRegistry>,
         pinned: Option<PinnedLabels>,
+        created_dir: Option<std::path::PathBuf>,
     ) -> std::io::Result<Self> {
         Ok(Self {
             registry,
             pinned,
             netns: rampart_flows::current_netns()?,
             pinned_errors: AtomicU64::new(0),
+            created_dir,
         })
     }
 }
@@ -59,6 +73,25 @@ impl ConnectionLabels for LabelSink {
             registry.report(key, labels);
         }
     }
+}
+
+/// A sink that only shares labels through the maps pinned in `dir` (a proxy without a tracer
+/// of its own), or `None` when `dir` is "off" or the maps cannot be opened (not root, no
+/// bpffs): the proxy runs the same, its flows unnamed.
+pub(crate) fn shared_sink(dir: &str) -> Option<std::sync::Arc<dyn ConnectionLabels>> {
+    if dir == "off" {
+        return None;
+    }
+    let path = std::path::Path::new(dir);
+    let created = (!path.exists()).then(|| path.to_owned());
+    let pinned = PinnedLabels::open_or_create(path)
+        .inspect_err(|e| tracing::info!("flows: connection labels not shared: {e}"))
+        .ok()?;
+    let sink = LabelSink::new(None, Some(pinned), created)
+        .inspect_err(|e| tracing::info!("flows: connection labels not shared: {e}"))
+        .ok()?;
+    tracing::info!(dir, "flows: connection labels shared in bpffs");
+    Some(std::sync::Arc::new(sink))
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

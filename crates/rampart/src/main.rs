@@ -617,7 +617,11 @@ fn in_process_flows(listen: &str, labels_dir: &str) -> Option<InProcessFlows> {
             .ok()
     });
     // The gateway names its connections' flows (route, cluster, tenant) in the tracer.
-    let labels = match flow_labels::LabelSink::new(Some(tracer.labels().clone()), pinned) {
+    let labels = match flow_labels::LabelSink::new(
+        Some(tracer.labels().clone()),
+        pinned,
+        created_labels_dir,
+    ) {
         Ok(sink) => Some(Arc::new(sink) as Arc<dyn rampart_proxy::conn_labels::ConnectionLabels>),
         Err(e) => {
             tracing::warn!(error = %e, "flows: cannot read this process's network namespace; flows unlabelled");
@@ -639,7 +643,6 @@ fn in_process_flows(listen: &str, labels_dir: &str) -> Option<InProcessFlows> {
         stop,
         thread: Some(thread),
         labels,
-        created_labels_dir,
     })
 }
 
@@ -655,9 +658,6 @@ struct InProcessFlows {
     thread: Option<std::thread::JoinHandle<()>>,
     /// Where the gateway reports its connections' names.
     labels: Option<Arc<dyn rampart_proxy::conn_labels::ConnectionLabels>>,
-    /// The pinned labels' directory when this process made it: unpinned on the way out, so
-    /// the maps do not outlive everyone using them.
-    created_labels_dir: Option<std::path::PathBuf>,
 }
 
 #[cfg(feature = "flows")]
@@ -666,10 +666,6 @@ impl Drop for InProcessFlows {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
-        }
-        if let Some(dir) = &self.created_labels_dir {
-            // Processes that opened the maps keep them until they close them.
-            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }

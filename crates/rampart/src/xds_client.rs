@@ -54,6 +54,11 @@ pub(crate) struct ProxyArgs {
     /// A function unused this long is dropped from memory (0s: after every request).
     #[arg(long, default_value = "5m", value_parser = crate::cli_args::duration)]
     fn_idle_timeout: Duration,
+    /// The bpffs directory where the proxy shares its connections' route, cluster and tenant
+    /// with flow tracers (`rampart flows top --by route`); needs root. "off": not shared.
+    #[cfg(feature = "flows")]
+    #[arg(long, default_value = rampart_flows::DEFAULT_LABELS_PIN_DIR)]
+    flow_labels_dir: String,
 }
 
 /// `rampart proxy`: starts with no listeners; the control plane supplies them.
@@ -87,6 +92,8 @@ pub(crate) fn proxy(a: ProxyArgs) -> anyhow::Result<ExitCode> {
     let around = crate::Around {
         xds: Some(XdsSource::new(servers, a.node_id, cfg.raw.clone())),
         functions,
+        #[cfg(feature = "flows")]
+        connection_labels: crate::flow_labels::shared_sink(&a.flow_labels_dir),
         ..crate::Around::default()
     };
     crate::serve(cfg, around)
