@@ -628,11 +628,13 @@ fn links_of(prog_ids: &[&str]) -> usize {
         .count()
 }
 
+/// The tracer's own maps still loaded. Not the pinned label maps (`rf_labels`,
+/// `rf_label_names`): they outlive whichever proxy or tracer pinned them, by design.
 fn our_maps() -> Vec<String> {
     bpftool(&["map", "list"])
         .lines()
         .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "name").nth(1))
-        .filter(|n| n.starts_with("rf_") || n.starts_with("flows_bp"))
+        .filter(|n| ["rf_flows", "rf_events", "rf_counters"].contains(n))
         .map(str::to_owned)
         .collect()
 }

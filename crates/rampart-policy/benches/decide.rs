@@ -5,8 +5,11 @@
 //! RBAC (tenant acme's policy) with 10, 100 and 1000 generated roles, and ABAC (tenant
 //! globex), on one thread and on two. Strategies:
 //! - `decide`: `PolicyEngine::decide` as the gateway calls it (tenant lookup, each thread's own
-//!   clone of the compiled interpreter engine, decision parsing, metrics): the default;
-//! - `decide-vm`: the same on regorus' register VM (`policy.vm: true`);
+//!   clone of the compiled interpreter engine, decision parsing, metrics), with
+//!   `policy.vm: false`;
+//! - `decide-vm`: the same with `policy.vm: true`, the default: regorus' register VM for a
+//!   bundle that passes the equivalence checks (the `#` line before each policy says which
+//!   engine it got);
 //! - `thread-interp`: the thread-local interpreter alone, without the engine around it;
 //! - `fresh`: a new engine clone per call (what regorus' `CompiledPolicy` does);
 //! - `mutex`: one engine shared behind a lock.
@@ -147,6 +150,7 @@ fn main() {
     for (name, bundle, input) in cases {
         let engine = Arc::new(PolicyEngine::new(EngineConfig {
             eval_limit: Duration::from_secs(10),
+            vm: false,
             ..EngineConfig::default()
         }));
         let vm_engine = Arc::new(PolicyEngine::new(EngineConfig {
