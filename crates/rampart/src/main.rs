@@ -72,6 +72,10 @@ struct Cli {
     /// Log format for operational logs (stderr).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// What to log, as RUST_LOG directives (e.g. `debug`, `info,openraft=debug`); overrides
+    /// RUST_LOG. Default: Rampart's own logs at info, its dependencies' at warn.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -267,7 +271,7 @@ struct IptablesArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    init_logging(cli.log_format, cli.log_level.as_deref());
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -277,9 +281,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Rampart's crates (every target starting with `rampart`) at info, dependencies at warn:
+/// openraft, h2 and kube are chatty at info.
+const DEFAULT_LOG: &str = "warn,rampart=info";
+
+fn init_logging(format: LogFormat, level: Option<&str>) {
+    let filter = match level {
+        Some(l) => tracing_subscriber::EnvFilter::try_new(l).unwrap_or_else(|e| {
+            eprintln!("rampart: --log-level {l:?}: {e}; using {DEFAULT_LOG:?}");
+            tracing_subscriber::EnvFilter::new(DEFAULT_LOG)
+        }),
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -102,3 +102,40 @@ async fn a_full_disk_fails_writes_cleanly_and_stops_the_member() {
     assert!(stderr.contains("the store stopped"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// A store started without RUST_LOG logs Rampart's own lines at info and keeps its
+/// dependencies (openraft's state dumps) at warn; `--log-level info` opens them up again.
+#[tokio::test]
+async fn dependencies_are_quiet_unless_asked() {
+    async fn store_log(extra: &[&str]) -> String {
+        let dir = TempDir::new("quiet");
+        let data = dir.path("kv");
+        let (client, peer) = (
+            format!("http://127.0.0.1:{}", free_port()),
+            format!("http://127.0.0.1:{}", free_port()),
+        );
+        // `env -u`: the harness sets RUST_LOG=info for the processes it starts.
+        let mut args = vec!["-u", "RUST_LOG", bin(), "kv", "serve", "--data-dir"];
+        args.push(data.to_str().unwrap());
+        args.extend(["--listen-client-urls", &client, "--listen-peer-urls", &peer]);
+        args.extend_from_slice(extra);
+        let mut node = Proc::spawn_program("kv", "env", &args);
+        // A single node elects itself at once; openraft logs that at info.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !node.stderr().contains(" INFO rampart") && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        node.signal("TERM");
+        node.wait_exit(Duration::from_secs(10)).await;
+        node.stderr()
+    }
+    let quiet = store_log(&[]).await;
+    assert!(quiet.contains(" INFO rampart"), "{quiet}");
+    assert!(!quiet.contains(" INFO openraft"), "{quiet}");
+    let loud = store_log(&["--log-level", "info"]).await;
+    assert!(
+        loud.contains(" INFO openraft"),
+        "--log-level info shows them: {loud}"
+    );
+}
