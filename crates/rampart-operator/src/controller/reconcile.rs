@@ -450,11 +450,14 @@ async fn apply<K: Unit, P: Platform>(o: &K, ctx: &Context<P>) -> Result<Action, 
     })
 }
 
+/// How long, at least, another object's unanswered generation holds a new one back.
+const MIN_UNANSWERED_WAIT_S: u64 = 10;
+
 /// One generation in flight at a time: a new generation waits (requeued) while another
 /// object's applied generation has no answer from the proxies yet, so that a NACK — which
 /// names a resource type, not an object — is pinned on the one change that could have
-/// caused it. The wait is bounded by the bake time (a proxy that never answers does not
-/// stop every rollout).
+/// caused it. The wait is bounded by the bake time, and at least 10 s (a proxy that never
+/// answers does not stop every rollout; one answering slowly under load is waited for).
 fn wait_turn<P: Platform>(
     records: &mut Records,
     key: &Key,
@@ -464,7 +467,14 @@ fn wait_turn<P: Platform>(
 ) -> Option<Action> {
     if let Some((k, since)) = &records.unanswered {
         let answered = k == key && obs.config != ConfigStatus::Pending;
-        let stale = obs.now.saturating_sub(*since) > ctx.settings.rollout.bake.as_secs();
+        // A NACK can take seconds under load; blaming the wrong object is worse than waiting.
+        let bound = ctx
+            .settings
+            .rollout
+            .bake
+            .as_secs()
+            .max(MIN_UNANSWERED_WAIT_S);
+        let stale = obs.now.saturating_sub(*since) > bound;
         if answered || stale || (k == key && rec.rollout().phase != Phase::Provisioning) {
             records.unanswered = None;
         }
