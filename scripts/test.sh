@@ -21,8 +21,13 @@ section() { printf '\n==> %s\n' "$*"; }
 # llvm-strip), libbpf-dev (BPF headers) and bpftool to compile the eBPF flow tracer's C and
 # check it against the committed objects (building does not need them: aya loads the
 # committed objects); python3 for the module-cycle check, and python3-venv for the
-# independent xDS client's virtualenv.
-packages=(python3 python3-venv gcc make pkg-config iproute2 iptables curl util-linux etcd-client clang bpftool libbpf-dev)
+# independent xDS client's virtualenv; Chromium (and a font for its screenshots) for the
+# dashboard's browser test.
+packages=(python3 python3-venv gcc make pkg-config iproute2 iptables curl util-linux etcd-client clang bpftool libbpf-dev chromium fonts-dejavu-core)
+# Node.js and npm drive Chromium through Playwright; a machine with another Node.js (e.g.
+# NodeSource's, which bundles npm) keeps it.
+command -v node >/dev/null 2>&1 || packages+=(nodejs)
+command -v npm >/dev/null 2>&1 || packages+=(npm)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -42,6 +47,13 @@ fi
 if [[ $(id -u) -eq 0 ]] && ! mountpoint -q /sys/kernel/tracing; then
     section "mount -t tracefs tracefs /sys/kernel/tracing"
     mount -t tracefs tracefs /sys/kernel/tracing
+fi
+
+# Flow labels shared between processes are BPF maps pinned in bpffs (systemd mounts it;
+# a bare container may not).
+if [[ $(id -u) -eq 0 ]] && ! mountpoint -q /sys/fs/bpf; then
+    section "mount -t bpf bpf /sys/fs/bpf"
+    mount -t bpf bpf /sys/fs/bpf
 fi
 
 # Clients Rampart did not write, in a virtualenv beside the build cache (PyPI wheels; reused
@@ -65,6 +77,21 @@ if [[ "$("$venv/bin/kubernetes-validate" --version 2>/dev/null)" != *1.33.1* ]];
     section "kubernetes-validate 1.33.1 in $venv"
     "$venv/bin/pip" install -q kubernetes-validate==1.33.1
 fi
+# playwright-core (no bundled browsers: it drives Debian's Chromium) and axe-core for the
+# dashboard's browser test, from npm, beside the build cache.
+node_dir=/var/cache/rampart/node
+playwright_version=1.65.2
+axe_version=4.14.1
+installed() { node -p "require('$node_dir/node_modules/$1/package.json').version" 2>/dev/null; }
+if [[ "$(installed playwright-core)" != "$playwright_version" || "$(installed axe-core)" != "$axe_version" ]]; then
+    section "npm install playwright-core@$playwright_version axe-core@$axe_version ($node_dir)"
+    mkdir -p "$node_dir"
+    npm install --prefix "$node_dir" --no-audit --no-fund --silent \
+        "playwright-core@$playwright_version" "axe-core@$axe_version"
+fi
+export RAMPART_NODE_MODULES="$node_dir/node_modules"
+export RAMPART_CHROMIUM=/usr/bin/chromium
+
 export RAMPART_PYTHON="$venv/bin/python"
 export RAMPART_SCHEMATHESIS="$venv/bin/schemathesis"
 export RAMPART_KUBE_VALIDATE="$venv/bin/kubernetes-validate"

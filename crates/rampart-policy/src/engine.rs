@@ -74,6 +74,10 @@ struct Tenant {
     last_used: AtomicU64,
     /// Decisions of this revision.
     decisions: DecisionCounters,
+    /// When this revision was accepted (seconds since the Unix epoch).
+    loaded_at: u64,
+    /// Which engine decides: `vm`, or `interpreter: <why not the VM>`.
+    engine: String,
 }
 
 /// Counters exported as `rampart_policy_*`.
@@ -223,6 +227,8 @@ impl PolicyEngine {
             .map(|(n, t)| TenantStatus {
                 tenant: n.clone(),
                 revision: Some(t.bundle.revision.clone()),
+                loaded_at: Some(t.loaded_at),
+                engine: Some(t.engine.clone()),
                 decisions: t.decisions.snapshot(),
                 rejected: rejected.remove(n),
             })
@@ -230,6 +236,8 @@ impl PolicyEngine {
         out.extend(rejected.into_iter().map(|(n, r)| TenantStatus {
             tenant: n,
             revision: None,
+            loaded_at: None,
+            engine: None,
             decisions: crate::status::Decisions::default(),
             rejected: Some(r),
         }));
@@ -269,7 +277,17 @@ impl PolicyEngine {
         };
         self.rejections.clear(tenant);
         let revision = compiled.revision.clone();
+        let engine = match compiled.interpreted_because() {
+            None if self.config.vm => "vm".to_owned(),
+            None => "interpreter".to_owned(),
+            Some(why) => format!("interpreter: {why}"),
+        };
+        let loaded_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let entry = Arc::new(Tenant {
+            loaded_at,
+            engine,
             bundle: Arc::new(bundle),
             origin,
             compiled: ArcSwapOption::from_pointee(compiled),
@@ -382,6 +400,23 @@ impl PolicyEngine {
             decision,
             revision,
             latency,
+        })
+    }
+
+    /// As [`Self::decide`] for someone trying inputs (the dashboard's "try a request"):
+    /// counted in no tenant's decisions, metrics or decision log, so trying inputs cannot
+    /// make a bundle look bad to whoever judges it by its errors (the operator does).
+    pub fn try_decide(&self, tenant: &str, input: Value) -> Result<Decided, DecideError> {
+        let started = Instant::now();
+        let map = self.tenants.load();
+        let t = map
+            .get(tenant)
+            .ok_or_else(|| DecideError::UnknownTenant(tenant.to_string()))?;
+        let (decision, revision) = self.decide_with(tenant, t, input)?;
+        Ok(Decided {
+            decision,
+            revision,
+            latency: started.elapsed(),
         })
     }
 

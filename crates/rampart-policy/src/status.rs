@@ -57,6 +57,10 @@ pub struct TenantStatus {
     pub tenant: String,
     /// The revision deciding, if any bundle was accepted.
     pub revision: Option<String>,
+    /// When that revision was accepted (seconds since the Unix epoch).
+    pub loaded_at: Option<u64>,
+    /// Which engine decides for it: `vm`, or `interpreter: <why not the VM>`.
+    pub engine: Option<String>,
     pub decisions: Decisions,
     /// The last bundle refused since the last one accepted.
     pub rejected: Option<Rejection>,

@@ -143,8 +143,10 @@ impl AccessLog {
                 .name("rampart-access-log".into())
                 .spawn(move || {
                     let stdout = std::io::stdout();
-                    let mut out = std::io::BufWriter::new(stdout.lock());
                     while let Ok(line) = rx.recv() {
+                        // Locked per batch, not for the thread's life: others print to
+                        // stdout too (`rampart up`'s banner).
+                        let mut out = std::io::BufWriter::new(stdout.lock());
                         let _ = writeln!(out, "{line}");
                         while let Ok(line) = rx.try_recv() {
                             let _ = writeln!(out, "{line}");

@@ -12,6 +12,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod admin_page;
 pub mod body;
 pub mod callout;
 pub mod conn_labels;
@@ -87,6 +88,8 @@ pub struct Plugins {
     /// Told which route, cluster and tenant each downstream connection's requests take
     /// (the binary's flow tracer labels the connection's flow with them).
     pub connection_labels: Option<Arc<dyn conn_labels::ConnectionLabels>>,
+    /// Pages served on the admin port below their prefix (the binary's dashboard).
+    pub admin_pages: Vec<Arc<dyn admin_page::AdminPage>>,
 }
 
 /// Something the binary hands the filters at start (see [`Plugins::services`]).
@@ -102,6 +105,7 @@ impl Default for Plugins {
             functions: None,
             services: Vec::new(),
             connection_labels: None,
+            admin_pages: Vec::new(),
         }
     }
 }
@@ -261,7 +265,9 @@ impl Gateway {
         });
         upstreams.attach(&shared);
         let admin_addr = match admin {
-            Some(a) => Some(admin::spawn(&a, shared.clone(), &runtimes.control).await?),
+            Some(a) => Some(
+                admin::spawn(&a, shared.clone(), plugins.admin_pages, &runtimes.control).await?,
+            ),
             None => None,
         };
         let gw = Arc::new(Self {
@@ -286,6 +292,20 @@ impl Gateway {
     /// The actual address of a listener (useful with port 0).
     pub async fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
         self.listeners.lock().await.get(name).map(|l| l.local)
+    }
+
+    /// Whether `/ready` answers 200: started, and every warming source's first config in.
+    pub fn is_ready(&self) -> bool {
+        self.shared.ready.load(Ordering::Acquire)
+    }
+
+    /// Why the last config was refused, if the last attempt was (as `/config_dump` says).
+    pub fn last_reload_error(&self) -> Option<String> {
+        self.shared
+            .last_reload_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {

@@ -17,11 +17,14 @@ use tokio_util::sync::CancellationToken;
 #[cfg(feature = "full")]
 mod admin_client;
 mod admin_token;
+mod banner;
 #[cfg(any(feature = "full", feature = "flows"))]
 mod cli_args;
 mod config_file;
 #[cfg(feature = "full")]
 mod control_plane;
+#[cfg(feature = "full")]
+mod dashboard;
 mod demo;
 #[cfg(feature = "full")]
 mod desired;
@@ -276,8 +279,25 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("rampart: {e:#}");
+            if let Some(advice) = advice(&e) {
+                eprintln!("rampart: {advice}");
+            }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// What to do about an error a user can fix, when it is one.
+fn advice(e: &anyhow::Error) -> Option<&'static str> {
+    let io = e.chain().find_map(|c| c.downcast_ref::<std::io::Error>())?;
+    match io.kind() {
+        std::io::ErrorKind::AddrInUse => Some(
+            "another process listens on that port: stop it (`ss -ltnp` names it), or move this one (`rampart up --help` lists the address flags; --config moves the gateway and admin ports)",
+        ),
+        std::io::ErrorKind::PermissionDenied => Some(
+            "not allowed: ports below 1024 need root or CAP_NET_BIND_SERVICE, and data directories must be writable",
+        ),
+        _ => None,
     }
 }
 
@@ -366,6 +386,7 @@ fn run(cmd: Command) -> Result<ExitCode> {
 /// `rampart up`: the gateway on the given config or the embedded demo, with the embedded
 /// store, the demo upstream and in-process flow tracing unless turned off.
 fn up(a: UpArgs) -> Result<ExitCode> {
+    let started = std::time::Instant::now();
     #[cfg(feature = "flows")]
     let flows = in_process_flows(&a.flows_listen, &a.flow_labels_dir);
     #[cfg(not(feature = "flows"))]
@@ -395,17 +416,35 @@ fn up(a: UpArgs) -> Result<ExitCode> {
         }
     };
     demo::admin_token(&mut cfg, &admin_token_file)?;
+    let mut banner = banner::Banner {
+        listeners: cfg
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.address))
+            .collect(),
+        admin: cfg.admin.as_ref().map(|a| a.address),
+        token_file: cfg.admin.as_ref().and_then(|a| a.token_file.clone()),
+        dashboard: cfg!(feature = "full"),
+        policy_dir: a.config.is_none().then(|| a.policy_dir.clone()),
+        demo_upstream: demo,
+        ..banner::Banner::default()
+    };
     let mut around = Around {
         watch_every: Duration::from_secs(1),
         demo_upstream: demo,
         ..Around::default()
     };
     #[cfg(feature = "flows")]
-    if let Some(f) = &flows {
-        around.connection_labels = f.labels.clone();
+    {
+        if let Ok(f) = &flows {
+            around.connection_labels = f.labels.clone();
+        }
+        banner.flows = Some(flows.as_ref().map(|f| f.metrics).map_err(Clone::clone));
     }
     #[cfg(not(feature = "flows"))]
-    let _ = &flows;
+    {
+        banner.flows = flows.err().map(Err);
+    }
     #[cfg(feature = "full")]
     if let Some(store) = store {
         // The real path: store → control plane → ADS → this gateway.
@@ -428,12 +467,32 @@ fn up(a: UpArgs) -> Result<ExitCode> {
             settings,
             store: vec![store.listen_client.to_string()],
         });
+        banner.store = Some((store.listen_client, a.data_dir.clone()));
+        banner.xds = Some((a.xds_listen, a.xds_admin));
+        banner.functions_cache = Some(functions::cache_dir(&a.data_dir));
+        around
+            .admin_pages
+            .push(Arc::new(rampart_dashboard::Dashboard::new(
+                dashboard::panels(
+                    Some(vec![store.listen_client.to_string()]),
+                    Some(a.xds_admin),
+                    banner.flows.clone().and_then(Result::ok),
+                ),
+            )));
         around.store = Some(store);
+        around.banner = Some((banner, started));
         return serve(bootstrap, around);
     }
     #[cfg(not(feature = "full"))]
     let _ = store;
+    #[cfg(feature = "full")]
+    around
+        .admin_pages
+        .push(Arc::new(rampart_dashboard::Dashboard::new(
+            dashboard::panels(None, None, banner.flows.clone().and_then(Result::ok)),
+        )));
     around.file = file;
+    around.banner = Some((banner, started));
     serve(cfg, around)
 }
 
@@ -600,15 +659,15 @@ fn embedded_store(_data_dir: PathBuf) -> Option<StoreConfig> {
 /// Runs flow tracing and its metrics endpoint on a thread while the returned guard lives,
 /// when this build and this process can (root, kernel BTF, tracefs); otherwise logs why not.
 #[cfg(feature = "flows")]
-fn in_process_flows(listen: &str, labels_dir: &str) -> Option<InProcessFlows> {
+fn in_process_flows(listen: &str, labels_dir: &str) -> Result<InProcessFlows, String> {
     if listen == "off" {
-        return None;
+        return Err("turned off (--flows-listen off)".into());
     }
     let addr: SocketAddr = match listen.parse() {
         Ok(a) => a,
         Err(e) => {
             tracing::warn!(listen, error = %e, "flows: bad --flows-listen; tracing off");
-            return None;
+            return Err(format!("bad --flows-listen {listen:?}: {e}"));
         }
     };
     // The rest of the stack runs either way; the reason says what to do.
@@ -618,7 +677,7 @@ fn in_process_flows(listen: &str, labels_dir: &str) -> Option<InProcessFlows> {
         Ok(t) => t,
         Err(e) => {
             tracing::warn!("flows: eBPF flow tracing is off: {e}");
-            return None;
+            return Err(e.to_string());
         }
     };
     // Shared with other processes through maps pinned in bpffs, unless turned off. (This
@@ -651,18 +710,19 @@ fn in_process_flows(listen: &str, labels_dir: &str) -> Option<InProcessFlows> {
                 tracing::warn!(error = %e, "flows: stopped");
             }
         })
-        .ok()?;
+        .map_err(|e| format!("cannot start the flows thread: {e}"))?;
     tracing::info!(%addr, "flows: eBPF tracing on; metrics at /metrics");
-    Some(InProcessFlows {
+    Ok(InProcessFlows {
         stop,
         thread: Some(thread),
         labels,
+        metrics: addr,
     })
 }
 
 #[cfg(not(feature = "flows"))]
-fn in_process_flows(_listen: &str) -> Option<()> {
-    None
+fn in_process_flows(_listen: &str) -> Result<std::convert::Infallible, String> {
+    Err("this binary was built without the `flows` feature".into())
 }
 
 /// Stops in-process tracing (detaching the programs) when dropped.
@@ -672,6 +732,8 @@ struct InProcessFlows {
     thread: Option<std::thread::JoinHandle<()>>,
     /// Where the gateway reports its connections' names.
     labels: Option<Arc<dyn rampart_proxy::conn_labels::ConnectionLabels>>,
+    /// Where its metrics are served.
+    metrics: SocketAddr,
 }
 
 #[cfg(feature = "flows")]
@@ -706,6 +768,10 @@ struct Around<'a> {
     functions: Option<functions::Options>,
     /// Told each connection's route, cluster and tenant (in-process flow tracing).
     connection_labels: Option<Arc<dyn rampart_proxy::conn_labels::ConnectionLabels>>,
+    /// Pages on the admin port (the dashboard).
+    admin_pages: Vec<Arc<dyn rampart_proxy::admin_page::AdminPage>>,
+    /// Printed once the gateway is ready, with when the command started.
+    banner: Option<(banner::Banner, std::time::Instant)>,
 }
 
 fn serve(cfg: Config, around: Around<'_>) -> Result<ExitCode> {
@@ -721,6 +787,8 @@ fn serve(cfg: Config, around: Around<'_>) -> Result<ExitCode> {
         #[cfg(feature = "full")]
         functions,
         connection_labels,
+        admin_pages,
+        mut banner,
     } = around;
     let workers = Workers::start(cfg.workers)?;
     let control = tokio::runtime::Builder::new_current_thread()
@@ -731,10 +799,19 @@ fn serve(cfg: Config, around: Around<'_>) -> Result<ExitCode> {
     let result = control.block_on(async {
         let stop_demo = CancellationToken::new();
         if let Some(addr) = demo_upstream {
-            let local = rampart_proxy::demo::bind_and_serve(addr, "demo".into(), stop_demo.clone())
-                .await
-                .with_context(|| format!("cannot start the demo upstream on {addr}"))?;
-            tracing::info!(%local, "demo upstream listening");
+            // The demo upstream is a convenience: without it the rest still starts.
+            match rampart_proxy::demo::bind_and_serve(addr, "demo".into(), stop_demo.clone()).await
+            {
+                Ok(local) => tracing::info!(%local, "demo upstream listening"),
+                Err(e) => {
+                    tracing::warn!(
+                        "the demo upstream cannot listen on {addr} ({e}); the demo routes answer 503 until something serves {addr} (stop what uses the port, or run with --no-demo-upstream)"
+                    );
+                    if let Some((b, _)) = banner.as_mut() {
+                        b.demo_upstream = None;
+                    }
+                }
+            }
         }
         #[cfg(feature = "full")]
         let store = match store {
@@ -754,6 +831,7 @@ fn serve(cfg: Config, around: Around<'_>) -> Result<ExitCode> {
         };
         let mut plugins = plugins::plugins();
         plugins.connection_labels = connection_labels;
+        plugins.admin_pages = admin_pages;
         #[cfg(feature = "full")]
         let policy_store = functions.as_ref().map(|f| f.store.clone());
         #[cfg(feature = "full")]
@@ -770,6 +848,9 @@ fn serve(cfg: Config, around: Around<'_>) -> Result<ExitCode> {
             None => None,
         };
         let gw = Gateway::start_with(cfg, runtimes, plugins).await?;
+        if let Some((banner, started)) = banner {
+            tokio::spawn(banner::print_when_ready(Arc::downgrade(&gw), banner, started));
+        }
         #[cfg(feature = "full")]
         if let Some(follow) = follow {
             tokio::spawn(follow);

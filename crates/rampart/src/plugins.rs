@@ -23,6 +23,7 @@ pub(crate) fn plugins() -> Plugins {
         functions: None,
         services: Vec::new(),
         connection_labels: None,
+        admin_pages: Vec::new(),
     }
 }
 

@@ -145,34 +145,12 @@ async fn flows_top_by_tenant_from_another_process(gw: SocketAddr, labels_dir: &s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_serves_the_demo_on_a_fresh_machine() {
     let (gw, admin) = (local(8080), local(9901));
-    for port in [8080, 9901, 8081, 2379, 2380, 9435, 18000, 18001] {
-        assert!(
-            std::net::TcpListener::bind(local(port)).is_ok(),
-            "port {port} is in use; this test runs `rampart up` on its fixed ports 8080/9901/8081/2379/2380/9435/18000/18001"
-        );
-    }
+    assert_up_ports_free();
     let dir = TempDir::new("up");
-    let data = dir.path("kv");
-    let policy = dir.path("tenants");
+    let (data, policy) = (dir.path("kv"), dir.path("tenants"));
     // This run's own bpffs directory for the shared flow labels (removed by `up` on exit).
     let labels_dir = format!("/sys/fs/bpf/rampart-e2e-{}", std::process::id());
-    let mut up = Proc::spawn(
-        "rampart up",
-        &[
-            "up",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--policy-dir",
-            policy.to_str().unwrap(),
-            "--flow-labels-dir",
-            &labels_dir,
-        ],
-    );
-    assert!(
-        await_ok(&mut up, admin, "/ready").await,
-        "rampart up exited before it was ready: {:?}",
-        up.exited()
-    );
+    let mut up = spawn_up(&dir, &labels_dir, &[]).await;
 
     // The admin API's token was created beside the data, readable by its owner only, and a
     // change without it is refused.

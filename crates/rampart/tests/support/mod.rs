@@ -761,3 +761,38 @@ impl StoreCluster {
         })
     }
 }
+
+/// `rampart up` on its fixed ports with its data (`kv`, `tenants`, `admin.token`) in
+/// `dir`, its shared flow labels in `labels_dir` (removed by `up` on exit) and `extra`
+/// arguments, once its admin port answers `/ready`.
+/// (Callers check the ports first: [`assert_up_ports_free`].)
+pub(crate) async fn spawn_up(dir: &TempDir, labels_dir: &str, extra: &[&str]) -> Proc {
+    let (data, policy) = (dir.path("kv"), dir.path("tenants"));
+    let mut args = vec![
+        "up",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--policy-dir",
+        policy.to_str().unwrap(),
+        "--flow-labels-dir",
+        labels_dir,
+    ];
+    args.extend_from_slice(extra);
+    let mut up = Proc::spawn("rampart up", &args);
+    assert!(
+        await_ok(&mut up, local(9901), "/ready").await,
+        "rampart up exited before it was ready: {:?}",
+        up.exited()
+    );
+    up
+}
+
+/// The fixed ports `rampart up` takes by default; panics naming one already in use.
+pub(crate) fn assert_up_ports_free() {
+    for port in [8080, 9901, 8081, 2379, 2380, 9435, 18000, 18001] {
+        assert!(
+            std::net::TcpListener::bind(local(port)).is_ok(),
+            "port {port} is in use; this test runs `rampart up` on its fixed ports 8080/9901/8081/2379/2380/9435/18000/18001"
+        );
+    }
+}
