@@ -114,16 +114,24 @@ const pages = {
       "overview-routes",
       o.routes.map((r) => {
         const key = r.listener + "/" + r.route;
-        const series = (history.routes.get(key) || []).map((p) => p.rps);
-        return row([r.listener, r.route, num(r.rps, 1), pct(r.error_rate), num(r.p50_ms), num(r.p99_ms), num(r.requests, 0), spark(series, `requests per second on ${key}`)]);
+        const h = history.routes.get(key) || [];
+        return row([
+          r.listener, r.route, num(r.rps, 1), pct(r.error_rate), num(r.p50_ms), num(r.p99_ms), num(r.requests, 0),
+          spark(h.map((p) => p.rps), `requests per second on ${key}`),
+          spark(h.map((p) => p.p99_ms), `p99 latency on ${key}`),
+        ]);
       }),
       "no requests yet",
     );
     fill(
       "overview-clusters",
       o.clusters.map((c) => {
-        const series = (history.clusters.get(c.cluster) || []).map((p) => p.rps);
-        return row([c.cluster, num(c.rps, 1), pct(c.error_rate), num(c.p50_ms), num(c.p99_ms), num(c.requests, 0), spark(series, `requests per second to ${c.cluster}`)]);
+        const h = history.clusters.get(c.cluster) || [];
+        return row([
+          c.cluster, num(c.rps, 1), pct(c.error_rate), num(c.p50_ms), num(c.p99_ms), num(c.requests, 0),
+          spark(h.map((p) => p.rps), `requests per second to ${c.cluster}`),
+          spark(h.map((p) => p.p99_ms), `upstream p99 latency of ${c.cluster}`),
+        ]);
       }),
       "no requests yet",
     );
@@ -397,7 +405,12 @@ async function tryDecision(ev) {
   const text = await r.text();
   let shown = text;
   try {
-    shown = JSON.stringify(JSON.parse(text), null, 2);
+    const { trace, ...decision } = JSON.parse(text);
+    shown = JSON.stringify(decision, null, 2);
+    if (Array.isArray(trace)) {
+      const lines = trace.flatMap((f) => f.lines.map(([n, code]) => `${f.path}:${n}  ${code}`));
+      shown += "\n\nLines evaluated:\n" + lines.join("\n");
+    }
   } catch (_) {
     // not JSON: shown as sent
   }

@@ -267,6 +267,19 @@ impl Compiled {
 
     /// The same evaluation on an engine cloned for this call only (what regorus'
     /// `CompiledPolicy` does); kept for the benchmark's comparison.
+    /// Evaluates on a fresh interpreter with coverage on: the value and which lines of
+    /// each module were evaluated.
+    pub fn eval_traced(&self, input: Value) -> Result<(Value, regorus::coverage::Report), String> {
+        let mut engine = self.template.clone();
+        engine.set_enable_coverage(true);
+        engine.set_input(input);
+        let value = engine
+            .eval_rule(self.entrypoint.clone())
+            .map_err(|e| e.to_string())?;
+        let report = engine.get_coverage_report().map_err(|e| e.to_string())?;
+        Ok((value, report))
+    }
+
     pub fn eval_fresh(&self, input: Value) -> Result<Value, String> {
         let mut engine = self.template.clone();
         engine.set_input(input);

@@ -146,6 +146,13 @@ impl PolicyMetrics {
     }
 }
 
+/// The lines of one policy file a traced decision evaluated: (line number, its text).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TracedFile {
+    pub path: String,
+    pub lines: Vec<(u32, String)>,
+}
+
 /// A decision and what it cost.
 #[derive(Debug, Clone)]
 pub struct Decided {
@@ -403,21 +410,63 @@ impl PolicyEngine {
         })
     }
 
-    /// As [`Self::decide`] for someone trying inputs (the dashboard's "try a request"):
-    /// counted in no tenant's decisions, metrics or decision log, so trying inputs cannot
+    /// As [`Self::decide`] for someone trying inputs (the dashboard's "try a request"),
+    /// with a trace: evaluated on a fresh interpreter with coverage on (the VM, where it
+    /// decides, provably agrees), so the answer names every policy line that was evaluated.
+    /// Counted in no tenant's decisions, metrics or decision log, so trying inputs cannot
     /// make a bundle look bad to whoever judges it by its errors (the operator does).
-    pub fn try_decide(&self, tenant: &str, input: Value) -> Result<Decided, DecideError> {
+    pub fn try_decide(
+        &self,
+        tenant: &str,
+        input: Value,
+    ) -> Result<(Decided, Vec<TracedFile>), DecideError> {
         let started = Instant::now();
         let map = self.tenants.load();
         let t = map
             .get(tenant)
             .ok_or_else(|| DecideError::UnknownTenant(tenant.to_string()))?;
-        let (decision, revision) = self.decide_with(tenant, t, input)?;
-        Ok(Decided {
+        let compiled = match t.compiled.load_full() {
+            Some(c) => c,
+            None => self.compile_evicted(tenant, t)?,
+        };
+        let eval_error = |message| DecideError::Eval {
+            tenant: tenant.to_string(),
+            message,
+        };
+        let (value, report) = compiled.eval_traced(input).map_err(eval_error)?;
+        let decision =
+            Decision::from_value(&value).map_err(|message| DecideError::BadDecision {
+                tenant: tenant.to_string(),
+                message,
+            })?;
+        let trace = report
+            .files
+            .into_iter()
+            .filter(|f| !f.covered.is_empty())
+            .map(|f| {
+                let lines: Vec<&str> = f.code.lines().collect();
+                TracedFile {
+                    lines: f
+                        .covered
+                        .iter()
+                        .map(|&n| {
+                            let text = (n as usize)
+                                .checked_sub(1)
+                                .and_then(|i| lines.get(i))
+                                .map_or("", |l| l.trim_end());
+                            (n, text.to_owned())
+                        })
+                        .collect(),
+                    path: f.path,
+                }
+            })
+            .collect();
+        let decided = Decided {
             decision,
-            revision,
+            revision: compiled.revision.clone(),
             latency: started.elapsed(),
-        })
+        };
+        Ok((decided, trace))
     }
 
     fn decide_inner(&self, tenant: &str, input: Value) -> Result<(Decision, String), DecideError> {
@@ -536,6 +585,36 @@ mod tests {
 
     fn input(user: &str) -> Value {
         Value::from(serde_json::json!({"user": user}))
+    }
+
+    #[test]
+    fn a_tried_decision_is_traced_and_counted_nowhere() {
+        let e = PolicyEngine::new(EngineConfig::default());
+        e.put_bundle("a", rbac("alice")).unwrap();
+        let (d, trace) = e.try_decide("a", input("alice")).unwrap();
+        assert!(d.decision.allowed);
+        let file = trace
+            .iter()
+            .find(|f| f.path.ends_with("authz.rego"))
+            .unwrap();
+        assert!(
+            file.lines
+                .iter()
+                .any(|(n, text)| *n == 3 && text.contains("input.user in data.admins")),
+            "the rule that allowed is in the trace: {file:?}"
+        );
+        let (d, _) = e.try_decide("a", input("bob")).unwrap();
+        assert!(!d.decision.allowed);
+        let status = e.status();
+        assert_eq!(
+            (status[0].decisions.allowed, status[0].decisions.denied),
+            (0, 0),
+            "tries are not decisions"
+        );
+        assert!(matches!(
+            e.try_decide("zz", input("a")),
+            Err(DecideError::UnknownTenant(_))
+        ));
     }
 
     #[test]

@@ -22,7 +22,9 @@ pub mod watch;
 pub use bundle::{Bundle, BundleError};
 pub use compiled::{Compiled, TestReport};
 pub use decision::Decision;
-pub use engine::{DecideError, Decided, EngineConfig, PolicyEngine, PolicyMetrics, ReloadReport};
+pub use engine::{
+    DecideError, Decided, EngineConfig, PolicyEngine, PolicyMetrics, ReloadReport, TracedFile,
+};
 pub use log::DecisionLogConfig;
 pub use regorus::Value;
 pub use status::{Decisions, Rejection, TenantStatus};

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! GET    /policy/tenants          [{"tenant": "acme", "revision": "acme-1",
+//!                                   "loaded_at": 1765152000, "engine": "vm",
 //!                                   "decisions": {"allowed": 9, "denied": 1, "errors": 0},
 //!                                   "rejected": null}, ...]   (decisions of that revision;
 //!                                   the last bundle refused since, with its revision)
@@ -12,8 +13,9 @@
 //!                                   failing bundle tests: the old bundle keeps serving)
 //! DELETE /policy/tenants/<name>   → 200, or 404
 //! POST   /policy/tenants/<name>/decide   {"input": {...}} → the decision the tenant's
-//!                                   bundle makes, its revision and latency (counted in no
-//!                                   statistics: trying inputs cannot make a bundle look bad)
+//!                                   bundle makes, its revision, latency and trace (the
+//!                                   policy lines evaluated); counted in no statistics:
+//!                                   trying inputs cannot make a bundle look bad
 //! ```
 //!
 //! Pages registered by the binary ([`crate::admin_page::AdminPage`], the dashboard under
@@ -654,7 +656,7 @@ async fn try_decide(
     })
     .await
     {
-        Ok(Ok(d)) => json(&serde_json::json!({
+        Ok(Ok((d, trace))) => json(&serde_json::json!({
             "allowed": d.decision.allowed,
             "http_status": d.decision.http_status,
             "body": d.decision.body,
@@ -663,6 +665,7 @@ async fn try_decide(
             "response_headers_to_add": pairs(&d.decision.response_headers_to_add),
             "revision": d.revision,
             "latency_us": d.latency.as_secs_f64() * 1e6,
+            "trace": trace,
         })),
         Ok(Err(e @ rampart_policy::DecideError::UnknownTenant(_))) => {
             error(StatusCode::NOT_FOUND, e.to_string())

@@ -143,11 +143,12 @@ try {
   await page.click("#try-form button[type=submit]");
   await page.waitForFunction(() => document.getElementById("try-result").textContent.includes("HTTP 200"));
   const decided = await text("#try-result");
-  if (!decided.includes('"allowed": true')) throw new Error(`try a request: ${decided}`);
+  if (!decided.includes('"allowed": true') || !/authz\.rego:\d+ /.test(decided))
+    throw new Error(`try a request (allowed, with the lines evaluated): ${decided}`);
   await page.fill("#try-input", '{"method": "DELETE", "path": "/api/orders", "headers": {"x-user": "vera"}}');
   await page.click("#try-form button[type=submit]");
   await page.waitForFunction(() => document.getElementById("try-result").textContent.includes('"allowed": false'));
-  step("policies: the try box shows vera's GET allowed and DELETE denied");
+  step("policies: the try box shows vera's GET allowed (with the lines evaluated) and DELETE denied");
   await audit("policies");
 
   // xDS: the gateway, node rampart-up, acknowledged what it was sent.
