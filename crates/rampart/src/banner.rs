@@ -21,6 +21,8 @@ pub(crate) struct Banner {
     pub(crate) dashboard: bool,
     /// The store's client address and data directory.
     pub(crate) store: Option<(SocketAddr, PathBuf)>,
+    /// Why the store (and the control plane) did not start, when they were wanted.
+    pub(crate) store_off: Option<String>,
     /// ADS and its status address.
     pub(crate) xds: Option<(SocketAddr, SocketAddr)>,
     /// The flow metrics address, or why tracing is off (None: not in this build).
@@ -76,6 +78,9 @@ impl Banner {
                     data.display()
                 ),
             );
+        }
+        if let Some(why) = &self.store_off {
+            line("store", format!("off: {why}"));
         }
         if let Some((ads, status)) = &self.xds {
             line(

@@ -36,6 +36,35 @@ pub(crate) fn panels(
     out
 }
 
+/// Panels for components that are not running, each saying why.
+pub(crate) fn off(topics: &[&'static str], why: &str) -> Vec<Arc<dyn Panel>> {
+    topics
+        .iter()
+        .map(|&topic| {
+            Arc::new(Off {
+                topic,
+                why: why.to_owned(),
+            }) as Arc<dyn Panel>
+        })
+        .collect()
+}
+
+struct Off {
+    topic: &'static str,
+    why: String,
+}
+
+impl Panel for Off {
+    fn topic(&self) -> &'static str {
+        self.topic
+    }
+
+    fn read(&self) -> Read {
+        let v = error(&self.why);
+        Box::pin(std::future::ready(v))
+    }
+}
+
 fn error(e: impl std::fmt::Display) -> Value {
     json!({ "error": e.to_string() })
 }

@@ -398,10 +398,28 @@ fn up(a: UpArgs) -> Result<ExitCode> {
             .join("admin.token")
     });
     let demo = (!a.no_demo_upstream).then(|| DEMO_UPSTREAM.parse().expect("constant address"));
+    // The store and its control plane need four ports; when one is taken, the gateway
+    // still starts, on the config itself (as with --no-store), and says why.
+    let mut store_off = None;
     let store = if a.no_store {
         None
     } else {
-        embedded_store(a.data_dir.clone())
+        embedded_store(a.data_dir.clone()).and_then(|s| {
+            let ports = store_ports(&s, a.xds_listen, a.xds_admin);
+            match ports.iter().find_map(|&addr| {
+                std::net::TcpListener::bind(addr).err().map(|e| (addr, e))
+            }) {
+                None => Some(s),
+                Some((addr, e)) => {
+                    let why = format!(
+                        "{addr} is not free ({e}): is etcd or another `rampart up` running? Stop it, or move this one with --data-dir and the address flags; the gateway runs on its config meanwhile"
+                    );
+                    tracing::warn!("the config store, control plane and xDS are off: {why}");
+                    store_off = Some(why);
+                    None
+                }
+            }
+        })
     };
     let (mut cfg, file) = match &a.config {
         Some(path) => {
@@ -426,6 +444,7 @@ fn up(a: UpArgs) -> Result<ExitCode> {
         token_file: cfg.admin.as_ref().and_then(|a| a.token_file.clone()),
         dashboard: cfg!(feature = "full"),
         policy_dir: a.config.is_none().then(|| a.policy_dir.clone()),
+        store_off: store_off.clone(),
         demo_upstream: demo,
         ..banner::Banner::default()
     };
@@ -486,11 +505,16 @@ fn up(a: UpArgs) -> Result<ExitCode> {
     #[cfg(not(feature = "full"))]
     let _ = store;
     #[cfg(feature = "full")]
-    around
-        .admin_pages
-        .push(Arc::new(rampart_dashboard::Dashboard::new(
-            dashboard::panels(None, None, banner.flows.clone().and_then(Result::ok)),
-        )));
+    {
+        let mut panels = dashboard::panels(None, None, banner.flows.clone().and_then(Result::ok));
+        let why = store_off.unwrap_or_else(|| "off (--no-store)".into());
+        panels.extend(dashboard::off(&["store", "xds"], &why));
+        around
+            .admin_pages
+            .push(Arc::new(rampart_dashboard::Dashboard::new(panels)));
+    }
+    #[cfg(not(feature = "full"))]
+    let _ = store_off;
     around.file = file;
     around.banner = Some((banner, started));
     serve(cfg, around)
@@ -654,6 +678,17 @@ fn embedded_store(data_dir: PathBuf) -> Option<StoreConfig> {
 #[cfg(not(feature = "full"))]
 fn embedded_store(_data_dir: PathBuf) -> Option<StoreConfig> {
     None
+}
+
+/// The addresses the embedded store and control plane listen on.
+#[cfg(feature = "full")]
+fn store_ports(s: &StoreConfig, xds: SocketAddr, xds_admin: SocketAddr) -> [SocketAddr; 4] {
+    [s.listen_client, s.listen_peer, xds, xds_admin]
+}
+
+#[cfg(not(feature = "full"))]
+fn store_ports(s: &StoreConfig, _: SocketAddr, _: SocketAddr) -> [SocketAddr; 0] {
+    match *s {}
 }
 
 /// Runs flow tracing and its metrics endpoint on a thread while the returned guard lives,

@@ -64,22 +64,51 @@ async fn a_new_user_opens_the_printed_dashboard_and_sees_the_stack_live() {
     let (gw, admin) = (local(8080), local(9901));
     assert_up_ports_free();
     let dir = TempDir::new("dashboard");
-    // The store's port taken: `up` cannot run without its store, and says what to do.
+    // The store's port taken: the gateway still starts, on its config, and the banner
+    // says why the store is off and what to do.
     {
         let _taken = std::net::TcpListener::bind(local(2379)).unwrap();
-        let out = std::process::Command::new("timeout")
-            .args(["60", bin(), "up", "--flows-listen", "off", "--data-dir"])
-            .arg(dir.path("taken/kv"))
-            .arg("--policy-dir")
-            .arg(dir.path("taken/tenants"))
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{err}");
-        assert!(
-            err.contains("127.0.0.1:2379") && err.contains("another process listens on that port"),
-            "{err}"
+        let mut up = Proc::spawn(
+            "rampart up (store port taken)",
+            &[
+                "up",
+                "--flows-listen",
+                "off",
+                "--data-dir",
+                dir.path("taken/kv").to_str().unwrap(),
+                "--policy-dir",
+                dir.path("taken/tenants").to_str().unwrap(),
+            ],
         );
+        assert!(
+            await_ok(&mut up, admin, "/ready").await,
+            "up without its store did not start: {}",
+            up.stderr()
+        );
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                up.stdout().contains("is up")
+            })
+            .await
+        );
+        let banner = up.stdout();
+        assert!(
+            banner.contains("store       off: 127.0.0.1:2379 is not free")
+                && banner.contains("Stop it"),
+            "{banner}"
+        );
+        assert!(
+            !banner.contains("xDS         "),
+            "no control plane: {banner}"
+        );
+        let r = get(gw, "/healthz").await;
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "the gateway serves without the store"
+        );
+        up.signal("TERM");
+        assert!(up.wait_exit(Duration::from_secs(30)).await.success());
     }
     // The demo upstream as its own process, so the test can kill it.
     let demo = Proc::spawn(
