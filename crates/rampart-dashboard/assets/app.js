@@ -6,7 +6,33 @@ const state = {};
 const history = { total: [], routes: new Map(), clusters: new Map() };
 const HISTORY = 120;
 const PAGE_SIZE = 50;
-let routesPage = 0;
+// Long lists (routes, cluster endpoints) are shown a page at a time.
+const pagers = {};
+
+function pager(name, render) {
+  const p = { page: 0, render };
+  pagers[name] = p;
+  $(`${name}-prev`).addEventListener("click", () => {
+    p.page = Math.max(0, p.page - 1);
+    render();
+  });
+  $(`${name}-next`).addEventListener("click", () => {
+    p.page += 1;
+    render();
+  });
+  return p;
+}
+
+// The rows of the current page of `name`, its controls updated.
+function paged(name, rows) {
+  const p = pagers[name];
+  const count = Math.max(1, Math.ceil(rows.length / PAGE_SIZE));
+  p.page = Math.min(p.page, count - 1);
+  $(`${name}-page`).textContent = `page ${p.page + 1} of ${count}`;
+  $(`${name}-prev`).disabled = p.page === 0;
+  $(`${name}-next`).disabled = p.page >= count - 1;
+  return rows.slice(p.page * PAGE_SIZE, (p.page + 1) * PAGE_SIZE);
+}
 
 const $ = (id) => document.getElementById(id);
 
@@ -160,13 +186,8 @@ const pages = {
     }
     const q = $("routes-search").value.trim().toLowerCase();
     const hits = q ? all.filter((x) => Object.values(x).some((v) => String(v).toLowerCase().includes(q))) : all;
-    const pagesCount = Math.max(1, Math.ceil(hits.length / PAGE_SIZE));
-    routesPage = Math.min(routesPage, pagesCount - 1);
-    const shown = hits.slice(routesPage * PAGE_SIZE, (routesPage + 1) * PAGE_SIZE);
+    const shown = paged("routes", hits);
     $("routes-count").textContent = `${hits.length} of ${all.length} routes`;
-    $("routes-page").textContent = `page ${routesPage + 1} of ${pagesCount}`;
-    $("routes-prev").disabled = routesPage === 0;
-    $("routes-next").disabled = routesPage >= pagesCount - 1;
     fill("routes-table", shown.map((x) => row([x.table, x.vhost, x.domains, x.route, x.match, x.action])), "no routes");
     fill(
       "listeners-table",
@@ -180,26 +201,27 @@ const pages = {
     if (!c) return;
     const list = (c.data && c.data.clusters) || [];
     const q = $("clusters-search").value.trim().toLowerCase();
-    const rows = [];
+    const hits = [];
     for (const cl of list) {
       const eps = cl.endpoints && cl.endpoints.length ? cl.endpoints : [null];
       for (const ep of eps) {
         const text = (cl.name + " " + (ep ? ep.address : "")).toLowerCase();
-        if (q && !text.includes(q)) continue;
-        rows.push(
-          row([
-            cl.name,
-            cl.lb_policy,
-            cl.active_requests,
-            ep ? ep.address : "no endpoints",
-            ep ? badge(ep.state) : "–",
-            ep ? ep.ejections : "–",
-            ep ? ep.total_requests : "–",
-            ep ? ep.failures : "–",
-          ]),
-        );
+        if (!q || text.includes(q)) hits.push([cl, ep]);
       }
     }
+    $("clusters-count").textContent = `${hits.length} endpoint(s) in ${list.length} cluster(s)`;
+    const rows = paged("clusters", hits).map(([cl, ep]) =>
+      row([
+        cl.name,
+        cl.lb_policy,
+        cl.active_requests,
+        ep ? ep.address : "no endpoints",
+        ep ? badge(ep.state) : "–",
+        ep ? ep.ejections : "–",
+        ep ? ep.total_requests : "–",
+        ep ? ep.failures : "–",
+      ]),
+    );
     fill("clusters-table", rows, "no clusters");
   },
 
@@ -418,19 +440,14 @@ async function tryDecision(ev) {
 }
 
 addEventListener("hashchange", show);
-$("routes-search").addEventListener("input", () => {
-  routesPage = 0;
-  pages.routes();
-});
-$("routes-prev").addEventListener("click", () => {
-  routesPage = Math.max(0, routesPage - 1);
-  pages.routes();
-});
-$("routes-next").addEventListener("click", () => {
-  routesPage += 1;
-  pages.routes();
-});
-$("clusters-search").addEventListener("input", () => pages.clusters());
+pager("routes", () => pages.routes());
+pager("clusters", () => pages.clusters());
+for (const name of ["routes", "clusters"]) {
+  $(`${name}-search`).addEventListener("input", () => {
+    pagers[name].page = 0;
+    pages[name]();
+  });
+}
 $("flows-by").addEventListener("change", () => pages.flows());
 $("try-form").addEventListener("submit", tryDecision);
 show();

@@ -111,12 +111,17 @@ try {
     return rows.length === 1 && rows[0].textContent.includes("health");
   });
   await page.fill("#routes-search", "");
-  step("routes: listed, and search narrows them to the match");
+  await page.waitForFunction(() => /^page 1 of \d+$/.test(document.getElementById("routes-page").textContent));
+  step("routes: listed, paged, and search narrows them to the match");
   await audit("routes");
 
   // Clusters: the demo endpoint is healthy, then unhealthy once its process is killed.
   await open("clusters");
   await page.waitForFunction(() => [...document.querySelectorAll("#clusters-table tbody tr")].some((tr) => tr.cells[0].textContent === "demo" && tr.cells[4].textContent === "healthy"), null, { timeout: 20000 });
+  if ((await text("#clusters-page")) !== "page 1 of 1") throw new Error(`clusters pager: ${await text("#clusters-page")}`);
+  await page.fill("#clusters-search", "no-such-cluster");
+  await page.waitForFunction(() => document.querySelector("#clusters-table tbody td.empty") !== null);
+  await page.fill("#clusters-search", "demo");
   await audit("clusters");
   process.kill(Number(env("RAMPART_DEMO_PID")), "SIGKILL");
   await page.waitForFunction(() => [...document.querySelectorAll("#clusters-table tbody tr")].some((tr) => tr.cells[0].textContent === "demo" && tr.cells[4].textContent === "failed_active_hc"), null, { timeout: 20000 });
