@@ -150,6 +150,20 @@ fn events(api: &FakeApi, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// Waits for an Event with `reason` about `name`: the controller records Events after it
+/// writes the status, so the condition can be seen first (CI once caught that gap).
+async fn await_event(api: &FakeApi, name: &str, reason: &str) {
+    let seen = eventually(WAIT, || async {
+        events(api, name).iter().any(|r| r == reason)
+    })
+    .await;
+    assert!(
+        seen,
+        "no {reason} event for {name}: {:?}",
+        events(api, name)
+    );
+}
+
 /// Requests to the gateway every 20 ms until stopped: answers by upstream, failures.
 struct Traffic {
     stop: Arc<AtomicBool>,
@@ -418,7 +432,7 @@ async fn operator_rolls_out_reverts_fails_over_and_cleans_up() {
         "{r}"
     );
     await_condition(&api, "httproutes", "site", "Programmed", "False").await;
-    assert!(events(&api, "site").contains(&"RolledBack".to_owned()));
+    await_event(&api, "site", "RolledBack").await;
     assert!(traffic.answers_from("v1", 20).await);
     assert_eq!(traffic.failed(), 0, "a refused generation broke traffic");
 
@@ -437,7 +451,7 @@ async fn operator_rolls_out_reverts_fails_over_and_cleans_up() {
     await_phase(&api, "httproute", "bystander", "Running", 1).await;
     let r = record(&api, "gateway", "edge");
     assert!(r["reason"].as_str().unwrap().contains("refused"), "{r}");
-    assert!(events(&api, "edge").contains(&"RolledBack".to_owned()));
+    await_event(&api, "edge", "RolledBack").await;
     assert!(traffic.answers_from("v1", 20).await);
     assert_eq!(traffic.failed(), 0, "a NACKed generation broke traffic");
     drop(taken);
