@@ -431,13 +431,32 @@ impl ClusterRuntime {
     /// request as active on it; refuses when the cluster's `max_requests` is reached.
     /// `hash` is the request's key for hashing policies (None: pick at random).
     pub fn pick(&self, hash: Option<u64>) -> Result<InflightGuard, ProxyError> {
-        if self.active() >= self.config.circuit_breakers.max_requests {
+        // The slot is taken in one atomic step: a check followed by a later increment let
+        // two workers in at once past `max_requests` (seen in CI as two 200s of three).
+        let max = self.config.circuit_breakers.max_requests;
+        let reserved = self
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
+                (a < max).then_some(a + 1)
+            });
+        if reserved.is_err() {
             self.stats.overflow();
             return Err(ProxyError::Overflow {
                 cluster: self.config.name.clone(),
                 limit: "max_requests",
             });
         }
+        match self.choose(hash) {
+            Ok(ep) => Ok(self.counted(&ep)),
+            Err(e) => {
+                self.active.fetch_sub(1, Ordering::AcqRel);
+                Err(e)
+            }
+        }
+    }
+
+    /// A usable endpoint for a request with `hash`.
+    fn choose(&self, hash: Option<u64>) -> Result<Arc<Endpoint>, ProxyError> {
         let no_endpoint = || ProxyError::NoEndpoint {
             cluster: self.config.name.clone(),
         };
@@ -469,21 +488,25 @@ impl ClusterRuntime {
                 })
             }
         };
-        let ep = &eps[idx.ok_or_else(no_endpoint)?];
-        self.admit(ep)
+        Ok(eps[idx.ok_or_else(no_endpoint)?].clone())
     }
 
     /// Counts a request as active on `ep` and the cluster.
     fn admit(&self, ep: &Arc<Endpoint>) -> Result<InflightGuard, ProxyError> {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        Ok(self.counted(ep))
+    }
+
+    /// Counts a request as active on `ep`, its cluster slot already taken.
+    fn counted(&self, ep: &Arc<Endpoint>) -> InflightGuard {
         ep.active.fetch_add(1, Ordering::Relaxed);
         ep.total.fetch_add(1, Ordering::Relaxed);
-        self.active.fetch_add(1, Ordering::Relaxed);
         self.active_requests.inc();
-        Ok(InflightGuard {
+        InflightGuard {
             endpoint: ep.clone(),
             gauge: self.active_requests.clone(),
             cluster_active: self.active.clone(),
-        })
+        }
     }
 
     /// Re-resolves DNS endpoints. Keeps the previous addresses of a name that fails to resolve,
